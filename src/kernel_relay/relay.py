@@ -1,0 +1,207 @@
+"""
+The mapping between socket.io namespaces and kernel channels: who receives which message.
+
+- ``/iopub/<id>``: every client of the namespace receives every iopub message of the kernel.
+- ``/shell/<id>``, ``/control/<id>``, ``/stdin/<id>``: each socket.io client (one Engine.IO session, however
+  many namespaces it multiplexes) gets its own ZMQ identity towards the kernel, so the kernel's replies and its
+  ``input_request``\\ s reach exactly the client whose request caused them.
+- A kernel that stops or dies is announced on iopub with ``execution_state: "dead"`` and its clients are
+  disconnected.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from twisted.logger import Logger
+
+from .kernels import (
+    InvalidMessage,
+    Kernel,
+    KernelClient,
+    KernelMessage,
+    KernelRegistry,
+    UnknownKernel,
+)
+from .socketio import ConnectionRefused, Socket, SocketIOServer
+
+log = Logger()
+
+CHANNELS = ("shell", "stdin", "iopub", "control")
+NAMESPACE_PATTERN = re.compile(r"/(?P<channel>shell|stdin|iopub|control)/(?P<kernel_id>[^/]+)")
+MESSAGE_EVENT = "msg"
+ERROR_EVENT = "error"
+
+
+def short_id(kernel_id: str) -> str:
+    """The first block of a kernel id: enough to tell kernels apart in a log line."""
+    return kernel_id.split("-", 1)[0][:8]
+
+
+def dead_status(kernel: Kernel) -> dict[str, Any]:
+    """An iopub ``status`` message telling clients the kernel is gone, as the kernel itself no longer can."""
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": "status",
+            "username": "kernel-relay",
+            "session": kernel.id,
+            "date": datetime.now(UTC).isoformat(),
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {"execution_state": "dead"},
+        "channel": "iopub",
+    }
+
+
+@dataclass
+class ClientLink:
+    """One socket.io client's private line to one kernel: its ZMQ sockets and its namespaces by channel."""
+
+    kernel_client: KernelClient
+    sockets: dict[str, Socket] = field(default_factory=dict)
+
+
+class Relay:
+    """Serves the kernel namespaces of a socket.io server from the kernels of a registry."""
+
+    def __init__(self, socketio: SocketIOServer, kernels: KernelRegistry) -> None:
+        self._socketio = socketio
+        self._kernels = kernels
+        self._links: dict[tuple[str, str], ClientLink] = {}
+        group = socketio.of(NAMESPACE_PATTERN)
+        group.on_connect(self._connected)
+        group.on_disconnect(self._disconnected)
+        group.on(MESSAGE_EVENT, self._received)
+        kernels.add_observer(self)
+
+    def client_count(self, kernel_id: str) -> int:
+        """How many distinct socket.io clients are connected to any channel of the kernel."""
+        clients: set[str] = set()
+        for channel in CHANNELS:
+            namespace = self._socketio.namespace(f"/{channel}/{kernel_id}")
+            if namespace is not None:
+                clients.update(socket.client.sid for socket in namespace.sockets.values())
+        return len(clients)
+
+    # KernelObserver
+
+    def kernel_started(self, kernel: Kernel) -> None:
+        def forward(message: KernelMessage) -> None:
+            namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
+            if namespace is not None:
+                namespace.emit(MESSAGE_EVENT, message.to_dict())
+
+        kernel.add_iopub_listener(forward)
+
+    def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        iopub = self._socketio.namespace(f"/iopub/{kernel.id}")
+        if iopub is not None:
+            iopub.emit(MESSAGE_EVENT, dead_status(kernel))
+        for channel in CHANNELS:
+            namespace = self._socketio.namespace(f"/{channel}/{kernel.id}")
+            if namespace is not None:
+                namespace.disconnect_all(f"kernel {reason}")
+        for key in [key for key in self._links if key[1] == kernel.id]:
+            self._links.pop(key).kernel_client.close()
+
+    # socket.io handlers
+
+    def _connected(self, socket: Socket, auth: Any) -> None:
+        channel = socket.namespace.params["channel"]
+        kernel_id = socket.namespace.params["kernel_id"]
+        try:
+            kernel = self._kernels.get(kernel_id)
+        except UnknownKernel:
+            raise ConnectionRefused(f"No running kernel with id {kernel_id}") from None
+        if channel != "iopub":
+            key = (socket.client.sid, kernel.id)
+            link = self._links.get(key)
+            if link is None:
+                link = self._links[key] = self._open_link(kernel, socket.client.sid)
+            link.sockets[channel] = socket
+        log.info(
+            "Client {address} connected to {channel} of kernel {kernel}",
+            address=socket.client.handshake.remote_address,
+            channel=channel,
+            kernel=short_id(kernel.id),
+        )
+
+    def _open_link(self, kernel: Kernel, client_sid: str) -> ClientLink:
+        key = (client_sid, kernel.id)
+
+        def deliver(message: KernelMessage) -> None:
+            link = self._links.get(key)
+            socket = link.sockets.get(message.channel) if link is not None else None
+            if socket is None:
+                log.warn(
+                    "Kernel {kernel} sent {msg_type} on {channel} to a client that is not connected to "
+                    "that channel; it was not delivered",
+                    kernel=short_id(kernel.id),
+                    msg_type=message.header.get("msg_type"),
+                    channel=message.channel,
+                )
+                return
+            socket.emit(MESSAGE_EVENT, message.to_dict())
+
+        return ClientLink(kernel.open_client(client_sid.encode("utf-8"), deliver))
+
+    def _disconnected(self, socket: Socket, reason: str) -> None:
+        channel = socket.namespace.params["channel"]
+        kernel_id = socket.namespace.params["kernel_id"]
+        key = (socket.client.sid, kernel_id)
+        link = self._links.get(key)
+        if link is not None and link.sockets.get(channel) is socket:
+            del link.sockets[channel]
+            if not link.sockets:
+                del self._links[key]
+                link.kernel_client.close()
+        log.info(
+            "Client {address} left {channel} of kernel {kernel} ({reason})",
+            address=socket.client.handshake.remote_address,
+            channel=channel,
+            kernel=short_id(kernel_id),
+            reason=reason,
+        )
+
+    def _received(self, socket: Socket, *args: Any) -> str | None:
+        """Relay a client's message to the kernel; the ack, if asked for, is the message's ``msg_id``."""
+        channel = socket.namespace.params["channel"]
+        kernel_id = socket.namespace.params["kernel_id"]
+        message = args[0] if len(args) == 1 else None
+        if channel == "iopub":
+            return self._refuse(socket, "iopub is read-only: send requests on shell or control", message)
+        if not isinstance(message, dict):
+            return self._refuse(
+                socket, 'a "msg" event takes exactly one argument: a Jupyter message object', message
+            )
+        buffers = message.get("buffers") or []
+        if not isinstance(buffers, list) or not all(isinstance(b, bytes) for b in buffers):
+            return self._refuse(socket, "buffers must be a list of binary attachments", message)
+        link = self._links.get((socket.client.sid, kernel_id))
+        if link is None:
+            return self._refuse(socket, f"kernel {kernel_id} is no longer running", message)
+        try:
+            return link.kernel_client.send(channel, message, buffers)
+        except InvalidMessage as error:
+            return self._refuse(socket, str(error), message)
+
+    @staticmethod
+    def _refuse(socket: Socket, reason: str, message: object) -> None:
+        """Tell the client why its message was not relayed; never drop it silently."""
+        header = message.get("header") if isinstance(message, dict) else None
+        msg_id = header.get("msg_id") if isinstance(header, dict) else None
+        log.warn(
+            "Refused a message from {address} on {namespace}: {reason}",
+            address=socket.client.handshake.remote_address,
+            namespace=socket.namespace.name,
+            reason=reason,
+        )
+        socket.emit(ERROR_EVENT, {"message": reason, "msg_id": msg_id})
+        return None

@@ -1,0 +1,190 @@
+"""
+The HTTP side of the relay: the REST API (Klein) and the resource tree that also carries socket.io.
+
+The seed's contract is kept exactly: ``GET /spawn/<kernelSpecName>`` answers ``{"id": ...}``,
+``GET /shutdown/<id>`` answers ``{"id": ...}``, and any failure of either is HTTP 500 with ``{"error": ...}``.
+Discovery routes live under ``/api/``. Every route refuses browser origins the policy does not allow, so a page
+the user merely visits cannot drive a relay listening on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import HTTPException
+
+from .kernels import Kernel, KernelRegistry, KernelSpecInfo
+from .origins import OriginPolicy
+
+log = Logger()
+
+JSONBody = dict[str, Any]
+
+
+def json_body(request: IRequest, code: int, body: object) -> bytes:
+    """Set the status and JSON content type on ``request`` and return ``body`` encoded."""
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _error_text(failure: Failure) -> str:
+    return str(failure.value) or type(failure.value).__name__
+
+
+class RelayAPI:
+    """
+    The REST routes. ``clients_of(kernel_id)`` tells how many socket.io clients a kernel has; it comes from
+    the relay so this module needs no knowledge of channels.
+    """
+
+    app = Klein()
+
+    def __init__(self, kernels: KernelRegistry, clients_of: Callable[[str], int]) -> None:
+        self._kernels = kernels
+        self._clients_of = clients_of
+
+    def resource(self) -> IResource:
+        return self.app.resource()  # type: ignore[no-any-return]
+
+    @app.route("/spawn/<path:spec_name>", methods=["GET"])
+    def spawn(self, request: IRequest, spec_name: str) -> Deferred[bytes]:
+        def started(kernel: Kernel) -> bytes:
+            return json_body(request, 200, {"id": kernel.id})
+
+        def failed(failure: Failure) -> bytes:
+            log.warn(
+                "Could not spawn a {spec_name!r} kernel: {error}",
+                spec_name=spec_name,
+                error=_error_text(failure),
+            )
+            return json_body(request, 500, {"error": _error_text(failure)})
+
+        return self._kernels.start(spec_name).addCallbacks(started, failed)
+
+    @app.route("/shutdown/<path:kernel_id>", methods=["GET"])
+    def shutdown(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
+        def stopped(_: object) -> bytes:
+            return json_body(request, 200, {"id": kernel_id})
+
+        def failed(failure: Failure) -> bytes:
+            log.warn(
+                "Could not shut down kernel {kernel_id}: {error}",
+                kernel_id=kernel_id,
+                error=_error_text(failure),
+            )
+            return json_body(request, 500, {"error": _error_text(failure)})
+
+        return self._kernels.shutdown(kernel_id).addCallbacks(stopped, failed)
+
+    @app.route("/api/kernelspecs", methods=["GET"])
+    def kernelspecs(self, request: IRequest) -> Deferred[bytes]:
+        def listed(specs: list[KernelSpecInfo]) -> bytes:
+            entries = [
+                {"name": spec.name, "display_name": spec.display_name, "language": spec.language}
+                for spec in sorted(specs, key=lambda spec: spec.name)
+            ]
+            return json_body(request, 200, {"kernelspecs": entries})
+
+        def failed(failure: Failure) -> bytes:
+            log.failure("Could not list kernelspecs", failure)
+            return json_body(request, 500, {"error": _error_text(failure)})
+
+        return self._kernels.specs().addCallbacks(listed, failed)
+
+    @app.route("/api/kernels", methods=["GET"])
+    def kernels(self, request: IRequest) -> bytes:
+        entries = [
+            {
+                "id": kernel.id,
+                "name": kernel.spec_name,
+                "execution_state": kernel.execution_state,
+                "connections": self._clients_of(kernel.id),
+                "last_activity": _iso(kernel.last_activity),
+            }
+            for kernel in self._kernels.kernels()
+        ]
+        return json_body(request, 200, entries)
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: IRequest, failure: Failure) -> bytes:
+        error = failure.value
+        assert isinstance(error, HTTPException)
+        code = error.code or 500
+        if code == 405:
+            request.setHeader(b"Allow", b"GET, OPTIONS")
+        message = {404: "No such route", 405: "Method not allowed"}.get(code, error.name)
+        path = request.path.decode("utf-8", "replace")
+        method = request.method.decode("ascii", "replace")
+        return json_body(request, code, {"error": f"{message}: {method} {path}"})
+
+
+class OriginGuard(Resource):
+    """
+    Applies the origin policy to a leaf resource: refused origins get 403, allowed cross-origin requests get
+    CORS headers, and preflight ``OPTIONS`` requests are answered here.
+    """
+
+    isLeaf = True
+
+    def __init__(self, wrapped: IResource, origins: OriginPolicy) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+        self._origins = origins
+
+    def render(self, request: IRequest) -> bytes | int:
+        origin_header = request.getHeader(b"origin")
+        origin = origin_header.decode("latin-1") if origin_header is not None else None
+        host_header = request.getHeader(b"host")
+        host = host_header.decode("latin-1") if host_header is not None else None
+        secure = request.isSecure()
+        if not self._origins.is_allowed(origin, host, secure):
+            log.warn("Refused a request from origin {origin!r}", origin=origin)
+            return json_body(request, 403, {"error": f"Origin {origin} is not allowed"})
+        for name, value in self._origins.cors_headers(origin, host, secure).items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        if request.method == b"OPTIONS":
+            request.setResponseCode(204)
+            request.setHeader(b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS")
+            request.setHeader(b"Access-Control-Allow-Headers", b"Authorization, Content-Type")
+            request.setHeader(b"Access-Control-Max-Age", b"600")
+            return b""
+        result: bytes | int = self._wrapped.render(request)
+        return result
+
+
+class RelayRoot(Resource):
+    """
+    The root of the site: ``/socket.io/`` goes straight to the socket.io server, everything else to the API.
+
+    socket.io traffic bypasses Klein's routing on purpose: it is the hot path.
+    """
+
+    def __init__(self, api: IResource, socketio: IResource) -> None:
+        super().__init__()
+        self.putChild(b"socket.io", socketio)
+        self._api = api
+
+    def getChild(self, path: bytes, request: IRequest) -> IResource:
+        # Give the segment back so the API sees the whole path.
+        request.postpath.insert(0, request.prepath.pop())  # type: ignore[attr-defined]
+        return self._api
+
+    def render(self, request: IRequest) -> bytes | int:
+        result: bytes | int = self._api.render(request)
+        return result
+
