@@ -61,6 +61,12 @@ class ServerProcess:
             self.stop()
             raise
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def output(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")

@@ -1,0 +1,84 @@
+"""Fixtures shared by the relay's end-to-end tests: a real relay process with real kernels, on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import ROOT, ServerProcess, free_port
+
+TWIST = [sys.executable, "-m", "twisted", "kernel-relay"]
+
+
+class Relay(ServerProcess):
+    """A ``twist kernel-relay`` child process, its runtime dir (connection files) and a REST helper."""
+
+    def __init__(self, runtime_dir: Path, *args: str, port: int | None = None) -> None:
+        self.runtime_dir = runtime_dir
+        runtime_dir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        super().__init__(
+            [*TWIST, "--port", str(port), *args],
+            port,
+            env={"JUPYTER_RUNTIME_DIR": str(runtime_dir), "PYTHONUNBUFFERED": "1"},
+        )
+
+    def spawn(self, spec: str = "python3") -> str:
+        response = requests.get(f"{self.url}/spawn/{spec}", timeout=90)
+        assert response.status_code == 200, response.text
+        kernel_id: str = response.json()["id"]
+        return kernel_id
+
+    def shutdown(self, kernel_id: str) -> requests.Response:
+        return requests.get(f"{self.url}/shutdown/{kernel_id}", timeout=60)
+
+    def kernels(self) -> list[dict[str, object]]:
+        response = requests.get(f"{self.url}/api/kernels", timeout=10)
+        response.raise_for_status()
+        listing: list[dict[str, object]] = response.json()
+        return listing
+
+
+def relay_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runtime")
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """One relay for a test module; every kernel it started is gone when the module ends."""
+    server = Relay(relay_runtime_dir(tmp_path_factory))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def kernel_id(relay: Relay) -> Iterator[str]:
+    """A python3 kernel shared by the tests of a module that do not need one of their own."""
+    kernel = relay.spawn()
+    yield kernel
+    relay.shutdown(kernel)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_jupyter_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep connection files of in-process tests out of the user's runtime dir."""
+    runtime = tmp_path_factory.mktemp("jupyter-runtime")
+    previous = os.environ.get("JUPYTER_RUNTIME_DIR")
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(runtime)
+    yield
+    if previous is None:
+        os.environ.pop("JUPYTER_RUNTIME_DIR", None)
+    else:
+        os.environ["JUPYTER_RUNTIME_DIR"] = previous
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+__all__ = ["ROOT", "Relay"]

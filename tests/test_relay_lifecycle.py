@@ -1,0 +1,182 @@
+"""Kernel death, shutdown and relay exit: clients are told, and no process or connection file is left."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import TWIST, Relay
+from tests.kernel_client import RelayKernelClient
+from tests.support import free_port, wait_for_port
+
+
+def kernel_processes(relay: Relay) -> list[psutil.Process]:
+    """The relay's child processes: the kernels it launched."""
+    return psutil.Process(relay.process.pid).children(recursive=True)
+
+
+def connection_files(relay: Relay) -> list[Path]:
+    return sorted(relay.runtime_dir.glob("kernel-*.json"))
+
+
+def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
+    """Wait for the processes to exit; return those still alive after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if psutil.pid_exists(pid) and _not_zombie(pid)]
+        time.sleep(0.1)
+    return alive
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def assert_dead_then_disconnected(client: RelayKernelClient) -> None:
+    client.wait_for(
+        lambda: any(
+            m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "dead"
+            for m in client.received["iopub"]
+        ),
+        timeout=15,
+        what="status dead on iopub",
+    )
+    client.wait_for(lambda: set(client.disconnected) >= set(client.channels), 15, "disconnects")
+
+
+def test_a_kernel_that_exits_is_reported_dead_and_cleaned_up(relay: Relay) -> None:
+    """A kernel calling os._exit is detected: clients get status dead and a disconnect, nothing is left."""
+    kernel_id = relay.spawn()
+    before = {p.pid for p in kernel_processes(relay)}
+    client = RelayKernelClient(relay.url, kernel_id)
+    try:
+        client.send("shell", "execute_request", {"code": "import os; os._exit(3)"})
+        assert_dead_then_disconnected(client)
+    finally:
+        client.close()
+    assert kernel_id not in {k["id"] for k in relay.kernels()}
+    assert wait_gone(list(before)) == []
+    assert not [f for f in connection_files(relay) if kernel_id in f.name]
+
+
+def test_a_killed_kernel_is_reported_dead(relay: Relay) -> None:
+    """SIGKILL to a kernel process is detected within seconds and announced to its clients."""
+    before = {p.pid for p in kernel_processes(relay)}
+    kernel_id = relay.spawn()
+    new = [p for p in kernel_processes(relay) if p.pid not in before]
+    assert new, "the spawned kernel should be a child of the relay"
+    client = RelayKernelClient(relay.url, kernel_id, channels=["iopub", "shell"])
+    try:
+        for process in new:
+            process.kill()
+        started = time.monotonic()
+        assert_dead_then_disconnected(client)
+        assert time.monotonic() - started < 10
+    finally:
+        client.close()
+    assert kernel_id not in {k["id"] for k in relay.kernels()}
+
+
+def test_shutdown_disconnects_the_kernels_clients(relay: Relay) -> None:
+    """GET /shutdown/<id> tells connected clients the kernel is dead and disconnects them."""
+    kernel_id = relay.spawn()
+    client = RelayKernelClient(relay.url, kernel_id)
+    try:
+        response = relay.shutdown(kernel_id)
+        assert response.status_code == 200
+        assert_dead_then_disconnected(client)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_relay_stops_every_kernel(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """SIGTERM or SIGINT to the relay shuts down all its kernels and removes their connection files."""
+    relay = Relay(tmp_path / "runtime")
+    try:
+        ids = [relay.spawn(), relay.spawn()]
+        pids = [p.pid for p in kernel_processes(relay)]
+        assert len(pids) >= 2
+        assert len(connection_files(relay)) == 2
+        client = RelayKernelClient(relay.url, ids[0], channels=["iopub"])
+    except BaseException:
+        relay.stop(signal.SIGKILL)
+        raise
+    started = time.monotonic()
+    code = relay.stop(stop_signal, timeout=60)
+    assert code == 0, relay.output()
+    assert time.monotonic() - started < 30
+    assert wait_gone(pids) == []
+    assert connection_files(relay) == []
+    client.wait_for(lambda: client.disconnected, 10, "disconnect on relay stop")
+    client.close()
+
+
+def test_help_documents_every_option() -> None:
+    """twist kernel-relay --help names every option the relay takes."""
+    result = subprocess.run([*TWIST, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for option in (
+        "--port",
+        "--listen",
+        "--allow-origin",
+        "--ping-interval",
+        "--ping-timeout",
+        "--max-payload",
+        "--transports",
+        "--connect-timeout",
+        "--shutdown-timeout",
+        "--launch-timeout",
+        "--access-log",
+    ):
+        assert option in result.stdout, option
+
+
+def test_runs_under_twistd(tmp_path: Path) -> None:
+    """twistd -n kernel-relay --port N serves the API and stops cleanly on SIGTERM."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("twistd")),
+            "-n",
+            "--pidfile",
+            str(tmp_path / "relay.pid"),
+            "kernel-relay",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_port(port, process)
+        response = requests.get(f"http://127.0.0.1:{port}/api/kernels", timeout=10)
+        assert response.status_code == 200
+        assert response.json() == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+
+
+def test_a_port_in_use_stops_the_relay_with_an_error(tmp_path: Path) -> None:
+    """When the port cannot be bound the relay exits non-zero instead of running deaf."""
+    with Relay(tmp_path / "first") as first:
+        process = subprocess.run(
+            [*TWIST, "--port", str(first.port)], capture_output=True, text=True, timeout=60
+        )
+    assert process.returncode != 0
+    assert "Address already in use" in process.stdout + process.stderr
