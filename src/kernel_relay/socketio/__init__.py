@@ -1,0 +1,1 @@
+"""A socket.io v5 server layer for Twisted (see the server module); the packet codec is in ``packet``."""

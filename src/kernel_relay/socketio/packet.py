@@ -1,0 +1,339 @@
+"""
+The socket.io v5 packet codec: packets in, Engine.IO message bodies out, and back.
+
+No I/O and no reactor here, so every rule of the wire format can be tested with plain values.
+
+A packet travels as one text message, ``<type>[<n>-][<namespace>,][<ack id>][<JSON payload>]``,
+followed by ``n`` binary messages (attachments) for the two binary types. Binary values inside the
+payload are replaced by ``{"_placeholder":true,"num":i}`` objects pointing at attachment ``i``.
+
+Decoding is strict because every message comes from an untrusted peer: anything the grammar does not
+allow raises :class:`PacketError`, and the caller is expected to drop the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+#: Largest number of binary attachments one packet may announce. The reference parser allows 10,
+#: which is too few for Jupyter messages carrying many buffers; each attachment is already bounded
+#: by the Engine.IO ``max_payload``, so this caps what one half-received packet can hold in memory.
+DEFAULT_MAX_ATTACHMENTS: Final = 1000
+
+#: Ack ids are JavaScript numbers on the other side, so they must stay exact there.
+MAX_ACK_ID: Final = 2**53 - 1
+
+#: Event names that socket.io clients and servers reserve for themselves and never send as events.
+RESERVED_EVENTS: Final = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+_DIGITS = re.compile(r"[0-9]+")
+_MAX_ID_DIGITS = 16  # 2**53 has 16 decimal digits
+_MAX_COUNT_DIGITS = 10
+
+
+class PacketType(IntEnum):
+    """The seven socket.io packet types (their wire digit is the value)."""
+
+    CONNECT = 0
+    DISCONNECT = 1
+    EVENT = 2
+    ACK = 3
+    CONNECT_ERROR = 4
+    BINARY_EVENT = 5
+    BINARY_ACK = 6
+
+
+class PacketError(ValueError):
+    """A message that is not a valid socket.io packet (or arrives when it cannot be accepted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """
+    One decoded socket.io packet.
+
+    ``data`` is ``None`` when the packet carries no payload. Decoded binary packets are reported
+    with the plain ``EVENT``/``ACK`` type and their attachments already put back in place as
+    ``bytes``; the encoder picks the binary types by itself when the payload holds bytes.
+    """
+
+    type: PacketType
+    namespace: str = "/"
+    data: Any = None
+    id: int | None = None
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON as the reference sends it, kept valid UTF-8 even with lone surrogates."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (from a "\ud800" escape a client sent) cannot go out as UTF-8 text;
+            # escaping everything keeps the value identical for the JSON reader on the other side.
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text
+
+
+def _reject_constant(name: str) -> Any:
+    raise PacketError(f"{name} is not JSON")
+
+
+def deconstruct(data: Any) -> tuple[Any, list[bytes]]:
+    """
+    Replace each binary value in ``data`` by a placeholder; return the new payload and attachments.
+
+    Containers without binary values inside are returned as they are (no copy), so the common case
+    of a plain JSON payload costs one walk and no allocation.
+    """
+    attachments: list[bytes] = []
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            attachments.append(bytes(value))
+            return {"_placeholder": True, "num": len(attachments) - 1}
+        if isinstance(value, (list, tuple)):
+            copy: list[Any] | None = None
+            for index, item in enumerate(value):
+                replaced = walk(item)
+                if replaced is not item:
+                    if copy is None:
+                        copy = list(value)
+                    copy[index] = replaced
+            return value if copy is None else copy
+        if isinstance(value, dict):
+            changed: dict[Any, Any] | None = None
+            for key, item in value.items():
+                replaced = walk(item)
+                if replaced is not item:
+                    if changed is None:
+                        changed = dict(value)
+                    changed[key] = replaced
+            return value if changed is None else changed
+        return value
+
+    return walk(data), attachments
+
+
+def reconstruct(data: Any, attachments: list[bytes]) -> Any:
+    """
+    Put ``attachments`` back where their placeholders are; every attachment must be referenced.
+
+    Raises :class:`PacketError` for a placeholder whose ``num`` is not an index of ``attachments``
+    and for attachments no placeholder refers to.
+    """
+    used = [False] * len(attachments)
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, (list, dict)):
+                    value[index] = walk(item)
+            return value
+        if isinstance(value, dict):
+            if value.get("_placeholder") is True:
+                num = value.get("num")
+                if type(num) is not int or not 0 <= num < len(attachments):
+                    raise PacketError(f"placeholder refers to no attachment: {num!r}")
+                used[num] = True
+                return attachments[num]
+            for key, item in value.items():
+                if isinstance(item, (list, dict)):
+                    value[key] = walk(item)
+            return value
+        return value
+
+    result = walk(data)
+    if not all(used):
+        raise PacketError("an attachment is not referenced by any placeholder")
+    return result
+
+
+def encode_packet(packet: Packet) -> list[str | bytes]:
+    """
+    Encode ``packet`` as the Engine.IO messages to send: one text message, then any attachments.
+
+    Raises ``TypeError``/``ValueError`` for a payload JSON cannot represent (a programming error of
+    the caller, never caused by a peer).
+    """
+    packet_type = packet.type
+    data = packet.data
+    attachments: list[bytes] = []
+    if data is not None and packet_type in (
+        PacketType.EVENT,
+        PacketType.ACK,
+        PacketType.BINARY_EVENT,
+        PacketType.BINARY_ACK,
+    ):
+        data, attachments = deconstruct(data)
+        if attachments:
+            packet_type = (
+                PacketType.BINARY_ACK
+                if packet_type in (PacketType.ACK, PacketType.BINARY_ACK)
+                else PacketType.BINARY_EVENT
+            )
+        elif packet_type is PacketType.BINARY_EVENT:
+            packet_type = PacketType.EVENT
+        elif packet_type is PacketType.BINARY_ACK:
+            packet_type = PacketType.ACK
+    parts = [str(int(packet_type))]
+    if packet_type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        parts.append(f"{len(attachments)}-")
+    if packet.namespace != "/":
+        parts.append(packet.namespace)
+        parts.append(",")
+    if packet.id is not None:
+        parts.append(str(packet.id))
+    if data is not None:
+        parts.append(_dumps(data))
+    messages: list[str | bytes] = ["".join(parts)]
+    messages.extend(attachments)
+    return messages
+
+
+def _check_payload(packet_type: PacketType, data: Any, ack_id: int | None) -> None:
+    """Enforce what each packet type may carry (see the protocol's packet table)."""
+    if packet_type is PacketType.CONNECT:
+        ok = data is None or isinstance(data, dict)
+    elif packet_type is PacketType.DISCONNECT:
+        ok = data is None
+    elif packet_type is PacketType.CONNECT_ERROR:
+        ok = isinstance(data, (str, dict))
+    elif packet_type in (PacketType.EVENT, PacketType.BINARY_EVENT):
+        ok = (
+            isinstance(data, list)
+            and len(data) > 0
+            and isinstance(data[0], str)
+            and data[0] not in RESERVED_EVENTS
+        )
+    else:  # ACK, BINARY_ACK
+        ok = isinstance(data, list) and ack_id is not None
+    if not ok:
+        raise PacketError(f"invalid payload for a {packet_type.name} packet")
+    if ack_id is not None and packet_type not in (
+        PacketType.EVENT,
+        PacketType.ACK,
+        PacketType.BINARY_EVENT,
+        PacketType.BINARY_ACK,
+    ):
+        raise PacketError(f"a {packet_type.name} packet cannot carry an ack id")
+
+
+def decode_text(text: str, max_attachments: int = DEFAULT_MAX_ATTACHMENTS) -> tuple[Packet, int]:
+    """
+    Parse the text message of a packet; return it and the number of attachments that must follow.
+
+    For binary types the returned packet still holds the placeholders; :class:`PacketDecoder` puts
+    the attachments in once they have arrived.
+    """
+    if not text or text[0] not in "0123456":
+        raise PacketError("unknown packet type")
+    packet_type = PacketType(ord(text[0]) - ord("0"))
+    position = 1
+    attachments = 0
+    if packet_type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        match = _DIGITS.match(text, position)
+        if (
+            match is None
+            or len(match.group()) > _MAX_COUNT_DIGITS
+            or text[match.end() : match.end() + 1] != "-"
+        ):
+            raise PacketError("invalid attachment count")
+        attachments = int(match.group())
+        if attachments > max_attachments:
+            raise PacketError(f"too many attachments ({attachments} > {max_attachments})")
+        position = match.end() + 1
+    namespace = "/"
+    if text.startswith("/", position):
+        comma = text.find(",", position)
+        end = len(text) if comma == -1 else comma
+        namespace = text[position:end]
+        position = end + 1
+    ack_id: int | None = None
+    match = _DIGITS.match(text, position)
+    if match is not None:
+        if len(match.group()) > _MAX_ID_DIGITS:
+            raise PacketError("ack id too large")
+        ack_id = int(match.group())
+        if ack_id > MAX_ACK_ID:
+            raise PacketError("ack id too large")
+        position = match.end()
+    data: Any = None
+    if position < len(text):
+        try:
+            data = json.loads(text[position:], parse_constant=_reject_constant)
+        except PacketError:
+            raise
+        except (ValueError, RecursionError) as error:
+            raise PacketError(f"invalid JSON payload: {error}") from None
+        if data is None:
+            raise PacketError("a null payload is not allowed")
+    _check_payload(packet_type, data, ack_id)
+    return Packet(packet_type, namespace, data, ack_id), attachments
+
+
+class PacketDecoder:
+    """
+    Turns the Engine.IO messages of one connection into packets, joining binary attachments.
+
+    Feed every received message to :meth:`feed`; it returns a complete packet or ``None`` while
+    attachments are still expected. After a :class:`PacketError` the decoder is reset, but the
+    protocol says the connection should be closed anyway.
+    """
+
+    def __init__(self, max_attachments: int = DEFAULT_MAX_ATTACHMENTS) -> None:
+        self._max_attachments = max_attachments
+        self._partial: Packet | None = None
+        self._expected = 0
+        self._attachments: list[bytes] = []
+
+    @property
+    def awaiting_attachments(self) -> bool:
+        """True between a binary packet's text and its last attachment."""
+        return self._partial is not None
+
+    def reset(self) -> None:
+        """Forget a half-received binary packet."""
+        self._partial = None
+        self._expected = 0
+        self._attachments = []
+
+    def feed(self, message: str | bytes) -> Packet | None:
+        """Take one Engine.IO message; return the packet it completes, if any."""
+        if isinstance(message, str):
+            if self._partial is not None:
+                self.reset()
+                raise PacketError("text message while binary attachments were expected")
+            packet, expected = decode_text(message, self._max_attachments)
+            if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+                if expected == 0:
+                    return self._complete(packet, [])
+                self._partial = packet
+                self._expected = expected
+                self._attachments = []
+                return None
+            return packet
+        if self._partial is None:
+            raise PacketError("binary message outside a binary packet")
+        self._attachments.append(bytes(message))
+        if len(self._attachments) < self._expected:
+            return None
+        packet, attachments = self._partial, self._attachments
+        self.reset()
+        return self._complete(packet, attachments)
+
+    @staticmethod
+    def _complete(packet: Packet, attachments: list[bytes]) -> Packet:
+        try:
+            data = reconstruct(packet.data, attachments)
+        except RecursionError:
+            raise PacketError("payload nested too deeply") from None
+        plain = PacketType.EVENT if packet.type is PacketType.BINARY_EVENT else PacketType.ACK
+        return Packet(plain, packet.namespace, data, packet.id)
