@@ -1,0 +1,39 @@
+"""
+The kernels layer: kernelspecs, launching and stopping kernels, their ZMQ channels, message signing.
+
+It knows jupyter_client, txzmq and the Jupyter message format, and nothing of HTTP or socket.io.
+
+- ``KernelRegistry(reactor)`` starts kernels through jupyter_client (so kernelspec provisioners
+  are honoured), watches them for death, and stops them; blocking calls run in the reactor's thread
+  pool.
+- ``Kernel`` is one running kernel: ``add_iopub_listener`` for its broadcast stream,
+  ``open_client`` for a per-client connection whose replies reach only that client.
+- ``KernelClient.send`` completes, checks and signs a client's message; incoming messages are
+  verified with the kernel's key and dropped (logged, counted) when they are not genuine.
+"""
+
+from ._errors import (
+    InvalidMessage,
+    KernelLaunchError,
+    KernelShutdownError,
+    UnknownKernel,
+    UnknownKernelSpec,
+)
+from ._kernel import Kernel, KernelClient, MessageCallback
+from ._messages import KernelMessage
+from ._registry import KernelObserver, KernelRegistry, KernelSpecInfo
+
+__all__ = [
+    "InvalidMessage",
+    "Kernel",
+    "KernelClient",
+    "KernelLaunchError",
+    "KernelMessage",
+    "KernelObserver",
+    "KernelRegistry",
+    "KernelShutdownError",
+    "KernelSpecInfo",
+    "MessageCallback",
+    "UnknownKernel",
+    "UnknownKernelSpec",
+]

@@ -1,0 +1,287 @@
+"""
+One running kernel as the relay sees it: its iopub stream and the clients talking to it.
+
+ZMQ routing does the per-client work: each ``KernelClient`` owns DEALER sockets with its own
+identity on shell, control and stdin, so the kernel's ROUTER sockets send replies (and
+``input_request``) back to exactly the client that asked. Every incoming message is verified with
+the kernel's key before anyone sees it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from jupyter_client.session import Session
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from ._errors import InvalidMessage, UnknownKernel
+from ._messages import (
+    CLIENT_CHANNELS,
+    KernelMessage,
+    MessageRejected,
+    Signer,
+    build_client_message,
+    decode_frames,
+    encode_frames,
+)
+from ._zmq import FrameSocket, SocketOpener, channel_url
+
+MessageCallback = Callable[[KernelMessage], None]
+
+_log = Logger()
+
+
+def _iso_now(clock: IReactorTime) -> str:
+    stamp = datetime.fromtimestamp(clock.seconds(), UTC)
+    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _new_msg_id() -> str:
+    return uuid.uuid4().hex
+
+
+class KernelClient:
+    """One client's shell, control and stdin connection to a kernel (see ``Kernel.open_client``)."""
+
+    def __init__(self, kernel: Kernel, identity: bytes, on_message: MessageCallback) -> None:
+        self.kernel = kernel
+        self.identity = identity
+        self.session_id = uuid.uuid4().hex
+        self._on_message = on_message
+        self._sockets: dict[str, FrameSocket] = {}
+        try:
+            for channel in CLIENT_CHANNELS:
+                self._sockets[channel] = kernel._opener.dealer(
+                    channel_url(kernel.connection_info, channel),
+                    identity,
+                    partial(self._received, channel),
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return not self._sockets
+
+    def send(self, channel: str, message: Mapping[str, Any], buffers: Sequence[bytes] = ()) -> str:
+        """Complete, sign and send a client's message; returns its msg_id. Raises InvalidMessage."""
+        if self.closed:
+            raise InvalidMessage(f"the connection to kernel {self.kernel.id} is closed")
+        built = build_client_message(
+            channel,
+            message,
+            buffers,
+            session_id=self.session_id,
+            now_iso=_iso_now(self.kernel._clock),
+            new_msg_id=_new_msg_id,
+        )
+        try:
+            self._sockets[channel].send(encode_frames(built, self.kernel._signer))
+        except Exception as exc:
+            raise InvalidMessage(f"could not send to kernel {self.kernel.id}: {exc}") from exc
+        self.kernel._touch()
+        return built.msg_id
+
+    def close(self) -> None:
+        """Close the sockets; replies still in flight are dropped. Idempotent."""
+        sockets, self._sockets = self._sockets, {}
+        for socket in sockets.values():
+            socket.close()
+        self.kernel._clients.discard(self)
+
+    def _received(self, channel: str, frames: list[bytes]) -> None:
+        message = self.kernel._verify(channel, frames)
+        if message is None or self.closed:
+            return
+        try:
+            self._on_message(message)
+        except Exception:
+            _log.failure(
+                "client callback failed for {channel} message of kernel {kernel_id}",
+                channel=channel,
+                kernel_id=self.kernel.id,
+            )
+
+
+class Kernel:
+    """
+    A running kernel: identity, state, the single iopub subscription, and its clients.
+
+    Created by ``KernelRegistry``; ``execution_state`` follows iopub ``status`` messages and
+    becomes ``"dead"`` once the kernel is gone. ``rejected_messages`` counts incoming messages
+    dropped because they were malformed or wrongly signed.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_id: str,
+        spec_name: str,
+        connection_info: dict[str, Any],
+        session: Session,
+        clock: IReactorTime,
+        opener: SocketOpener,
+        pid: int | None = None,
+        connection_file: str | None = None,
+    ) -> None:
+        self.id = kernel_id
+        self.spec_name = spec_name
+        self.connection_info = connection_info
+        self.session = session
+        self.pid = pid
+        """The local process id when the provisioner has one (tests and diagnostics only)."""
+        self.connection_file = connection_file
+        self.execution_state = "starting"
+        self.rejected_messages = 0
+        self._clock = clock
+        self.last_activity = clock.seconds()
+        self._opener = opener
+        self._signer: Signer | None = None
+        if session.auth is not None:
+            self._signer = lambda parts: bytes(session.sign(list(parts)))
+        self._iopub_listeners: list[MessageCallback] = []
+        self._clients: set[KernelClient] = set()
+        self._closed = False
+        self._iopub: FrameSocket | None = opener.subscriber(
+            channel_url(connection_info, "iopub"), self._iopub_received
+        )
+
+    def __repr__(self) -> str:
+        return f"<Kernel {self.id} {self.spec_name} {self.execution_state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def add_iopub_listener(self, callback: MessageCallback) -> None:
+        """Receive every verified iopub message of this kernel, in order."""
+        self._iopub_listeners.append(callback)
+
+    def remove_iopub_listener(self, callback: MessageCallback) -> None:
+        """Stop receiving iopub messages; unknown callbacks are ignored."""
+        try:
+            self._iopub_listeners.remove(callback)
+        except ValueError:
+            pass
+
+    def open_client(self, identity: bytes, on_message: MessageCallback) -> KernelClient:
+        """
+        Connect one client's shell, control and stdin sockets under ZMQ identity ``identity``.
+
+        The identity must be unique among this kernel's open clients (1-255 bytes, not starting with
+        a zero byte, which ZMQ reserves).
+        """
+        if self._closed:
+            raise UnknownKernel(f"kernel {self.id} is not running")
+        if not isinstance(identity, bytes) or not 0 < len(identity) < 256 or identity[0] == 0:
+            raise ValueError("a client identity must be 1-255 bytes and not start with a zero byte")
+        if any(client.identity == identity for client in self._clients):
+            raise ValueError(f"kernel {self.id} already has a client with that identity")
+        client = KernelClient(self, identity, on_message)
+        self._clients.add(client)
+        return client
+
+    def clients(self) -> list[KernelClient]:
+        return list(self._clients)
+
+    def wait_ready(self, interval: float = 0.5) -> Deferred[None]:
+        """
+        Fire once the kernel answered a ``kernel_info_request`` and our iopub subscription works.
+
+        ZMQ subscriptions take effect some time after connecting, so the request is repeated every
+        ``interval`` seconds until iopub traffic arrives too. Cancel the Deferred to give up.
+        """
+        seen_iopub = False
+        replied = False
+        probe: KernelClient | None = None
+        timer: IDelayedCall | None = None
+
+        def finish() -> None:
+            nonlocal probe, timer
+            self.remove_iopub_listener(on_iopub)
+            if probe is not None:
+                probe.close()
+                probe = None
+            if timer is not None and timer.active():
+                timer.cancel()
+            timer = None
+
+        def check() -> None:
+            if seen_iopub and replied and not result.called:
+                finish()
+                result.callback(None)
+
+        def on_iopub(message: KernelMessage) -> None:
+            nonlocal seen_iopub
+            seen_iopub = True
+            check()
+
+        def on_reply(message: KernelMessage) -> None:
+            nonlocal replied
+            if message.msg_type == "kernel_info_reply":
+                replied = True
+                check()
+
+        def ask() -> None:
+            nonlocal timer
+            timer = None
+            if probe is None or result.called:
+                return
+            probe.send("shell", {"header": {"msg_type": "kernel_info_request"}})
+            timer = self._clock.callLater(interval, ask)
+
+        result: Deferred[None] = Deferred(lambda _: finish())
+        self.add_iopub_listener(on_iopub)
+        probe = self.open_client(b"kernel-relay-probe-" + uuid.uuid4().hex.encode(), on_reply)
+        ask()
+        return result
+
+    def close(self) -> None:
+        """Close every socket of this kernel (the process is the registry's business)."""
+        if self._closed:
+            return
+        self._closed = True
+        for client in list(self._clients):
+            client.close()
+        iopub, self._iopub = self._iopub, None
+        if iopub is not None:
+            iopub.close()
+
+    def _touch(self) -> None:
+        self.last_activity = self._clock.seconds()
+
+    def _verify(self, channel: str, frames: list[bytes]) -> KernelMessage | None:
+        try:
+            _, message = decode_frames(frames, channel, self._signer)
+        except MessageRejected as exc:
+            self.rejected_messages += 1
+            _log.warn(
+                "dropped a {channel} message from kernel {kernel_id}: {reason}",
+                channel=channel,
+                kernel_id=self.id,
+                reason=str(exc),
+            )
+            return None
+        self._touch()
+        return message
+
+    def _iopub_received(self, frames: list[bytes]) -> None:
+        message = self._verify("iopub", frames)
+        if message is None or self._closed:
+            return
+        if message.msg_type == "status":
+            state = message.content.get("execution_state")
+            if isinstance(state, str):
+                self.execution_state = state
+        for listener in list(self._iopub_listeners):
+            try:
+                listener(message)
+            except Exception:
+                _log.failure("iopub listener failed for kernel {kernel_id}", kernel_id=self.id)

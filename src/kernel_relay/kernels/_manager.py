@@ -1,0 +1,126 @@
+"""
+Blocking jupyter_client work, run only in worker threads (never on the reactor thread).
+
+Each function takes and returns plain values so the registry can call it through
+``deferToThreadPool``; exceptions are turned into the layer's user-readable errors here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import KernelManager
+from twisted.logger import Logger
+
+from ._errors import KernelLaunchError, KernelShutdownError, UnknownKernelSpec
+
+_log = Logger()
+
+
+def list_specs(ksm: KernelSpecManager) -> list[tuple[str, str, str]]:
+    """(name, display_name, language) of every installed kernelspec, sorted by name."""
+    found: dict[str, Any] = ksm.get_all_specs()
+    result = []
+    for name, entry in found.items():
+        spec = entry.get("spec", {}) if isinstance(entry, dict) else {}
+        result.append((name, str(spec.get("display_name", name)), str(spec.get("language", ""))))
+    return sorted(result)
+
+
+def launch(
+    ksm: KernelSpecManager, spec_name: str, kernel_id: str, shutdown_timeout: float
+) -> KernelManager:
+    """Start a kernel through its provisioner; the manager returned owns the process."""
+    try:
+        ksm.get_kernel_spec(spec_name)
+    except NoSuchKernel:
+        raise UnknownKernelSpec(f"no kernel spec named {spec_name!r}") from None
+    manager = KernelManager(
+        kernel_name=spec_name,
+        kernel_spec_manager=ksm,
+        kernel_id=kernel_id,
+        shutdown_wait_time=shutdown_timeout,
+    )
+    try:
+        manager.start_kernel()
+    except Exception as exc:
+        _log.failure("kernel {spec_name} failed to start", spec_name=spec_name)
+        try:
+            kill(manager)
+        except Exception:
+            _log.failure("cleaning up the failed kernel {spec_name} failed", spec_name=spec_name)
+        raise KernelLaunchError(f"could not start a {spec_name!r} kernel: {exc}") from exc
+    return manager
+
+
+def connection_details(manager: KernelManager) -> tuple[dict[str, Any], int | None, str]:
+    """Connection info, local pid (when there is one) and connection file of a started kernel."""
+    info: dict[str, Any] = dict(manager.get_connection_info(session=False))
+    pid = getattr(manager.provisioner, "pid", None)
+    return info, pid if isinstance(pid, int) else None, str(manager.connection_file)
+
+
+def _is_alive(manager: KernelManager) -> bool:
+    return bool(manager.has_kernel and manager.is_alive())
+
+
+def stop(manager: KernelManager) -> None:
+    """
+    Polite shutdown: shutdown_request on control, wait, then terminate and kill (jupyter_client's
+    ``shutdown_kernel(now=False)``), and remove the connection file. Raises KernelShutdownError only
+    when the process is still alive afterwards.
+    """
+    try:
+        manager.shutdown_kernel(now=False)
+    except Exception:
+        _log.failure("polite shutdown of kernel {kernel_id} failed", kernel_id=manager.kernel_id)
+        kill(manager)
+    if _is_alive(manager):
+        raise KernelShutdownError(f"kernel {manager.kernel_id} could not be stopped")
+
+
+def kill(manager: KernelManager) -> None:
+    """Kill the kernel now (its whole process group, when local) and release its resources."""
+    try:
+        manager.shutdown_kernel(now=True)
+    except Exception:
+        _log.failure("killing kernel {kernel_id} failed", kernel_id=manager.kernel_id)
+        try:
+            manager.cleanup_resources()
+        except Exception:
+            _log.failure("cleanup of kernel {kernel_id} failed", kernel_id=manager.kernel_id)
+    _remove_connection_file(manager)
+    if _is_alive(manager):
+        raise KernelShutdownError(f"kernel {manager.kernel_id} could not be killed")
+
+
+def _remove_connection_file(manager: KernelManager) -> None:
+    path = manager.connection_file
+    if path and os.path.exists(path):
+        try:
+            os.remove(path)
+        except OSError:
+            _log.failure("could not remove connection file {path}", path=path)
+
+
+def exit_code(manager: KernelManager) -> int | None:
+    process = getattr(manager.provisioner, "process", None)
+    code = getattr(process, "returncode", None)
+    return code if isinstance(code, int) else None
+
+
+def find_dead(managers: Sequence[tuple[str, KernelManager]]) -> list[tuple[str, int | None]]:
+    """Which of these kernels have exited, with exit codes when known: one thread hop per tick."""
+    dead = []
+    for kernel_id, manager in managers:
+        try:
+            alive = manager.is_alive()
+        except Exception:
+            _log.failure("polling kernel {kernel_id} failed", kernel_id=kernel_id)
+            continue
+        if not alive:
+            dead.append((kernel_id, exit_code(manager)))
+    return dead

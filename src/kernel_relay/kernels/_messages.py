@@ -1,0 +1,225 @@
+"""
+The Jupyter wire format, as pure functions: no sockets, no clock, no jupyter_client.
+
+A kernel message on ZMQ is ``[identities..., b"<IDS|MSG>", signature, header, parent_header,
+metadata, content, buffers...]`` where the signature is an HMAC over the four JSON parts. Decoding
+keeps the JSON bytes of those parts (``raw_parts``) so a later layer can splice them into outgoing
+packets without re-encoding, and never turns ISO 8601 dates into ``datetime`` objects: clients get
+the strings the kernel wrote.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import InvalidMessage
+
+DELIMITER = b"<IDS|MSG>"
+PROTOCOL_VERSION = "5.3"
+DEFAULT_USERNAME = "kernel-relay"
+CLIENT_CHANNELS = ("shell", "control", "stdin")
+
+Signer = Callable[[Sequence[bytes]], bytes]
+"""Computes the signature of the four JSON parts (``jupyter_client.session.Session.sign``)."""
+
+_EMPTY_PARTS = (b"{}", b"{}", b"{}", b"{}")
+
+
+class MessageRejected(ValueError):
+    """An incoming frame list is not a usable, correctly signed Jupyter message."""
+
+
+@dataclass
+class KernelMessage:
+    """One Jupyter message, with the channel it travelled on."""
+
+    header: dict[str, Any]
+    parent_header: dict[str, Any]
+    metadata: dict[str, Any]
+    content: dict[str, Any]
+    buffers: list[bytes] = field(default_factory=list)
+    channel: str = ""
+    raw_parts: tuple[bytes, bytes, bytes, bytes] = _EMPTY_PARTS
+    """The JSON bytes of header, parent_header, metadata and content, exactly as signed."""
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header.get("msg_id", ""))
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header.get("msg_type", ""))
+
+    @property
+    def parent_msg_id(self) -> str:
+        return str(self.parent_header.get("msg_id", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as clients see it; ``buffers`` only when there are some."""
+        result: dict[str, Any] = {
+            "header": self.header,
+            "parent_header": self.parent_header,
+            "metadata": self.metadata,
+            "content": self.content,
+        }
+        if self.buffers:
+            result["buffers"] = list(self.buffers)
+        result["channel"] = self.channel
+        return result
+
+
+def pack_json(value: Any) -> bytes:
+    """Strict JSON (no NaN, no non-JSON types, valid UTF-8) so a kernel never sees something odd."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
+        "utf-8"
+    )
+
+
+def decode_frames(
+    frames: Sequence[bytes], channel: str, sign: Signer | None
+) -> tuple[list[bytes], KernelMessage]:
+    """
+    Verify and parse one multipart message; returns (routing identities, message).
+
+    Raises MessageRejected with the reason when the message is malformed or its signature is wrong.
+    ``sign`` is None only for kernels that run without a key (signing disabled).
+    """
+    try:
+        split = list(frames).index(DELIMITER)
+    except ValueError:
+        raise MessageRejected("no <IDS|MSG> delimiter") from None
+    if len(frames) < split + 6:
+        raise MessageRejected(f"only {len(frames) - split - 1} frames after the delimiter, need 5")
+    identities = [bytes(f) for f in frames[:split]]
+    signature = bytes(frames[split + 1])
+    raw = tuple(bytes(f) for f in frames[split + 2 : split + 6])
+    if sign is not None and not hmac.compare_digest(signature, sign(list(raw))):
+        raise MessageRejected("bad signature")
+    parts: list[dict[str, Any]] = []
+    for name, data in zip(("header", "parent_header", "metadata", "content"), raw, strict=True):
+        try:
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise MessageRejected(f"{name} is not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise MessageRejected(f"{name} is not a JSON object")
+        parts.append(value)
+    if not isinstance(parts[0].get("msg_type"), str):
+        raise MessageRejected("header.msg_type is missing")
+    message = KernelMessage(
+        header=parts[0],
+        parent_header=parts[1],
+        metadata=parts[2],
+        content=parts[3],
+        buffers=[bytes(f) for f in frames[split + 6 :]],
+        channel=channel,
+        raw_parts=(raw[0], raw[1], raw[2], raw[3]),
+    )
+    return identities, message
+
+
+def encode_frames(
+    message: KernelMessage, sign: Signer | None, identities: Sequence[bytes] = ()
+) -> list[bytes]:
+    """The multipart frames for ``message`` (its ``raw_parts`` are what gets signed and sent)."""
+    raw = list(message.raw_parts)
+    signature = sign(raw) if sign is not None else b""
+    return [*identities, DELIMITER, signature, *raw, *message.buffers]
+
+
+def _optional_dict(message: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = message.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidMessage(f"{key} must be an object, not {type(value).__name__}")
+    return dict(value)
+
+
+def _buffer_list(buffers: Sequence[Any]) -> list[bytes]:
+    if isinstance(buffers, str | bytes | bytearray | memoryview) or not isinstance(
+        buffers, Sequence
+    ):
+        raise InvalidMessage("buffers must be a list of binary values")
+    result: list[bytes] = []
+    for index, buffer in enumerate(buffers):
+        if not isinstance(buffer, bytes | bytearray | memoryview):
+            raise InvalidMessage(f"buffers[{index}] must be binary, not {type(buffer).__name__}")
+        result.append(bytes(buffer))
+    return result
+
+
+def build_client_message(
+    channel: str,
+    message: Any,
+    buffers: Sequence[Any],
+    *,
+    session_id: str,
+    now_iso: str,
+    new_msg_id: Callable[[], str],
+) -> KernelMessage:
+    """
+    Check a client's message and fill in what a kernel needs; raises InvalidMessage.
+
+    Only ``header.msg_type`` is required. Missing header fields get defaults (fresh ``msg_id``, the
+    client's ``session``, ``username``, ``date`` and protocol ``version``); a missing or null
+    ``parent_header``, ``metadata`` or ``content`` becomes ``{}``. When ``buffers`` is empty, a
+    ``"buffers"`` list inside the message (binary attachments put back in place) is used instead.
+    """
+    if channel not in CLIENT_CHANNELS:
+        raise InvalidMessage(
+            f"cannot send on channel {channel!r}; use one of {', '.join(CLIENT_CHANNELS)}"
+        )
+    if not isinstance(message, Mapping):
+        raise InvalidMessage(f"a message must be an object, not {type(message).__name__}")
+    if "header" not in message or message["header"] is None:
+        raise InvalidMessage("the message has no header (header.msg_type is required)")
+    header = _optional_dict(message, "header")
+    msg_type = header.get("msg_type")
+    if not isinstance(msg_type, str) or not msg_type:
+        raise InvalidMessage("header.msg_type must be a non-empty string")
+    defaults: dict[str, Callable[[], str]] = {
+        "msg_id": new_msg_id,
+        "session": lambda: session_id,
+        "username": lambda: DEFAULT_USERNAME,
+        "date": lambda: now_iso,
+        "version": lambda: PROTOCOL_VERSION,
+    }
+    for key, default in defaults.items():
+        value = header.get(key)
+        if value is None:
+            header[key] = default()
+        elif not isinstance(value, str):
+            raise InvalidMessage(f"header.{key} must be a string, not {type(value).__name__}")
+    if not header["msg_id"]:
+        raise InvalidMessage("header.msg_id must not be empty")
+    parent_header = _optional_dict(message, "parent_header")
+    metadata = _optional_dict(message, "metadata")
+    content = _optional_dict(message, "content")
+    if not buffers and message.get("buffers") is not None:
+        buffers = message["buffers"]
+    binary = _buffer_list(buffers)
+    raw: list[bytes] = []
+    for name, part in (
+        ("header", header),
+        ("parent_header", parent_header),
+        ("metadata", metadata),
+        ("content", content),
+    ):
+        try:
+            raw.append(pack_json(part))
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessage(f"{name} cannot be encoded as JSON: {exc}") from None
+    return KernelMessage(
+        header=header,
+        parent_header=parent_header,
+        metadata=metadata,
+        content=content,
+        buffers=binary,
+        channel=channel,
+        raw_parts=(raw[0], raw[1], raw[2], raw[3]),
+    )

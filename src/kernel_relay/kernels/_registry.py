@@ -1,0 +1,368 @@
+"""
+The set of kernels this relay started: launching, readiness, death watch, shutdown.
+
+Every jupyter_client call runs in the reactor's thread pool (see ``_manager``); the reactor thread
+only does bookkeeping and ZMQ I/O. One ``LoopingCall`` polls all kernels (including those still
+starting) in a single thread hop per tick, so a kernel that crashes or is killed is noticed within
+``poll_interval``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from jupyter_client.session import Session
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import _manager
+from ._errors import KernelLaunchError, UnknownKernel, UnknownKernelSpec
+from ._kernel import Kernel
+from ._zmq import ZmqSocketOpener
+
+_log = Logger()
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class KernelSpecInfo:
+    """What a client needs to choose a kernelspec."""
+
+    name: str
+    display_name: str
+    language: str
+
+
+class KernelObserver(Protocol):
+    """Told about kernels coming and going (the relay disconnects clients of stopped kernels)."""
+
+    def kernel_started(self, kernel: Kernel) -> None: ...
+
+    def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        """``reason`` is ``"shutdown"`` or starts with ``"died"`` (``"died: exit code 1"``)."""
+
+
+def _death_reason(code: int | None) -> str:
+    if code is None:
+        return "died: the kernel process is gone"
+    if code < 0:
+        return f"died: killed by signal {-code}"
+    return f"died: exit code {code}"
+
+
+class _Launch:
+    """A kernel being started: the thread work, then the readiness probe, under one deadline."""
+
+    def __init__(self, kernel_id: str, spec_name: str) -> None:
+        self.kernel_id = kernel_id
+        self.spec_name = spec_name
+        self.manager: KernelManager | None = None
+        self.kernel: Kernel | None = None
+        self.ready: Deferred[None] | None = None
+        self.deadline: IDelayedCall | None = None
+        self.result: Deferred[Kernel] = Deferred(lambda _: None)
+        self.done = False
+
+
+class KernelRegistry:
+    """Starts, tracks and stops kernels; see the package docstring for the contract."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        *,
+        kernel_spec_manager: KernelSpecManager | None = None,
+        shutdown_timeout: float = 5.0,
+        poll_interval: float = 1.0,
+        launch_timeout: float = 60.0,
+    ) -> None:
+        self._reactor = reactor
+        self._pool = IReactorThreads(reactor).getThreadPool()
+        self._ksm = kernel_spec_manager if kernel_spec_manager is not None else KernelSpecManager()
+        self.shutdown_timeout = shutdown_timeout
+        self.poll_interval = poll_interval
+        self.launch_timeout = launch_timeout
+        self._opener = ZmqSocketOpener(reactor)
+        self._kernels: dict[str, tuple[Kernel, KernelManager]] = {}
+        self._launches: dict[str, _Launch] = {}
+        self._stopping: dict[str, list[Deferred[None]]] = {}
+        self._observers: list[KernelObserver] = []
+        self._poller = LoopingCall(self._poll)
+        self._poller.clock = reactor
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def specs(self) -> Deferred[list[KernelSpecInfo]]:
+        """The installed kernelspecs, read from disk in a thread."""
+        d = self._in_thread(_manager.list_specs, self._ksm)
+        return d.addCallback(lambda rows: [KernelSpecInfo(*row) for row in rows])
+
+    def get(self, kernel_id: str) -> Kernel:
+        """The running kernel with this id; UnknownKernel otherwise."""
+        try:
+            return self._kernels[kernel_id][0]
+        except (KeyError, TypeError):
+            raise UnknownKernel(f"no running kernel with id {kernel_id!r}") from None
+
+    def kernels(self) -> list[Kernel]:
+        return [kernel for kernel, _ in self._kernels.values()]
+
+    def __iter__(self) -> Iterator[Kernel]:
+        return iter(self.kernels())
+
+    def __len__(self) -> int:
+        return len(self._kernels)
+
+    def __contains__(self, kernel_id: object) -> bool:
+        return kernel_id in self._kernels
+
+    def add_observer(self, observer: KernelObserver) -> None:
+        self._observers.append(observer)
+
+    def remove_observer(self, observer: KernelObserver) -> None:
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    def start(self, spec_name: str) -> Deferred[Kernel]:
+        """
+        Launch a kernel of this kernelspec and fire with it once it is ready.
+
+        Fails with UnknownKernelSpec, or KernelLaunchError (including after ``launch_timeout``
+        seconds, in which case whatever was started is killed).
+        """
+        if not isinstance(spec_name, str) or not spec_name:
+            return fail(UnknownKernelSpec(f"no kernel spec named {spec_name!r}"))
+        launch = _Launch(str(uuid.uuid4()), spec_name)
+        self._launches[launch.kernel_id] = launch
+
+        def cancel(_: Deferred[Kernel]) -> None:
+            self._abort(launch, "the start was cancelled")
+
+        launch.result = Deferred(cancel)
+        launch.deadline = self._reactor.callLater(
+            self.launch_timeout,
+            self._abort,
+            launch,
+            f"the {spec_name!r} kernel did not become ready within {self.launch_timeout:g}s",
+        )
+        self._ensure_polling()
+        _log.info(
+            "starting a {spec_name} kernel {kernel_id}",
+            spec_name=spec_name,
+            kernel_id=launch.kernel_id,
+        )
+        d = self._in_thread(
+            _manager.launch, self._ksm, spec_name, launch.kernel_id, self.shutdown_timeout
+        )
+        d.addCallbacks(
+            lambda manager: self._launched(launch, manager),
+            lambda failure: self._launch_failed(launch, failure),
+        )
+        return launch.result
+
+    def _launched(self, launch: _Launch, manager: KernelManager) -> None:
+        launch.manager = manager
+        if launch.done:  # timed out or aborted while the thread was busy
+            self._kill_quietly(manager)
+            return
+        try:
+            info, pid, connection_file = _manager.connection_details(manager)
+            session = Session(
+                key=info.get("key", b""),
+                signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+                username="kernel-relay",
+            )
+            kernel = Kernel(
+                kernel_id=launch.kernel_id,
+                spec_name=launch.spec_name,
+                connection_info=info,
+                session=session,
+                clock=self._reactor,
+                opener=self._opener,
+                pid=pid,
+                connection_file=connection_file,
+            )
+        except Exception as exc:
+            _log.failure("connecting to kernel {kernel_id} failed", kernel_id=launch.kernel_id)
+            self._abort(launch, f"could not connect to the {launch.spec_name!r} kernel: {exc}")
+            return
+        launch.kernel = kernel
+        launch.ready = kernel.wait_ready()
+        launch.ready.addCallbacks(lambda _: self._ready(launch), lambda f: None)
+
+    def _launch_failed(self, launch: _Launch, failure: Failure) -> None:
+        if launch.done:
+            return
+        self._finish_launch(launch)
+        error = failure.value
+        if not isinstance(error, UnknownKernelSpec | KernelLaunchError):
+            _log.failure("unexpected launch failure", failure=failure)
+            error = KernelLaunchError(f"could not start a {launch.spec_name!r} kernel: {error}")
+        launch.result.errback(error)
+
+    def _ready(self, launch: _Launch) -> None:
+        kernel, manager = launch.kernel, launch.manager
+        assert kernel is not None and manager is not None
+        if launch.done:
+            return
+        self._finish_launch(launch)
+        self._kernels[kernel.id] = (kernel, manager)
+        _log.info(
+            "kernel {kernel_id} ({spec_name}) is ready",
+            kernel_id=kernel.id,
+            spec_name=kernel.spec_name,
+        )
+        self._notify(lambda observer: observer.kernel_started(kernel))
+        launch.result.callback(kernel)
+
+    def _finish_launch(self, launch: _Launch) -> None:
+        launch.done = True
+        self._launches.pop(launch.kernel_id, None)
+        if launch.deadline is not None and launch.deadline.active():
+            launch.deadline.cancel()
+        self._maybe_stop_polling()
+
+    def _abort(self, launch: _Launch, reason: str) -> Deferred[None]:
+        """Give up on a launch: fail its Deferred, close sockets, kill whatever was started."""
+        if launch.done:
+            return succeed(None)
+        self._finish_launch(launch)
+        _log.warn(
+            "kernel {kernel_id} launch aborted: {reason}", kernel_id=launch.kernel_id, reason=reason
+        )
+        if launch.ready is not None and not launch.ready.called:
+            launch.ready.cancel()
+        if launch.kernel is not None:
+            launch.kernel.execution_state = "dead"
+            launch.kernel.close()
+        if not launch.result.called:
+            launch.result.errback(KernelLaunchError(reason))
+        if launch.manager is not None:
+            return self._kill_quietly(launch.manager)
+        return succeed(None)  # the thread will see launch.done and kill when it returns
+
+    def _kill_quietly(self, manager: KernelManager) -> Deferred[None]:
+        d = self._in_thread(_manager.kill, manager)
+        d.addErrback(lambda f: _log.failure("killing an abandoned kernel failed", failure=f))
+        return d
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def shutdown(self, kernel_id: str) -> Deferred[None]:
+        """Stop a running kernel politely (then forcibly); fires once it is gone and forgotten."""
+        if kernel_id not in self._kernels:
+            return fail(UnknownKernel(f"no running kernel with id {kernel_id!r}"))
+        return self._stop(kernel_id, "shutdown", _manager.stop)
+
+    def shutdown_all(self) -> Deferred[None]:
+        """Stop every kernel, including ones still starting, in parallel; never fails."""
+        work: list[Deferred[Any]] = [self.shutdown(kernel_id) for kernel_id in list(self._kernels)]
+        for launch in list(self._launches.values()):
+            work.append(self._abort(launch, "the relay is stopping"))
+        done: Deferred[Any] = DeferredList(work, consumeErrors=True)
+
+        def finished(results: list[tuple[bool, Any]]) -> None:
+            for ok, value in results:
+                if not ok:
+                    _log.failure("a kernel did not stop cleanly", failure=value)
+            if not self._kernels and not self._launches:
+                self._opener.close()
+
+        done.addCallback(finished)
+        done.addErrback(lambda f: _log.failure("shutdown_all failed", failure=f))
+        return done.addCallback(lambda _: None)
+
+    def _stop(
+        self, kernel_id: str, reason: str, action: Callable[[KernelManager], None]
+    ) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        if kernel_id in self._stopping:
+            self._stopping[kernel_id].append(waiter)
+            return waiter
+        self._stopping[kernel_id] = [waiter]
+        kernel, manager = self._kernels[kernel_id]
+        _log.info("stopping kernel {kernel_id}: {reason}", kernel_id=kernel_id, reason=reason)
+
+        def stopped(_: object) -> None:
+            kernel.execution_state = "dead"
+            kernel.close()
+            self._kernels.pop(kernel_id, None)
+            self._maybe_stop_polling()
+            self._notify(lambda observer: observer.kernel_stopped(kernel, reason))
+            for d in self._stopping.pop(kernel_id, []):
+                d.callback(None)
+
+        def failed(failure: Failure) -> None:
+            _log.failure("kernel {kernel_id} did not stop", failure=failure, kernel_id=kernel_id)
+            for d in self._stopping.pop(kernel_id, []):
+                d.errback(failure)
+
+        self._in_thread(action, manager).addCallbacks(stopped, failed)
+        return waiter
+
+    # -- death watch --------------------------------------------------------------------------
+
+    def _ensure_polling(self) -> None:
+        if not self._poller.running:
+            self._poller.start(self.poll_interval, now=False)
+
+    def _maybe_stop_polling(self) -> None:
+        if self._poller.running and not self._kernels and not self._launches:
+            self._poller.stop()
+
+    def _poll(self) -> Deferred[None]:
+        watched = [
+            (kernel_id, manager)
+            for kernel_id, (_, manager) in self._kernels.items()
+            if kernel_id not in self._stopping
+        ]
+        watched += [
+            (launch.kernel_id, launch.manager)
+            for launch in self._launches.values()
+            if launch.manager is not None
+        ]
+        if not watched:
+            return succeed(None)
+        d = self._in_thread(_manager.find_dead, watched).addCallback(self._handle_dead)
+        return d.addErrback(lambda f: _log.failure("polling kernels failed", failure=f))
+
+    def _handle_dead(self, dead: list[tuple[str, int | None]]) -> None:
+        for kernel_id, code in dead:
+            reason = _death_reason(code)
+            launch = self._launches.get(kernel_id)
+            if launch is not None:
+                self._abort(
+                    launch,
+                    f"the {launch.spec_name!r} kernel exited during startup "
+                    f"({reason.removeprefix('died: ')})",
+                )
+            elif kernel_id in self._kernels and kernel_id not in self._stopping:
+                _log.warn("kernel {kernel_id} {reason}", kernel_id=kernel_id, reason=reason)
+                self._kernels[kernel_id][0].execution_state = "dead"
+                self._stop(kernel_id, reason, _manager.kill).addErrback(lambda f: None)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _in_thread(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        return deferToThreadPool(self._reactor, self._pool, function, *args)  # type: ignore[arg-type]
+
+    def _notify(self, call: Callable[[KernelObserver], None]) -> None:
+        for observer in list(self._observers):
+            try:
+                call(observer)
+            except Exception:
+                _log.failure("kernel observer {observer!r} failed", observer=observer)
+
+
+__all__ = ["KernelObserver", "KernelRegistry", "KernelSpecInfo"]

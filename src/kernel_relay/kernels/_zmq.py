@@ -1,0 +1,127 @@
+"""
+Thin txzmq adapters: sockets that hand whole multipart frame lists to a callback.
+
+This is the only module that touches ZMQ. ``Kernel`` talks to the ``SocketOpener`` protocol so
+tests can replace real sockets with in-memory fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from txzmq import (
+    ZmqDealerConnection,
+    ZmqEndpoint,
+    ZmqEndpointType,
+    ZmqFactory,
+    ZmqSubConnection,
+)
+
+FrameHandler = Callable[[list[bytes]], None]
+
+_log = Logger()
+
+
+class FrameSocket(Protocol):
+    """A connected socket: send a multipart message, or close (drops pending sends at once)."""
+
+    def send(self, frames: Sequence[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SocketOpener(Protocol):
+    """Creates the client-side sockets of a kernel connection."""
+
+    def subscriber(self, url: str, on_frames: FrameHandler) -> FrameSocket: ...
+
+    def dealer(self, url: str, identity: bytes, on_frames: FrameHandler) -> FrameSocket: ...
+
+
+def channel_url(connection_info: dict[str, Any], channel: str) -> str:
+    """The ZMQ address of one kernel channel, from a connection file's contents."""
+    transport = connection_info.get("transport", "tcp")
+    ip = connection_info["ip"]
+    port = connection_info[f"{channel}_port"]
+    if transport == "ipc":
+        return f"ipc://{ip}-{port}"
+    return f"{transport}://{ip}:{port}"
+
+
+class _Sub(ZmqSubConnection):  # type: ignore[misc]
+    """A SUB socket that keeps multipart messages whole (txzmq's own framing splits off a tag)."""
+
+    def __init__(self, factory: ZmqFactory, url: str, on_frames: FrameHandler) -> None:
+        self._on_frames = on_frames
+        super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, url))
+        self.subscribe(b"")
+
+    def messageReceived(self, message: list[bytes]) -> None:
+        self._on_frames(message)
+
+
+class _Dealer(ZmqDealerConnection):  # type: ignore[misc]
+    """A DEALER socket with a fixed routing identity, so the kernel's ROUTER knows who we are."""
+
+    def __init__(
+        self, factory: ZmqFactory, url: str, identity: bytes, on_frames: FrameHandler
+    ) -> None:
+        self._on_frames = on_frames
+        super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, url), identity=identity)
+
+    def messageReceived(self, message: list[bytes]) -> None:
+        self._on_frames(message)
+
+
+class _Connection:
+    """A txzmq connection whose close is idempotent and whose send after close is a clear error."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection: Any = connection
+
+    def send(self, frames: Sequence[bytes]) -> None:
+        if self._connection is None:
+            raise ConnectionError("socket is closed")
+        self._connection.send(list(frames))
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.socket is not None:
+            connection.shutdown()
+
+
+class ZmqSocketOpener:
+    """
+    Opens txzmq sockets on one ZMQ context (one ``ZmqFactory``), created when first needed.
+
+    Linger is 0: closing a socket or the context drops unsent messages instead of waiting for a
+    kernel that may be gone. Note that txzmq schedules its post-send read on the global reactor.
+    """
+
+    def __init__(self, reactor: IReactorTime) -> None:
+        self._reactor = reactor
+        self._factory: ZmqFactory | None = None
+
+    def _get_factory(self) -> ZmqFactory:
+        if self._factory is None:
+            factory = ZmqFactory()
+            factory.reactor = self._reactor
+            factory.lingerPeriod = 0
+            self._factory = factory
+        return self._factory
+
+    def subscriber(self, url: str, on_frames: FrameHandler) -> FrameSocket:
+        return _Connection(_Sub(self._get_factory(), url, on_frames))
+
+    def dealer(self, url: str, identity: bytes, on_frames: FrameHandler) -> FrameSocket:
+        return _Connection(_Dealer(self._get_factory(), url, identity, on_frames))
+
+    def close(self) -> None:
+        """Close every socket and terminate the context; a later open starts a fresh one."""
+        factory, self._factory = self._factory, None
+        if factory is not None:
+            factory.shutdown()
+            _log.debug("ZMQ context terminated")
