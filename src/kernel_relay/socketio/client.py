@@ -1,0 +1,475 @@
+"""
+Per-connection state: a :class:`Client` for each Engine.IO session and a :class:`Socket` for each
+namespace that client joins.
+
+The client decodes the session's messages and routes packets to its sockets; a socket runs the
+application's handlers and keeps the ack bookkeeping. Nothing here touches a transport: the client
+only calls ``send``/``close`` on its session, which makes the whole layer testable with a fake
+session.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .errors import AckTimeout, ConnectionRefused, Disconnected
+from .packet import (
+    MAX_ACK_ID,
+    RESERVED_EVENTS,
+    Packet,
+    PacketDecoder,
+    PacketError,
+    PacketType,
+    encode_packet,
+)
+
+if TYPE_CHECKING:
+    from ..engineio import HandshakeInfo
+    from .namespace import Namespace
+    from .server import SocketIOServer
+
+log = Logger()
+
+#: Packets a client may send to a namespace whose connect handler has not finished yet; they are
+#: replayed once it has. A client that floods a pending namespace beyond this is dropped.
+MAX_QUEUED_BEFORE_CONNECT: Final = 1000
+
+#: The CONNECT_ERROR message when a connect handler fails with something other than
+#: ConnectionRefused.
+GENERIC_REFUSAL: Final = "Internal server error"
+
+CLIENT_DISCONNECT: Final = "client namespace disconnect"
+SERVER_DISCONNECT: Final = "server namespace disconnect"
+PARSE_ERROR: Final = "parse error"
+INVALID_STATE: Final = "invalid state"
+CONNECT_TIMEOUT: Final = "connect timeout"
+FORCED_CLOSE: Final = "forced server close"
+
+
+class EngineSession(Protocol):
+    """What the socket.io layer needs of an Engine.IO session (``EngineIOSession`` provides it)."""
+
+    @property
+    def sid(self) -> str: ...
+
+    @property
+    def handshake(self) -> HandshakeInfo: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def send(self, data: str | bytes) -> None: ...
+
+    def close(self, reason: str = ...) -> None: ...
+
+
+def ack_arguments(result: Any) -> list[Any]:
+    """An event handler's result as ack arguments: None → none, a tuple → its items, else one."""
+    if result is None:
+        return []
+    if isinstance(result, tuple):
+        return list(result)
+    return [result]
+
+
+def _check_event_name(event: str) -> None:
+    if not isinstance(event, str):
+        raise TypeError(f"event names are strings, not {type(event).__name__}")
+    if event in RESERVED_EVENTS:
+        raise ValueError(f"{event!r} is a reserved event name")
+
+
+class _State(Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+class Socket:
+    """
+    One client's membership of one namespace.
+
+    Created when the client asks to join; ``connected`` turns true once every connect handler has
+    accepted it. Emits made before that (typically from a connect handler) are held and sent right
+    after the CONNECT reply, so the client sees them in order.
+    """
+
+    def __init__(self, client: Client, namespace: Namespace, auth: Any) -> None:
+        self.id: str = secrets.token_urlsafe(15)
+        self.namespace = namespace
+        self.client = client
+        self.auth = auth
+        self._state = _State.CONNECTING
+        self._outbox: list[list[str | bytes]] = []
+        self._inbox: list[Packet] = []
+        self._next_ack_id = 0
+        self._acks: dict[int, tuple[Deferred[list[Any]], IDelayedCall | None]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Socket {self.id} of {self.namespace.name} ({self._state.value})>"
+
+    @property
+    def connected(self) -> bool:
+        return self._state is _State.CONNECTED
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send an event to this client; bytes anywhere in ``args`` travel as binary attachments."""
+        _check_event_name(event)
+        self._send(encode_packet(Packet(PacketType.EVENT, self.namespace.name, [event, *args])))
+
+    def call(self, event: str, *args: Any, timeout: float | None = None) -> Deferred[list[Any]]:
+        """
+        Emit an event that asks for an ack; the Deferred fires with the ack's arguments.
+
+        It fails with :class:`AckTimeout` after ``timeout`` seconds without an ack, and with
+        :class:`Disconnected` if the socket goes away first. Cancelling it forgets the ack.
+        """
+        _check_event_name(event)
+        if self._state is _State.DISCONNECTED:
+            return fail(Disconnected(f"socket {self.id} is disconnected"))
+        ack_id = self._next_ack_id
+        self._next_ack_id = 0 if ack_id >= MAX_ACK_ID else ack_id + 1
+        encoded = encode_packet(
+            Packet(PacketType.EVENT, self.namespace.name, [event, *args], ack_id)
+        )
+
+        def forget(_: Deferred[list[Any]]) -> None:
+            entry = self._acks.pop(ack_id, None)
+            if entry is not None and entry[1] is not None and entry[1].active():
+                entry[1].cancel()
+
+        waiting: Deferred[list[Any]] = Deferred(forget)
+        timer = None
+        if timeout is not None:
+            timer = self.client.reactor.callLater(timeout, self._ack_timed_out, ack_id, timeout)
+        self._acks[ack_id] = (waiting, timer)
+        self._send(encoded)
+        return waiting
+
+    def disconnect(self) -> None:
+        """Leave the namespace from the server side: the client is told, disconnect handlers run."""
+        self._terminate(SERVER_DISCONNECT, tell_client=True)
+
+    # -- used by Client and Namespace ------------------------------------------------------------
+
+    def _send(self, encoded: list[str | bytes]) -> None:
+        if self._state is _State.CONNECTED:
+            self.client._send(encoded)
+        elif self._state is _State.CONNECTING:
+            self._outbox.append(encoded)
+        else:
+            log.debug("emit on disconnected socket {socket} dropped", socket=self.id)
+
+    def _accepted(self) -> None:
+        """Every connect handler said yes: reply CONNECT, then deliver what waited for it."""
+        self._state = _State.CONNECTED
+        self.namespace._joined(self)
+        self.client._send(
+            encode_packet(Packet(PacketType.CONNECT, self.namespace.name, {"sid": self.id}))
+        )
+        outbox, self._outbox = self._outbox, []
+        for encoded in outbox:
+            self._send(encoded)
+        inbox, self._inbox = self._inbox, []
+        for packet in inbox:
+            if not self.connected:
+                break
+            self._receive(packet)
+
+    def _receive(self, packet: Packet) -> None:
+        """Handle a packet for this namespace from the client (queued while connecting)."""
+        if self._state is _State.CONNECTING:
+            if packet.type is PacketType.DISCONNECT:
+                self._terminate(CLIENT_DISCONNECT, tell_client=False)
+            elif len(self._inbox) >= MAX_QUEUED_BEFORE_CONNECT:
+                log.warn(
+                    "Client {sid} sent too many packets to {namespace} before it was connected",
+                    sid=self.client.sid,
+                    namespace=self.namespace.name,
+                )
+                self.client.close(INVALID_STATE)
+            else:
+                self._inbox.append(packet)
+            return
+        if self._state is _State.DISCONNECTED:
+            return
+        if packet.type is PacketType.EVENT:
+            self._event(packet)
+        elif packet.type is PacketType.ACK:
+            self._ack(packet)
+        elif packet.type is PacketType.DISCONNECT:
+            self._terminate(CLIENT_DISCONNECT, tell_client=False)
+
+    def _event(self, packet: Packet) -> None:
+        event, *args = packet.data
+        handler = self.namespace.group._event_handler(event)
+        if handler is None:
+            log.debug(
+                "No handler for event {event!r} on {namespace}",
+                event=event,
+                namespace=self.namespace.name,
+            )
+            return
+        result = maybeDeferred(handler, self, *args)
+        if packet.id is not None:
+            result.addCallback(self._send_ack, packet.id)
+        result.addErrback(self._handler_failed, event)
+
+    def _send_ack(self, value: Any, ack_id: int) -> None:
+        if not self.connected:
+            return
+        packet = Packet(PacketType.ACK, self.namespace.name, ack_arguments(value), ack_id)
+        self._send(encode_packet(packet))
+
+    def _handler_failed(self, failure: Failure, event: str) -> None:
+        log.failure(
+            "Handler of event {event!r} on {namespace} failed",
+            failure,
+            event=event,
+            namespace=self.namespace.name,
+        )
+
+    def _ack(self, packet: Packet) -> None:
+        assert packet.id is not None  # the codec refuses ACKs without an id
+        entry = self._acks.pop(packet.id, None)
+        if entry is None:
+            log.debug("Ack {id} from {socket} matches no call", id=packet.id, socket=self.id)
+            return
+        waiting, timer = entry
+        if timer is not None and timer.active():
+            timer.cancel()
+        waiting.callback(list(packet.data))
+
+    def _ack_timed_out(self, ack_id: int, timeout: float) -> None:
+        entry = self._acks.pop(ack_id, None)
+        if entry is not None:
+            entry[0].errback(AckTimeout(f"no ack within {timeout} seconds"))
+
+    def _terminate(self, reason: str, tell_client: bool) -> None:
+        """Leave the namespace once; only a socket that was connected runs disconnect handlers."""
+        state = self._state
+        if state is _State.DISCONNECTED:
+            return
+        self._state = _State.DISCONNECTED
+        self._outbox = []
+        self._inbox = []
+        if tell_client:
+            if state is _State.CONNECTED:
+                self.client._send(encode_packet(Packet(PacketType.DISCONNECT, self.namespace.name)))
+            else:
+                self.client._refuse(self.namespace.name, {"message": "Connection refused"})
+        self.client._forget(self)
+        self.namespace._left(self, was_connected=state is _State.CONNECTED)
+        acks, self._acks = self._acks, {}
+        for waiting, timer in acks.values():
+            if timer is not None and timer.active():
+                timer.cancel()
+            waiting.errback(Disconnected(reason))
+        if state is _State.CONNECTED:
+            for handler in list(self.namespace.group._disconnect_handlers):
+                try:
+                    handler(self, reason)
+                except Exception:
+                    log.failure(
+                        "Disconnect handler on {namespace} failed", namespace=self.namespace.name
+                    )
+
+
+class Client:
+    """
+    The socket.io side of one Engine.IO session: its packet decoder and its sockets by namespace.
+
+    It is the ``SessionHandler`` the Engine.IO server calls. Sockets of one client share it, so an
+    application can tell that two namespaces are used by the same connection (``client.sid``).
+    """
+
+    def __init__(
+        self,
+        server: SocketIOServer,
+        session: EngineSession,
+        reactor: IReactorTime,
+        connect_timeout: float,
+        max_attachments: int,
+    ) -> None:
+        self._server = server
+        self.session = session
+        self.reactor = reactor
+        self._decoder = PacketDecoder(max_attachments)
+        self._sockets: dict[str, Socket] = {}
+        self._closed = False
+        self._connect_deadline: IDelayedCall | None = reactor.callLater(
+            connect_timeout, self._connect_timed_out
+        )
+
+    def __repr__(self) -> str:
+        return f"<Client {self.sid} {sorted(self._sockets)}>"
+
+    @property
+    def sid(self) -> str:
+        """The Engine.IO session id (different from every ``Socket.id``)."""
+        return self.session.sid
+
+    @property
+    def handshake(self) -> HandshakeInfo:
+        return self.session.handshake
+
+    @property
+    def sockets(self) -> dict[str, Socket]:
+        """This client's sockets by namespace name, connected or still connecting (a copy)."""
+        return dict(self._sockets)
+
+    def close(self, reason: str = FORCED_CLOSE) -> None:
+        """Close the Engine.IO session; the client's sockets are disconnected with ``reason``."""
+        if self._closed:
+            return
+        self.session.close(reason)
+        # The session reports the close through session_closed; make sure it happened regardless.
+        self.session_closed(reason)
+
+    # -- SessionHandler --------------------------------------------------------------------------
+
+    def message_received(self, data: str | bytes) -> None:
+        if self._closed:
+            return
+        try:
+            packet = self._decoder.feed(data)
+        except PacketError as error:
+            log.info(
+                "Closing client {sid} after a malformed packet: {error}", sid=self.sid, error=error
+            )
+            self.close(PARSE_ERROR)
+            return
+        if packet is None:
+            return
+        if packet.type is PacketType.CONNECT:
+            self._connect(packet)
+        elif packet.type is PacketType.CONNECT_ERROR:
+            log.info("Closing client {sid}: it sent a CONNECT_ERROR", sid=self.sid)
+            self.close(INVALID_STATE)
+        else:
+            socket = self._sockets.get(packet.namespace)
+            if socket is None:
+                # The reference server closes the connection here. We ignore the packet instead: a
+                # client may legitimately race a server-side disconnect of that namespace, and
+                # closing would also cut its other namespaces.
+                log.debug(
+                    "Client {sid} sent {type} to {namespace}, which it has not joined; ignored",
+                    sid=self.sid,
+                    type=packet.type.name,
+                    namespace=packet.namespace,
+                )
+                return
+            socket._receive(packet)
+
+    def session_closed(self, reason: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._cancel_deadline()
+        self._decoder.reset()
+        for socket in list(self._sockets.values()):
+            socket._terminate(reason, tell_client=False)
+        self._sockets.clear()
+        self._server._client_gone(self)
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _connect(self, packet: Packet) -> None:
+        name = packet.namespace
+        if name in self._sockets:
+            log.info(
+                "Closing client {sid}: second CONNECT to {namespace}", sid=self.sid, namespace=name
+            )
+            self.close(INVALID_STATE)
+            return
+        namespace = self._server._resolve(name)
+        if namespace is None:
+            self._refuse(name, {"message": "Invalid namespace"})
+            return
+        auth = packet.data if packet.data is not None else {}
+        socket = Socket(self, namespace, auth)
+        self._sockets[name] = socket
+        namespace._joining(socket)
+        outcome: Deferred[None] = succeed(None)
+        for handler in list(namespace.group._connect_handlers):
+            outcome.addCallback(_call_connect_handler, handler, socket, auth)
+        outcome.addCallbacks(
+            self._connect_succeeded,
+            self._connect_failed,
+            callbackArgs=(socket,),
+            errbackArgs=(socket,),
+        )
+        outcome.addErrback(
+            lambda failure: log.failure("Connecting to {namespace} failed", failure, namespace=name)
+        )
+
+    def _connect_succeeded(self, _: None, socket: Socket) -> None:
+        if socket._state is not _State.CONNECTING or self._closed:
+            return
+        self._cancel_deadline()
+        socket._accepted()
+
+    def _connect_failed(self, failure: Failure, socket: Socket) -> None:
+        if socket._state is not _State.CONNECTING or self._closed:
+            return
+        error = failure.value
+        reply: dict[str, Any]
+        if isinstance(error, ConnectionRefused):
+            reply = {"message": str(error.message)}
+            if error.data is not None:
+                reply["data"] = error.data
+        else:
+            log.failure(
+                "Connect handler of {namespace} failed", failure, namespace=socket.namespace.name
+            )
+            reply = {"message": GENERIC_REFUSAL}
+        socket._terminate("connection refused", tell_client=False)
+        self._refuse(socket.namespace.name, reply)
+
+    def _refuse(self, name: str, reply: dict[str, Any]) -> None:
+        try:
+            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, reply))
+        except (TypeError, ValueError):
+            log.failure("ConnectionRefused data of {namespace} is not JSON", namespace=name)
+            encoded = encode_packet(
+                Packet(PacketType.CONNECT_ERROR, name, {"message": reply["message"]})
+            )
+        self._send(encoded)
+
+    def _send(self, encoded: list[str | bytes]) -> None:
+        if self._closed or self.session.closed:
+            return
+        for message in encoded:
+            self.session.send(message)
+
+    def _forget(self, socket: Socket) -> None:
+        if self._sockets.get(socket.namespace.name) is socket:
+            del self._sockets[socket.namespace.name]
+
+    def _connect_timed_out(self) -> None:
+        self._connect_deadline = None
+        if not self._sockets:
+            log.info("Closing client {sid}: it joined no namespace in time", sid=self.sid)
+            self.close(CONNECT_TIMEOUT)
+
+    def _cancel_deadline(self) -> None:
+        deadline, self._connect_deadline = self._connect_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+
+def _call_connect_handler(
+    _: None, handler: Callable[[Socket, Any], object], socket: Socket, auth: Any
+) -> Deferred[Any]:
+    """Run one connect handler only while the socket still waits (an earlier one may have left)."""
+    if socket._state is not _State.CONNECTING:
+        return succeed(None)
+    return maybeDeferred(handler, socket, auth)
