@@ -71,6 +71,8 @@ class _Launch:
         self.deadline: IDelayedCall | None = None
         self.result: Deferred[Kernel] = Deferred(lambda _: None)
         self.done = False
+        self.reaped: Deferred[None] | None = None
+        """Set when aborted before the launch thread returned: fires once its kernel is killed."""
 
 
 class KernelRegistry:
@@ -174,7 +176,9 @@ class KernelRegistry:
     def _launched(self, launch: _Launch, manager: KernelManager) -> None:
         launch.manager = manager
         if launch.done:  # timed out or aborted while the thread was busy
-            self._kill_quietly(manager)
+            killed = self._kill_quietly(manager)
+            if launch.reaped is not None:
+                killed.chainDeferred(launch.reaped)
             return
         try:
             info, pid, connection_file = _manager.connection_details(manager)
@@ -203,6 +207,8 @@ class KernelRegistry:
 
     def _launch_failed(self, launch: _Launch, failure: Failure) -> None:
         if launch.done:
+            if launch.reaped is not None:
+                launch.reaped.callback(None)
             return
         self._finish_launch(launch)
         error = failure.value
@@ -250,7 +256,9 @@ class KernelRegistry:
             launch.result.errback(KernelLaunchError(reason))
         if launch.manager is not None:
             return self._kill_quietly(launch.manager)
-        return succeed(None)  # the thread will see launch.done and kill when it returns
+        # The launch thread is still busy; it sees launch.done when it returns and kills the kernel.
+        launch.reaped = Deferred()
+        return launch.reaped
 
     def _kill_quietly(self, manager: KernelManager) -> Deferred[None]:
         d = self._in_thread(_manager.kill, manager)
