@@ -1,0 +1,379 @@
+"""
+One Engine.IO session as a state machine: heartbeat, send buffer, upgrade, close.
+
+The session never touches a socket. It talks to its transports through the small
+:class:`Transport` interface and to time through an injected ``IReactorTime``, so every rule here
+(ping timeout, upgrade ordering, close-once) can be driven by a ``Clock`` and fake transports.
+
+Lifecycle: ``open`` → (``closing``: closed for the application, but a polling client may still
+collect its last packets and the close packet) → ``gone`` (removed from the server).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from enum import Enum
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from kernel_relay.engineio.options import EngineIOOptions, HandshakeInfo, SessionHandler
+from kernel_relay.engineio.packets import Packet, PacketType
+
+# Reasons given to SessionHandler.session_closed.
+TRANSPORT_CLOSE = "transport close"
+TRANSPORT_ERROR = "transport error"
+PING_TIMEOUT = "ping timeout"
+SERVER_CLOSE = "server close"
+FORCED_CLOSE = "forced close"
+PARSE_ERROR = "parse error"
+
+PROBE = "probe"
+
+
+class Transport(Protocol):
+    """What a session needs from a transport (HTTP long-polling or one WebSocket connection)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def writable(self) -> bool:
+        """Can ``send`` deliver packets now (a poll is pending, or the WebSocket is open)?"""
+        ...
+
+    @property
+    def resumable(self) -> bool:
+        """Might ``writable`` become true again later (a polling client's next request)?"""
+        ...
+
+    def send(self, packets: Sequence[Packet]) -> None:
+        """Deliver ``packets`` in order; only called while ``writable``."""
+        ...
+
+    def finish(self, packets: Sequence[Packet]) -> None:
+        """Deliver ``packets``, then signal the close as this transport does; while ``writable``."""
+        ...
+
+    def close(self) -> None:
+        """The session is done with this transport: release it (idempotent)."""
+        ...
+
+
+class _State(Enum):
+    OPEN = "open"
+    CLOSING = "closing"
+    GONE = "gone"
+
+
+class _Ending(Enum):
+    GRACEFUL = "graceful"  # deliver what is queued, then a close signal
+    ABORT = "abort"  # drop what is queued; tell a waiting poll/WebSocket that we close
+    PEER = "peer"  # the client closed; just release the transport
+
+
+class EngineIOSession:
+    """
+    One client's Engine.IO session, whatever transport carries it.
+
+    Applications use ``sid``, ``handshake``, ``protocol``, ``transport_name``, ``closed``, ``send``
+    and ``close``; transports call the ``transport_*``/``packet_received`` methods.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        sid: str,
+        handshake: HandshakeInfo,
+        options: EngineIOOptions,
+        clock: IReactorTime,
+        transport: Transport,
+        on_gone: Callable[[EngineIOSession], None],
+    ) -> None:
+        self.sid = sid
+        self.handshake = handshake
+        self.protocol = handshake.protocol
+        self.upgraded = False
+        self.close_reason: str | None = None
+        self._options = options
+        self._clock = clock
+        self._transport = transport
+        self._on_gone = on_gone
+        self._handler: SessionHandler | None = None
+        self._state = _State.OPEN
+        self._buffer: list[Packet] = []
+        self._probe: Transport | None = None
+        self._paused = False
+        self._ping_call: IDelayedCall | None = None
+        self._pong_deadline: IDelayedCall | None = None
+        self._upgrade_call: IDelayedCall | None = None
+        self._linger_call: IDelayedCall | None = None
+        self._farewell_close = True
+        upgrades = (
+            ["websocket"]
+            if transport.name == "polling" and "websocket" in options.transports
+            else []
+        )
+        handshake_data = {
+            "sid": sid,
+            "upgrades": upgrades,
+            "pingInterval": round(options.ping_interval * 1000),
+            "pingTimeout": round(options.ping_timeout * 1000),
+            "maxPayload": options.max_payload,
+        }
+        self._buffer.append(
+            Packet(PacketType.OPEN, json.dumps(handshake_data, separators=(",", ":")))
+        )
+        self._schedule_ping()
+        self._flush()
+
+    # -- application API -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._state is not _State.OPEN
+
+    @property
+    def gone(self) -> bool:
+        """Has the server forgotten this session (nothing left to deliver)?"""
+        return self._state is _State.GONE
+
+    @property
+    def transport_name(self) -> str:
+        return self._transport.name
+
+    @property
+    def transport(self) -> Transport:
+        """The transport currently carrying the session (for the server's request routing)."""
+        return self._transport
+
+    @property
+    def upgrading(self) -> bool:
+        return self._probe is not None
+
+    def attach_handler(self, handler: SessionHandler) -> None:
+        """Set the application handler (done once by the server, right after the open packet)."""
+        self._handler = handler
+
+    def send(self, data: str | bytes) -> None:
+        """Queue one message (text for ``str``, binary for ``bytes``); deliver it when possible."""
+        if self.closed:
+            self.log.debug("send on closed session {sid} ignored", sid=self.sid)
+            return
+        if isinstance(data, bytearray | memoryview):
+            data = bytes(data)
+        if not isinstance(data, str | bytes):
+            raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
+        self._buffer.append(Packet(PacketType.MESSAGE, data))
+        self._flush()
+
+    def close(self, reason: str = SERVER_CLOSE) -> None:
+        """Close from the server side; queued messages still go out before the close signal."""
+        self._terminate(reason, _Ending.GRACEFUL)
+
+    # -- transport API ---------------------------------------------------------------------------
+
+    def packet_received(self, transport: Transport, packet: Packet) -> None:
+        """A well-formed packet arrived on ``transport`` (the current one or an upgrade probe)."""
+        if transport is self._probe:
+            self._probe_packet(transport, packet)
+            return
+        if transport is not self._transport or self._state is not _State.OPEN:
+            self.log.debug("packet on session {sid} ignored", sid=self.sid)
+            return
+        kind = packet.type
+        if kind is PacketType.MESSAGE:
+            self._deliver(packet.data)
+        elif kind is PacketType.PONG:
+            self._pong_received()
+        elif kind is PacketType.CLOSE:
+            self._terminate(TRANSPORT_CLOSE, _Ending.PEER)
+        elif kind is PacketType.PING:
+            # In v4 only the server pings; a client ping is a protocol violation.
+            self.log.info("client ping on session {sid}: invalid heartbeat direction", sid=self.sid)
+            self._terminate(TRANSPORT_ERROR, _Ending.ABORT)
+        else:
+            self.log.debug("packet {kind} on session {sid} ignored", kind=kind.name, sid=self.sid)
+
+    def decode_failed(self, transport: Transport) -> None:
+        """``transport`` received something that is not a packet."""
+        if transport is self._probe:
+            self._abort_upgrade("invalid packet on probe")
+        elif transport is self._transport:
+            self._terminate(PARSE_ERROR, _Ending.ABORT)
+
+    def transport_error(self, transport: Transport, why: str) -> None:
+        """``transport`` misbehaved (overlapping polls, bad content type, ...)."""
+        if transport is self._probe:
+            self._abort_upgrade(why)
+        elif transport is self._transport:
+            self.log.info("transport error on session {sid}: {why}", sid=self.sid, why=why)
+            self._terminate(TRANSPORT_ERROR, _Ending.ABORT)
+
+    def transport_lost(self, transport: Transport, reason: str = TRANSPORT_CLOSE) -> None:
+        """``transport``'s connection is gone."""
+        if transport is self._probe:
+            self._abort_upgrade("probe transport closed")
+        elif transport is self._transport:
+            self._terminate(reason, _Ending.ABORT)
+
+    def transport_ready(self, transport: Transport) -> None:
+        """``transport`` became writable (a poll request arrived)."""
+        if transport is not self._transport:
+            return
+        if self._state is _State.CLOSING:
+            self._deliver_farewell()
+        elif self._paused:
+            # Upgrade under way: end the poll at once so the client can finish it; hold data.
+            transport.send([Packet(PacketType.NOOP)])
+        else:
+            self._flush()
+
+    def begin_upgrade(self, transport: Transport) -> bool:
+        """Try ``transport`` (a fresh WebSocket) as the new transport; False if refused."""
+        if self._state is not _State.OPEN or self.upgraded or self._probe is not None:
+            return False
+        if self._transport.name == transport.name:
+            return False
+        self._probe = transport
+        self._upgrade_call = self._clock.callLater(
+            self._options.upgrade_timeout, self._abort_upgrade, "upgrade timeout"
+        )
+        return True
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _deliver(self, data: str | bytes) -> None:
+        if self._handler is None:
+            self.log.debug("message before handler on session {sid} dropped", sid=self.sid)
+            return
+        try:
+            self._handler.message_received(data)
+        except Exception:
+            self.log.failure("message handler of session {sid} failed", sid=self.sid)
+
+    def _flush(self) -> None:
+        if self._state is not _State.OPEN or self._paused or not self._buffer:
+            return
+        if not self._transport.writable:
+            return
+        packets, self._buffer = self._buffer, []
+        self._transport.send(packets)
+
+    def _schedule_ping(self) -> None:
+        self._cancel("_ping_call")
+        self._ping_call = self._clock.callLater(self._options.ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._ping_call = None
+        if self._state is not _State.OPEN:
+            return
+        self._buffer.append(Packet(PacketType.PING))
+        self._cancel("_pong_deadline")
+        self._pong_deadline = self._clock.callLater(
+            self._options.ping_timeout, self._ping_timed_out
+        )
+        self._flush()
+
+    def _ping_timed_out(self) -> None:
+        self._pong_deadline = None
+        self.log.info("session {sid}: no pong within the ping timeout", sid=self.sid)
+        self._terminate(PING_TIMEOUT, _Ending.ABORT)
+
+    def _pong_received(self) -> None:
+        self._cancel("_pong_deadline")
+        self._schedule_ping()
+
+    def _probe_packet(self, probe: Transport, packet: Packet) -> None:
+        if packet.type is PacketType.PING and packet.data == PROBE:
+            probe.send([Packet(PacketType.PONG, PROBE)])
+            self._paused = True
+            if self._transport.writable:
+                self._transport.send([Packet(PacketType.NOOP)])
+        elif packet.type is PacketType.UPGRADE:
+            self._complete_upgrade(probe)
+        else:
+            self._abort_upgrade(f"unexpected {packet.type.name} packet on probe")
+
+    def _complete_upgrade(self, probe: Transport) -> None:
+        self._cancel("_upgrade_call")
+        old = self._transport
+        self._probe = None
+        self._paused = False
+        self._transport = probe
+        self.upgraded = True
+        old.close()
+        self.log.debug("session {sid} upgraded to {name}", sid=self.sid, name=probe.name)
+        self._flush()
+
+    def _abort_upgrade(self, why: str) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        self.log.info("upgrade of session {sid} abandoned: {why}", sid=self.sid, why=why)
+        self._cancel("_upgrade_call")
+        self._probe = None
+        self._paused = False
+        probe.close()
+        self._flush()
+
+    def _terminate(self, reason: str, ending: _Ending) -> None:
+        if self._state is not _State.OPEN:
+            return
+        self._state = _State.CLOSING
+        self.close_reason = reason
+        self._cancel("_ping_call")
+        self._cancel("_pong_deadline")
+        self._abort_upgrade("session closed")
+        self.log.debug("session {sid} closed: {reason}", sid=self.sid, reason=reason)
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            try:
+                handler.session_closed(reason)
+            except Exception:
+                self.log.failure("close handler of session {sid} failed", sid=self.sid)
+        if ending is _Ending.ABORT:
+            self._buffer = []
+            if self._transport.writable:
+                self._transport.finish([])
+            self._finalize()
+            return
+        if ending is _Ending.PEER:
+            self._buffer = []
+        self._farewell_close = ending is _Ending.GRACEFUL
+        if self._transport.writable:
+            self._deliver_farewell()
+        elif self._transport.resumable:
+            # No poll is waiting: answer the client's next poll (queued packets and the close
+            # packet, or a noop after a client close), but only for a short while.
+            grace = self._options.ping_interval + self._options.ping_timeout
+            self._linger_call = self._clock.callLater(grace, self._finalize)
+        else:
+            self._finalize()
+
+    def _deliver_farewell(self) -> None:
+        packets, self._buffer = self._buffer, []
+        if self._farewell_close:
+            self._transport.finish(packets)
+        self._finalize()
+
+    def _finalize(self) -> None:
+        if self._state is _State.GONE:
+            return
+        self._state = _State.GONE
+        self._cancel("_linger_call")
+        self._buffer = []
+        self._transport.close()
+        try:
+            self._on_gone(self)
+        except Exception:
+            self.log.failure("cleanup of session {sid} failed", sid=self.sid)
+
+    def _cancel(self, attribute: str) -> None:
+        call: IDelayedCall | None = getattr(self, attribute)
+        setattr(self, attribute, None)
+        if call is not None and call.active():
+            call.cancel()

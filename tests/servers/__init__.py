@@ -1,0 +1,1 @@
+"""Small runnable servers that tests start as child processes."""
