@@ -90,7 +90,7 @@ def test_utf8_text_round_trips() -> None:
     ],
 )
 def test_bad_payloads_are_refused(body: bytes) -> None:
-    """Empty, unknown-type, empty-part, bad-base64 and non-UTF-8 payloads raise PacketDecodeError."""
+    """Empty, unknown-type, empty-part, bad-base64 and non-UTF-8 payloads are refused."""
     with pytest.raises(PacketDecodeError):
         codec.decode_payload(body)
 
