@@ -368,9 +368,11 @@ async def test_death_by_os_exit_is_detected(registry: tuple[KernelRegistry, Obse
 
 
 @pytest_twisted.ensureDeferred
-async def test_death_by_sigkill_is_detected(registry: tuple[KernelRegistry, Observer]) -> None:
-    """A SIGKILLed kernel is reported as died (signal 9) within seconds, connection file gone."""
-    reg, observer = registry
+async def test_death_by_sigkill_is_detected(spec_manager: KernelSpecManager) -> None:
+    """A SIGKILLed kernel, alone in its registry, is reported as died (signal 9) within seconds."""
+    reg = KernelRegistry(reactor, kernel_spec_manager=spec_manager, poll_interval=0.2)
+    observer = Observer()
+    reg.add_observer(observer)
     kernel = await reg.start("python3")
     assert kernel.pid is not None
     os.kill(kernel.pid, signal.SIGKILL)
@@ -380,6 +382,7 @@ async def test_death_by_sigkill_is_detected(registry: tuple[KernelRegistry, Obse
     assert kernel.connection_file and not os.path.exists(kernel.connection_file)
     with pytest.raises(UnknownKernel):
         await reg.shutdown(kernel.id)
+    await reg.shutdown_all()
 
 
 @pytest_twisted.ensureDeferred
@@ -407,8 +410,9 @@ async def test_unknown_spec_and_unknown_id(registry: tuple[KernelRegistry, Obser
     reg, _ = registry
     with pytest.raises(UnknownKernelSpec, match="no-such-kernel"):
         await reg.start("no-such-kernel")
-    with pytest.raises(UnknownKernelSpec):
-        await reg.start("")
+    for name in ["", "../python3", "python3\x00", "x" * 5000]:
+        with pytest.raises(UnknownKernelSpec):
+            await reg.start(name)
     with pytest.raises(UnknownKernel):
         reg.get("not-a-kernel")
     with pytest.raises(UnknownKernel):

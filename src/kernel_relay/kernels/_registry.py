@@ -222,8 +222,9 @@ class KernelRegistry:
         assert kernel is not None and manager is not None
         if launch.done:
             return
-        self._finish_launch(launch)
         self._kernels[kernel.id] = (kernel, manager)
+        self._finish_launch(launch)
+        self._ensure_polling()
         _log.info(
             "kernel {kernel_id} ({spec_name}) is ready",
             kernel_id=kernel.id,
