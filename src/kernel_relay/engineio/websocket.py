@@ -136,6 +136,9 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
         super().__init__(reactor=reactor)  # type: ignore[no-untyped-call]
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             autoPingInterval=0,
+            # Send a close frame with the reason (e.g. 1009 for an oversized message) rather than
+            # just dropping the TCP connection.
+            failByDrop=False,
             maxMessagePayloadSize=max_payload,
             maxFramePayloadSize=max_payload,
         )
