@@ -13,6 +13,7 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import KernelManager
+from jupyter_core.paths import jupyter_runtime_dir
 from twisted.logger import Logger
 
 from ._errors import KernelLaunchError, KernelShutdownError, UnknownKernelSpec
@@ -38,10 +39,18 @@ def launch(
         ksm.get_kernel_spec(spec_name)
     except NoSuchKernel:
         raise UnknownKernelSpec(f"no kernel spec named {spec_name!r}") from None
+    # Named like Jupyter Server's, in the Jupyter runtime dir, so operators can find (and
+    # `jupyter console --existing`) a relay's kernel by its id.
+    runtime_dir = jupyter_runtime_dir()
+    try:
+        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise KernelLaunchError(f"cannot create the Jupyter runtime directory: {exc}") from exc
     manager = KernelManager(
         kernel_name=spec_name,
         kernel_spec_manager=ksm,
         kernel_id=kernel_id,
+        connection_file=os.path.join(runtime_dir, f"kernel-{kernel_id}.json"),
         shutdown_wait_time=shutdown_timeout,
     )
     try:
