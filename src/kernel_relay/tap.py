@@ -86,7 +86,7 @@ class Options(usage.Options):
             "Largest message, in bytes, a client may send in one packet or polling request.",
             _positive(int),
         ],
-        ["transports", None, TRANSPORTS, "Engine.IO transports to offer.", _transports],
+        ["transports", None, ",".join(TRANSPORTS), "Engine.IO transports to offer.", _transports],
         [
             "connect-timeout",
             None,
@@ -122,18 +122,14 @@ class Options(usage.Options):
         self["allow-origin"] = []
 
     def opt_listen(self, description: str) -> None:
-        """
-        Listen on a Twisted endpoint (repeatable), e.g. tcp:3000:interface=0.0.0.0,
-        ssl:3443:privateKey=key.pem:certKey=cert.pem, unix:/run/kernel-relay.sock.
-        """
+        """Listen on a Twisted endpoint (repeatable), e.g. tcp:3000:interface=0.0.0.0,
+        ssl:3443:privateKey=key.pem:certKey=cert.pem or unix:/run/kernel-relay.sock."""
         self["listen"].append(description)
 
     def opt_allow_origin(self, origin: str) -> None:
-        """
-        Let web pages from this origin use the relay (repeatable): an exact origin such as
-        https://app.example.com, a pattern such as https://*.example.com, or * for any origin. Without it
-        only same-origin pages and clients that send no Origin (curl, Node, Python) are served.
-        """
+        """Let web pages from this origin use the relay (repeatable): an exact origin such as
+        https://app.example.com, a pattern such as https://*.example.com, or * for any. By default only
+        same-origin pages and clients sending no Origin (curl, Node, Python) are served."""
         self["allow-origin"].append(origin)
 
     def parseArgs(self, port: str | None = None) -> None:
@@ -147,6 +143,8 @@ class Options(usage.Options):
                 raise usage.UsageError(f"invalid port {port!r}: {error}") from None
 
     def postOptions(self) -> None:
+        if isinstance(self["transports"], str):
+            self["transports"] = _transports(self["transports"])
         if self["port"] is None and not self["listen"]:
             self["port"] = DEFAULT_PORT
         if self["ping-timeout"] >= self["ping-interval"] * 10:

@@ -40,6 +40,7 @@ for (const channel of channels) {
     settle();
   });
   socket.on("error", (error) => errors.push(error));
+  socket.on("connect", settle);
   sockets[channel] = socket;
 }
 
@@ -72,7 +73,6 @@ async function main() {
   await Promise.all(
     channels.map((channel) => waitFor(() => sockets[channel].connected, `${channel} connected`, 15000)),
   );
-  for (const channel of channels) sockets[channel].on("connect", settle);
   const results = { engine_sids: new Set(channels.map((c) => sockets[c].io.engine.id)).size };
 
   const info = await replyTo("shell", send("shell", "kernel_info_request", {}));
