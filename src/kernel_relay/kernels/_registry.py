@@ -88,7 +88,6 @@ class KernelRegistry:
         launch_timeout: float = 60.0,
     ) -> None:
         self._reactor = reactor
-        self._pool = IReactorThreads(reactor).getThreadPool()
         self._ksm = kernel_spec_manager if kernel_spec_manager is not None else KernelSpecManager()
         self.shutdown_timeout = shutdown_timeout
         self.poll_interval = poll_interval
@@ -364,7 +363,9 @@ class KernelRegistry:
     # -- helpers ------------------------------------------------------------------------------
 
     def _in_thread(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
-        return deferToThreadPool(self._reactor, self._pool, function, *args)  # type: ignore[arg-type]
+        # Looked up per call, not in __init__, so a registry can be built on a fake reactor.
+        pool = IReactorThreads(self._reactor).getThreadPool()
+        return deferToThreadPool(self._reactor, pool, function, *args)  # type: ignore[arg-type]
 
     def _notify(self, call: Callable[[KernelObserver], None]) -> None:
         for observer in list(self._observers):
