@@ -19,14 +19,20 @@ TWIST = [sys.executable, "-m", "twisted", "kernel-relay"]
 class Relay(ServerProcess):
     """A ``twist kernel-relay`` child process, its runtime dir (connection files) and a REST helper."""
 
-    def __init__(self, runtime_dir: Path, *args: str, port: int | None = None) -> None:
+    def __init__(
+        self,
+        runtime_dir: Path,
+        *args: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.runtime_dir = runtime_dir
         runtime_dir.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         super().__init__(
             [*TWIST, "--port", str(port), *args],
             port,
-            env={"JUPYTER_RUNTIME_DIR": str(runtime_dir), "PYTHONUNBUFFERED": "1"},
+            env={"JUPYTER_RUNTIME_DIR": str(runtime_dir), "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     def spawn(self, spec: str = "python3") -> str:
