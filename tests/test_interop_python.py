@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import signal
 import sys
 import time
 import uuid
@@ -208,3 +209,17 @@ def test_python_client_disconnect_is_seen_by_the_server(app: ServerProcess) -> N
         assert found and found[0] in ("client namespace disconnect", "transport close")
     finally:
         observer.disconnect()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_conformance_server_exits_cleanly(sig: int) -> None:
+    """The example stops with status 0 on SIGINT and SIGTERM, even with a client connected."""
+    port = free_port()
+    server = ServerProcess(conformance_server_argv(port), port)
+    sio = socketio.Client(reconnection=False)
+    try:
+        sio.connect(server.url, transports=["websocket"], wait_timeout=10)
+    finally:
+        status = server.stop(sig)
+        sio.disconnect()
+    assert status == 0, server.output()

@@ -671,6 +671,24 @@ def test_malformed_packets_close_only_that_session(
     assert bystander.take() == ['31["pong"]']
 
 
+def test_internal_error_closes_only_that_client(
+    server: SocketIOServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug while dispatching a packet closes that client alone instead of escaping."""
+    victim = open_session(server)
+    bystander = open_session(server)
+    joined(victim)
+    joined(bystander)
+
+    def broken(self: Socket, packet: Any) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Socket, "_receive", broken)
+    victim.receive('2["x"]')
+    assert victim.closed and victim.close_reason == "internal error"
+    assert not bystander.closed
+
+
 def test_messages_after_close_are_ignored(server: SocketIOServer) -> None:
     """A message delivered after the client closed is dropped without error."""
     received: list[Any] = []

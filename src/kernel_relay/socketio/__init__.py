@@ -47,7 +47,8 @@ API summary:
 
 Disconnect reasons: ``"client namespace disconnect"``, ``"server namespace disconnect"``, the reason
 given to ``disconnect_all``/``close``, or the Engine.IO close reason (``"transport close"``,
-``"ping timeout"``, ...), ``"parse error"`` after a malformed packet, ``"connect timeout"``.
+``"ping timeout"``, ...), ``"parse error"`` after a malformed packet, ``"connect timeout"``,
+``"invalid state"`` (protocol violation), ``"internal error"`` (a bug of ours, logged).
 
 Robustness: any malformed packet (see :mod:`.packet`), a CONNECT_ERROR or a second CONNECT for a
 joined namespace from the client closes its Engine.IO session. Packets for a namespace the client

@@ -52,6 +52,7 @@ PARSE_ERROR: Final = "parse error"
 INVALID_STATE: Final = "invalid state"
 CONNECT_TIMEOUT: Final = "connect timeout"
 FORCED_CLOSE: Final = "forced server close"
+INTERNAL_ERROR: Final = "internal error"
 
 
 class EngineSession(Protocol):
@@ -349,6 +350,15 @@ class Client:
             return
         if packet is None:
             return
+        try:
+            self._dispatch(packet)
+        except Exception:
+            # Handlers' errors are caught where they run; this is a last guard so that a bug here
+            # costs one client its connection, never the Engine.IO layer or other clients.
+            log.failure("Internal error handling a packet from client {sid}", sid=self.sid)
+            self.close(INTERNAL_ERROR)
+
+    def _dispatch(self, packet: Packet) -> None:
         if packet.type is PacketType.CONNECT:
             self._connect(packet)
         elif packet.type is PacketType.CONNECT_ERROR:
