@@ -28,6 +28,7 @@ class FakeTransport:
         self.batches: list[list[Packet]] = []
         self.finished: list[list[Packet]] = []
         self.closed = False
+        self.discarded = False
 
     def send(self, packets: Sequence[Packet]) -> None:
         assert self.writable, "session sent to a transport that is not writable"
@@ -43,6 +44,10 @@ class FakeTransport:
     def close(self) -> None:
         self.closed = True
         self.writable = False
+
+    def discard(self) -> None:
+        self.discarded = True
+        self.close()
 
     def sent(self) -> list[Packet]:
         return [p for batch in self.batches for p in batch]
@@ -240,11 +245,13 @@ def test_upgrade_probe_pauses_polling_and_upgrade_flushes_in_order() -> None:
     session.send("two")
     polling.writable = True
     session.transport_ready(polling)
+    clock.advance(0.1)
     assert polling.batches[-1] == [Packet(T.NOOP)]
+    assert len(polling.batches) == 3
     session.packet_received(ws, Packet(T.UPGRADE))
     assert session.transport_name == "websocket" and session.upgraded
     assert ws.batches[-1] == [Packet(T.MESSAGE, "one"), Packet(T.MESSAGE, "two")]
-    assert polling.closed
+    assert polling.closed and polling.discarded
     session.send("three")
     assert ws.batches[-1] == [Packet(T.MESSAGE, "three")]
     session.packet_received(ws, Packet(T.MESSAGE, "from ws"))
@@ -313,3 +320,17 @@ def test_handler_exceptions_do_not_break_the_session() -> None:
     assert not session.closed
     session.close()
     assert broken.reasons == ["server close"] and gone == [session]
+
+
+def test_poll_during_upgrade_is_refused_if_upgrade_completes_first() -> None:
+    """A poll sent after the probe waits briefly; if the upgrade completes, it is refused."""
+    session, polling, _, clock, _ = make()
+    ws = FakeTransport("websocket", resumable=False)
+    session.begin_upgrade(ws)
+    session.packet_received(ws, Packet(T.PING, "probe"))
+    polling.writable = True
+    session.transport_ready(polling)
+    session.packet_received(ws, Packet(T.UPGRADE))
+    clock.advance(1)
+    assert polling.discarded
+    assert [Packet(T.NOOP)] not in polling.batches[1:]

@@ -121,6 +121,15 @@ class PollingTransport:
     def finish(self, packets: Sequence[Packet]) -> None:
         self.send([*packets, Packet(PacketType.CLOSE)])
 
+    def discard(self) -> None:
+        # Only a poll sent after the probe (out of protocol) can still be waiting here; refuse it
+        # as every poll after the upgrade is refused.
+        request, self._poll = self._poll, None
+        if request is not None and not self._closed:
+            request.write(write_error(request, ErrorCode.BAD_REQUEST))
+            request.finish()
+        self.close()
+
     def close(self) -> None:
         if self._closed:
             return

@@ -32,6 +32,9 @@ PARSE_ERROR = "parse error"
 
 PROBE = "probe"
 
+# Seconds a poll that arrives during an upgrade waits before it is answered with a noop.
+PAUSED_POLL_DELAY = 0.1
+
 
 class Transport(Protocol):
     """What a session needs from a transport (HTTP long-polling or one WebSocket connection)."""
@@ -59,6 +62,10 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """The session is done with this transport: release it (idempotent)."""
+        ...
+
+    def discard(self) -> None:
+        """Another transport took over: refuse whatever is still waiting here, then release."""
         ...
 
 
@@ -111,6 +118,7 @@ class EngineIOSession:
         self._pong_deadline: IDelayedCall | None = None
         self._upgrade_call: IDelayedCall | None = None
         self._linger_call: IDelayedCall | None = None
+        self._noop_call: IDelayedCall | None = None
         self._farewell_close = True
         upgrades = (
             ["websocket"]
@@ -227,8 +235,11 @@ class EngineIOSession:
         if self._state is _State.CLOSING:
             self._deliver_farewell()
         elif self._paused:
-            # Upgrade under way: end the poll at once so the client can finish it; hold data.
-            transport.send([Packet(PacketType.NOOP)])
+            # Upgrade under way; a well-behaved client does not poll now. Like the reference server,
+            # end such a poll with a noop only after a moment, so an upgrade packet already on its
+            # way wins (the poll is then refused like any poll after the upgrade).
+            self._cancel("_noop_call")
+            self._noop_call = self._clock.callLater(PAUSED_POLL_DELAY, self._end_paused_poll)
         else:
             self._flush()
 
@@ -298,14 +309,20 @@ class EngineIOSession:
         else:
             self._abort_upgrade(f"unexpected {packet.type.name} packet on probe")
 
+    def _end_paused_poll(self) -> None:
+        self._noop_call = None
+        if self._paused and self._state is _State.OPEN and self._transport.writable:
+            self._transport.send([Packet(PacketType.NOOP)])
+
     def _complete_upgrade(self, probe: Transport) -> None:
         self._cancel("_upgrade_call")
+        self._cancel("_noop_call")
         old = self._transport
         self._probe = None
         self._paused = False
         self._transport = probe
         self.upgraded = True
-        old.close()
+        old.discard()
         self.log.debug("session {sid} upgraded to {name}", sid=self.sid, name=probe.name)
         self._flush()
 
@@ -315,6 +332,7 @@ class EngineIOSession:
             return
         self.log.info("upgrade of session {sid} abandoned: {why}", sid=self.sid, why=why)
         self._cancel("_upgrade_call")
+        self._cancel("_noop_call")
         self._probe = None
         self._paused = False
         probe.close()

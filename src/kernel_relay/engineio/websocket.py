@@ -60,6 +60,9 @@ class WebSocketTransport:
         self._closed = True
         self._connection.lose()
 
+    def discard(self) -> None:
+        self.close()
+
     def connection_lost(self) -> None:
         self._closed = True
 
