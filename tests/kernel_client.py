@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import uuid
@@ -147,7 +146,13 @@ class RelayKernelClient:
         msg_id = self.send(
             "shell",
             "execute_request",
-            {"code": code, "silent": False, "store_history": False, "allow_stdin": False, **content},
+            {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "allow_stdin": False,
+                **content,
+            },
         )
         reply = self.reply_to("shell", msg_id, timeout)
         if "iopub" in self.channels:

@@ -24,13 +24,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0) -> None:
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 30.0
+) -> None:
     """Block until something accepts connections on 127.0.0.1:port, or fail with the process's output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            raise RuntimeError(f"server exited with {process.returncode} before listening:\n{output}")
+            raise RuntimeError(
+                f"server exited with {process.returncode} before listening:\n{output}"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
@@ -86,7 +90,9 @@ class ServerProcess:
 
 
 @contextmanager
-def running(argv: Sequence[str], port: int, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+def running(
+    argv: Sequence[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
     server = ServerProcess(argv, port, env)
     try:
         yield server
@@ -95,7 +101,13 @@ def running(argv: Sequence[str], port: int, env: dict[str, str] | None = None) -
 
 
 def conformance_server_argv(port: int, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "examples" / "conformance_server.py"), "--port", str(port), *extra]
+    return [
+        sys.executable,
+        str(ROOT / "examples" / "conformance_server.py"),
+        "--port",
+        str(port),
+        *extra,
+    ]
 
 
 def node_available() -> bool:

@@ -15,7 +15,9 @@ TRANSPORTS = {"polling-upgrade": ["polling", "websocket"], "websocket": ["websoc
 
 
 @pytest.fixture(params=sorted(TRANSPORTS))
-def client(relay: Relay, kernel_id: str, request: pytest.FixtureRequest) -> Iterator[RelayKernelClient]:
+def client(
+    relay: Relay, kernel_id: str, request: pytest.FixtureRequest
+) -> Iterator[RelayKernelClient]:
     connection = RelayKernelClient(relay.url, kernel_id, transports=TRANSPORTS[request.param])
     yield connection
     connection.close()
@@ -67,7 +69,8 @@ def test_interrupt_over_control_stops_a_running_cell(client: RelayKernelClient) 
     msg_id = client.send("shell", "execute_request", {"code": "import time\ntime.sleep(60)"})
     client.wait_for(
         lambda: any(
-            m["content"].get("execution_state") == "busy" for m in client.iopub_for(msg_id, "status")
+            m["content"].get("execution_state") == "busy"
+            for m in client.iopub_for(msg_id, "status")
         ),
         what="busy",
     )

@@ -101,9 +101,7 @@ def test_shutdown_disconnects_the_kernels_clients(relay: Relay) -> None:
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_stopping_the_relay_stops_every_kernel(
-    tmp_path: Path, stop_signal: signal.Signals
-) -> None:
+def test_stopping_the_relay_stops_every_kernel(tmp_path: Path, stop_signal: signal.Signals) -> None:
     """SIGTERM or SIGINT to the relay shuts down all its kernels and removes their connection files."""
     relay = Relay(tmp_path / "runtime")
     try:

@@ -16,7 +16,9 @@ from tests.test_relay_channels import BUFFER_DISPLAY, ECHO_COMM_TARGET
 pytestmark = pytest.mark.skipif(not node_available(), reason="node and npm are required")
 
 
-def run_relay_script(script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_relay_script(
+    script: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     ensure_node_modules()
     return subprocess.run(
         ["node", str(NODE_DIR / "relay" / script), *args],
@@ -24,7 +26,11 @@ def run_relay_script(script: str, *args: str, timeout: float = 120) -> subproces
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "BUFFER_DISPLAY_CODE": BUFFER_DISPLAY, "ECHO_COMM_CODE": ECHO_COMM_TARGET},
+        env={
+            **os.environ,
+            "BUFFER_DISPLAY_CODE": BUFFER_DISPLAY,
+            "ECHO_COMM_CODE": ECHO_COMM_TARGET,
+        },
     )
 
 
@@ -35,7 +41,11 @@ def test_node_client_round_trip(relay: Relay, kernel_id: str, transports: str) -
     assert result.returncode == 0, result.stderr + relay.output()[-3000:]
     observed = json.loads(result.stdout)
     assert observed["engine_sids"] == 1, "the four namespaces share one Engine.IO connection"
-    assert observed["kernel_info"] == {"type": "kernel_info_reply", "status": "ok", "language": "python"}
+    assert observed["kernel_info"] == {
+        "type": "kernel_info_reply",
+        "status": "ok",
+        "language": "python",
+    }
     assert observed["execute"] == {"reply": "ok", "result": ["2"]}
     assert observed["stdin"]["prompt"] == "name? "
     assert "hi node" in observed["stdin"]["output"]
@@ -64,7 +74,10 @@ def test_seed_readme_examples_verbatim(tmp_path_factory: pytest.TempPathFactory)
     relay = Relay(tmp_path_factory.mktemp("runtime"), port=3000)
     try:
         spawned = subprocess.run(
-            ["curl", "-s", "localhost:3000/spawn/python3"], capture_output=True, text=True, timeout=90
+            ["curl", "-s", "localhost:3000/spawn/python3"],
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
         kernel_id = json.loads(spawned.stdout)["id"]
         result = run_relay_script("seed_example.js", kernel_id)

@@ -64,7 +64,9 @@ class OriginPolicy:
         lowered = origin.lower()
         return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in self.allowed)
 
-    def cors_headers(self, origin: str | None, host: str | None, secure: bool = False) -> dict[str, str]:
+    def cors_headers(
+        self, origin: str | None, host: str | None, secure: bool = False
+    ) -> dict[str, str]:
         """
         The CORS response headers for an allowed cross-origin request, or ``{}``.
 

@@ -176,10 +176,14 @@ class Relay:
         kernel_id = socket.namespace.params["kernel_id"]
         message = args[0] if len(args) == 1 else None
         if channel == "iopub":
-            return self._refuse(socket, "iopub is read-only: send requests on shell or control", message)
+            return self._refuse(
+                socket, "iopub is read-only: send requests on shell or control", message
+            )
         if not isinstance(message, dict):
             return self._refuse(
-                socket, 'a "msg" event takes exactly one argument: a Jupyter message object', message
+                socket,
+                'a "msg" event takes exactly one argument: a Jupyter message object',
+                message,
             )
         buffers = message.get("buffers") or []
         if not isinstance(buffers, list) or not all(isinstance(b, bytes) for b in buffers):

@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.iweb import IRequest
+from twisted.web.http import Request
 from twisted.web.server import Site
 
 from . import __version__
@@ -177,7 +177,7 @@ class RelaySite(Site):
     noisy = False
     displayTracebacks = False
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: Request) -> None:
         if self.logPath is not None:
             super().log(request)
 

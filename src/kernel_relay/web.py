@@ -187,4 +187,3 @@ class RelayRoot(Resource):
     def render(self, request: IRequest) -> bytes | int:
         result: bytes | int = self._api.render(request)
         return result
-
