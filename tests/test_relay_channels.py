@@ -211,3 +211,41 @@ def test_kernels_listing_counts_connected_clients(relay: Relay, kernel_id: str) 
     finally:
         first.close()
         second.close()
+
+
+def test_stdio_is_an_alias_of_stdin_for_enchannel(relay: Relay, kernel_id: str) -> None:
+    """A client on /stdio/<id> (as enchannel-socketio-backend connects) gets input_request and answers it."""
+    sio = socketio.Client(reconnection=False)
+    requests_seen: list[dict[str, object]] = []
+    replies: list[dict[str, object]] = []
+    sio.on("msg", requests_seen.append, namespace=f"/stdio/{kernel_id}")
+    sio.on("msg", replies.append, namespace=f"/shell/{kernel_id}")
+    sio.connect(
+        relay.url, namespaces=[f"/shell/{kernel_id}", f"/stdio/{kernel_id}"], wait_timeout=10
+    )
+    try:
+        sio.emit(
+            "msg",
+            {
+                "header": {"msg_id": "stdio-1", "msg_type": "execute_request"},
+                "content": {"code": "input('via stdio? ')", "allow_stdin": True},
+            },
+            namespace=f"/shell/{kernel_id}",
+        )
+        deadline = time.monotonic() + 30
+        while not requests_seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert requests_seen, "no input_request on /stdio"
+        request = requests_seen[0]
+        assert request["header"]["msg_type"] == "input_request"  # type: ignore[index]
+        assert request["channel"] == "stdin"
+        sio.emit(
+            "msg",
+            {"header": {"msg_type": "input_reply"}, "content": {"value": "yes"}},
+            namespace=f"/stdio/{kernel_id}",
+        )
+        while not replies and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert replies and replies[0]["content"]["status"] == "ok"  # type: ignore[index]
+    finally:
+        sio.disconnect()

@@ -89,6 +89,6 @@ def test_seed_readme_examples_verbatim(tmp_path_factory: pytest.TempPathFactory)
             text=True,
             timeout=60,
         )
-        assert json.loads(stopped.stdout) == {"id": kernel_id}
+        assert json.loads(stopped.stdout)["id"] == kernel_id
     finally:
         relay.stop()

@@ -29,7 +29,8 @@ def test_spawn_answers_a_uuid_and_the_kernel_is_listed(relay: Relay) -> None:
     assert isinstance(entry["last_activity"], str) and entry["last_activity"].endswith("Z")
     shutdown = relay.shutdown(body["id"])
     assert shutdown.status_code == 200
-    assert shutdown.json() == {"id": body["id"]}
+    # "id" is the seed's contract; "kernelId" is what enchannel-socketio-backend 0.1.0 checks.
+    assert shutdown.json() == {"id": body["id"], "kernelId": body["id"]}
     assert body["id"] not in {kernel["id"] for kernel in relay.kernels()}
 
 

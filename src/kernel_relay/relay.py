@@ -32,9 +32,20 @@ from .socketio import ConnectionRefused, Socket, SocketIOServer
 log = Logger()
 
 CHANNELS = ("shell", "stdin", "iopub", "control")
-NAMESPACE_PATTERN = re.compile(r"/(?P<channel>shell|stdin|iopub|control)/(?P<kernel_id>[^/]+)")
+# enchannel-socketio-backend 0.1.0, the original's client, joins /stdio/<id> for the stdin channel.
+CHANNEL_ALIASES = {"stdio": "stdin"}
+NAMESPACE_PATTERN = re.compile(
+    r"/(?P<channel>shell|stdin|stdio|iopub|control)/(?P<kernel_id>[^/]+)"
+)
+NAMESPACE_PREFIXES = (*CHANNELS, *CHANNEL_ALIASES)
 MESSAGE_EVENT = "msg"
 ERROR_EVENT = "error"
+
+
+def channel_of(socket: Socket) -> str:
+    """The kernel channel a socket's namespace stands for, with aliases resolved."""
+    channel = socket.namespace.params["channel"]
+    return CHANNEL_ALIASES.get(channel, channel)
 
 
 def short_id(kernel_id: str) -> str:
@@ -84,8 +95,8 @@ class Relay:
     def client_count(self, kernel_id: str) -> int:
         """How many distinct socket.io clients are connected to any channel of the kernel."""
         clients: set[str] = set()
-        for channel in CHANNELS:
-            namespace = self._socketio.namespace(f"/{channel}/{kernel_id}")
+        for prefix in NAMESPACE_PREFIXES:
+            namespace = self._socketio.namespace(f"/{prefix}/{kernel_id}")
             if namespace is not None:
                 clients.update(socket.client.sid for socket in namespace.sockets.values())
         return len(clients)
@@ -104,8 +115,8 @@ class Relay:
         iopub = self._socketio.namespace(f"/iopub/{kernel.id}")
         if iopub is not None:
             iopub.emit(MESSAGE_EVENT, dead_status(kernel))
-        for channel in CHANNELS:
-            namespace = self._socketio.namespace(f"/{channel}/{kernel.id}")
+        for prefix in NAMESPACE_PREFIXES:
+            namespace = self._socketio.namespace(f"/{prefix}/{kernel.id}")
             if namespace is not None:
                 namespace.disconnect_all(f"kernel {reason}")
         for key in [key for key in self._links if key[1] == kernel.id]:
@@ -114,7 +125,7 @@ class Relay:
     # socket.io handlers
 
     def _connected(self, socket: Socket, auth: Any) -> None:
-        channel = socket.namespace.params["channel"]
+        channel = channel_of(socket)
         kernel_id = socket.namespace.params["kernel_id"]
         try:
             kernel = self._kernels.get(kernel_id)
@@ -153,7 +164,7 @@ class Relay:
         return ClientLink(kernel.open_client(client_sid.encode("utf-8"), deliver))
 
     def _disconnected(self, socket: Socket, reason: str) -> None:
-        channel = socket.namespace.params["channel"]
+        channel = channel_of(socket)
         kernel_id = socket.namespace.params["kernel_id"]
         key = (socket.client.sid, kernel_id)
         link = self._links.get(key)
@@ -172,7 +183,7 @@ class Relay:
 
     def _received(self, socket: Socket, *args: Any) -> str | None:
         """Relay a client's message to the kernel; the ack, if asked for, is the message's ``msg_id``."""
-        channel = socket.namespace.params["channel"]
+        channel = channel_of(socket)
         kernel_id = socket.namespace.params["kernel_id"]
         message = args[0] if len(args) == 1 else None
         if channel == "iopub":

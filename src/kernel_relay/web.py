@@ -79,7 +79,8 @@ class RelayAPI:
     @app.route("/shutdown/<path:kernel_id>", methods=["GET"])
     def shutdown(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
         def stopped(_: object) -> bytes:
-            return json_body(request, 200, {"id": kernel_id})
+            # "kernelId" repeats the id for enchannel-socketio-backend 0.1.0, whose shutdown() checks it.
+            return json_body(request, 200, {"id": kernel_id, "kernelId": kernel_id})
 
         def failed(failure: Failure) -> bytes:
             log.warn(
