@@ -1,0 +1,272 @@
+"""
+Lean clients, one per target, doing the same minimal work per message: send a full Jupyter message,
+receive, check the signature where the client holds the key (direct ZMQ only), and JSON-decode.
+
+- :class:`DirectClient`: pyzmq DEALER (shell) and SUB (iopub) sockets with jupyter_client's Session
+  for signing (the floor: what any relay adds is measured against this).
+- :class:`RelayClient`: Engine.IO/socket.io frames spoken directly over websocket-client
+  (``42/shell/<id>,["msg",{...}]``), one Engine.IO connection multiplexing the namespaces.
+- :class:`JupyterServerClient`: websocket-client on ``/api/kernels/<id>/channels`` (legacy protocol).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import websocket
+import zmq
+from jupyter_client.session import Session
+
+from bench.processes import HOST
+
+DELIMITER = b"<IDS|MSG>"
+
+
+@dataclass
+class Msg:
+    """One received Jupyter message."""
+
+    channel: str
+    header: dict[str, Any]
+    parent_header: dict[str, Any]
+    content: dict[str, Any]
+    buffers: list[bytes] = field(default_factory=list)
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header.get("msg_type"))
+
+    @property
+    def parent_id(self) -> str | None:
+        value = self.parent_header.get("msg_id")
+        return value if isinstance(value, str) else None
+
+
+def new_message(msg_type: str, content: dict[str, Any], session_id: str) -> dict[str, Any]:
+    """A complete Jupyter message (every client sends the same full header)."""
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": msg_type,
+            "session": session_id,
+            "username": "bench",
+            "date": datetime.now(UTC).isoformat(),
+            "version": "5.3",
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": content,
+    }
+
+
+class BenchClient(Protocol):
+    name: str
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        """Send a request; returns its msg_id."""
+        ...
+
+    def recv(self, timeout: float) -> Msg | None:
+        """The next message on any joined channel, or None after ``timeout`` seconds."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class DirectClient:
+    name = "direct"
+
+    def __init__(self, connection_info: dict[str, Any], channels: tuple[str, ...]) -> None:
+        self.session_id = uuid.uuid4().hex
+        key = connection_info["key"]
+        self.session = Session(
+            key=key.encode() if isinstance(key, str) else key,
+            signature_scheme=connection_info.get("signature_scheme", "hmac-sha256"),
+            session=self.session_id,
+        )
+        self.context = zmq.Context()
+        self.poller = zmq.Poller()
+        self.sockets: dict[str, zmq.Socket[bytes]] = {}
+        self.channel_of: dict[zmq.Socket[bytes], str] = {}
+        ip = connection_info["ip"]
+        for channel in channels:
+            kind = zmq.SUB if channel == "iopub" else zmq.DEALER
+            sock = self.context.socket(kind)
+            sock.linger = 0
+            if kind == zmq.SUB:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+                sock.rcvhwm = 0
+            else:
+                sock.identity = uuid.uuid4().hex.encode()
+            sock.connect(f"tcp://{ip}:{connection_info[f'{channel}_port']}")
+            self.sockets[channel] = sock
+            self.channel_of[sock] = channel
+            self.poller.register(sock, zmq.POLLIN)
+        self._ready: list[Msg] = []
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        message = new_message(msg_type, content, self.session_id)
+        parts = [
+            json.dumps(message[name]).encode()
+            for name in ("header", "parent_header", "metadata", "content")
+        ]
+        signature = self.session.sign(parts)
+        self.sockets[channel].send_multipart([DELIMITER, signature, *parts])
+        msg_id: str = message["header"]["msg_id"]
+        return msg_id
+
+    def _decode(self, channel: str, frames: list[bytes]) -> Msg:
+        split = frames.index(DELIMITER)
+        raw = frames[split + 2 : split + 6]
+        if not hmac.compare_digest(frames[split + 1], self.session.sign(raw)):
+            raise ValueError("bad signature")
+        header, parent, _metadata, content = (json.loads(part) for part in raw)
+        return Msg(channel, header, parent, content, frames[split + 6 :])
+
+    def recv(self, timeout: float) -> Msg | None:
+        if self._ready:
+            return self._ready.pop()
+        events = self.poller.poll(timeout * 1000)
+        if not events:
+            return None
+        for sock, _ in events:
+            self._ready.insert(0, self._decode(self.channel_of[sock], sock.recv_multipart()))
+        return self._ready.pop()
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(0)
+        self.context.term()
+
+
+class RelayClient:
+    name = "relay"
+
+    def __init__(
+        self, port: int, kernel_id: str, channels: tuple[str, ...], timeout: float = 60
+    ) -> None:
+        self.session_id = uuid.uuid4().hex
+        self.kernel_id = kernel_id
+        self.ws = websocket.create_connection(
+            f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket",
+            timeout=timeout,
+            enable_multithread=False,
+            skip_utf8_validation=True,
+        )
+        opening = self.ws.recv()
+        if not isinstance(opening, str) or not opening.startswith("0"):
+            raise RuntimeError(f"unexpected Engine.IO open packet {opening!r}")
+        self.channel_by_ns = {f"/{channel}/{kernel_id}": channel for channel in channels}
+        for namespace in self.channel_by_ns:
+            self.ws.send(f"40{namespace},")
+        joined: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while joined != set(self.channel_by_ns):
+            if time.monotonic() > deadline:
+                raise RuntimeError("socket.io namespaces not joined in time")
+            text = self.ws.recv()
+            if text == "2":
+                self.ws.send("3")
+            elif isinstance(text, str) and text.startswith("40/"):
+                joined.add(text[2 : text.index(",")])
+            elif isinstance(text, str) and text.startswith("44/"):
+                raise RuntimeError(f"namespace refused: {text}")
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        message = new_message(msg_type, content, self.session_id)
+        self.ws.send(f"42/{channel}/{self.kernel_id}," + json.dumps(["msg", message]))
+        msg_id: str = message["header"]["msg_id"]
+        return msg_id
+
+    def recv(self, timeout: float) -> Msg | None:
+        self.ws.settimeout(timeout)
+        while True:
+            try:
+                opcode, data = self.ws.recv_data()
+            except websocket.WebSocketTimeoutException:
+                return None
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            if data == b"2":
+                self.ws.send("3")
+                continue
+            if data[:2] == b"42":
+                return self._event(data[2:], [])
+            if data[:2] == b"45":
+                dash = data.index(b"-")
+                count = int(data[2:dash])
+                buffers = []
+                while len(buffers) < count:
+                    opcode, chunk = self.ws.recv_data()
+                    buffers.append(chunk)
+                return self._event(data[dash + 1 :], buffers)
+
+    def _event(self, data: bytes, buffers: list[bytes]) -> Msg | None:
+        comma = data.index(b",")
+        channel = self.channel_by_ns.get(data[:comma].decode())
+        payload = json.loads(data[comma + 1 :])
+        if channel is None or payload[0] != "msg":
+            return None
+        message = payload[1]
+        return Msg(
+            channel,
+            message["header"],
+            message["parent_header"],
+            message["content"],
+            buffers,
+        )
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+class JupyterServerClient:
+    name = "jupyter_server"
+
+    def __init__(self, url: str, timeout: float = 60) -> None:
+        self.session_id = uuid.uuid4().hex
+        self.ws = websocket.create_connection(
+            url, timeout=timeout, enable_multithread=False, skip_utf8_validation=True
+        )
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        message = new_message(msg_type, content, self.session_id)
+        message["channel"] = channel
+        self.ws.send(json.dumps(message))
+        msg_id: str = message["header"]["msg_id"]
+        return msg_id
+
+    def recv(self, timeout: float) -> Msg | None:
+        self.ws.settimeout(timeout)
+        while True:
+            try:
+                opcode, data = self.ws.recv_data()
+            except websocket.WebSocketTimeoutException:
+                return None
+            if opcode == websocket.ABNF.OPCODE_TEXT:
+                message = json.loads(data)
+                buffers: list[bytes] = []
+            elif opcode == websocket.ABNF.OPCODE_BINARY:
+                (count,) = struct.unpack_from("!I", data)
+                offsets = [*struct.unpack_from(f"!{count}I", data, 4), len(data)]
+                message = json.loads(data[offsets[0] : offsets[1]])
+                buffers = [data[offsets[i] : offsets[i + 1]] for i in range(1, count)]
+            else:
+                continue
+            return Msg(
+                message.get("channel", ""),
+                message["header"],
+                message["parent_header"],
+                message["content"],
+                buffers,
+            )
+
+    def close(self) -> None:
+        self.ws.close()

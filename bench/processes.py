@@ -1,0 +1,199 @@
+"""The servers under test as child processes on loopback: the relay, Jupyter Server, and bare kernels."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+HOST = "127.0.0.1"
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (children inherit it); returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class ChildServer:
+    """A server process with its log file; ``stop`` sends SIGINT, then kills after a grace period."""
+
+    def __init__(
+        self, name: str, argv: list[str], port: int, log_dir: Path, env: dict[str, str]
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait_http(
+        self, path: str, timeout: float = 60.0, headers: dict[str, str] | None = None
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early; see {self.log_path}")
+            try:
+                if requests.get(self.url + path, timeout=2, headers=headers).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer {path} within {timeout} s")
+
+    def stop(self, grace: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+
+
+class RelayServer(ChildServer):
+    """``twist kernel-relay`` on a free loopback port, optionally under cProfile."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        *args: str,
+        name: str = "relay",
+        profile_to: Path | None = None,
+    ) -> None:
+        port = free_port()
+        runtime = log_dir / f"{name}-runtime"
+        runtime.mkdir(parents=True, exist_ok=True)
+        prefix = [sys.executable]
+        if profile_to is not None:
+            prefix += ["-m", "cProfile", "-o", str(profile_to)]
+        argv = [*prefix, "-m", "twisted", "kernel-relay", "--port", str(port), *args]
+        super().__init__(name, argv, port, log_dir, {"JUPYTER_RUNTIME_DIR": str(runtime)})
+        self.wait_http("/api/kernelspecs")
+
+    def spawn(self, spec: str = "python3") -> str:
+        response = requests.get(f"{self.url}/spawn/{spec}", timeout=120)
+        response.raise_for_status()
+        kernel_id: str = response.json()["id"]
+        return kernel_id
+
+    def shutdown(self, kernel_id: str) -> None:
+        requests.get(f"{self.url}/shutdown/{kernel_id}", timeout=60)
+
+
+class JupyterServer(ChildServer):
+    """``jupyter server`` with a token on a free loopback port (default settings otherwise)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        port = free_port()
+        self.token = secrets.token_hex(16)
+        root = log_dir / "jupyter-server-root"
+        root.mkdir(parents=True, exist_ok=True)
+        runtime = log_dir / "jupyter-server-runtime"
+        runtime.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "jupyter_server",
+            "--no-browser",
+            "--allow-root",
+            f"--ServerApp.ip={HOST}",
+            f"--ServerApp.port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
+        ]
+        super().__init__(
+            "jupyter-server", argv, port, log_dir, {"JUPYTER_RUNTIME_DIR": str(runtime)}
+        )
+        self.wait_http("/api/kernelspecs", headers=self.headers)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"}
+
+    def spawn(self, spec: str = "python3") -> str:
+        response = requests.post(
+            f"{self.url}/api/kernels", json={"name": spec}, headers=self.headers, timeout=120
+        )
+        response.raise_for_status()
+        kernel_id: str = response.json()["id"]
+        return kernel_id
+
+    def shutdown(self, kernel_id: str) -> None:
+        requests.delete(f"{self.url}/api/kernels/{kernel_id}", headers=self.headers, timeout=60)
+
+    def channels_url(self, kernel_id: str, session_id: str) -> str:
+        return (
+            f"ws://{HOST}:{self.port}/api/kernels/{kernel_id}/channels"
+            f"?session_id={session_id}&token={self.token}"
+        )
+
+
+class DirectKernel:
+    """A python3 kernel started by jupyter_client in this process (the direct-ZMQ floor)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from jupyter_client.manager import KernelManager
+
+        runtime = log_dir / "direct-runtime"
+        runtime.mkdir(parents=True, exist_ok=True)
+        self.manager = KernelManager(
+            kernel_name="python3",
+            connection_file=str(runtime / f"kernel-{secrets.token_hex(4)}.json"),
+        )
+        self.manager.start_kernel()
+        client = self.manager.blocking_client()
+        client.start_channels()
+        client.wait_for_ready(timeout=120)
+        client.stop_channels()
+        self.connection_info: dict[str, Any] = json.loads(
+            Path(self.manager.connection_file).read_text()
+        )
+
+    @property
+    def pid(self) -> int | None:
+        provisioner = self.manager.provisioner
+        process = getattr(provisioner, "process", None)
+        return getattr(process, "pid", None)
+
+    def stop(self) -> None:
+        self.manager.shutdown_kernel(now=False)

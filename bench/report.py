@@ -1,0 +1,248 @@
+"""The Markdown table of ratios and the PNG plots, from a results dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TARGETS = ("direct", "relay", "jupyter_server")
+LABELS = {"direct": "direct ZMQ", "relay": "kernel-relay", "jupyter_server": "Jupyter Server"}
+COLORS = {"direct": "#4c72b0", "relay": "#dd8452", "jupyter_server": "#55a868"}
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}"
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    if unit == "ms":
+        return f"{value * 1000:.2f} ms"
+    if unit == "s":
+        return f"{value:.2f} s"
+    if unit == "/s":
+        return f"{value:,.0f}/s"
+    return f"{value}"
+
+
+def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, float | None], str, str, str]]:
+    """(metric, value per target, unit, target text, lower-is-better or higher-is-better)."""
+    rows: list[tuple[str, dict[str, float | None], str, str, str]] = []
+    for kind, label in (("kernel_info", "kernel_info_request"), ("execute", 'execute "pass"')):
+        data = results.get(f"round_trip_{kind}")
+        if data:
+            for stat in ("median", "p99"):
+                values = {t: data[t][stat] for t in TARGETS if t in data}
+                target = "≤ 1.15 x direct" if stat == "median" else ""
+                rows.append((f"round trip {label}, {stat}", values, "ms", target, "lower"))
+    flood = results.get("flood") or {}
+    for size, data in flood.items():
+        values = {t: data[t]["msgs_per_s"] for t in TARGETS if t in data}
+        rows.append(
+            (
+                f"iopub flood {int(size):,} msgs, throughput",
+                values,
+                "/s",
+                "≥ 0.9 x direct",
+                "higher",
+            )
+        )
+        lost = {t: float(data[t]["lost"]) for t in TARGETS if t in data}
+        rows.append((f"iopub flood {int(size):,} msgs, lost", lost, "", "0", "lower"))
+    large = results.get("large") or {}
+    for kind in ("display_data", "binary_buffer"):
+        if kind in large:
+            values = {t: large[kind][t]["median"] for t in TARGETS if t in large[kind]}
+            size = large.get("bytes", 0)
+            rows.append(
+                (
+                    f"large {kind} ({size / 1e6:g} MB), end to end",
+                    values,
+                    "ms",
+                    "≤ 1.5 x direct",
+                    "lower",
+                )
+            )
+    spawn = results.get("spawn")
+    if spawn:
+        values = {t: spawn[t]["median"] for t in TARGETS if t in spawn}
+        rows.append(("spawn until kernel_info answers", values, "s", "≤ 1.1 x direct", "lower"))
+    return rows
+
+
+def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = [
+        "# kernel-relay benchmark",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Date: {meta['date']}; {meta['cpus']} CPUs; load average {meta['load_start']} at start, "
+        f"{meta['load_end']} at end; Python {meta['python']}; ipykernel {meta['versions'].get('ipykernel')}, "
+        f"jupyter_server {meta['versions'].get('jupyter_server')}.",
+        "",
+        "| metric | direct ZMQ | kernel-relay | Jupyter Server | relay ÷ direct | relay ÷ Jupyter Server | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for metric, values, unit, target, _ in _rows(results):
+        cells = [_fmt(values.get(t), unit) if unit else _fmt(values.get(t), "") for t in TARGETS]
+        if unit:
+            r_direct = _ratio(values.get("relay"), values.get("direct"))
+            r_js = _ratio(values.get("relay"), values.get("jupyter_server"))
+        else:
+            r_direct = r_js = ""
+        lines.append(f"| {metric} | {' | '.join(cells)} | {r_direct} | {r_js} | {target} |")
+    fan = results.get("fanout")
+    if fan:
+        lines += [
+            "",
+            "## Fan-out (kernel-relay only): one kernel's iopub flood to N clients",
+            "",
+            "| clients | messages each | delivered / expected | clients with every message | deliveries/s | relay CPU s per 1,000 deliveries |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for data in fan.values():
+            per = data["relay_cpu_s_per_1000"]
+            lines.append(
+                f"| {data['clients']} | {data['messages']:,} | {data['delivered']:,} / {data['expected']:,} "
+                f"| {data['clients_complete']} | {data['deliveries_per_s']:,.0f} | "
+                f"{'n/a' if per is None else f'{per:.3f}'} |"
+            )
+    idle = results.get("idle")
+    if idle:
+        lines += [
+            "",
+            "## Idle connections (kernel-relay only)",
+            "",
+            f"{idle['clients']:,} WebSocket clients joined to one kernel's iopub, held {idle['hold_s']:g} s "
+            f"with a {idle['ping_interval_s']:g} s ping interval (each answered {idle['heartbeats_min']}-"
+            f"{idle['heartbeats_max']} heartbeats): **{idle['dropped']} dropped**; relay RSS "
+            f"{idle['relay_rss_before'] / 2**20:.1f} MB before, {idle['relay_rss_held'] / 2**20:.1f} MB "
+            f"held: **{idle['relay_rss_per_client'] / 1024:.1f} KB per client** (aim ≤ 50 KB).",
+        ]
+    lines += [
+        "",
+        "Ratios are relay ÷ baseline (lower is better for times, higher for throughput).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[Path] = []
+
+    def bars(
+        ax: Any, groups: list[str], per_target: dict[str, list[float | None]], ylabel: str
+    ) -> None:
+        width = 0.8 / max(1, len(per_target))
+        for index, (target, values) in enumerate(per_target.items()):
+            xs = [g + index * width for g in range(len(groups))]
+            ys = [v if v is not None else 0 for v in values]
+            ax.bar(xs, ys, width, label=LABELS[target], color=COLORS[target])
+        ax.set_xticks([g + width * (len(per_target) - 1) / 2 for g in range(len(groups))])
+        ax.set_xticklabels(groups, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+
+    rt = [(k, results.get(f"round_trip_{k}")) for k in ("kernel_info", "execute")]
+    rt = [(k, v) for k, v in rt if v]
+    if rt:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        groups = [f"{k}\n{stat}" for k, _ in rt for stat in ("median", "p99")]
+        per_target = {
+            t: [v[t][stat] * 1000 for _, v in rt for stat in ("median", "p99")]
+            for t in TARGETS
+            if all(t in v for _, v in rt)
+        }
+        bars(ax, groups, per_target, "round trip (ms)")
+        ax.set_title("Request/reply round trip")
+        written.append(_save(fig, out / "round_trip.png"))
+    flood = results.get("flood")
+    if flood:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        groups = [f"{int(s):,} msgs" for s in flood]
+        per_target = {
+            t: [flood[s][t]["msgs_per_s"] for s in flood]
+            for t in TARGETS
+            if all(t in flood[s] for s in flood)
+        }
+        bars(ax, groups, per_target, "messages/s delivered")
+        for index, (target, _) in enumerate(per_target.items()):
+            for g, size in enumerate(flood):
+                lost = flood[size][target]["lost"]
+                if lost:
+                    x = g + index * 0.8 / len(per_target)
+                    ax.annotate(
+                        f"lost {lost:,}",
+                        (x, flood[size][target]["msgs_per_s"]),
+                        fontsize=7,
+                        ha="center",
+                    )
+        ax.set_title("iopub flood throughput")
+        written.append(_save(fig, out / "flood.png"))
+    large = results.get("large")
+    if large:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        kinds = [k for k in ("display_data", "binary_buffer") if k in large]
+        per_target = {
+            t: [large[k][t]["median"] * 1000 for k in kinds]
+            for t in TARGETS
+            if all(t in large[k] for k in kinds)
+        }
+        bars(ax, kinds, per_target, "end-to-end time (ms)")
+        ax.set_title(f"Large message ({large['bytes'] / 1e6:g} MB)")
+        written.append(_save(fig, out / "large.png"))
+    fan = results.get("fanout")
+    if fan:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        xs = [d["clients"] for d in fan.values()]
+        ax.plot(
+            xs,
+            [d["deliveries_per_s"] for d in fan.values()],
+            "o-",
+            color=COLORS["relay"],
+            label="deliveries/s",
+        )
+        ax.set_xscale("log")
+        ax.set_xlabel("clients on one iopub")
+        ax.set_ylabel("deliveries/s")
+        ax2 = ax.twinx()
+        ax2.plot(
+            xs,
+            [d["relay_cpu_s_per_1000"] or 0 for d in fan.values()],
+            "s--",
+            color="gray",
+            label="relay CPU s / 1,000",
+        )
+        ax2.set_ylabel("relay CPU s per 1,000 deliveries")
+        ax.set_title("Fan-out (kernel-relay)")
+        fig.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.88))
+        written.append(_save(fig, out / "fanout.png"))
+    spawn = results.get("spawn")
+    if spawn:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        targets = [t for t in TARGETS if t in spawn]
+        ax.bar(
+            [LABELS[t] for t in targets],
+            [spawn[t]["median"] for t in targets],
+            color=[COLORS[t] for t in targets],
+        )
+        ax.set_ylabel("seconds until kernel_info answers")
+        ax.set_title("Kernel start")
+        written.append(_save(fig, out / "spawn.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,326 @@
+"""
+``python -m bench [--quick] [--only NAMES] [--out DIR] [--profile]``: run the scenarios side by side.
+
+Scenarios (``--only`` takes a comma-separated subset): ``round_trip``, ``flood``, ``large``,
+``fanout``, ``idle``, ``spawn``. Outputs in ``--out`` (default ``bench/results/``): ``results.json``,
+``results.md`` (the ratio table) and ``*.png`` plots, plus the servers' logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios
+from bench.clients import BenchClient, DirectClient, JupyterServerClient, RelayClient
+from bench.processes import DirectKernel, JupyterServer, RelayServer, raise_fd_limit
+
+SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    round_trips: int
+    round_trip_blocks: int
+    flood_sizes: tuple[int, ...]
+    flood_repeats: int
+    large_bytes: int
+    large_repeats: int
+    fanout_clients: tuple[int, ...]
+    fanout_messages: int
+    idle_clients: int
+    idle_ping_interval: float
+    idle_periods: int
+    spawn_repeats: int
+
+
+FULL = Sizes(
+    round_trips=500,
+    round_trip_blocks=5,
+    flood_sizes=(5_000, 50_000),
+    flood_repeats=3,
+    large_bytes=10_000_000,
+    large_repeats=5,
+    fanout_clients=(1, 10, 100, 500),
+    fanout_messages=1_000,
+    idle_clients=2_000,
+    idle_ping_interval=2.0,
+    idle_periods=4,
+    spawn_repeats=5,
+)
+
+QUICK = Sizes(
+    round_trips=20,
+    round_trip_blocks=2,
+    flood_sizes=(50, 200),
+    flood_repeats=1,
+    large_bytes=100_000,
+    large_repeats=1,
+    fanout_clients=(1, 5),
+    fanout_messages=50,
+    idle_clients=20,
+    idle_ping_interval=0.5,
+    idle_periods=3,
+    spawn_repeats=1,
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Benchmark kernel-relay against direct ZMQ and Jupyter Server, side by side.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes (a smoke run, not a measurement)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAMES",
+        help=f"comma-separated scenarios to run (default all): {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="output directory [bench/results]"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run the main relay under cProfile; writes relay.prof and relay-profile.txt",
+    )
+    parser.add_argument(
+        "--targets",
+        default="direct,relay,jupyter_server",
+        help="comma-separated targets for the side-by-side scenarios [direct,relay,jupyter_server]",
+    )
+    args = parser.parse_args(argv)
+    only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
+    unknown = [name for name in only if name not in SCENARIOS]
+    if unknown:
+        parser.error(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
+    args.only = only or list(SCENARIOS)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    return args
+
+
+def say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _versions() -> dict[str, str]:
+    found: dict[str, str] = {}
+    for name in (
+        "kernel-relay",
+        "ipykernel",
+        "jupyter_client",
+        "jupyter_server",
+        "pyzmq",
+        "twisted",
+        "autobahn",
+    ):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def _load() -> list[float]:
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    fd_limit = raise_fd_limit()
+    meta: dict[str, Any] = {
+        "command": shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "versions": _versions(),
+        "fd_limit": fd_limit,
+        "sizes": sizes.__dict__,
+        "load_start": _load(),
+        "load": {},
+    }
+    results: dict[str, Any] = {}
+    side_by_side = {"round_trip", "flood", "large"} & set(args.only)
+    targets = args.targets
+    cleanups: list[Any] = []
+    started = time.perf_counter()
+    try:
+        relay: RelayServer | None = None
+        jupyter: JupyterServer | None = None
+        factories: dict[str, scenarios.ClientFactory] = {}
+        if "relay" in targets and (side_by_side or {"fanout", "spawn"} & set(args.only)):
+            say("starting kernel-relay")
+            relay = RelayServer(logs, profile_to=out / "relay.prof" if args.profile else None)
+            cleanups.append(relay.stop)
+        if "jupyter_server" in targets and (side_by_side or "spawn" in args.only):
+            say("starting Jupyter Server")
+            jupyter = JupyterServer(logs)
+            cleanups.append(jupyter.stop)
+        if side_by_side:
+            if "direct" in targets:
+                say("starting a kernel with jupyter_client (direct ZMQ)")
+                direct = DirectKernel(logs)
+                cleanups.append(direct.stop)
+                info = direct.connection_info
+
+                def direct_client(channels: tuple[str, ...]) -> BenchClient:
+                    return DirectClient(info, channels)
+
+                factories["direct"] = direct_client
+            if relay is not None:
+                say("spawning a kernel through the relay")
+                relay_kernel = relay.spawn()
+                port = relay.port
+
+                def relay_client(channels: tuple[str, ...]) -> BenchClient:
+                    return RelayClient(port, relay_kernel, channels)
+
+                factories["relay"] = relay_client
+            if jupyter is not None:
+                say("starting a kernel through Jupyter Server")
+                js_kernel = jupyter.spawn()
+                js = jupyter
+
+                def js_client(channels: tuple[str, ...]) -> BenchClient:
+                    import uuid
+
+                    return JupyterServerClient(js.channels_url(js_kernel, uuid.uuid4().hex))
+
+                factories["jupyter_server"] = js_client
+
+        def run(name: str, key: str, function: Any, *params: Any) -> None:
+            say(f"{key}: running (load {_load()})")
+            meta["load"][key] = {"before": _load()}
+            begun = time.perf_counter()
+            results[key] = function(*params)
+            meta["load"][key]["after"] = _load()
+            meta["load"][key]["seconds"] = round(time.perf_counter() - begun, 1)
+            say(f"{key}: done in {meta['load'][key]['seconds']} s")
+
+        if "round_trip" in args.only:
+            run(
+                "round_trip",
+                "round_trip_kernel_info",
+                scenarios.round_trip,
+                factories,
+                "kernel_info_request",
+                {},
+                sizes.round_trips,
+                sizes.round_trip_blocks,
+            )
+            run(
+                "round_trip",
+                "round_trip_execute",
+                scenarios.round_trip,
+                factories,
+                "execute_request",
+                {"code": "pass", "silent": False},
+                sizes.round_trips,
+                sizes.round_trip_blocks,
+            )
+        if "flood" in args.only:
+            run(
+                "flood",
+                "flood",
+                scenarios.flood,
+                factories,
+                list(sizes.flood_sizes),
+                sizes.flood_repeats,
+            )
+        if "large" in args.only:
+            run(
+                "large", "large", scenarios.large, factories, sizes.large_bytes, sizes.large_repeats
+            )
+        if "fanout" in args.only and relay is not None:
+            fan_kernel = relay.spawn()
+            run(
+                "fanout",
+                "fanout",
+                scenarios.fanout,
+                relay,
+                fan_kernel,
+                list(sizes.fanout_clients),
+                sizes.fanout_messages,
+            )
+            relay.shutdown(fan_kernel)
+        if "idle" in args.only and "relay" in targets:
+            interval = sizes.idle_ping_interval
+            idle_relay = RelayServer(
+                logs,
+                "--ping-interval",
+                str(interval),
+                "--ping-timeout",
+                str(max(5.0, 2 * interval)),
+                name="relay-idle",
+            )
+            try:
+                idle_kernel = idle_relay.spawn()
+                run(
+                    "idle",
+                    "idle",
+                    scenarios.idle,
+                    idle_relay,
+                    idle_kernel,
+                    sizes.idle_clients,
+                    interval * sizes.idle_periods + 0.5,
+                    interval,
+                )
+                idle_relay.shutdown(idle_kernel)
+            finally:
+                idle_relay.stop()
+        if "spawn" in args.only:
+            run("spawn", "spawn", scenarios.spawn, relay, jupyter, sizes.spawn_repeats)
+    finally:
+        for cleanup in reversed(cleanups):
+            try:
+                cleanup()
+            except Exception as error:  # a benchmark must still write what it measured
+                say(f"cleanup failed: {error!r}")
+    meta["load_end"] = _load()
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    table = report.markdown(results, meta)
+    (out / "results.md").write_text(table)
+    written = report.plots(results, out)
+    if args.profile and (out / "relay.prof").exists():
+        _profile_text(out / "relay.prof", out / "relay-profile.txt")
+    print(table)
+    say(
+        f"wrote {out / 'results.json'}, {out / 'results.md'} and {len(written)} plots in {meta['seconds']} s"
+    )
+    return 0
+
+
+def _profile_text(profile: Path, text: Path) -> None:
+    import io
+    import pstats
+
+    stream = io.StringIO()
+    stats = pstats.Stats(str(profile), stream=stream)
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(40)
+    text.write_text(stream.getvalue())

@@ -1,0 +1,357 @@
+"""The measurements. Each takes ready targets and returns plain JSON-able results (times in seconds)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+import requests
+
+from bench.clients import BenchClient, DirectClient, JupyterServerClient, RelayClient
+from bench.processes import JupyterServer, RelayServer
+from bench.swarm import IDLE, STREAM, SwarmClient, close_swarm, connect_swarm
+
+ClientFactory = Callable[[tuple[str, ...]], BenchClient]
+
+FLOOD_CODE = """\
+k = get_ipython().kernel
+p = k.get_parent("shell")
+for i in range({n}):
+    k.session.send(k.iopub_socket, "stream", {{"name": "stdout", "text": "%d\\n" % i}}, parent=p)
+"""
+
+DISPLAY_CODE = """\
+from IPython.display import display
+display({{"text/plain": "x" * {n}}}, raw=True)
+"""
+
+BUFFER_CODE = """\
+k = get_ipython().kernel
+k.session.send(k.iopub_socket, "display_data", {{"data": {{"text/plain": "buffer"}}, "metadata": {{}}}},
+               parent=k.get_parent("shell"), buffers=[b"\\0" * {n}])
+"""
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p99": percentile(values, 0.99),
+        "mean": statistics.fmean(values),
+        "min": min(values),
+    }
+
+
+def wait_for(client: BenchClient, predicate: Callable[[Any], bool], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{client.name}: no matching message within {timeout} s")
+        message = client.recv(left)
+        if message is not None and predicate(message):
+            return message
+
+
+def wait_reply(client: BenchClient, msg_id: str, timeout: float = 60.0) -> Any:
+    return wait_for(client, lambda m: m.channel == "shell" and m.parent_id == msg_id, timeout)
+
+
+def iopub_ready(client: BenchClient, timeout: float = 60.0) -> None:
+    """Ask kernel_info until an iopub message arrives (ZMQ subscriptions take a moment)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client.send("shell", "kernel_info_request", {})
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            message = client.recv(max(0.01, end - time.monotonic()))
+            if message is not None and message.channel == "iopub":
+                # Drain what is left of this exchange.
+                while client.recv(0.2) is not None:
+                    pass
+                return
+    raise TimeoutError(f"{client.name}: iopub never delivered")
+
+
+def round_trip(
+    factories: dict[str, ClientFactory],
+    msg_type: str,
+    content: dict[str, Any],
+    count: int,
+    blocks: int,
+) -> dict[str, Any]:
+    """``count`` sequential request/reply pairs per target, interleaved in ``blocks`` rounds."""
+    clients = {name: factory(("shell",)) for name, factory in factories.items()}
+    samples: dict[str, list[float]] = {name: [] for name in clients}
+    try:
+        for client in clients.values():
+            for _ in range(10):
+                wait_reply(client, client.send("shell", msg_type, content))
+        per_block = max(1, count // blocks)
+        for _ in range(blocks):
+            for name, client in clients.items():
+                for _ in range(per_block):
+                    start = time.perf_counter()
+                    wait_reply(client, client.send("shell", msg_type, content))
+                    samples[name].append(time.perf_counter() - start)
+    finally:
+        for client in clients.values():
+            client.close()
+    return {name: summary(values) for name, values in samples.items()}
+
+
+def _flood_once(client: BenchClient, count: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    msg_id = client.send(
+        "shell", "execute_request", {"code": FLOOD_CODE.format(n=count), "silent": False}
+    )
+    received = 0
+    first: float | None = None
+    deadline = time.monotonic() + max(120.0, count / 100)
+    while True:
+        message = client.recv(max(0.1, deadline - time.monotonic()))
+        if message is None:
+            if time.monotonic() > deadline:
+                break
+            continue
+        if message.channel != "iopub" or message.parent_id != msg_id:
+            continue
+        if message.msg_type == "stream" and message.content.get("text", "").strip().isdigit():
+            received += 1
+            if first is None:
+                first = time.perf_counter()
+        elif message.msg_type == "status" and message.content.get("execution_state") == "idle":
+            break
+    elapsed = time.perf_counter() - start
+    while client.recv(0.2) is not None:
+        pass
+    return {
+        "sent": count,
+        "received": received,
+        "lost": count - received,
+        "seconds": elapsed,
+        "msgs_per_s": received / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+def flood(factories: dict[str, ClientFactory], sizes: list[int], repeats: int) -> dict[str, Any]:
+    """The kernel publishes ``size`` stream messages as fast as it can; count what arrives and how fast."""
+    results: dict[str, Any] = {}
+    clients = {name: factory(("shell", "iopub")) for name, factory in factories.items()}
+    try:
+        for client in clients.values():
+            iopub_ready(client)
+        for size in sizes:
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
+            for _ in range(repeats):
+                for name, client in clients.items():
+                    runs[name].append(_flood_once(client, size))
+            for name, measured in runs.items():
+                rates = [run["msgs_per_s"] for run in measured]
+                results.setdefault(str(size), {})[name] = {
+                    "msgs_per_s": statistics.median(rates),
+                    "lost": max(run["lost"] for run in measured),
+                    "seconds": statistics.median(run["seconds"] for run in measured),
+                    "runs": measured,
+                }
+    finally:
+        for client in clients.values():
+            client.close()
+    return results
+
+
+def large(factories: dict[str, ClientFactory], size: int, repeats: int) -> dict[str, Any]:
+    """End-to-end time of one execute that makes the kernel publish ``size`` bytes on iopub."""
+    results: dict[str, Any] = {}
+    clients = {name: factory(("shell", "iopub")) for name, factory in factories.items()}
+    try:
+        for client in clients.values():
+            iopub_ready(client)
+        for kind, code in (("display_data", DISPLAY_CODE), ("binary_buffer", BUFFER_CODE)):
+            times: dict[str, list[float]] = {name: [] for name in clients}
+            for _ in range(repeats):
+                for name, client in clients.items():
+                    start = time.perf_counter()
+                    msg_id = client.send("shell", "execute_request", {"code": code.format(n=size)})
+                    message = wait_for(
+                        client,
+                        lambda m, msg_id=msg_id: (
+                            m.channel == "iopub"
+                            and m.parent_id == msg_id
+                            and m.msg_type == "display_data"
+                        ),
+                        timeout=120,
+                    )
+                    elapsed = time.perf_counter() - start
+                    got = (
+                        len(message.buffers[0])
+                        if kind == "binary_buffer" and message.buffers
+                        else len(message.content["data"]["text/plain"])
+                    )
+                    if got != size:
+                        raise RuntimeError(f"{name}: {kind} arrived with {got} bytes, not {size}")
+                    times[name].append(elapsed)
+                    while client.recv(0.2) is not None:
+                        pass
+            results[kind] = {name: summary(values) for name, values in times.items()}
+    finally:
+        for client in clients.values():
+            client.close()
+    results["bytes"] = size
+    return results
+
+
+def fanout(relay: RelayServer, kernel_id: str, counts: list[int], messages: int) -> dict[str, Any]:
+    """N socket.io clients on one kernel's iopub during a flood: deliveries, rate, relay CPU."""
+    process = psutil.Process(relay.pid)
+    driver = RelayClient(relay.port, kernel_id, ("shell",))
+    namespace = f"/iopub/{kernel_id}"
+    results: dict[str, Any] = {}
+
+    async def one(count: int) -> dict[str, Any]:
+        finished = asyncio.get_running_loop().create_future()
+        state = {"msg_id": b"", "done": 0}
+
+        def on_event(client: SwarmClient, payload: bytes) -> None:
+            if STREAM.search(payload):
+                client.streams += 1
+            elif state["msg_id"] and state["msg_id"] in payload and IDLE.search(payload):  # type: ignore[operator]
+                if not client.done:
+                    client.done = True
+                    state["done"] += 1  # type: ignore[operator]
+                    if state["done"] == count and not finished.done():
+                        finished.set_result(None)
+
+        clients = await connect_swarm(relay.port, count, [namespace], on_event)
+        await asyncio.sleep(0.5)
+        for client in clients:
+            client.streams = 0
+        cpu = process.cpu_times()
+        start = time.perf_counter()
+        msg_id = driver.send("shell", "execute_request", {"code": FLOOD_CODE.format(n=messages)})
+        state["msg_id"] = msg_id.encode()
+        try:
+            await asyncio.wait_for(finished, timeout=max(120.0, count * messages / 2000))
+        except TimeoutError:
+            pass
+        elapsed = time.perf_counter() - start
+        cpu_after = process.cpu_times()
+        used = (cpu_after.user - cpu.user) + (cpu_after.system - cpu.system)
+        delivered = sum(client.streams for client in clients)
+        expected = count * messages
+        complete = sum(1 for client in clients if client.streams == messages)
+        await close_swarm(clients)
+        return {
+            "clients": count,
+            "messages": messages,
+            "expected": expected,
+            "delivered": delivered,
+            "lost": expected - delivered,
+            "clients_complete": complete,
+            "seconds": elapsed,
+            "deliveries_per_s": delivered / elapsed if elapsed > 0 else 0.0,
+            "relay_cpu_s": used,
+            "relay_cpu_s_per_1000": used / delivered * 1000 if delivered else None,
+        }
+
+    try:
+        for count in counts:
+            results[str(count)] = asyncio.run(one(count))
+            wait_reply_any(driver)
+    finally:
+        driver.close()
+    return results
+
+
+def wait_reply_any(client: BenchClient) -> None:
+    while client.recv(0.5) is not None:
+        pass
+
+
+def idle(
+    relay: RelayServer, kernel_id: str, count: int, hold: float, ping_interval: float
+) -> dict[str, Any]:
+    """``count`` idle clients joined to a kernel's iopub, held through several heartbeats."""
+    process = psutil.Process(relay.pid)
+
+    async def run() -> dict[str, Any]:
+        rss_before = process.memory_info().rss
+        start = time.perf_counter()
+        clients = await connect_swarm(relay.port, count, [f"/iopub/{kernel_id}"], lambda c, p: None)
+        connect_seconds = time.perf_counter() - start
+        rss_connected = process.memory_info().rss
+        await asyncio.sleep(hold)
+        rss_held = process.memory_info().rss
+        dropped = sum(1 for client in clients if client.closed_by_server)
+        pings = [client.pings for client in clients]
+        listing = requests.get(f"{relay.url}/api/kernels", timeout=30).json()
+        connections = next((k["connections"] for k in listing if k["id"] == kernel_id), None)
+        await close_swarm(clients)
+        return {
+            "clients": count,
+            "hold_s": hold,
+            "ping_interval_s": ping_interval,
+            "heartbeats_min": min(pings),
+            "heartbeats_max": max(pings),
+            "dropped": dropped,
+            "relay_reported_connections": connections,
+            "connect_seconds": connect_seconds,
+            "relay_rss_before": rss_before,
+            "relay_rss_connected": rss_connected,
+            "relay_rss_held": rss_held,
+            "relay_rss_per_client": (rss_held - rss_before) / count,
+        }
+
+    return asyncio.run(run())
+
+
+def spawn(relay: RelayServer | None, jupyter: JupyterServer | None, repeats: int) -> dict[str, Any]:
+    """Start a kernel and wait until it answers kernel_info: relay /spawn, jupyter_client, Jupyter Server."""
+    from jupyter_client.manager import KernelManager
+
+    times: dict[str, list[float]] = {"direct": []}
+    if relay is not None:
+        times["relay"] = []
+    if jupyter is not None:
+        times["jupyter_server"] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        manager = KernelManager(kernel_name="python3")
+        manager.start_kernel()
+        kc = manager.blocking_client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=120)
+        times["direct"].append(time.perf_counter() - start)
+        kc.stop_channels()
+        manager.shutdown_kernel(now=True)
+        if relay is not None:
+            start = time.perf_counter()
+            kernel_id = relay.spawn()
+            client: BenchClient = RelayClient(relay.port, kernel_id, ("shell",))
+            wait_reply(client, client.send("shell", "kernel_info_request", {}))
+            times["relay"].append(time.perf_counter() - start)
+            client.close()
+            relay.shutdown(kernel_id)
+        if jupyter is not None:
+            start = time.perf_counter()
+            kernel_id = jupyter.spawn()
+            client = JupyterServerClient(jupyter.channels_url(kernel_id, uuid.uuid4().hex))
+            wait_reply(client, client.send("shell", "kernel_info_request", {}))
+            times["jupyter_server"].append(time.perf_counter() - start)
+            client.close()
+            jupyter.shutdown(kernel_id)
+    return {name: summary(values) for name, values in times.items()}
+
+
+__all__ = ["DirectClient", "fanout", "flood", "idle", "large", "round_trip", "spawn"]

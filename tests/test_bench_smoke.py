@@ -1,0 +1,74 @@
+"""A smoke run of the benchmark suite with tiny sizes: it must keep working, whatever its numbers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT
+
+for module in ("jupyter_server", "matplotlib", "psutil", "websocket"):
+    pytest.importorskip(module, reason="the bench extra is not installed")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SIDE_BY_SIDE = ("direct", "relay", "jupyter_server")
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> None:
+    """results.json holds round trip, flood and large results for all three targets, plus fan-out, idle and spawn."""
+    data = json.loads((bench_out / "results.json").read_text())
+    results = data["results"]
+    assert data["meta"]["quick"] is True
+    for key in ("round_trip_kernel_info", "round_trip_execute"):
+        for target in SIDE_BY_SIDE:
+            assert results[key][target]["n"] > 0
+            assert results[key][target]["median"] > 0
+    for size, per_target in results["flood"].items():
+        for target in SIDE_BY_SIDE:
+            assert per_target[target]["msgs_per_s"] > 0
+            assert 0 <= per_target[target]["lost"] <= int(size)
+    for kind in ("display_data", "binary_buffer"):
+        assert set(SIDE_BY_SIDE) <= set(results["large"][kind])
+    for fan in results["fanout"].values():
+        assert fan["delivered"] <= fan["expected"]
+        assert fan["deliveries_per_s"] >= 0
+    assert results["idle"]["clients"] > 0
+    assert results["idle"]["relay_rss_held"] > 0
+    assert set(SIDE_BY_SIDE) <= set(results["spawn"])
+
+
+@pytest.mark.timeout(300)
+def test_markdown_table_has_ratio_columns(bench_out: Path) -> None:
+    """results.md is a Markdown table with the relay ÷ direct and relay ÷ Jupyter Server columns."""
+    table = (bench_out / "results.md").read_text()
+    assert "| relay ÷ direct | relay ÷ Jupyter Server |" in table
+    assert "round trip kernel_info_request, median" in table
+    assert "iopub flood" in table
+    assert "Fan-out" in table
+
+
+@pytest.mark.timeout(300)
+def test_plots_are_png_files(bench_out: Path) -> None:
+    """Each scenario's plot is written as a PNG image."""
+    for name in ("round_trip", "flood", "large", "fanout", "spawn"):
+        path = bench_out / f"{name}.png"
+        assert path.read_bytes()[:8] == PNG_MAGIC, name
