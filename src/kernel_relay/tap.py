@@ -18,6 +18,7 @@ from twisted.web.http import Request
 from twisted.web.server import Site
 
 from . import __version__
+from .demo import demo_resources
 from .engineio import EngineIOOptions
 from .kernels import KernelRegistry
 from .origins import OriginPolicy
@@ -114,6 +115,10 @@ class Options(usage.Options):
             None,
             "Write an HTTP access log (combined format) to this file.",
         ],
+    ]
+
+    optFlags: Sequence[Sequence[Any]] = [
+        ["no-demo", None, "Do not serve the demo page at / (and its files under /demo/)."],
     ]
 
     def __init__(self) -> None:
@@ -219,7 +224,11 @@ def makeService(options: Options) -> IService:
     relay = Relay(socketio, kernels)
     api = RelayAPI(kernels, relay.client_count)
     site = RelaySite(
-        RelayRoot(OriginGuard(api.resource(), origins), socketio.resource()),
+        RelayRoot(
+            OriginGuard(api.resource(), origins),
+            socketio.resource(),
+            demo=None if options["no-demo"] else demo_resources(),
+        ),
         logPath=options["access-log"],
     )
 

@@ -10,7 +10,7 @@ the user merely visits cannot drive a relay listening on loopback.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -172,12 +172,20 @@ class RelayRoot(Resource):
     """
     The root of the site: ``/socket.io/`` goes straight to the socket.io server, everything else to the API.
 
-    socket.io traffic bypasses Klein's routing on purpose: it is the hot path.
+    socket.io traffic bypasses Klein's routing on purpose: it is the hot path. ``demo``, when given, adds
+    children of its own (the demo page at ``/`` and its files, see :func:`kernel_relay.demo.demo_resources`).
     """
 
-    def __init__(self, api: IResource, socketio: IResource) -> None:
+    def __init__(
+        self,
+        api: IResource,
+        socketio: IResource,
+        demo: Mapping[bytes, IResource] | None = None,
+    ) -> None:
         super().__init__()
         self.putChild(b"socket.io", socketio)
+        for segment, child in (demo or {}).items():
+            self.putChild(segment, child)
         self._api = api
 
     def getChild(self, path: bytes, request: IRequest) -> IResource:
