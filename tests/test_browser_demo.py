@@ -192,7 +192,8 @@ def test_page_has_no_inline_script_or_handlers() -> None:
 
 def test_demo_session_in_chromium(relay: Relay) -> None:
     """In headless Chromium the page spawns python3 and shows a result, a print, a coloured traceback, a PNG,
-    an input() round trip and an interrupted sleep, then shuts the kernel down; a screenshot is saved."""
+    an input() round trip and an interrupted sleep, shuts the kernel down, starts another and sees it die;
+    a screenshot is saved."""
     require_chromium()
     before = {kernel["id"] for kernel in relay.kernels()}
     screenshot = artifact("demo-page.png")
@@ -245,11 +246,17 @@ def test_demo_session_in_chromium(relay: Relay) -> None:
         "editorEnabled": False,
         "startEnabled": True,
     }
+    assert seen["restartedCells"] == 0, "a new kernel starts with a clean page"
+    assert seen["afterDeath"]["status"] == "python3 died"
+    assert seen["afterDeath"]["editorEnabled"] is False
+    assert seen["afterDeath"]["cell"]["status"] == "aborted"
     assert seen["cspViolations"] == []
     assert seen["consoleErrors"] == []
     assert seen["pageErrors"] == []
-    assert len(seen["websockets"]) == 1, "one Engine.IO connection carries the four namespaces"
-    assert "/socket.io/?EIO=4&transport=websocket" in seen["websockets"][0]
+    assert len(seen["websockets"]) == 2, (
+        "one Engine.IO connection per kernel carries its namespaces"
+    )
+    assert all("/socket.io/?EIO=4&transport=websocket&sid=" in url for url in seen["websockets"])
 
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000, "the screenshot shows a rendered page"

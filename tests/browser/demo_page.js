@@ -96,6 +96,19 @@ async function main() {
       editorEnabled: await page.locator("#code").isEnabled(),
       startEnabled: await page.locator("#start").isEnabled(),
     };
+
+    // Start again, and let the new kernel die on its own: the page says so and disables the editor.
+    await page.click("#start");
+    await page.locator("#status[data-state='idle']").waitFor();
+    observed.restartedCells = await page.locator(".cell").count();
+    const dying = await submit(page, "import os\nos._exit(1)");
+    await page.locator("#status[data-state='dead']").waitFor();
+    observed.afterDeath = {
+      status: await page.locator("#status").textContent(),
+      editorEnabled: await page.locator("#code").isEnabled(),
+      cell: await cellSummary(dying),
+    };
+
     observed.cspViolations = await cspViolations();
     observed.consoleErrors = seen.consoleErrors;
     observed.pageErrors = seen.pageErrors;

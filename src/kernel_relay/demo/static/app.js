@@ -297,7 +297,7 @@ function onIopub(msg) {
   const content = msg.content || {};
   if (type === "status") {
     if (content.execution_state === "dead") {
-      kernelGone("dead");
+      kernelGone();
       return;
     }
     // Only the kernel-wide state: requests of other clients also move it.
@@ -383,7 +383,7 @@ function connect(id, name) {
       if (kernel?.id === id) setStatus("error", `cannot join ${channel}: ${error.message}`);
     });
     socket.on("disconnect", (reason) => {
-      if (reason === "io server disconnect" && kernel?.id === id) kernelGone("dead");
+      if (reason === "io server disconnect" && kernel?.id === id) kernelGone();
     });
     socket.on("msg", (msg) => {
       if (kernel?.id !== id) return;
@@ -400,17 +400,17 @@ function connect(id, name) {
   }
 }
 
-function kernelGone(state) {
+function kernelGone() {
   if (!kernel) return;
   const { manager, cells } = kernel;
-  kernel.state = state;
+  kernel.state = "dead";
   kernel.connected = false;
   for (const cell of cells.values()) {
     if (cell.node.classList.contains("running")) cell.finish(null, "aborted");
   }
   manager.disconnect?.();
   for (const socket of Object.values(kernel.sockets)) socket.disconnect();
-  setStatus("dead", `${kernel.name} ${state === "dead" ? "shut down" : state}`);
+  setStatus("dead", `${kernel.name} ${kernel.shuttingDown ? "shut down" : "died"}`);
   refreshControls();
 }
 
@@ -457,12 +457,14 @@ function interrupt() {
 async function shutdown() {
   if (!kernel) return;
   const { id } = kernel;
+  kernel.shuttingDown = true;
   ui.shutdown.disabled = true;
   setStatus("busy", "shutting down…");
   try {
     await getJSON(`shutdown/${encodeURIComponent(id)}`);
-    kernelGone("dead");
+    kernelGone();
   } catch (error) {
+    kernel.shuttingDown = false;
     setStatus("error", `shutdown failed: ${error.message}`);
     refreshControls();
   }
