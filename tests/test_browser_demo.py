@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -190,13 +191,10 @@ def test_page_has_no_inline_script_or_handlers() -> None:
 # --- Chromium --------------------------------------------------------------------------------------------
 
 
-def test_demo_session_in_chromium(relay: Relay) -> None:
-    """In headless Chromium the page spawns python3 and shows a result, a print, a coloured traceback, a PNG,
-    an input() round trip and an interrupted sleep, shuts the kernel down, starts another and sees it die;
-    a screenshot is saved."""
+def drive_demo(relay: Relay, screenshot: Path) -> dict[str, Any]:
+    """Run tests/browser/demo_page.js against ``relay`` and check everything the page showed."""
     require_chromium()
     before = {kernel["id"] for kernel in relay.kernels()}
-    screenshot = artifact("demo-page.png")
     screenshot.unlink(missing_ok=True)
     result = run_script(
         "demo_page.js",
@@ -206,7 +204,7 @@ def test_demo_session_in_chromium(relay: Relay) -> None:
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:] + relay.output()[-3000:]
-    seen = json.loads(result.stdout)
+    seen: dict[str, Any] = json.loads(result.stdout)
 
     assert seen["page"] == {"status": 200, "csp": CONTENT_SECURITY_POLICY}
     assert "python3" in seen["kernelspecs"]
@@ -253,12 +251,31 @@ def test_demo_session_in_chromium(relay: Relay) -> None:
     assert seen["cspViolations"] == []
     assert seen["consoleErrors"] == []
     assert seen["pageErrors"] == []
-    assert len(seen["websockets"]) == 2, (
-        "one Engine.IO connection per kernel carries its namespaces"
-    )
-    assert all("/socket.io/?EIO=4&transport=websocket&sid=" in url for url in seen["websockets"])
 
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert screenshot.stat().st_size > 20_000, "the screenshot shows a rendered page"
     after = {kernel["id"] for kernel in relay.kernels()}
-    assert after <= before, "the kernel the page started was shut down"
+    assert after <= before, "the kernels the page started are gone"
+    return seen
+
+
+def test_demo_session_in_chromium(relay: Relay) -> None:
+    """In headless Chromium the page spawns python3 and shows a result, a print, a coloured traceback, a PNG,
+    an input() round trip and an interrupted sleep, shuts the kernel down, starts another and sees it die;
+    a screenshot is saved."""
+    seen = drive_demo(relay, artifact("demo-page.png"))
+    assert len(seen["websockets"]) == 2, (
+        "one Engine.IO connection per kernel, upgraded to WebSocket"
+    )
+    assert all("/socket.io/?EIO=4&transport=websocket&sid=" in url for url in seen["websockets"])
+
+
+def test_demo_session_over_polling_only(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same session works when the relay offers long-polling only (--transports polling)."""
+    server = Relay(tmp_path_factory.mktemp("runtime"), "--transports", "polling")
+    try:
+        seen = drive_demo(server, artifact("demo-page-polling.png"))
+    finally:
+        server.stop()
+    assert seen["websockets"] == []
+    assert seen["engineRequests"] > 10

@@ -20,6 +20,7 @@ async function launch() {
       "--disable-background-networking",
       "--disable-component-update",
       "--disable-sync",
+      "--disable-dev-shm-usage",
     ],
   });
   const close = async () => {
