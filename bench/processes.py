@@ -43,6 +43,8 @@ def free_port() -> int:
 class ChildServer:
     """A server process with its log file; ``stop`` sends SIGINT, then kills after a grace period."""
 
+    stop_signal = signal.SIGINT
+
     def __init__(
         self, name: str, argv: list[str], port: int, log_dir: Path, env: dict[str, str]
     ) -> None:
@@ -80,7 +82,7 @@ class ChildServer:
 
     def stop(self, grace: float = 20.0) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(self.stop_signal)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
@@ -102,10 +104,11 @@ class RelayServer(ChildServer):
         port = free_port()
         runtime = log_dir / f"{name}-runtime"
         runtime.mkdir(parents=True, exist_ok=True)
-        prefix = [sys.executable]
-        if profile_to is not None:
-            prefix += ["-m", "cProfile", "-o", str(profile_to)]
-        argv = [*prefix, "-m", "twisted", "kernel-relay", "--port", str(port), *args]
+        if profile_to is None:
+            prefix = [sys.executable, "-m", "twisted", "kernel-relay"]
+        else:
+            prefix = [sys.executable, "-m", "bench.profile_relay", str(profile_to)]
+        argv = [*prefix, "--port", str(port), *args]
         super().__init__(name, argv, port, log_dir, {"JUPYTER_RUNTIME_DIR": str(runtime)})
         self.wait_http("/api/kernelspecs")
 
@@ -121,6 +124,8 @@ class RelayServer(ChildServer):
 
 class JupyterServer(ChildServer):
     """``jupyter server`` with a token on a free loopback port (default settings otherwise)."""
+
+    stop_signal = signal.SIGTERM  # SIGINT makes it ask for confirmation on its terminal
 
     def __init__(self, log_dir: Path) -> None:
         port = free_port()

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ def _load() -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     sizes = QUICK if args.quick else FULL
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -313,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {out / 'results.json'}, {out / 'results.md'} and {len(written)} plots in {meta['seconds']} s"
     )
     return 0
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _profile_text(profile: Path, text: Path) -> None:

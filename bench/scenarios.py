@@ -37,6 +37,10 @@ k.session.send(k.iopub_socket, "display_data", {{"data": {{"text/plain": "buffer
 """
 
 
+def progress(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}]   {text}", flush=True)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
@@ -111,35 +115,33 @@ def round_trip(
     return {name: summary(values) for name, values in samples.items()}
 
 
-def _flood_once(client: BenchClient, count: int) -> dict[str, Any]:
+def _flood_once(client: BenchClient, count: int, silence: float = 15.0) -> dict[str, Any]:
+    """One flood; ends at the kernel's idle status, or after ``silence`` s without a flood message."""
     start = time.perf_counter()
     msg_id = client.send(
         "shell", "execute_request", {"code": FLOOD_CODE.format(n=count), "silent": False}
     )
     received = 0
-    first: float | None = None
-    deadline = time.monotonic() + max(120.0, count / 100)
-    while True:
-        message = client.recv(max(0.1, deadline - time.monotonic()))
-        if message is None:
-            if time.monotonic() > deadline:
-                break
+    last = time.perf_counter()
+    idle_seen = False
+    while time.perf_counter() - last < silence:
+        message = client.recv(1.0)
+        if message is None or message.channel != "iopub" or message.parent_id != msg_id:
             continue
-        if message.channel != "iopub" or message.parent_id != msg_id:
-            continue
+        last = time.perf_counter()
         if message.msg_type == "stream" and message.content.get("text", "").strip().isdigit():
             received += 1
-            if first is None:
-                first = time.perf_counter()
         elif message.msg_type == "status" and message.content.get("execution_state") == "idle":
+            idle_seen = True
             break
-    elapsed = time.perf_counter() - start
+    elapsed = last - start
     while client.recv(0.2) is not None:
         pass
     return {
         "sent": count,
         "received": received,
         "lost": count - received,
+        "idle_seen": idle_seen,
         "seconds": elapsed,
         "msgs_per_s": received / elapsed if elapsed > 0 else 0.0,
     }
@@ -157,6 +159,7 @@ def flood(factories: dict[str, ClientFactory], sizes: list[int], repeats: int) -
             for _ in range(repeats):
                 for name, client in clients.items():
                     runs[name].append(_flood_once(client, size))
+                    progress(f"flood {size}: {name} {runs[name][-1]}")
             for name, measured in runs.items():
                 rates = [run["msgs_per_s"] for run in measured]
                 results.setdefault(str(size), {})[name] = {

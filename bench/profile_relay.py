@@ -1,0 +1,37 @@
+"""
+``python -m bench.profile_relay OUT.prof [twist kernel-relay options]``: the relay under cProfile.
+
+``twist`` ends a signalled run by re-raising the signal, which would lose the profile; here the
+profile is written first.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import sys
+
+from twisted.application.twist import _twist
+
+
+def main() -> None:
+    out = sys.argv[1]
+    profiler = cProfile.Profile()
+
+    def exit_with_signal(signum: int) -> None:
+        profiler.disable()
+        profiler.dump_stats(out)
+        sys.stdout.flush()
+        os._exit(0)
+
+    _twist._exitWithSignal = exit_with_signal  # type: ignore[attr-defined]
+    profiler.enable()
+    try:
+        _twist.Twist.main(["twist", "kernel-relay", *sys.argv[2:]])
+    finally:
+        profiler.disable()
+        profiler.dump_stats(out)
+
+
+if __name__ == "__main__":
+    main()
