@@ -79,6 +79,16 @@ def pack_json(value: Any) -> bytes:
     )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# The C scanner on text: skips json.loads' encoding detection, refuses NaN and Infinity (not JSON,
+# and a browser's JSON.parse would choke on them) so the parts can be passed on byte for byte.
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+_PART_NAMES = ("header", "parent_header", "metadata", "content")
+
+
 def decode_frames(
     frames: Sequence[bytes], channel: str, sign: Signer | None
 ) -> tuple[list[bytes], KernelMessage]:
@@ -88,24 +98,28 @@ def decode_frames(
     Raises MessageRejected with the reason when the message is malformed or its signature is wrong.
     ``sign`` is None only for kernels that run without a key (signing disabled).
     """
+    if not isinstance(frames, list | tuple):
+        frames = list(frames)
     try:
-        split = list(frames).index(DELIMITER)
+        split = frames.index(DELIMITER)
     except ValueError:
         raise MessageRejected("no <IDS|MSG> delimiter") from None
     if len(frames) < split + 6:
         raise MessageRejected(f"only {len(frames) - split - 1} frames after the delimiter, need 5")
-    identities = [bytes(f) for f in frames[:split]]
-    signature = bytes(frames[split + 1])
-    raw = tuple(bytes(f) for f in frames[split + 2 : split + 6])
-    if sign is not None and not hmac.compare_digest(signature, sign(list(raw))):
-        raise MessageRejected("bad signature")
+    raw = tuple(f if type(f) is bytes else bytes(f) for f in frames[split + 2 : split + 6])
+    if sign is not None:
+        signature = frames[split + 1]
+        if not hmac.compare_digest(
+            signature if type(signature) is bytes else bytes(signature), sign(raw)
+        ):
+            raise MessageRejected("bad signature")
     parts: list[dict[str, Any]] = []
-    for name, data in zip(("header", "parent_header", "metadata", "content"), raw, strict=True):
+    for name, data in zip(_PART_NAMES, raw, strict=True):
         try:
-            value = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            value = _decode_json(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MessageRejected(f"{name} is not JSON: {exc}") from None
-        if not isinstance(value, dict):
+        if type(value) is not dict:
             raise MessageRejected(f"{name} is not a JSON object")
         parts.append(value)
     if not isinstance(parts[0].get("msg_type"), str):
@@ -115,10 +129,11 @@ def decode_frames(
         parent_header=parts[1],
         metadata=parts[2],
         content=parts[3],
-        buffers=[bytes(f) for f in frames[split + 6 :]],
+        buffers=[f if type(f) is bytes else bytes(f) for f in frames[split + 6 :]],
         channel=channel,
         raw_parts=(raw[0], raw[1], raw[2], raw[3]),
     )
+    identities = [f if type(f) is bytes else bytes(f) for f in frames[:split]]
     return identities, message
 
 

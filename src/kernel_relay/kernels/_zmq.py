@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import zmq
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from txzmq import (
@@ -23,6 +24,10 @@ from txzmq import (
 FrameHandler = Callable[[list[bytes]], None]
 
 _log = Logger()
+
+#: Messages taken from one socket per reactor turn; the rest wait for the next turn, so a kernel
+#: flooding iopub cannot hold the reactor (and every client's writes) until it pauses.
+READ_BATCH = 200
 
 
 class FrameSocket(Protocol):
@@ -51,7 +56,45 @@ def channel_url(connection_info: dict[str, Any], channel: str) -> str:
     return f"{transport}://{ip}:{port}"
 
 
-class _Sub(ZmqSubConnection):  # type: ignore[misc]
+class _BatchedReads:
+    """
+    txzmq's ``doRead`` with one ``recv_multipart`` per message and at most READ_BATCH per turn.
+
+    ZMQ's descriptor is edge-triggered: it only signals again once the queue was read empty, so a
+    batch that stops early schedules the next one itself.
+    """
+
+    socket: Any
+    factory: Any
+    read_scheduled: Any
+
+    def messageReceived(self, message: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def doRead(self) -> None:
+        scheduled, self.read_scheduled = self.read_scheduled, None
+        if scheduled is not None and not scheduled.called:
+            scheduled.cancel()
+        for _ in range(READ_BATCH):
+            socket = self.socket
+            if self.factory is None or socket is None or socket.closed:
+                return
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as error:
+                _log.warn("ZMQ receive failed: {error}", error=error)
+                return
+            try:
+                self.messageReceived(frames)
+            except Exception:
+                _log.failure("handling a ZMQ message failed")
+        if self.factory is not None and self.read_scheduled is None:
+            self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
+
+class _Sub(_BatchedReads, ZmqSubConnection):  # type: ignore[misc]
     """A SUB socket that keeps multipart messages whole (txzmq's own framing splits off a tag)."""
 
     def __init__(self, factory: ZmqFactory, url: str, on_frames: FrameHandler) -> None:
@@ -63,7 +106,7 @@ class _Sub(ZmqSubConnection):  # type: ignore[misc]
         self._on_frames(message)
 
 
-class _Dealer(ZmqDealerConnection):  # type: ignore[misc]
+class _Dealer(_BatchedReads, ZmqDealerConnection):  # type: ignore[misc]
     """A DEALER socket with a fixed routing identity, so the kernel's ROUTER knows who we are."""
 
     def __init__(
