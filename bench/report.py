@@ -148,7 +148,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xticks([g + width * (len(per_target) - 1) / 2 for g in range(len(groups))])
         ax.set_xticklabels(groups, fontsize=8)
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
 
     rt = [(k, results.get(f"round_trip_{k}")) for k in ("kernel_info", "execute")]
     rt = [(k, v) for k, v in rt if v]
