@@ -72,11 +72,13 @@ class KernelMessage:
         return result
 
 
+# One encoder for every message: json.dumps with options builds a new encoder on each call.
+_encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
 def pack_json(value: Any) -> bytes:
     """Strict JSON (no NaN, no non-JSON types, valid UTF-8) so a kernel never sees something odd."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-        "utf-8"
-    )
+    return _encode_json(value).encode("utf-8")
 
 
 def _reject_constant(name: str) -> Any:
