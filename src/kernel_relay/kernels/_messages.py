@@ -58,13 +58,32 @@ class KernelMessage:
     def parent_msg_id(self) -> str:
         return str(self.parent_header.get("msg_id", ""))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The message as clients see it; ``buffers`` only when there are some."""
+    def to_dict(self, raw: Callable[[str], Any] | None = None) -> dict[str, Any]:
+        """
+        The message as clients see it; ``buffers`` only when there are some.
+
+        With ``raw``, the four parts are ``raw(json_text)`` of the kernel's own JSON (``raw_parts``)
+        instead of dicts, for an encoder that splices already-encoded JSON (``socketio.RawJSON``):
+        the relay then passes the kernel's bytes on without encoding them again. The parts were
+        verified and parsed as JSON objects when the message was decoded; a message built without
+        ``raw_parts`` gives its dicts either way.
+        """
+        if raw is not None and self.raw_parts is not _EMPTY_PARTS:
+            header, parent, metadata, content = (
+                raw(part.decode("utf-8")) for part in self.raw_parts
+            )
+        else:
+            header, parent, metadata, content = (
+                self.header,
+                self.parent_header,
+                self.metadata,
+                self.content,
+            )
         result: dict[str, Any] = {
-            "header": self.header,
-            "parent_header": self.parent_header,
-            "metadata": self.metadata,
-            "content": self.content,
+            "header": header,
+            "parent_header": parent,
+            "metadata": metadata,
+            "content": content,
         }
         if self.buffers:
             result["buffers"] = list(self.buffers)

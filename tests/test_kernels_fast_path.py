@@ -1,4 +1,4 @@
-"""The txzmq adapters' batched reads on a real ZMQ socket and the real reactor (pytest-twisted)."""
+"""The kernels layer's fast path: batched ZMQ reads on a real socket and reactor, strict JSON, raw parts."""
 
 from __future__ import annotations
 
@@ -62,3 +62,25 @@ def test_non_json_constants_are_rejected(constant: bytes) -> None:
     frames = [b"<IDS|MSG>", session.sign(parts), *parts]
     with pytest.raises(MessageRejected, match="content is not JSON"):
         decode_frames(frames, "iopub", session.sign)
+
+
+def test_to_dict_with_raw_wraps_the_kernels_own_json_text() -> None:
+    """to_dict(raw=...) hands the kernel's exact JSON text of each part to the wrapper, buffers and channel unchanged."""
+    session = Session(key=b"k")
+    parts = [b'{"msg_type": "stream"}', b"{}", b'{"x": 1}', b'{"text": "\\u00e9 caf\xc3\xa9"}']
+    frames = [b"<IDS|MSG>", session.sign(parts), *parts, b"buffer"]
+    _, message = decode_frames(frames, "iopub", session.sign)
+    wrapped = message.to_dict(raw=lambda text: ("raw", text))
+    assert wrapped["header"] == ("raw", '{"msg_type": "stream"}')
+    assert wrapped["content"] == ("raw", '{"text": "\\u00e9 café"}')
+    assert wrapped["buffers"] == [b"buffer"]
+    assert wrapped["channel"] == "iopub"
+    assert message.to_dict()["content"] == {"text": "é café"}
+
+
+def test_to_dict_with_raw_falls_back_to_dicts_without_raw_parts() -> None:
+    """A message built without raw_parts gives its dicts even when a raw wrapper is passed."""
+    from kernel_relay.kernels import KernelMessage
+
+    message = KernelMessage({"msg_type": "status"}, {}, {}, {"execution_state": "dead"})
+    assert message.to_dict(raw=lambda text: ("raw", text))["content"] == {"execution_state": "dead"}
