@@ -140,7 +140,7 @@ def test_websocket_session_and_echo(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", [{"transport": "websocket", "EIO": "3"}, {"transport": "nope"}, {"sid": "unknown"}]
+    "query", [{"transport": "websocket", "EIO": "2"}, {"transport": "nope"}, {"sid": "unknown"}]
 )
 def test_websocket_bad_handshakes_are_refused(server: ServerProcess, query: dict[str, str]) -> None:
     """WebSocket handshakes with a bad EIO, transport or sid get an HTTP 400, never a 101."""

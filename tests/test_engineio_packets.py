@@ -23,12 +23,13 @@ packets = st.one_of(
 )
 
 
-def test_only_protocol_4_is_supported() -> None:
-    """The codec registry offers protocol 4 and refuses others with KeyError."""
-    assert SUPPORTED_PROTOCOLS == {4}
+def test_protocols_3_and_4_are_supported() -> None:
+    """The codec registry offers protocols 3 and 4 and refuses others with KeyError."""
+    assert SUPPORTED_PROTOCOLS == {3, 4}
     assert codec.protocol == 4
+    assert codec_for(3).protocol == 3
     with pytest.raises(KeyError):
-        codec_for(3)
+        codec_for(2)
 
 
 def test_encode_payload_matches_spec_example() -> None:

@@ -148,7 +148,7 @@ def test_ping_reaches_pending_get() -> None:
         ({"EIO": "4", "transport": "carrier-pigeon"}, b"GET", 400, 0),
         ({"transport": "polling"}, b"GET", 400, 5),
         ({"EIO": "abc", "transport": "polling"}, b"GET", 400, 5),
-        ({"EIO": "3", "transport": "polling"}, b"GET", 400, 5),
+        ({"EIO": "2", "transport": "polling"}, b"GET", 400, 5),
         ({"EIO": "4", "transport": "polling"}, b"POST", 400, 2),
         ({"EIO": "4", "transport": "polling"}, b"PUT", 400, 2),
         ({"EIO": "4", "transport": "polling", "sid": "nope"}, b"GET", 400, 1),

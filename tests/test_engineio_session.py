@@ -29,6 +29,7 @@ class FakeTransport:
         self.finished: list[list[Packet]] = []
         self.closed = False
         self.discarded = False
+        self.buffered_bytes = 0
 
     def send(self, packets: Sequence[Packet]) -> None:
         assert self.writable, "session sent to a transport that is not writable"
@@ -68,13 +69,13 @@ class Recorder:
 
 
 def make(
-    transport: FakeTransport | None = None, options: EngineIOOptions = OPTIONS
+    transport: FakeTransport | None = None, options: EngineIOOptions = OPTIONS, protocol: int = 4
 ) -> tuple[EngineIOSession, FakeTransport, Recorder, Clock, list[EngineIOSession]]:
     clock = Clock()
     transport = transport or FakeTransport()
     gone: list[EngineIOSession] = []
     info = HandshakeInfo(
-        "127.0.0.1", MappingProxyType({}), MappingProxyType({}), False, transport.name, 4
+        "127.0.0.1", MappingProxyType({}), MappingProxyType({}), False, transport.name, protocol
     )
     session = EngineIOSession("sid1", info, options, clock, transport, gone.append)
     handler = Recorder()

@@ -1,6 +1,7 @@
 """
-An Engine.IO v4 server for Twisted: HTTP long-polling and WebSocket (Autobahn) on one twisted.web
-path.
+An Engine.IO server for Twisted: HTTP long-polling and WebSocket (Autobahn) on one twisted.web
+path, speaking protocol 4 and (unless ``EngineIOOptions.allow_eio3`` is off) protocol 3, the one of
+socket.io-client 1.x/2.x, side by side; each session keeps the protocol it opened with.
 
 Public API: :class:`EngineIOServer` (mount ``server.resource()``), :class:`EngineIOOptions`,
 :class:`EngineIOSession`, :class:`HandshakeInfo` and the :class:`SessionHandler` protocol that the

@@ -18,6 +18,12 @@ class EngineIOOptions:
 
     ``transports`` limits what is offered and accepted, so ``("websocket",)`` makes a WebSocket-only
     server and ``("polling",)`` one that never upgrades.
+
+    ``allow_eio3`` also serves Engine.IO protocol 3 (``EIO=3``: socket.io-client 1.x and 2.x) beside
+    protocol 4; each session keeps the protocol it opened with. ``max_buffered_bytes`` bounds what
+    one session may have waiting to go out (packets queued for the next poll plus what the
+    WebSocket connection could not write yet); a session over it is closed with reason
+    ``"slow client"``. ``None`` means no bound.
     """
 
     ping_interval: float = 25.0
@@ -26,6 +32,8 @@ class EngineIOOptions:
     transports: tuple[str, ...] = ("polling", "websocket")
     origins: OriginPolicy = field(default_factory=OriginPolicy)
     upgrade_timeout: float = 10.0
+    allow_eio3: bool = True
+    max_buffered_bytes: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.transports if name not in KNOWN_TRANSPORTS]
@@ -35,6 +43,8 @@ class EngineIOOptions:
             raise ValueError("ping_interval, ping_timeout and upgrade_timeout must be positive")
         if self.max_payload <= 0:
             raise ValueError("max_payload must be positive")
+        if self.max_buffered_bytes is not None and self.max_buffered_bytes <= 0:
+            raise ValueError("max_buffered_bytes must be positive (or None)")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ HTTP long-polling, the thin adapter between twisted.web requests and an :class:`
 A GET is held open (``NOT_DONE_YET``) until the session has packets for it; a POST carries a payload
 of client packets and is answered ``ok`` at once. One transport object serves all requests of one
 session.
+
+Protocol 3 clients that did not ask for ``b64=1`` may POST binary payloads
+(``application/octet-stream``) and get one back when a response carries a binary message. JSONP
+polling (``j=``) is not served: socket.io-client 1.x/2.x fall back to it only where a browser has no
+XMLHttpRequest, which no supported browser lacks; such requests are refused as bad requests.
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ class PollingTransport:
     log = Logger()
     name = "polling"
 
-    def __init__(self, codec: PacketCodec, max_payload: int) -> None:
+    def __init__(self, codec: PacketCodec, max_payload: int, binary: bool = False) -> None:
         self.session: EngineIOSession | None = None
         self._codec = codec
         self._max_payload = max_payload
+        self._binary = binary and codec.binary_payloads
         self._poll: WebRequest | None = None
         self._closed = False
 
@@ -47,6 +53,11 @@ class PollingTransport:
     @property
     def resumable(self) -> bool:
         return not self._closed
+
+    @property
+    def buffered_bytes(self) -> int:
+        # A poll response is written at once; what waits is counted by the session's queue.
+        return 0
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -70,7 +81,8 @@ class PollingTransport:
         if session is None or self._closed:
             return write_error(request, ErrorCode.BAD_REQUEST)
         content_type = request.getHeader(b"content-type") or b""
-        if content_type.split(b";")[0].strip().lower() == BINARY_CONTENT:
+        binary = content_type.split(b";")[0].strip().lower() == BINARY_CONTENT
+        if binary and not self._codec.binary_payloads:
             # Protocol 4 payloads are always text (binary goes base64); like the reference, treat
             # a binary body as a broken client.
             body = write_error(request, ErrorCode.BAD_REQUEST)
@@ -85,7 +97,7 @@ class PollingTransport:
             request.setHeader(b"content-type", TEXT_PLAIN)
             return b"Payload Too Large"
         try:
-            packets = self._codec.decode_payload(data)
+            packets = self._codec.decode_payload(data, binary)
         except PacketDecodeError as exc:
             self.log.info("invalid poll payload on {sid}: {error}", sid=session.sid, error=str(exc))
             body = write_error(request, ErrorCode.BAD_REQUEST)
@@ -111,8 +123,13 @@ class PollingTransport:
         request, self._poll = self._poll, None
         if request is None:
             return
-        body = self._codec.encode_payload(packets).encode("utf-8")
-        request.setHeader(b"content-type", TEXT_PLAIN)
+        payload = self._codec.encode_payload(packets, self._binary)
+        if isinstance(payload, bytes):
+            body = payload
+            request.setHeader(b"content-type", BINARY_CONTENT)
+        else:
+            body = payload.encode("utf-8")
+            request.setHeader(b"content-type", TEXT_PLAIN)
         request.setHeader(b"content-length", str(len(body)).encode("ascii"))
         _mark_uncacheable(request)
         request.write(body)

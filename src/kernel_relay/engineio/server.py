@@ -59,8 +59,11 @@ def check_request(
         return ErrorCode.UNKNOWN_TRANSPORT
     eio = facts.query.get("EIO", "")
     protocol = int(eio) if eio.isdigit() and len(eio) < 3 else -1
-    if protocol not in SUPPORTED_PROTOCOLS:
+    if protocol not in SUPPORTED_PROTOCOLS or (protocol == 3 and not options.allow_eio3):
         return ErrorCode.UNSUPPORTED_PROTOCOL_VERSION
+    if "j" in facts.query and transport == "polling":
+        # JSONP polling is not served (see kernel_relay.engineio.polling).
+        return ErrorCode.BAD_REQUEST
     if facts.is_upgrade != (transport == "websocket"):
         return ErrorCode.BAD_REQUEST
     sid = facts.query.get("sid")
@@ -209,10 +212,7 @@ class EngineIOResource(Resource):
         self._ws_factory: EngineIOWebSocketFactory | None = None
         self._ws_resource: WebSocketResource | None = None
         if "websocket" in options.transports:
-            # Every supported protocol shares one frame format today; v3 would need its own factory.
-            self._ws_factory = EngineIOWebSocketFactory(
-                server._reactor, codec_for(4), options.max_payload
-            )
+            self._ws_factory = EngineIOWebSocketFactory(server._reactor, options.max_payload)
             self._ws_resource = WebSocketResource(self._ws_factory)  # type: ignore[no-untyped-call]
 
     def render(self, request: IRequest) -> bytes | int:
@@ -266,7 +266,12 @@ class EngineIOResource(Resource):
         self, request: WebRequest, query: Mapping[str, str], accepted: Accepted
     ) -> bytes | int:
         options = self._server.options
-        transport = PollingTransport(codec_for(accepted.protocol), options.max_payload)
+        transport = PollingTransport(
+            codec_for(accepted.protocol),
+            options.max_payload,
+            # Protocol 3 clients without XHR2 ask for base64 with b64 (any value, as the reference).
+            binary="b64" not in query,
+        )
         session = self._server.new_session(_handshake_info(request, query, accepted), transport)
         transport.session = session
         result = transport.handle_get(request)
@@ -287,7 +292,7 @@ class EngineIOResource(Resource):
                 server.start_handler(session)
                 return session
 
-            self._ws_factory.prepare(open_session)
+            self._ws_factory.prepare(open_session, codec_for(accepted.protocol), new_session=True)
         else:
             sid = wanted.sid
 
@@ -297,6 +302,6 @@ class EngineIOResource(Resource):
                     return None
                 return session
 
-            self._ws_factory.prepare(join_session)
+            self._ws_factory.prepare(join_session, codec_for(accepted.protocol))
         result: bytes | int = self._ws_resource.render(request)  # type: ignore[no-untyped-call]
         return result

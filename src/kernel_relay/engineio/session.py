@@ -7,6 +7,10 @@ The session never touches a socket. It talks to its transports through the small
 
 Lifecycle: ``open`` → (``closing``: closed for the application, but a polling client may still
 collect its last packets and the close packet) → ``gone`` (removed from the server).
+
+Heartbeat: in protocol 4 the server pings every ``ping_interval`` and waits ``ping_timeout`` for the
+pong. In protocol 3 the client pings and the server answers each ping with a pong carrying the same
+data; the server closes a session that sent nothing for ``ping_interval + ping_timeout``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ PING_TIMEOUT = "ping timeout"
 SERVER_CLOSE = "server close"
 FORCED_CLOSE = "forced close"
 PARSE_ERROR = "parse error"
+SLOW_CLIENT = "slow client"
 
 PROBE = "probe"
 
@@ -66,6 +71,11 @@ class Transport(Protocol):
 
     def discard(self) -> None:
         """Another transport took over: refuse whatever is still waiting here, then release."""
+        ...
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes handed to the connection that it could not write to the network yet."""
         ...
 
 
@@ -112,6 +122,7 @@ class EngineIOSession:
         self._handler: SessionHandler | None = None
         self._state = _State.OPEN
         self._buffer: list[Packet] = []
+        self._queued_bytes = 0
         self._probe: Transport | None = None
         self._paused = False
         self._ping_call: IDelayedCall | None = None
@@ -119,23 +130,26 @@ class EngineIOSession:
         self._upgrade_call: IDelayedCall | None = None
         self._linger_call: IDelayedCall | None = None
         self._noop_call: IDelayedCall | None = None
+        self._silence_call: IDelayedCall | None = None
         self._farewell_close = True
         upgrades = (
             ["websocket"]
             if transport.name == "polling" and "websocket" in options.transports
             else []
         )
-        handshake_data = {
+        handshake_data: dict[str, object] = {
             "sid": sid,
             "upgrades": upgrades,
             "pingInterval": round(options.ping_interval * 1000),
             "pingTimeout": round(options.ping_timeout * 1000),
-            "maxPayload": options.max_payload,
         }
-        self._buffer.append(
-            Packet(PacketType.OPEN, json.dumps(handshake_data, separators=(",", ":")))
-        )
-        self._schedule_ping()
+        if self.protocol >= 4:
+            handshake_data["maxPayload"] = options.max_payload
+        self._queue(Packet(PacketType.OPEN, json.dumps(handshake_data, separators=(",", ":"))))
+        if self._client_pings:
+            self._expect_heartbeat()
+        else:
+            self._schedule_ping()
         self._flush()
 
     # -- application API -------------------------------------------------------------------------
@@ -162,6 +176,18 @@ class EngineIOSession:
     def upgrading(self) -> bool:
         return self._probe is not None
 
+    @property
+    def buffered_bytes(self) -> int:
+        """
+        Bytes waiting to go out: queued messages (text counted in characters) plus what the current
+        transport's connection has not written yet.
+        """
+        return self._queued_bytes + self._transport.buffered_bytes
+
+    @property
+    def _client_pings(self) -> bool:
+        return self.protocol < 4
+
     def attach_handler(self, handler: SessionHandler) -> None:
         """Set the application handler (done once by the server, right after the open packet)."""
         self._handler = handler
@@ -175,8 +201,20 @@ class EngineIOSession:
             data = bytes(data)
         if not isinstance(data, str | bytes):
             raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
-        self._buffer.append(Packet(PacketType.MESSAGE, data))
+        self._queue(Packet(PacketType.MESSAGE, data))
         self._flush()
+        limit = self._options.max_buffered_bytes
+        if limit is not None and self._state is _State.OPEN:
+            buffered = self.buffered_bytes
+            if buffered > limit:
+                self.log.warn(
+                    "session {sid} closed: {buffered} bytes waiting to go out, over the limit of"
+                    " {limit} (slow client)",
+                    sid=self.sid,
+                    buffered=buffered,
+                    limit=limit,
+                )
+                self._terminate(SLOW_CLIENT, _Ending.ABORT)
 
     def close(self, reason: str = SERVER_CLOSE) -> None:
         """Close from the server side; queued messages still go out before the close signal."""
@@ -187,18 +225,25 @@ class EngineIOSession:
     def packet_received(self, transport: Transport, packet: Packet) -> None:
         """A well-formed packet arrived on ``transport`` (the current one or an upgrade probe)."""
         if transport is self._probe:
+            if self._client_pings and self._state is _State.OPEN:
+                self._expect_heartbeat()
             self._probe_packet(transport, packet)
             return
         if transport is not self._transport or self._state is not _State.OPEN:
             self.log.debug("packet on session {sid} ignored", sid=self.sid)
             return
         kind = packet.type
+        if self._client_pings:
+            self._expect_heartbeat()
         if kind is PacketType.MESSAGE:
             self._deliver(packet.data)
-        elif kind is PacketType.PONG:
+        elif kind is PacketType.PONG and not self._client_pings:
             self._pong_received()
         elif kind is PacketType.CLOSE:
             self._terminate(TRANSPORT_CLOSE, _Ending.PEER)
+        elif kind is PacketType.PING and self._client_pings:
+            self._queue(Packet(PacketType.PONG, packet.data))
+            self._flush()
         elif kind is PacketType.PING:
             # In v4 only the server pings; a client ping is a protocol violation.
             self.log.info("client ping on session {sid}: invalid heartbeat direction", sid=self.sid)
@@ -266,13 +311,33 @@ class EngineIOSession:
         except Exception:
             self.log.failure("message handler of session {sid} failed", sid=self.sid)
 
+    def _queue(self, packet: Packet) -> None:
+        self._buffer.append(packet)
+        self._queued_bytes += len(packet.data)
+
+    def _take_buffer(self) -> list[Packet]:
+        packets, self._buffer = self._buffer, []
+        self._queued_bytes = 0
+        return packets
+
     def _flush(self) -> None:
         if self._state is not _State.OPEN or self._paused or not self._buffer:
             return
         if not self._transport.writable:
             return
-        packets, self._buffer = self._buffer, []
-        self._transport.send(packets)
+        self._transport.send(self._take_buffer())
+
+    def _expect_heartbeat(self) -> None:
+        """Protocol 3: (re)start the wait for the client's next packet."""
+        self._cancel("_silence_call")
+        self._silence_call = self._clock.callLater(
+            self._options.ping_interval + self._options.ping_timeout, self._client_silent
+        )
+
+    def _client_silent(self) -> None:
+        self._silence_call = None
+        self.log.info("session {sid}: no ping from the client in time", sid=self.sid)
+        self._terminate(PING_TIMEOUT, _Ending.ABORT)
 
     def _schedule_ping(self) -> None:
         self._cancel("_ping_call")
@@ -282,7 +347,7 @@ class EngineIOSession:
         self._ping_call = None
         if self._state is not _State.OPEN:
             return
-        self._buffer.append(Packet(PacketType.PING))
+        self._queue(Packet(PacketType.PING))
         self._cancel("_pong_deadline")
         self._pong_deadline = self._clock.callLater(
             self._options.ping_timeout, self._ping_timed_out
@@ -345,6 +410,7 @@ class EngineIOSession:
         self.close_reason = reason
         self._cancel("_ping_call")
         self._cancel("_pong_deadline")
+        self._cancel("_silence_call")
         self._abort_upgrade("session closed")
         self.log.debug("session {sid} closed: {reason}", sid=self.sid, reason=reason)
         handler, self._handler = self._handler, None
@@ -354,13 +420,13 @@ class EngineIOSession:
             except Exception:
                 self.log.failure("close handler of session {sid} failed", sid=self.sid)
         if ending is _Ending.ABORT:
-            self._buffer = []
+            self._take_buffer()
             if self._transport.writable:
                 self._transport.finish([])
             self._finalize()
             return
         if ending is _Ending.PEER:
-            self._buffer = []
+            self._take_buffer()
         self._farewell_close = ending is _Ending.GRACEFUL
         if self._transport.writable:
             self._deliver_farewell()
@@ -373,7 +439,7 @@ class EngineIOSession:
             self._finalize()
 
     def _deliver_farewell(self) -> None:
-        packets, self._buffer = self._buffer, []
+        packets = self._take_buffer()
         if self._farewell_close:
             self._transport.finish(packets)
         self._finalize()
@@ -383,7 +449,7 @@ class EngineIOSession:
             return
         self._state = _State.GONE
         self._cancel("_linger_call")
-        self._buffer = []
+        self._take_buffer()
         self._transport.close()
         try:
             self._on_gone(self)

@@ -3,7 +3,13 @@ The WebSocket transport: an Autobahn protocol per connection and a thin :class:`
 
 The HTTP resource validates the handshake request before Autobahn ever sees it, then hands Autobahn
 a one-shot *opener* (see :meth:`EngineIOWebSocketFactory.prepare`) saying what to do once the
-connection is open: start a new session, or offer itself as the upgrade of a polling session.
+connection is open: start a new session, or offer itself as the upgrade of a polling session,
+together with the codec of the request's protocol version.
+
+Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
+Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
+drained; the bytes sent in between are the connection's :attr:`WebSocketTransport.buffered_bytes`,
+which the session compares with ``max_buffered_bytes`` to drop slow clients.
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.logger import Logger
+from zope.interface import implementer
 
-from kernel_relay.engineio.packets import Packet, PacketCodec, PacketDecodeError
+from kernel_relay.engineio.packets import Packet, PacketCodec, PacketDecodeError, codec_for
 from kernel_relay.engineio.session import TRANSPORT_CLOSE, TRANSPORT_ERROR, EngineIOSession
 
 # Close codes by which Autobahn fails a connection for a protocol fault of the peer.
@@ -41,14 +48,17 @@ class WebSocketTransport:
     def resumable(self) -> bool:
         return False
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self._connection.unsent_bytes
+
     def send(self, packets: Sequence[Packet]) -> None:
         for packet in packets:
             frame = self._codec.encode_frame(packet)
             if isinstance(frame, bytes):
-                self._connection.sendMessage(frame, isBinary=True)  # type: ignore[no-untyped-call]
+                self._connection.send_frame(frame, True)
             else:
-                payload = frame.encode("utf-8")
-                self._connection.sendMessage(payload, isBinary=False)  # type: ignore[no-untyped-call]
+                self._connection.send_frame(frame.encode("utf-8"), False)
 
     def finish(self, packets: Sequence[Packet]) -> None:
         self.send(packets)
@@ -70,33 +80,99 @@ class WebSocketTransport:
 Opener = Callable[[WebSocketTransport], EngineIOSession | None]
 
 
+@implementer(IPushProducer)
+class _WritePressure:
+    """The push producer a connection registers with its TCP transport to learn of a full buffer."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.unsent = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.unsent = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+        self.unsent = 0
+
+
 class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """One WebSocket connection; decodes frames into packets for its session."""
 
     log = Logger()
 
-    def __init__(self, opener: Opener | None, codec: PacketCodec) -> None:
+    def __init__(
+        self,
+        opener: Opener | None,
+        codec: PacketCodec,
+        clock: IReactorTime | None = None,
+    ) -> None:
         super().__init__()
         self._opener = opener
+        self._open_clock = clock
         self._codec = codec
         self._adapter = WebSocketTransport(self, codec)
+        self._pressure = _WritePressure()
         self.session: EngineIOSession | None = None
 
     @property
     def accepts_frames(self) -> bool:
         return bool(self.state == WebSocketProtocol.STATE_OPEN)
 
+    @property
+    def unsent_bytes(self) -> int:
+        """Bytes sent since the transport said its write buffer was full (0 while it is not)."""
+        return self._pressure.unsent if self._pressure.paused else 0
+
+    def send_frame(self, payload: bytes, binary: bool) -> None:
+        if self._pressure.paused:
+            self._pressure.unsent += len(payload)
+        self.sendMessage(payload, isBinary=binary)  # type: ignore[no-untyped-call]
+
     def lose(self) -> None:
-        """Close politely if the connection is open, else drop it."""
-        if self.state == WebSocketProtocol.STATE_OPEN:
+        """Close politely if the connection is open and keeps up, else drop it."""
+        if self.state == WebSocketProtocol.STATE_OPEN and not self._pressure.paused:
             self.sendClose(1000)
         elif self.state != WebSocketProtocol.STATE_CLOSED and self.transport is not None:
-            self.transport.loseConnection()
+            # A close frame would wait behind everything the peer does not read: cut it off.
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        transport: Any = self.transport
+        if transport is None:
+            return
+        # twisted.web's HTTP channel registered itself as the producer before the connection was
+        # handed over to us; take its place to hear about a full write buffer.
+        try:
+            if getattr(transport, "producer", None) is not None:
+                transport.unregisterProducer()
+            transport.registerProducer(self._pressure, True)
+        except Exception:
+            self.log.failure("registering the WebSocket write-pressure producer failed")
 
     def onOpen(self) -> None:
-        opener, self._opener = self._opener, None
-        if opener is None:
+        if self._opener is None:
             self.lose()
+            return
+        clock, self._open_clock = self._open_clock, None
+        if clock is None:
+            self._run_opener()
+            return
+        # A new session's open packet waits two reactor turns: Twisted writes the 101 response in
+        # the turn after this one, so the open packet leaves in its own TCP segment (as from Node's
+        # servers) and a client that starts listening for messages after its "open" event, as the
+        # official test suites do, does not miss it. No client may send before the open packet.
+        clock.callLater(0, clock.callLater, 0, self._run_opener)
+
+    def _run_opener(self) -> None:
+        opener, self._opener = self._opener, None
+        if opener is None or not self.accepts_frames:
             return
         try:
             self.session = opener(self._adapter)
@@ -135,7 +211,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 class EngineIOWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
     """Builds :class:`EngineIOWebSocketProtocol`\\ s; Autobahn's own pings stay off."""
 
-    def __init__(self, reactor: IReactorTime, codec: PacketCodec, max_payload: int) -> None:
+    def __init__(self, reactor: IReactorTime, max_payload: int) -> None:
         super().__init__(reactor=reactor)  # type: ignore[no-untyped-call]
         self.setProtocolOptions(  # type: ignore[no-untyped-call]
             autoPingInterval=0,
@@ -145,15 +221,29 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             maxMessagePayloadSize=max_payload,
             maxFramePayloadSize=max_payload,
         )
-        self._codec = codec
+        self._clock = reactor
         self._opener: Opener | None = None
+        self._codec: PacketCodec | None = None
+        self._new_session = False
 
-    def prepare(self, opener: Opener) -> None:
-        """Set what the next built connection does once open (render and build are synchronous)."""
+    def prepare(self, opener: Opener, codec: PacketCodec, new_session: bool = False) -> None:
+        """
+        Set what the next built connection does once open and the codec it speaks (render and
+        build are synchronous); ``new_session`` when it opens a session (not an upgrade).
+        """
         self._opener = opener
+        self._codec = codec
+        self._new_session = new_session
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         opener, self._opener = self._opener, None
-        protocol = EngineIOWebSocketProtocol(opener, self._codec)
+        codec, self._codec = self._codec, None
+        if codec is None:
+            # Built without a checked request (cannot happen through EngineIOResource): refuse.
+            opener = None
+            codec = codec_for(4)
+        clock = self._clock if self._new_session else None
+        self._new_session = False
+        protocol = EngineIOWebSocketProtocol(opener, codec, clock)
         protocol.factory = self
         return protocol
