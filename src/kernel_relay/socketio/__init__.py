@@ -1,5 +1,7 @@
 """
-A socket.io v5 server for Twisted, on top of :mod:`kernel_relay.engineio`.
+A socket.io server for Twisted, on top of :mod:`kernel_relay.engineio`: protocol 5 (socket.io-client
+3.x/4.x) and, for Engine.IO protocol 3 sessions, protocol 4 (socket.io-client 1.x/2.x; see
+:mod:`.client` for how it differs), served side by side.
 
 It knows socket.io packets (events, acks, binary attachments), namespaces and connect/disconnect,
 and nothing of Jupyter. Typical use::
@@ -50,6 +52,9 @@ given to ``disconnect_all``/``close``, or the Engine.IO close reason (``"transpo
 ``"ping timeout"``, ...), ``"parse error"`` after a malformed packet, ``"connect timeout"``,
 ``"invalid state"`` (protocol violation), ``"internal error"`` (a bug of ours, logged).
 
+:class:`RawJSON` (a ``str`` of already-encoded JSON) may appear anywhere in emitted arguments or
+ack results; it is written into the packet verbatim (see :mod:`.packet`).
+
 Robustness: any malformed packet (see :mod:`.packet`), a CONNECT_ERROR or a second CONNECT for a
 joined namespace from the client closes its Engine.IO session. Packets for a namespace the client
 has not joined are ignored (the reference closes the connection; ignoring tolerates races with a
@@ -59,6 +64,7 @@ server-side disconnect and spares the client's other namespaces).
 from .client import Client, Socket
 from .errors import AckTimeout, ConnectionRefused, Disconnected
 from .namespace import Namespace, NamespaceGroup
+from .packet import RawJSON
 from .server import SocketIOServer
 
 __all__ = [
@@ -68,6 +74,7 @@ __all__ = [
     "Disconnected",
     "Namespace",
     "NamespaceGroup",
+    "RawJSON",
     "Socket",
     "SocketIOServer",
 ]

@@ -6,6 +6,15 @@ The client decodes the session's messages and routes packets to its sockets; a s
 application's handlers and keeps the ack bookkeeping. Nothing here touches a transport: the client
 only calls ``send``/``close`` on its session, which makes the whole layer testable with a fake
 session.
+
+A client whose Engine.IO session speaks protocol 3 (socket.io-client 1.x/2.x) speaks socket.io
+protocol 4 (:attr:`Client.legacy`): it is joined to ``/`` as soon as it opens (``0`` is sent without
+being asked, and ``/``'s connect handlers get the handshake query as ``auth``), a CONNECT may carry
+a query after the namespace name that becomes the ``auth`` dict of the connect handlers, a refusal
+is an ``ERROR`` packet holding the ConnectionRefused data (or its message), the CONNECT reply holds
+no socket id, and socket ids follow the socket.io 2 rule the old clients compute for themselves
+(``/`` gets the Engine.IO sid, other namespaces ``<namespace>#<sid>``). A repeated CONNECT to a
+joined namespace is ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from .packet import (
     PacketError,
     PacketType,
     encode_packet,
+    split_namespace_query,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +63,9 @@ INVALID_STATE: Final = "invalid state"
 CONNECT_TIMEOUT: Final = "connect timeout"
 FORCED_CLOSE: Final = "forced server close"
 INTERNAL_ERROR: Final = "internal error"
+
+#: Query parameters of the Engine.IO handshake that are not part of a protocol 4 client's ``auth``.
+ENGINEIO_QUERY_KEYS: Final = frozenset({"EIO", "transport", "t", "sid", "b64", "j"})
 
 
 class EngineSession(Protocol):
@@ -103,8 +116,10 @@ class Socket:
     after the CONNECT reply, so the client sees them in order.
     """
 
-    def __init__(self, client: Client, namespace: Namespace, auth: Any) -> None:
-        self.id: str = secrets.token_urlsafe(15)
+    def __init__(
+        self, client: Client, namespace: Namespace, auth: Any, socket_id: str | None = None
+    ) -> None:
+        self.id: str = socket_id if socket_id is not None else secrets.token_urlsafe(15)
         self.namespace = namespace
         self.client = client
         self.auth = auth
@@ -173,9 +188,8 @@ class Socket:
         """Every connect handler said yes: reply CONNECT, then deliver what waited for it."""
         self._state = _State.CONNECTED
         self.namespace._joined(self)
-        self.client._send(
-            encode_packet(Packet(PacketType.CONNECT, self.namespace.name, {"sid": self.id}))
-        )
+        reply = None if self.client.legacy else {"sid": self.id}
+        self.client._send(encode_packet(Packet(PacketType.CONNECT, self.namespace.name, reply)))
         outbox, self._outbox = self._outbox, []
         for encoded in outbox:
             self._send(encoded)
@@ -303,6 +317,8 @@ class Client:
         self._server = server
         self.session = session
         self.reactor = reactor
+        #: True for socket.io protocol 4 (an Engine.IO protocol 3 session), see the module doc.
+        self.legacy: bool = session.handshake.protocol < 4
         self._decoder = PacketDecoder(max_attachments)
         self._sockets: dict[str, Socket] = {}
         self._closed = False
@@ -326,6 +342,13 @@ class Client:
     def sockets(self) -> dict[str, Socket]:
         """This client's sockets by namespace name, connected or still connecting (a copy)."""
         return dict(self._sockets)
+
+    def start(self) -> None:
+        """Called once the client is registered: a protocol 4 client joins ``/`` right away."""
+        if self.legacy and not self._closed:
+            query = self.handshake.query
+            auth = {key: value for key, value in query.items() if key not in ENGINEIO_QUERY_KEYS}
+            self._join("/", auth)
 
     def close(self, reason: str = FORCED_CLOSE) -> None:
         """Close the Engine.IO session; the client's sockets are disconnected with ``reason``."""
@@ -394,18 +417,33 @@ class Client:
 
     def _connect(self, packet: Packet) -> None:
         name = packet.namespace
-        if name in self._sockets:
+        auth: Any = packet.data if packet.data is not None else {}
+        if self.legacy:
+            name, auth = split_namespace_query(name)
+            if name in self._sockets:
+                log.debug(
+                    "Client {sid} repeated its CONNECT to {namespace}; ignored",
+                    sid=self.sid,
+                    namespace=name,
+                )
+                return
+        elif name in self._sockets:
             log.info(
                 "Closing client {sid}: second CONNECT to {namespace}", sid=self.sid, namespace=name
             )
             self.close(INVALID_STATE)
             return
+        self._join(name, auth)
+
+    def _join(self, name: str, auth: Any) -> None:
         namespace = self._server._resolve(name)
         if namespace is None:
             self._refuse(name, {"message": "Invalid namespace"})
             return
-        auth = packet.data if packet.data is not None else {}
-        socket = Socket(self, namespace, auth)
+        socket_id = None
+        if self.legacy:
+            socket_id = self.sid if name == "/" else f"{name}#{self.sid}"
+        socket = Socket(self, namespace, auth, socket_id)
         self._sockets[name] = socket
         namespace._joining(socket)
         outcome: Deferred[None] = succeed(None)
@@ -445,13 +483,14 @@ class Client:
         self._refuse(socket.namespace.name, reply)
 
     def _refuse(self, name: str, reply: dict[str, Any]) -> None:
+        # Protocol 4's ERROR packet holds the refusal's data if it has some, else its message.
+        payload: Any = reply.get("data", reply["message"]) if self.legacy else reply
         try:
-            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, reply))
+            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, payload))
         except (TypeError, ValueError):
             log.failure("ConnectionRefused data of {namespace} is not JSON", namespace=name)
-            encoded = encode_packet(
-                Packet(PacketType.CONNECT_ERROR, name, {"message": reply["message"]})
-            )
+            fallback = reply["message"] if self.legacy else {"message": reply["message"]}
+            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, fallback))
         self._send(encoded)
 
     def _send(self, encoded: list[str | bytes]) -> None:

@@ -1,5 +1,6 @@
 """
-The socket.io v5 packet codec: packets in, Engine.IO message bodies out, and back.
+The socket.io packet codec (protocol 5, and protocol 4 of socket.io 1.x/2.x, which shares the wire
+grammar): packets in, Engine.IO message bodies out, and back.
 
 No I/O and no reactor here, so every rule of the wire format can be tested with plain values.
 
@@ -9,6 +10,16 @@ payload are replaced by ``{"_placeholder":true,"num":i}`` objects pointing at at
 
 Decoding is strict because every message comes from an untrusted peer: anything the grammar does not
 allow raises :class:`PacketError`, and the caller is expected to drop the connection.
+
+Protocol 4 differs in meaning, not in grammar: type 4 is ``ERROR`` (a string or object, where protocol
+5 has CONNECT_ERROR with ``{"message", "data"}``), CONNECT packets carry no payload, and a client's
+CONNECT may hold a query after the namespace (``0/shell/abc?token=x,``), which
+:func:`split_namespace_query` takes apart.
+
+:class:`RawJSON` is a ``str`` holding JSON text that is already encoded (for instance a kernel
+message part as the kernel sent it); the encoder writes it into the payload verbatim instead of
+encoding it as a string, so forwarding JSON costs no decode/encode round trip. The caller vouches
+that the text is one valid JSON value (it is not checked).
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import re
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 #: Largest number of binary attachments one packet may announce. The reference parser allows 10,
 #: which is too few for Jupyter messages carrying many buffers; each attachment is already bounded
@@ -35,6 +47,18 @@ RESERVED_EVENTS: Final = frozenset(
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_ID_DIGITS = 16  # 2**53 has 16 decimal digits
 _MAX_COUNT_DIGITS = 10
+
+
+class RawJSON(str):
+    """
+    Already-encoded JSON text, spliced verbatim into an encoded packet wherever it appears in the
+    payload (as an argument, a list item or a dict value).
+
+    ``RawJSON('{"a":1}')`` is sent as ``{"a":1}``, not as the string ``"{\\"a\\":1}"``. The text
+    must be a single valid JSON value; it is not checked, so a wrong one breaks the peer's decoder.
+    """
+
+    __slots__ = ()
 
 
 class PacketType(IntEnum):
@@ -86,6 +110,22 @@ def _reject_constant(name: str) -> Any:
     raise PacketError(f"{name} is not JSON")
 
 
+def _dumps_with_raw(value: Any) -> str:
+    """Like :func:`_dumps`, but :class:`RawJSON` values anywhere inside are written verbatim."""
+    if isinstance(value, RawJSON):
+        return str.__str__(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_dumps_with_raw(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            # json's own rules for keys (str, or int/float/bool/None written as strings).
+            encoded_key = _dumps(key) if isinstance(key, str) else _dumps({key: 0})[1:-3]
+            items.append(encoded_key + ":" + _dumps_with_raw(item))
+        return "{" + ",".join(items) + "}"
+    return _dumps(value)
+
+
 def deconstruct(data: Any) -> tuple[Any, list[bytes]]:
     """
     Replace each binary value in ``data`` by a placeholder; return the new payload and attachments.
@@ -93,9 +133,21 @@ def deconstruct(data: Any) -> tuple[Any, list[bytes]]:
     Containers without binary values inside are returned as they are (no copy), so the common case
     of a plain JSON payload costs one walk and no allocation.
     """
+    result, attachments, _ = _deconstruct(data)
+    return result, attachments
+
+
+def _deconstruct(data: Any) -> tuple[Any, list[bytes], bool]:
+    """:func:`deconstruct`, also telling whether a :class:`RawJSON` value is inside."""
     attachments: list[bytes] = []
+    raw = False
 
     def walk(value: Any) -> Any:
+        nonlocal raw
+        if isinstance(value, str):
+            if isinstance(value, RawJSON):
+                raw = True
+            return value
         if isinstance(value, (bytes, bytearray, memoryview)):
             attachments.append(bytes(value))
             return {"_placeholder": True, "num": len(attachments) - 1}
@@ -119,7 +171,8 @@ def deconstruct(data: Any) -> tuple[Any, list[bytes]]:
             return value if changed is None else changed
         return value
 
-    return walk(data), attachments
+    result = walk(data)
+    return result, attachments, raw
 
 
 def reconstruct(data: Any, attachments: list[bytes]) -> Any:
@@ -166,13 +219,14 @@ def encode_packet(packet: Packet) -> list[str | bytes]:
     packet_type = packet.type
     data = packet.data
     attachments: list[bytes] = []
+    raw = False
     if data is not None and packet_type in (
         PacketType.EVENT,
         PacketType.ACK,
         PacketType.BINARY_EVENT,
         PacketType.BINARY_ACK,
     ):
-        data, attachments = deconstruct(data)
+        data, attachments, raw = _deconstruct(data)
         if attachments:
             packet_type = (
                 PacketType.BINARY_ACK
@@ -192,10 +246,21 @@ def encode_packet(packet: Packet) -> list[str | bytes]:
     if packet.id is not None:
         parts.append(str(packet.id))
     if data is not None:
-        parts.append(_dumps(data))
+        parts.append(_dumps_with_raw(data) if raw else _dumps(data))
     messages: list[str | bytes] = ["".join(parts)]
     messages.extend(attachments)
     return messages
+
+
+def split_namespace_query(namespace: str) -> tuple[str, dict[str, str]]:
+    """
+    A protocol 4 CONNECT namespace with its query taken apart: ``"/a?x=1&y=2"`` gives
+    ``("/a", {"x": "1", "y": "2"})``; the last value of a repeated key wins.
+    """
+    name, mark, query = namespace.partition("?")
+    if not mark:
+        return namespace, {}
+    return name, dict(parse_qsl(query, keep_blank_values=True))
 
 
 def _check_payload(packet_type: PacketType, data: Any, ack_id: int | None) -> None:

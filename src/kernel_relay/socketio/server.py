@@ -93,6 +93,7 @@ class SocketIOServer:
         """The Engine.IO ``handler_factory``: a new :class:`Client` for a new session."""
         client = Client(self, session, self._reactor, self._connect_timeout, self._max_attachments)
         self._clients[session.sid] = client
+        client.start()
         return client
 
     # -- used by Client --------------------------------------------------------------------------
