@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+import requests
 
 from tests.conftest import Relay
 from tests.support import NODE_DIR, node_available
@@ -55,3 +56,31 @@ def test_kernel_round_trip(relay: Relay, kernel_id: str, generation: str, transp
     assert f"hi node {generation}" in observed["stdin"]["output"]
     assert observed["transport"] == "websocket"
     assert observed["errors"] == []
+
+
+def test_no_eio3_option_refuses_protocol_3(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """twist kernel-relay --no-eio3 refuses EIO=3 handshakes and still serves EIO=4."""
+    relay = Relay(tmp_path_factory.mktemp("runtime"), "--no-eio3")
+    try:
+        old = requests.get(f"{relay.url}/socket.io/?EIO=3&transport=polling", timeout=30)
+        assert old.status_code == 400 and old.json()["code"] == 5
+        new = requests.get(f"{relay.url}/socket.io/?EIO=4&transport=polling", timeout=30)
+        assert new.status_code == 200 and new.text.startswith("0{")
+    finally:
+        relay.stop()
+
+
+def test_eio3_is_served_by_default(relay: Relay) -> None:
+    """Without options the relay answers an EIO=3 handshake with a length-prefixed open packet and "0"."""
+    response = requests.get(f"{relay.url}/socket.io/?EIO=3&transport=polling&b64=1", timeout=30)
+    assert response.status_code == 200
+    length, _, rest = response.text.partition(":")
+    opened = rest[: int(length)]
+    assert opened.startswith("0{") and "maxPayload" not in opened
+    sid = json.loads(opened[1:])["sid"]
+    text = response.text
+    if "2:40" not in text:
+        # "0" for / was queued after the open packet's response: it is what the next poll gets.
+        url = f"{relay.url}/socket.io/?EIO=3&transport=polling&b64=1&sid={sid}"
+        text += requests.get(url, timeout=30).text
+    assert "2:40" in text, "the implicit connection to / is announced"

@@ -119,6 +119,11 @@ class Options(usage.Options):
 
     optFlags: Sequence[Sequence[Any]] = [
         ["no-demo", None, "Do not serve the demo page at / (and its files under /demo/)."],
+        [
+            "no-eio3",
+            None,
+            "Refuse Engine.IO protocol 3 clients (socket.io-client 1.x/2.x); serve protocol 4 only.",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -218,6 +223,7 @@ def makeService(options: Options) -> IService:
             max_payload=options["max-payload"],
             transports=options["transports"],
             origins=origins,
+            allow_eio3=not options["no-eio3"],
         ),
         connect_timeout=options["connect-timeout"],
     )
