@@ -8,7 +8,9 @@ public protocol APIs only.
   and ``message-with-ack`` is acknowledged with its arguments.
 
 Both use pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1000000, any origin (CORS ``*``), and
-the socket.io connect timeout is 1000 ms, as the suites' reference configuration.
+the socket.io connect timeout is 1000 ms, as the suites' reference configuration. Engine.IO protocol
+3 (socket.io-client 1.x/2.x, the v3 suite) is served beside protocol 4 unless ``--no-eio3`` is given;
+``--max-buffered-bytes N`` closes sessions with more than N bytes waiting to go out ("slow client").
 
 Run: ``python examples/conformance_server.py --port 3000`` (``--interface`` defaults to 127.0.0.1).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from typing import Any, cast
 
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
@@ -72,10 +75,12 @@ def message_with_ack(socket: Socket, *args: Any) -> tuple[Any, ...]:
     return args
 
 
-def build(reactor: IReactorTime) -> tuple[Resource, SocketIOServer, EngineIOServer]:
+def build(
+    reactor: IReactorTime, options: EngineIOOptions = OPTIONS
+) -> tuple[Resource, SocketIOServer, EngineIOServer]:
     """The resource tree with both servers mounted, and the servers (to close them on shutdown)."""
-    echo = EngineIOServer(reactor, OPTIONS, Echo)
-    socketio = SocketIOServer(reactor, engineio_options=OPTIONS, connect_timeout=CONNECT_TIMEOUT)
+    echo = EngineIOServer(reactor, options, Echo)
+    socketio = SocketIOServer(reactor, engineio_options=options, connect_timeout=CONNECT_TIMEOUT)
     main_namespace = socketio.of("/")
     main_namespace.on_connect(send_auth)
     main_namespace.on("message", message)
@@ -92,6 +97,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--interface", default="127.0.0.1")
     parser.add_argument("--debug", action="store_true", help="log debug events too")
+    parser.add_argument("--no-eio3", action="store_true", help="refuse Engine.IO protocol 3")
+    parser.add_argument("--max-buffered-bytes", type=int, default=None, help="slow-client limit")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor  # a script: the global reactor is fine here
@@ -101,7 +108,10 @@ def main(argv: list[str]) -> None:
     observer = FilteringLogObserver(textFileLogObserver(sys.stdout), [predicate])
     globalLogBeginner.beginLoggingTo([observer])
     core = cast(IReactorCore, reactor)
-    root, socketio, echo = build(cast(IReactorTime, reactor))
+    options = replace(
+        OPTIONS, allow_eio3=not args.no_eio3, max_buffered_bytes=args.max_buffered_bytes
+    )
+    root, socketio, echo = build(cast(IReactorTime, reactor), options)
 
     def shutdown() -> None:
         socketio.close("server shutting down")
