@@ -60,6 +60,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--max-payload", type=int, default=1_000_000, help="bytes")
     parser.add_argument("--transports", default="polling,websocket")
     parser.add_argument("--allow-origin", action="append", default=[])
+    parser.add_argument("--max-buffered-bytes", type=int, default=None, help="slow-client limit")
     parser.add_argument("--debug", action="store_true", help="log debug events too")
     return parser.parse_args(argv)
 
@@ -78,6 +79,7 @@ def main(argv: list[str]) -> None:
         max_payload=args.max_payload,
         transports=tuple(args.transports.split(",")),
         origins=OriginPolicy.from_options(args.allow_origin),
+        max_buffered_bytes=args.max_buffered_bytes,
     )
     holder: list[EngineIOServer] = []
     server = EngineIOServer(reactor, options, lambda session: Echo(session, holder[0]))
