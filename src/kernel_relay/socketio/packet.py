@@ -93,16 +93,23 @@ class Packet:
     id: int | None = None
 
 
+# Built once: json.dumps with options builds a new encoder on every call (a few us per packet).
+_encode_compact = json.JSONEncoder(
+    separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+_encode_ascii = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
+
+
 def _dumps(value: Any) -> str:
     """Compact JSON as the reference sends it, kept valid UTF-8 even with lone surrogates."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    text = _encode_compact(value)
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             # A lone surrogate (from a "\ud800" escape a client sent) cannot go out as UTF-8 text;
             # escaping everything keeps the value identical for the JSON reader on the other side.
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+            text = _encode_ascii(value)
     return text
 
 
@@ -112,18 +119,35 @@ def _reject_constant(name: str) -> Any:
 
 def _dumps_with_raw(value: Any) -> str:
     """Like :func:`_dumps`, but :class:`RawJSON` values anywhere inside are written verbatim."""
+    # Pieces joined once at the end: a large RawJSON (a 10 MB kernel output) is copied once, not
+    # once per nesting level as string concatenation would.
+    chunks: list[str] = []
+    _write_with_raw(value, chunks)
+    return "".join(chunks)
+
+
+def _write_with_raw(value: Any, chunks: list[str]) -> None:
     if isinstance(value, RawJSON):
-        return str.__str__(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_dumps_with_raw(item) for item in value) + "]"
-    if isinstance(value, dict):
-        items = []
-        for key, item in value.items():
+        chunks.append(value)
+    elif isinstance(value, (list, tuple)):
+        chunks.append("[")
+        for index, item in enumerate(value):
+            if index:
+                chunks.append(",")
+            _write_with_raw(item, chunks)
+        chunks.append("]")
+    elif isinstance(value, dict):
+        chunks.append("{")
+        for index, (key, item) in enumerate(value.items()):
+            if index:
+                chunks.append(",")
             # json's own rules for keys (str, or int/float/bool/None written as strings).
-            encoded_key = _dumps(key) if isinstance(key, str) else _dumps({key: 0})[1:-3]
-            items.append(encoded_key + ":" + _dumps_with_raw(item))
-        return "{" + ",".join(items) + "}"
-    return _dumps(value)
+            chunks.append(_dumps(key) if isinstance(key, str) else _dumps({key: 0})[1:-3])
+            chunks.append(":")
+            _write_with_raw(item, chunks)
+        chunks.append("}")
+    else:
+        chunks.append(_dumps(value))
 
 
 def deconstruct(data: Any) -> tuple[Any, list[bytes]]:
