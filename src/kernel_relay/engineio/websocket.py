@@ -103,7 +103,9 @@ class _WritePressure:
 class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """One WebSocket connection; decodes frames into packets for its session."""
 
-    log = Logger()
+    # Not ``log``: Autobahn logs every frame at debug level through ``self.log``; a
+    # twisted.logger.Logger there costs a filtered log event per frame, Autobahn's own logger none.
+    _log = Logger()
 
     def __init__(
         self,
@@ -154,7 +156,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 transport.unregisterProducer()
             transport.registerProducer(self._pressure, True)
         except Exception:
-            self.log.failure("registering the WebSocket write-pressure producer failed")
+            self._log.failure("registering the WebSocket write-pressure producer failed")
 
     def onOpen(self) -> None:
         if self._opener is None:
@@ -177,7 +179,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         try:
             self.session = opener(self._adapter)
         except Exception:
-            self.log.failure("opening an Engine.IO WebSocket failed")
+            self._log.failure("opening an Engine.IO WebSocket failed")
             self.session = None
         if self.session is None:
             self._adapter.close()
@@ -190,13 +192,13 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             frame: str | bytes = payload if isBinary else payload.decode("utf-8")
             packet = self._codec.decode_frame(frame)
         except (PacketDecodeError, UnicodeDecodeError) as exc:
-            self.log.info("invalid WebSocket frame on {sid}: {error}", sid=session.sid, error=exc)
+            self._log.info("invalid WebSocket frame on {sid}: {error}", sid=session.sid, error=exc)
             session.decode_failed(self._adapter)
             return
         try:
             session.packet_received(self._adapter, packet)
         except Exception:
-            self.log.failure("handling a WebSocket packet on {sid} failed", sid=session.sid)
+            self._log.failure("handling a WebSocket packet on {sid} failed", sid=session.sid)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._adapter.connection_lost()
