@@ -27,7 +27,7 @@ from .kernels import (
     KernelRegistry,
     UnknownKernel,
 )
-from .socketio import ConnectionRefused, Socket, SocketIOServer
+from .socketio import ConnectionRefused, RawJSON, Socket, SocketIOServer
 
 log = Logger()
 
@@ -107,7 +107,7 @@ class Relay:
         def forward(message: KernelMessage) -> None:
             namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
             if namespace is not None:
-                namespace.emit(MESSAGE_EVENT, message.to_dict())
+                namespace.emit(MESSAGE_EVENT, message.to_dict(raw=RawJSON))
 
         kernel.add_iopub_listener(forward)
 
@@ -159,7 +159,7 @@ class Relay:
                     channel=message.channel,
                 )
                 return
-            socket.emit(MESSAGE_EVENT, message.to_dict())
+            socket.emit(MESSAGE_EVENT, message.to_dict(raw=RawJSON))
 
         return ClientLink(kernel.open_client(client_sid.encode("utf-8"), deliver))
 
