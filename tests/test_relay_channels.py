@@ -108,7 +108,9 @@ def test_display_with_binary_buffers_arrives_with_its_buffers(client: RelayKerne
     """A display_data with buffers reaches the iopub client with the same bytes as attachments."""
     msg_id, reply = client.execute(BUFFER_DISPLAY)
     assert reply["content"]["status"] == "ok", reply["content"]
-    displays = client.iopub_for(msg_id, "display_data")
+    displays = client.wait_for(
+        lambda: client.iopub_for(msg_id, "display_data"), timeout=10, what="display_data"
+    )
     assert len(displays) == 1
     assert displays[0]["content"]["data"]["text/plain"] == "binary payload"
     assert displays[0]["buffers"] == [b"\x00\x01\x02\xff", bytes(range(256)) * 4]

@@ -50,7 +50,9 @@ def test_node_client_round_trip(relay: Relay, kernel_id: str, transports: str) -
     assert observed["stdin"]["prompt"] == "name? "
     assert "hi node" in observed["stdin"]["output"]
     assert observed["interrupt"] == {"reply": "interrupt_reply", "ename": "KeyboardInterrupt"}
-    assert observed["display_buffers"] == [[0, 1, 2, 255], list(range(256)) * 4]
+    assert observed["display_buffers"] == [[0, 1, 2, 255], list(range(256)) * 4], json.dumps(
+        observed.get("display_debug")
+    )
     assert observed["echoed_buffers"] == observed["sent_buffers"]
     assert observed["errors"] == []
 

@@ -102,8 +102,19 @@ async function main() {
   results.interrupt = { reply: interrupt.header.msg_type, ename: interrupted.content.ename };
 
   const display = await execute(process.env.BUFFER_DISPLAY_CODE);
-  const shown = iopubFor(display.msgId, "display_data")[0];
+  // The kernel publishes this display from user code; wait for it rather than assume it precedes idle.
+  const shown = await waitFor(() => iopubFor(display.msgId, "display_data")[0], "display_data", 10000).catch(
+    () => null,
+  );
   results.display_buffers = shown ? shown.buffers.map(bytesOf) : null;
+  if (!shown) {
+    results.display_debug = {
+      reply: display.reply.content,
+      iopub: received.iopub.map((m) => [m.header.msg_type, m.parent_header.msg_id]),
+      display_msg_id: display.msgId,
+    };
+    if (process.env.ROUNDTRIP_DEBUG) require("fs").writeFileSync(process.env.ROUNDTRIP_DEBUG, JSON.stringify(results));
+  }
 
   await execute(process.env.ECHO_COMM_CODE);
   const commId = `node-comm-${process.pid}`;
