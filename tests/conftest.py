@@ -25,8 +25,13 @@ class Relay(ServerProcess):
         *args: str,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        token: str | None = None,
     ) -> None:
         self.runtime_dir = runtime_dir
+        self.token = token
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if token:
+            args = ("--token", token, *args)
         runtime_dir.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         super().__init__(
@@ -36,16 +41,16 @@ class Relay(ServerProcess):
         )
 
     def spawn(self, spec: str = "python3") -> str:
-        response = requests.get(f"{self.url}/spawn/{spec}", timeout=90)
+        response = requests.get(f"{self.url}/spawn/{spec}", headers=self.headers, timeout=90)
         assert response.status_code == 200, response.text
         kernel_id: str = response.json()["id"]
         return kernel_id
 
     def shutdown(self, kernel_id: str) -> requests.Response:
-        return requests.get(f"{self.url}/shutdown/{kernel_id}", timeout=60)
+        return requests.get(f"{self.url}/shutdown/{kernel_id}", headers=self.headers, timeout=60)
 
     def kernels(self) -> list[dict[str, object]]:
-        response = requests.get(f"{self.url}/api/kernels", timeout=10)
+        response = requests.get(f"{self.url}/api/kernels", headers=self.headers, timeout=10)
         response.raise_for_status()
         listing: list[dict[str, object]] = response.json()
         return listing

@@ -28,6 +28,8 @@ class RelayKernelClient:
         kernel_id: str,
         channels: Iterable[str] = CHANNELS,
         transports: list[str] | None = None,
+        auth: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.kernel_id = kernel_id
         self.channels = tuple(channels)
@@ -47,6 +49,8 @@ class RelayKernelClient:
             namespaces=[self.namespace(channel) for channel in self.channels],
             transports=transports or ["polling", "websocket"],
             wait_timeout=10,
+            auth=auth,
+            headers=headers or {},
         )
 
     def namespace(self, channel: str) -> str:

@@ -7,6 +7,10 @@ The mapping between socket.io namespaces and kernel channels: who receives which
   ``input_request``\\ s reach exactly the client whose request caused them.
 - A kernel that stops or dies is announced on iopub with ``execution_state: "dead"`` and its clients are
   disconnected.
+
+Admission and limits (:class:`RelayLimits`): a namespace connect must carry the relay's token when one is
+set (see :mod:`.auth`), a kernel takes at most ``max_clients_per_kernel`` clients, and a kernel message
+bigger than ``max_message_size`` is not forwarded: its recipients get an ``"error"`` event saying so.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from .auth import TokenAuth, token_from_auth_payload, token_from_authorization
 from .kernels import (
     InvalidMessage,
     Kernel,
@@ -27,6 +32,7 @@ from .kernels import (
     KernelRegistry,
     UnknownKernel,
 )
+from .metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
 from .socketio import ConnectionRefused, RawJSON, Socket, SocketIOServer
 
 log = Logger()
@@ -40,6 +46,8 @@ NAMESPACE_PATTERN = re.compile(
 NAMESPACE_PREFIXES = (*CHANNELS, *CHANNEL_ALIASES)
 MESSAGE_EVENT = "msg"
 ERROR_EVENT = "error"
+#: The Engine.IO close reason of a client dropped over ``max_buffered_bytes``.
+SLOW_CLIENT = "slow client"
 
 
 def channel_of(socket: Socket) -> str:
@@ -51,6 +59,13 @@ def channel_of(socket: Socket) -> str:
 def short_id(kernel_id: str) -> str:
     """The first block of a kernel id: enough to tell kernels apart in a log line."""
     return kernel_id.split("-", 1)[0][:8]
+
+
+def message_size(message: KernelMessage) -> int:
+    """Bytes of a kernel message as relayed: its four JSON parts and its buffers."""
+    return sum(len(part) for part in message.raw_parts) + sum(
+        len(buffer) for buffer in message.buffers
+    )
 
 
 def dead_status(kernel: Kernel) -> dict[str, Any]:
@@ -71,6 +86,14 @@ def dead_status(kernel: Kernel) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class RelayLimits:
+    """Per-kernel and per-message bounds; ``None`` means unbounded."""
+
+    max_clients_per_kernel: int | None = None
+    max_message_size: int | None = None
+
+
 @dataclass
 class ClientLink:
     """One socket.io client's private line to one kernel: its ZMQ sockets and its namespaces by channel."""
@@ -82,9 +105,21 @@ class ClientLink:
 class Relay:
     """Serves the kernel namespaces of a socket.io server from the kernels of a registry."""
 
-    def __init__(self, socketio: SocketIOServer, kernels: KernelRegistry) -> None:
+    def __init__(
+        self,
+        socketio: SocketIOServer,
+        kernels: KernelRegistry,
+        *,
+        auth: TokenAuth | None = None,
+        limits: RelayLimits | None = None,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
         self._socketio = socketio
         self._kernels = kernels
+        self._auth = auth or TokenAuth()
+        self._limits = limits or RelayLimits()
+        self.metrics = metrics or RelayMetrics()
+        self.metrics.watch(lambda: len(kernels), self.clients_by_channel)
         self._links: dict[tuple[str, str], ClientLink] = {}
         group = socketio.of(NAMESPACE_PATTERN)
         group.on_connect(self._connected)
@@ -101,17 +136,62 @@ class Relay:
                 clients.update(socket.client.sid for socket in namespace.sockets.values())
         return len(clients)
 
+    def clients_by_channel(self) -> dict[str, int]:
+        """How many sockets are joined to each channel, over every kernel (for metrics)."""
+        counts = dict.fromkeys(CHANNELS, 0)
+        for kernel in self._kernels.kernels():
+            for prefix in NAMESPACE_PREFIXES:
+                namespace = self._socketio.namespace(f"/{prefix}/{kernel.id}")
+                if namespace is not None:
+                    channel = CHANNEL_ALIASES.get(prefix, prefix)
+                    counts[channel] += len(namespace.sockets)
+        return counts
+
     # KernelObserver
 
     def kernel_started(self, kernel: Kernel) -> None:
         def forward(message: KernelMessage) -> None:
             namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
-            if namespace is not None:
-                namespace.emit(MESSAGE_EVENT, message.to_dict(raw=RawJSON))
+            if namespace is None:
+                return
+            size = message_size(message)
+            if self._too_big(message, size):
+                namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
+                return
+            self.metrics.relayed(TO_CLIENT, size)
+            namespace.emit(MESSAGE_EVENT, message.to_dict(raw=RawJSON))
 
         kernel.add_iopub_listener(forward)
 
+    def _too_big(self, message: KernelMessage, size: int) -> bool:
+        limit = self._limits.max_message_size
+        return limit is not None and size > limit
+
+    def _oversized(self, kernel: Kernel, message: KernelMessage, size: int) -> dict[str, Any]:
+        """The ``"error"`` event payload for a kernel message that is over the size limit."""
+        self.metrics.error("oversized_message")
+        reason = (
+            f"a {message.msg_type} message of {size} bytes from the kernel exceeds the relay's "
+            f"limit of {self._limits.max_message_size} bytes and was not forwarded"
+        )
+        log.warn(
+            "Kernel {kernel} sent {msg_type} on {channel}: {size} bytes, over the limit; not forwarded",
+            kernel=short_id(kernel.id),
+            msg_type=message.msg_type,
+            channel=message.channel,
+            size=size,
+        )
+        return {
+            "message": reason,
+            "msg_id": message.msg_id,
+            "msg_type": message.msg_type,
+            "parent_msg_id": message.parent_msg_id,
+            "channel": message.channel,
+        }
+
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        if reason.startswith("died"):
+            self.metrics.error("kernel_died")
         iopub = self._socketio.namespace(f"/iopub/{kernel.id}")
         if iopub is not None:
             iopub.emit(MESSAGE_EVENT, dead_status(kernel))
@@ -127,10 +207,43 @@ class Relay:
     def _connected(self, socket: Socket, auth: Any) -> None:
         channel = channel_of(socket)
         kernel_id = socket.namespace.params["kernel_id"]
+        handshake = socket.client.handshake
+        if self._auth.enabled and not self._auth.check_any(
+            (
+                token_from_auth_payload(auth),
+                handshake.query.get("token"),
+                token_from_authorization(handshake.headers.get("authorization")),
+            )
+        ):
+            self.metrics.error("auth")
+            log.warn(
+                "Refused {address} on {namespace}: no valid token",
+                address=handshake.remote_address,
+                namespace=socket.namespace.name,
+            )
+            raise ConnectionRefused(
+                'Authentication required: connect with auth {"token": "<token>"}',
+                {"code": 401},
+            )
         try:
             kernel = self._kernels.get(kernel_id)
         except UnknownKernel:
+            self.metrics.error("connect_refused")
             raise ConnectionRefused(f"No running kernel with id {kernel_id}") from None
+        limit = self._limits.max_clients_per_kernel
+        if limit is not None and not self._is_client_of(socket.client.sid, kernel.id):
+            if self.client_count(kernel.id) >= limit:
+                self.metrics.error("connect_refused")
+                log.warn(
+                    "Refused {address} on {namespace}: kernel has {limit} clients already",
+                    address=handshake.remote_address,
+                    namespace=socket.namespace.name,
+                    limit=limit,
+                )
+                raise ConnectionRefused(
+                    f"Kernel {kernel.id} already has the maximum of {limit} clients",
+                    {"code": 429},
+                )
         if channel != "iopub":
             key = (socket.client.sid, kernel.id)
             link = self._links.get(key)
@@ -159,11 +272,29 @@ class Relay:
                     channel=message.channel,
                 )
                 return
+            size = message_size(message)
+            if self._too_big(message, size):
+                socket.emit(ERROR_EVENT, self._oversized(kernel, message, size))
+                return
+            self.metrics.relayed(TO_CLIENT, size)
             socket.emit(MESSAGE_EVENT, message.to_dict(raw=RawJSON))
 
         return ClientLink(kernel.open_client(client_sid.encode("utf-8"), deliver))
 
+    def _is_client_of(self, client_sid: str, kernel_id: str) -> bool:
+        """Has this socket.io client joined another namespace of the kernel already?"""
+        for prefix in NAMESPACE_PREFIXES:
+            namespace = self._socketio.namespace(f"/{prefix}/{kernel_id}")
+            if namespace is not None and any(
+                other.client.sid == client_sid and other.connected
+                for other in namespace.sockets.values()
+            ):
+                return True
+        return False
+
     def _disconnected(self, socket: Socket, reason: str) -> None:
+        if reason == SLOW_CLIENT:
+            self.metrics.error("slow_client")
         channel = channel_of(socket)
         kernel_id = socket.namespace.params["kernel_id"]
         key = (socket.client.sid, kernel_id)
@@ -203,13 +334,15 @@ class Relay:
         if link is None:
             return self._refuse(socket, f"kernel {kernel_id} is no longer running", message)
         try:
-            return link.kernel_client.send(channel, message, buffers)
+            msg_id = link.kernel_client.send(channel, message, buffers)
         except InvalidMessage as error:
             return self._refuse(socket, str(error), message)
+        self.metrics.relayed(TO_KERNEL, link.kernel_client.last_sent_bytes)
+        return msg_id
 
-    @staticmethod
-    def _refuse(socket: Socket, reason: str, message: object) -> None:
+    def _refuse(self, socket: Socket, reason: str, message: object) -> str | None:
         """Tell the client why its message was not relayed; never drop it silently."""
+        self.metrics.error("refused_message")
         header = message.get("header") if isinstance(message, dict) else None
         msg_id = header.get("msg_id") if isinstance(header, dict) else None
         log.warn(

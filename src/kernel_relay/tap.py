@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +20,16 @@ from twisted.web.http import Request
 from twisted.web.server import Site
 
 from . import __version__
+from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
+from .culling import KernelCuller
 from .demo import demo_resources
 from .engineio import EngineIOOptions
 from .kernels import KernelRegistry
+from .metrics import RelayMetrics
 from .origins import OriginPolicy
-from .relay import Relay
+from .relay import Relay, RelayLimits
 from .socketio import SocketIOServer
-from .web import OriginGuard, RelayAPI, RelayRoot
+from .web import AuthGuard, OriginGuard, RelayAPI, RelayRoot
 
 log = Logger()
 
@@ -115,6 +120,57 @@ class Options(usage.Options):
             None,
             "Write an HTTP access log (combined format) to this file.",
         ],
+        [
+            "token",
+            None,
+            None,
+            f"Require this token on every REST route (but /api/health) and namespace connect; "
+            f"default: ${TOKEN_ENV}. Needed to listen beyond loopback.",
+        ],
+        [
+            "max-kernels",
+            None,
+            None,
+            "Most kernels running at once (spawns over it fail).",
+            _positive(int),
+        ],
+        [
+            "max-clients-per-kernel",
+            None,
+            None,
+            "Most socket.io clients connected to one kernel (further connects are refused).",
+            _positive(int),
+        ],
+        [
+            "max-message-size",
+            None,
+            None,
+            "Largest message in bytes, both ways: sets --max-payload for clients, and kernel messages "
+            "over it are not forwarded (clients get an 'error' event instead).",
+            _positive(int),
+        ],
+        [
+            "max-buffered-bytes",
+            None,
+            64 * 1024 * 1024,
+            "Most bytes waiting to go out to one client; a client that does not read is disconnected "
+            "('slow client').",
+            _positive(int),
+        ],
+        [
+            "cull-idle-timeout",
+            None,
+            None,
+            "Shut down kernels idle (no messages) for this many seconds. [default: never]",
+            _positive(float),
+        ],
+        [
+            "cull-interval",
+            None,
+            60.0,
+            "Seconds between two looks for idle kernels.",
+            _positive(float),
+        ],
     ]
 
     optFlags: Sequence[Sequence[Any]] = [
@@ -123,6 +179,16 @@ class Options(usage.Options):
             "no-eio3",
             None,
             "Refuse Engine.IO protocol 3 clients (socket.io-client 1.x/2.x); serve protocol 4 only.",
+        ],
+        [
+            "no-auth",
+            None,
+            "Allow listening beyond loopback without a token (something else must guard the relay).",
+        ],
+        [
+            "cull-connected",
+            None,
+            "Cull idle kernels even when clients are connected to them.",
         ],
     ]
 
@@ -142,6 +208,11 @@ class Options(usage.Options):
         same-origin pages and clients sending no Origin (curl, Node, Python) are served."""
         self["allow-origin"].append(origin)
 
+    def opt_generate_token(self) -> None:
+        """Print a new random token (for --token or $KERNEL_RELAY_TOKEN) and exit."""
+        print(generate_token())
+        sys.exit(0)
+
     def parseArgs(self, port: str | None = None) -> None:
         """Accept the original kernel-relay's positional ``[port]``."""
         if port is not None:
@@ -157,6 +228,24 @@ class Options(usage.Options):
             self["transports"] = _transports(self["transports"])
         if self["port"] is None and not self["listen"]:
             self["port"] = DEFAULT_PORT
+        if self["token"] is None:
+            self["token"] = os.environ.get(TOKEN_ENV) or None
+        if self["token"] is not None and not self["token"].strip():
+            raise usage.UsageError("--token must not be empty")
+        if self["token"] is not None and self["no-auth"]:
+            raise usage.UsageError(
+                "--no-auth and a token (--token or $KERNEL_RELAY_TOKEN) contradict"
+            )
+        exposed = exposed_endpoints(self.endpoints())
+        if exposed and self["token"] is None and not self["no-auth"]:
+            raise usage.UsageError(
+                f"refusing to listen on {', '.join(exposed)} without a token (protected mode): "
+                "anyone who can reach the relay can run code on this machine. Set --token or "
+                f"${TOKEN_ENV} (twist kernel-relay --generate-token makes one), or pass --no-auth "
+                "if something else guards the relay."
+            )
+        if self["max-message-size"] is not None:
+            self["max-payload"] = self["max-message-size"]
         if self["ping-timeout"] >= self["ping-interval"] * 10:
             log.warn("--ping-timeout is much longer than --ping-interval; dead clients linger")
 
@@ -224,14 +313,29 @@ def makeService(options: Options) -> IService:
             transports=options["transports"],
             origins=origins,
             allow_eio3=not options["no-eio3"],
+            max_buffered_bytes=options["max-buffered-bytes"],
         ),
         connect_timeout=options["connect-timeout"],
     )
-    relay = Relay(socketio, kernels)
-    api = RelayAPI(kernels, relay.client_count)
+    auth = TokenAuth(options["token"])
+    metrics = RelayMetrics()
+    relay = Relay(
+        socketio,
+        kernels,
+        auth=auth,
+        limits=RelayLimits(
+            max_clients_per_kernel=options["max-clients-per-kernel"],
+            max_message_size=options["max-message-size"],
+        ),
+        metrics=metrics,
+    )
+    api = RelayAPI(kernels, relay.client_count, metrics=metrics, max_kernels=options["max-kernels"])
     site = RelaySite(
         RelayRoot(
-            OriginGuard(api.resource(), origins),
+            OriginGuard(
+                AuthGuard(api.resource(), auth, on_refused=lambda: metrics.error("auth")),
+                origins,
+            ),
             socketio.resource(),
             demo=None if options["no-demo"] else demo_resources(),
         ),
@@ -240,14 +344,25 @@ def makeService(options: Options) -> IService:
 
     top = MultiService()
     KernelsService(socketio, kernels).setServiceParent(top)
+    if options["cull-idle-timeout"] is not None:
+        KernelCuller(
+            reactor,
+            kernels,
+            relay.client_count,
+            idle_timeout=options["cull-idle-timeout"],
+            cull_connected=options["cull-connected"],
+            interval=options["cull-interval"],
+            metrics=metrics,
+        ).setServiceParent(top)
     for description in options.endpoints():
         listener = StreamServerEndpointService(serverFromString(reactor, description), site)
         # A port that cannot be bound must stop the relay at start, not leave it running deaf.
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
     log.info(
-        "kernel-relay {version} listening on {endpoints}",
+        "kernel-relay {version} listening on {endpoints} ({auth})",
         version=__version__,
         endpoints=", ".join(options.endpoints()),
+        auth="token required" if auth.enabled else "no token: loopback only",
     )
     return top

@@ -4,12 +4,18 @@ The HTTP side of the relay: the REST API (Klein) and the resource tree that also
 The seed's contract is kept exactly: ``GET /spawn/<kernelSpecName>`` answers ``{"id": ...}``,
 ``GET /shutdown/<id>`` answers ``{"id": ...}``, and any failure of either is HTTP 500 with ``{"error": ...}``.
 Discovery routes live under ``/api/``. Every route refuses browser origins the policy does not allow, so a page
-the user merely visits cannot drive a relay listening on loopback.
+the user merely visits cannot drive a relay listening on loopback. With a token set, every route but
+``/api/health`` answers 401 to requests that do not present it (:class:`AuthGuard`, see :mod:`.auth`).
+
+``GET /api/health`` answers ``{"status": "ok", ...}`` while the relay serves; ``GET /metrics`` is the
+Prometheus text exposition of :class:`~kernel_relay.metrics.RelayMetrics`. ``max_kernels`` bounds the
+kernels running and starting: a spawn over it is the contract's 500 ``{"error": ...}``.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +28,10 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import HTTPException
 
+from . import __version__
+from .auth import TOKEN_QUERY, TokenAuth, token_from_authorization
 from .kernels import Kernel, KernelRegistry, KernelSpecInfo
+from .metrics import RelayMetrics
 from .origins import OriginPolicy
 
 log = Logger()
@@ -54,19 +63,53 @@ class RelayAPI:
 
     app = Klein()
 
-    def __init__(self, kernels: KernelRegistry, clients_of: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        kernels: KernelRegistry,
+        clients_of: Callable[[str], int],
+        *,
+        metrics: RelayMetrics | None = None,
+        max_kernels: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._kernels = kernels
         self._clients_of = clients_of
+        self.metrics = metrics or RelayMetrics()
+        self._max_kernels = max_kernels
+        self._clock = clock
+        self._starting = 0
+        self._started_at = clock()
 
     def resource(self) -> IResource:
         return self.app.resource()  # type: ignore[no-any-return]
 
     @app.route("/spawn/<path:spec_name>", methods=["GET"])
-    def spawn(self, request: IRequest, spec_name: str) -> Deferred[bytes]:
+    def spawn(self, request: IRequest, spec_name: str) -> Deferred[bytes] | bytes:
+        if (
+            self._max_kernels is not None
+            and len(self._kernels) + self._starting >= self._max_kernels
+        ):
+            self.metrics.error("spawn")
+            log.warn(
+                "Refused to spawn a {spec_name!r} kernel: {limit} kernels run already",
+                spec_name=spec_name,
+                limit=self._max_kernels,
+            )
+            request.setHeader(b"Retry-After", b"10")
+            return json_body(
+                request,
+                500,
+                {"error": f"the relay already runs its maximum of {self._max_kernels} kernels"},
+            )
+        began = self._clock()
+        self._starting += 1
+
         def started(kernel: Kernel) -> bytes:
+            self.metrics.spawn_seconds.observe(self._clock() - began)
             return json_body(request, 200, {"id": kernel.id})
 
         def failed(failure: Failure) -> bytes:
+            self.metrics.error("spawn")
             log.warn(
                 "Could not spawn a {spec_name!r} kernel: {error}",
                 spec_name=spec_name,
@@ -74,7 +117,32 @@ class RelayAPI:
             )
             return json_body(request, 500, {"error": _error_text(failure)})
 
-        return self._kernels.start(spec_name).addCallbacks(started, failed)
+        def settled(result: bytes) -> bytes:
+            self._starting -= 1
+            return result
+
+        return self._kernels.start(spec_name).addCallbacks(started, failed).addBoth(settled)
+
+    @app.route("/api/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        return json_body(
+            request,
+            200,
+            {
+                "status": "ok",
+                "version": __version__,
+                "uptime_seconds": round(self._clock() - self._started_at, 3),
+                "kernels": len(self._kernels),
+            },
+        )
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request: IRequest) -> bytes:
+        body, content_type = self.metrics.render()
+        request.setResponseCode(200)
+        request.setHeader(b"Content-Type", content_type.encode("latin-1"))
+        request.setHeader(b"Cache-Control", b"no-store")
+        return body
 
     @app.route("/shutdown/<path:kernel_id>", methods=["GET"])
     def shutdown(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
@@ -132,6 +200,60 @@ class RelayAPI:
         path = request.path.decode("utf-8", "replace")
         method = request.method.decode("ascii", "replace")
         return json_body(request, code, {"error": f"{message}: {method} {path}"})
+
+
+class AuthGuard(Resource):
+    """
+    Requires the relay's token on a leaf resource: requests without it get 401 with a JSON error.
+
+    ``open_paths`` (``/api/health``) are served to anyone; CORS preflights never reach this guard (the
+    :class:`OriginGuard` around it answers them), as browsers send them without credentials.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        wrapped: IResource,
+        auth: TokenAuth,
+        open_paths: frozenset[bytes] = frozenset({b"/api/health"}),
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._wrapped = wrapped
+        self._auth = auth
+        self._open_paths = open_paths
+        self._on_refused = on_refused
+
+    def render(self, request: IRequest) -> bytes | int:
+        if self._auth.enabled and request.path.rstrip(b"/") not in self._open_paths:
+            header = request.getHeader(b"authorization")
+            args: dict[bytes, list[bytes]] = request.args or {}  # type: ignore[attr-defined]
+            query = args.get(TOKEN_QUERY.encode("ascii"), [])
+            candidates = [
+                token_from_authorization(header.decode("latin-1") if header else None),
+                *(value.decode("utf-8", "replace") for value in query),
+            ]
+            if not self._auth.check_any(candidates):
+                if self._on_refused is not None:
+                    self._on_refused()
+                log.warn(
+                    "Refused {method} {path} from {address}: no valid token",
+                    method=request.method.decode("ascii", "replace"),
+                    path=request.path.decode("utf-8", "replace"),
+                    address=str(getattr(request.getClientAddress(), "host", "")),
+                )
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="kernel-relay"')
+                return json_body(
+                    request,
+                    401,
+                    {
+                        "error": "Authentication required: send 'Authorization: Bearer <token>' "
+                        "or ?token=<token>"
+                    },
+                )
+        result: bytes | int = self._wrapped.render(request)
+        return result
 
 
 class OriginGuard(Resource):

@@ -55,6 +55,8 @@ class KernelClient:
         self.session_id = uuid.uuid4().hex
         self._on_message = on_message
         self._sockets: dict[str, FrameSocket] = {}
+        self.last_sent_bytes = 0
+        """Size of the last message ``send`` sent: its JSON parts and buffers (for metrics)."""
         try:
             for channel in CLIENT_CHANNELS:
                 self._sockets[channel] = kernel._opener.dealer(
@@ -86,6 +88,9 @@ class KernelClient:
             self._sockets[channel].send(encode_frames(built, self.kernel._signer))
         except Exception as exc:
             raise InvalidMessage(f"could not send to kernel {self.kernel.id}: {exc}") from exc
+        self.last_sent_bytes = sum(len(frame) for frame in built.raw_parts) + sum(
+            len(buffer) for buffer in built.buffers
+        )
         self.kernel._touch()
         return built.msg_id
 

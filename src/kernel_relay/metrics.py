@@ -1,0 +1,134 @@
+"""
+The relay's Prometheus metrics, in a registry of its own (never prometheus_client's global one, so two
+relays in one process, or tests, do not share counters).
+
+Exposed at ``GET /metrics`` (see :mod:`.web`):
+
+- ``kernel_relay_kernels_running`` (gauge): kernels the relay runs now.
+- ``kernel_relay_clients{channel}`` (gauge): sockets joined to each channel's namespaces.
+- ``kernel_relay_messages_total{direction}`` / ``kernel_relay_message_bytes_total{direction}``
+  (counters): Jupyter messages relayed, ``direction`` is ``to_kernel`` or ``to_client`` (a kernel
+  message counts once however many clients receive it); bytes are the message's JSON parts plus its
+  buffers.
+- ``kernel_relay_errors_total{kind}`` (counter): ``auth`` (401s and refused connects without a valid
+  token), ``refused_message`` (client messages answered with an ``"error"`` event),
+  ``connect_refused`` (namespace connects refused for another reason), ``oversized_message`` (kernel
+  messages over ``--max-message-size``), ``slow_client`` (clients dropped over
+  ``--max-buffered-bytes``), ``spawn`` (failed spawns), ``kernel_died``.
+- ``kernel_relay_spawn_seconds`` (histogram): time from a ``/spawn`` request to a ready kernel.
+- ``kernel_relay_kernels_culled_total`` (counter): idle kernels shut down by the culler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+TO_KERNEL: Final = "to_kernel"
+TO_CLIENT: Final = "to_client"
+ERROR_KINDS: Final = (
+    "auth",
+    "refused_message",
+    "connect_refused",
+    "oversized_message",
+    "slow_client",
+    "spawn",
+    "kernel_died",
+)
+SPAWN_BUCKETS: Final = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
+
+
+class _LiveGauges(Collector):
+    """Gauges read at scrape time from the relay's own state."""
+
+    def __init__(
+        self,
+        kernels_running: Callable[[], int],
+        clients_by_channel: Callable[[], Mapping[str, int]],
+    ) -> None:
+        self.kernels_running = kernels_running
+        self.clients_by_channel = clients_by_channel
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "kernel_relay_kernels_running",
+            "Kernels the relay runs now.",
+            value=self.kernels_running(),
+        )
+        clients = GaugeMetricFamily(
+            "kernel_relay_clients",
+            "Sockets joined to a kernel channel's namespaces.",
+            labels=["channel"],
+        )
+        for channel, count in sorted(self.clients_by_channel().items()):
+            clients.add_metric([channel], count)
+        yield clients
+
+
+class RelayMetrics:
+    """The counters the relay updates and the registry ``/metrics`` renders."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._live = _LiveGauges(lambda: 0, dict)
+        self.registry.register(self._live)
+        self._messages = Counter(
+            "kernel_relay_messages",
+            "Jupyter messages relayed, by direction.",
+            ["direction"],
+            registry=self.registry,
+        )
+        self._bytes = Counter(
+            "kernel_relay_message_bytes",
+            "Bytes of Jupyter messages relayed (JSON parts and buffers), by direction.",
+            ["direction"],
+            registry=self.registry,
+        )
+        self._errors = Counter(
+            "kernel_relay_errors",
+            "Requests, connects and messages the relay refused or lost, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.spawn_seconds = Histogram(
+            "kernel_relay_spawn_seconds",
+            "Seconds from a spawn request to a ready kernel.",
+            buckets=SPAWN_BUCKETS,
+            registry=self.registry,
+        )
+        self.culled = Counter(
+            "kernel_relay_kernels_culled",
+            "Idle kernels shut down by the culler.",
+            registry=self.registry,
+        )
+        for direction in (TO_KERNEL, TO_CLIENT):
+            self._messages.labels(direction)
+            self._bytes.labels(direction)
+        for kind in ERROR_KINDS:
+            self._errors.labels(kind)
+
+    def watch(
+        self,
+        kernels_running: Callable[[], int],
+        clients_by_channel: Callable[[], Mapping[str, int]],
+    ) -> None:
+        """Where the live gauges read their values at scrape time (the relay calls this)."""
+        self._live.kernels_running = kernels_running
+        self._live.clients_by_channel = clients_by_channel
+
+    def relayed(self, direction: str, size: int) -> None:
+        """Count one message of ``size`` bytes relayed in ``direction``."""
+        self._messages.labels(direction).inc()
+        self._bytes.labels(direction).inc(size)
+
+    def error(self, kind: str) -> None:
+        self._errors.labels(kind).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of every metric, and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,269 @@
+"""Limits of a live relay: kernels, clients per kernel, message size both ways, slow clients, culling."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+import socketio
+import websocket
+
+from kernel_relay.culling import KernelCuller
+from tests.conftest import Relay
+from tests.kernel_client import RelayKernelClient
+
+pytestmark = pytest.mark.timeout(240)
+
+MAX_MESSAGE = 200_000
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    server = Relay(
+        tmp_path_factory.mktemp("runtime"),
+        "--max-kernels",
+        "2",
+        "--max-clients-per-kernel",
+        "2",
+        "--max-message-size",
+        str(MAX_MESSAGE),
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def limited_kernel(limited: Relay) -> Iterator[str]:
+    kernel = limited.spawn()
+    yield kernel
+    limited.shutdown(kernel)
+
+
+def test_max_kernels(limited: Relay, limited_kernel: str) -> None:
+    """A spawn beyond --max-kernels answers the contract's 500 {"error"}; a slot freed is usable again."""
+    second = limited.spawn()
+    refused = requests.get(f"{limited.url}/spawn/python3", timeout=90)
+    assert refused.status_code == 500
+    assert "maximum of 2 kernels" in refused.json()["error"]
+    assert len(limited.kernels()) == 2
+    assert limited.shutdown(second).status_code == 200
+    third = limited.spawn()
+    assert limited.shutdown(third).status_code == 200
+
+
+def test_max_clients_per_kernel(limited: Relay, limited_kernel: str) -> None:
+    """A third client of a kernel is refused with a reason; one client on many namespaces counts once."""
+    first = RelayKernelClient(limited.url, limited_kernel, ("shell", "iopub", "stdin", "control"))
+    second = RelayKernelClient(limited.url, limited_kernel, ("iopub",))
+    refusals: list[object] = []
+    third = socketio.Client(reconnection=False)
+    namespace = f"/iopub/{limited_kernel}"
+    third.on("connect_error", lambda data: refusals.append(data), namespace=namespace)
+    try:
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            third.connect(limited.url, namespaces=[namespace], wait_timeout=10)
+        assert refusals and "maximum of 2 clients" in str(refusals[0])
+        _, reply = first.execute("1 + 1")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        third.disconnect()
+        first.close()
+        second.close()
+    # Once they left, a new client gets in.
+    fourth = RelayKernelClient(limited.url, limited_kernel, ("shell",))
+    fourth.close()
+
+
+def test_oversized_kernel_message_is_an_error_event(limited: Relay, limited_kernel: str) -> None:
+    """Kernel output over --max-message-size is not forwarded: the client gets an "error" event naming it."""
+    client = RelayKernelClient(limited.url, limited_kernel, ("shell", "iopub"))
+    try:
+        msg_id, reply = client.execute(f"print('z' * {MAX_MESSAGE * 2}, flush=True)")
+        assert reply["content"]["status"] == "ok"
+        client.wait_for(lambda: client.errors, what="an error event")
+        error = client.errors[0]
+        assert "exceeds the relay's limit" in error["message"]
+        assert error["msg_type"] == "stream"
+        assert error["parent_msg_id"] == msg_id
+        assert not any("z" * 1000 in m["content"].get("text", "") for m in client.iopub_for(msg_id))
+        small_id, _ = client.execute("print('small')")
+        texts = [m["content"]["text"] for m in client.iopub_for(small_id, "stream")]
+        assert "".join(texts) == "small\n"
+    finally:
+        client.close()
+
+
+def test_oversized_client_message_drops_only_that_client(
+    limited: Relay, limited_kernel: str
+) -> None:
+    """A client sending more than --max-message-size is disconnected; another client carries on."""
+    bystander = RelayKernelClient(limited.url, limited_kernel, ("shell",))
+    big = socketio.Client(reconnection=False)
+    gone: list[str] = []
+    big.on("disconnect", lambda *args: gone.append("x"), namespace=f"/shell/{limited_kernel}")
+    big.connect(
+        limited.url,
+        namespaces=[f"/shell/{limited_kernel}"],
+        transports=["websocket"],
+        wait_timeout=10,
+    )
+    try:
+        big.emit(
+            "msg",
+            {
+                "header": {"msg_type": "execute_request"},
+                "content": {"code": "#" + "x" * (MAX_MESSAGE * 2)},
+            },
+            namespace=f"/shell/{limited_kernel}",
+        )
+        deadline = time.monotonic() + 30
+        while not gone and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gone
+        msg_id = bystander.send("shell", "kernel_info_request")
+        assert bystander.reply_to("shell", msg_id)["content"]["status"] == "ok"
+    finally:
+        big.disconnect()
+        bystander.close()
+
+
+def raw_iopub_reader(url_port: int, kernel_id: str) -> websocket.WebSocket:
+    """A WebSocket socket.io client joined to /iopub/<id> with a small receive buffer."""
+    ws = websocket.create_connection(
+        f"ws://127.0.0.1:{url_port}/socket.io/?EIO=4&transport=websocket",
+        timeout=30,
+        sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)],
+    )
+    opened = ws.recv()
+    assert opened.startswith("0{")
+    ws.send(f"40/iopub/{kernel_id},")
+    joined = ws.recv()
+    assert joined.startswith(f"40/iopub/{kernel_id},"), joined
+    return ws
+
+
+def count_stream_bytes(ws: websocket.WebSocket, expected: int, counted: list[int]) -> None:
+    """Read iopub packets until ``expected`` characters of stream text arrived (or the socket ends)."""
+    while counted[0] < expected:
+        try:
+            frame = ws.recv()
+        except Exception:
+            return
+        if isinstance(frame, str) and frame.startswith("42/iopub/"):
+            event = json.loads(frame[frame.index(",") + 1 :])
+            message = event[1]
+            if message["header"]["msg_type"] == "stream":
+                counted[0] += message["content"]["text"].count("y")
+        elif frame == "2":
+            ws.send("3")
+
+
+def test_slow_client_is_dropped_and_others_lose_nothing(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """An iopub client that stops reading is dropped as "slow client"; a reading client gets every byte."""
+    chunk, count = 100_000, 120
+    with Relay(tmp_path_factory.mktemp("runtime"), "--max-buffered-bytes", "4000000") as relay:
+        kernel_id = relay.spawn()
+        shell = RelayKernelClient(relay.url, kernel_id, ("shell",))
+        reader = raw_iopub_reader(relay.port, kernel_id)
+        slow = raw_iopub_reader(relay.port, kernel_id)
+        counted = [0]
+        thread = threading.Thread(
+            target=count_stream_bytes, args=(reader, chunk * count, counted), daemon=True
+        )
+        thread.start()
+        try:
+            msg_id = shell.send(
+                "shell",
+                "execute_request",
+                {
+                    "code": f"import time\nfor i in range({count}):\n"
+                    f"    print('y' * {chunk}, flush=True); time.sleep(0.02)",
+                    "silent": False,
+                },
+            )
+            reply = shell.reply_to("shell", msg_id, timeout=120)
+            assert reply["content"]["status"] == "ok"
+            thread.join(60)
+            assert counted[0] == chunk * count
+            deadline = time.monotonic() + 30
+            while "slow client" not in relay.output() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "slow client" in relay.output()
+            metrics = requests.get(f"{relay.url}/metrics", timeout=30).text
+            assert 'kernel_relay_errors_total{kind="slow_client"} 1.0' in metrics
+        finally:
+            slow.close()
+            reader.close()
+            shell.close()
+            relay.shutdown(kernel_id)
+
+
+def test_idle_kernels_are_culled(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """--cull-idle-timeout shuts down an idle kernel without clients but spares one with a client."""
+    with Relay(
+        tmp_path_factory.mktemp("runtime"),
+        "--cull-idle-timeout",
+        "4",
+        "--cull-interval",
+        "0.5",
+    ) as relay:
+        lonely = relay.spawn()
+        watched = relay.spawn()
+        client = RelayKernelClient(relay.url, watched, ("iopub",))
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                ids = {kernel["id"] for kernel in relay.kernels()}
+                if lonely not in ids:
+                    break
+                time.sleep(0.25)
+            ids = {kernel["id"] for kernel in relay.kernels()}
+            assert lonely not in ids
+            assert watched in ids
+            assert "Culling kernel" in relay.output()
+            events = [json.loads(x) for x in relay.output().splitlines() if x.startswith("{")]
+            culled = [e for e in events if e.get("log_format", "").startswith("Culling kernel {")]
+            assert culled and culled[0]["kernel_id"] == lonely
+        finally:
+            client.close()
+            relay.shutdown(watched)
+
+
+def test_cull_connected_culls_kernels_with_clients(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """With --cull-connected an idle kernel goes even while a client is connected, which is told so."""
+    with Relay(
+        tmp_path_factory.mktemp("runtime"),
+        "--cull-idle-timeout",
+        "2",
+        "--cull-interval",
+        "0.5",
+        "--cull-connected",
+    ) as relay:
+        kernel_id = relay.spawn()
+        client = RelayKernelClient(relay.url, kernel_id, ("iopub",))
+        try:
+            client.wait_for(lambda: client.disconnected, timeout=60, what="a disconnect")
+            dead = [
+                m for m in client.received["iopub"] if m["content"].get("execution_state") == "dead"
+            ]
+            assert dead
+            assert kernel_id not in {kernel["id"] for kernel in relay.kernels()}
+        finally:
+            client.close()
+
+
+def test_culler_rejects_nonsense() -> None:
+    """A culler with a non-positive timeout or interval cannot be made."""
+    with pytest.raises(ValueError):
+        KernelCuller(None, None, len, idle_timeout=0)  # type: ignore[arg-type]
