@@ -43,13 +43,24 @@ async function recordCspViolations(page) {
 // Records what a test wants to know about a page: console errors, uncaught exceptions,
 // and the Engine.IO URLs (polling requests and WebSockets) it used.
 function watch(page) {
-  const seen = { consoleErrors: [], pageErrors: [], engineRequests: [], websockets: [] };
+  const seen = { consoleErrors: [], pageErrors: [], engineRequests: [], engineFailures: [], websockets: [] };
   page.on("console", (msg) => {
     if (msg.type() === "error") seen.consoleErrors.push(msg.text());
   });
   page.on("pageerror", (error) => seen.pageErrors.push(String(error)));
   page.on("request", (request) => {
     if (request.url().includes("/socket.io/")) seen.engineRequests.push(request.url());
+  });
+  page.on("response", async (response) => {
+    if (response.url().includes("/socket.io/") && response.status() >= 400) {
+      const body = await response.text().catch(() => "");
+      seen.engineFailures.push(`${response.request().method()} ${response.url()} -> ${response.status()} ${body}`);
+    }
+  });
+  page.on("requestfailed", (request) => {
+    if (request.url().includes("/socket.io/")) {
+      seen.engineFailures.push(`${request.method()} ${request.url()} failed: ${request.failure()?.errorText}`);
+    }
   });
   page.on("websocket", (ws) => seen.websockets.push(ws.url()));
   return seen;
