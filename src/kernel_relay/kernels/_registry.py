@@ -222,6 +222,10 @@ class KernelRegistry:
         if launch.done:
             return
         self._kernels[kernel.id] = (kernel, manager)
+        if kernel.execution_state == "starting":
+            # It answered kernel_info, so it is idle even if its own status messages went out before our
+            # SUB was subscribed; otherwise an unused kernel would read "starting" (and escape culling).
+            kernel.execution_state = "idle"
         self._finish_launch(launch)
         self._ensure_polling()
         _log.info(
