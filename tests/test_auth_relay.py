@@ -295,3 +295,43 @@ def test_auth_failures_are_counted(secured: Relay) -> None:
         x for x in text.splitlines() if x.startswith('kernel_relay_errors_total{kind="auth"}')
     )
     assert float(line.split()[-1]) >= 1
+
+
+def test_preflight_needs_no_token_and_cors_credentials_are_exact(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A CORS preflight from an allowed origin is answered without a token; the real request needs it."""
+    origin = "https://app.example.com"
+    with Relay(
+        tmp_path_factory.mktemp("runtime"), "--allow-origin", "https://*.example.com", token=TOKEN
+    ) as relay:
+        preflight = requests.options(
+            f"{relay.url}/spawn/python3",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "authorization",
+            },
+            timeout=30,
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == origin
+        assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+        assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+        unauthenticated = requests.get(
+            f"{relay.url}/api/kernels", headers={"Origin": origin}, timeout=30
+        )
+        assert unauthenticated.status_code == 401
+        # The browser can read the 401 (CORS headers are on it) and tell the user why.
+        assert unauthenticated.headers["Access-Control-Allow-Origin"] == origin
+        allowed = requests.get(
+            f"{relay.url}/api/kernels",
+            headers={"Origin": origin, "Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
+        assert allowed.status_code == 200
+        foreign = requests.options(
+            f"{relay.url}/spawn/python3", headers={"Origin": "https://evil.test"}, timeout=30
+        )
+        assert foreign.status_code == 403
+        assert "Access-Control-Allow-Origin" not in foreign.headers
