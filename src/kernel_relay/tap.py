@@ -131,14 +131,14 @@ class Options(usage.Options):
             "max-kernels",
             None,
             None,
-            "Most kernels running at once (spawns over it fail).",
+            "Most kernels running at once (spawns over it fail)",
             _positive(int),
         ],
         [
             "max-clients-per-kernel",
             None,
             None,
-            "Most socket.io clients connected to one kernel (further connects are refused).",
+            "Most socket.io clients connected to one kernel (further connects are refused)",
             _positive(int),
         ],
         [
@@ -146,7 +146,7 @@ class Options(usage.Options):
             None,
             None,
             "Largest message in bytes, both ways: sets --max-payload for clients, and kernel messages "
-            "over it are not forwarded (clients get an 'error' event instead).",
+            "over it are not forwarded (clients get an 'error' event instead)",
             _positive(int),
         ],
         [
