@@ -310,11 +310,34 @@ class RelayRoot(Resource):
             self.putChild(segment, child)
         self._api = api
 
+    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
+        if not _valid_host(request):
+            return _BadHost()
+        child: IResource = super().getChildWithDefault(path, request)
+        return child
+
     def getChild(self, path: bytes, request: IRequest) -> IResource:
         # Give the segment back so the API sees the whole path.
         request.postpath.insert(0, request.prepath.pop())  # type: ignore[attr-defined]
         return self._api
 
     def render(self, request: IRequest) -> bytes | int:
+        if not _valid_host(request):
+            return _BadHost().render(request)
         result: bytes | int = self._api.render(request)
         return result
+
+
+def _valid_host(request: IRequest) -> bool:
+    """Is the Host header absent or plain ASCII? (Klein fails on others with an unhandled error.)"""
+    host = request.getHeader(b"host")
+    return host is None or host.isascii()
+
+
+class _BadHost(Resource):
+    """Answers 400 with a JSON error to a request whose Host header is not ASCII."""
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> bytes:
+        return json_body(request, 400, {"error": "Invalid Host header"})
