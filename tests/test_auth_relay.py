@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from kernel_relay.auth import (
 from kernel_relay.tap import Options
 from tests.conftest import TWIST, Relay
 from tests.kernel_client import RelayKernelClient
-from tests.support import ROOT, free_port
+from tests.support import ROOT, ensure_node_modules, free_port, node_available
 
 TOKEN = "s3cret-" + "x" * 30
 
@@ -335,3 +336,26 @@ def test_preflight_needs_no_token_and_cors_credentials_are_exact(
         )
         assert foreign.status_code == 403
         assert "Access-Control-Allow-Origin" not in foreign.headers
+
+
+@pytest.mark.skipif(not node_available(), reason="Node and npm are not installed")
+@pytest.mark.parametrize("generation", ["4", "2", "1"])
+def test_node_clients_pass_the_token(secured: Relay, secured_kernel: str, generation: str) -> None:
+    """socket.io-client 4 (auth option) and 1.x/2.x (namespace query) get in with the token, not without."""
+    ensure_node_modules()
+    script = ROOT / "tests" / "auth-node" / "auth_client.js"
+
+    def attempt(token: str) -> dict[str, str]:
+        completed = subprocess.run(
+            ["node", str(script), secured.url, secured_kernel, token, generation],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+        result: dict[str, str] = json.loads(completed.stdout.strip().splitlines()[-1])
+        return result
+
+    assert attempt(TOKEN) == {"status": "ok"}
+    for token in ("", "wrong"):
+        refused = attempt(token)
+        assert "Authentication required" in refused["refused"], refused

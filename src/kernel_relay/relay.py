@@ -221,10 +221,9 @@ class Relay:
                 address=handshake.remote_address,
                 namespace=socket.namespace.name,
             )
-            raise ConnectionRefused(
-                'Authentication required: connect with auth {"token": "<token>"}',
-                {"code": 401},
-            )
+            reason = 'Authentication required: connect with auth {"token": "<token>"}'
+            # socket.io 1.x/2.x clients see only the data, so it repeats the message.
+            raise ConnectionRefused(reason, {"code": 401, "message": reason})
         try:
             kernel = self._kernels.get(kernel_id)
         except UnknownKernel:
@@ -240,10 +239,8 @@ class Relay:
                     namespace=socket.namespace.name,
                     limit=limit,
                 )
-                raise ConnectionRefused(
-                    f"Kernel {kernel.id} already has the maximum of {limit} clients",
-                    {"code": 429},
-                )
+                reason = f"Kernel {kernel.id} already has the maximum of {limit} clients"
+                raise ConnectionRefused(reason, {"code": 429, "message": reason})
         if channel != "iopub":
             key = (socket.client.sid, kernel.id)
             link = self._links.get(key)
