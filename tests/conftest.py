@@ -37,7 +37,13 @@ class Relay(ServerProcess):
         super().__init__(
             [*TWIST, "--port", str(port), *args],
             port,
-            env={"JUPYTER_RUNTIME_DIR": str(runtime_dir), "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={
+                "JUPYTER_RUNTIME_DIR": str(runtime_dir),
+                "PYTHONUNBUFFERED": "1",
+                # A token in the developer's environment must not turn on auth for every test relay.
+                "KERNEL_RELAY_TOKEN": "",
+                **(env or {}),
+            },
         )
 
     def spawn(self, spec: str = "python3") -> str:
