@@ -151,17 +151,22 @@ class Relay:
 
     def kernel_started(self, kernel: Kernel) -> None:
         def forward(message: KernelMessage) -> None:
-            namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
-            if namespace is None:
-                return
             size = message_size(message)
             if self._too_big(message, size):
-                namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
+                namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
+                if namespace is not None:
+                    namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
                 return
             self.metrics.relayed(TO_CLIENT, size)
-            namespace.emit(MESSAGE_EVENT, message.to_dict(raw=RawJSON))
+            self.publish_iopub(kernel.id, message.to_dict(raw=RawJSON))
 
         kernel.add_iopub_listener(forward)
+
+    def publish_iopub(self, kernel_id: str, message: dict[str, Any]) -> None:
+        """Send one iopub message, from the kernel or made by the relay, to every client of its namespace."""
+        namespace = self._socketio.namespace(f"/iopub/{kernel_id}")
+        if namespace is not None:
+            namespace.emit(MESSAGE_EVENT, message)
 
     def _too_big(self, message: KernelMessage, size: int) -> bool:
         limit = self._limits.max_message_size
@@ -192,9 +197,7 @@ class Relay:
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
         if reason.startswith("died"):
             self.metrics.error("kernel_died")
-        iopub = self._socketio.namespace(f"/iopub/{kernel.id}")
-        if iopub is not None:
-            iopub.emit(MESSAGE_EVENT, dead_status(kernel))
+        self.publish_iopub(kernel.id, dead_status(kernel))
         for prefix in NAMESPACE_PREFIXES:
             namespace = self._socketio.namespace(f"/{prefix}/{kernel.id}")
             if namespace is not None:
