@@ -100,11 +100,6 @@ def test_enchannel_session_in_chromium(mode: str, request: pytest.FixtureRequest
     assert {kernel["id"] for kernel in relay.kernels()} <= before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="enchannel joins /stdio/<id> on another Engine.IO connection than /shell/<id>, and the relay "
-    "sends an input_request only to the connection whose execute_request caused it",
-)
 def test_enchannel_input_reaches_stdio(relay: Relay) -> None:
     """input() in the kernel reaches enchannel's stdio channel and its input_reply is read by the kernel."""
     observed = run_enchannel(relay, "same-origin", "enchannel-stdin.png", stdin_timeout_ms=10_000)

@@ -170,6 +170,31 @@ def test_input_request_goes_only_to_the_asking_client(relay: Relay, kernel_id: s
         bystander.close()
 
 
+def test_input_request_without_asker_stdin_goes_to_the_kernels_stdin_clients(
+    relay: Relay, kernel_id: str
+) -> None:
+    """An asker joined to shell only (as enchannel is) has its input_request sent to the kernel's stdin clients."""
+    asker = RelayKernelClient(relay.url, kernel_id, channels=("shell", "iopub"))
+    answerer = RelayKernelClient(relay.url, kernel_id, channels=("stdin",))
+    try:
+        msg_id = asker.send(
+            "shell",
+            "execute_request",
+            {"code": "print('got', input('who? '))", "allow_stdin": True},
+        )
+        request = answerer.wait_for(lambda: answerer.received["stdin"], what="input_request")[0]
+        assert request["header"]["msg_type"] == "input_request"
+        assert request["parent_header"]["msg_id"] == msg_id
+        answerer.send("stdin", "input_reply", {"value": "other"})
+        assert asker.reply_to("shell", msg_id)["content"]["status"] == "ok"
+        asker.wait_idle(msg_id)
+        streams = [m["content"]["text"] for m in asker.iopub_for(msg_id, "stream")]
+        assert "".join(streams) == "got other\n"
+    finally:
+        asker.close()
+        answerer.close()
+
+
 def test_unknown_kernel_namespace_is_refused(relay: Relay) -> None:
     """Connecting to /shell/<unknown id> fails with a connect error, not a hang."""
     sio = socketio.Client(reconnection=False)

@@ -263,23 +263,45 @@ class Relay:
         def deliver(message: KernelMessage) -> None:
             link = self._links.get(key)
             socket = link.sockets.get(message.channel) if link is not None else None
-            if socket is None:
+            recipients = [socket] if socket is not None else self._stdin_fallback(kernel, message)
+            if not recipients:
                 log.warn(
                     "Kernel {kernel} sent {msg_type} on {channel} to a client that is not connected to "
                     "that channel; it was not delivered",
                     kernel=short_id(kernel.id),
-                    msg_type=message.header.get("msg_type"),
+                    msg_type=message.msg_type,
                     channel=message.channel,
                 )
                 return
             size = message_size(message)
             if self._too_big(message, size):
-                socket.emit(ERROR_EVENT, self._oversized(kernel, message, size))
+                for recipient in recipients:
+                    recipient.emit(ERROR_EVENT, self._oversized(kernel, message, size))
                 return
             self.metrics.relayed(TO_CLIENT, size)
-            socket.emit(MESSAGE_EVENT, message.to_dict(raw=RawJSON))
+            payload = message.to_dict(raw=RawJSON)
+            for recipient in recipients:
+                recipient.emit(MESSAGE_EVENT, payload)
 
         return ClientLink(kernel.open_client(client_sid.encode("utf-8"), deliver))
+
+    def _stdin_fallback(self, kernel: Kernel, message: KernelMessage) -> list[Socket]:
+        """
+        Every stdin socket of the kernel, for an ``input_request`` whose asker has none of its own.
+
+        enchannel-socketio-backend joins ``/stdio/<id>`` on a second Engine.IO connection, not on the one
+        its ``execute_request`` came from. The kernel reads an ``input_reply`` from any stdin identity, so
+        whichever stdin client answers is heard.
+        """
+        if message.channel != "stdin":
+            return []
+        return [
+            socket
+            for prefix in ("stdin", "stdio")
+            if (namespace := self._socketio.namespace(f"/{prefix}/{kernel.id}")) is not None
+            for socket in namespace.sockets.values()
+            if socket.connected
+        ]
 
     def _is_client_of(self, client_sid: str, kernel_id: str) -> bool:
         """Has this socket.io client joined another namespace of the kernel already?"""
