@@ -112,11 +112,6 @@ def test_enchannel_input_reaches_stdio(relay: Relay) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="socket.io-client 1.x polls with XHR withCredentials=true, which browsers refuse with the "
-    "'Access-Control-Allow-Origin: *' that --allow-origin '*' answers",
-)
 def test_enchannel_cross_origin_with_any_origin(tmp_path_factory: pytest.TempPathFactory) -> None:
     """With --allow-origin '*' (what the original relay did) a page from another origin can use enchannel."""
     server = Relay(tmp_path_factory.mktemp("runtime"), "--allow-origin", "*")

@@ -317,7 +317,7 @@ def test_allowed_origin_gets_cors_headers() -> None:
 
 
 def test_preflight_is_answered() -> None:
-    """An OPTIONS preflight from an allowed origin gets 204 with methods and headers allowed."""
+    """An OPTIONS preflight under ``*`` gets 204, the origin echoed with credentials, methods and headers."""
     h = Harness(origins=OriginPolicy(("*",)))
     request = Request(
         b"OPTIONS",
@@ -326,9 +326,10 @@ def test_preflight_is_answered() -> None:
     )
     h.render(request)
     assert request.responseCode == 204
-    assert request.header("access-control-allow-origin") == "*"
+    assert request.header("access-control-allow-origin") == "https://x.example"
+    assert request.header("access-control-allow-credentials") == "true"
     assert "POST" in (request.header("access-control-allow-methods") or "")
-    assert request.header("access-control-allow-headers") == "content-type"
+    assert request.header("access-control-allow-headers") == "authorization, content-type"
 
 
 def test_handshake_info_is_recorded() -> None:

@@ -65,19 +65,28 @@ class OriginPolicy:
         return any(fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in self.allowed)
 
     def cors_headers(
-        self, origin: str | None, host: str | None, secure: bool = False
+        self,
+        origin: str | None,
+        host: str | None,
+        secure: bool = False,
+        *,
+        echo_any: bool = False,
     ) -> dict[str, str]:
         """
         The CORS response headers for an allowed cross-origin request, or ``{}``.
 
-        An explicitly allowed origin is echoed with credentials allowed; ``*`` is answered with ``*`` and
-        never with credentials, as the Fetch standard requires.
+        An explicitly allowed origin is echoed with credentials allowed. Under ``*`` the answer is ``*``
+        without credentials (the Fetch standard forbids ``*`` with credentials), unless ``echo_any``: then
+        the origin is echoed with credentials. Engine.IO asks for that because engine.io-client 1.x polls
+        with ``withCredentials`` and browsers refuse its responses otherwise. It grants a page nothing
+        ``*`` did not: the relay sets no cookies and reads tokens only from schemes browsers never send
+        on their own.
         """
         if origin is None or not self.is_allowed(origin, host, secure):
             return {}
         if self._is_same_origin(origin.rstrip("/"), host, secure):
             return {}
-        if self.allows_any:
+        if self.allows_any and not echo_any:
             return {"Access-Control-Allow-Origin": ANY_ORIGIN}
         return {
             "Access-Control-Allow-Origin": origin,

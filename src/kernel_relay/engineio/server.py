@@ -237,12 +237,14 @@ class EngineIOResource(Resource):
         is_upgrade = _is_websocket_upgrade(request)
         method = (request.method or b"").decode("latin-1").upper()
         if not is_upgrade:
-            for name, value in options.origins.cors_headers(origin, host, secure).items():
+            for name, value in options.origins.cors_headers(
+                origin, host, secure, echo_any=True
+            ).items():
                 request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         if method == "OPTIONS" and not is_upgrade:
             request.setResponseCode(204)
             request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
-            request.setHeader(b"access-control-allow-headers", b"content-type")
+            request.setHeader(b"access-control-allow-headers", b"authorization, content-type")
             return b""
         query = _query(request)
         facts = RequestFacts(method=method, query=query, is_upgrade=is_upgrade)
