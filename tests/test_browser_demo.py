@@ -191,14 +191,14 @@ def test_page_has_no_inline_script_or_handlers() -> None:
 # --- Chromium --------------------------------------------------------------------------------------------
 
 
-def drive_demo(relay: Relay, screenshot: Path) -> dict[str, Any]:
+def drive_demo(relay: Relay, screenshot: Path, fragment: str = "") -> dict[str, Any]:
     """Run tests/browser/demo_page.js against ``relay`` and check everything the page showed."""
     require_chromium()
     before = {kernel["id"] for kernel in relay.kernels()}
     screenshot.unlink(missing_ok=True)
     result = run_script(
         "demo_page.js",
-        f"{relay.url}/",
+        f"{relay.url}/{fragment}",
         str(screenshot),
         env={"DEMO_PNG_BASE64": base64.b64encode(tiny_png()).decode("ascii")},
         timeout=600,
@@ -279,3 +279,32 @@ def test_demo_session_over_polling_only(tmp_path_factory: pytest.TempPathFactory
         server.stop()
     assert seen["websockets"] == []
     assert seen["engineRequests"] > 10
+
+
+def test_demo_session_with_a_token(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Opened as /#token=<t> on a relay with a token, the page works and drops the token from its address."""
+    token = "demo-page-token-0123456789abcdef"
+    server = Relay(tmp_path_factory.mktemp("runtime"), token=token)
+    try:
+        assert requests.get(f"{server.url}/api/kernelspecs", timeout=10).status_code == 401
+        seen = drive_demo(server, artifact("demo-page-token.png"), fragment=f"#token={token}")
+    finally:
+        server.stop()
+    assert seen["location"] == f"{server.url}/"
+
+
+def test_demo_without_its_token_says_how_to_give_it(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Opened without the token on a relay that has one, the page is served and says how to pass the token."""
+    require_chromium()
+    server = Relay(tmp_path_factory.mktemp("runtime"), token="another-token-0123456789abcdef")
+    try:
+        result = run_script("demo_no_token.js", f"{server.url}/", timeout=180)
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr[-4000:]
+    seen = json.loads(result.stdout)
+    assert seen["pageStatus"] == 200
+    assert "#token=" in seen["status"]
+    assert seen["startEnabled"] is False

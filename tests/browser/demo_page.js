@@ -57,6 +57,7 @@ async function main() {
     observed.page = { status: response.status(), csp: response.headers()["content-security-policy"] ?? null };
     await page.locator("#kernelspec option[value='python3']").waitFor({ state: "attached" });
     observed.kernelspecs = await page.locator("#kernelspec option").evaluateAll((options) => options.map((o) => o.value));
+    observed.location = page.url();
     await page.selectOption("#kernelspec", "python3");
     await page.click("#start");
     await page.locator("#status[data-state='idle']").waitFor();

@@ -23,6 +23,8 @@ const ui = {
 // The page may sit under a prefix behind a proxy: every URL is relative to it.
 const base = new URL(".", window.location.href);
 const session = randomId();
+const TOKEN_KEY = "kernel-relay-token";
+const token = takeToken();
 
 let kernel = null; // { id, name, manager, sockets, cells: Map(msg_id -> Cell), state }
 
@@ -42,8 +44,31 @@ function element(tag, className, text) {
   return node;
 }
 
+// A relay started with a token needs it on every request. The page is opened once as /#token=<token>
+// (a fragment never reaches servers, logs or Referer headers); the token is kept for this tab only and
+// removed from the address bar, so it is not bookmarked or shared with a screenshot.
+function takeToken() {
+  const fragment = new URLSearchParams(window.location.hash.slice(1));
+  const given = fragment.get("token");
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given);
+    fragment.delete("token");
+    const rest = fragment.toString();
+    const { pathname, search } = window.location;
+    history.replaceState(null, "", `${pathname}${search}${rest ? `#${rest}` : ""}`);
+    return given;
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
 async function getJSON(path) {
-  const response = await fetch(new URL(path, base), { cache: "no-store" });
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const response = await fetch(new URL(path, base), { cache: "no-store", headers });
+  if (response.status === 401) {
+    throw new Error(
+      token ? "the relay refused this page's token" : "this relay needs a token: open this page as /#token=<token>",
+    );
+  }
   let body = {};
   try {
     body = await response.json();
@@ -365,7 +390,7 @@ function connect(id, name) {
   kernel = { id, name, manager, sockets: {}, cells: new Map(), state: "starting", connected: false };
   let joined = 0;
   for (const channel of CHANNELS) {
-    const socket = manager.socket(`/${channel}/${id}`);
+    const socket = manager.socket(`/${channel}/${id}`, token ? { auth: { token } } : {});
     kernel.sockets[channel] = socket;
     socket.on("connect", () => {
       joined += 1;
@@ -482,9 +507,15 @@ async function loadKernelspecs() {
     );
     const preferred = kernelspecs.find((spec) => spec.name === "python3") ?? kernelspecs[0];
     if (preferred) ui.spec.value = preferred.name;
-    if (!kernelspecs.length) ui.spec.replaceChildren(element("option", "", "No kernelspecs installed"));
+    if (!kernelspecs.length) {
+      const none = element("option", "", "No kernelspecs installed");
+      none.value = "";
+      ui.spec.replaceChildren(none);
+    }
   } catch (error) {
-    ui.spec.replaceChildren(element("option", "", "Kernelspecs unavailable"));
+    const unavailable = element("option", "", "Kernelspecs unavailable");
+    unavailable.value = ""; // nothing to start
+    ui.spec.replaceChildren(unavailable);
     setStatus("error", `kernelspecs: ${error.message}`);
   }
   refreshControls();
