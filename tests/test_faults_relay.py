@@ -30,6 +30,10 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
         "4",
         "--shutdown-timeout",
         "2",
+        "--heartbeat-interval",
+        "0.5",
+        "--heartbeat-timeout",
+        "3",
         env={"JUPYTER_PATH": str(FIXTURES / "jupyter")},
     )
     try:
@@ -210,4 +214,49 @@ def test_kernel_frozen_after_start(relay: Relay) -> None:
         if frozen.is_running():
             os.kill(frozen.pid, signal.SIGCONT)
     assert not frozen.is_running() or frozen.status() == psutil.STATUS_ZOMBIE
+    assert_back_to(relay, baseline)
+
+
+def test_unreachable_kernel_is_reported_and_recovers(relay: Relay) -> None:
+    """A kernel whose ZMQ side stops answering is reported to its clients and listing, and recovers."""
+    baseline = resources(relay)
+    kernel_id = relay.spawn()
+    stopped = kernel_process(relay, kernel_id)
+    client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"))
+    try:
+        time.sleep(4)  # longer than --heartbeat-timeout: a healthy kernel keeps answering
+        assert [k["reachable"] for k in relay.kernels() if k["id"] == kernel_id] == [True]
+        assert client.errors == []
+        os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            errors = client.wait_for(
+                lambda: [
+                    e
+                    for e in client.errors
+                    if isinstance(e, dict) and e.get("code") == "kernel_unreachable"
+                ],
+                timeout=60,
+                what="a kernel_unreachable error event",
+            )
+            assert errors[0]["kernel_id"] == kernel_id
+            assert "heartbeat" in errors[0]["message"]
+            (entry,) = [k for k in relay.kernels() if k["id"] == kernel_id]
+            assert entry["reachable"] is False
+            metrics = requests.get(f"{relay.url}/metrics", timeout=10).text
+            assert 'kernel_relay_errors_total{kind="kernel_unreachable"}' in metrics
+            round_trip(relay)  # other kernels are unaffected
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            (entry,) = [k for k in relay.kernels() if k["id"] == kernel_id]
+            if entry["reachable"]:
+                break
+            time.sleep(0.2)
+        assert entry["reachable"] is True
+        _, reply = client.execute("40 + 2")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        client.close()
+        assert relay.shutdown(kernel_id).status_code == 200
     assert_back_to(relay, baseline)

@@ -14,7 +14,8 @@ Exposed at ``GET /metrics`` (see :mod:`.web`):
   token), ``refused_message`` (client messages answered with an ``"error"`` event),
   ``connect_refused`` (namespace connects refused for another reason), ``oversized_message`` (kernel
   messages over ``--max-message-size``), ``slow_client`` (clients dropped over
-  ``--max-buffered-bytes``), ``spawn`` (failed spawns), ``kernel_died``.
+  ``--max-buffered-bytes``), ``spawn`` (failed spawns), ``kernel_died``, ``kernel_unreachable`` (kernels
+  that stopped answering their heartbeat).
 - ``kernel_relay_spawn_seconds`` (histogram): time from a ``/spawn`` request to a ready kernel.
 - ``kernel_relay_kernels_culled_total`` (counter): idle kernels shut down by the culler.
 """
@@ -39,6 +40,7 @@ ERROR_KINDS: Final = (
     "slow_client",
     "spawn",
     "kernel_died",
+    "kernel_unreachable",
 )
 SPAWN_BUCKETS: Final = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 

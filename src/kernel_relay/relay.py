@@ -205,6 +205,26 @@ class Relay:
         for key in [key for key in self._links if key[1] == kernel.id]:
             self._links.pop(key).kernel_client.close()
 
+    # HeartbeatListener
+
+    def kernel_unreachable(self, kernel: Kernel, silent_for: float) -> None:
+        """Tell every client of the kernel that it stopped answering, instead of leaving them waiting."""
+        self.metrics.error("kernel_unreachable")
+        error = {
+            "message": f"kernel {kernel.id} has not answered its heartbeat for {silent_for:.0f}s: its "
+            "process is frozen or its ZeroMQ ports are unreachable; messages to it wait until it answers "
+            "again or is shut down",
+            "code": "kernel_unreachable",
+            "kernel_id": kernel.id,
+        }
+        for prefix in NAMESPACE_PREFIXES:
+            namespace = self._socketio.namespace(f"/{prefix}/{kernel.id}")
+            if namespace is not None:
+                namespace.emit(ERROR_EVENT, error)
+
+    def kernel_reachable(self, kernel: Kernel) -> None:
+        """Nothing to send: the kernel's own replies and iopub messages show it is back."""
+
     # socket.io handlers
 
     def _connected(self, socket: Socket, auth: Any) -> None:

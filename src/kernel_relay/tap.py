@@ -24,6 +24,7 @@ from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
 from .culling import KernelCuller
 from .demo import demo_resources
 from .engineio import EngineIOOptions
+from .heartbeat import HeartbeatMonitor
 from .kernels import KernelRegistry
 from .metrics import RelayMetrics
 from .origins import OriginPolicy
@@ -158,6 +159,21 @@ class Options(usage.Options):
             _positive(int),
         ],
         [
+            "heartbeat-interval",
+            None,
+            5.0,
+            "Seconds between two pings of each kernel's heartbeat channel.",
+            _positive(float),
+        ],
+        [
+            "heartbeat-timeout",
+            None,
+            30.0,
+            "Seconds without a heartbeat echo before a kernel's clients are told it is unreachable "
+            "(frozen, or its ports gone).",
+            _positive(float),
+        ],
+        [
             "cull-idle-timeout",
             None,
             None,
@@ -244,6 +260,8 @@ class Options(usage.Options):
                 f"${TOKEN_ENV} (twist kernel-relay --generate-token makes one), or pass --no-auth "
                 "if something else guards the relay."
             )
+        if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
+            raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
         if self["max-message-size"] is not None:
             self["max-payload"] = self["max-message-size"]
         if self["ping-timeout"] >= self["ping-interval"] * 10:
@@ -344,6 +362,13 @@ def makeService(options: Options) -> IService:
 
     top = MultiService()
     KernelsService(socketio, kernels).setServiceParent(top)
+    HeartbeatMonitor(
+        kernels,
+        reactor,
+        relay,
+        interval=options["heartbeat-interval"],
+        timeout=options["heartbeat-timeout"],
+    ).setServiceParent(top)
     if options["cull-idle-timeout"] is not None:
         KernelCuller(
             reactor,

@@ -184,6 +184,7 @@ class RelayAPI:
                 "execution_state": kernel.execution_state,
                 "connections": self._clients_of(kernel.id),
                 "last_activity": _iso(kernel.last_activity),
+                "reachable": kernel.reachable,
             }
             for kernel in self._kernels.kernels()
         ]

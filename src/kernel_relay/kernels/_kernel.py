@@ -34,6 +34,9 @@ from ._zmq import FrameSocket, SocketOpener, channel_url
 
 MessageCallback = Callable[[KernelMessage], None]
 
+#: The relay's ZMQ identity on heartbeat channels (clients' identities are their socket.io ids).
+HEARTBEAT_ID = b"kernel-relay-heartbeat"
+
 _log = Logger()
 
 
@@ -144,6 +147,8 @@ class Kernel:
         """The local process id when the provisioner has one (tests and diagnostics only)."""
         self.connection_file = connection_file
         self.execution_state = "starting"
+        self.reachable = True
+        """False while the kernel does not answer its heartbeat (see :mod:`kernel_relay.heartbeat`)."""
         self.rejected_messages = 0
         self._clock = clock
         self.last_activity = clock.seconds()
@@ -195,6 +200,15 @@ class Kernel:
 
     def clients(self) -> list[KernelClient]:
         return list(self._clients)
+
+    def open_heartbeat(self, on_echo: Callable[[list[bytes]], None]) -> FrameSocket:
+        """
+        A socket to the kernel's heartbeat channel, which echoes every message while the kernel's ZMQ
+        side is alive (it keeps answering while the kernel runs code); the caller closes it.
+        """
+        if self._closed:
+            raise UnknownKernel(f"kernel {self.id} is not running")
+        return self._opener.dealer(channel_url(self.connection_info, "hb"), HEARTBEAT_ID, on_echo)
 
     def wait_ready(self, interval: float = 0.5) -> Deferred[None]:
         """
