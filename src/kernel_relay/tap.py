@@ -30,7 +30,7 @@ from .metrics import RelayMetrics
 from .origins import OriginPolicy
 from .relay import Relay, RelayLimits
 from .socketio import SocketIOServer
-from .web import AuthGuard, OriginGuard, RelayAPI, RelayRoot
+from .web import DEFAULT_MAX_BODY, AuthGuard, BoundedRequest, OriginGuard, RelayAPI, RelayRoot
 
 log = Logger()
 
@@ -289,10 +289,15 @@ def _ipv6_loopback_available() -> bool:
 
 
 class RelaySite(Site):
-    """A Site that keeps quiet about every request unless an access log was asked for."""
+    """
+    A Site that keeps quiet about every request unless an access log was asked for, and refuses request
+    bodies over ``max_body`` bytes as they arrive (see :class:`~kernel_relay.web.BoundedRequest`).
+    """
 
     noisy = False
     displayTracebacks = False
+    requestFactory = BoundedRequest
+    max_body = DEFAULT_MAX_BODY
 
     def log(self, request: Request) -> None:
         if self.logPath is not None:
@@ -359,6 +364,8 @@ def makeService(options: Options) -> IService:
         ),
         logPath=options["access-log"],
     )
+    # The largest body any route takes is an Engine.IO polling payload.
+    site.max_body = max(options["max-payload"], DEFAULT_MAX_BODY)
 
     top = MultiService()
     KernelsService(socketio, kernels).setServiceParent(top)

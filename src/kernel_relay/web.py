@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
@@ -342,3 +343,66 @@ class _BadHost(Resource):
 
     def render(self, request: IRequest) -> bytes:
         return json_body(request, 400, {"error": "Invalid Host header"})
+
+
+#: Request bodies a site takes when it says nothing else: enough for any REST call.
+DEFAULT_MAX_BODY = 1024 * 1024
+
+
+class BoundedRequest(Request):
+    """
+    A request that refuses a body over its site's ``max_body`` bytes while it arrives.
+
+    twisted.web reads a whole body (into memory, or a temporary file past 100 kB) before any resource sees
+    it, so a limit checked in a resource comes too late: a client could fill the disk with one chunked
+    POST. A declared ``Content-Length`` over the limit is refused before the body is read; a chunked body
+    as soon as it grows past it. Either way the client gets 413 with a JSON error and the connection is
+    closed (the rest of the body is never read).
+    """
+
+    _refused = False
+    _received = 0
+
+    def _max_body(self) -> int:
+        limit = getattr(getattr(self.channel, "site", None), "max_body", None)
+        return limit if isinstance(limit, int) else DEFAULT_MAX_BODY
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._max_body():
+            self._refuse(length)
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._received > self._max_body():
+            self._refuse(self._received)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return  # answered already; whatever of the body arrived with the headers is dropped
+        super().requestReceived(command, path, version)
+
+    def _refuse(self, size: int) -> None:
+        self._refused = True
+        limit = self._max_body()
+        log.warn(
+            "Refused a request body of {size}+ bytes (limit {limit}) from {address}",
+            size=size,
+            limit=limit,
+            address=str(getattr(self.getClientAddress(), "host", "")),
+        )
+        body = json.dumps({"error": f"Request body too large: the limit is {limit} bytes"}).encode()
+        transport = self.channel.transport
+        if transport is None:
+            return
+        # The request never reaches a resource, so the answer is written as Twisted writes its own
+        # refusals of malformed requests: straight to the connection, which is then closed.
+        transport.write(
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        transport.loseConnection()
