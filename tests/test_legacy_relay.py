@@ -19,10 +19,11 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("transports", ["polling,websocket", "websocket"])
+@pytest.mark.parametrize("transports", ["polling,websocket", "websocket", "polling"])
 @pytest.mark.parametrize("generation", sorted(GENERATIONS))
 def test_kernel_round_trip(relay: Relay, kernel_id: str, generation: str, transports: str) -> None:
-    """kernel_info, execute with stream and result output, and input() over stdin all work."""
+    """kernel_info, execute with stream and result output, and input() over stdin all work, with non-ASCII
+    text both ways."""
     ensure_legacy_clients()
     done = subprocess.run(
         [
@@ -49,12 +50,12 @@ def test_kernel_round_trip(relay: Relay, kernel_id: str, generation: str, transp
     }
     assert observed["execute"] == {
         "reply": "ok",
-        "stream": "out 42\n",
+        "stream": "out 42 ü\n",
         "result": ["'é🎉é🎉'"],
     }
     assert observed["stdin"]["prompt"] == "name? "
     assert f"hi node {generation}" in observed["stdin"]["output"]
-    assert observed["transport"] == "websocket"
+    assert observed["transport"] == transports.split(",")[-1]
     assert observed["errors"] == []
 
 

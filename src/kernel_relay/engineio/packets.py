@@ -163,6 +163,24 @@ def utf16_length(text: str) -> int:
     return len(text) + len(_ASTRAL.findall(text))
 
 
+def _undo_byte_string(text: str) -> str:
+    """
+    A text packet of a protocol 3 polling payload as its sender meant it.
+
+    engine.io-client 1.x (socket.io-client 1.x) writes each packet of a text payload as its UTF-8
+    bytes, one character per byte, and the request encodes that string as UTF-8 again; 2.x sends the
+    text itself. Both are accepted: a packet whose characters are all below U+0100 and whose bytes are
+    valid UTF-8 is taken as the 1.x form (text sent by 2.x qualifies only if it is itself mojibake such
+    as "Ã©"). ASCII, the overwhelmingly common case, is the same in both.
+    """
+    if text.isascii():
+        return text
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return text
+
+
 def _decode_v3_text_packet(text: str) -> Packet:
     if text[:1] == BINARY_PREFIX:
         if text[1:2] != str(int(PacketType.MESSAGE)):
@@ -289,7 +307,7 @@ class V3Codec:
             end = start + length
             if length == 0 or end > size:
                 raise PacketDecodeError("payload length out of range")
-            packets.append(_decode_v3_text_packet(take(start, end, True)))
+            packets.append(_decode_v3_text_packet(_undo_byte_string(take(start, end, True))))
             position = end
         return packets
 

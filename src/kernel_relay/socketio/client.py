@@ -37,6 +37,7 @@ from .packet import (
     PacketDecoder,
     PacketError,
     PacketType,
+    ascii_packet,
     encode_packet,
     split_namespace_query,
 )
@@ -497,6 +498,8 @@ class Client:
         if self._closed or self.session.closed:
             return
         for message in encoded:
+            if self.legacy and isinstance(message, str) and not message.isascii():
+                message = ascii_packet(message)
             self.session.send(message)
 
     def _forget(self, socket: Socket) -> None:

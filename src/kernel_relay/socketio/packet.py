@@ -28,6 +28,7 @@ import json
 import re
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
@@ -231,6 +232,45 @@ def reconstruct(data: Any, attachments: list[bytes]) -> Any:
     if not all(used):
         raise PacketError("an attachment is not referenced by any placeholder")
     return result
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def _data_offset(text: str) -> int:
+    """Where the JSON data of an encoded packet starts (after type, attachment count, namespace, id)."""
+    index = 1
+    if text[:1] in ("5", "6"):
+        index = text.find("-", index) + 1
+    if text.startswith("/", index):
+        comma = text.find(",", index)
+        if comma < 0:
+            return len(text)
+        index = comma + 1
+    while index < len(text) and text[index].isdigit():
+        index += 1
+    return index
+
+
+@lru_cache(maxsize=4)
+def ascii_packet(text: str) -> str:
+    """
+    ``text`` (an encoded packet) with every non-ASCII character of its JSON data written as a ``\\u`` escape.
+
+    For Engine.IO protocol 3 clients: engine.io-client 1.x reads polling payloads as bytes with lengths
+    in bytes, 2.x as text with lengths in characters, so only ASCII text means the same to both. The
+    JSON value is unchanged. Cached, because a broadcast hands the same text to every such client.
+    """
+    start = _data_offset(text)
+    return text[:start] + _NON_ASCII.sub(_escape_char, text[start:])
 
 
 def encode_packet(packet: Packet) -> list[str | bytes]:

@@ -47,7 +47,7 @@ async function main() {
     language: info.content.language_info.name,
   };
 
-  const runId = send("shell", "execute_request", { code: "print('out', 6 * 7)\n'é🎉' * 2", silent: false });
+  const runId = send("shell", "execute_request", { code: "print('out', 6 * 7, 'ü')\n'é🎉' * 2", silent: false });
   await until(() => replyOf("shell", runId) && isIdle(runId), "execute reply and idle", 30000);
   results.execute = {
     reply: replyOf("shell", runId).content.status,
@@ -64,7 +64,7 @@ async function main() {
     prompt: request.content.prompt,
     output: iopubFor(askId, "stream").map((m) => m.content.text).join(""),
   };
-  if (transports.includes("polling")) {
+  if (transports.includes("polling") && transports.includes("websocket")) {
     await until(() => sio.engineOf(sockets.shell).transport.name === "websocket", "the upgrade", 15000);
   }
   results.transport = sio.engineOf(sockets.shell).transport.name;
