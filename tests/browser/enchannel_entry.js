@@ -46,9 +46,8 @@ async function run(endpoint, { timeout, stdinTimeout }, result) {
   const channels = await backend.connect(endpoint, result.kernelId);
   const subscriptions = Object.keys(seen).map((name) => channels[name].subscribe((msg) => seen[name].push(msg)));
 
-  // kernel_info_request until both connections answer: the reply on shell and its status on iopub, twice in
-  // a row half a second apart (socket.io-client reconnects a connection the relay closes during its upgrade,
-  // and a reply sent to the closed one is lost; result.kernelInfoAttempts shows when that happened).
+  // kernel_info_request until the reply arrives on shell and its status on iopub, twice in a row half a second
+  // apart: /iopub/<id> may join after the first request's status went out (result.kernelInfoAttempts).
   let infoReply = null;
   let confirmed = 0;
   result.kernelInfoAttempts = 0;
@@ -79,7 +78,7 @@ async function run(endpoint, { timeout, stdinTimeout }, result) {
   };
 
   const execute = message("execute_request", {
-    code: "print('hello from enchannel')\n6 * 7",
+    code: "print('hello from enchannel, ünïcödé 🎉')\n6 * 7",
     silent: false,
     store_history: true,
     user_expressions: {},
