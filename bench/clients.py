@@ -4,9 +4,10 @@ receive, check the signature where the client holds the key (direct ZMQ only), a
 
 - :class:`DirectClient`: pyzmq DEALER (shell) and SUB (iopub) sockets with jupyter_client's Session
   for signing (the floor: what any relay adds is measured against this).
-- :class:`RelayClient`: Engine.IO/socket.io frames spoken directly over websocket-client
+- :class:`RelayClient`: Engine.IO/socket.io frames spoken directly over :mod:`bench.wsclient`
   (``42/shell/<id>,["msg",{...}]``), one Engine.IO connection multiplexing the namespaces.
-- :class:`JupyterServerClient`: websocket-client on ``/api/kernels/<id>/channels`` (legacy protocol).
+- :class:`JupyterServerClient`: :mod:`bench.wsclient` on ``/api/kernels/<id>/channels`` (legacy
+  protocol).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import websocket
 import zmq
 from jupyter_client.session import Session
 
 from bench.processes import HOST
+from bench.wsclient import BINARY, TEXT, WebSocket
+
+# The C scanner from an offset: no copy of a large frame's JSON part before parsing it.
+_decode_json = json.JSONDecoder().raw_decode
 
 DELIMITER = b"<IDS|MSG>"
 
@@ -154,64 +158,60 @@ class RelayClient:
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.kernel_id = kernel_id
-        self.ws = websocket.create_connection(
-            f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket",
-            timeout=timeout,
-            enable_multithread=False,
-            skip_utf8_validation=True,
-        )
-        opening = self.ws.recv()
-        if not isinstance(opening, str) or not opening.startswith("0"):
+        self.ws = WebSocket(f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket", timeout)
+        opening = self.ws.recv(timeout)
+        if opening is None or not opening[1].startswith(b"0"):
             raise RuntimeError(f"unexpected Engine.IO open packet {opening!r}")
         self.channel_by_ns = {f"/{channel}/{kernel_id}": channel for channel in channels}
         for namespace in self.channel_by_ns:
-            self.ws.send(f"40{namespace},")
+            self.ws.send_text(f"40{namespace},")
         joined: set[str] = set()
         deadline = time.monotonic() + timeout
         while joined != set(self.channel_by_ns):
             if time.monotonic() > deadline:
                 raise RuntimeError("socket.io namespaces not joined in time")
-            text = self.ws.recv()
+            frame = self.ws.recv(timeout)
+            text = bytes(frame[1]).decode() if frame is not None else ""
             if text == "2":
-                self.ws.send("3")
-            elif isinstance(text, str) and text.startswith("40/"):
+                self.ws.send_text("3")
+            elif text.startswith("40/"):
                 joined.add(text[2 : text.index(",")])
-            elif isinstance(text, str) and text.startswith("44/"):
+            elif text.startswith("44/"):
                 raise RuntimeError(f"namespace refused: {text}")
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
         message = new_message(msg_type, content, self.session_id)
-        self.ws.send(f"42/{channel}/{self.kernel_id}," + json.dumps(["msg", message]))
+        self.ws.send_text(f"42/{channel}/{self.kernel_id}," + json.dumps(["msg", message]))
         msg_id: str = message["header"]["msg_id"]
         return msg_id
 
     def recv(self, timeout: float) -> Msg | None:
-        self.ws.settimeout(timeout)
         while True:
-            try:
-                opcode, data = self.ws.recv_data()
-            except websocket.WebSocketTimeoutException:
+            frame = self.ws.recv(timeout)
+            if frame is None:
                 return None
-            if opcode != websocket.ABNF.OPCODE_TEXT:
+            opcode, data = frame
+            if opcode != TEXT:
                 continue
             if data == b"2":
-                self.ws.send("3")
+                self.ws.send_text("3")
                 continue
             if data[:2] == b"42":
-                return self._event(data[2:], [])
+                return self._event(data, 2, [])
             if data[:2] == b"45":
                 dash = data.index(b"-")
                 count = int(data[2:dash])
-                buffers = []
+                buffers: list[bytes | bytearray] = []
                 while len(buffers) < count:
-                    opcode, chunk = self.ws.recv_data()
-                    buffers.append(chunk)
-                return self._event(data[dash + 1 :], buffers)
+                    attachment = self.ws.recv(None)
+                    if attachment is not None:
+                        buffers.append(attachment[1])
+                return self._event(data, dash + 1, buffers)
 
-    def _event(self, data: bytes, buffers: list[bytes]) -> Msg | None:
-        comma = data.index(b",")
-        channel = self.channel_by_ns.get(data[:comma].decode())
-        payload = json.loads(data[comma + 1 :])
+    def _event(self, data: bytes | bytearray, start: int, buffers: list[Any]) -> Msg | None:
+        comma = data.index(b",", start)
+        channel = self.channel_by_ns.get(data[start:comma].decode())
+        payload = _decode_json(data.decode("utf-8"), comma + 1)[0]
         if channel is None or payload[0] != "msg":
             return None
         message = payload[1]
@@ -232,28 +232,25 @@ class JupyterServerClient:
 
     def __init__(self, url: str, timeout: float = 60) -> None:
         self.session_id = uuid.uuid4().hex
-        self.ws = websocket.create_connection(
-            url, timeout=timeout, enable_multithread=False, skip_utf8_validation=True
-        )
+        self.ws = WebSocket(url, timeout)
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
         message = new_message(msg_type, content, self.session_id)
         message["channel"] = channel
-        self.ws.send(json.dumps(message))
+        self.ws.send_text(json.dumps(message))
         msg_id: str = message["header"]["msg_id"]
         return msg_id
 
     def recv(self, timeout: float) -> Msg | None:
-        self.ws.settimeout(timeout)
         while True:
-            try:
-                opcode, data = self.ws.recv_data()
-            except websocket.WebSocketTimeoutException:
+            frame = self.ws.recv(timeout)
+            if frame is None:
                 return None
-            if opcode == websocket.ABNF.OPCODE_TEXT:
+            opcode, data = frame
+            if opcode == TEXT:
                 message = json.loads(data)
-                buffers: list[bytes] = []
-            elif opcode == websocket.ABNF.OPCODE_BINARY:
+                buffers: list[bytes | bytearray] = []
+            elif opcode == BINARY:
                 (count,) = struct.unpack_from("!I", data)
                 offsets = [*struct.unpack_from(f"!{count}I", data, 4), len(data)]
                 message = json.loads(data[offsets[0] : offsets[1]])

@@ -8,15 +8,16 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IAddress, ITransport
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.http import Request
+from twisted.web.http import Request, _GenericHTTPChannelProtocol
 from twisted.web.server import Site
 
 from . import __version__
@@ -288,6 +289,10 @@ def _ipv6_loopback_available() -> bool:
     return True
 
 
+#: Bytes the relay's connections hand the kernel's socket per write (Twisted's default is 128 KiB).
+SEND_LIMIT = 1024 * 1024
+
+
 class RelaySite(Site):
     """
     A Site that keeps quiet about every request unless an access log was asked for, and refuses request
@@ -298,6 +303,23 @@ class RelaySite(Site):
     displayTracebacks = False
     requestFactory = BoundedRequest
     max_body = DEFAULT_MAX_BODY
+
+    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        make_connection = protocol.makeConnection
+
+        def with_larger_writes(transport: ITransport) -> None:
+            # Twisted hands a TCP socket at most SEND_LIMIT (128 KiB) per write and waits a reactor
+            # turn for the next: a 10 MB kernel output took 80 turns. 1 MiB sends it about 6 times
+            # faster on loopback, and each send still only copies what the socket buffer takes.
+            if hasattr(transport, "SEND_LIMIT"):
+                transport.SEND_LIMIT = SEND_LIMIT
+            make_connection(transport)
+
+        protocol.makeConnection = with_larger_writes  # type: ignore[method-assign]
+        return cast(_GenericHTTPChannelProtocol, protocol)
 
     def log(self, request: Request) -> None:
         if self.logPath is not None:
