@@ -13,7 +13,6 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import InvalidMessage
@@ -33,18 +32,82 @@ class MessageRejected(ValueError):
     """An incoming frame list is not a usable, correctly signed Jupyter message."""
 
 
-@dataclass
-class KernelMessage:
-    """One Jupyter message, with the channel it travelled on."""
+#: Contents longer than this are not parsed on arrival: the relay forwards the kernel's JSON as it is.
+LAZY_CONTENT_BYTES = 64 * 1024
 
-    header: dict[str, Any]
-    parent_header: dict[str, Any]
-    metadata: dict[str, Any]
-    content: dict[str, Any]
-    buffers: list[bytes] = field(default_factory=list)
-    channel: str = ""
-    raw_parts: tuple[bytes, bytes, bytes, bytes] = _EMPTY_PARTS
-    """The JSON bytes of header, parent_header, metadata and content, exactly as signed."""
+
+class KernelMessage:
+    """
+    One Jupyter message, with the channel it travelled on.
+
+    ``content`` of a large message from a kernel is parsed only when read: the relay's hot path never
+    reads it (it forwards ``raw_parts``), and parsing 10 MB of output would cost more than relaying it.
+    """
+
+    __slots__ = (
+        "_content",
+        "_texts",
+        "buffers",
+        "channel",
+        "header",
+        "metadata",
+        "parent_header",
+        "raw_parts",
+    )
+
+    def __init__(
+        self,
+        header: dict[str, Any],
+        parent_header: dict[str, Any],
+        metadata: dict[str, Any],
+        content: dict[str, Any] | None = None,
+        buffers: list[bytes] | None = None,
+        channel: str = "",
+        raw_parts: tuple[bytes, bytes, bytes, bytes] = _EMPTY_PARTS,
+        texts: tuple[str, str, str, str] | None = None,
+    ) -> None:
+        self.header = header
+        self.parent_header = parent_header
+        self.metadata = metadata
+        self._content = content
+        self.buffers: list[bytes] = buffers if buffers is not None else []
+        self.channel = channel
+        #: The JSON bytes of header, parent_header, metadata and content, exactly as signed.
+        self.raw_parts = raw_parts
+        self._texts = texts
+
+    @property
+    def content(self) -> dict[str, Any]:
+        if self._content is None:
+            text = self._texts[3] if self._texts is not None else self.raw_parts[3].decode("utf-8")
+            try:
+                value = _decode_json(text)
+            except (ValueError, RecursionError) as exc:
+                raise MessageRejected(f"content is not JSON: {exc}") from None
+            if type(value) is not dict:
+                raise MessageRejected("content is not a JSON object")
+            self._content = value
+        return self._content
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KernelMessage):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<KernelMessage {self.msg_type} {self.msg_id} on {self.channel or '?'}>"
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (
+            self.header,
+            self.parent_header,
+            self.metadata,
+            self.content,
+            self.buffers,
+            self.channel,
+        )
 
     @property
     def msg_id(self) -> str:
@@ -65,13 +128,12 @@ class KernelMessage:
         With ``raw``, the four parts are ``raw(json_text)`` of the kernel's own JSON (``raw_parts``)
         instead of dicts, for an encoder that splices already-encoded JSON (``socketio.RawJSON``):
         the relay then passes the kernel's bytes on without encoding them again. The parts were
-        verified and parsed as JSON objects when the message was decoded; a message built without
-        ``raw_parts`` gives its dicts either way.
+        verified when the message was decoded (and parsed, but for a large content); a message built
+        without ``raw_parts`` gives its dicts either way.
         """
         if raw is not None and self.raw_parts is not _EMPTY_PARTS:
-            header, parent, metadata, content = (
-                raw(part.decode("utf-8")) for part in self.raw_parts
-            )
+            texts = self._texts or tuple(part.decode("utf-8") for part in self.raw_parts)
+            header, parent, metadata, content = (raw(text) for text in texts)
         else:
             header, parent, metadata, content = (
                 self.header,
@@ -134,25 +196,41 @@ def decode_frames(
             signature if type(signature) is bytes else bytes(signature), sign(raw)
         ):
             raise MessageRejected("bad signature")
-    parts: list[dict[str, Any]] = []
+    parts: list[dict[str, Any] | None] = []
+    texts: list[str] = []
     for name, data in zip(_PART_NAMES, raw, strict=True):
         try:
-            value = _decode_json(data.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MessageRejected(f"{name} is not JSON: {exc}") from None
+        texts.append(text)
+        if name == "content" and len(data) > LAZY_CONTENT_BYTES:
+            # Signed by the kernel, the only party holding the key: checked for UTF-8 and for being
+            # an object here, parsed only if someone reads it (see KernelMessage.content).
+            if not (text.lstrip()[:1] == "{" and text.rstrip()[-1:] == "}"):
+                raise MessageRejected("content is not a JSON object")
+            parts.append(None)
+            continue
+        try:
+            value = _decode_json(text)
+        except (ValueError, RecursionError) as exc:
             raise MessageRejected(f"{name} is not JSON: {exc}") from None
         if type(value) is not dict:
             raise MessageRejected(f"{name} is not a JSON object")
         parts.append(value)
-    if not isinstance(parts[0].get("msg_type"), str):
+    header, parent_header, metadata = parts[0], parts[1], parts[2]
+    assert header is not None and parent_header is not None and metadata is not None
+    if not isinstance(header.get("msg_type"), str):
         raise MessageRejected("header.msg_type is missing")
     message = KernelMessage(
-        header=parts[0],
-        parent_header=parts[1],
-        metadata=parts[2],
+        header=header,
+        parent_header=parent_header,
+        metadata=metadata,
         content=parts[3],
         buffers=[f if type(f) is bytes else bytes(f) for f in frames[split + 6 :]],
         channel=channel,
         raw_parts=(raw[0], raw[1], raw[2], raw[3]),
+        texts=(texts[0], texts[1], texts[2], texts[3]),
     )
     identities = [f if type(f) is bytes else bytes(f) for f in frames[:split]]
     return identities, message
