@@ -14,7 +14,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IAddress, ITransport
+from twisted.internet.interfaces import IAddress, ITCPTransport, ITransport
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.http import Request, _GenericHTTPChannelProtocol
@@ -316,6 +316,9 @@ class RelaySite(Site):
             # faster on loopback, and each send still only copies what the socket buffer takes.
             if hasattr(transport, "SEND_LIMIT"):
                 transport.SEND_LIMIT = SEND_LIMIT
+            # Replies and kernel output are small writes that must not wait on Nagle's algorithm.
+            if ITCPTransport.providedBy(transport):
+                transport.setTcpNoDelay(True)
             make_connection(transport)
 
         protocol.makeConnection = with_larger_writes  # type: ignore[method-assign]
