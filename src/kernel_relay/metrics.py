@@ -108,9 +108,12 @@ class RelayMetrics:
             "Idle kernels shut down by the culler.",
             registry=self.registry,
         )
-        for direction in (TO_KERNEL, TO_CLIENT):
-            self._messages.labels(direction)
-            self._bytes.labels(direction)
+        # The labelled children, looked up once: ``labels()`` costs more than the count itself, and
+        # ``relayed`` runs for every message.
+        self._per_direction = {
+            direction: (self._messages.labels(direction), self._bytes.labels(direction))
+            for direction in (TO_KERNEL, TO_CLIENT)
+        }
         for kind in ERROR_KINDS:
             self._errors.labels(kind)
 
@@ -125,8 +128,9 @@ class RelayMetrics:
 
     def relayed(self, direction: str, size: int) -> None:
         """Count one message of ``size`` bytes relayed in ``direction``."""
-        self._messages.labels(direction).inc()
-        self._bytes.labels(direction).inc(size)
+        messages, size_total = self._per_direction[direction]
+        messages.inc()
+        size_total.inc(size)
 
     def error(self, kind: str) -> None:
         self._errors.labels(kind).inc()

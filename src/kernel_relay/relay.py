@@ -150,12 +150,15 @@ class Relay:
     # KernelObserver
 
     def kernel_started(self, kernel: Kernel) -> None:
+        iopub_name = f"/iopub/{kernel.id}"
+
         def forward(message: KernelMessage) -> None:
+            namespace = self._socketio.namespace(iopub_name)
+            if namespace is None or not namespace.sockets:
+                return  # nobody listens: nothing relayed, nothing to build
             size = message_size(message)
             if self._too_big(message, size):
-                namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
-                if namespace is not None:
-                    namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
+                namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
                 return
             self.metrics.relayed(TO_CLIENT, size)
             self.publish_iopub(kernel.id, message.to_dict(raw=RawJSON))

@@ -29,6 +29,11 @@ _log = Logger()
 #: flooding iopub cannot hold the reactor (and every client's writes) until it pauses.
 READ_BATCH = 200
 
+# pyzmq's constants are enum flags; plain ints keep the per-message calls free of enum arithmetic.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+
 
 class FrameSocket(Protocol):
     """A connected socket: send a multipart message, or close (drops pending sends at once)."""
@@ -80,7 +85,11 @@ class _BatchedReads:
             if self.factory is None or socket is None or socket.closed:
                 return
             try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
+                # Asking first is cheaper than the zmq.Again exception that ends every batch otherwise,
+                # and reading EVENTS until POLLIN is gone is what re-arms ZMQ's edge-triggered fd.
+                if not socket.getsockopt(_EVENTS) & _POLLIN:
+                    return
+                frames = socket.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             except zmq.ZMQError as error:
