@@ -39,6 +39,7 @@ class _Watch:
     socket: FrameSocket
     last_echo: float
     reachable: bool = True
+    paused: bool = False
 
 
 class HeartbeatMonitor(Service):
@@ -107,6 +108,20 @@ class HeartbeatMonitor(Service):
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
         self._forget(kernel.id)
 
+    def kernel_restarting(self, kernel: Kernel) -> None:
+        entry = self._watches.get(kernel.id)
+        if entry is not None:
+            entry[1].paused = True  # silence while the process is replaced is expected
+
+    def kernel_restarted(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_ready(self, kernel: Kernel) -> None:
+        entry = self._watches.get(kernel.id)
+        if entry is not None:
+            entry[1].paused = False
+            entry[1].last_echo = self._clock.seconds()
+
     # internals
 
     def _forget(self, kernel_id: str) -> None:
@@ -118,7 +133,7 @@ class HeartbeatMonitor(Service):
         now = self._clock.seconds()
         for kernel, watch in list(self._watches.values()):
             silent_for = now - watch.last_echo
-            if watch.reachable and silent_for > self._timeout:
+            if watch.reachable and not watch.paused and silent_for > self._timeout:
                 watch.reachable = False
                 kernel.reachable = False
                 log.warn(

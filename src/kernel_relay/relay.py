@@ -70,6 +70,14 @@ def message_size(message: KernelMessage) -> int:
 
 def dead_status(kernel: Kernel) -> dict[str, Any]:
     """An iopub ``status`` message telling clients the kernel is gone, as the kernel itself no longer can."""
+    return relay_status(kernel, "dead")
+
+
+def relay_status(kernel: Kernel, execution_state: str) -> dict[str, Any]:
+    """
+    An iopub ``status`` message made by the relay, for states the kernel cannot announce itself
+    (``dead``, ``restarting``) or that its clients would miss while its sockets reconnect.
+    """
     return {
         "header": {
             "msg_id": uuid.uuid4().hex,
@@ -81,7 +89,7 @@ def dead_status(kernel: Kernel) -> dict[str, Any]:
         },
         "parent_header": {},
         "metadata": {},
-        "content": {"execution_state": "dead"},
+        "content": {"execution_state": execution_state},
         "channel": "iopub",
     }
 
@@ -207,6 +215,16 @@ class Relay:
                 namespace.disconnect_all(f"kernel {reason}")
         for key in [key for key in self._links if key[1] == kernel.id]:
             self._links.pop(key).kernel_client.close()
+
+    def kernel_restarting(self, kernel: Kernel) -> None:
+        self.publish_iopub(kernel.id, relay_status(kernel, "restarting"))
+
+    def kernel_restarted(self, kernel: Kernel) -> None:
+        self.publish_iopub(kernel.id, relay_status(kernel, "starting"))
+
+    def kernel_ready(self, kernel: Kernel) -> None:
+        # The kernel's own statuses went out while the relay's subscription was reconnecting.
+        self.publish_iopub(kernel.id, relay_status(kernel, kernel.execution_state))
 
     # HeartbeatListener
 

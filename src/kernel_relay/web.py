@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__
 from .auth import TOKEN_QUERY, TokenAuth, token_from_authorization
-from .kernels import Kernel, KernelRegistry, KernelSpecInfo
+from .kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel
 from .metrics import RelayMetrics
 from .origins import OriginPolicy
 
@@ -161,6 +161,41 @@ class RelayAPI:
 
         return self._kernels.shutdown(kernel_id).addCallbacks(stopped, failed)
 
+    @app.route("/api/kernels/<kernel_id>/interrupt", methods=["POST"])
+    def interrupt(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
+        """Interrupt the running cell: SIGINT or an ``interrupt_request``, as the kernelspec says."""
+        return self._kernels.interrupt(kernel_id).addCallbacks(
+            lambda _: json_body(request, 200, {"id": kernel_id}),
+            self._kernel_failure,
+            errbackArgs=(request, kernel_id, "interrupt"),
+        )
+
+    @app.route("/api/kernels/<kernel_id>/restart", methods=["POST"])
+    def restart(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
+        """Restart in place and answer once the kernel is ready again; clients stay connected."""
+
+        def restarted(kernel: Kernel) -> bytes:
+            return json_body(
+                request, 200, {"id": kernel.id, "execution_state": kernel.execution_state}
+            )
+
+        return self._kernels.restart(kernel_id).addCallbacks(
+            restarted, self._kernel_failure, errbackArgs=(request, kernel_id, "restart")
+        )
+
+    def _kernel_failure(
+        self, failure: Failure, request: IRequest, kernel_id: str, action: str
+    ) -> bytes:
+        """404 for an unknown kernel, 500 with the reason for anything else."""
+        code = 404 if failure.check(UnknownKernel) else 500  # type: ignore[no-untyped-call]
+        log.warn(
+            "Could not {action} kernel {kernel_id}: {error}",
+            action=action,
+            kernel_id=kernel_id,
+            error=_error_text(failure),
+        )
+        return json_body(request, code, {"error": _error_text(failure)})
+
     @app.route("/api/kernelspecs", methods=["GET"])
     def kernelspecs(self, request: IRequest) -> Deferred[bytes]:
         def listed(specs: list[KernelSpecInfo]) -> bytes:
@@ -197,7 +232,8 @@ class RelayAPI:
         assert isinstance(error, HTTPException)
         code = error.code or 500
         if code == 405:
-            request.setHeader(b"Allow", b"GET, OPTIONS")
+            allowed = sorted({*(getattr(error, "valid_methods", None) or ["GET"]), "OPTIONS"})
+            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
         message = {404: "No such route", 405: "Method not allowed"}.get(code, error.name)
         path = request.path.decode("utf-8", "replace")
         method = request.method.decode("ascii", "replace")

@@ -106,6 +106,32 @@ def kill(manager: KernelManager) -> None:
         raise KernelShutdownError(f"kernel {manager.kernel_id} could not be killed")
 
 
+def interrupt(manager: KernelManager) -> None:
+    """
+    Interrupt as the kernelspec says: ``interrupt_mode: "signal"`` (the default) sends SIGINT through the
+    provisioner, ``"message"`` sends an ``interrupt_request`` on the control channel.
+    """
+    try:
+        manager.interrupt_kernel()
+    except Exception as exc:
+        _log.failure("interrupting kernel {kernel_id} failed", kernel_id=manager.kernel_id)
+        raise KernelLaunchError(f"could not interrupt kernel {manager.kernel_id}: {exc}") from exc
+
+
+def restart(manager: KernelManager) -> int | None:
+    """
+    Stop the kernel politely (as ``stop``) and start it again on the same ports, key and connection file,
+    so every ZMQ socket connected to it reconnects on its own; returns the new local pid, if any.
+    """
+    try:
+        manager.restart_kernel(now=False)
+    except Exception as exc:
+        _log.failure("restarting kernel {kernel_id} failed", kernel_id=manager.kernel_id)
+        raise KernelLaunchError(f"could not restart kernel {manager.kernel_id}: {exc}") from exc
+    pid = getattr(manager.provisioner, "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
 def _remove_connection_file(manager: KernelManager) -> None:
     path = manager.connection_file
     if path and os.path.exists(path):

@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from jupyter_client.session import Session
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -49,6 +49,15 @@ class KernelObserver(Protocol):
 
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
         """``reason`` is ``"shutdown"`` or starts with ``"died"`` (``"died: exit code 1"``)."""
+
+    def kernel_restarting(self, kernel: Kernel) -> None:
+        """A restart began: the kernel keeps its id and its clients, its process is about to go."""
+
+    def kernel_restarted(self, kernel: Kernel) -> None:
+        """The new process runs (``execution_state`` is ``"starting"``); it is not ready yet."""
+
+    def kernel_ready(self, kernel: Kernel) -> None:
+        """The restarted kernel answered ``kernel_info``."""
 
 
 def _death_reason(code: int | None) -> str:
@@ -96,6 +105,7 @@ class KernelRegistry:
         self._kernels: dict[str, tuple[Kernel, KernelManager]] = {}
         self._launches: dict[str, _Launch] = {}
         self._stopping: dict[str, list[Deferred[None]]] = {}
+        self._restarting: dict[str, list[Deferred[Kernel]]] = {}
         self._observers: list[KernelObserver] = []
         self._poller = LoopingCall(self._poll)
         self._poller.clock = reactor
@@ -269,12 +279,93 @@ class KernelRegistry:
         d.addErrback(lambda f: _log.failure("killing an abandoned kernel failed", failure=f))
         return d
 
+    # -- interrupt and restart ----------------------------------------------------------------
+
+    def interrupt(self, kernel_id: str) -> Deferred[None]:
+        """Interrupt what the kernel runs, honouring its kernelspec's ``interrupt_mode``."""
+        if kernel_id not in self._kernels or kernel_id in self._stopping:
+            return fail(UnknownKernel(f"no running kernel with id {kernel_id!r}"))
+        if kernel_id in self._restarting:
+            return fail(KernelLaunchError(f"kernel {kernel_id} is restarting"))
+        _log.info("interrupting kernel {kernel_id}", kernel_id=kernel_id)
+        return self._in_thread(_manager.interrupt, self._kernels[kernel_id][1])
+
+    def restart(self, kernel_id: str) -> Deferred[Kernel]:
+        """
+        Restart a kernel in place: same id, ports and key, so its clients' sockets carry on. Fires with the
+        kernel once it answers ``kernel_info`` again; a kernel that fails to come back within the launch
+        timeout is killed and reported stopped (``"died: restart failed ..."``).
+        """
+        if kernel_id not in self._kernels or kernel_id in self._stopping:
+            return fail(UnknownKernel(f"no running kernel with id {kernel_id!r}"))
+        waiter: Deferred[Kernel] = Deferred()
+        if kernel_id in self._restarting:
+            self._restarting[kernel_id].append(waiter)  # one restart serves every caller
+            return waiter
+        self._restarting[kernel_id] = [waiter]
+        kernel, manager = self._kernels[kernel_id]
+        _log.info("restarting kernel {kernel_id}", kernel_id=kernel_id)
+        kernel.execution_state = "restarting"
+        self._notify(lambda observer: observer.kernel_restarting(kernel))
+        deadline = self._reactor.callLater(
+            self.launch_timeout + self.shutdown_timeout,
+            lambda: ready.cancel(),
+        )
+        ready: Deferred[Any] = self._in_thread(_manager.restart, manager)
+
+        def started(pid: int | None) -> Deferred[None]:
+            kernel.pid = pid
+            kernel.execution_state = "starting"
+            self._notify(lambda observer: observer.kernel_restarted(kernel))
+            return kernel.wait_ready()
+
+        def finished(_: object) -> None:
+            if deadline.active():
+                deadline.cancel()
+            if kernel.execution_state in ("starting", "busy"):
+                # It answered the readiness probe; "busy" is the probe's own, its idle may come later.
+                kernel.execution_state = "idle"
+            _log.info("kernel {kernel_id} restarted", kernel_id=kernel_id)
+            self._notify(lambda observer: observer.kernel_ready(kernel))
+            for d in self._restarting.pop(kernel_id, []):
+                d.callback(kernel)
+
+        def failed(failure: Failure) -> None:
+            if deadline.active():
+                deadline.cancel()
+            waiters = self._restarting.pop(kernel_id, [])
+            reason = (
+                f"timed out after {self.launch_timeout + self.shutdown_timeout:g}s"
+                if isinstance(failure.value, CancelledError)
+                else str(failure.value)
+            )
+            _log.warn(
+                "kernel {kernel_id} restart failed: {reason}", kernel_id=kernel_id, reason=reason
+            )
+            error = KernelLaunchError(f"kernel {kernel_id} did not restart: {reason}")
+            kernel.execution_state = "dead"
+            stopping = self._stop(kernel_id, f"died: restart failed ({reason})", _manager.kill)
+            stopping.addErrback(lambda f: None)
+            for d in waiters:
+                d.errback(error)
+
+        ready.addCallback(started).addCallbacks(finished, failed)
+        return waiter
+
     # -- stopping -----------------------------------------------------------------------------
 
     def shutdown(self, kernel_id: str) -> Deferred[None]:
         """Stop a running kernel politely (then forcibly); fires once it is gone and forgotten."""
         if kernel_id not in self._kernels:
             return fail(UnknownKernel(f"no running kernel with id {kernel_id!r}"))
+        if kernel_id in self._restarting:
+            # Let the restart settle first, whatever its outcome, then stop what is there.
+            settled: Deferred[Any] = Deferred()
+            self._restarting[kernel_id].append(settled)
+            settled.addBoth(lambda _: None)
+            return settled.addCallback(
+                lambda _: self.shutdown(kernel_id) if kernel_id in self._kernels else None
+            )
         return self._stop(kernel_id, "shutdown", _manager.stop)
 
     def shutdown_all(self) -> Deferred[None]:
@@ -337,7 +428,7 @@ class KernelRegistry:
         watched = [
             (kernel_id, manager)
             for kernel_id, (_, manager) in self._kernels.items()
-            if kernel_id not in self._stopping
+            if kernel_id not in self._stopping and kernel_id not in self._restarting
         ]
         watched += [
             (launch.kernel_id, launch.manager)
@@ -359,7 +450,11 @@ class KernelRegistry:
                     f"the {launch.spec_name!r} kernel exited during startup "
                     f"({reason.removeprefix('died: ')})",
                 )
-            elif kernel_id in self._kernels and kernel_id not in self._stopping:
+            elif (
+                kernel_id in self._kernels
+                and kernel_id not in self._stopping
+                and kernel_id not in self._restarting
+            ):
                 _log.warn("kernel {kernel_id} {reason}", kernel_id=kernel_id, reason=reason)
                 self._kernels[kernel_id][0].execution_state = "dead"
                 self._stop(kernel_id, reason, _manager.kill).addErrback(lambda f: None)
