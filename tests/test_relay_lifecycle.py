@@ -142,6 +142,9 @@ def test_help_documents_every_option() -> None:
         "--shutdown-timeout",
         "--launch-timeout",
         "--access-log",
+        "--heartbeat-interval",
+        "--heartbeat-timeout",
+        "--pool",
     ):
         assert option in result.stdout, option
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from twisted.application.internet import StreamServerEndpointService
@@ -213,6 +213,21 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["allow-origin"] = []
+        self["pool"] = {}
+
+    def opt_pool(self, value: str) -> None:
+        """Keep N started, ready kernels of kernelspec NAME for instant /spawn (NAME=N, repeatable)."""
+        name, sep, count = value.partition("=")
+        name = name.strip()
+        try:
+            size = int(count)
+        except ValueError:
+            size = -1
+        if not sep or not name or not 1 <= size <= MAX_POOL:
+            raise usage.UsageError(
+                f"--pool takes NAME=N with N from 1 to {MAX_POOL} (e.g. --pool python3=2), not {value!r}"
+            )
+        self["pool"][name] = size
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint (repeatable), e.g. tcp:3000:interface=0.0.0.0,
@@ -289,6 +304,9 @@ def _ipv6_loopback_available() -> bool:
     return True
 
 
+#: The largest warm pool per kernelspec ``--pool`` accepts.
+MAX_POOL = 32
+
 #: Bytes the relay's connections hand the kernel's socket per write (Twisted's default is 128 KiB).
 SEND_LIMIT = 1024 * 1024
 
@@ -330,11 +348,26 @@ class RelaySite(Site):
 
 
 class KernelsService(Service):
-    """Stops the relay cleanly: clients are told first, then every kernel the relay started is shut down."""
+    """
+    Fills the warm pools at start; stops the relay cleanly: clients are told first, then every kernel the
+    relay started (pooled ones too) is shut down.
+    """
 
-    def __init__(self, socketio: SocketIOServer, kernels: KernelRegistry) -> None:
+    def __init__(
+        self,
+        socketio: SocketIOServer,
+        kernels: KernelRegistry,
+        pools: Mapping[str, int] | None = None,
+    ) -> None:
         self._socketio = socketio
         self._kernels = kernels
+        self._pools = dict(pools or {})
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        for spec_name, size in self._pools.items():
+            log.info("Keeping {size} {spec_name} kernel(s) warm", size=size, spec_name=spec_name)
+            self._kernels.keep_warm(spec_name, size)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -393,7 +426,7 @@ def makeService(options: Options) -> IService:
     site.max_body = max(options["max-payload"], DEFAULT_MAX_BODY)
 
     top = MultiService()
-    KernelsService(socketio, kernels).setServiceParent(top)
+    KernelsService(socketio, kernels, options["pool"]).setServiceParent(top)
     HeartbeatMonitor(
         kernels,
         reactor,

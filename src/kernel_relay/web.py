@@ -134,6 +134,7 @@ class RelayAPI:
                 "version": __version__,
                 "uptime_seconds": round(self._clock() - self._started_at, 3),
                 "kernels": len(self._kernels),
+                "pooled_kernels": self._kernels.pooled(),
             },
         )
 

@@ -71,9 +71,11 @@ def _death_reason(code: int | None) -> str:
 class _Launch:
     """A kernel being started: the thread work, then the readiness probe, under one deadline."""
 
-    def __init__(self, kernel_id: str, spec_name: str) -> None:
+    def __init__(self, kernel_id: str, spec_name: str, pooled: bool = False) -> None:
         self.kernel_id = kernel_id
         self.spec_name = spec_name
+        self.pooled = pooled
+        """Started to wait in the warm pool rather than for a client."""
         self.manager: KernelManager | None = None
         self.kernel: Kernel | None = None
         self.ready: Deferred[None] | None = None
@@ -106,6 +108,11 @@ class KernelRegistry:
         self._launches: dict[str, _Launch] = {}
         self._stopping: dict[str, list[Deferred[None]]] = {}
         self._restarting: dict[str, list[Deferred[Kernel]]] = {}
+        # Warm pools: ready kernels nobody has asked for yet, per kernelspec (see keep_warm).
+        self._pool_targets: dict[str, int] = {}
+        self._pooled: dict[str, list[tuple[Kernel, KernelManager]]] = {}
+        self._pool_failures: dict[str, int] = {}
+        self._pool_refills: dict[str, IDelayedCall] = {}
         self._observers: list[KernelObserver] = []
         self._poller = LoopingCall(self._poll)
         self._poller.clock = reactor
@@ -147,14 +154,31 @@ class KernelRegistry:
 
     def start(self, spec_name: str) -> Deferred[Kernel]:
         """
-        Launch a kernel of this kernelspec and fire with it once it is ready.
+        Launch a kernel of this kernelspec and fire with it once it is ready; from the warm pool, at once,
+        when it holds one.
 
         Fails with UnknownKernelSpec, or KernelLaunchError (including after ``launch_timeout``
         seconds, in which case whatever was started is killed).
         """
         if not isinstance(spec_name, str) or not spec_name:
             return fail(UnknownKernelSpec(f"no kernel spec named {spec_name!r}"))
-        launch = _Launch(str(uuid.uuid4()), spec_name)
+        warm = self._pooled.get(spec_name)
+        if warm:
+            kernel, manager = warm.pop(0)
+            self._kernels[kernel.id] = (kernel, manager)
+            kernel.last_activity = self._reactor.seconds()
+            _log.info(
+                "kernel {kernel_id} ({spec_name}) handed out from the warm pool",
+                kernel_id=kernel.id,
+                spec_name=spec_name,
+            )
+            self._notify(lambda observer: observer.kernel_started(kernel))
+            self._refill(spec_name)
+            return succeed(kernel)
+        return self._launch(spec_name)
+
+    def _launch(self, spec_name: str, pooled: bool = False) -> Deferred[Kernel]:
+        launch = _Launch(str(uuid.uuid4()), spec_name, pooled)
         self._launches[launch.kernel_id] = launch
 
         def cancel(_: Deferred[Kernel]) -> None:
@@ -231,7 +255,10 @@ class KernelRegistry:
         assert kernel is not None and manager is not None
         if launch.done:
             return
-        self._kernels[kernel.id] = (kernel, manager)
+        if launch.pooled:
+            self._pooled.setdefault(launch.spec_name, []).append((kernel, manager))
+        else:
+            self._kernels[kernel.id] = (kernel, manager)
         if kernel.execution_state == "starting":
             # It answered kernel_info, so it is idle even if its own status messages went out before our
             # SUB was subscribed; otherwise an unused kernel would read "starting" (and escape culling).
@@ -239,11 +266,13 @@ class KernelRegistry:
         self._finish_launch(launch)
         self._ensure_polling()
         _log.info(
-            "kernel {kernel_id} ({spec_name}) is ready",
+            "kernel {kernel_id} ({spec_name}) is ready{pooled}",
             kernel_id=kernel.id,
             spec_name=kernel.spec_name,
+            pooled=" and waits in the warm pool" if launch.pooled else "",
         )
-        self._notify(lambda observer: observer.kernel_started(kernel))
+        if not launch.pooled:
+            self._notify(lambda observer: observer.kernel_started(kernel))
         launch.result.callback(kernel)
 
     def _finish_launch(self, launch: _Launch) -> None:
@@ -278,6 +307,95 @@ class KernelRegistry:
         d = self._in_thread(_manager.kill, manager)
         d.addErrback(lambda f: _log.failure("killing an abandoned kernel failed", failure=f))
         return d
+
+    # -- warm pools ---------------------------------------------------------------------------
+
+    def keep_warm(self, spec_name: str, count: int) -> None:
+        """Keep ``count`` started, ready kernels of ``spec_name`` for ``start`` to hand out at once."""
+        if count < 0:
+            raise ValueError("a warm pool size cannot be negative")
+        self._pool_targets[spec_name] = count
+        self._refill(spec_name)
+
+    def pooled(self, spec_name: str | None = None) -> int:
+        """Ready kernels waiting in the warm pools (of one kernelspec, or all)."""
+        if spec_name is not None:
+            return len(self._pooled.get(spec_name, []))
+        return sum(len(kernels) for kernels in self._pooled.values())
+
+    def _pool_launching(self, spec_name: str) -> int:
+        return sum(
+            1
+            for launch in self._launches.values()
+            if launch.pooled and launch.spec_name == spec_name
+        )
+
+    def _refill(self, spec_name: str) -> None:
+        missing = (
+            self._pool_targets.get(spec_name, 0)
+            - self.pooled(spec_name)
+            - self._pool_launching(spec_name)
+        )
+        if missing <= 0 or spec_name in self._pool_refills:
+            return
+        failures = self._pool_failures.get(spec_name, 0)
+        if failures:
+            # A kernelspec that keeps failing is retried less and less often, never in a hot loop.
+            delay = min(60.0, 2.0**failures)
+            self._pool_refills[spec_name] = self._reactor.callLater(
+                delay, self._refill_now, spec_name
+            )
+            return
+        self._refill_now(spec_name)
+
+    def _refill_now(self, spec_name: str) -> None:
+        self._pool_refills.pop(spec_name, None)
+        missing = (
+            self._pool_targets.get(spec_name, 0)
+            - self.pooled(spec_name)
+            - self._pool_launching(spec_name)
+        )
+        for _ in range(max(0, missing)):
+            d = self._launch(spec_name, pooled=True)
+
+            def filled(_: Kernel) -> None:
+                self._pool_failures.pop(spec_name, None)
+
+            def failed(failure: Failure) -> None:
+                if isinstance(failure.value, UnknownKernelSpec):
+                    _log.error(
+                        "no warm pool for {spec_name}: {error}",
+                        spec_name=spec_name,
+                        error=failure.getErrorMessage(),
+                    )
+                    self._pool_targets.pop(spec_name, None)
+                    return
+                self._pool_failures[spec_name] = self._pool_failures.get(spec_name, 0) + 1
+                _log.warn(
+                    "could not start a {spec_name} kernel for the warm pool: {error}",
+                    spec_name=spec_name,
+                    error=failure.getErrorMessage(),
+                )
+                self._refill(spec_name)
+
+            d.addCallbacks(filled, failed)
+
+    def _drop_pooled(self, kernel_id: str, reason: str) -> Deferred[None] | None:
+        """Forget a pooled kernel (it died, or the relay stops) and stop its process."""
+        for spec_name, entries in self._pooled.items():
+            for index, (kernel, manager) in enumerate(entries):
+                if kernel.id == kernel_id:
+                    del entries[index]
+                    _log.info(
+                        "pooled kernel {kernel_id} ({spec_name}) dropped: {reason}",
+                        kernel_id=kernel_id,
+                        spec_name=spec_name,
+                        reason=reason,
+                    )
+                    kernel.execution_state = "dead"
+                    kernel.close()
+                    return self._kill_quietly(manager)
+        return None
 
     # -- interrupt and restart ----------------------------------------------------------------
 
@@ -370,16 +488,26 @@ class KernelRegistry:
 
     def shutdown_all(self) -> Deferred[None]:
         """Stop every kernel, including ones still starting, in parallel; never fails."""
+        self._pool_targets.clear()
+        for call in self._pool_refills.values():
+            if call.active():
+                call.cancel()
+        self._pool_refills.clear()
         work: list[Deferred[Any]] = [self.shutdown(kernel_id) for kernel_id in list(self._kernels)]
         for launch in list(self._launches.values()):
             work.append(self._abort(launch, "the relay is stopping"))
+        for entries in list(self._pooled.values()):
+            for kernel, _ in list(entries):
+                dropped = self._drop_pooled(kernel.id, "the relay is stopping")
+                if dropped is not None:
+                    work.append(dropped)
         done: Deferred[Any] = DeferredList(work, consumeErrors=True)
 
         def finished(results: list[tuple[bool, Any]]) -> None:
             for ok, value in results:
                 if not ok:
                     _log.failure("a kernel did not stop cleanly", failure=value)
-            if not self._kernels and not self._launches:
+            if not self._kernels and not self._launches and not self.pooled():
                 self._opener.close()
 
         done.addCallback(finished)
@@ -421,7 +549,7 @@ class KernelRegistry:
             self._poller.start(self.poll_interval, now=False)
 
     def _maybe_stop_polling(self) -> None:
-        if self._poller.running and not self._kernels and not self._launches:
+        if self._poller.running and not self._kernels and not self._launches and not self.pooled():
             self._poller.stop()
 
     def _poll(self) -> Deferred[None]:
@@ -435,6 +563,9 @@ class KernelRegistry:
             for launch in self._launches.values()
             if launch.manager is not None
         ]
+        watched += [
+            (kernel.id, manager) for entries in self._pooled.values() for kernel, manager in entries
+        ]
         if not watched:
             return succeed(None)
         d = self._in_thread(_manager.find_dead, watched).addCallback(self._handle_dead)
@@ -443,6 +574,20 @@ class KernelRegistry:
     def _handle_dead(self, dead: list[tuple[str, int | None]]) -> None:
         for kernel_id, code in dead:
             reason = _death_reason(code)
+            pooled_spec = next(
+                (
+                    spec
+                    for spec, entries in self._pooled.items()
+                    for k, _ in entries
+                    if k.id == kernel_id
+                ),
+                None,
+            )
+            if pooled_spec is not None:
+                self._drop_pooled(kernel_id, reason)
+                self._pool_failures[pooled_spec] = self._pool_failures.get(pooled_spec, 0) + 1
+                self._refill(pooled_spec)
+                continue
             launch = self._launches.get(kernel_id)
             if launch is not None:
                 self._abort(
