@@ -73,6 +73,22 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, dict[str, float | None], s
     return rows
 
 
+def _pooled_lines(results: dict[str, Any]) -> list[str]:
+    pooled = results.get("spawn_pooled", {}).get("relay_pooled")
+    if not pooled:
+        return []
+    cold = results.get("spawn", {}).get("relay")
+    cold_text = f"; a cold `/spawn` took {cold['median'] * 1000:.0f} ms" if cold else ""
+    return [
+        "",
+        "## Spawn from a warm pool (kernel-relay only)",
+        "",
+        f"`--pool python3=2`: `/spawn` until kernel_info answers, median "
+        f"**{pooled['median'] * 1000:.1f} ms** (p99 {pooled['p99'] * 1000:.1f} ms, "
+        f"{pooled['n']} spawns; target ≤ 50 ms){cold_text}.",
+    ]
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# kernel-relay benchmark",
@@ -109,6 +125,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"| {data['clients_complete']} | {data['deliveries_per_s']:,.0f} | "
                 f"{'n/a' if per is None else f'{per:.3f}'} |"
             )
+    lines += _pooled_lines(results)
     idle = results.get("idle")
     if idle:
         lines += [

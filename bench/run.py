@@ -44,6 +44,7 @@ class Sizes:
     idle_ping_interval: float
     idle_periods: int
     spawn_repeats: int
+    pooled_spawn_repeats: int
 
 
 FULL = Sizes(
@@ -59,6 +60,7 @@ FULL = Sizes(
     idle_ping_interval=2.0,
     idle_periods=4,
     spawn_repeats=5,
+    pooled_spawn_repeats=20,
 )
 
 QUICK = Sizes(
@@ -74,6 +76,7 @@ QUICK = Sizes(
     idle_ping_interval=0.5,
     idle_periods=3,
     spawn_repeats=1,
+    pooled_spawn_repeats=2,
 )
 
 
@@ -296,6 +299,19 @@ def main(argv: list[str] | None = None) -> int:
                 idle_relay.stop()
         if "spawn" in args.only:
             run("spawn", "spawn", scenarios.spawn, relay, jupyter, sizes.spawn_repeats)
+            if "relay" in targets:
+                say("starting a relay with a warm pool (--pool python3=2)")
+                pool_relay = RelayServer(out / "logs", "--pool", "python3=2", name="relay-pool")
+                try:
+                    run(
+                        "spawn",
+                        "spawn_pooled",
+                        scenarios.pooled_spawn,
+                        pool_relay,
+                        sizes.pooled_spawn_repeats,
+                    )
+                finally:
+                    pool_relay.stop()
     finally:
         for cleanup in reversed(cleanups):
             try:

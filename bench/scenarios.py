@@ -357,4 +357,35 @@ def spawn(relay: RelayServer | None, jupyter: JupyterServer | None, repeats: int
     return {name: summary(values) for name, values in times.items()}
 
 
-__all__ = ["DirectClient", "fanout", "flood", "idle", "large", "round_trip", "spawn"]
+def pooled_spawn(relay: RelayServer, repeats: int) -> dict[str, Any]:
+    """
+    ``/spawn`` until kernel_info answers on a relay started with ``--pool python3=N``: each spawn waits
+    for the pool to be full again first, so every sample is a hand-out from the pool.
+    """
+    times: list[float] = []
+    for _ in range(repeats):
+        deadline = time.monotonic() + 120
+        while requests.get(f"{relay.url}/api/health", timeout=10).json()["pooled_kernels"] < 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the warm pool did not refill within 120 s")
+            time.sleep(0.1)
+        start = time.perf_counter()
+        kernel_id = relay.spawn()
+        client: BenchClient = RelayClient(relay.port, kernel_id, ("shell",))
+        wait_reply(client, client.send("shell", "kernel_info_request", {}))
+        times.append(time.perf_counter() - start)
+        client.close()
+        relay.shutdown(kernel_id)
+    return {"relay_pooled": summary(times)}
+
+
+__all__ = [
+    "DirectClient",
+    "fanout",
+    "flood",
+    "idle",
+    "large",
+    "pooled_spawn",
+    "round_trip",
+    "spawn",
+]

@@ -34,7 +34,8 @@ def bench_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.timeout(300)
 def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> None:
-    """results.json holds round trip, flood and large results for all three targets, plus fan-out, idle and spawn."""
+    """results.json holds round trip, flood and large results for all three targets, plus fan-out, idle, spawn
+    and spawn from a warm pool."""
     data = json.loads((bench_out / "results.json").read_text())
     results = data["results"]
     assert data["meta"]["quick"] is True
@@ -54,6 +55,8 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
     assert results["idle"]["clients"] > 0
     assert results["idle"]["relay_rss_held"] > 0
     assert set(SIDE_BY_SIDE) <= set(results["spawn"])
+    assert results["spawn_pooled"]["relay_pooled"]["n"] == 2
+    assert results["spawn_pooled"]["relay_pooled"]["median"] > 0
 
 
 @pytest.mark.timeout(300)
