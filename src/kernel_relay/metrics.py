@@ -15,7 +15,9 @@ Exposed at ``GET /metrics`` (see :mod:`.web`):
   ``connect_refused`` (namespace connects refused for another reason), ``oversized_message`` (kernel
   messages over ``--max-message-size``), ``slow_client`` (clients dropped over
   ``--max-buffered-bytes``), ``spawn`` (failed spawns), ``kernel_died``, ``kernel_unreachable`` (kernels
-  that stopped answering their heartbeat).
+  that stopped answering their heartbeat), ``replay_gap`` (resuming clients told that messages they
+  missed are no longer kept).
+- ``kernel_relay_iopub_replayed_total`` (counter): iopub messages sent again to resuming clients.
 - ``kernel_relay_spawn_seconds`` (histogram): time from a ``/spawn`` request to a ready kernel.
 - ``kernel_relay_kernels_culled_total`` (counter): idle kernels shut down by the culler.
 """
@@ -41,6 +43,7 @@ ERROR_KINDS: Final = (
     "spawn",
     "kernel_died",
     "kernel_unreachable",
+    "replay_gap",
 )
 SPAWN_BUCKETS: Final = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
@@ -108,6 +111,11 @@ class RelayMetrics:
             "Idle kernels shut down by the culler.",
             registry=self.registry,
         )
+        self._replayed = Counter(
+            "kernel_relay_iopub_replayed",
+            "iopub messages sent again to clients that resumed or asked for the running cell's output.",
+            registry=self.registry,
+        )
         # The labelled children, looked up once: ``labels()`` costs more than the count itself, and
         # ``relayed`` runs for every message.
         self._per_direction = {
@@ -131,6 +139,9 @@ class RelayMetrics:
         messages, size_total = self._per_direction[direction]
         messages.inc()
         size_total.inc(size)
+
+    def replayed(self, count: int) -> None:
+        self._replayed.inc(count)
 
     def error(self, kind: str) -> None:
         self._errors.labels(kind).inc()

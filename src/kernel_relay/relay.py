@@ -19,8 +19,9 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from .auth import TokenAuth, token_from_auth_payload, token_from_authorization
@@ -33,6 +34,7 @@ from .kernels import (
     UnknownKernel,
 )
 from .metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
+from .replay import IopubJournal, requested_resume
 from .socketio import ConnectionRefused, RawJSON, Socket, SocketIOServer
 
 log = Logger()
@@ -46,6 +48,10 @@ NAMESPACE_PATTERN = re.compile(
 NAMESPACE_PREFIXES = (*CHANNELS, *CHANNEL_ALIASES)
 MESSAGE_EVENT = "msg"
 ERROR_EVENT = "error"
+#: Sent to a resuming iopub client, before its messages, when some it asked for are not kept.
+REPLAY_GAP_EVENT = "replay_gap"
+#: Roughly the bytes of a status message the relay makes (for metrics and the journal's bound).
+STATUS_SIZE = 300
 #: The Engine.IO close reason of a client dropped over ``max_buffered_bytes``.
 SLOW_CLIENT = "slow client"
 
@@ -95,6 +101,14 @@ def relay_status(kernel: Kernel, execution_state: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class ReplayOptions:
+    """Bounds of each kernel's iopub journal (see :mod:`.replay`); ``max_bytes`` 0 keeps nothing."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    max_age: float = 600.0
+
+
+@dataclass(frozen=True)
 class RelayLimits:
     """Per-kernel and per-message bounds; ``None`` means unbounded."""
 
@@ -121,9 +135,18 @@ class Relay:
         auth: TokenAuth | None = None,
         limits: RelayLimits | None = None,
         metrics: RelayMetrics | None = None,
+        replay: ReplayOptions | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._socketio = socketio
         self._kernels = kernels
+        self._replay = replay or ReplayOptions()
+        if clock is None:
+            from twisted.internet import reactor as default_reactor
+
+            clock = cast(IReactorTime, default_reactor)
+        self._clock = clock
+        self._journals: dict[str, IopubJournal] = {}
         self._auth = auth or TokenAuth()
         self._limits = limits or RelayLimits()
         self.metrics = metrics or RelayMetrics()
@@ -158,25 +181,34 @@ class Relay:
     # KernelObserver
 
     def kernel_started(self, kernel: Kernel) -> None:
-        iopub_name = f"/iopub/{kernel.id}"
+        self._journals[kernel.id] = IopubJournal(
+            self._clock, max_bytes=self._replay.max_bytes, max_age=self._replay.max_age
+        )
 
         def forward(message: KernelMessage) -> None:
-            namespace = self._socketio.namespace(iopub_name)
-            if namespace is None or not namespace.sockets:
-                return  # nobody listens: nothing relayed, nothing to build
             size = message_size(message)
             if self._too_big(message, size):
-                namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
+                namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
+                if namespace is not None:
+                    namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
                 return
-            self.metrics.relayed(TO_CLIENT, size)
-            self.publish_iopub(kernel.id, message.to_dict(raw=RawJSON))
+            self.publish_iopub(kernel.id, message.to_dict(raw=RawJSON), size, message.msg_type)
 
         kernel.add_iopub_listener(forward)
 
-    def publish_iopub(self, kernel_id: str, message: dict[str, Any]) -> None:
-        """Send one iopub message, from the kernel or made by the relay, to every client of its namespace."""
+    def publish_iopub(
+        self, kernel_id: str, message: dict[str, Any], size: int = 0, msg_type: str = "status"
+    ) -> None:
+        """
+        Number one iopub message (from the kernel or made by the relay), keep it in the kernel's journal,
+        and send it to every client of the kernel's iopub namespace.
+        """
+        journal = self._journals.get(kernel_id)
+        if journal is not None:
+            message = journal.record(message, size, msg_type)
         namespace = self._socketio.namespace(f"/iopub/{kernel_id}")
-        if namespace is not None:
+        if namespace is not None and namespace.sockets:
+            self.metrics.relayed(TO_CLIENT, size)
             namespace.emit(MESSAGE_EVENT, message)
 
     def _too_big(self, message: KernelMessage, size: int) -> bool:
@@ -208,23 +240,24 @@ class Relay:
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
         if reason.startswith("died"):
             self.metrics.error("kernel_died")
-        self.publish_iopub(kernel.id, dead_status(kernel))
+        self.publish_iopub(kernel.id, dead_status(kernel), STATUS_SIZE)
         for prefix in NAMESPACE_PREFIXES:
             namespace = self._socketio.namespace(f"/{prefix}/{kernel.id}")
             if namespace is not None:
                 namespace.disconnect_all(f"kernel {reason}")
         for key in [key for key in self._links if key[1] == kernel.id]:
             self._links.pop(key).kernel_client.close()
+        self._journals.pop(kernel.id, None)
 
     def kernel_restarting(self, kernel: Kernel) -> None:
-        self.publish_iopub(kernel.id, relay_status(kernel, "restarting"))
+        self.publish_iopub(kernel.id, relay_status(kernel, "restarting"), STATUS_SIZE)
 
     def kernel_restarted(self, kernel: Kernel) -> None:
-        self.publish_iopub(kernel.id, relay_status(kernel, "starting"))
+        self.publish_iopub(kernel.id, relay_status(kernel, "starting"), STATUS_SIZE)
 
     def kernel_ready(self, kernel: Kernel) -> None:
         # The kernel's own statuses went out while the relay's subscription was reconnecting.
-        self.publish_iopub(kernel.id, relay_status(kernel, kernel.execution_state))
+        self.publish_iopub(kernel.id, relay_status(kernel, kernel.execution_state), STATUS_SIZE)
 
     # HeartbeatListener
 
@@ -285,7 +318,9 @@ class Relay:
                 )
                 reason = f"Kernel {kernel.id} already has the maximum of {limit} clients"
                 raise ConnectionRefused(reason, {"code": 429, "message": reason})
-        if channel != "iopub":
+        if channel == "iopub":
+            self._replay_to(socket, kernel, auth)
+        else:
             key = (socket.client.sid, kernel.id)
             link = self._links.get(key)
             if link is None:
@@ -296,6 +331,34 @@ class Relay:
             address=socket.client.handshake.remote_address,
             channel=channel,
             kernel=short_id(kernel.id),
+        )
+
+    def _replay_to(self, socket: Socket, kernel: Kernel, auth: Any) -> None:
+        """
+        Give a joining iopub client what it asked for: the messages after ``since``, or the running cell's
+        output so far. Queued before the connect is acknowledged, so they arrive before any new message.
+        """
+        journal = self._journals.get(kernel.id)
+        query = socket.client.handshake.query.items()
+        since, execution = requested_resume(auth, query)
+        if journal is None or (since is None and not execution):
+            return
+        if since is not None:
+            replay = journal.since(since)
+            if replay.gap is not None:
+                self.metrics.error("replay_gap")
+                socket.emit(REPLAY_GAP_EVENT, {**replay.gap, "kernel_id": kernel.id})
+            messages = replay.messages
+        else:
+            messages = journal.current_execution()
+        for message in messages:
+            socket.emit(MESSAGE_EVENT, message)
+        self.metrics.replayed(len(messages))
+        log.info(
+            "Replayed {count} iopub message(s) of kernel {kernel} to {address}",
+            count=len(messages),
+            kernel=short_id(kernel.id),
+            address=socket.client.handshake.remote_address,
         )
 
     def _open_link(self, kernel: Kernel, client_sid: str) -> ClientLink:

@@ -29,7 +29,7 @@ from .heartbeat import HeartbeatMonitor
 from .kernels import KernelRegistry
 from .metrics import RelayMetrics
 from .origins import OriginPolicy
-from .relay import Relay, RelayLimits
+from .relay import Relay, RelayLimits, ReplayOptions
 from .socketio import SocketIOServer
 from .web import DEFAULT_MAX_BODY, AuthGuard, BoundedRequest, OriginGuard, RelayAPI, RelayRoot
 
@@ -48,6 +48,16 @@ def _positive(kind: type[float] | type[int]) -> Any:
 
     coerce.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
     return coerce
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must not be negative, not {text}")
+    return value
+
+
+_non_negative_int.coerceDoc = "Must not be negative."  # type: ignore[attr-defined]
 
 
 def _transports(text: str) -> tuple[str, ...]:
@@ -158,6 +168,21 @@ class Options(usage.Options):
             "Most bytes waiting to go out to one client; a client that does not read is disconnected "
             "('slow client').",
             _positive(int),
+        ],
+        [
+            "iopub-replay-bytes",
+            None,
+            8 * 1024 * 1024,
+            "Most bytes of recent iopub messages kept per kernel for clients that reconnect "
+            "(CONNECT auth {since: N}); 0 keeps none.",
+            _non_negative_int,
+        ],
+        [
+            "iopub-replay-age",
+            None,
+            600.0,
+            "Seconds an iopub message is kept for clients that reconnect.",
+            _positive(float),
         ],
         [
             "heartbeat-interval",
@@ -409,6 +434,10 @@ def makeService(options: Options) -> IService:
             max_message_size=options["max-message-size"],
         ),
         metrics=metrics,
+        replay=ReplayOptions(
+            max_bytes=options["iopub-replay-bytes"], max_age=options["iopub-replay-age"]
+        ),
+        clock=reactor,
     )
     api = RelayAPI(kernels, relay.client_count, metrics=metrics, max_kernels=options["max-kernels"])
     site = RelaySite(

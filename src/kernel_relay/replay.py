@@ -1,0 +1,156 @@
+"""
+Resumable iopub: every iopub message a kernel's clients receive carries a sequence number, and recent ones
+are kept so a client that reconnects gets exactly what it missed.
+
+- Numbers are per kernel and per relay process, from 1, in ``metadata.relay_seq``: a plain client ignores
+  an unknown metadata key, and the message keeps the one-argument ``"msg"`` event every client expects.
+- :class:`IopubJournal` keeps the messages of one kernel, bounded by bytes and by age (a pure structure on
+  an injected clock).
+- :func:`with_sequence` writes the number into a message whose parts may be the kernel's raw JSON
+  (:class:`~kernel_relay.socketio.RawJSON`): the metadata object is spliced, never re-encoded, and the
+  content is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from .socketio import RawJSON
+
+SEQ_KEY = "relay_seq"
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    time: float
+    size: int
+    msg_type: str
+    message: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a resuming client gets: the buffered messages after its sequence, and what could not be had."""
+
+    messages: list[dict[str, Any]]
+    gap: dict[str, Any] | None
+
+
+class IopubJournal:
+    """The recent iopub messages of one kernel, oldest first, within ``max_bytes`` and ``max_age`` seconds."""
+
+    def __init__(self, clock: IReactorTime, *, max_bytes: int, max_age: float) -> None:
+        self._clock = clock
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self._entries: deque[Entry] = deque()
+        self._bytes = 0
+        self.last_seq = 0
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._entries)
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest sequence number still kept (``last_seq + 1`` when nothing is)."""
+        self._expire()
+        return self._entries[0].seq if self._entries else self.last_seq + 1
+
+    def record(self, message: dict[str, Any], size: int, msg_type: str) -> dict[str, Any]:
+        """Number ``message`` (the next sequence), keep it, and return the numbered message to send."""
+        self.last_seq += 1
+        numbered = with_sequence(message, self.last_seq)
+        self._entries.append(Entry(self.last_seq, self._clock.seconds(), size, msg_type, numbered))
+        self._bytes += size
+        self._expire()
+        return numbered
+
+    def since(self, seq: int) -> Replay:
+        """Every kept message after ``seq``; ``gap`` says what is missing, or why ``seq`` makes no sense."""
+        self._expire()
+        if seq > self.last_seq:
+            return Replay(
+                [],
+                {
+                    "reason": "ahead",
+                    "message": f"sequence {seq} was never sent: this relay's sequence for the kernel is at "
+                    f"{self.last_seq} (numbers start again at 1 when the relay restarts)",
+                    "last_seq": self.last_seq,
+                },
+            )
+        first = self.first_seq
+        gap = None
+        if seq + 1 < first:
+            gap = {
+                "reason": "expired",
+                "message": f"messages {seq + 1} to {first - 1} are no longer kept",
+                "from": seq + 1,
+                "to": first - 1,
+            }
+        return Replay([entry.message for entry in self._entries if entry.seq > seq], gap)
+
+    def current_execution(self) -> list[dict[str, Any]]:
+        """The kept messages from the most recent ``execute_input`` on: the running cell's output so far."""
+        self._expire()
+        start = None
+        for index in range(len(self._entries) - 1, -1, -1):
+            if self._entries[index].msg_type == "execute_input":
+                start = index
+                break
+        if start is None:
+            return []
+        return [entry.message for entry in list(self._entries)[start:]]
+
+    def _expire(self) -> None:
+        horizon = self._clock.seconds() - self.max_age
+        entries = self._entries
+        while entries and (self._bytes > self.max_bytes or entries[0].time < horizon):
+            self._bytes -= entries.popleft().size
+
+
+def with_sequence(message: dict[str, Any], seq: int) -> dict[str, Any]:
+    """A copy of ``message`` whose metadata carries ``relay_seq``; raw metadata JSON is spliced."""
+    metadata = message.get("metadata")
+    numbered = dict(message)
+    if isinstance(metadata, RawJSON):
+        numbered["metadata"] = RawJSON(splice_seq(metadata, seq))
+    else:
+        numbered["metadata"] = {**(metadata or {}), SEQ_KEY: seq}
+    return numbered
+
+
+def splice_seq(metadata_json: str, seq: int) -> str:
+    """``metadata_json`` (a JSON object) with ``relay_seq`` set, by splicing when that is safe."""
+    text = metadata_json.strip()
+    if f'"{SEQ_KEY}"' not in text and text[:1] == "{" and text[-1:] == "}":
+        inner = text[1:-1].strip()
+        return f'{{"{SEQ_KEY}":{seq}' + (f",{inner}}}" if inner else "}")
+    value = json.loads(metadata_json)
+    if not isinstance(value, dict):
+        value = {}
+    value[SEQ_KEY] = seq
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def requested_resume(auth: Any, query: Iterable[tuple[str, str]] = ()) -> tuple[int | None, bool]:
+    """
+    ``(since, execution)`` a client asked for: ``{"since": N}`` and/or ``{"replay": "execution"}`` in its
+    CONNECT auth payload (socket.io 1.x/2.x: the namespace query, ``?since=N&replay=execution``).
+    """
+    fields: dict[str, Any] = dict(query)
+    if isinstance(auth, dict):
+        fields.update(auth)
+    since = fields.get("since")
+    if isinstance(since, str) and since.strip().isdigit():
+        since = int(since)
+    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+        since = None
+    return since, fields.get("replay") == "execution"

@@ -1,0 +1,125 @@
+"""The iopub journal and the sequence splice, as pure functions on a Clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from kernel_relay.replay import IopubJournal, requested_resume, splice_seq, with_sequence
+from kernel_relay.socketio import RawJSON
+
+
+def stream(n: int) -> dict[str, Any]:
+    return {"header": {"msg_type": "stream"}, "metadata": {}, "content": {"text": f"{n}\n"}}
+
+
+def texts(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["content"]["text"] for m in messages]
+
+
+def test_messages_are_numbered_and_replayed_after_a_sequence() -> None:
+    """Each recorded message gets the next number; since(N) gives exactly those after N, in order."""
+    journal = IopubJournal(Clock(), max_bytes=10_000, max_age=60)
+    sent = [journal.record(stream(n), 10, "stream") for n in range(5)]
+    assert [m["metadata"]["relay_seq"] for m in sent] == [1, 2, 3, 4, 5]
+    replay = journal.since(2)
+    assert replay.gap is None
+    assert texts(replay.messages) == ["2\n", "3\n", "4\n"]
+    assert journal.since(5).messages == [] and journal.since(5).gap is None
+
+
+def test_the_byte_bound_drops_the_oldest_and_reports_the_gap() -> None:
+    """Past max_bytes the oldest messages go; a client behind them is told which range is missing."""
+    journal = IopubJournal(Clock(), max_bytes=30, max_age=60)
+    for n in range(6):
+        journal.record(stream(n), 10, "stream")
+    assert journal.first_seq == 4
+    replay = journal.since(1)
+    assert replay.gap is not None
+    assert (replay.gap["reason"], replay.gap["from"], replay.gap["to"]) == ("expired", 2, 3)
+    assert texts(replay.messages) == ["3\n", "4\n", "5\n"]
+
+
+def test_the_age_bound_expires_old_messages() -> None:
+    """Messages older than max_age are gone even when bytes allow them."""
+    clock = Clock()
+    journal = IopubJournal(clock, max_bytes=10_000, max_age=5)
+    journal.record(stream(0), 10, "stream")
+    clock.advance(3)
+    journal.record(stream(1), 10, "stream")
+    clock.advance(3)
+    assert len(journal) == 1
+    assert texts(journal.since(0).messages) == ["1\n"]
+    assert journal.since(0).gap == {
+        "reason": "expired",
+        "message": "messages 1 to 1 are no longer kept",
+        "from": 1,
+        "to": 1,
+    }
+
+
+def test_a_sequence_ahead_of_the_relay_is_explained() -> None:
+    """A client resuming with a number this relay never sent (a relay restart) gets a reason, no messages."""
+    journal = IopubJournal(Clock(), max_bytes=10_000, max_age=60)
+    journal.record(stream(0), 10, "stream")
+    replay = journal.since(40)
+    assert replay.messages == []
+    assert (
+        replay.gap is not None and replay.gap["reason"] == "ahead" and replay.gap["last_seq"] == 1
+    )
+
+
+def test_current_execution_starts_at_the_last_execute_input() -> None:
+    """The running cell's output so far: from the most recent execute_input on."""
+    journal = IopubJournal(Clock(), max_bytes=10_000, max_age=60)
+    journal.record(stream(0), 10, "stream")
+    journal.record({"header": {}, "metadata": {}, "content": {"code": "a"}}, 10, "execute_input")
+    journal.record(stream(1), 10, "stream")
+    journal.record({"header": {}, "metadata": {}, "content": {"code": "b"}}, 10, "execute_input")
+    journal.record(stream(2), 10, "stream")
+    current = journal.current_execution()
+    assert [m["metadata"]["relay_seq"] for m in current] == [4, 5]
+    assert IopubJournal(Clock(), max_bytes=1, max_age=1).current_execution() == []
+
+
+metadata_values = st.dictionaries(
+    st.text(max_size=6),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner),
+        max_leaves=6,
+    ),
+    max_size=4,
+)
+
+
+@given(metadata_values, st.integers(1, 10**12), st.sampled_from(["", " ", "\n"]))
+def test_splice_equals_parse_and_update(metadata: dict[str, Any], seq: int, pad: str) -> None:
+    """Splicing relay_seq into raw metadata JSON gives the same object as parsing and updating it."""
+    for text in (json.dumps(metadata), json.dumps(metadata, separators=(",", ":"))):
+        spliced = json.loads(splice_seq(pad + text + pad, seq))
+        assert spliced == {**metadata, "relay_seq": seq}
+
+
+def test_with_sequence_splices_raw_and_updates_dicts() -> None:
+    """Raw metadata stays raw (spliced), dict metadata gets the key; content is never touched."""
+    raw = {"metadata": RawJSON('{"a":1}'), "content": RawJSON('{"big":"x"}')}
+    numbered = with_sequence(raw, 7)
+    assert isinstance(numbered["metadata"], RawJSON)
+    assert json.loads(numbered["metadata"]) == {"relay_seq": 7, "a": 1}
+    assert numbered["content"] is raw["content"]
+    assert with_sequence({"metadata": {"b": 2}}, 8)["metadata"] == {"b": 2, "relay_seq": 8}
+
+
+def test_resume_requests_from_auth_and_query() -> None:
+    """since comes from the auth payload or, for old clients, the query; junk is ignored."""
+    assert requested_resume({"since": 5}) == (5, False)
+    assert requested_resume({"replay": "execution"}) == (None, True)
+    assert requested_resume(None, [("since", "12")]) == (12, False)
+    assert requested_resume({"since": "x"}) == (None, False)
+    assert requested_resume({"since": -1}) == (None, False)
+    assert requested_resume({"since": True}) == (None, False)
