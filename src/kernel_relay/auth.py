@@ -15,6 +15,10 @@ connect must present it, as any of:
 
 Tokens are compared in constant time (:func:`hmac.compare_digest`) on their UTF-8 bytes.
 
+Kernel tokens (:class:`KernelTokens`), issued with ``POST /api/kernels/<id>/tokens`` by a holder of the relay's
+token, open one kernel only: ``full`` ones its namespaces and the REST routes that name it (shutdown,
+interrupt, restart), ``read-only`` ones its ``/iopub`` namespace alone, for viewers of a shared session.
+
 Protected mode (as Redis has it): a relay without a token may only listen on loopback (or a UNIX
 socket); :func:`exposed_endpoints` finds the endpoints that would break that rule, and the command line
 refuses to start unless ``--no-auth`` is given.
@@ -22,11 +26,12 @@ refuses to start unless ``--no-auth`` is given.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 TOKEN_ENV: Final = "KERNEL_RELAY_TOKEN"
@@ -64,11 +69,75 @@ def token_from_auth_payload(auth: Any) -> str | None:
     return None
 
 
+FULL: Final = "full"
+READ_ONLY: Final = "read-only"
+ACCESS_LEVELS: Final = (FULL, READ_ONLY)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a kernel token grants: one kernel, fully or read-only (its ``/iopub`` namespace only)."""
+
+    kernel_id: str
+    access: str
+
+    def allows_channel(self, kernel_id: str, channel: str) -> bool:
+        return kernel_id == self.kernel_id and (self.access == FULL or channel == "iopub")
+
+    def allows_kernel_route(self, kernel_id: str) -> bool:
+        return kernel_id == self.kernel_id and self.access == FULL
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+class KernelTokens:
+    """
+    Tokens scoped to one kernel, issued at run time by a holder of the relay's token and forgotten when the
+    kernel stops. Only their SHA-256 digests are kept, and lookups go by digest, so a lookup's timing tells
+    nothing about a token's characters.
+    """
+
+    def __init__(self) -> None:
+        self._scopes: dict[bytes, Scope] = {}
+
+    def __len__(self) -> int:
+        return len(self._scopes)
+
+    def issue(self, kernel_id: str, access: str) -> str:
+        if access not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {', '.join(ACCESS_LEVELS)}, not {access!r}")
+        token = generate_token()
+        self._scopes[_digest(token)] = Scope(kernel_id, access)
+        return token
+
+    def scope_of(self, candidates: Iterable[str | None]) -> Scope | None:
+        """The scope of the first presented token that is a kernel token, if any."""
+        for candidate in candidates:
+            if candidate:
+                scope = self._scopes.get(_digest(candidate))
+                if scope is not None:
+                    return scope
+        return None
+
+    def revoke_kernel(self, kernel_id: str) -> int:
+        """Forget every token of a kernel (it stopped); returns how many there were."""
+        doomed = [key for key, scope in self._scopes.items() if scope.kernel_id == kernel_id]
+        for key in doomed:
+            del self._scopes[key]
+        return len(doomed)
+
+
 @dataclass(frozen=True)
 class TokenAuth:
-    """The relay's token, or ``None`` when authentication is off (every check passes)."""
+    """
+    The relay's token, or ``None`` when authentication is off (every check passes), and the kernel tokens
+    issued under it (``scoped``).
+    """
 
     token: str | None = None
+    scoped: KernelTokens = field(default_factory=KernelTokens, compare=False)
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token.strip():

@@ -248,6 +248,7 @@ class Relay:
         for key in [key for key in self._links if key[1] == kernel.id]:
             self._links.pop(key).kernel_client.close()
         self._journals.pop(kernel.id, None)
+        self._auth.scoped.revoke_kernel(kernel.id)
 
     def kernel_restarting(self, kernel: Kernel) -> None:
         self.publish_iopub(kernel.id, relay_status(kernel, "restarting"), STATUS_SIZE)
@@ -285,13 +286,26 @@ class Relay:
         channel = channel_of(socket)
         kernel_id = socket.namespace.params["kernel_id"]
         handshake = socket.client.handshake
-        if self._auth.enabled and not self._auth.check_any(
-            (
-                token_from_auth_payload(auth),
-                handshake.query.get("token"),
-                token_from_authorization(handshake.headers.get("authorization")),
+        candidates = (
+            token_from_auth_payload(auth),
+            handshake.query.get("token"),
+            token_from_authorization(handshake.headers.get("authorization")),
+        )
+        main_token = self._auth.check_any(candidates)  # always true when auth is off
+        scope = None if main_token else self._auth.scoped.scope_of(candidates)
+        if scope is not None and not scope.allows_channel(kernel_id, channel):
+            self.metrics.error("auth")
+            log.warn(
+                "Refused {address} on {namespace}: its token is limited to {access} access to kernel "
+                "{kernel}",
+                address=handshake.remote_address,
+                namespace=socket.namespace.name,
+                access=scope.access,
+                kernel=short_id(scope.kernel_id),
             )
-        ):
+            reason = f"This token allows {scope.access} access to kernel {scope.kernel_id} only"
+            raise ConnectionRefused(reason, {"code": 403, "message": reason})
+        if scope is None and not main_token:
             self.metrics.error("auth")
             log.warn(
                 "Refused {address} on {namespace}: no valid token",

@@ -439,7 +439,13 @@ def makeService(options: Options) -> IService:
         ),
         clock=reactor,
     )
-    api = RelayAPI(kernels, relay.client_count, metrics=metrics, max_kernels=options["max-kernels"])
+    api = RelayAPI(
+        kernels,
+        relay.client_count,
+        metrics=metrics,
+        max_kernels=options["max-kernels"],
+        auth=auth,
+    )
     site = RelaySite(
         RelayRoot(
             OriginGuard(

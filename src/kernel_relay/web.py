@@ -15,6 +15,7 @@ kernels running and starting: a spawn over it is the contract's 500 ``{"error": 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -30,7 +31,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
-from .auth import TOKEN_QUERY, TokenAuth, token_from_authorization
+from .auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, TokenAuth, token_from_authorization
 from .kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel
 from .metrics import RelayMetrics
 from .origins import OriginPolicy
@@ -72,8 +73,10 @@ class RelayAPI:
         metrics: RelayMetrics | None = None,
         max_kernels: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        auth: TokenAuth | None = None,
     ) -> None:
         self._kernels = kernels
+        self._auth = auth or TokenAuth()
         self._clients_of = clients_of
         self.metrics = metrics or RelayMetrics()
         self._max_kernels = max_kernels
@@ -197,6 +200,41 @@ class RelayAPI:
         )
         return json_body(request, code, {"error": _error_text(failure)})
 
+    @app.route("/api/kernels/<kernel_id>/tokens", methods=["POST"])
+    def issue_token(self, request: IRequest, kernel_id: str) -> bytes:
+        """A new token limited to this kernel: ``{"access": "full"}`` (default) or ``"read-only"``."""
+        if not self._auth.enabled:
+            return json_body(
+                request,
+                400,
+                {
+                    "error": "kernel tokens need the relay to have a token (--token): without one "
+                    "every client has full access already"
+                },
+            )
+        if kernel_id not in self._kernels:
+            return json_body(request, 404, {"error": f"no running kernel with id {kernel_id!r}"})
+        content = request.content.read() if request.content is not None else b""
+        try:
+            body = json.loads(content) if content.strip() else {}
+        except ValueError:
+            body = None
+        access = body.get("access", FULL) if isinstance(body, dict) else None
+        if access not in ACCESS_LEVELS:
+            return json_body(
+                request,
+                400,
+                {
+                    "error": 'the body must be a JSON object like {"access": "full"} or '
+                    '{"access": "read-only"}'
+                },
+            )
+        token = self._auth.scoped.issue(kernel_id, access)
+        log.info(
+            "Issued a {access} token for kernel {kernel_id}", access=access, kernel_id=kernel_id
+        )
+        return json_body(request, 201, {"token": token, "kernel_id": kernel_id, "access": access})
+
     @app.route("/api/kernelspecs", methods=["GET"])
     def kernelspecs(self, request: IRequest) -> Deferred[bytes]:
         def listed(specs: list[KernelSpecInfo]) -> bytes:
@@ -241,6 +279,20 @@ class RelayAPI:
         return json_body(request, code, {"error": f"{message}: {method} {path}"})
 
 
+#: REST routes a full kernel token may use: they name the kernel they act on.
+_KERNEL_ROUTES = re.compile(
+    r"^/(?:shutdown/(?P<a>[^/]+)|api/kernels/(?P<b>[^/]+)/(?:interrupt|restart))$"
+)
+
+
+def kernel_of_route(path: str) -> str | None:
+    """The kernel id a kernel-scoped REST route names, or None for every other route."""
+    match = _KERNEL_ROUTES.match(path)
+    if match is None:
+        return None
+    return match.group("a") or match.group("b")
+
+
 class AuthGuard(Resource):
     """
     Requires the relay's token on a leaf resource: requests without it get 401 with a JSON error.
@@ -273,7 +325,22 @@ class AuthGuard(Resource):
                 token_from_authorization(header.decode("latin-1") if header else None),
                 *(value.decode("utf-8", "replace") for value in query),
             ]
-            if not self._auth.check_any(candidates):
+            main_token = self._auth.check_any(candidates)
+            scope = None if main_token else self._auth.scoped.scope_of(candidates)
+            if scope is not None:
+                named = kernel_of_route(request.path.decode("utf-8", "replace"))
+                if named is None or not scope.allows_kernel_route(named):
+                    if self._on_refused is not None:
+                        self._on_refused()
+                    return json_body(
+                        request,
+                        403,
+                        {
+                            "error": f"This token allows {scope.access} access to kernel "
+                            f"{scope.kernel_id} only"
+                        },
+                    )
+            elif not main_token:
                 if self._on_refused is not None:
                     self._on_refused()
                 log.warn(
