@@ -60,12 +60,21 @@ def two_x_payload(*texts: str) -> bytes:
 
 
 def test_both_generations_of_polling_bodies_decode_to_the_same_text() -> None:
-    """A 1.x body (UTF-8 encoded twice) and a 2.x body of the same packets decode to the same messages."""
+    """For b64 sessions a 1.x body (UTF-8 encoded twice) and a 2.x body of the same packets decode alike."""
     texts = ['42/shell/k,["msg","ü é 🎉 €"]', "2probe", '42["x","plain"]', '4"ñ"']
     codec = codec_for(3)
     for body in (one_x_payload(*texts), two_x_payload(*texts)):
-        packets = codec.decode_payload(body)
+        packets = codec.decode_payload(body, byte_strings=True)
         assert [p.type for p in packets] == [PacketType.MESSAGE, PacketType.PING] + [
             PacketType.MESSAGE
         ] * 2
         assert [p.data for p in packets] == [t[1:] for t in texts]
+
+
+def test_sessions_with_binary_support_read_text_as_sent() -> None:
+    """Without b64 (XHR2 clients send 1.x text in binary payloads) text, mojibake included, is kept as is."""
+    codec = codec_for(3)
+    (packet,) = codec.decode_payload(two_x_payload("4Ã©"))
+    assert packet.data == "Ã©"
+    (packet,) = codec.decode_payload(two_x_payload("4Ã©"), byte_strings=True)
+    assert packet.data == "é"

@@ -87,8 +87,14 @@ class PacketCodec(Protocol):
         """A polling body; ``binary`` allows a binary payload if the protocol has them."""
         ...
 
-    def decode_payload(self, body: bytes, binary: bool = False) -> list[Packet]:
-        """A polling body; ``binary`` when it was sent as ``application/octet-stream``."""
+    def decode_payload(
+        self, body: bytes, binary: bool = False, *, byte_strings: bool = False
+    ) -> list[Packet]:
+        """
+        A polling body; ``binary`` when it was sent as ``application/octet-stream``; ``byte_strings`` for a
+        protocol 3 client that asked for base64 (``b64``), whose text packets may be UTF-8 bytes written one
+        character per byte (socket.io-client 1.x).
+        """
         ...
 
 
@@ -137,7 +143,9 @@ class V4Codec:
             raise ValueError("a payload carries at least one packet")
         return RECORD_SEPARATOR.join(_encode_text_packet(packet) for packet in packets)
 
-    def decode_payload(self, body: bytes, binary: bool = False) -> list[Packet]:
+    def decode_payload(
+        self, body: bytes, binary: bool = False, *, byte_strings: bool = False
+    ) -> list[Packet]:
         """A polling request body; all or nothing, so a bad body dispatches no packet at all."""
         if binary:
             raise PacketDecodeError("protocol 4 has no binary payloads")
@@ -167,11 +175,12 @@ def _undo_byte_string(text: str) -> str:
     """
     A text packet of a protocol 3 polling payload as its sender meant it.
 
-    engine.io-client 1.x (socket.io-client 1.x) writes each packet of a text payload as its UTF-8
-    bytes, one character per byte, and the request encodes that string as UTF-8 again; 2.x sends the
-    text itself. Both are accepted: a packet whose characters are all below U+0100 and whose bytes are
-    valid UTF-8 is taken as the 1.x form (text sent by 2.x qualifies only if it is itself mojibake such
-    as "Ã©"). ASCII, the overwhelmingly common case, is the same in both.
+    engine.io-client 1.x (socket.io-client 1.x) without XHR2, so with ``b64``, writes each packet of a
+    text payload as its UTF-8 bytes, one character per byte, and the request encodes that string as
+    UTF-8 again; 2.x sends the text itself. For ``b64`` sessions both are accepted: a packet whose
+    characters are all below U+0100 and whose bytes are valid UTF-8 is taken as the 1.x form (text sent
+    by 2.x qualifies only if it is itself mojibake such as "Ã©"). Clients with XHR2 send such text in
+    binary payloads instead, and ASCII, the overwhelmingly common case, is the same in both.
     """
     if text.isascii():
         return text
@@ -263,10 +272,23 @@ class V3Codec:
             chunks.append(body)
         return b"".join(chunks)
 
-    def decode_payload(self, body: bytes, binary: bool = False) -> list[Packet]:
+    def decode_payload(
+        self, body: bytes, binary: bool = False, *, byte_strings: bool = False
+    ) -> list[Packet]:
         """A polling request body, text or binary; all or nothing."""
         if binary:
             return self._decode_binary_payload(body)
+        packets = self._decode_text_payload(body)
+        if not byte_strings:
+            return packets
+        return [
+            Packet(packet.type, _undo_byte_string(packet.data))
+            if isinstance(packet.data, str)
+            else packet
+            for packet in packets
+        ]
+
+    def _decode_text_payload(self, body: bytes) -> list[Packet]:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -307,7 +329,7 @@ class V3Codec:
             end = start + length
             if length == 0 or end > size:
                 raise PacketDecodeError("payload length out of range")
-            packets.append(_decode_v3_text_packet(_undo_byte_string(take(start, end, True))))
+            packets.append(_decode_v3_text_packet(take(start, end, True)))
             position = end
         return packets
 

@@ -97,7 +97,7 @@ class PollingTransport:
             request.setHeader(b"content-type", TEXT_PLAIN)
             return b"Payload Too Large"
         try:
-            packets = self._codec.decode_payload(data, binary)
+            packets = self._codec.decode_payload(data, binary, byte_strings=not self._binary)
         except PacketDecodeError as exc:
             self.log.info("invalid poll payload on {sid}: {error}", sid=session.sid, error=str(exc))
             body = write_error(request, ErrorCode.BAD_REQUEST)
