@@ -4,7 +4,7 @@ A minimal blocking WebSocket client for the bench: the least client-side work a 
 websocket-client reads a frame 16 KB at a time in Python and joins the pieces, which for a 10 MB message
 costs the client more than the relay spends on it, and the direct-ZMQ baseline pays nothing like it (libzmq
 reads in C). Here a frame's payload is read with ``recv_into`` straight into one buffer of its announced
-size. Client frames use an all-zero mask: legal (the mask only has to be present), and it makes masking a
+size, and small frames are cut from one buffered read. Client frames use an all-zero mask: legal (the mask only has to be present), and it makes masking a
 no-op instead of a byte-by-byte XOR in Python. Both WebSocket targets (the relay and Jupyter Server) use it.
 """
 
@@ -22,6 +22,8 @@ CLOSE = 0x8
 PING = 0x9
 PONG = 0xA
 _ZERO_MASK = b"\x00\x00\x00\x00"
+#: Reads below this size are buffered; larger payloads are read straight into their own buffer.
+_CHUNK = 256 * 1024
 
 
 class WebSocketClosed(ConnectionError):
@@ -51,6 +53,7 @@ class WebSocket:
                 raise WebSocketClosed("connection closed during the handshake")
             response += chunk
         head, _, self._pending = response.partition(b"\r\n\r\n")
+        self._offset = 0
         if not head.startswith(b"HTTP/1.1 101"):
             raise ConnectionError(f"WebSocket handshake refused: {head.splitlines()[0]!r}")
 
@@ -97,15 +100,29 @@ class WebSocket:
                 return first_opcode, fragments[0] if len(fragments) == 1 else b"".join(fragments)
 
     def _read(self, size: int) -> bytes | bytearray:
-        pending = self._pending
-        if len(pending) >= size:
-            self._pending = pending[size:]
-            return pending[:size]
+        available = len(self._pending) - self._offset
+        if available >= size:
+            start = self._offset
+            self._offset += size
+            return self._pending[start : start + size]
+        if size <= _CHUNK:
+            # Small reads (frame headers, most messages) come from one buffered recv, not one each.
+            chunks = [self._pending[self._offset :]]
+            have = available
+            while have < size:
+                chunk = self.sock.recv(_CHUNK)
+                if not chunk:
+                    raise WebSocketClosed("connection closed mid-frame")
+                chunks.append(chunk)
+                have += len(chunk)
+            self._pending = b"".join(chunks)
+            self._offset = size
+            return self._pending[:size]
         buffer = bytearray(size)
         view = memoryview(buffer)
-        view[: len(pending)] = pending
-        filled = len(pending)
-        self._pending = b""
+        view[:available] = self._pending[self._offset :]
+        filled = available
+        self._pending, self._offset = b"", 0
         while filled < size:
             got = self.sock.recv_into(view[filled:])
             if not got:

@@ -114,6 +114,19 @@ def _dumps(value: Any) -> str:
     return text
 
 
+_KEYS: dict[str, str] = {}
+
+
+def _dumps_key(key: str) -> str:
+    """A dict key as JSON; the few keys of Jupyter messages are encoded once, not per message."""
+    encoded = _KEYS.get(key)
+    if encoded is None:
+        encoded = _dumps(key)
+        if len(_KEYS) < 256:
+            _KEYS[key] = encoded
+    return encoded
+
+
 def _reject_constant(name: str) -> Any:
     raise PacketError(f"{name} is not JSON")
 
@@ -134,7 +147,7 @@ def _write_with_raw(value: Any, chunks: list[str]) -> None:
             if index:
                 chunks.append(",")
             # json's own rules for keys (str, or int/float/bool/None written as strings).
-            chunks.append(_dumps(key) if isinstance(key, str) else _dumps({key: 0})[1:-3])
+            chunks.append(_dumps_key(key) if isinstance(key, str) else _dumps({key: 0})[1:-3])
             chunks.append(":")
             _write_with_raw(item, chunks)
         chunks.append("}")
