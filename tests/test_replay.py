@@ -9,7 +9,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from kernel_relay.replay import IopubJournal, requested_resume, splice_seq, with_sequence
+from kernel_relay.replay import (
+    ENTRY_OVERHEAD,
+    IopubJournal,
+    requested_resume,
+    splice_seq,
+    with_sequence,
+)
 from kernel_relay.socketio import RawJSON
 
 
@@ -34,7 +40,7 @@ def test_messages_are_numbered_and_replayed_after_a_sequence() -> None:
 
 def test_the_byte_bound_drops_the_oldest_and_reports_the_gap() -> None:
     """Past max_bytes the oldest messages go; a client behind them is told which range is missing."""
-    journal = IopubJournal(Clock(), max_bytes=30, max_age=60)
+    journal = IopubJournal(Clock(), max_bytes=3 * (10 + ENTRY_OVERHEAD), max_age=60)
     for n in range(6):
         journal.record(stream(n), 10, "stream")
     assert journal.first_seq == 4
