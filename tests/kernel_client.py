@@ -163,6 +163,26 @@ class RelayKernelClient:
             self.wait_idle(msg_id, timeout)
         return msg_id, reply
 
+    def start_sleeping_cell(self, seconds: int = 120) -> str:
+        """
+        Start a cell that sleeps and return its msg_id once the kernel runs its user code.
+
+        An interrupt that lands before ipykernel reaches the user code (``execute_input`` is published
+        first) can be swallowed, so callers wait for the cell's own marker on iopub instead.
+        """
+        msg_id = self.send(
+            "shell",
+            "execute_request",
+            {"code": f"import time\nprint('sleeping', flush=True)\ntime.sleep({seconds})"},
+        )
+        self.wait_for(
+            lambda: any(
+                "sleeping" in m["content"]["text"] for m in self.iopub_for(msg_id, "stream")
+            ),
+            what="the cell sleeping",
+        )
+        return msg_id
+
     def close(self) -> None:
         if self.sio.connected:
             self.sio.disconnect()

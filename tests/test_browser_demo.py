@@ -235,7 +235,8 @@ def drive_demo(relay: Relay, screenshot: Path, fragment: str = "") -> dict[str, 
         ("stream stdout", "hello chromium\n"),
     ]
 
-    (interrupted,) = seen["interrupt"]["outputs"]
+    marker, interrupted = seen["interrupt"]["outputs"]
+    assert (marker["kind"], marker["text"]) == ("stream stdout", "sleeping\n")
     assert interrupted["ename"] == "KeyboardInterrupt"
     assert seen["interrupt"]["status"] == "error"
 

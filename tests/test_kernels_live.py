@@ -255,9 +255,9 @@ async def test_interrupt_request_on_control(shared: Kernel) -> None:
     shared.add_iopub_listener(iopub)
     client = shared.open_client(b"interrupter", inbox)
     try:
-        msg_id = await execute(client, "import time; time.sleep(60)")
-        await iopub.wait("execute_input", msg_id)
-        await sleep(0.3)
+        # Interrupt once the cell's own output shows it is in user code, not merely announced.
+        msg_id = await execute(client, "import time; print('sleeping', flush=True); time.sleep(60)")
+        await iopub.wait("stream", msg_id)
         interrupt_id = client.send("control", {"header": {"msg_type": "interrupt_request"}})
         interrupt_reply = await inbox.wait("interrupt_reply", interrupt_id)
         assert interrupt_reply.channel == "control"

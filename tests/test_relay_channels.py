@@ -66,15 +66,7 @@ def test_input_is_answered_over_stdin(client: RelayKernelClient) -> None:
 
 def test_interrupt_over_control_stops_a_running_cell(client: RelayKernelClient) -> None:
     """An interrupt_request on control interrupts a sleeping cell, which then replies with an error."""
-    msg_id = client.send("shell", "execute_request", {"code": "import time\ntime.sleep(60)"})
-    client.wait_for(
-        lambda: any(
-            m["content"].get("execution_state") == "busy"
-            for m in client.iopub_for(msg_id, "status")
-        ),
-        what="busy",
-    )
-    time.sleep(0.3)
+    msg_id = client.start_sleeping_cell(60)
     interrupt_id = client.send("control", "interrupt_request")
     interrupt_reply = client.reply_to("control", interrupt_id)
     assert interrupt_reply["header"]["msg_type"] == "interrupt_reply"

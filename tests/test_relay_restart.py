@@ -50,8 +50,7 @@ def test_interrupt_stops_a_running_cell(relay: Relay, kernel_id: str) -> None:
     """POST /api/kernels/<id>/interrupt ends a running cell with KeyboardInterrupt."""
     client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"))
     try:
-        msg_id = client.send("shell", "execute_request", {"code": "import time\ntime.sleep(120)"})
-        client.wait_for(lambda: client.iopub_for(msg_id, "execute_input"), what="the cell running")
+        msg_id = client.start_sleeping_cell()
         response = post(relay, f"/api/kernels/{kernel_id}/interrupt")
         assert response.status_code == 200 and response.json() == {"id": kernel_id}
         reply = client.reply_to("shell", msg_id, timeout=60)
@@ -95,8 +94,7 @@ def test_restart_of_a_busy_kernel_and_concurrent_restarts(relay: Relay) -> None:
     kernel_id = relay.spawn()
     client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"))
     try:
-        msg_id = client.send("shell", "execute_request", {"code": "import time\ntime.sleep(120)"})
-        client.wait_for(lambda: client.iopub_for(msg_id, "execute_input"), what="the cell running")
+        client.start_sleeping_cell()
         answers: list[requests.Response] = []
         threads = [
             threading.Thread(

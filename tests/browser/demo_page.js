@@ -81,8 +81,9 @@ async function main() {
     await field.press("Enter");
     observed.input = await finished(asking);
 
-    const sleeping = await submit(page, "import time\ntime.sleep(120)");
-    await sleeping.locator(".prompt", { hasText: /In \[\d+\]/ }).waitFor(); // execute_input: it is running
+    // Interrupt once the cell's own output shows it is in user code, not merely announced.
+    const sleeping = await submit(page, "import time\nprint('sleeping', flush=True)\ntime.sleep(120)");
+    await sleeping.locator(".output", { hasText: "sleeping" }).waitFor();
     await page.locator("#status[data-state='busy']").waitFor();
     await page.click("#interrupt");
     observed.interrupt = await finished(sleeping);

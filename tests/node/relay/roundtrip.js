@@ -94,11 +94,13 @@ async function main() {
     output: iopubFor(asking, "stream").map((m) => m.content.text).join(""),
   };
 
-  const sleeping = send("shell", "execute_request", { code: "import time; time.sleep(60)" });
-  await waitFor(() => iopubFor(sleeping, "status").some((m) => m.content.execution_state === "busy"), "busy");
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  // Interrupt once the cell's own output shows it is in user code, and let it finish (idle) before the
+  // next request: ipykernel aborts requests that arrive while it is still handling the interrupt.
+  const sleeping = send("shell", "execute_request", { code: "import time; print('sleeping', flush=True); time.sleep(60)" });
+  await waitFor(() => iopubFor(sleeping, "stream").length > 0, "the cell sleeping");
   const interrupt = await replyTo("control", send("control", "interrupt_request", {}));
   const interrupted = await replyTo("shell", sleeping);
+  await idle(sleeping);
   results.interrupt = { reply: interrupt.header.msg_type, ename: interrupted.content.ename };
 
   const display = await execute(process.env.BUFFER_DISPLAY_CODE);
