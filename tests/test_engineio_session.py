@@ -124,6 +124,13 @@ def test_messages_are_buffered_until_a_poll_arrives() -> None:
     assert transport.batches[1] == [Packet(T.MESSAGE, "a"), Packet(T.MESSAGE, b"\x01")]
 
 
+def test_messages_sent_together_leave_in_one_batch() -> None:
+    """send() with several messages (a socket.io packet and its attachments) hands them over at once."""
+    session, transport, _, _, _ = make(FakeTransport("websocket", resumable=False))
+    session.send("451-[...]", b"\x01\x02")
+    assert transport.batches[-1] == [Packet(T.MESSAGE, "451-[...]"), Packet(T.MESSAGE, b"\x01\x02")]
+
+
 def test_received_messages_reach_the_handler() -> None:
     """Message packets from the current transport are handed to the handler."""
     session, transport, handler, _, _ = make()

@@ -209,6 +209,37 @@ def test_slow_client_is_dropped_and_others_lose_nothing(
             relay.shutdown(kernel_id)
 
 
+def test_max_payload_limits_what_clients_send_not_what_they_receive(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """
+    Kernel output bigger than --max-payload reaches WebSocket clients whole, binary buffer included.
+
+    (Autobahn applies its incoming message limit to outgoing messages too; when it framed our
+    messages, a large buffer raised after its socket.io header had gone out.)
+    """
+    limit, size = 100_000, 300_000
+    with Relay(tmp_path_factory.mktemp("runtime"), "--max-payload", str(limit)) as relay:
+        kernel_id = relay.spawn()
+        client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"), ["websocket"])
+        try:
+            code = (
+                "k = get_ipython().kernel\n"
+                "k.session.send(k.iopub_socket, 'display_data',\n"
+                f"    {{'data': {{'text/plain': 'x' * {size}}}, 'metadata': {{}}}},\n"
+                f"    parent=k.get_parent('shell'), buffers=[bytes(range(256)) * {size // 256}])"
+            )
+            msg_id, reply = client.execute(code)
+            assert reply["content"]["status"] == "ok"
+            (display,) = client.wait_for(lambda: client.iopub_for(msg_id, "display_data"))
+            assert display["content"]["data"]["text/plain"] == "x" * size
+            assert display["buffers"] == [bytes(range(256)) * (size // 256)]
+            assert client.errors == [] and client.disconnected == []
+        finally:
+            client.close()
+            relay.shutdown(kernel_id)
+
+
 def test_idle_kernels_are_culled(tmp_path_factory: pytest.TempPathFactory) -> None:
     """--cull-idle-timeout shuts down an idle kernel without clients but spares one with a client."""
     with Relay(

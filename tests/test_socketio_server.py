@@ -37,9 +37,9 @@ class FakeSession:
         self.close_reason: str | None = None
         self.handler: Client | None = None
 
-    def send(self, data: str | bytes) -> None:
+    def send(self, *messages: str | bytes) -> None:
         if not self.closed:
-            self.sent.append(data)
+            self.sent.extend(messages)
 
     def close(self, reason: str = "server close") -> None:
         if self.closed:

@@ -192,16 +192,21 @@ class EngineIOSession:
         """Set the application handler (done once by the server, right after the open packet)."""
         self._handler = handler
 
-    def send(self, data: str | bytes) -> None:
-        """Queue one message (text for ``str``, binary for ``bytes``); deliver it when possible."""
+    def send(self, *messages: str | bytes) -> None:
+        """
+        Queue messages (text for ``str``, binary for ``bytes``); deliver them when possible.
+
+        Messages given together go out together (a socket.io packet and its attachments in one write).
+        """
         if self.closed:
             self.log.debug("send on closed session {sid} ignored", sid=self.sid)
             return
-        if isinstance(data, bytearray | memoryview):
-            data = bytes(data)
-        if not isinstance(data, str | bytes):
-            raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
-        self._queue(Packet(PacketType.MESSAGE, data))
+        for data in messages:
+            if isinstance(data, bytearray | memoryview):
+                data = bytes(data)
+            if not isinstance(data, str | bytes):
+                raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
+            self._queue(Packet(PacketType.MESSAGE, data))
         self._flush()
         limit = self._options.max_buffered_bytes
         if limit is not None and self._state is _State.OPEN:

@@ -6,6 +6,12 @@ a one-shot *opener* (see :meth:`EngineIOWebSocketFactory.prepare`) saying what t
 connection is open: start a new session, or offer itself as the upgrade of a polling session,
 together with the codec of the request's protocol version.
 
+Data frames are framed here rather than by Autobahn's ``sendMessage``: a server's frames are
+unmasked and we never fragment or compress, so a frame is a 2-10 byte header (RFC 6455 section
+5.2) and the payload. All the frames of one flush leave in a single transport write, and a large
+payload is copied once (Autobahn copied it into its frame, then Twisted again behind the small
+frames before it). Autobahn still does the handshake, reads frames, and pings and closes.
+
 Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
 Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
 drained; the bytes sent in between are the connection's :attr:`WebSocketTransport.buffered_bytes`,
@@ -14,6 +20,7 @@ which the session compares with ``max_buffered_bytes`` to drop slow clients.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +35,21 @@ from kernel_relay.engineio.session import TRANSPORT_CLOSE, TRANSPORT_ERROR, Engi
 
 # Close codes by which Autobahn fails a connection for a protocol fault of the peer.
 _PEER_FAULT_CODES = frozenset({1002, 1003, 1007, 1009})
+
+# First header byte of a final (unfragmented) text or binary frame.
+_FINAL_TEXT = 0x81
+_FINAL_BINARY = 0x82
+_LENGTH_16 = struct.Struct("!BBH")
+_LENGTH_64 = struct.Struct("!BBQ")
+
+
+def frame_header(first_byte: int, size: int) -> bytes:
+    """The header of an unmasked frame carrying ``size`` payload bytes (RFC 6455 section 5.2)."""
+    if size < 126:
+        return bytes((first_byte, size))
+    if size < 0x10000:
+        return _LENGTH_16.pack(first_byte, 126, size)
+    return _LENGTH_64.pack(first_byte, 127, size)
 
 
 class WebSocketTransport:
@@ -53,12 +75,15 @@ class WebSocketTransport:
         return self._connection.unsent_bytes
 
     def send(self, packets: Sequence[Packet]) -> None:
+        parts: list[bytes] = []
         for packet in packets:
             frame = self._codec.encode_frame(packet)
             if isinstance(frame, bytes):
-                self._connection.send_frame(frame, True)
+                parts += (frame_header(_FINAL_BINARY, len(frame)), frame)
             else:
-                self._connection.send_frame(frame.encode("utf-8"), False)
+                data = frame.encode("utf-8")
+                parts += (frame_header(_FINAL_TEXT, len(data)), data)
+        self._connection.write_frames(parts)
 
     def finish(self, packets: Sequence[Packet]) -> None:
         self.send(packets)
@@ -130,10 +155,15 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """Bytes sent since the transport said its write buffer was full (0 while it is not)."""
         return self._pressure.unsent if self._pressure.paused else 0
 
-    def send_frame(self, payload: bytes, binary: bool) -> None:
+    def write_frames(self, parts: list[bytes]) -> None:
+        """Write whole frames (headers and payloads, in order) as one chunk, if still open."""
+        transport = self.transport
+        if not parts or transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        data = b"".join(parts)
         if self._pressure.paused:
-            self._pressure.unsent += len(payload)
-        self.sendMessage(payload, isBinary=binary)  # type: ignore[no-untyped-call]
+            self._pressure.unsent += len(data)
+        transport.write(data)
 
     def lose(self) -> None:
         """Close politely if the connection is open and keeps up, else drop it."""

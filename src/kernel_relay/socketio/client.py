@@ -81,7 +81,7 @@ class EngineSession(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def send(self, data: str | bytes) -> None: ...
+    def send(self, *messages: str | bytes) -> None: ...
 
     def close(self, reason: str = ...) -> None: ...
 
@@ -497,10 +497,14 @@ class Client:
     def _send(self, encoded: list[str | bytes]) -> None:
         if self._closed or self.session.closed:
             return
-        for message in encoded:
-            if self.legacy and isinstance(message, str) and not message.isascii():
-                message = ascii_packet(message)
-            self.session.send(message)
+        if self.legacy:
+            encoded = [
+                ascii_packet(message)
+                if isinstance(message, str) and not message.isascii()
+                else message
+                for message in encoded
+            ]
+        self.session.send(*encoded)
 
     def _forget(self, socket: Socket) -> None:
         if self._sockets.get(socket.namespace.name) is socket:
