@@ -131,6 +131,10 @@ def _reject_constant(name: str) -> Any:
     raise PacketError(f"{name} is not JSON")
 
 
+# Built once: json.loads with a keyword argument builds a new decoder (and scanner) on every call.
+_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _write_with_raw(value: Any, chunks: list[str]) -> None:
     if isinstance(value, RawJSON):
         chunks.append(value)
@@ -405,7 +409,7 @@ def decode_text(text: str, max_attachments: int = DEFAULT_MAX_ATTACHMENTS) -> tu
     data: Any = None
     if position < len(text):
         try:
-            data = json.loads(text[position:], parse_constant=_reject_constant)
+            data = _decode_json(text[position:])
         except PacketError:
             raise
         except (ValueError, RecursionError) as error:
