@@ -1,10 +1,18 @@
-"""The WebSocket frame headers the relay writes itself (RFC 6455 section 5.2), at each length boundary."""
+"""The WebSocket frames the relay writes itself: headers (RFC 6455 section 5.2) and per-turn batching."""
 
 from __future__ import annotations
 
 import pytest
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
-from kernel_relay.engineio.websocket import frame_header
+from kernel_relay.engineio.packets import codec_for
+from kernel_relay.engineio.websocket import (
+    EngineIOWebSocketFactory,
+    EngineIOWebSocketProtocol,
+    frame_header,
+)
 
 
 @pytest.mark.parametrize(
@@ -26,3 +34,42 @@ def test_binary_frame_headers(size: int, expected: bytes) -> None:
 def test_text_frame_header_has_the_text_opcode_and_fin() -> None:
     """Text frames differ only in the opcode."""
     assert frame_header(0x81, 5) == b"\x81\x05"
+
+
+def open_connection(
+    factory: EngineIOWebSocketFactory,
+) -> tuple[EngineIOWebSocketProtocol, StringTransport]:
+    """A connection as after a completed handshake, writing into memory."""
+    factory.prepare(lambda transport: None, codec_for(4))
+    connection = factory.buildProtocol(None)
+    transport = StringTransport()
+    connection.transport = transport
+    connection.state = WebSocketProtocol.STATE_OPEN
+    return connection, transport
+
+
+def test_frames_of_one_turn_leave_in_one_write_at_the_next() -> None:
+    """Frames queued while handling one turn's events are written together when the turn is over."""
+    clock = Clock()
+    factory = EngineIOWebSocketFactory(clock, max_payload=1000)
+    first, first_transport = open_connection(factory)
+    second, second_transport = open_connection(factory)
+    first.write_frames([frame_header(0x81, 2), b"4a"])
+    second.write_frames([frame_header(0x81, 2), b"4b"])
+    first.write_frames([frame_header(0x82, 3), b"xyz"])
+    assert first_transport.value() == second_transport.value() == b""
+    assert len(clock.getDelayedCalls()) == 1, "one delayed call serves every connection"
+    clock.advance(0)
+    assert first_transport.value() == b"\x81\x024a\x82\x03xyz"
+    assert second_transport.value() == b"\x81\x024b"
+    assert first.unsent_bytes == 0 and clock.getDelayedCalls() == []
+
+
+def test_frames_queued_on_a_closed_connection_are_dropped() -> None:
+    """A connection that closes before the turn ends writes nothing afterwards."""
+    clock = Clock()
+    connection, transport = open_connection(EngineIOWebSocketFactory(clock, max_payload=1000))
+    connection.write_frames([frame_header(0x81, 2), b"4a"])
+    connection.state = WebSocketProtocol.STATE_CLOSED
+    clock.advance(0)
+    assert transport.value() == b""

@@ -12,6 +12,10 @@ unmasked and we never fragment or compress, so a frame is a 2-10 byte header (RF
 payload is copied once (Autobahn copied it into its frame, then Twisted again behind the small
 frames before it). Autobahn still does the handshake, reads frames, and pings and closes.
 
+Writes are batched per reactor turn: frames queued while handling a turn's events (a burst of kernel
+messages, a broadcast to every client) leave at the start of the next turn, in one write per
+connection, through one delayed call shared by all connections (:class:`WriteBatcher`).
+
 Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
 Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
 drained; the bytes sent in between are the connection's :attr:`WebSocketTransport.buffered_bytes`,
@@ -26,7 +30,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -105,6 +109,29 @@ class WebSocketTransport:
 Opener = Callable[[WebSocketTransport], EngineIOSession | None]
 
 
+class WriteBatcher:
+    """Connections with frames queued this turn; one delayed call writes them all out."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._queued: list[EngineIOWebSocketProtocol] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, connection: EngineIOWebSocketProtocol) -> None:
+        self._queued.append(connection)
+        if self._call is None:
+            self._call = self.clock.callLater(0, self._write_all)
+
+    def _write_all(self) -> None:
+        self._call = None
+        queued, self._queued = self._queued, []
+        for connection in queued:
+            try:
+                connection.write_queued()
+            except Exception:
+                EngineIOWebSocketProtocol._log.failure("writing WebSocket frames failed")
+
+
 @implementer(IPushProducer)
 class _WritePressure:
     """The push producer a connection registers with its TCP transport to learn of a full buffer."""
@@ -136,14 +163,18 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self,
         opener: Opener | None,
         codec: PacketCodec,
-        clock: IReactorTime | None = None,
+        batcher: WriteBatcher,
+        open_later: bool = False,
     ) -> None:
         super().__init__()
         self._opener = opener
-        self._open_clock = clock
+        self._open_later = open_later
         self._codec = codec
+        self._batcher = batcher
         self._adapter = WebSocketTransport(self, codec)
         self._pressure = _WritePressure()
+        self._queued: list[bytes] = []
+        self._queued_bytes = 0
         self.session: EngineIOSession | None = None
 
     @property
@@ -152,21 +183,36 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     @property
     def unsent_bytes(self) -> int:
-        """Bytes sent since the transport said its write buffer was full (0 while it is not)."""
-        return self._pressure.unsent if self._pressure.paused else 0
+        """
+        Bytes sent since the transport said its write buffer was full (0 while it is not), counting
+        those still queued for this turn's write.
+        """
+        return self._pressure.unsent + self._queued_bytes if self._pressure.paused else 0
 
     def write_frames(self, parts: list[bytes]) -> None:
-        """Write whole frames (headers and payloads, in order) as one chunk, if still open."""
+        """Queue whole frames (headers and payloads, in order) for this turn's write, if open."""
+        if not parts or self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+            return
+        if not self._queued:
+            self._batcher.add(self)
+        self._queued += parts
+        self._queued_bytes += sum(map(len, parts))
+
+    def write_queued(self) -> None:
+        """Write the frames queued this turn as one chunk (dropped if the connection closed)."""
+        parts, self._queued = self._queued, []
+        size, self._queued_bytes = self._queued_bytes, 0
         transport = self.transport
         if not parts or transport is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
-        data = b"".join(parts)
         if self._pressure.paused:
-            self._pressure.unsent += len(data)
-        transport.write(data)
+            self._pressure.unsent += size
+        # One chunk: Twisted sends it without copying it again unless older data is still waiting.
+        transport.write(b"".join(parts))
 
     def lose(self) -> None:
         """Close politely if the connection is open and keeps up, else drop it."""
+        self.write_queued()
         if self.state == WebSocketProtocol.STATE_OPEN and not self._pressure.paused:
             self.sendClose(1000)
         elif self.state != WebSocketProtocol.STATE_CLOSED and self.transport is not None:
@@ -192,10 +238,11 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self._opener is None:
             self.lose()
             return
-        clock, self._open_clock = self._open_clock, None
-        if clock is None:
+        if not self._open_later:
             self._run_opener()
             return
+        self._open_later = False
+        clock = self._batcher.clock
         # A new session's open packet waits two reactor turns: Twisted writes the 101 response in
         # the turn after this one, so the open packet leaves in its own TCP segment (as from Node's
         # servers) and a client that starts listening for messages after its "open" event, as the
@@ -231,6 +278,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._log.failure("handling a WebSocket packet on {sid} failed", sid=session.sid)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._queued, self._queued_bytes = [], 0
         self._adapter.connection_lost()
         session, self.session = self.session, None
         if session is None:
@@ -253,7 +301,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             maxMessagePayloadSize=max_payload,
             maxFramePayloadSize=max_payload,
         )
-        self._clock = reactor
+        self._batcher = WriteBatcher(reactor)
         self._opener: Opener | None = None
         self._codec: PacketCodec | None = None
         self._new_session = False
@@ -274,8 +322,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             # Built without a checked request (cannot happen through EngineIOResource): refuse.
             opener = None
             codec = codec_for(4)
-        clock = self._clock if self._new_session else None
-        self._new_session = False
-        protocol = EngineIOWebSocketProtocol(opener, codec, clock)
+        open_later, self._new_session = self._new_session, False
+        protocol = EngineIOWebSocketProtocol(opener, codec, self._batcher, open_later)
         protocol.factory = self
         return protocol
