@@ -9,6 +9,7 @@ from twisted.internet.testing import StringTransport
 
 from kernel_relay.engineio.packets import codec_for
 from kernel_relay.engineio.websocket import (
+    LARGE_PAYLOAD,
     EngineIOWebSocketFactory,
     EngineIOWebSocketProtocol,
     frame_header,
@@ -54,9 +55,9 @@ def test_frames_of_one_turn_leave_in_one_write_at_the_next() -> None:
     factory = EngineIOWebSocketFactory(clock, max_payload=1000)
     first, first_transport = open_connection(factory)
     second, second_transport = open_connection(factory)
-    first.write_frames([frame_header(0x81, 2), b"4a"])
-    second.write_frames([frame_header(0x81, 2), b"4b"])
-    first.write_frames([frame_header(0x82, 3), b"xyz"])
+    first.write_frames([frame_header(0x81, 2), b"4a"], 4)
+    second.write_frames([frame_header(0x81, 2), b"4b"], 4)
+    first.write_frames([frame_header(0x82, 3), b"xyz"], 5)
     assert first_transport.value() == second_transport.value() == b""
     assert len(clock.getDelayedCalls()) == 1, "one delayed call serves every connection"
     clock.advance(0)
@@ -69,7 +70,28 @@ def test_frames_queued_on_a_closed_connection_are_dropped() -> None:
     """A connection that closes before the turn ends writes nothing afterwards."""
     clock = Clock()
     connection, transport = open_connection(EngineIOWebSocketFactory(clock, max_payload=1000))
-    connection.write_frames([frame_header(0x81, 2), b"4a"])
+    connection.write_frames([frame_header(0x81, 2), b"4a"], 4)
     connection.state = WebSocketProtocol.STATE_CLOSED
     clock.advance(0)
     assert transport.value() == b""
+
+
+def test_a_large_payload_is_written_alone_in_a_turn_of_its_own() -> None:
+    """What precedes a large payload goes first; the payload itself is handed over uncopied next turn."""
+    clock = Clock()
+    connection, transport = open_connection(EngineIOWebSocketFactory(clock, max_payload=1000))
+    writes: list[bytes] = []
+    write = transport.write
+    transport.write = lambda data: (writes.append(data), write(data))  # type: ignore[method-assign]
+    payload = b"\x07" * LARGE_PAYLOAD
+    text = frame_header(0x81, 4) + b"451-"
+    connection.write_frames([text[:2], text[2:]], 6)
+    connection.write_frames([frame_header(0x82, len(payload)), payload], 10 + len(payload), True)
+    connection.write_frames([frame_header(0x81, 2), b"4z"], 4)
+    # Clock runs the follow-up calls at once; the reactor runs them a turn later, after its I/O.
+    clock.advance(0)
+    assert len(writes) == 3
+    assert writes[0] == text + frame_header(0x82, len(payload))
+    assert writes[1] is payload, "the payload is written as it is, not copied"
+    assert writes[2] == b"\x81\x024z" and clock.getDelayedCalls() == []
+    assert transport.value() == text + frame_header(0x82, len(payload)) + payload + b"\x81\x024z"

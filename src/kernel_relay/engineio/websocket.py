@@ -14,7 +14,9 @@ frames before it). Autobahn still does the handshake, reads frames, and pings an
 
 Writes are batched per reactor turn: frames queued while handling a turn's events (a burst of kernel
 messages, a broadcast to every client) leave at the start of the next turn, in one write per
-connection, through one delayed call shared by all connections (:class:`WriteBatcher`).
+connection, through one delayed call shared by all connections (:class:`WriteBatcher`). A payload of
+:data:`LARGE_PAYLOAD` bytes or more is written on its own, a turn after what precedes it: Twisted hands
+a lone ``bytes`` to the socket as it is, but joins (copies) several.
 
 Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
 Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
@@ -45,6 +47,10 @@ _FINAL_TEXT = 0x81
 _FINAL_BINARY = 0x82
 _LENGTH_16 = struct.Struct("!BBH")
 _LENGTH_64 = struct.Struct("!BBQ")
+
+
+#: Payloads at least this big are written alone rather than joined with other frames.
+LARGE_PAYLOAD = 1 << 20
 
 
 def frame_header(first_byte: int, size: int) -> bytes:
@@ -80,14 +86,16 @@ class WebSocketTransport:
 
     def send(self, packets: Sequence[Packet]) -> None:
         parts: list[bytes] = []
+        size = largest = 0
         for packet in packets:
             frame = self._codec.encode_frame(packet)
-            if isinstance(frame, bytes):
-                parts += (frame_header(_FINAL_BINARY, len(frame)), frame)
-            else:
-                data = frame.encode("utf-8")
-                parts += (frame_header(_FINAL_TEXT, len(data)), data)
-        self._connection.write_frames(parts)
+            data = frame if isinstance(frame, bytes) else frame.encode("utf-8")
+            length = len(data)
+            header = frame_header(_FINAL_BINARY if data is frame else _FINAL_TEXT, length)
+            parts += (header, data)
+            size += len(header) + length
+            largest = max(largest, length)
+        self._connection.write_frames(parts, size, largest >= LARGE_PAYLOAD)
 
     def finish(self, packets: Sequence[Packet]) -> None:
         self.send(packets)
@@ -175,6 +183,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._pressure = _WritePressure()
         self._queued: list[bytes] = []
         self._queued_bytes = 0
+        self._queued_large = False
         self.session: EngineIOSession | None = None
 
     @property
@@ -189,30 +198,46 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """
         return self._pressure.unsent + self._queued_bytes if self._pressure.paused else 0
 
-    def write_frames(self, parts: list[bytes]) -> None:
-        """Queue whole frames (headers and payloads, in order) for this turn's write, if open."""
+    def write_frames(self, parts: list[bytes], size: int, large: bool = False) -> None:
+        """
+        Queue whole frames (headers and payloads, in order, ``size`` bytes in all) for this turn's
+        write, if open; ``large`` when a part has at least :data:`LARGE_PAYLOAD` bytes.
+        """
         if not parts or self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
         if not self._queued:
             self._batcher.add(self)
         self._queued += parts
-        self._queued_bytes += sum(map(len, parts))
+        self._queued_bytes += size
+        self._queued_large = self._queued_large or large
 
-    def write_queued(self) -> None:
-        """Write the frames queued this turn as one chunk (dropped if the connection closed)."""
-        parts, self._queued = self._queued, []
-        size, self._queued_bytes = self._queued_bytes, 0
+    def write_queued(self, everything: bool = False) -> None:
+        """
+        Write the queued frames as one chunk, except that a large payload goes alone in a later turn
+        (unless ``everything``); dropped if the connection closed.
+        """
+        parts = self._queued
         transport = self.transport
         if not parts or transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+            self._queued, self._queued_bytes, self._queued_large = [], 0, False
             return
+        cut = len(parts)
+        if self._queued_large and not everything:
+            cut = next((i for i, part in enumerate(parts) if len(part) >= LARGE_PAYLOAD), cut)
+            cut = cut or 1
+        data = parts[0] if cut == 1 else b"".join(parts[:cut])
+        self._queued = parts[cut:]
+        self._queued_bytes -= len(data)
+        self._queued_large = bool(self._queued) and self._queued_large
         if self._pressure.paused:
-            self._pressure.unsent += size
-        # One chunk: Twisted sends it without copying it again unless older data is still waiting.
-        transport.write(b"".join(parts))
+            self._pressure.unsent += len(data)
+        transport.write(data)
+        if self._queued:
+            self._batcher.add(self)
 
     def lose(self) -> None:
         """Close politely if the connection is open and keeps up, else drop it."""
-        self.write_queued()
+        self.write_queued(everything=True)
         if self.state == WebSocketProtocol.STATE_OPEN and not self._pressure.paused:
             self.sendClose(1000)
         elif self.state != WebSocketProtocol.STATE_CLOSED and self.transport is not None:
@@ -278,7 +303,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._log.failure("handling a WebSocket packet on {sid} failed", sid=session.sid)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._queued, self._queued_bytes = [], 0
+        self._queued, self._queued_bytes, self._queued_large = [], 0, False
         self._adapter.connection_lost()
         session, self.session = self.session, None
         if session is None:
