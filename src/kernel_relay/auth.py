@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -86,6 +86,11 @@ class Scope:
 
     def allows_kernel_route(self, kernel_id: str) -> bool:
         return kernel_id == self.kernel_id and self.access == FULL
+
+    @property
+    def refusal(self) -> str:
+        """Why a request outside this scope is refused (403)."""
+        return f"This token allows {self.access} access to kernel {self.kernel_id} only"
 
 
 def _digest(token: str) -> bytes:
@@ -161,6 +166,15 @@ class TokenAuth:
             return True
         results = [self.check(candidate) for candidate in candidates if candidate is not None]
         return any(results)
+
+    def grant(self, candidates: Sequence[str | None]) -> Scope | bool:
+        """
+        What the presented tokens open: everything (True) for the relay's token or with authentication
+        off, one kernel's :class:`Scope` for one of its tokens, nothing (False) otherwise.
+        """
+        if self.check_any(candidates):
+            return True
+        return self.scoped.scope_of(candidates) or False
 
 
 def _endpoint_fields(description: str) -> tuple[str, list[str], dict[str, str]]:

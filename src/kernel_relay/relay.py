@@ -24,7 +24,7 @@ from typing import Any, cast
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from .auth import TokenAuth, token_from_auth_payload, token_from_authorization
+from .auth import Scope, TokenAuth, token_from_auth_payload, token_from_authorization
 from .kernels import (
     InvalidMessage,
     Kernel,
@@ -72,11 +72,6 @@ def message_size(message: KernelMessage) -> int:
     return sum(len(part) for part in message.raw_parts) + sum(
         len(buffer) for buffer in message.buffers
     )
-
-
-def dead_status(kernel: Kernel) -> dict[str, Any]:
-    """An iopub ``status`` message telling clients the kernel is gone, as the kernel itself no longer can."""
-    return relay_status(kernel, "dead")
 
 
 def relay_status(kernel: Kernel, execution_state: str) -> dict[str, Any]:
@@ -240,7 +235,7 @@ class Relay:
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
         if reason.startswith("died"):
             self.metrics.error("kernel_died")
-        self.publish_iopub(kernel.id, dead_status(kernel), STATUS_SIZE)
+        self.publish_iopub(kernel.id, relay_status(kernel, "dead"), STATUS_SIZE)
         for prefix in NAMESPACE_PREFIXES:
             namespace = self._socketio.namespace(f"/{prefix}/{kernel.id}")
             if namespace is not None:
@@ -291,21 +286,19 @@ class Relay:
             handshake.query.get("token"),
             token_from_authorization(handshake.headers.get("authorization")),
         )
-        main_token = self._auth.check_any(candidates)  # always true when auth is off
-        scope = None if main_token else self._auth.scoped.scope_of(candidates)
-        if scope is not None and not scope.allows_channel(kernel_id, channel):
+        grant = self._auth.grant(candidates)
+        if isinstance(grant, Scope) and not grant.allows_channel(kernel_id, channel):
             self.metrics.error("auth")
             log.warn(
                 "Refused {address} on {namespace}: its token is limited to {access} access to kernel "
                 "{kernel}",
                 address=handshake.remote_address,
                 namespace=socket.namespace.name,
-                access=scope.access,
-                kernel=short_id(scope.kernel_id),
+                access=grant.access,
+                kernel=short_id(grant.kernel_id),
             )
-            reason = f"This token allows {scope.access} access to kernel {scope.kernel_id} only"
-            raise ConnectionRefused(reason, {"code": 403, "message": reason})
-        if scope is None and not main_token:
+            raise ConnectionRefused(grant.refusal, {"code": 403, "message": grant.refusal})
+        if grant is False:
             self.metrics.error("auth")
             log.warn(
                 "Refused {address} on {namespace}: no valid token",

@@ -17,6 +17,7 @@ import json
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -73,9 +74,10 @@ class IopubJournal:
         self.last_seq += 1
         numbered = with_sequence(message, self.last_seq)
         size += ENTRY_OVERHEAD
-        self._entries.append(Entry(self.last_seq, self._clock.seconds(), size, msg_type, numbered))
+        now = self._clock.seconds()
+        self._entries.append(Entry(self.last_seq, now, size, msg_type, numbered))
         self._bytes += size
-        self._expire()
+        self._expire(now)
         return numbered
 
     def since(self, seq: int) -> Replay:
@@ -112,10 +114,10 @@ class IopubJournal:
                 break
         if start is None:
             return []
-        return [entry.message for entry in list(self._entries)[start:]]
+        return [entry.message for entry in islice(self._entries, start, None)]
 
-    def _expire(self) -> None:
-        horizon = self._clock.seconds() - self.max_age
+    def _expire(self, now: float | None = None) -> None:
+        horizon = (self._clock.seconds() if now is None else now) - self.max_age
         entries = self._entries
         while entries and (self._bytes > self.max_bytes or entries[0].time < horizon):
             self._bytes -= entries.popleft().size

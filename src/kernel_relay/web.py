@@ -31,7 +31,7 @@ from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 
 from . import __version__
-from .auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, TokenAuth, token_from_authorization
+from .auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, Scope, TokenAuth, token_from_authorization
 from .kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel
 from .metrics import RelayMetrics
 from .origins import OriginPolicy
@@ -325,22 +325,14 @@ class AuthGuard(Resource):
                 token_from_authorization(header.decode("latin-1") if header else None),
                 *(value.decode("utf-8", "replace") for value in query),
             ]
-            main_token = self._auth.check_any(candidates)
-            scope = None if main_token else self._auth.scoped.scope_of(candidates)
-            if scope is not None:
+            grant = self._auth.grant(candidates)
+            if isinstance(grant, Scope):
                 named = kernel_of_route(request.path.decode("utf-8", "replace"))
-                if named is None or not scope.allows_kernel_route(named):
+                if named is None or not grant.allows_kernel_route(named):
                     if self._on_refused is not None:
                         self._on_refused()
-                    return json_body(
-                        request,
-                        403,
-                        {
-                            "error": f"This token allows {scope.access} access to kernel "
-                            f"{scope.kernel_id} only"
-                        },
-                    )
-            elif not main_token:
+                    return json_body(request, 403, {"error": grant.refusal})
+            elif not grant:
                 if self._on_refused is not None:
                     self._on_refused()
                 log.warn(

@@ -120,6 +120,8 @@ Opener = Callable[[WebSocketTransport], EngineIOSession | None]
 class WriteBatcher:
     """Connections with frames queued this turn; one delayed call writes them all out."""
 
+    _log = Logger()
+
     def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self._queued: list[EngineIOWebSocketProtocol] = []
@@ -137,7 +139,7 @@ class WriteBatcher:
             try:
                 connection.write_queued()
             except Exception:
-                EngineIOWebSocketProtocol._log.failure("writing WebSocket frames failed")
+                self._log.failure("writing WebSocket frames failed")
 
 
 @implementer(IPushProducer)

@@ -330,13 +330,16 @@ class KernelRegistry:
             if launch.pooled and launch.spec_name == spec_name
         )
 
-    def _refill(self, spec_name: str) -> None:
-        missing = (
+    def _pool_missing(self, spec_name: str) -> int:
+        """Kernels the pool of ``spec_name`` lacks, counting those already starting for it."""
+        return (
             self._pool_targets.get(spec_name, 0)
             - self.pooled(spec_name)
             - self._pool_launching(spec_name)
         )
-        if missing <= 0 or spec_name in self._pool_refills:
+
+    def _refill(self, spec_name: str) -> None:
+        if self._pool_missing(spec_name) <= 0 or spec_name in self._pool_refills:
             return
         failures = self._pool_failures.get(spec_name, 0)
         if failures:
@@ -350,35 +353,29 @@ class KernelRegistry:
 
     def _refill_now(self, spec_name: str) -> None:
         self._pool_refills.pop(spec_name, None)
-        missing = (
-            self._pool_targets.get(spec_name, 0)
-            - self.pooled(spec_name)
-            - self._pool_launching(spec_name)
-        )
-        for _ in range(max(0, missing)):
-            d = self._launch(spec_name, pooled=True)
 
-            def filled(_: Kernel) -> None:
-                self._pool_failures.pop(spec_name, None)
+        def filled(_: Kernel) -> None:
+            self._pool_failures.pop(spec_name, None)
 
-            def failed(failure: Failure) -> None:
-                if isinstance(failure.value, UnknownKernelSpec):
-                    _log.error(
-                        "no warm pool for {spec_name}: {error}",
-                        spec_name=spec_name,
-                        error=failure.getErrorMessage(),
-                    )
-                    self._pool_targets.pop(spec_name, None)
-                    return
-                self._pool_failures[spec_name] = self._pool_failures.get(spec_name, 0) + 1
-                _log.warn(
-                    "could not start a {spec_name} kernel for the warm pool: {error}",
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, UnknownKernelSpec):
+                _log.error(
+                    "no warm pool for {spec_name}: {error}",
                     spec_name=spec_name,
                     error=failure.getErrorMessage(),
                 )
-                self._refill(spec_name)
+                self._pool_targets.pop(spec_name, None)
+                return
+            self._pool_failures[spec_name] = self._pool_failures.get(spec_name, 0) + 1
+            _log.warn(
+                "could not start a {spec_name} kernel for the warm pool: {error}",
+                spec_name=spec_name,
+                error=failure.getErrorMessage(),
+            )
+            self._refill(spec_name)
 
-            d.addCallbacks(filled, failed)
+        for _ in range(max(0, self._pool_missing(spec_name))):
+            self._launch(spec_name, pooled=True).addCallbacks(filled, failed)
 
     def _drop_pooled(self, kernel_id: str, reason: str) -> Deferred[None] | None:
         """Forget a pooled kernel (it died, or the relay stops) and stop its process."""
