@@ -10,6 +10,7 @@ from twisted.internet.testing import StringTransport
 from kernel_relay.engineio.packets import codec_for
 from kernel_relay.engineio.websocket import (
     LARGE_PAYLOAD,
+    STREAM_CHUNK,
     EngineIOWebSocketFactory,
     EngineIOWebSocketProtocol,
     frame_header,
@@ -95,3 +96,86 @@ def test_a_large_payload_is_written_alone_in_a_turn_of_its_own() -> None:
     assert writes[1] is payload, "the payload is written as it is, not copied"
     assert writes[2] == b"\x81\x024z" and clock.getDelayedCalls() == []
     assert transport.value() == text + frame_header(0x82, len(payload)) + payload + b"\x81\x024z"
+
+
+class DrainingTransport(StringTransport):
+    """A StringTransport that, like Twisted's TCP transport, pauses its producer when full."""
+
+    buffer_size = 65536
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = 0
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        assert isinstance(data, bytes), "Twisted's transports take only bytes"
+        super().write(data)
+        self.writes.append(data)
+        self.pending += len(data)
+        if self.producer is not None and self.pending > self.buffer_size:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        """The socket took everything: resume the producer, as Twisted's doWrite does."""
+        self.pending = 0
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+def open_draining_connection(
+    clock: Clock,
+) -> tuple[EngineIOWebSocketProtocol, DrainingTransport]:
+    """An open connection whose write-pressure producer is registered, as connectionMade does."""
+    factory = EngineIOWebSocketFactory(clock, max_payload=1000)
+    factory.prepare(lambda transport: None, codec_for(4))
+    connection = factory.buildProtocol(None)
+    transport = DrainingTransport()
+    connection.transport = transport
+    connection.state = WebSocketProtocol.STATE_OPEN
+    transport.registerProducer(connection._pressure, True)
+    return connection, transport
+
+
+def test_a_large_view_is_streamed_in_chunks_as_the_socket_drains() -> None:
+    """
+    A large memoryview payload (a kernel's ZMQ frame) goes out in STREAM_CHUNK copies, one per drain;
+    frames queued meanwhile follow it, and the bytes on the wire are exactly the frames in order.
+    """
+    clock = Clock()
+    connection, transport = open_draining_connection(clock)
+    payload = bytes(range(256)) * ((2 * STREAM_CHUNK + 12345) // 256)
+    view = memoryview(payload)
+    header = frame_header(0x82, len(payload))
+    connection.write_frames([header, view], len(header) + len(payload), True)
+    clock.advance(0)
+    assert transport.writes == [header, payload[:STREAM_CHUNK]], (
+        "one chunk, then wait for the socket"
+    )
+    connection.write_frames([frame_header(0x81, 2), b"4z"], 4)
+    clock.advance(0)
+    assert len(transport.writes) == 2, "nothing overtakes the payload being streamed"
+    assert connection.unsent_bytes == len(payload) - STREAM_CHUNK + 4
+    transport.drain()
+    transport.drain()
+    clock.advance(0)
+    assert [len(chunk) for chunk in transport.writes[1:4]] == [
+        STREAM_CHUNK,
+        STREAM_CHUNK,
+        len(payload) - 2 * STREAM_CHUNK,
+    ]
+    assert transport.value() == header + payload + b"\x81\x024z"
+    assert clock.getDelayedCalls() == []
+
+
+def test_closing_writes_the_rest_of_a_streamed_payload_before_the_close_frame() -> None:
+    """lose() while a view is being streamed: its remaining bytes, then what was queued, then close."""
+    clock = Clock()
+    connection, transport = open_draining_connection(clock)
+    payload = b"\x01\x02\x03" * STREAM_CHUNK
+    header = frame_header(0x82, len(payload))
+    connection.write_frames([header, memoryview(payload)], len(header) + len(payload), True)
+    clock.advance(0)
+    connection.write_frames([frame_header(0x81, 2), b"4z"], 4)
+    connection.write_queued(everything=True)
+    assert transport.value() == header + payload + b"\x81\x024z"

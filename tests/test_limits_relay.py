@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -235,6 +236,63 @@ def test_max_payload_limits_what_clients_send_not_what_they_receive(
             assert display["content"]["data"]["text/plain"] == "x" * size
             assert display["buffers"] == [bytes(range(256)) * (size // 256)]
             assert client.errors == [] and client.disconnected == []
+        finally:
+            client.close()
+            relay.shutdown(kernel_id)
+
+
+def test_large_kernel_output_reaches_every_client_whole(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """
+    A 3 MB display text and a 3 MB buffer reach a WebSocket and a polling client byte for byte, in order.
+
+    Frames of 64 KiB or more are passed on as views of the kernel's ZMQ message, and a view of
+    1 MiB or more is streamed to a WebSocket in chunks as the socket drains; both clients share it.
+    The polling client is raw HTTP: python-socketio's client handles each Engine.IO message of a
+    polling payload in a thread of its own, so it may put attachments out of order by itself.
+    """
+    size = 3 * 1024 * 1024 + 7
+    expected = (bytes(range(251)) * (size // 251 + 1))[:size]
+    with Relay(tmp_path_factory.mktemp("runtime")) as relay:
+        kernel_id = relay.spawn()
+        poller = requests.Session()
+        base = f"{relay.url}/socket.io/?EIO=4&transport=polling"
+        handshake = poller.get(base, timeout=30).text
+        polling = f"{base}&sid={json.loads(handshake[1:])['sid']}"
+        poller.post(polling, data=f"40/iopub/{kernel_id},", timeout=30).raise_for_status()
+        client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"), ["websocket"])
+        try:
+            code = (
+                "k = get_ipython().kernel\n"
+                "k.session.send(k.iopub_socket, 'display_data',\n"
+                f"    {{'data': {{'text/plain': 'y' * {size}}}, 'metadata': {{}}}},\n"
+                "    parent=k.get_parent('shell'),\n"
+                f"    buffers=[(bytes(range(251)) * {size // 251 + 1})[:{size}], b'small'])"
+            )
+            msg_id, reply = client.execute(code)
+            assert reply["content"]["status"] == "ok"
+            (display,) = client.wait_for(lambda: client.iopub_for(msg_id, "display_data"))
+            assert display["content"]["data"]["text/plain"] == "y" * size
+            assert display["buffers"] == [expected, b"small"]
+            assert client.errors == [] and client.disconnected == []
+
+            records: list[str] = []
+            deadline = time.monotonic() + 60
+            while not any(r.startswith("452-") and msg_id in r for r in records):
+                assert time.monotonic() < deadline, "no display_data on the polling client"
+                records += poller.get(polling, timeout=60).text.split("\x1e")
+            at = next(i for i, r in enumerate(records) if r.startswith("452-") and msg_id in r)
+            while len(records) < at + 3:
+                records += poller.get(polling, timeout=60).text.split("\x1e")
+            event = json.loads(records[at][records[at].index(",") + 1 :])
+            assert event[1]["content"]["data"]["text/plain"] == "y" * size
+            assert event[1]["buffers"] == [
+                {"_placeholder": True, "num": 0},
+                {"_placeholder": True, "num": 1},
+            ]
+            assert records[at + 1] == "b" + base64.b64encode(expected).decode()
+            assert records[at + 2] == "b" + base64.b64encode(b"small").decode()
         finally:
             client.close()
             relay.shutdown(kernel_id)

@@ -90,7 +90,7 @@ class HeartbeatMonitor(Service):
             return
         watch_id = kernel.id
 
-        def echoed(frames: list[bytes]) -> None:
+        def echoed(frames: object) -> None:
             entry = self._watches.get(watch_id)
             if entry is None:
                 return

@@ -45,6 +45,11 @@ class PacketType(IntEnum):
     NOOP = 6
 
 
+#: Binary message data: ``bytes``, or on the way out a read-only view of a kernel's ZMQ frame, which is
+#: passed on without being copied into ``bytes`` first. What peers send is always ``bytes``.
+Binary = bytes | memoryview
+
+
 class PacketDecodeError(ValueError):
     """Raised for anything a peer sends that is not a well-formed packet or payload."""
 
@@ -54,19 +59,19 @@ class Packet:
     """
     One Engine.IO packet.
 
-    ``data`` is text for every packet type; only a ``MESSAGE`` may carry ``bytes`` (binary message).
+    ``data`` is text for every packet type; only a ``MESSAGE`` may carry :data:`Binary` data.
     """
 
     type: PacketType
-    data: str | bytes = ""
+    data: str | Binary = ""
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, bytes) and self.type is not PacketType.MESSAGE:
+        if not isinstance(self.data, str) and self.type is not PacketType.MESSAGE:
             raise ValueError(f"only message packets can carry binary data, not {self.type.name}")
 
     @property
     def is_binary(self) -> bool:
-        return isinstance(self.data, bytes)
+        return not isinstance(self.data, str)
 
 
 class PacketCodec(Protocol):
@@ -74,7 +79,7 @@ class PacketCodec(Protocol):
 
     protocol: int
 
-    def encode_frame(self, packet: Packet) -> str | bytes: ...
+    def encode_frame(self, packet: Packet) -> str | Binary: ...
 
     def decode_frame(self, frame: str | bytes) -> Packet: ...
 
@@ -113,7 +118,7 @@ def _decode_text_packet(text: str) -> Packet:
 
 
 def _encode_text_packet(packet: Packet) -> str:
-    if isinstance(packet.data, bytes):
+    if not isinstance(packet.data, str):
         return BINARY_PREFIX + base64.b64encode(packet.data).decode("ascii")
     return f"{int(packet.type)}{packet.data}"
 
@@ -124,9 +129,9 @@ class V4Codec:
     protocol = 4
     binary_payloads = False
 
-    def encode_frame(self, packet: Packet) -> str | bytes:
+    def encode_frame(self, packet: Packet) -> str | Binary:
         """One WebSocket frame: text for text packets, the raw bytes for a binary message."""
-        if isinstance(packet.data, bytes):
+        if not isinstance(packet.data, str):
             return packet.data
         return _encode_text_packet(packet)
 
@@ -209,7 +214,7 @@ def _decode_v3_text_packet(text: str) -> Packet:
 
 
 def _encode_v3_text_packet(packet: Packet) -> str:
-    if isinstance(packet.data, bytes):
+    if not isinstance(packet.data, str):
         return f"{BINARY_PREFIX}{int(packet.type)}" + base64.b64encode(packet.data).decode("ascii")
     return f"{int(packet.type)}{packet.data}"
 
@@ -227,9 +232,9 @@ class V3Codec:
     protocol = 3
     binary_payloads = True
 
-    def encode_frame(self, packet: Packet) -> str | bytes:
+    def encode_frame(self, packet: Packet) -> str | Binary:
         """One WebSocket frame; a binary message is the type byte followed by its bytes."""
-        if isinstance(packet.data, bytes):
+        if not isinstance(packet.data, str):
             return bytes([int(packet.type)]) + packet.data
         return f"{int(packet.type)}{packet.data}"
 
@@ -262,7 +267,7 @@ class V3Codec:
     def _encode_binary_payload(packets: Sequence[Packet]) -> bytes:
         chunks: list[bytes] = []
         for packet in packets:
-            if isinstance(packet.data, bytes):
+            if not isinstance(packet.data, str):
                 body = bytes([int(packet.type)]) + packet.data
                 kind = 1
             else:

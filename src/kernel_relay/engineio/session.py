@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from kernel_relay.engineio.options import EngineIOOptions, HandshakeInfo, SessionHandler
-from kernel_relay.engineio.packets import Packet, PacketType
+from kernel_relay.engineio.packets import Binary, Packet, PacketType
 
 # Reasons given to SessionHandler.session_closed.
 TRANSPORT_CLOSE = "transport close"
@@ -192,19 +192,23 @@ class EngineIOSession:
         """Set the application handler (done once by the server, right after the open packet)."""
         self._handler = handler
 
-    def send(self, *messages: str | bytes) -> None:
+    def send(self, *messages: str | Binary) -> None:
         """
-        Queue messages (text for ``str``, binary for ``bytes``); deliver them when possible.
+        Queue messages (text for ``str``, binary for ``bytes`` or ``memoryview``); deliver them when
+        possible.
 
         Messages given together go out together (a socket.io packet and its attachments in one write).
+        A memoryview must stay unchanged until sent (a kernel's ZMQ frame is never written to).
         """
         if self.closed:
             self.log.debug("send on closed session {sid} ignored", sid=self.sid)
             return
         for data in messages:
-            if isinstance(data, bytearray | memoryview):
+            if isinstance(data, bytearray) or (
+                isinstance(data, memoryview) and (data.ndim != 1 or data.format != "B")
+            ):
                 data = bytes(data)
-            if not isinstance(data, str | bytes):
+            if not isinstance(data, str | bytes | memoryview):
                 raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
             self._queue(Packet(PacketType.MESSAGE, data))
         self._flush()
@@ -241,7 +245,8 @@ class EngineIOSession:
         if self._client_pings:
             self._expect_heartbeat()
         if kind is PacketType.MESSAGE:
-            self._deliver(packet.data)
+            data = packet.data  # from a peer: str or bytes, never a view
+            self._deliver(data if isinstance(data, str | bytes) else bytes(data))
         elif kind is PacketType.PONG and not self._client_pings:
             self._pong_received()
         elif kind is PacketType.CLOSE:

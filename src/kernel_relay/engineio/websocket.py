@@ -16,7 +16,10 @@ Writes are batched per reactor turn: frames queued while handling a turn's event
 messages, a broadcast to every client) leave at the start of the next turn, in one write per
 connection, through one delayed call shared by all connections (:class:`WriteBatcher`). A payload of
 :data:`LARGE_PAYLOAD` bytes or more is written on its own, a turn after what precedes it: Twisted hands
-a lone ``bytes`` to the socket as it is, but joins (copies) several.
+a lone ``bytes`` to the socket as it is, but joins (copies) several. A large payload that is a
+``memoryview`` (a kernel's ZMQ frame, never copied into ``bytes``) is streamed: Twisted writes only
+``bytes``, so it goes out in copies of :data:`STREAM_CHUNK` bytes, the next one each time the socket
+has taken the last. Small reused chunks cost far less than one fresh copy of the whole payload.
 
 Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
 Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
@@ -36,7 +39,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, I
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kernel_relay.engineio.packets import Packet, PacketCodec, PacketDecodeError, codec_for
+from kernel_relay.engineio.packets import Binary, Packet, PacketCodec, PacketDecodeError, codec_for
 from kernel_relay.engineio.session import TRANSPORT_CLOSE, TRANSPORT_ERROR, EngineIOSession
 
 # Close codes by which Autobahn fails a connection for a protocol fault of the peer.
@@ -51,6 +54,9 @@ _LENGTH_64 = struct.Struct("!BBQ")
 
 #: Payloads at least this big are written alone rather than joined with other frames.
 LARGE_PAYLOAD = 1 << 20
+
+#: The size of the copies in which a large ``memoryview`` payload is streamed.
+STREAM_CHUNK = 1 << 20
 
 
 def frame_header(first_byte: int, size: int) -> bytes:
@@ -85,11 +91,11 @@ class WebSocketTransport:
         return self._connection.unsent_bytes
 
     def send(self, packets: Sequence[Packet]) -> None:
-        parts: list[bytes] = []
+        parts: list[Binary] = []
         size = largest = 0
         for packet in packets:
             frame = self._codec.encode_frame(packet)
-            data = frame if isinstance(frame, bytes) else frame.encode("utf-8")
+            data = frame.encode("utf-8") if isinstance(frame, str) else frame
             length = len(data)
             header = frame_header(_FINAL_BINARY if data is frame else _FINAL_TEXT, length)
             parts += (header, data)
@@ -144,11 +150,15 @@ class WriteBatcher:
 
 @implementer(IPushProducer)
 class _WritePressure:
-    """The push producer a connection registers with its TCP transport to learn of a full buffer."""
+    """
+    The push producer a connection registers with its TCP transport to learn of a full buffer, and
+    of the moment it is empty again (``drained``).
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, drained: Callable[[], None]) -> None:
         self.paused = False
         self.unsent = 0
+        self._drained = drained
 
     def pauseProducing(self) -> None:
         self.paused = True
@@ -156,6 +166,7 @@ class _WritePressure:
     def resumeProducing(self) -> None:
         self.paused = False
         self.unsent = 0
+        self._drained()
 
     def stopProducing(self) -> None:
         self.paused = False
@@ -182,10 +193,13 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._codec = codec
         self._batcher = batcher
         self._adapter = WebSocketTransport(self, codec)
-        self._pressure = _WritePressure()
-        self._queued: list[bytes] = []
+        self._pressure = _WritePressure(self._stream_more)
+        self._queued: list[Binary] = []
         self._queued_bytes = 0
         self._queued_large = False
+        # A large memoryview payload being streamed, and how much of it has been written.
+        self._stream: memoryview | None = None
+        self._streamed = 0
         self.session: EngineIOSession | None = None
 
     @property
@@ -200,7 +214,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """
         return self._pressure.unsent + self._queued_bytes if self._pressure.paused else 0
 
-    def write_frames(self, parts: list[bytes], size: int, large: bool = False) -> None:
+    def write_frames(self, parts: list[Binary], size: int, large: bool = False) -> None:
         """
         Queue whole frames (headers and payloads, in order, ``size`` bytes in all) for this turn's
         write, if open; ``large`` when a part has at least :data:`LARGE_PAYLOAD` bytes.
@@ -216,12 +230,22 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def write_queued(self, everything: bool = False) -> None:
         """
         Write the queued frames as one chunk, except that a large payload goes alone in a later turn
-        (unless ``everything``); dropped if the connection closed.
+        (unless ``everything``); dropped if the connection closed. Nothing is written while a large
+        payload is being streamed, unless ``everything``: then its rest is written at once.
         """
-        parts = self._queued
-        transport = self.transport
-        if not parts or transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+        if self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
             self._queued, self._queued_bytes, self._queued_large = [], 0, False
+            self._stream = None
+            return
+        if self._stream is not None:
+            if not everything:
+                return
+            rest = bytes(self._stream[self._streamed :])
+            self._stream = None
+            self._queued_bytes -= len(rest)
+            self._write(rest)
+        parts = self._queued
+        if not parts:
             return
         cut = len(parts)
         if self._queued_large and not everything:
@@ -229,13 +253,42 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             cut = cut or 1
         data = parts[0] if cut == 1 else b"".join(parts[:cut])
         self._queued = parts[cut:]
-        self._queued_bytes -= len(data)
         self._queued_large = bool(self._queued) and self._queued_large
-        if self._pressure.paused:
-            self._pressure.unsent += len(data)
-        transport.write(data)
+        if isinstance(data, memoryview) and not everything:
+            self._stream, self._streamed = data, 0
+            self._stream_more()
+            return
+        data = bytes(data) if isinstance(data, memoryview) else data
+        self._queued_bytes -= len(data)
+        self._write(data)
         if self._queued:
             self._batcher.add(self)
+
+    def _write(self, data: bytes) -> None:
+        if self._pressure.paused:
+            self._pressure.unsent += len(data)
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _stream_more(self) -> None:
+        """Write the next chunks of the payload being streamed until the transport's buffer is full."""
+        view = self._stream
+        if view is None:
+            return
+        while not self._pressure.paused:
+            if self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+                self._stream = None
+                return
+            start = self._streamed
+            chunk = bytes(view[start : start + STREAM_CHUNK])
+            self._streamed = start + len(chunk)
+            self._queued_bytes -= len(chunk)
+            self._write(chunk)
+            if self._streamed >= len(view):
+                self._stream = None
+                if self._queued:
+                    self._batcher.add(self)
+                return
 
     def lose(self) -> None:
         """Close politely if the connection is open and keeps up, else drop it."""
@@ -306,6 +359,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._queued, self._queued_bytes, self._queued_large = [], 0, False
+        self._stream = None
         self._adapter.connection_lost()
         session, self.session = self.session, None
         if session is None:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from ._errors import InvalidMessage, UnknownKernel
 from ._messages import (
     CLIENT_CHANNELS,
+    Frame,
     KernelMessage,
     MessageRejected,
     Signer,
@@ -104,7 +105,7 @@ class KernelClient:
             socket.close()
         self.kernel._clients.discard(self)
 
-    def _received(self, channel: str, frames: list[bytes]) -> None:
+    def _received(self, channel: str, frames: list[Frame]) -> None:
         message = self.kernel._verify(channel, frames)
         if message is None or self.closed:
             return
@@ -201,7 +202,7 @@ class Kernel:
     def clients(self) -> list[KernelClient]:
         return list(self._clients)
 
-    def open_heartbeat(self, on_echo: Callable[[list[bytes]], None]) -> FrameSocket:
+    def open_heartbeat(self, on_echo: Callable[[list[Frame]], None]) -> FrameSocket:
         """
         A socket to the kernel's heartbeat channel, which echoes every message while the kernel's ZMQ
         side is alive (it keeps answering while the kernel runs code); the caller closes it.
@@ -276,7 +277,7 @@ class Kernel:
     def _touch(self) -> None:
         self.last_activity = self._clock.seconds()
 
-    def _verify(self, channel: str, frames: list[bytes]) -> KernelMessage | None:
+    def _verify(self, channel: str, frames: list[Frame]) -> KernelMessage | None:
         try:
             _, message = decode_frames(frames, channel, self._signer)
         except MessageRejected as exc:
@@ -291,7 +292,7 @@ class Kernel:
         self._touch()
         return message
 
-    def _iopub_received(self, frames: list[bytes]) -> None:
+    def _iopub_received(self, frames: list[Frame]) -> None:
         message = self._verify("iopub", frames)
         if message is None or self._closed:
             return

@@ -22,8 +22,17 @@ PROTOCOL_VERSION = "5.3"
 DEFAULT_USERNAME = "kernel-relay"
 CLIENT_CHANNELS = ("shell", "control", "stdin")
 
-Signer = Callable[[Sequence[bytes]], bytes]
+#: A ZMQ frame as received: ``bytes``, or for a large one a read-only view of ZMQ's own message
+#: (see ``ZERO_COPY_BYTES`` in ``_zmq``), which is passed on to clients without being copied.
+Frame = bytes | memoryview
+
+Signer = Callable[[Sequence[Frame]], bytes]
 """Computes the signature of the four JSON parts (``jupyter_client.session.Session.sign``)."""
+
+
+def _frame(data: Any) -> Frame:
+    return data if type(data) is bytes or type(data) is memoryview else bytes(data)
+
 
 _EMPTY_PARTS = (b"{}", b"{}", b"{}", b"{}")
 
@@ -61,16 +70,16 @@ class KernelMessage:
         parent_header: dict[str, Any],
         metadata: dict[str, Any],
         content: dict[str, Any] | None = None,
-        buffers: list[bytes] | None = None,
+        buffers: list[Frame] | None = None,
         channel: str = "",
-        raw_parts: tuple[bytes, bytes, bytes, bytes] = _EMPTY_PARTS,
+        raw_parts: tuple[Frame, Frame, Frame, Frame] = _EMPTY_PARTS,
         texts: tuple[str, str, str, str] | None = None,
     ) -> None:
         self.header = header
         self.parent_header = parent_header
         self.metadata = metadata
         self._content = content
-        self.buffers: list[bytes] = buffers if buffers is not None else []
+        self.buffers: list[Frame] = buffers if buffers is not None else []
         self.channel = channel
         #: The JSON bytes of header, parent_header, metadata and content, exactly as signed.
         self.raw_parts = raw_parts
@@ -79,7 +88,7 @@ class KernelMessage:
     @property
     def content(self) -> dict[str, Any]:
         if self._content is None:
-            text = self._texts[3] if self._texts is not None else self.raw_parts[3].decode("utf-8")
+            text = self._texts[3] if self._texts is not None else str(self.raw_parts[3], "utf-8")
             try:
                 value = _decode_json(text)
             except (ValueError, RecursionError) as exc:
@@ -132,7 +141,7 @@ class KernelMessage:
         without ``raw_parts`` gives its dicts either way.
         """
         if raw is not None and self.raw_parts is not _EMPTY_PARTS:
-            texts = self._texts or tuple(part.decode("utf-8") for part in self.raw_parts)
+            texts = self._texts or tuple(str(part, "utf-8") for part in self.raw_parts)
             header, parent, metadata, content = (raw(text) for text in texts)
         else:
             header, parent, metadata, content = (
@@ -173,7 +182,7 @@ _PART_NAMES = ("header", "parent_header", "metadata", "content")
 
 
 def decode_frames(
-    frames: Sequence[bytes], channel: str, sign: Signer | None
+    frames: Sequence[Frame], channel: str, sign: Signer | None
 ) -> tuple[list[bytes], KernelMessage]:
     """
     Verify and parse one multipart message; returns (routing identities, message).
@@ -189,7 +198,7 @@ def decode_frames(
         raise MessageRejected("no <IDS|MSG> delimiter") from None
     if len(frames) < split + 6:
         raise MessageRejected(f"only {len(frames) - split - 1} frames after the delimiter, need 5")
-    raw = tuple(f if type(f) is bytes else bytes(f) for f in frames[split + 2 : split + 6])
+    raw = tuple(_frame(f) for f in frames[split + 2 : split + 6])
     if sign is not None:
         signature = frames[split + 1]
         if not hmac.compare_digest(
@@ -200,7 +209,7 @@ def decode_frames(
     texts: list[str] = []
     for name, data in zip(_PART_NAMES, raw, strict=True):
         try:
-            text = data.decode("utf-8")
+            text = str(data, "utf-8")
         except UnicodeDecodeError as exc:
             raise MessageRejected(f"{name} is not JSON: {exc}") from None
         texts.append(text)
@@ -227,7 +236,7 @@ def decode_frames(
         parent_header=parent_header,
         metadata=metadata,
         content=parts[3],
-        buffers=[f if type(f) is bytes else bytes(f) for f in frames[split + 6 :]],
+        buffers=[_frame(f) for f in frames[split + 6 :]],
         channel=channel,
         raw_parts=(raw[0], raw[1], raw[2], raw[3]),
         texts=(texts[0], texts[1], texts[2], texts[3]),
@@ -238,7 +247,7 @@ def decode_frames(
 
 def encode_frames(
     message: KernelMessage, sign: Signer | None, identities: Sequence[bytes] = ()
-) -> list[bytes]:
+) -> list[Frame]:
     """The multipart frames for ``message`` (its ``raw_parts`` are what gets signed and sent)."""
     raw = list(message.raw_parts)
     signature = sign(raw) if sign is not None else b""
@@ -254,12 +263,12 @@ def _optional_dict(message: Mapping[str, Any], key: str) -> dict[str, Any]:
     return dict(value)
 
 
-def _buffer_list(buffers: Sequence[Any]) -> list[bytes]:
+def _buffer_list(buffers: Sequence[Any]) -> list[Frame]:
     if isinstance(buffers, str | bytes | bytearray | memoryview) or not isinstance(
         buffers, Sequence
     ):
         raise InvalidMessage("buffers must be a list of binary values")
-    result: list[bytes] = []
+    result: list[Frame] = []
     for index, buffer in enumerate(buffers):
         if not isinstance(buffer, bytes | bytearray | memoryview):
             raise InvalidMessage(f"buffers[{index}] must be binary, not {type(buffer).__name__}")

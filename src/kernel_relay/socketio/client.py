@@ -43,7 +43,7 @@ from .packet import (
 )
 
 if TYPE_CHECKING:
-    from ..engineio import HandshakeInfo
+    from ..engineio import Binary, HandshakeInfo
     from .namespace import Namespace
     from .server import SocketIOServer
 
@@ -81,7 +81,7 @@ class EngineSession(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def send(self, *messages: str | bytes) -> None: ...
+    def send(self, *messages: str | Binary) -> None: ...
 
     def close(self, reason: str = ...) -> None: ...
 
@@ -125,7 +125,7 @@ class Socket:
         self.client = client
         self.auth = auth
         self._state = _State.CONNECTING
-        self._outbox: list[list[str | bytes]] = []
+        self._outbox: list[list[str | Binary]] = []
         self._inbox: list[Packet] = []
         self._next_ack_id = 0
         self._acks: dict[int, tuple[Deferred[list[Any]], IDelayedCall | None]] = {}
@@ -177,7 +177,7 @@ class Socket:
 
     # -- used by Client and Namespace ------------------------------------------------------------
 
-    def _send(self, encoded: list[str | bytes]) -> None:
+    def _send(self, encoded: list[str | Binary]) -> None:
         if self._state is _State.CONNECTED:
             self.client._send(encoded)
         elif self._state is _State.CONNECTING:
@@ -494,7 +494,7 @@ class Client:
             encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, fallback))
         self._send(encoded)
 
-    def _send(self, encoded: list[str | bytes]) -> None:
+    def _send(self, encoded: list[str | Binary]) -> None:
         if self._closed or self.session.closed:
             return
         if self.legacy:

@@ -32,6 +32,8 @@ from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import parse_qsl
 
+from ..engineio import Binary
+
 #: Largest number of binary attachments one packet may announce. The reference parser allows 10,
 #: which is too few for Jupyter messages carrying many buffers; each attachment is already bounded
 #: by the Engine.IO ``max_payload``, so this caps what one half-received packet can hold in memory.
@@ -159,7 +161,7 @@ def _write_with_raw(value: Any, chunks: list[str]) -> None:
         chunks.append(_dumps(value))
 
 
-def deconstruct(data: Any) -> tuple[Any, list[bytes]]:
+def deconstruct(data: Any) -> tuple[Any, list[Binary]]:
     """
     Replace each binary value in ``data`` by a placeholder; return the new payload and attachments.
 
@@ -170,9 +172,9 @@ def deconstruct(data: Any) -> tuple[Any, list[bytes]]:
     return result, attachments
 
 
-def _deconstruct(data: Any) -> tuple[Any, list[bytes], bool]:
+def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
     """:func:`deconstruct`, also telling whether a :class:`RawJSON` value is inside."""
-    attachments: list[bytes] = []
+    attachments: list[Binary] = []
     raw = False
 
     def walk(value: Any) -> Any:
@@ -182,7 +184,8 @@ def _deconstruct(data: Any) -> tuple[Any, list[bytes], bool]:
                 raw = True
             return value
         if isinstance(value, (bytes, bytearray, memoryview)):
-            attachments.append(bytes(value))
+            # A memoryview (a kernel's large buffer) goes out as it is: no copy.
+            attachments.append(bytes(value) if isinstance(value, bytearray) else value)
             return {"_placeholder": True, "num": len(attachments) - 1}
         if isinstance(value, (list, tuple)):
             copy: list[Any] | None = None
@@ -281,7 +284,7 @@ def ascii_packet(text: str) -> str:
     return text[:start] + _NON_ASCII.sub(_escape_char, text[start:])
 
 
-def encode_packet(packet: Packet) -> list[str | bytes]:
+def encode_packet(packet: Packet) -> list[str | Binary]:
     """
     Encode ``packet`` as the Engine.IO messages to send: one text message, then any attachments.
 
@@ -290,7 +293,7 @@ def encode_packet(packet: Packet) -> list[str | bytes]:
     """
     packet_type = packet.type
     data = packet.data
-    attachments: list[bytes] = []
+    attachments: list[Binary] = []
     raw = False
     if data is not None and packet_type in (
         PacketType.EVENT,
@@ -323,7 +326,7 @@ def encode_packet(packet: Packet) -> list[str | bytes]:
             _write_with_raw(data, parts)
         else:
             parts.append(_dumps(data))
-    messages: list[str | bytes] = ["".join(parts)]
+    messages: list[str | Binary] = ["".join(parts)]
     messages.extend(attachments)
     return messages
 
