@@ -179,7 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         factories: dict[str, scenarios.ClientFactory] = {}
         if "relay" in targets and (side_by_side or {"fanout", "spawn"} & set(args.only)):
             say("starting kernel-relay")
-            relay = RelayServer(logs, profile_to=out / "relay.prof" if args.profile else None)
+            # The bench's clients are synchronous: they answer Engine.IO pings only while reading,
+            # and a client may wait a minute while another target floods (Jupyter Server's
+            # rate-limited 50,000-message flood ends only after 15 s of silence). Rare pings keep
+            # such a client connected; they change nothing per message.
+            relay = RelayServer(
+                logs,
+                "--ping-interval",
+                "600",
+                profile_to=out / "relay.prof" if args.profile else None,
+            )
             cleanups.append(relay.stop)
         if "jupyter_server" in targets and (side_by_side or "spawn" in args.only):
             say("starting Jupyter Server")
