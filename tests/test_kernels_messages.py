@@ -171,12 +171,23 @@ def test_tampered_or_malformed_frames_are_rejected(mutate: Any, fragment: str) -
         ([b'{"msg_type":"x"}', b"[]", b"{}", b"{}"], "parent_header is not a JSON object"),
         ([b'{"msg_type":"x"}', b"{}", b"{}", b"\xff\xfe"], "content is not JSON"),
         ([b"{}", b"{}", b"{}", b"{}"], "msg_type"),
+        ([b'{"msg_type":"x"} {}', b"{}", b"{}", b"{}"], "header is not JSON"),
+        ([b'{"msg_type":"x"}', b"{}", b'{"a":NaN}', b"{}"], "metadata is not JSON"),
+        ([b'{"msg_type":"x"}', b"{}", b"{}", b'{"a":-Infinity}'], "content is not JSON"),
+        ([b'{"msg_type":"x"}', b"", b"{}", b"{}"], "parent_header is not JSON"),
     ],
 )
 def test_correctly_signed_garbage_is_rejected(parts: list[bytes], fragment: str) -> None:
     """Validly signed parts that are not JSON objects (or lack msg_type) are still rejected."""
     with pytest.raises(MessageRejected, match=fragment):
         decode_frames([DELIMITER, sign(parts), *parts], "shell", sign)
+
+
+def test_json_parts_may_be_surrounded_by_whitespace() -> None:
+    """Parts with whitespace around the object (not what json.dumps writes) still decode."""
+    parts = [b' {"msg_type": "x"}\n', b"\t{}", b"{} ", b'\r\n{"a": [1, 2]} ']
+    _, message = decode_frames([DELIMITER, sign(parts), *parts], "shell", sign)
+    assert message.msg_type == "x" and message.content == {"a": [1, 2]}
 
 
 def test_unsigned_mode_skips_verification() -> None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -484,6 +485,9 @@ def makeService(options: Options) -> IService:
         # A port that cannot be bound must stop the relay at start, not leave it running deaf.
         listener._raiseSynchronously = True
         listener.setServiceParent(top)
+    # Everything alive once the reactor runs (modules, the application) lives as long as the process:
+    # keep it out of the garbage collector's full collections, which would scan it again and again.
+    reactor.callWhenRunning(gc.freeze)
     log.info(
         "kernel-relay {version} listening on {endpoints} ({auth})",
         version=__version__,

@@ -177,7 +177,23 @@ def _reject_constant(name: str) -> Any:
 
 # The C scanner on text: skips json.loads' encoding detection, refuses NaN and Infinity (not JSON,
 # and a browser's JSON.parse would choke on them) so the parts can be passed on byte for byte.
-_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+# The decoder's C scanner (not in the typeshed stubs): one value at an index, no whitespace skipping.
+_scan_json: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+
+
+def _decode_json(text: str) -> Any:
+    """``json.loads`` for a kernel's compact JSON: the C scanner alone when the value fills ``text``."""
+    try:
+        value, end = _scan_json(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):
+        # Leading or trailing whitespace, trailing garbage or no value: the full decoder decides.
+        value = _decoder.decode(text)
+    return value
+
+
 _PART_NAMES = ("header", "parent_header", "metadata", "content")
 
 

@@ -138,16 +138,22 @@ _decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 def _write_with_raw(value: Any, chunks: list[str]) -> None:
-    if isinstance(value, RawJSON):
+    # Values that need no recursion (the RawJSON parts of a kernel message, strings, numbers) are
+    # handled in the loops themselves: this runs for every message to every namespace.
+    kind = type(value)
+    if kind is RawJSON:
         chunks.append(value)
-    elif isinstance(value, (list, tuple)):
+    elif kind is list or kind is tuple or isinstance(value, (list, tuple)):
         chunks.append("[")
         for index, item in enumerate(value):
             if index:
                 chunks.append(",")
-            _write_with_raw(item, chunks)
+            if type(item) is RawJSON:
+                chunks.append(item)
+            else:
+                _write_with_raw(item, chunks)
         chunks.append("]")
-    elif isinstance(value, dict):
+    elif kind is dict or isinstance(value, dict):
         chunks.append("{")
         for index, (key, item) in enumerate(value.items()):
             if index:
@@ -155,8 +161,13 @@ def _write_with_raw(value: Any, chunks: list[str]) -> None:
             # json's own rules for keys (str, or int/float/bool/None written as strings).
             chunks.append(_dumps_key(key) if isinstance(key, str) else _dumps({key: 0})[1:-3])
             chunks.append(":")
-            _write_with_raw(item, chunks)
+            if type(item) is RawJSON:
+                chunks.append(item)
+            else:
+                _write_with_raw(item, chunks)
         chunks.append("}")
+    elif isinstance(value, RawJSON):
+        chunks.append(value)
     else:
         chunks.append(_dumps(value))
 
@@ -179,6 +190,12 @@ def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
 
     def walk(value: Any) -> Any:
         nonlocal raw
+        kind = type(value)
+        if kind is RawJSON:
+            raw = True
+            return value
+        if kind is str or kind is int or kind is bool or kind is float or value is None:
+            return value
         if isinstance(value, str):
             if isinstance(value, RawJSON):
                 raw = True
@@ -199,6 +216,9 @@ def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
         if isinstance(value, dict):
             changed: dict[Any, Any] | None = None
             for key, item in value.items():
+                if type(item) is RawJSON:
+                    raw = True
+                    continue
                 replaced = walk(item)
                 if replaced is not item:
                     if changed is None:
