@@ -14,6 +14,7 @@ from kernel_relay.engineio.websocket import (
     EngineIOWebSocketFactory,
     EngineIOWebSocketProtocol,
     frame_header,
+    parse_data_frame,
 )
 
 
@@ -179,3 +180,72 @@ def test_closing_writes_the_rest_of_a_streamed_payload_before_the_close_frame() 
     connection.write_frames([frame_header(0x81, 2), b"4z"], 4)
     connection.write_queued(everything=True)
     assert transport.value() == header + payload + b"\x81\x024z"
+
+
+def client_frame(first_byte: int, payload: bytes, mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """A client's frame: the length (7, 16 or 64 bits), the mask, and the masked payload."""
+    size = len(payload)
+    if size < 126:
+        length = bytes((0x80 | size,))
+    elif size < 0x10000:
+        length = bytes((0x80 | 126,)) + size.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | 127,)) + size.to_bytes(8, "big")
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    return bytes((first_byte,)) + length + mask + masked
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 65535, 65536, 200_001])
+def test_whole_masked_data_frames_are_read_here(size: int) -> None:
+    """Text and binary frames of every length encoding are unmasked; the next frame's offset is right."""
+    text = ("é" * size)[: max(0, size // 2)]
+    binary = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    data = b"xx" + client_frame(0x81, text.encode()) + client_frame(0x82, binary)
+    parsed = parse_data_frame(data, 2, 0)
+    assert parsed is not None and parsed[0] == text
+    parsed_binary = parse_data_frame(data, parsed[1], 0)
+    assert parsed_binary == (binary, len(data))
+
+
+@pytest.mark.parametrize(
+    ("frame", "max_payload"),
+    [
+        (client_frame(0x81, b"hello")[:-1], 0),  # incomplete
+        (client_frame(0x01, b"hello"), 0),  # not final (fragmented)
+        (client_frame(0xC1, b"hello"), 0),  # RSV1: compressed
+        (client_frame(0x89, b"hello"), 0),  # ping: a control frame
+        (client_frame(0x88, b"\x03\xe8"), 0),  # close
+        (bytes((0x81, 5)) + b"hello", 0),  # not masked
+        (client_frame(0x81, b"\xff\xfe"), 0),  # invalid UTF-8
+        (client_frame(0x82, b"x" * 101), 100),  # over the payload limit
+        (bytes((0x82, 0x80 | 126, 0, 5)) + b"\0\0\0\0" + b"hello", 0),  # not minimally encoded
+    ],
+)
+def test_other_frames_are_left_to_autobahn(frame: bytes, max_payload: int) -> None:
+    """Anything but a whole, final, masked, valid data frame within the limit is not read here."""
+    assert parse_data_frame(frame, 0, max_payload) is None
+
+
+def test_frames_read_here_reach_the_session_in_order() -> None:
+    """Several frames in one chunk reach the session in order; a partial one goes to Autobahn."""
+    clock = Clock()
+    factory = EngineIOWebSocketFactory(clock, max_payload=1000)
+    received: list[object] = []
+
+    class Session:
+        sid = "s"
+
+        def packet_received(self, transport: object, packet: object) -> None:
+            received.append(packet)
+
+    connection, _ = open_connection(factory)
+    connection.session = Session()  # type: ignore[assignment]
+    connection.data, connection.current_frame, connection.inside_message = b"", None, False
+    handed: list[bytes] = []
+    connection._dataReceived = handed.append  # type: ignore[method-assign]
+    chunk = (
+        client_frame(0x81, b"4one") + client_frame(0x82, b"\x01\x02") + client_frame(0x81, b"4x")
+    )
+    connection.dataReceived(chunk[:-1])
+    assert [packet.data for packet in received] == ["one", b"\x01\x02"]  # type: ignore[attr-defined]
+    assert handed == [client_frame(0x81, b"4x")[:-1]], "the partial frame is Autobahn's"

@@ -10,7 +10,10 @@ Data frames are framed here rather than by Autobahn's ``sendMessage``: a server'
 unmasked and we never fragment or compress, so a frame is a 2-10 byte header (RFC 6455 section
 5.2) and the payload. All the frames of one flush leave in a single transport write, and a large
 payload is copied once (Autobahn copied it into its frame, then Twisted again behind the small
-frames before it). Autobahn still does the handshake, reads frames, and pings and closes.
+frames before it). Autobahn still does the handshake, pings and closes, and reads every frame that
+is not a whole, final, masked text or binary frame of an allowed size, with valid UTF-8 if text
+(:func:`parse_data_frame`): those, what clients send nearly always, are read here, at a fraction
+of the Python work per frame.
 
 Writes are batched per reactor turn: frames queued while handling a turn's events (a burst of kernel
 messages, a broadcast to every client) leave at the start of the next turn, in one write per
@@ -57,6 +60,51 @@ LARGE_PAYLOAD = 1 << 20
 
 #: The size of the copies in which a large ``memoryview`` payload is streamed.
 STREAM_CHUNK = 1 << 20
+
+
+def parse_data_frame(data: bytes, offset: int, max_payload: int) -> tuple[str | bytes, int] | None:
+    """
+    The message of the complete client data frame at ``offset`` and where the next frame starts; None
+    unless the frame is final, unfragmented, uncompressed, masked, text or binary, no bigger than
+    ``max_payload`` (0: no limit), minimally encoded and, if text, valid UTF-8. Autobahn reads any
+    other frame, and fails the connection for those that break the protocol.
+    """
+    end = len(data)
+    if end - offset < 6:
+        return None
+    first, second = data[offset], data[offset + 1]
+    if (first != _FINAL_TEXT and first != _FINAL_BINARY) or not second & 0x80:
+        return None
+    size = second & 0x7F
+    start = offset + 2
+    if size == 126:
+        size = int.from_bytes(data[start : start + 2], "big")
+        start += 2
+        if size < 126:
+            return None
+    elif size == 127:
+        size = int.from_bytes(data[start : start + 8], "big")
+        start += 8
+        if size < 0x10000 or size >> 63:
+            return None
+    if max_payload and size > max_payload:
+        return None
+    mask = data[start : start + 4]
+    start += 4
+    stop = start + size
+    if stop > end or len(mask) < 4:
+        return None
+    masked = data[start:stop]
+    key = (mask * (size // 4 + 1))[:size]
+    payload = (int.from_bytes(masked, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        size, "little"
+    )
+    if first == _FINAL_BINARY:
+        return payload, stop
+    try:
+        return payload.decode("utf-8"), stop
+    except UnicodeDecodeError:
+        return None
 
 
 def frame_header(first_byte: int, size: int) -> bytes:
@@ -341,14 +389,46 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self.session is None:
             self._adapter.close()
 
+    def dataReceived(self, data: bytes) -> None:
+        """Read whole data frames here while Autobahn has nothing buffered; it reads the rest."""
+        offset = 0
+        if self._autobahn_idle():
+            max_payload = self.factory.max_payload
+            while offset < len(data) and self.state == WebSocketProtocol.STATE_OPEN:
+                parsed = parse_data_frame(data, offset, max_payload)
+                if parsed is None:
+                    break
+                message, offset = parsed
+                self._message(message)
+            if offset == len(data):
+                return
+        super().dataReceived(data[offset:] if offset else data)
+
+    def _autobahn_idle(self) -> bool:
+        # Autobahn's own reading state (its attributes; a version without them reads everything).
+        return (
+            self.state == WebSocketProtocol.STATE_OPEN
+            and getattr(self, "data", None) == b""
+            and getattr(self, "current_frame", True) is None
+            and getattr(self, "inside_message", True) is False
+        )
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """A message Autobahn read (see :meth:`dataReceived`)."""
+        try:
+            self._message(payload if isBinary else payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:  # Autobahn validates UTF-8 itself: a safety net
+            if self.session is not None:
+                self._log.info("invalid WebSocket frame: {error}", error=exc)
+                self.session.decode_failed(self._adapter)
+
+    def _message(self, frame: str | bytes) -> None:
         session = self.session
         if session is None:
             return
         try:
-            frame: str | bytes = payload if isBinary else payload.decode("utf-8")
             packet = self._codec.decode_frame(frame)
-        except (PacketDecodeError, UnicodeDecodeError) as exc:
+        except PacketDecodeError as exc:
             self._log.info("invalid WebSocket frame on {sid}: {error}", sid=session.sid, error=exc)
             session.decode_failed(self._adapter)
             return
@@ -382,6 +462,7 @@ class EngineIOWebSocketFactory(WebSocketServerFactory):  # type: ignore[misc]
             maxMessagePayloadSize=max_payload,
             maxFramePayloadSize=max_payload,
         )
+        self.max_payload = max_payload
         self._batcher = WriteBatcher(reactor)
         self._opener: Opener | None = None
         self._codec: PacketCodec | None = None
