@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import Relay
-from tests.support import free_port, wait_for_port
+from tests.support import free_port, node_available, run_node, wait_for_port
 
 TOKEN = "tls-token-" + "t" * 20
 
@@ -93,11 +94,37 @@ def test_https_refuses_unverified_clients(tls_relay: tuple[Relay, str, Path]) ->
         requests.get(f"{url}/api/health", timeout=30)
 
 
-@pytest.mark.parametrize("transports", [["websocket"], ["polling"]])
+@pytest.mark.parametrize("transport", ["websocket", "polling"])
+def test_node_client_over_tls(
+    tls_relay: tuple[Relay, str, Path], transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stock socket.io-client over WSS (or HTTPS polling) runs code on a kernel and gets its output."""
+    if not node_available():
+        pytest.skip("node and npm are needed")
+    relay, url, cert = tls_relay
+    monkeypatch.setenv("NODE_EXTRA_CA_CERTS", str(cert))
+    kernel_id = relay.spawn()
+    try:
+        completed = run_node("relay/tls_round_trip.js", url, kernel_id, TOKEN, transport)
+        assert completed.returncode == 0, completed.stderr
+        result = json.loads(completed.stdout.strip().splitlines()[-1])
+        assert result["errors"] == []
+        assert result["transport"] == transport
+        assert result["replies"] == ["ok"] and "42\n" in result["outputs"]
+    finally:
+        relay.shutdown(kernel_id)
+
+
+# WSS is tested with Node's socket.io-client above: python-socketio's WebSocket client drops about
+# 1 WSS connection in 20 to 40 a few milliseconds after connecting, on this relay's code before and
+# after stop 11 alike. The relay then reads EOF from the client and the client reports "TLS/SSL
+# connection has been closed (EOF)"; a raw single-threaded WSS client made 60 of 60 round trips.
+# The likely cause is that websocket-client reads and writes one ssl socket from two threads.
+@pytest.mark.parametrize("transports", [["polling"]])
 def test_wss_kernel_round_trip(
     tls_relay: tuple[Relay, str, Path], transports: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A python-socketio client over WSS (or HTTPS polling) runs code on a kernel and gets its output."""
+    """A python-socketio client over HTTPS polling runs code on a kernel and gets its output."""
     relay, url, cert = tls_relay
     # python-engineio's polling passes verify=True per request, which requests resolves from here.
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
