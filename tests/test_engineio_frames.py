@@ -249,3 +249,22 @@ def test_frames_read_here_reach_the_session_in_order() -> None:
     connection.dataReceived(chunk[:-1])
     assert [packet.data for packet in received] == ["one", b"\x01\x02"]  # type: ignore[attr-defined]
     assert handed == [client_frame(0x81, b"4x")[:-1]], "the partial frame is Autobahn's"
+
+
+def test_a_full_transport_counts_what_it_still_holds_not_all_it_was_given() -> None:
+    """
+    While paused, a connection's backlog is what the TCP transport still holds plus what is queued:
+    a client that keeps reading is not taken for a slow one just because the buffer never empties.
+    """
+    clock = Clock()
+    connection, transport = open_draining_connection(clock)
+    connection.write_frames([frame_header(0x81, 2), b"4a"], 4)
+    assert connection.unsent_bytes == 0, "nothing counts while the transport takes everything"
+    transport.producer.pauseProducing()
+    assert connection.unsent_bytes == 4, "a transport that hides its buffer: bytes since full"
+    clock.advance(0)
+    transport.dataBuffer = b"x" * 100_000  # type: ignore[attr-defined]
+    transport.offset = 30_000  # type: ignore[attr-defined]
+    transport._tempDataLen = 5_000  # type: ignore[attr-defined]
+    connection.write_frames([frame_header(0x81, 2), b"4b"], 4)
+    assert connection.unsent_bytes == 70_000 + 5_000 + 4

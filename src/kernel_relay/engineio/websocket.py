@@ -26,8 +26,10 @@ has taken the last. Small reused chunks cost far less than one fresh copy of the
 
 Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
 Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
-drained; the bytes sent in between are the connection's :attr:`WebSocketTransport.buffered_bytes`,
-which the session compares with ``max_buffered_bytes`` to drop slow clients.
+drained. While paused, what the transport still holds plus what is queued here is the connection's
+:attr:`WebSocketTransport.buffered_bytes`, which the session compares with ``max_buffered_bytes`` to
+drop slow clients. A client that reads, only a little slower than the kernel writes, keeps the buffer
+from ever draining completely but its backlog small, so it is not dropped.
 """
 
 from __future__ import annotations
@@ -196,6 +198,20 @@ class WriteBatcher:
                 self._log.failure("writing WebSocket frames failed")
 
 
+def _held_by(transport: Any) -> int | None:
+    """
+    The bytes a Twisted TCP transport (or the TCP transport under TLS) holds unsent, from its
+    buffer's attributes, or None for a transport without them.
+    """
+    for candidate in (transport, getattr(transport, "transport", None)):
+        buffer = getattr(candidate, "dataBuffer", None)
+        offset = getattr(candidate, "offset", None)
+        pending = getattr(candidate, "_tempDataLen", None)
+        if isinstance(buffer, bytes | memoryview) and type(offset) is int and type(pending) is int:
+            return len(buffer) - offset + pending
+    return None
+
+
 @implementer(IPushProducer)
 class _WritePressure:
     """
@@ -257,10 +273,16 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     @property
     def unsent_bytes(self) -> int:
         """
-        Bytes sent since the transport said its write buffer was full (0 while it is not), counting
-        those still queued for this turn's write.
+        While the transport says its write buffer is full: the bytes it still holds and those queued
+        here (0 while it is not). For a transport that does not show its buffer, the bytes written
+        since it became full stand in for what it holds.
         """
-        return self._pressure.unsent + self._queued_bytes if self._pressure.paused else 0
+        if not self._pressure.paused:
+            return 0
+        held = _held_by(self.transport)
+        if held is None:
+            held = self._pressure.unsent
+        return held + self._queued_bytes
 
     def write_frames(self, parts: list[Binary], size: int, large: bool = False) -> None:
         """
