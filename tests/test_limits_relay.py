@@ -210,6 +210,16 @@ def test_slow_client_is_dropped_and_others_lose_nothing(
             relay.shutdown(kernel_id)
 
 
+def display_code(char: str, size: int, buffers: str) -> str:
+    """Kernel code publishing a display_data of ``size`` times ``char`` with ``buffers`` (Python code)."""
+    return (
+        "k = get_ipython().kernel\n"
+        "k.session.send(k.iopub_socket, 'display_data',\n"
+        f"    {{'data': {{'text/plain': {char!r} * {size}}}, 'metadata': {{}}}},\n"
+        f"    parent=k.get_parent('shell'), buffers={buffers})"
+    )
+
+
 def test_max_payload_limits_what_clients_send_not_what_they_receive(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -224,12 +234,7 @@ def test_max_payload_limits_what_clients_send_not_what_they_receive(
         kernel_id = relay.spawn()
         client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"), ["websocket"])
         try:
-            code = (
-                "k = get_ipython().kernel\n"
-                "k.session.send(k.iopub_socket, 'display_data',\n"
-                f"    {{'data': {{'text/plain': 'x' * {size}}}, 'metadata': {{}}}},\n"
-                f"    parent=k.get_parent('shell'), buffers=[bytes(range(256)) * {size // 256}])"
-            )
+            code = display_code("x", size, f"[bytes(range(256)) * {size // 256}]")
             msg_id, reply = client.execute(code)
             assert reply["content"]["status"] == "ok"
             (display,) = client.wait_for(lambda: client.iopub_for(msg_id, "display_data"))
@@ -263,12 +268,8 @@ def test_large_kernel_output_reaches_every_client_whole(
         poller.post(polling, data=f"40/iopub/{kernel_id},", timeout=30).raise_for_status()
         client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"), ["websocket"])
         try:
-            code = (
-                "k = get_ipython().kernel\n"
-                "k.session.send(k.iopub_socket, 'display_data',\n"
-                f"    {{'data': {{'text/plain': 'y' * {size}}}, 'metadata': {{}}}},\n"
-                "    parent=k.get_parent('shell'),\n"
-                f"    buffers=[(bytes(range(251)) * {size // 251 + 1})[:{size}], b'small'])"
+            code = display_code(
+                "y", size, f"[(bytes(range(251)) * {size // 251 + 1})[:{size}], b'small']"
             )
             msg_id, reply = client.execute(code)
             assert reply["content"]["status"] == "ok"

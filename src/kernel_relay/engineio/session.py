@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Protocol
+from typing import Protocol, cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -245,8 +245,8 @@ class EngineIOSession:
         if self._client_pings:
             self._expect_heartbeat()
         if kind is PacketType.MESSAGE:
-            data = packet.data  # from a peer: str or bytes, never a view
-            self._deliver(data if isinstance(data, str | bytes) else bytes(data))
+            # The codecs decode what peers send into str or bytes, never a view.
+            self._deliver(cast("str | bytes", packet.data))
         elif kind is PacketType.PONG and not self._client_pings:
             self._pong_received()
         elif kind is PacketType.CLOSE:

@@ -94,7 +94,7 @@ def parse_data_frame(data: bytes, offset: int, max_payload: int) -> tuple[str | 
     mask = data[start : start + 4]
     start += 4
     stop = start + size
-    if stop > end or len(mask) < 4:
+    if stop > end:  # the frame (mask included) has not all arrived
         return None
     masked = data[start:stop]
     key = (mask * (size // 4 + 1))[:size]

@@ -100,11 +100,12 @@ class _BatchedReads:
                 # and reading EVENTS until POLLIN is gone is what re-arms ZMQ's edge-triggered fd.
                 if not socket.get(_EVENTS) & _POLLIN:
                     return
-                frame = socket.recv(_NOBLOCK, False)
-                frames = [frame.bytes if len(frame) < ZERO_COPY_BYTES else frame.buffer]
-                while frame.more:
+                frames: list[Frame] = []
+                more = True
+                while more:
                     frame = socket.recv(_NOBLOCK, False)
                     frames.append(frame.bytes if len(frame) < ZERO_COPY_BYTES else frame.buffer)
+                    more = frame.more
             except zmq.Again:
                 return
             except zmq.ZMQError as error:

@@ -141,7 +141,7 @@ def _write_with_raw(value: Any, chunks: list[str]) -> None:
     # Values that need no recursion (the RawJSON parts of a kernel message, strings, numbers) are
     # handled in the loops themselves: this runs for every message to every namespace.
     kind = type(value)
-    if kind is RawJSON:
+    if kind is RawJSON or isinstance(value, RawJSON):
         chunks.append(value)
     elif kind is list or kind is tuple or isinstance(value, (list, tuple)):
         chunks.append("[")
@@ -166,8 +166,6 @@ def _write_with_raw(value: Any, chunks: list[str]) -> None:
             else:
                 _write_with_raw(item, chunks)
         chunks.append("}")
-    elif isinstance(value, RawJSON):
-        chunks.append(value)
     else:
         chunks.append(_dumps(value))
 
