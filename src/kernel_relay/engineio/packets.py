@@ -25,9 +25,8 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 RECORD_SEPARATOR = "\x1e"
 BINARY_PREFIX = "b"
@@ -50,24 +49,31 @@ class PacketType(IntEnum):
 Binary = bytes | memoryview
 
 
+_DIGIT = {packet_type: str(int(packet_type)) for packet_type in PacketType}
+
+
 class PacketDecodeError(ValueError):
     """Raised for anything a peer sends that is not a well-formed packet or payload."""
 
 
-@dataclass(frozen=True)
-class Packet:
+class _PacketFields(NamedTuple):
+    type: PacketType
+    data: str | Binary = ""
+
+
+class Packet(_PacketFields):
     """
-    One Engine.IO packet.
+    One Engine.IO packet (an immutable pair: one is made for every message sent or received).
 
     ``data`` is text for every packet type; only a ``MESSAGE`` may carry :data:`Binary` data.
     """
 
-    type: PacketType
-    data: str | Binary = ""
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.data, str) and self.type is not PacketType.MESSAGE:
-            raise ValueError(f"only message packets can carry binary data, not {self.type.name}")
+    def __new__(cls, type: PacketType, data: str | Binary = "") -> Packet:
+        if not isinstance(data, str) and type is not PacketType.MESSAGE:
+            raise ValueError(f"only message packets can carry binary data, not {type.name}")
+        return tuple.__new__(cls, (type, data))
 
     @property
     def is_binary(self) -> bool:
@@ -120,7 +126,7 @@ def _decode_text_packet(text: str) -> Packet:
 def _encode_text_packet(packet: Packet) -> str:
     if not isinstance(packet.data, str):
         return BINARY_PREFIX + base64.b64encode(packet.data).decode("ascii")
-    return f"{int(packet.type)}{packet.data}"
+    return _DIGIT[packet.type] + packet.data
 
 
 class V4Codec:

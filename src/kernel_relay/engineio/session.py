@@ -85,6 +85,20 @@ class _State(Enum):
     GONE = "gone"
 
 
+# Looked up for every message; an enum member costs more to fetch from its class than a global.
+_OPEN = _State.OPEN
+_MESSAGE = PacketType.MESSAGE
+
+
+def _binary(data: object) -> Binary:
+    """Message data other than ``str`` or ``bytes``: a flat byte view as it is, anything else copied."""
+    if isinstance(data, memoryview) and data.ndim == 1 and data.format == "B":
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
+
+
 class _Ending(Enum):
     GRACEFUL = "graceful"  # deliver what is queued, then a close signal
     ABORT = "abort"  # drop what is queued; tell a waiting poll/WebSocket that we close
@@ -156,7 +170,7 @@ class EngineIOSession:
 
     @property
     def closed(self) -> bool:
-        return self._state is not _State.OPEN
+        return self._state is not _OPEN
 
     @property
     def gone(self) -> bool:
@@ -200,20 +214,19 @@ class EngineIOSession:
         Messages given together go out together (a socket.io packet and its attachments in one write).
         A memoryview must stay unchanged until sent (a kernel's ZMQ frame is never written to).
         """
-        if self.closed:
+        if self._state is not _OPEN:
             self.log.debug("send on closed session {sid} ignored", sid=self.sid)
             return
+        buffer = self._buffer
         for data in messages:
-            if isinstance(data, bytearray) or (
-                isinstance(data, memoryview) and (data.ndim != 1 or data.format != "B")
-            ):
-                data = bytes(data)
-            if not isinstance(data, str | bytes | memoryview):
-                raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
-            self._queue(Packet(PacketType.MESSAGE, data))
+            kind = type(data)
+            if kind is not str and kind is not bytes:
+                data = _binary(data)
+            buffer.append(Packet(_MESSAGE, data))
+            self._queued_bytes += len(data)
         self._flush()
         limit = self._options.max_buffered_bytes
-        if limit is not None and self._state is _State.OPEN:
+        if limit is not None and self._state is _OPEN:
             buffered = self.buffered_bytes
             if buffered > limit:
                 self.log.warn(
@@ -234,11 +247,11 @@ class EngineIOSession:
     def packet_received(self, transport: Transport, packet: Packet) -> None:
         """A well-formed packet arrived on ``transport`` (the current one or an upgrade probe)."""
         if transport is self._probe:
-            if self._client_pings and self._state is _State.OPEN:
+            if self._client_pings and self._state is _OPEN:
                 self._expect_heartbeat()
             self._probe_packet(transport, packet)
             return
-        if transport is not self._transport or self._state is not _State.OPEN:
+        if transport is not self._transport or self._state is not _OPEN:
             self.log.debug("packet on session {sid} ignored", sid=self.sid)
             return
         kind = packet.type
@@ -300,7 +313,7 @@ class EngineIOSession:
 
     def begin_upgrade(self, transport: Transport) -> bool:
         """Try ``transport`` (a fresh WebSocket) as the new transport; False if refused."""
-        if self._state is not _State.OPEN or self.upgraded or self._probe is not None:
+        if self._state is not _OPEN or self.upgraded or self._probe is not None:
             return False
         if self._transport.name == transport.name:
             return False
@@ -331,7 +344,7 @@ class EngineIOSession:
         return packets
 
     def _flush(self) -> None:
-        if self._state is not _State.OPEN or self._paused or not self._buffer:
+        if self._state is not _OPEN or self._paused or not self._buffer:
             return
         if not self._transport.writable:
             return
@@ -355,7 +368,7 @@ class EngineIOSession:
 
     def _send_ping(self) -> None:
         self._ping_call = None
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         self._queue(Packet(PacketType.PING))
         self._cancel("_pong_deadline")
@@ -386,7 +399,7 @@ class EngineIOSession:
 
     def _end_paused_poll(self) -> None:
         self._noop_call = None
-        if self._paused and self._state is _State.OPEN and self._transport.writable:
+        if self._paused and self._state is _OPEN and self._transport.writable:
             self._transport.send([Packet(PacketType.NOOP)])
 
     def _complete_upgrade(self, probe: Transport) -> None:
@@ -414,7 +427,7 @@ class EngineIOSession:
         self._flush()
 
     def _terminate(self, reason: str, ending: _Ending) -> None:
-        if self._state is not _State.OPEN:
+        if self._state is not _OPEN:
             return
         self._state = _State.CLOSING
         self.close_reason = reason

@@ -150,7 +150,8 @@ class WebSocketTransport:
             header = frame_header(_FINAL_BINARY if data is frame else _FINAL_TEXT, length)
             parts += (header, data)
             size += len(header) + length
-            largest = max(largest, length)
+            if length > largest:
+                largest = length
         self._connection.write_frames(parts, size, largest >= LARGE_PAYLOAD)
 
     def finish(self, packets: Sequence[Packet]) -> None:

@@ -108,6 +108,10 @@ class _State(Enum):
     DISCONNECTED = "disconnected"
 
 
+# Looked up on every emit; an enum member costs more to fetch from its class than a global.
+_CONNECTED = _State.CONNECTED
+
+
 class Socket:
     """
     One client's membership of one namespace.
@@ -178,7 +182,7 @@ class Socket:
     # -- used by Client and Namespace ------------------------------------------------------------
 
     def _send(self, encoded: list[str | Binary]) -> None:
-        if self._state is _State.CONNECTED:
+        if self._state is _CONNECTED:
             self.client._send(encoded)
         elif self._state is _State.CONNECTING:
             self._outbox.append(encoded)

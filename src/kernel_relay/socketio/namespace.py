@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+_EVENT = PacketType.EVENT
+
 ConnectHandler = Callable[["Socket", Any], object]
 """``(socket, auth) -> None | Deferred[None] | coroutine``; raise ConnectionRefused to refuse."""
 
@@ -128,6 +130,10 @@ class Namespace:
     def __repr__(self) -> str:
         return f"<Namespace {self.name} with {len(self._sockets)} socket(s)>"
 
+    def __len__(self) -> int:
+        """How many sockets are connected."""
+        return len(self._sockets)
+
     @property
     def sockets(self) -> Mapping[str, Socket]:
         """The connected sockets by id (read-only view)."""
@@ -136,10 +142,11 @@ class Namespace:
     def emit(self, event: str, *args: Any) -> None:
         """Send an event to every connected socket; the packet is encoded once for all of them."""
         _check_event_name(event)
-        if not self._sockets:
+        sockets = self._sockets
+        if not sockets:
             return
-        encoded = encode_packet(Packet(PacketType.EVENT, self.name, [event, *args]))
-        for socket in list(self._sockets.values()):
+        encoded = encode_packet(Packet(_EVENT, self.name, [event, *args]))
+        for socket in list(sockets.values()):
             socket._send(encoded)
 
     def disconnect_all(self, reason: str = SERVER_DISCONNECT) -> None:

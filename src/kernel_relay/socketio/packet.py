@@ -26,10 +26,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from enum import IntEnum
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 from ..engineio import Binary
@@ -80,10 +79,9 @@ class PacketError(ValueError):
     """A message that is not a valid socket.io packet (or arrives when it cannot be accepted)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     """
-    One decoded socket.io packet.
+    One socket.io packet (an immutable tuple: one is made for every event sent or received).
 
     ``data`` is ``None`` when the packet carries no payload. Decoded binary packets are reported
     with the plain ``EVENT``/``ACK`` type and their attachments already put back in place as
@@ -94,6 +92,17 @@ class Packet:
     namespace: str = "/"
     data: Any = None
     id: int | None = None
+
+
+# Enum members as module constants: looking one up on its class costs more than a dict lookup.
+_EVENT = PacketType.EVENT
+_ACK = PacketType.ACK
+_BINARY_EVENT = PacketType.BINARY_EVENT
+_BINARY_ACK = PacketType.BINARY_ACK
+_WITH_PAYLOAD = frozenset({_EVENT, _ACK, _BINARY_EVENT, _BINARY_ACK})
+_DIGITS_OF = {packet_type: str(int(packet_type)) for packet_type in PacketType}
+#: Values that JSON writes without recursion and that are never binary.
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 # Built once: json.dumps with options builds a new encoder on every call (a few us per packet).
@@ -120,11 +129,14 @@ _KEYS: dict[str, str] = {}
 
 
 def _dumps_key(key: str) -> str:
-    """A dict key as JSON; the few keys of Jupyter messages are encoded once, not per message."""
+    """
+    A short string (a dict key, an event name) as JSON; the few of a relay's messages are encoded
+    once, not per message.
+    """
     encoded = _KEYS.get(key)
     if encoded is None:
         encoded = _dumps(key)
-        if len(_KEYS) < 256:
+        if len(_KEYS) < 256 and len(key) <= 64:
             _KEYS[key] = encoded
     return encoded
 
@@ -150,6 +162,8 @@ def _write_with_raw(value: Any, chunks: list[str]) -> None:
                 chunks.append(",")
             if type(item) is RawJSON:
                 chunks.append(item)
+            elif type(item) is str:
+                chunks.append(_dumps_key(item))
             else:
                 _write_with_raw(item, chunks)
         chunks.append("]")
@@ -183,6 +197,17 @@ def deconstruct(data: Any) -> tuple[Any, list[Binary]]:
 
 def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
     """:func:`deconstruct`, also telling whether a :class:`RawJSON` value is inside."""
+    if type(data) is list:
+        # An event's arguments are mostly plain values and RawJSON: one look at each, no walk.
+        raw = False
+        for item in data:
+            kind = type(item)
+            if kind is RawJSON:
+                raw = True
+            elif kind not in _SCALARS:
+                break
+        else:
+            return data, [], raw
     attachments: list[Binary] = []
     raw = False
 
@@ -309,35 +334,27 @@ def encode_packet(packet: Packet) -> list[str | Binary]:
     Raises ``TypeError``/``ValueError`` for a payload JSON cannot represent (a programming error of
     the caller, never caused by a peer).
     """
-    packet_type = packet.type
-    data = packet.data
+    packet_type, namespace, data, ack_id = packet
     attachments: list[Binary] = []
     raw = False
-    if data is not None and packet_type in (
-        PacketType.EVENT,
-        PacketType.ACK,
-        PacketType.BINARY_EVENT,
-        PacketType.BINARY_ACK,
-    ):
+    if data is not None and packet_type in _WITH_PAYLOAD:
         data, attachments, raw = _deconstruct(data)
         if attachments:
             packet_type = (
-                PacketType.BINARY_ACK
-                if packet_type in (PacketType.ACK, PacketType.BINARY_ACK)
-                else PacketType.BINARY_EVENT
+                _BINARY_ACK if packet_type is _ACK or packet_type is _BINARY_ACK else _BINARY_EVENT
             )
-        elif packet_type is PacketType.BINARY_EVENT:
-            packet_type = PacketType.EVENT
-        elif packet_type is PacketType.BINARY_ACK:
-            packet_type = PacketType.ACK
-    parts = [str(int(packet_type))]
-    if packet_type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
+        elif packet_type is _BINARY_EVENT:
+            packet_type = _EVENT
+        elif packet_type is _BINARY_ACK:
+            packet_type = _ACK
+    parts = [_DIGITS_OF[packet_type]]
+    if packet_type is _BINARY_EVENT or packet_type is _BINARY_ACK:
         parts.append(f"{len(attachments)}-")
-    if packet.namespace != "/":
-        parts.append(packet.namespace)
+    if namespace != "/":
+        parts.append(namespace)
         parts.append(",")
-    if packet.id is not None:
-        parts.append(str(packet.id))
+    if ack_id is not None:
+        parts.append(str(ack_id))
     if data is not None:
         if raw:
             # Straight into parts: a large RawJSON (a 10 MB kernel output) is copied once, by the join.
