@@ -30,6 +30,7 @@ from ._messages import (
     build_client_message,
     decode_frames,
     encode_frames,
+    session_signer,
 )
 from ._zmq import FrameSocket, SocketOpener, channel_url
 
@@ -154,9 +155,7 @@ class Kernel:
         self._clock = clock
         self.last_activity = clock.seconds()
         self._opener = opener
-        self._signer: Signer | None = None
-        if session.auth is not None:
-            self._signer = lambda parts: bytes(session.sign(list(parts)))
+        self._signer: Signer | None = session_signer(session)
         self._iopub_listeners: list[MessageCallback] = []
         self._clients: set[KernelClient] = set()
         self._closed = False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
+from hmac import HMAC
 from typing import Any
 
 from ._errors import InvalidMessage
@@ -28,6 +29,24 @@ Frame = bytes | memoryview
 
 Signer = Callable[[Sequence[Frame]], bytes]
 """Computes the signature of the four JSON parts (``jupyter_client.session.Session.sign``)."""
+
+
+def session_signer(session: Any) -> Signer | None:
+    """
+    The signer of a jupyter_client ``Session`` (None when it signs nothing): what ``Session.sign``
+    computes, without its trait lookup and list copy on every message.
+    """
+    auth: HMAC | None = session.auth
+    if auth is None:
+        return None
+
+    def sign(parts: Sequence[Frame]) -> bytes:
+        digest = auth.copy()
+        for part in parts:
+            digest.update(part)
+        return digest.hexdigest().encode()
+
+    return sign
 
 
 def _frame(data: Any) -> Frame:
@@ -130,6 +149,45 @@ class KernelMessage:
     def parent_msg_id(self) -> str:
         return str(self.parent_header.get("msg_id", ""))
 
+    def json_texts(self) -> tuple[str, str, str, str]:
+        """The JSON text of header, parent_header, metadata and content: the kernel's own when known."""
+        if self._texts is not None:
+            return self._texts
+        if self.raw_parts is _EMPTY_PARTS:
+            return (
+                _encode_json(self.header),
+                _encode_json(self.parent_header),
+                _encode_json(self.metadata),
+                _encode_json(self.content),
+            )
+        header, parent, metadata, content = (str(part, "utf-8") for part in self.raw_parts)
+        return header, parent, metadata, content
+
+    def to_json(self, metadata: str | None = None) -> str:
+        """
+        The message as clients see it (:meth:`to_dict`), as JSON text joined from :meth:`json_texts`:
+        nothing is parsed or encoded again. ``metadata`` replaces the metadata part's text. A message
+        with buffers has no such form (they travel as binary attachments): ValueError.
+        """
+        if self.buffers:
+            raise ValueError("a message with buffers cannot be written as JSON text")
+        header, parent, own_metadata, content = self.json_texts()
+        return "".join(
+            (
+                '{"header":',
+                header,
+                ',"parent_header":',
+                parent,
+                ',"metadata":',
+                own_metadata if metadata is None else metadata,
+                ',"content":',
+                content,
+                ',"channel":',
+                _channel_json(self.channel),
+                "}",
+            )
+        )
+
     def to_dict(self, raw: Callable[[str], Any] | None = None) -> dict[str, Any]:
         """
         The message as clients see it; ``buffers`` only when there are some.
@@ -141,8 +199,7 @@ class KernelMessage:
         without ``raw_parts`` gives its dicts either way.
         """
         if raw is not None and self.raw_parts is not _EMPTY_PARTS:
-            texts = self._texts or tuple(str(part, "utf-8") for part in self.raw_parts)
-            header, parent, metadata, content = (raw(text) for text in texts)
+            header, parent, metadata, content = (raw(text) for text in self.json_texts())
         else:
             header, parent, metadata, content = (
                 self.header,
@@ -164,6 +221,14 @@ class KernelMessage:
 
 # One encoder for every message: json.dumps with options builds a new encoder on each call.
 _encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+_CHANNEL_JSON = {channel: _encode_json(channel) for channel in (*CLIENT_CHANNELS, "iopub", "")}
+
+
+def _channel_json(channel: str) -> str:
+    text = _CHANNEL_JSON.get(channel)
+    return text if text is not None else _encode_json(channel)
 
 
 def pack_json(value: Any) -> bytes:
@@ -194,7 +259,22 @@ def _decode_json(text: str) -> Any:
     return value
 
 
-_PART_NAMES = ("header", "parent_header", "metadata", "content")
+def _json_object(text: str, name: str) -> dict[str, Any]:
+    """One JSON part as a dict; MessageRejected saying which part is wrong."""
+    try:
+        value = _decode_json(text)
+    except (ValueError, RecursionError) as exc:
+        raise MessageRejected(f"{name} is not JSON: {exc}") from None
+    if type(value) is not dict:
+        raise MessageRejected(f"{name} is not a JSON object")
+    return value
+
+
+def _text(data: Frame, name: str) -> str:
+    try:
+        return str(data, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise MessageRejected(f"{name} is not JSON: {exc}") from None
 
 
 def decode_frames(
@@ -214,48 +294,45 @@ def decode_frames(
         raise MessageRejected("no <IDS|MSG> delimiter") from None
     if len(frames) < split + 6:
         raise MessageRejected(f"only {len(frames) - split - 1} frames after the delimiter, need 5")
-    raw = tuple(_frame(f) for f in frames[split + 2 : split + 6])
+    header_raw, parent_raw, metadata_raw, content_raw = raw = (
+        _frame(frames[split + 2]),
+        _frame(frames[split + 3]),
+        _frame(frames[split + 4]),
+        _frame(frames[split + 5]),
+    )
     if sign is not None:
         signature = frames[split + 1]
         if not hmac.compare_digest(
             signature if type(signature) is bytes else bytes(signature), sign(raw)
         ):
             raise MessageRejected("bad signature")
-    parts: list[dict[str, Any] | None] = []
-    texts: list[str] = []
-    for name, data in zip(_PART_NAMES, raw, strict=True):
-        try:
-            text = str(data, "utf-8")
-        except UnicodeDecodeError as exc:
-            raise MessageRejected(f"{name} is not JSON: {exc}") from None
-        texts.append(text)
-        if name == "content" and len(data) > LAZY_CONTENT_BYTES:
-            # Signed by the kernel, the only party holding the key: checked for UTF-8 and for being
-            # an object here, parsed only if someone reads it (see KernelMessage.content).
-            if not (text.lstrip()[:1] == "{" and text.rstrip()[-1:] == "}"):
-                raise MessageRejected("content is not a JSON object")
-            parts.append(None)
-            continue
-        try:
-            value = _decode_json(text)
-        except (ValueError, RecursionError) as exc:
-            raise MessageRejected(f"{name} is not JSON: {exc}") from None
-        if type(value) is not dict:
-            raise MessageRejected(f"{name} is not a JSON object")
-        parts.append(value)
-    header, parent_header, metadata = parts[0], parts[1], parts[2]
-    assert header is not None and parent_header is not None and metadata is not None
-    if not isinstance(header.get("msg_type"), str):
+    texts = (
+        _text(header_raw, "header"),
+        _text(parent_raw, "parent_header"),
+        _text(metadata_raw, "metadata"),
+        _text(content_raw, "content"),
+    )
+    header = _json_object(texts[0], "header")
+    parent_header = _json_object(texts[1], "parent_header")
+    metadata = _json_object(texts[2], "metadata")
+    content: dict[str, Any] | None = None
+    if len(content_raw) <= LAZY_CONTENT_BYTES:
+        content = _json_object(texts[3], "content")
+    elif not (texts[3].lstrip()[:1] == "{" and texts[3].rstrip()[-1:] == "}"):
+        # Signed by the kernel, the only party holding the key: checked for UTF-8 and for being
+        # an object here, parsed only if someone reads it (see KernelMessage.content).
+        raise MessageRejected("content is not a JSON object")
+    if type(header.get("msg_type")) is not str:
         raise MessageRejected("header.msg_type is missing")
     message = KernelMessage(
-        header=header,
-        parent_header=parent_header,
-        metadata=metadata,
-        content=parts[3],
-        buffers=[_frame(f) for f in frames[split + 6 :]],
-        channel=channel,
-        raw_parts=(raw[0], raw[1], raw[2], raw[3]),
-        texts=(texts[0], texts[1], texts[2], texts[3]),
+        header,
+        parent_header,
+        metadata,
+        content,
+        [_frame(f) for f in frames[split + 6 :]],
+        channel,
+        raw,
+        texts,
     )
     identities = [f if type(f) is bytes else bytes(f) for f in frames[:split]]
     return identities, message
