@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -75,6 +75,32 @@ class _LiveGauges(Collector):
         yield clients
 
 
+class _RelayedCounters(Collector):
+    """
+    The message and byte counters by direction, kept as plain integers: they count every message,
+    and a prometheus_client ``Counter`` takes a lock per increment.
+    """
+
+    def __init__(self) -> None:
+        self.messages = dict.fromkeys((TO_KERNEL, TO_CLIENT), 0)
+        self.bytes = dict.fromkeys((TO_KERNEL, TO_CLIENT), 0)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        messages = CounterMetricFamily(
+            "kernel_relay_messages", "Jupyter messages relayed, by direction.", labels=["direction"]
+        )
+        size = CounterMetricFamily(
+            "kernel_relay_message_bytes",
+            "Bytes of Jupyter messages relayed (JSON parts and buffers), by direction.",
+            labels=["direction"],
+        )
+        for direction in (TO_KERNEL, TO_CLIENT):
+            messages.add_metric([direction], self.messages[direction])
+            size.add_metric([direction], self.bytes[direction])
+        yield messages
+        yield size
+
+
 class RelayMetrics:
     """The counters the relay updates and the registry ``/metrics`` renders."""
 
@@ -82,18 +108,8 @@ class RelayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._live = _LiveGauges(lambda: 0, dict)
         self.registry.register(self._live)
-        self._messages = Counter(
-            "kernel_relay_messages",
-            "Jupyter messages relayed, by direction.",
-            ["direction"],
-            registry=self.registry,
-        )
-        self._bytes = Counter(
-            "kernel_relay_message_bytes",
-            "Bytes of Jupyter messages relayed (JSON parts and buffers), by direction.",
-            ["direction"],
-            registry=self.registry,
-        )
+        self._relayed = _RelayedCounters()
+        self.registry.register(self._relayed)
         self._errors = Counter(
             "kernel_relay_errors",
             "Requests, connects and messages the relay refused or lost, by kind.",
@@ -116,12 +132,6 @@ class RelayMetrics:
             "iopub messages sent again to clients that resumed or asked for the running cell's output.",
             registry=self.registry,
         )
-        # The labelled children, looked up once: ``labels()`` costs more than the count itself, and
-        # ``relayed`` runs for every message.
-        self._per_direction = {
-            direction: (self._messages.labels(direction), self._bytes.labels(direction))
-            for direction in (TO_KERNEL, TO_CLIENT)
-        }
         for kind in ERROR_KINDS:
             self._errors.labels(kind)
 
@@ -136,9 +146,8 @@ class RelayMetrics:
 
     def relayed(self, direction: str, size: int) -> None:
         """Count one message of ``size`` bytes relayed in ``direction``."""
-        messages, size_total = self._per_direction[direction]
-        messages.inc()
-        size_total.inc(size)
+        self._relayed.messages[direction] += 1
+        self._relayed.bytes[direction] += size
 
     def replayed(self, count: int) -> None:
         self._replayed.inc(count)
