@@ -34,8 +34,9 @@ from .kernels import (
     UnknownKernel,
 )
 from .metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
+from .payload import Payload, client_payload
 from .replay import IopubJournal, requested_resume
-from .socketio import ConnectionRefused, RawJSON, Socket, SocketIOServer
+from .socketio import ConnectionRefused, Socket, SocketIOServer
 
 log = Logger()
 
@@ -69,9 +70,9 @@ def short_id(kernel_id: str) -> str:
 
 def message_size(message: KernelMessage) -> int:
     """Bytes of a kernel message as relayed: its four JSON parts and its buffers."""
-    return sum(len(part) for part in message.raw_parts) + sum(
-        len(buffer) for buffer in message.buffers
-    )
+    header, parent, metadata, content = message.raw_parts
+    size = len(header) + len(parent) + len(metadata) + len(content)
+    return size + sum(map(len, message.buffers)) if message.buffers else size
 
 
 def relay_status(kernel: Kernel, execution_state: str) -> dict[str, Any]:
@@ -187,24 +188,33 @@ class Relay:
                 if namespace is not None:
                     namespace.emit(ERROR_EVENT, self._oversized(kernel, message, size))
                 return
-            self.publish_iopub(kernel.id, message.to_dict(raw=RawJSON), size, message.msg_type)
+            self.publish_iopub(kernel.id, message, size, message.msg_type)
 
         kernel.add_iopub_listener(forward)
 
     def publish_iopub(
-        self, kernel_id: str, message: dict[str, Any], size: int = 0, msg_type: str = "status"
+        self,
+        kernel_id: str,
+        message: KernelMessage | dict[str, Any],
+        size: int = 0,
+        msg_type: str = "status",
     ) -> None:
         """
         Number one iopub message (from the kernel or made by the relay), keep it in the kernel's journal,
         and send it to every client of the kernel's iopub namespace.
         """
         journal = self._journals.get(kernel_id)
+        payload: Payload
         if journal is not None:
-            message = journal.record(message, size, msg_type)
+            payload = journal.record(message, size, msg_type)
+        elif isinstance(message, KernelMessage):
+            payload = client_payload(message)
+        else:
+            payload = message
         namespace = self._socketio.namespace(f"/iopub/{kernel_id}")
-        if namespace is not None and namespace.sockets:
+        if namespace is not None and len(namespace):
             self.metrics.relayed(TO_CLIENT, size)
-            namespace.emit(MESSAGE_EVENT, message)
+            namespace.emit(MESSAGE_EVENT, payload)
 
     def _too_big(self, message: KernelMessage, size: int) -> bool:
         limit = self._limits.max_message_size
@@ -390,7 +400,7 @@ class Relay:
                     recipient.emit(ERROR_EVENT, self._oversized(kernel, message, size))
                 return
             self.metrics.relayed(TO_CLIENT, size)
-            payload = message.to_dict(raw=RawJSON)
+            payload = client_payload(message)
             for recipient in recipients:
                 recipient.emit(MESSAGE_EVENT, payload)
 

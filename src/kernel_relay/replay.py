@@ -18,33 +18,37 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IReactorTime
 
+from .kernels import KernelMessage
+from .payload import Payload, client_payload
 from .socketio import RawJSON
 
 SEQ_KEY = "relay_seq"
-#: What keeping one message costs beyond its JSON bytes (its dicts and string objects), counted against
-#: ``max_bytes`` so the bound is close to the memory really held: a small iopub message of about 650 bytes of
-#: JSON holds about 1.6 KB of Python objects.
-ENTRY_OVERHEAD = 1024
+#: What keeping one message costs beyond its JSON bytes (its text object and entry), counted against
+#: ``max_bytes`` so the bound is close to the memory really held: a small iopub message of about 470 bytes of
+#: JSON holds about 810 bytes (measured with tracemalloc); one kept as a dict (with buffers, or made by the
+#: relay) holds more, about 1.2 KB.
+ENTRY_OVERHEAD = 512
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
+    """One kept message (a tuple: one is made for every iopub message)."""
+
     seq: int
     time: float
     size: int
     msg_type: str
-    message: dict[str, Any]
+    message: Payload
 
 
 @dataclass(frozen=True)
 class Replay:
     """What a resuming client gets: the buffered messages after its sequence, and what could not be had."""
 
-    messages: list[dict[str, Any]]
+    messages: list[Payload]
     gap: dict[str, Any] | None
 
 
@@ -69,7 +73,7 @@ class IopubJournal:
         self._expire()
         return self._entries[0].seq if self._entries else self.last_seq + 1
 
-    def record(self, message: dict[str, Any], size: int, msg_type: str) -> dict[str, Any]:
+    def record(self, message: dict[str, Any] | KernelMessage, size: int, msg_type: str) -> Payload:
         """Number ``message`` (the next sequence), keep it, and return the numbered message to send."""
         self.last_seq += 1
         numbered = with_sequence(message, self.last_seq)
@@ -104,7 +108,7 @@ class IopubJournal:
             }
         return Replay([entry.message for entry in self._entries if entry.seq > seq], gap)
 
-    def current_execution(self) -> list[dict[str, Any]]:
+    def current_execution(self) -> list[Payload]:
         """The kept messages from the most recent ``execute_input`` on: the running cell's output so far."""
         self._expire()
         start = None
@@ -123,8 +127,14 @@ class IopubJournal:
             self._bytes -= entries.popleft().size
 
 
-def with_sequence(message: dict[str, Any], seq: int) -> dict[str, Any]:
-    """A copy of ``message`` whose metadata carries ``relay_seq``; raw metadata JSON is spliced."""
+def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Payload:
+    """
+    ``message`` as sent, its metadata carrying ``relay_seq``: a kernel's message as its
+    :func:`~kernel_relay.payload.client_payload` with the number spliced into its metadata JSON, a dict
+    (made by the relay) as a copy whose metadata is spliced if raw, else updated.
+    """
+    if isinstance(message, KernelMessage):
+        return client_payload(message, splice_seq(message.json_texts()[2], seq))
     metadata = message.get("metadata")
     numbered = dict(message)
     if isinstance(metadata, RawJSON):
