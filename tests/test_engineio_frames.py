@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import pytest
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import tcp
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from kernel_relay.engineio.packets import codec_for
+from kernel_relay.engineio.packets import Packet, PacketType, codec_for
 from kernel_relay.engineio.websocket import (
     LARGE_PAYLOAD,
     STREAM_CHUNK,
     EngineIOWebSocketFactory,
     EngineIOWebSocketProtocol,
+    WebSocketTransport,
+    _write_through,
     frame_header,
     parse_data_frame,
 )
@@ -124,18 +131,24 @@ class DrainingTransport(StringTransport):
             self.producer.resumeProducing()
 
 
-def open_draining_connection(
-    clock: Clock,
-) -> tuple[EngineIOWebSocketProtocol, DrainingTransport]:
-    """An open connection whose write-pressure producer is registered, as connectionMade does."""
+_Transport = TypeVar("_Transport", bound=StringTransport)
+
+
+def open_producing_connection(
+    clock: Clock, transport: _Transport
+) -> tuple[EngineIOWebSocketProtocol, _Transport]:
+    """An open connection on ``transport`` whose write-pressure producer is registered, as connectionMade does."""
     factory = EngineIOWebSocketFactory(clock, max_payload=1000)
     factory.prepare(lambda transport: None, codec_for(4))
     connection = factory.buildProtocol(None)
-    transport = DrainingTransport()
     connection.transport = transport
     connection.state = WebSocketProtocol.STATE_OPEN
     transport.registerProducer(connection._pressure, True)
     return connection, transport
+
+
+def open_draining_connection(clock: Clock) -> tuple[EngineIOWebSocketProtocol, DrainingTransport]:
+    return open_producing_connection(clock, DrainingTransport())
 
 
 def test_a_large_view_is_streamed_in_chunks_as_the_socket_drains() -> None:
@@ -268,3 +281,125 @@ def test_a_full_transport_counts_what_it_still_holds_not_all_it_was_given() -> N
     transport._tempDataLen = 5_000  # type: ignore[attr-defined]
     connection.write_frames([frame_header(0x81, 2), b"4b"], 4)
     assert connection.unsent_bytes == 70_000 + 5_000 + 4
+
+
+class SocketLikeTransport(StringTransport, tcp.Connection):
+    """
+    Passes for Twisted's TCP connection (only that one is written to directly) and behaves like it:
+    ``writeSomeData`` sends at once what the socket has room for, ``write`` buffers (shown in
+    ``_tempDataLen``) and pauses the producer when over 64 KiB.
+    """
+
+    connected = True
+    disconnecting = False
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.wire = bytearray()
+        self.held = bytearray()
+        self.writes: list[bytes] = []
+        self.sent_directly: list[int] = []
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+
+    def writeSomeData(self, data: memoryview) -> int:
+        taken = bytes(data[: self.room])
+        self.room -= len(taken)
+        self.wire += taken
+        self.sent_directly.append(len(taken))
+        return len(taken)
+
+    def write(self, data: bytes) -> None:
+        assert isinstance(data, bytes), "Twisted's transports take only bytes"
+        self.writes.append(data)
+        self.held += data
+        self._tempDataLen = len(self.held)
+        if self.producer is not None and len(self.held) > 65536:
+            self.producer.pauseProducing()
+
+    def drain(self, room: int) -> None:
+        """The socket sent what was held and has ``room`` again: resume, as Twisted's doWrite does."""
+        self.wire += self.held
+        self.held.clear()
+        self._tempDataLen = 0
+        self.room = room
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+def test_frames_go_straight_to_an_idle_socket_and_the_rest_through_twisted_in_order() -> None:
+    """
+    With nothing held by Twisted, a turn's frames are sent at once; what the socket does not take is
+    buffered by Twisted, and later frames queue behind it instead of overtaking it.
+    """
+    clock = Clock()
+    connection, transport = open_producing_connection(clock, SocketLikeTransport(room=5))
+    connection.write_frames([frame_header(0x81, 2), b"4a"], 4)
+    clock.advance(0)
+    assert bytes(transport.wire) == b"\x81\x024a" and not transport.held
+    connection.write_frames([frame_header(0x81, 3), b"4bc"], 5)
+    clock.advance(0)
+    assert bytes(transport.wire) == b"\x81\x024a\x81" and bytes(transport.held) == b"\x034bc"
+    connection.write_frames([frame_header(0x81, 2), b"4d"], 4)
+    clock.advance(0)
+    assert [n for n in transport.sent_directly if n] == [4, 1], (
+        "nothing is sent directly while Twisted holds bytes"
+    )
+    transport.drain(room=100)
+    assert bytes(transport.wire) == b"\x81\x024a\x81\x034bc\x81\x024d"
+
+
+def test_a_large_view_goes_to_the_socket_uncopied_right_after_what_precedes_it() -> None:
+    """
+    A kernel's large buffer is sent from its own memory while the socket takes it, in the same turn
+    as the text frame before it; once the socket is full the rest is streamed as before.
+    """
+    clock = Clock()
+    room = 3 * STREAM_CHUNK // 2
+    connection, transport = open_producing_connection(clock, SocketLikeTransport(room))
+    payload = bytes(range(256)) * (3 * STREAM_CHUNK // 256)
+    text = frame_header(0x81, 4) + b"451-"
+    header = frame_header(0x82, len(payload))
+    connection.write_frames(
+        [text, header, memoryview(payload)], len(text) + 10 + len(payload), True
+    )
+    clock.advance(0)
+    assert clock.getDelayedCalls() == [], "the payload did not wait for another turn"
+    partial = room - len(text + header) - STREAM_CHUNK
+    assert [n for n in transport.sent_directly if n] == [len(text + header), STREAM_CHUNK, partial]
+    assert len(transport.held) == STREAM_CHUNK - partial, "the rest of the second chunk, copied"
+    transport.drain(room=10 * STREAM_CHUNK)
+    assert bytes(transport.wire) == text + header + payload and not transport.held
+
+
+def test_a_wrapped_transport_such_as_tls_is_never_written_to_directly() -> None:
+    """
+    A protocol wrapper (TLS is one) passes unknown attributes on to the TCP connection beneath it:
+    sending there directly would bypass the wrapper (plain text on an encrypted connection).
+    """
+    beneath = SocketLikeTransport(room=1000)
+    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
+    wrapper.makeConnection(beneath)
+    assert wrapper.writeSomeData == beneath.writeSomeData, "the attribute is passed on"
+    assert _write_through(wrapper, b"secret") == 0
+    assert _write_through(beneath, b"plain") == 5
+    assert bytes(beneath.wire) == b"plain"
+
+
+@pytest.mark.parametrize("protocol", [3, 4])
+def test_a_large_text_message_is_framed_without_joining_its_digit_and_text(protocol: int) -> None:
+    """The frame of a large text message is what the codec would make; its text is written alone."""
+    clock = Clock()
+    connection, transport = open_producing_connection(clock, SocketLikeTransport(room=0))
+    text = "é" * LARGE_PAYLOAD
+    packet = Packet(PacketType.MESSAGE, text)
+    WebSocketTransport(connection, codec_for(protocol)).send([packet])
+    clock.advance(0)
+    clock.advance(0)
+    expected = codec_for(protocol).encode_frame(packet)
+    assert isinstance(expected, str)
+    body = expected.encode("utf-8")
+    assert bytes(transport.held) == frame_header(0x81, len(body)) + body
+    assert transport.writes[-1] == text.encode("utf-8"), "the text, not digit and text joined"

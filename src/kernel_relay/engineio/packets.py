@@ -50,6 +50,7 @@ Binary = bytes | memoryview
 
 
 _DIGIT = {packet_type: str(int(packet_type)) for packet_type in PacketType}
+_DIGIT_BYTES = {packet_type: digit.encode() for packet_type, digit in _DIGIT.items()}
 
 
 class PacketDecodeError(ValueError):
@@ -121,6 +122,16 @@ def _decode_text_packet(text: str) -> Packet:
     if not ("0" <= head <= "6"):
         raise PacketDecodeError(f"unknown packet type {head!r}")
     return Packet(PacketType(int(head)), rest)
+
+
+def text_frame_parts(packet: Packet) -> tuple[bytes, bytes]:
+    """
+    A text packet's WebSocket frame (the same in both protocols) as two parts, its type digit and its
+    data in UTF-8: a large message (a kernel's 10 MB output) is then not copied once more to put the
+    digit in front of it.
+    """
+    assert isinstance(packet.data, str)
+    return _DIGIT_BYTES[packet.type], packet.data.encode("utf-8")
 
 
 def _encode_text_packet(packet: Packet) -> str:

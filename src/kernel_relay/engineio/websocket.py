@@ -17,12 +17,15 @@ of the Python work per frame.
 
 Writes are batched per reactor turn: frames queued while handling a turn's events (a burst of kernel
 messages, a broadcast to every client) leave at the start of the next turn, in one write per
-connection, through one delayed call shared by all connections (:class:`WriteBatcher`). A payload of
-:data:`LARGE_PAYLOAD` bytes or more is written on its own, a turn after what precedes it: Twisted hands
-a lone ``bytes`` to the socket as it is, but joins (copies) several. A large payload that is a
-``memoryview`` (a kernel's ZMQ frame, never copied into ``bytes``) is streamed: Twisted writes only
-``bytes``, so it goes out in copies of :data:`STREAM_CHUNK` bytes, the next one each time the socket
-has taken the last. Small reused chunks cost far less than one fresh copy of the whole payload.
+connection, through one delayed call shared by all connections (:class:`WriteBatcher`). When Twisted
+holds nothing unsent for the connection, a write goes to the socket at once (:func:`_write_through`):
+no turn of waiting for writability, and no copy of a ``memoryview``. What the socket does not take goes
+through Twisted's ``write``. A payload of :data:`LARGE_PAYLOAD` bytes or more is written on its own,
+right after what precedes it if that all went out, else a turn later: Twisted hands a lone ``bytes`` to
+the socket as it is, but joins (copies) several. A large payload that is a ``memoryview`` (a kernel's
+ZMQ frame, never copied into ``bytes``) is streamed in pieces of :data:`STREAM_CHUNK` bytes, each sent
+from the kernel's own memory while the socket takes it; once the socket is full, the rest of a piece
+is copied for Twisted and the next waits until Twisted's buffer has drained.
 
 Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
 Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
@@ -40,11 +43,19 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kernel_relay.engineio.packets import Binary, Packet, PacketCodec, PacketDecodeError, codec_for
+from kernel_relay.engineio.packets import (
+    Binary,
+    Packet,
+    PacketCodec,
+    PacketDecodeError,
+    codec_for,
+    text_frame_parts,
+)
 from kernel_relay.engineio.session import TRANSPORT_CLOSE, TRANSPORT_ERROR, EngineIOSession
 
 # Close codes by which Autobahn fails a connection for a protocol fault of the peer.
@@ -60,7 +71,7 @@ _LENGTH_64 = struct.Struct("!BBQ")
 #: Payloads at least this big are written alone rather than joined with other frames.
 LARGE_PAYLOAD = 1 << 20
 
-#: The size of the copies in which a large ``memoryview`` payload is streamed.
+#: The pieces in which a large ``memoryview`` payload is streamed (copied only when the socket is full).
 STREAM_CHUNK = 1 << 20
 
 
@@ -143,13 +154,21 @@ class WebSocketTransport:
     def send(self, packets: Sequence[Packet]) -> None:
         parts: list[Binary] = []
         size = largest = 0
+        data: Binary
         for packet in packets:
-            frame = self._codec.encode_frame(packet)
-            data = frame.encode("utf-8") if isinstance(frame, str) else frame
-            length = len(data)
-            header = frame_header(_FINAL_BINARY if data is frame else _FINAL_TEXT, length)
-            parts += (header, data)
-            size += len(header) + length
+            if type(packet.data) is str and len(packet.data) >= LARGE_PAYLOAD:
+                digit, data = text_frame_parts(packet)
+                length = len(data)
+                header = frame_header(_FINAL_TEXT, 1 + length)
+                parts += (header, digit, data)
+                size += len(header) + 1 + length
+            else:
+                frame = self._codec.encode_frame(packet)
+                data = frame.encode("utf-8") if isinstance(frame, str) else frame
+                length = len(data)
+                header = frame_header(_FINAL_BINARY if data is frame else _FINAL_TEXT, length)
+                parts += (header, data)
+                size += len(header) + length
             if length > largest:
                 largest = length
         self._connection.write_frames(parts, size, largest >= LARGE_PAYLOAD)
@@ -211,6 +230,34 @@ def _held_by(transport: Any) -> int | None:
         if isinstance(buffer, bytes | memoryview) and type(offset) is int and type(pending) is int:
             return len(buffer) - offset + pending
     return None
+
+
+def _write_through(transport: Any, data: Binary) -> int:
+    """
+    Send ``data`` on a TCP connection's socket at once, as far as the socket takes it, when Twisted holds
+    nothing unsent for it (so nothing is overtaken); returns the bytes sent, 0 for any other transport
+    (TLS included).
+
+    Twisted's ``write`` only buffers: the bytes leave a reactor turn later, after a poll for
+    writability, which adds to the latency of every reply; and it takes only ``bytes``, so a kernel's
+    large buffer (a ``memoryview``) would first be copied. Whatever the socket does not take goes
+    through ``write`` as usual, and with it Twisted's back-pressure.
+    """
+    # Only Twisted's own TCP connection: a wrapper such as TLS passes unknown attributes on to the
+    # transport beneath it, whose writeSomeData would put plain text on an encrypted connection.
+    if not isinstance(transport, tcp.Connection) or not transport.connected:
+        return 0
+    if transport.disconnecting or _held_by(transport) != 0:
+        return 0
+    view = memoryview(data)
+    total = 0
+    while total < len(view):
+        # Annotated as taking bytes, it takes any buffer (it sends a memoryview of it).
+        sent = transport.writeSomeData(view[total:])  # type: ignore[arg-type]
+        if type(sent) is not int or sent <= 0:
+            break  # would block, or the connection is lost: Twisted finds out by itself
+        total += sent
+    return total
 
 
 @implementer(IPushProducer)
@@ -311,7 +358,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self._stream is not None:
             if not everything:
                 return
-            rest = bytes(self._stream[self._streamed :])
+            rest = self._stream[self._streamed :]
             self._stream = None
             self._queued_bytes -= len(rest)
             self._write(rest)
@@ -329,17 +376,26 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._stream, self._streamed = data, 0
             self._stream_more()
             return
-        data = bytes(data) if isinstance(data, memoryview) else data
         self._queued_bytes -= len(data)
         self._write(data)
         if self._queued:
-            self._batcher.add(self)
+            if _held_by(self.transport) == 0:
+                # All of it went out at once, so the large payload next has nothing to be joined with.
+                self.write_queued()
+            else:
+                self._batcher.add(self)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: Binary) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        sent = _write_through(transport, data)
+        if sent == len(data):
+            return
+        rest = bytes(data[sent:]) if sent or type(data) is not bytes else data
         if self._pressure.paused:
-            self._pressure.unsent += len(data)
-        if self.transport is not None:
-            self.transport.write(data)
+            self._pressure.unsent += len(rest)
+        transport.write(rest)
 
     def _stream_more(self) -> None:
         """Write the next chunks of the payload being streamed until the transport's buffer is full."""
@@ -351,7 +407,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 self._stream = None
                 return
             start = self._streamed
-            chunk = bytes(view[start : start + STREAM_CHUNK])
+            chunk = view[start : start + STREAM_CHUNK]
             self._streamed = start + len(chunk)
             self._queued_bytes -= len(chunk)
             self._write(chunk)
