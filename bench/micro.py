@@ -3,8 +3,9 @@
 
 No sockets and no kernel: a signed iopub ``stream`` message (and a 1 MB ``display_data``) goes through
 ``decode_frames`` (HMAC check and parse), the relay's packet building and the socket.io encoder, as
-``Kernel._iopub_received`` and ``Namespace.emit`` run them. Prints microseconds per message (best of 5); the encoder from dicts and, where
-``socketio.RawJSON`` exists, from the kernel's own JSON spliced in (what the relay does).
+``Kernel._iopub_received`` and ``Namespace.emit`` run them. Prints microseconds per message (best of 5); the encoder from dicts, from the kernel's own JSON
+parts spliced in (``socketio.RawJSON``), and with the payload the relay sends (``payload.client_payload``:
+one text joined from those parts, for a message without buffers and of moderate size).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def main() -> None:
         from kernel_relay.socketio import RawJSON  # type: ignore[attr-defined]
     except ImportError:  # an older tree, measured for comparison
         RawJSON = None
+    try:
+        from kernel_relay.payload import client_payload
+    except ImportError:  # an older tree
+        client_payload = None  # type: ignore[assignment]
     for name, (frames, count) in cases.items():
         decode = best(lambda frames=frames: decode_frames(frames, "iopub", sign), count)
         _, message = decode_frames(frames, "iopub", sign)
@@ -66,6 +71,13 @@ def main() -> None:
         if RawJSON is not None:
             spliced = best(lambda: encode(RawJSON), count)
             line += f"   spliced raw JSON {spliced:9.1f} us"
+        if client_payload is not None:
+
+            def send_form(message: object = message) -> object:
+                payload = client_payload(message)  # type: ignore[arg-type,misc]
+                return encode_packet(Packet(PacketType.EVENT, "/iopub/k", ["msg", payload]))
+
+            line += f"   as the relay sends it {best(send_form, count):9.1f} us"
         print(line)
 
 
