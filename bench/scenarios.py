@@ -147,14 +147,17 @@ def _flood_once(client: BenchClient, count: int, silence: float = 15.0) -> dict[
     }
 
 
-def flood(factories: dict[str, ClientFactory], sizes: list[int], repeats: int) -> dict[str, Any]:
-    """The kernel publishes ``size`` stream messages as fast as it can; count what arrives and how fast."""
+def flood(factories: dict[str, ClientFactory], floods: list[tuple[int, int]]) -> dict[str, Any]:
+    """
+    For each (size, repeats): the kernel publishes ``size`` stream messages as fast as it can, ``repeats``
+    times per target, the targets taking turns; count what arrives and how fast (median rate).
+    """
     results: dict[str, Any] = {}
     clients = {name: factory(("shell", "iopub")) for name, factory in factories.items()}
     try:
         for client in clients.values():
             iopub_ready(client)
-        for size in sizes:
+        for size, repeats in floods:
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
             for _ in range(repeats):
                 for name, client in clients.items():
