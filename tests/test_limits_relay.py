@@ -137,12 +137,17 @@ def test_oversized_client_message_drops_only_that_client(
         bystander.close()
 
 
-def raw_iopub_reader(url_port: int, kernel_id: str) -> websocket.WebSocket:
-    """A WebSocket socket.io client joined to /iopub/<id> with a small receive buffer."""
+def raw_iopub_reader(
+    url_port: int, kernel_id: str, receive_buffer: int | None = 32 * 1024
+) -> websocket.WebSocket:
+    """A WebSocket socket.io client joined to /iopub/<id>, with a small receive buffer by default."""
+    sockopt = (
+        [] if receive_buffer is None else [(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)]
+    )
     ws = websocket.create_connection(
         f"ws://127.0.0.1:{url_port}/socket.io/?EIO=4&transport=websocket",
         timeout=30,
-        sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)],
+        sockopt=sockopt,
     )
     opened = ws.recv()
     assert opened.startswith("0{")
@@ -252,10 +257,10 @@ def test_large_kernel_output_reaches_every_client_whole(
     """
     A 3 MB display text and a 3 MB buffer reach a WebSocket and a polling client byte for byte, in order.
 
-    Frames of 64 KiB or more are passed on as views of the kernel's ZMQ message, and a view of
-    1 MiB or more is streamed to a WebSocket in chunks as the socket drains; both clients share it.
-    The polling client is raw HTTP: python-socketio's client handles each Engine.IO message of a
-    polling payload in a thread of its own, so it may put attachments out of order by itself.
+    Frames of 64 KiB or more are passed on as views of the kernel's ZMQ message, and sent to a
+    WebSocket from that memory while its socket takes them; both clients share them. Both iopub
+    clients are raw: python-socketio's client handles each Engine.IO message in a thread of its own
+    (over WebSocket and polling alike), so it may put a packet's attachments out of order by itself.
     """
     size = 3 * 1024 * 1024 + 7
     expected = (bytes(range(251)) * (size // 251 + 1))[:size]
@@ -266,17 +271,24 @@ def test_large_kernel_output_reaches_every_client_whole(
         handshake = poller.get(base, timeout=30).text
         polling = f"{base}&sid={json.loads(handshake[1:])['sid']}"
         poller.post(polling, data=f"40/iopub/{kernel_id},", timeout=30).raise_for_status()
-        client = RelayKernelClient(relay.url, kernel_id, ("shell", "iopub"), ["websocket"])
+        reader = raw_iopub_reader(relay.port, kernel_id, receive_buffer=None)
+        shell = RelayKernelClient(relay.url, kernel_id, ("shell",), ["websocket"])
         try:
             code = display_code(
                 "y", size, f"[(bytes(range(251)) * {size // 251 + 1})[:{size}], b'small']"
             )
-            msg_id, reply = client.execute(code)
+            msg_id, reply = shell.execute(code)
             assert reply["content"]["status"] == "ok"
-            (display,) = client.wait_for(lambda: client.iopub_for(msg_id, "display_data"))
-            assert display["content"]["data"]["text/plain"] == "y" * size
-            assert display["buffers"] == [expected, b"small"]
-            assert client.errors == [] and client.disconnected == []
+
+            while True:
+                text = reader.recv()
+                if text == "2":
+                    reader.send("3")
+                elif isinstance(text, str) and text.startswith("452-") and msg_id in text:
+                    break
+            event = json.loads(text[text.index(",") + 1 :])
+            assert event[1]["content"]["data"]["text/plain"] == "y" * size
+            assert [reader.recv(), reader.recv()] == [expected, b"small"]
 
             records: list[str] = []
             deadline = time.monotonic() + 60
@@ -295,7 +307,8 @@ def test_large_kernel_output_reaches_every_client_whole(
             assert records[at + 1] == "b" + base64.b64encode(expected).decode()
             assert records[at + 2] == "b" + base64.b64encode(b"small").decode()
         finally:
-            client.close()
+            reader.close()
+            shell.close()
             relay.shutdown(kernel_id)
 
 
