@@ -283,11 +283,11 @@ def test_a_full_transport_counts_what_it_still_holds_not_all_it_was_given() -> N
     assert connection.unsent_bytes == 70_000 + 5_000 + 4
 
 
-class SocketLikeTransport(StringTransport, tcp.Connection):
+class SocketLikeTransport(DrainingTransport, tcp.Connection):
     """
     Passes for Twisted's TCP connection (only that one is written to directly) and behaves like it:
-    ``writeSomeData`` sends at once what the socket has room for, ``write`` buffers (shown in
-    ``_tempDataLen``) and pauses the producer when over 64 KiB.
+    ``writeSomeData`` sends at once what the socket has room for; ``write`` buffers, as a
+    DrainingTransport does, and shows it in ``_tempDataLen``.
     """
 
     connected = True
@@ -297,12 +297,18 @@ class SocketLikeTransport(StringTransport, tcp.Connection):
         super().__init__()
         self.room = room
         self.wire = bytearray()
-        self.held = bytearray()
-        self.writes: list[bytes] = []
         self.sent_directly: list[int] = []
         self.dataBuffer = b""
         self.offset = 0
-        self._tempDataLen = 0
+
+    @property
+    def _tempDataLen(self) -> int:
+        return self.pending
+
+    @property
+    def held(self) -> bytes:
+        """What ``write`` buffered and the socket has not sent yet."""
+        return self.value()
 
     def writeSomeData(self, data: memoryview) -> int:
         taken = bytes(data[: self.room])
@@ -311,22 +317,12 @@ class SocketLikeTransport(StringTransport, tcp.Connection):
         self.sent_directly.append(len(taken))
         return len(taken)
 
-    def write(self, data: bytes) -> None:
-        assert isinstance(data, bytes), "Twisted's transports take only bytes"
-        self.writes.append(data)
-        self.held += data
-        self._tempDataLen = len(self.held)
-        if self.producer is not None and len(self.held) > 65536:
-            self.producer.pauseProducing()
-
-    def drain(self, room: int) -> None:
-        """The socket sent what was held and has ``room`` again: resume, as Twisted's doWrite does."""
+    def drain(self, room: int = 0) -> None:
+        """The socket sent what was held and has ``room`` again; the producer is resumed."""
         self.wire += self.held
-        self.held.clear()
-        self._tempDataLen = 0
+        self.clear()
         self.room = room
-        if self.producer is not None:
-            self.producer.resumeProducing()
+        super().drain()
 
 
 def test_frames_go_straight_to_an_idle_socket_and_the_rest_through_twisted_in_order() -> None:

@@ -26,7 +26,7 @@ import binascii
 import re
 from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, cast
 
 RECORD_SEPARATOR = "\x1e"
 BINARY_PREFIX = "b"
@@ -124,20 +124,23 @@ def _decode_text_packet(text: str) -> Packet:
     return Packet(PacketType(int(head)), rest)
 
 
+def _text_frame(packet: Packet) -> str:
+    """A text packet as every protocol writes it on its own: its type digit, then its data."""
+    return _DIGIT[packet.type] + cast(str, packet.data)
+
+
 def text_frame_parts(packet: Packet) -> tuple[bytes, bytes]:
     """
-    A text packet's WebSocket frame (the same in both protocols) as two parts, its type digit and its
-    data in UTF-8: a large message (a kernel's 10 MB output) is then not copied once more to put the
-    digit in front of it.
+    :func:`_text_frame` in UTF-8 as two parts, the type digit and the data: a large message (a kernel's
+    10 MB output) is then not copied once more to put the digit in front of it.
     """
-    assert isinstance(packet.data, str)
-    return _DIGIT_BYTES[packet.type], packet.data.encode("utf-8")
+    return _DIGIT_BYTES[packet.type], cast(str, packet.data).encode("utf-8")
 
 
 def _encode_text_packet(packet: Packet) -> str:
     if not isinstance(packet.data, str):
         return BINARY_PREFIX + base64.b64encode(packet.data).decode("ascii")
-    return _DIGIT[packet.type] + packet.data
+    return _text_frame(packet)
 
 
 class V4Codec:
@@ -233,7 +236,7 @@ def _decode_v3_text_packet(text: str) -> Packet:
 def _encode_v3_text_packet(packet: Packet) -> str:
     if not isinstance(packet.data, str):
         return f"{BINARY_PREFIX}{int(packet.type)}" + base64.b64encode(packet.data).decode("ascii")
-    return f"{int(packet.type)}{packet.data}"
+    return _text_frame(packet)
 
 
 def _length_digits(length: int) -> bytes:
@@ -253,7 +256,7 @@ class V3Codec:
         """One WebSocket frame; a binary message is the type byte followed by its bytes."""
         if not isinstance(packet.data, str):
             return bytes([int(packet.type)]) + packet.data
-        return f"{int(packet.type)}{packet.data}"
+        return _text_frame(packet)
 
     def decode_frame(self, frame: str | bytes) -> Packet:
         """A WebSocket frame: a binary frame starts with its packet type byte (only ``4`` here)."""
@@ -288,7 +291,7 @@ class V3Codec:
                 body = bytes([int(packet.type)]) + packet.data
                 kind = 1
             else:
-                body = f"{int(packet.type)}{packet.data}".encode("utf-8", "surrogatepass")
+                body = _text_frame(packet).encode("utf-8", "surrogatepass")
                 kind = 0
             chunks.append(bytes([kind]) + _length_digits(len(body)) + bytes([BINARY_SEPARATOR]))
             chunks.append(body)

@@ -217,13 +217,11 @@ class EngineIOSession:
         if self._state is not _OPEN:
             self.log.debug("send on closed session {sid} ignored", sid=self.sid)
             return
-        buffer = self._buffer
         for data in messages:
             kind = type(data)
             if kind is not str and kind is not bytes:
                 data = _binary(data)
-            buffer.append(Packet(_MESSAGE, data))
-            self._queued_bytes += len(data)
+            self._queue(Packet(_MESSAGE, data))
         self._flush()
         limit = self._options.max_buffered_bytes
         if limit is not None and self._state is _OPEN:

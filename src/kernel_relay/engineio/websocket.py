@@ -157,18 +157,17 @@ class WebSocketTransport:
         data: Binary
         for packet in packets:
             if type(packet.data) is str and len(packet.data) >= LARGE_PAYLOAD:
-                digit, data = text_frame_parts(packet)
-                length = len(data)
-                header = frame_header(_FINAL_TEXT, 1 + length)
-                parts += (header, digit, data)
-                size += len(header) + 1 + length
+                # The type digit goes with the header, so the large text stays a part of its own.
+                prefix, data = text_frame_parts(packet)
+                first = _FINAL_TEXT
             else:
                 frame = self._codec.encode_frame(packet)
-                data = frame.encode("utf-8") if isinstance(frame, str) else frame
-                length = len(data)
-                header = frame_header(_FINAL_BINARY if data is frame else _FINAL_TEXT, length)
-                parts += (header, data)
-                size += len(header) + length
+                prefix, data = b"", frame.encode("utf-8") if isinstance(frame, str) else frame
+                first = _FINAL_BINARY if data is frame else _FINAL_TEXT
+            length = len(data)
+            header = frame_header(first, len(prefix) + length) + prefix
+            parts += (header, data)
+            size += len(header) + length
             if length > largest:
                 largest = length
         self._connection.write_frames(parts, size, largest >= LARGE_PAYLOAD)
@@ -377,25 +376,25 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._stream_more()
             return
         self._queued_bytes -= len(data)
-        self._write(data)
-        if self._queued:
-            if _held_by(self.transport) == 0:
-                # All of it went out at once, so the large payload next has nothing to be joined with.
-                self.write_queued()
-            else:
-                self._batcher.add(self)
+        if self._write(data) and self._queued:
+            # All of it went out at once, so the large payload next has nothing to be joined with.
+            self.write_queued()
+        elif self._queued:
+            self._batcher.add(self)
 
-    def _write(self, data: Binary) -> None:
+    def _write(self, data: Binary) -> bool:
+        """Write ``data``; True if the socket took all of it at once (nothing left with Twisted)."""
         transport = self.transport
         if transport is None:
-            return
+            return False
         sent = _write_through(transport, data)
         if sent == len(data):
-            return
+            return True
         rest = bytes(data[sent:]) if sent or type(data) is not bytes else data
         if self._pressure.paused:
             self._pressure.unsent += len(rest)
         transport.write(rest)
+        return False
 
     def _stream_more(self) -> None:
         """Write the next chunks of the payload being streamed until the transport's buffer is full."""

@@ -108,13 +108,7 @@ class KernelMessage:
     def content(self) -> dict[str, Any]:
         if self._content is None:
             text = self._texts[3] if self._texts is not None else str(self.raw_parts[3], "utf-8")
-            try:
-                value = _decode_json(text)
-            except (ValueError, RecursionError) as exc:
-                raise MessageRejected(f"content is not JSON: {exc}") from None
-            if type(value) is not dict:
-                raise MessageRejected("content is not a JSON object")
-            self._content = value
+            self._content = _json_object(text, "content")
         return self._content
 
     def __eq__(self, other: object) -> bool:

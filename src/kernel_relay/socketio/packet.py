@@ -217,7 +217,7 @@ def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
         if kind is RawJSON:
             raw = True
             return value
-        if kind is str or kind is int or kind is bool or kind is float or value is None:
+        if kind in _SCALARS:
             return value
         if isinstance(value, str):
             if isinstance(value, RawJSON):
