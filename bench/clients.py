@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import struct
 import time
 import uuid
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import requests
 import zmq
 from jupyter_client.session import Session
 
@@ -31,6 +33,10 @@ from bench.wsclient import BINARY, TEXT, WebSocket
 _decode_json = json.JSONDecoder().raw_decode
 
 DELIMITER = b"<IDS|MSG>"
+
+_FORWARDED = re.compile(
+    r'^kernel_relay_messages_total\{direction="to_client"\} (\S+)$', re.MULTILINE
+)
 
 
 @dataclass
@@ -158,6 +164,9 @@ class RelayClient:
     ) -> None:
         self.session_id = uuid.uuid4().hex
         self.kernel_id = kernel_id
+        self.port = port
+        #: socket.io events received, of any channel: with :meth:`forwarded`, tells where a loss happened.
+        self.events = 0
         self.ws = WebSocket(f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket", timeout)
         opening = self.ws.recv(timeout)
         if opening is None or not opening[1].startswith(b"0"):
@@ -208,7 +217,19 @@ class RelayClient:
                         buffers.append(attachment[1])
                 return self._event(data, dash + 1, buffers)
 
+    def forwarded(self) -> int:
+        """
+        The relay's count of kernel messages it sent on to clients (from ``/metrics``). With this one
+        client on the relay, any difference from :attr:`events` over a run was lost inside the relay.
+        """
+        text = requests.get(f"http://{HOST}:{self.port}/metrics", timeout=10).text
+        match = _FORWARDED.search(text)
+        if match is None:
+            raise RuntimeError("the relay's /metrics has no kernel_relay_messages_total to_client")
+        return int(float(match.group(1)))
+
     def _event(self, data: bytes | bytearray, start: int, buffers: list[Any]) -> Msg | None:
+        self.events += 1
         comma = data.index(b",", start)
         channel = self.channel_by_ns.get(data[start:comma].decode())
         payload = _decode_json(data.decode("utf-8"), comma + 1)[0]

@@ -89,6 +89,21 @@ def _pooled_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _relay_loss_lines(results: dict[str, Any]) -> list[str]:
+    """Where the relay's flood losses happened, when it lost any (see ``scenarios._flood_once``)."""
+    lines = []
+    for size, data in (results.get("flood") or {}).items():
+        relay = data.get("relay")
+        if relay and relay["lost"]:
+            inside = relay.get("lost_in_relay", 0)
+            lines.append(
+                f"- Flood of {int(size):,} through the relay: its worst run lost {relay['lost']:,} "
+                f"messages, and at most {inside:,} in a run were lost inside the relay. The rest "
+                "never reached it: the kernel's iopub queue to the relay overflowed."
+            )
+    return ["", *lines] if lines else []
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# kernel-relay benchmark",
@@ -109,6 +124,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         else:
             r_direct = r_js = ""
         lines.append(f"| {metric} | {' | '.join(cells)} | {r_direct} | {r_js} | {target} |")
+    lines += _relay_loss_lines(results)
     fan = results.get("fanout")
     if fan:
         lines += [

@@ -116,7 +116,15 @@ def round_trip(
 
 
 def _flood_once(client: BenchClient, count: int, silence: float = 15.0) -> dict[str, Any]:
-    """One flood; ends at the kernel's idle status, or after ``silence`` s without a flood message."""
+    """
+    One flood; ends at the kernel's idle status, or after ``silence`` s without a flood message.
+
+    Through the relay, a loss is split in two: ``lost_in_relay`` (the relay forwarded more than its one
+    client received) and the rest, which never reached the relay (a kernel's iopub socket drops what
+    its queue of 1,000 messages to a subscriber cannot hold).
+    """
+    relay = client if isinstance(client, RelayClient) else None
+    forwarded, events = (relay.forwarded(), relay.events) if relay is not None else (0, 0)
     start = time.perf_counter()
     msg_id = client.send(
         "shell", "execute_request", {"code": FLOOD_CODE.format(n=count), "silent": False}
@@ -137,7 +145,7 @@ def _flood_once(client: BenchClient, count: int, silence: float = 15.0) -> dict[
     elapsed = last - start
     while client.recv(0.2) is not None:
         pass
-    return {
+    result: dict[str, Any] = {
         "sent": count,
         "received": received,
         "lost": count - received,
@@ -145,6 +153,9 @@ def _flood_once(client: BenchClient, count: int, silence: float = 15.0) -> dict[
         "seconds": elapsed,
         "msgs_per_s": received / elapsed if elapsed > 0 else 0.0,
     }
+    if relay is not None:
+        result["lost_in_relay"] = (relay.forwarded() - forwarded) - (relay.events - events)
+    return result
 
 
 def flood(factories: dict[str, ClientFactory], floods: list[tuple[int, int]]) -> dict[str, Any]:
@@ -168,6 +179,7 @@ def flood(factories: dict[str, ClientFactory], floods: list[tuple[int, int]]) ->
                 results.setdefault(str(size), {})[name] = {
                     "msgs_per_s": statistics.median(rates),
                     "lost": max(run["lost"] for run in measured),
+                    "lost_in_relay": max(run.get("lost_in_relay", 0) for run in measured),
                     "seconds": statistics.median(run["seconds"] for run in measured),
                     "runs": measured,
                 }

@@ -47,6 +47,8 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
         for target in SIDE_BY_SIDE:
             assert per_target[target]["msgs_per_s"] > 0
             assert 0 <= per_target[target]["lost"] <= int(size)
+        # The relay forwarded exactly what its one client received: nothing lost inside it.
+        assert per_target["relay"]["lost_in_relay"] == 0
     for kind in ("display_data", "binary_buffer"):
         assert set(SIDE_BY_SIDE) <= set(results["large"][kind])
     for fan in results["fanout"].values():
@@ -75,3 +77,18 @@ def test_plots_are_png_files(bench_out: Path) -> None:
     for name in ("round_trip", "flood", "large", "fanout", "spawn"):
         path = bench_out / f"{name}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC, name
+
+
+def test_a_relay_loss_is_reported_with_where_it_happened() -> None:
+    """A flood the relay lost messages of gets a line saying how many were lost inside the relay."""
+    from bench.report import _relay_loss_lines
+
+    flood = {
+        "5000": {"relay": {"lost": 0, "lost_in_relay": 0}},
+        "50000": {"relay": {"lost": 778, "lost_in_relay": 3}, "direct": {"lost": 0}},
+    }
+    lines = _relay_loss_lines({"flood": flood})
+    assert len(lines) == 2 and lines[0] == ""
+    assert "Flood of 50,000" in lines[1]
+    assert "lost 778 messages" in lines[1] and "at most 3 in a run" in lines[1]
+    assert _relay_loss_lines({"flood": {"5000": flood["5000"]}}) == []
