@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import threading
 import time
@@ -215,6 +216,19 @@ def test_slow_client_is_dropped_and_others_lose_nothing(
             relay.shutdown(kernel_id)
 
 
+def binary_event_of(reader: websocket.WebSocket, msg_id: str, attachments: int) -> str:
+    """
+    Read (answering pings) up to the binary event, of ``attachments`` attachments, that carries
+    ``msg_id``; its attachments are the next frames.
+    """
+    while True:
+        text = reader.recv()
+        if text == "2":
+            reader.send("3")
+        elif isinstance(text, str) and text.startswith(f"45{attachments}-") and msg_id in text:
+            return text
+
+
 def display_code(char: str, size: int, buffers: str) -> str:
     """Kernel code publishing a display_data of ``size`` times ``char`` with ``buffers`` (Python code)."""
     return (
@@ -280,12 +294,7 @@ def test_large_kernel_output_reaches_every_client_whole(
             msg_id, reply = shell.execute(code)
             assert reply["content"]["status"] == "ok"
 
-            while True:
-                text = reader.recv()
-                if text == "2":
-                    reader.send("3")
-                elif isinstance(text, str) and text.startswith("452-") and msg_id in text:
-                    break
+            text = binary_event_of(reader, msg_id, 2)
             event = json.loads(text[text.index(",") + 1 :])
             assert event[1]["content"]["data"]["text/plain"] == "y" * size
             assert [reader.recv(), reader.recv()] == [expected, b"small"]
@@ -310,6 +319,45 @@ def test_large_kernel_output_reaches_every_client_whole(
             reader.close()
             shell.close()
             relay.shutdown(kernel_id)
+
+
+def resident_bytes(pid: int) -> int:
+    """A process's resident set size, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads RSS from /proc")
+def test_kernel_buffers_do_not_pile_up_in_the_relay(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """
+    Sixteen 4 MB kernel buffers pass through the relay without its memory growing by theirs: each
+    is freed once sent. (The socket.io encoder once kept every buffer in a reference cycle until
+    the cyclic garbage collector ran: about 10 MB more resident per 10 MB buffer, and a fresh
+    page fault for each of its pages.)
+    """
+    size, count = 4 * 1024 * 1024, 16
+    with Relay(tmp_path_factory.mktemp("runtime")) as relay:
+        kernel_id = relay.spawn()
+        reader = raw_iopub_reader(relay.port, kernel_id, receive_buffer=None)
+        shell = RelayKernelClient(relay.url, kernel_id, ("shell",), ["websocket"])
+        resident: list[int] = []
+        try:
+            for _ in range(count):
+                msg_id, reply = shell.execute(display_code("z", 1, f"[b'b' * {size}]"))
+                assert reply["content"]["status"] == "ok"
+                binary_event_of(reader, msg_id, 1)
+                assert reader.recv() == b"b" * size
+                resident.append(resident_bytes(relay.process.pid))
+        finally:
+            reader.close()
+            shell.close()
+            relay.shutdown(kernel_id)
+    # From the fourth on (the iopub journal holds up to 8 MiB of recent messages by default).
+    grown = resident[-1] - resident[3]
+    assert grown < 6 * size, f"relay RSS grew by {grown / 1e6:.0f} MB over {count - 4} buffers"
 
 
 def test_idle_kernels_are_culled(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -208,29 +208,43 @@ def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
                 break
         else:
             return data, [], raw
-    attachments: list[Binary] = []
-    raw = False
+    walker = _Deconstruction()
+    return walker.walk(data), walker.attachments, walker.raw
 
-    def walk(value: Any) -> Any:
-        nonlocal raw
+
+class _Deconstruction:
+    """
+    One walk of :func:`_deconstruct`. A class rather than a closure that calls itself: such a
+    closure is a reference cycle, which keeps the attachments (a kernel's 10 MB buffer among them)
+    alive until the cyclic garbage collector happens to run.
+    """
+
+    __slots__ = ("attachments", "raw")
+
+    def __init__(self) -> None:
+        self.attachments: list[Binary] = []
+        self.raw = False
+
+    def walk(self, value: Any) -> Any:
         kind = type(value)
         if kind is RawJSON:
-            raw = True
+            self.raw = True
             return value
         if kind in _SCALARS:
             return value
         if isinstance(value, str):
             if isinstance(value, RawJSON):
-                raw = True
+                self.raw = True
             return value
         if isinstance(value, (bytes, bytearray, memoryview)):
             # A memoryview (a kernel's large buffer) goes out as it is: no copy.
+            attachments = self.attachments
             attachments.append(bytes(value) if isinstance(value, bytearray) else value)
             return {"_placeholder": True, "num": len(attachments) - 1}
         if isinstance(value, (list, tuple)):
             copy: list[Any] | None = None
             for index, item in enumerate(value):
-                replaced = walk(item)
+                replaced = self.walk(item)
                 if replaced is not item:
                     if copy is None:
                         copy = list(value)
@@ -240,18 +254,15 @@ def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
             changed: dict[Any, Any] | None = None
             for key, item in value.items():
                 if type(item) is RawJSON:
-                    raw = True
+                    self.raw = True
                     continue
-                replaced = walk(item)
+                replaced = self.walk(item)
                 if replaced is not item:
                     if changed is None:
                         changed = dict(value)
                     changed[key] = replaced
             return value if changed is None else changed
         return value
-
-    result = walk(data)
-    return result, attachments, raw
 
 
 def reconstruct(data: Any, attachments: list[bytes]) -> Any:
@@ -261,31 +272,40 @@ def reconstruct(data: Any, attachments: list[bytes]) -> Any:
     Raises :class:`PacketError` for a placeholder whose ``num`` is not an index of ``attachments``
     and for attachments no placeholder refers to.
     """
-    used = [False] * len(attachments)
+    walker = _Reconstruction(attachments)
+    result = walker.walk(data)
+    if not all(walker.used):
+        raise PacketError("an attachment is not referenced by any placeholder")
+    return result
 
-    def walk(value: Any) -> Any:
+
+class _Reconstruction:
+    """One walk of :func:`reconstruct` (a class for the reason given at :class:`_Deconstruction`)."""
+
+    __slots__ = ("attachments", "used")
+
+    def __init__(self, attachments: list[bytes]) -> None:
+        self.attachments = attachments
+        self.used = [False] * len(attachments)
+
+    def walk(self, value: Any) -> Any:
         if isinstance(value, list):
             for index, item in enumerate(value):
                 if isinstance(item, (list, dict)):
-                    value[index] = walk(item)
+                    value[index] = self.walk(item)
             return value
         if isinstance(value, dict):
             if value.get("_placeholder") is True:
                 num = value.get("num")
-                if type(num) is not int or not 0 <= num < len(attachments):
+                if type(num) is not int or not 0 <= num < len(self.attachments):
                     raise PacketError(f"placeholder refers to no attachment: {num!r}")
-                used[num] = True
-                return attachments[num]
+                self.used[num] = True
+                return self.attachments[num]
             for key, item in value.items():
                 if isinstance(item, (list, dict)):
-                    value[key] = walk(item)
+                    value[key] = self.walk(item)
             return value
         return value
-
-    result = walk(data)
-    if not all(used):
-        raise PacketError("an attachment is not referenced by any placeholder")
-    return result
 
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
