@@ -355,6 +355,9 @@ class RelaySite(Site):
         make_connection = protocol.makeConnection
 
         def with_larger_writes(transport: ITransport) -> None:
+            # Called once. Drop this wrapper from the protocol: it refers to the protocol, and the
+            # reference cycle would keep every closed connection in memory until a cyclic collection.
+            del protocol.makeConnection
             # Twisted hands a TCP socket at most SEND_LIMIT (128 KiB) per write and waits a reactor
             # turn for the next: a 10 MB kernel output took 80 turns. 1 MiB sends it about 6 times
             # faster on loopback, and each send still only copies what the socket buffer takes.

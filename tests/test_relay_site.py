@@ -1,0 +1,45 @@
+"""The relay's HTTP site: what it changes on each connection, and that it leaves no cycle behind."""
+
+from __future__ import annotations
+
+import gc
+import types
+
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+
+from kernel_relay.tap import SEND_LIMIT, RelaySite
+
+
+class TunableTransport(StringTransport):
+    """A StringTransport with the SEND_LIMIT attribute of Twisted's TCP connections."""
+
+    SEND_LIMIT = 128 * 1024
+
+
+def test_the_connection_wrapper_leaves_no_reference_cycle() -> None:
+    """
+    The site raises each TCP connection's send limit as it is made, through a wrapper of the
+    protocol's makeConnection; the wrapper is dropped once called, so it is in no reference cycle
+    that would keep a closed connection in memory until a cyclic collection.
+    """
+    site = RelaySite(Resource())
+    protocol = site.buildProtocol(None)
+    assert protocol is not None
+    transport = TunableTransport()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        protocol.makeConnection(transport)
+        assert transport.SEND_LIMIT == SEND_LIMIT
+        protocol.connectionLost(Failure(ConnectionError("closed")))
+        del protocol, transport
+        gc.collect()
+        functions = [o.__qualname__ for o in gc.garbage if isinstance(o, types.FunctionType)]
+        assert functions == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
