@@ -10,6 +10,9 @@ Workers (threads), all on loopback:
 - *client churn*: clients join the long-lived kernel (shell + iopub), run code, check its output, leave.
 - *kernel churn*: spawn a kernel, run code on it, shut it down, again and again.
 - *REST*: ``/api/kernels``, ``/api/kernelspecs``, ``/api/health`` and ``/metrics`` in a loop.
+- *buffers*: a kernel of its own publishes a display with a 1 MB binary buffer, again and again, to a raw
+  socket.io reader (:class:`bench.clients.RelayClient`) that checks each arrives whole. The relay must
+  free each buffer once sent: its RSS at the end tells.
 
 At the end it prints requests served, errors, messages lost (must be 0), and the relay's RSS and open
 fds after warm-up and at the end, then one JSON line with the same numbers. The exit status is 1 when
@@ -33,12 +36,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import requests
 import socketio
 
+from bench.clients import RelayClient
+from bench.scenarios import BUFFER_CODE, iopub_ready, wait_for
+
 HOST = "127.0.0.1"
+#: The binary buffer the *buffers* worker has its kernel publish each turn.
+BUFFER_BYTES = 1_000_000
 
 
 def free_port() -> int:
@@ -69,6 +78,7 @@ class Tally:
     errors: list[str] = field(default_factory=list)
     spawned: int = 0
     clients_joined: int = 0
+    buffers: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, **counts: int) -> None:
@@ -227,6 +237,22 @@ def run_workers(url: str, deadline: float, tally: Tally, watchers: int) -> None:
         finally:
             shutdown(url, kernel_id, tally)
 
+    buffer_kernel = spawn(url, tally)
+    reader = RelayClient(urlsplit(url).port or 80, buffer_kernel, ("shell", "iopub"))
+    iopub_ready(reader)
+
+    def publish_buffers(turn: int) -> None:
+        code = BUFFER_CODE.format(n=BUFFER_BYTES)
+        msg_id = reader.send("shell", "execute_request", {"code": code})
+        message = wait_for(
+            reader,
+            lambda m: (
+                m.channel == "iopub" and m.parent_id == msg_id and m.msg_type == "display_data"
+            ),
+        )
+        whole = [len(buffer) for buffer in message.buffers] == [BUFFER_BYTES]
+        tally.add(executes=1, buffers=1, lines_expected=1, lost=0 if whole else 1)
+
     def rest(turn: int) -> None:
         for path in ("/api/kernels", "/api/kernelspecs", "/api/health", "/metrics"):
             requests.get(f"{url}{path}", timeout=60).raise_for_status()
@@ -237,6 +263,7 @@ def run_workers(url: str, deadline: float, tally: Tally, watchers: int) -> None:
         threading.Thread(target=loop("client churn", churn_clients, 0.1)),
         threading.Thread(target=loop("kernel churn", churn_kernels, 0.5)),
         threading.Thread(target=loop("rest", rest, 0.2)),
+        threading.Thread(target=loop("buffers", publish_buffers, 0.2)),
     ]
     for thread in threads:
         thread.start()
@@ -244,7 +271,9 @@ def run_workers(url: str, deadline: float, tally: Tally, watchers: int) -> None:
         thread.join()
     for client in [driver, *watching]:
         client.close()
+    reader.close()
     shutdown(url, main_kernel, tally)
+    shutdown(url, buffer_kernel, tally)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "executes": tally.executes,
         "kernels_spawned": tally.spawned,
         "clients_joined": tally.clients_joined,
+        "buffers_relayed": tally.buffers,
         "lines_expected": tally.lines_expected,
         "messages_lost": tally.lost,
         "errors": len(tally.errors),
@@ -308,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  requests served {summary['requests_served']} ({tally.requests} REST, "
         f"{tally.executes} executes); kernels spawned {tally.spawned}; clients joined "
-        f"{tally.clients_joined}"
+        f"{tally.clients_joined}; {tally.buffers} binary buffers of {BUFFER_BYTES:,} bytes"
     )
     print(f"  errors {len(tally.errors)}; messages lost {tally.lost} of {tally.lines_expected}")
     print(
