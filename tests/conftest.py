@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import sys
@@ -96,6 +97,17 @@ def _isolated_jupyter_runtime(tmp_path_factory: pytest.TempPathFactory) -> Itera
     else:
         os.environ["JUPYTER_RUNTIME_DIR"] = previous
     shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """The cyclic garbage collector off: what a reference cycle holds then stays held."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 __all__ = ["ROOT", "Relay"]

@@ -18,7 +18,7 @@ class TunableTransport(StringTransport):
     SEND_LIMIT = 128 * 1024
 
 
-def test_the_connection_wrapper_leaves_no_reference_cycle() -> None:
+def test_the_connection_wrapper_leaves_no_reference_cycle(no_cyclic_gc: None) -> None:
     """
     The site raises each TCP connection's send limit as it is made, through a wrapper of the
     protocol's makeConnection; the wrapper is dropped once called, so it is in no reference cycle
@@ -28,8 +28,6 @@ def test_the_connection_wrapper_leaves_no_reference_cycle() -> None:
     protocol = site.buildProtocol(None)
     assert protocol is not None
     transport = TunableTransport()
-    gc.collect()
-    gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         protocol.makeConnection(transport)
@@ -42,4 +40,3 @@ def test_the_connection_wrapper_leaves_no_reference_cycle() -> None:
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
-        gc.enable()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import array
 import gc
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -128,17 +127,6 @@ def test_reconstruct_inverts_deconstruct() -> None:
     original = ["x", {"a": [b"1", {"b": b"22"}], "c": None}, b"333"]
     data, attachments = deconstruct(original)
     assert reconstruct(data, attachments) == original
-
-
-@pytest.fixture
-def no_cyclic_gc() -> Iterator[None]:
-    """The cyclic garbage collector off: what a reference cycle holds then stays held."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def test_an_attachment_is_freed_as_soon_as_its_frames_are(no_cyclic_gc: None) -> None:
