@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import zmq
+import zmq.backend
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from txzmq import (
@@ -40,6 +41,9 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+# pyzmq's Cython send, without the Python layer over it (which only adds routing ids and groups).
+_send: Callable[[Any, Frame, int], Any] = zmq.backend.Socket.send
 
 
 class FrameSocket(Protocol):
@@ -78,6 +82,11 @@ class _BatchedReads:
     flags; these loops call the Cython ``recv``/``send``/``get`` directly. Frames are received
     without copying (a ``zmq.Frame`` says by itself whether more follow): small ones are then copied
     into ``bytes``, large ones passed on as views (:data:`ZERO_COPY_BYTES`).
+
+    How a read learns that the queue is empty: after a lone message (a reply, a status) from
+    ``EVENTS``, which costs less than the ``zmq.Again`` a further receive would raise; in a burst,
+    from that exception, which is then one per batch instead of a ``getsockopt`` per message. Both
+    process ZMQ's pending commands, which is what re-arms the descriptor.
     """
 
     socket: Any
@@ -91,15 +100,14 @@ class _BatchedReads:
         scheduled, self.read_scheduled = self.read_scheduled, None
         if scheduled is not None and not scheduled.called:
             scheduled.cancel()
-        for _ in range(READ_BATCH):
+        for index in range(READ_BATCH):
             socket = self.socket
             if self.factory is None or socket is None or socket.closed:
                 return
+            if index == 1 and not socket.get(_EVENTS) & _POLLIN:
+                return
             try:
-                # A receive that finds nothing processes ZMQ's pending commands before it raises
-                # zmq.Again, as reading EVENTS would: that is what re-arms the edge-triggered fd.
-                # Ending on it costs one exception per batch instead of a getsockopt per message.
-                # (Only the first receive can raise it: a multipart message arrives whole.)
+                # (Only the first receive can raise zmq.Again: a multipart message arrives whole.)
                 frames: list[Frame] = []
                 more = True
                 while more:
@@ -128,7 +136,7 @@ class _BatchedReads:
         socket = self.socket
         last = len(message) - 1
         for index, frame in enumerate(message):
-            socket.send(frame, _NOBLOCK_SNDMORE if index < last else _NOBLOCK)
+            _send(socket, frame, _NOBLOCK_SNDMORE if index < last else _NOBLOCK)
         if self.read_scheduled is None and socket.get(_EVENTS) & _POLLIN:
             self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
