@@ -38,7 +38,7 @@ def build(message: Any, buffers: Sequence[Any] = (), channel: str = "shell") -> 
         message,
         buffers,
         session_id="client-session",
-        now_iso="2024-05-06T07:08:09.000000Z",
+        now_iso=lambda: "2024-05-06T07:08:09.000000Z",
         new_msg_id=lambda: "generated-id",
     )
 

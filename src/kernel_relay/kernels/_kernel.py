@@ -86,16 +86,16 @@ class KernelClient:
             message,
             buffers,
             session_id=self.session_id,
-            now_iso=_iso_now(self.kernel._clock),
+            now_iso=partial(_iso_now, self.kernel._clock),
             new_msg_id=_new_msg_id,
         )
         try:
             self._sockets[channel].send(encode_frames(built, self.kernel._signer))
         except Exception as exc:
             raise InvalidMessage(f"could not send to kernel {self.kernel.id}: {exc}") from exc
-        self.last_sent_bytes = sum(len(frame) for frame in built.raw_parts) + sum(
-            len(buffer) for buffer in built.buffers
-        )
+        header, parent, metadata, content = built.raw_parts
+        size = len(header) + len(parent) + len(metadata) + len(content)
+        self.last_sent_bytes = size + sum(map(len, built.buffers)) if built.buffers else size
         self.kernel._touch()
         return built.msg_id
 
