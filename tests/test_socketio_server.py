@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 
 from kernel_relay.engineio import HandshakeInfo
 from kernel_relay.socketio import (
@@ -347,6 +349,28 @@ def test_deferred_event_result_is_acked_later(server: SocketIOServer) -> None:
     assert session.take() == []
     later.callback("done")
     assert session.take() == ['35["done"]']
+
+
+def test_coroutine_and_failure_results_are_handled_like_deferreds(server: SocketIOServer) -> None:
+    """A coroutine handler is awaited for its ack; a returned Failure sends no ack, like a raise."""
+    later: Deferred[str] = Deferred()
+
+    async def waits(socket: Socket) -> str:
+        return await later
+
+    group = server.of("/")
+    group.on("waits", waits)
+    group.on("fails", lambda socket: Failure(ValueError("returned, not raised")))
+    session = open_session(server)
+    joined(session)
+    with capturedLogs() as events:
+        session.receive('26["waits"]', '27["fails"]')
+    assert session.take() == []
+    later.callback("awaited")
+    assert session.take() == ['36["awaited"]']
+    assert not session.closed
+    failures = [event["log_failure"].value for event in events if "log_failure" in event]
+    assert [str(error) for error in failures] == ["returned, not raised"]
 
 
 def test_handler_exception_sends_no_ack_and_keeps_the_session(server: SocketIOServer) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from enum import Enum
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
@@ -238,10 +239,21 @@ class Socket:
                 namespace=self.namespace.name,
             )
             return
-        result = maybeDeferred(handler, self, *args)
+        try:
+            result = handler(self, *args)
+            if not isinstance(result, Deferred | Failure | CoroutineType):
+                # A plain value, the usual case (once per client message): no Deferred to build.
+                if packet.id is not None:
+                    self._send_ack(result, packet.id)
+                return
+        except Exception:
+            self._handler_failed(None, event)
+            return
+        # An asynchronous handler: maybeDeferred turns each of these into a Deferred.
+        pending = maybeDeferred(lambda: result)
         if packet.id is not None:
-            result.addCallback(self._send_ack, packet.id)
-        result.addErrback(self._handler_failed, event)
+            pending.addCallback(self._send_ack, packet.id)
+        pending.addErrback(self._handler_failed, event)
 
     def _send_ack(self, value: Any, ack_id: int) -> None:
         if not self.connected:
@@ -249,7 +261,8 @@ class Socket:
         packet = Packet(PacketType.ACK, self.namespace.name, ack_arguments(value), ack_id)
         self._send(encode_packet(packet))
 
-    def _handler_failed(self, failure: Failure, event: str) -> None:
+    def _handler_failed(self, failure: Failure | None, event: str) -> None:
+        """Log a handler's failure (``None``: the exception being handled)."""
         log.failure(
             "Handler of event {event!r} on {namespace} failed",
             failure,

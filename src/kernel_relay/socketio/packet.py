@@ -100,6 +100,7 @@ _ACK = PacketType.ACK
 _BINARY_EVENT = PacketType.BINARY_EVENT
 _BINARY_ACK = PacketType.BINARY_ACK
 _WITH_PAYLOAD = frozenset({_EVENT, _ACK, _BINARY_EVENT, _BINARY_ACK})
+_TYPES = tuple(PacketType)  # by wire digit
 _DIGITS_OF = {packet_type: str(int(packet_type)) for packet_type in PacketType}
 #: Values that JSON writes without recursion and that are never binary.
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -434,7 +435,7 @@ def decode_text(text: str, max_attachments: int = DEFAULT_MAX_ATTACHMENTS) -> tu
     """
     if not text or text[0] not in "0123456":
         raise PacketError("unknown packet type")
-    packet_type = PacketType(ord(text[0]) - ord("0"))
+    packet_type = _TYPES[ord(text[0]) - 48]
     position = 1
     attachments = 0
     if packet_type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
