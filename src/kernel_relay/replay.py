@@ -27,6 +27,7 @@ from .payload import Payload, client_payload
 from .socketio import RawJSON
 
 SEQ_KEY = "relay_seq"
+_SEQ_FIELD = f'"{SEQ_KEY}"'
 #: What keeping one message costs beyond its JSON bytes (its text object and entry), counted against
 #: ``max_bytes`` so the bound is close to the memory really held: a small iopub message of about 470 bytes of
 #: JSON holds about 810 bytes (measured with tracemalloc); one kept as a dict (with buffers, or made by the
@@ -147,9 +148,9 @@ def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Payload:
 def splice_seq(metadata_json: str, seq: int) -> str:
     """``metadata_json`` (a JSON object) with ``relay_seq`` set, by splicing when that is safe."""
     text = metadata_json.strip()
-    if f'"{SEQ_KEY}"' not in text and text[:1] == "{" and text[-1:] == "}":
+    if _SEQ_FIELD not in text and text[:1] == "{" and text[-1:] == "}":
         inner = text[1:-1].strip()
-        return f'{{"{SEQ_KEY}":{seq}' + (f",{inner}}}" if inner else "}")
+        return f"{{{_SEQ_FIELD}:{seq}" + (f",{inner}}}" if inner else "}")
     value = json.loads(metadata_json)
     if not isinstance(value, dict):
         value = {}

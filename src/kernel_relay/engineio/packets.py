@@ -158,7 +158,7 @@ class V4Codec:
         """One WebSocket frame: text for text packets, the raw bytes for a binary message."""
         if not isinstance(packet.data, str):
             return packet.data
-        return _encode_text_packet(packet)
+        return _text_frame(packet)
 
     def decode_frame(self, frame: str | bytes) -> Packet:
         """A WebSocket frame: a binary frame is always a binary message."""

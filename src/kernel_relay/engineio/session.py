@@ -88,6 +88,7 @@ class _State(Enum):
 # Looked up for every message; an enum member costs more to fetch from its class than a global.
 _OPEN = _State.OPEN
 _MESSAGE = PacketType.MESSAGE
+_new_packet = tuple.__new__
 
 
 def _binary(data: object) -> Binary:
@@ -217,11 +218,14 @@ class EngineIOSession:
         if self._state is not _OPEN:
             self.log.debug("send on closed session {sid} ignored", sid=self.sid)
             return
+        buffer = self._buffer
         for data in messages:
             kind = type(data)
             if kind is not str and kind is not bytes:
                 data = _binary(data)
-            self._queue(Packet(_MESSAGE, data))
+            # Packet's own check is for other types: any data is valid in a message.
+            buffer.append(_new_packet(Packet, (_MESSAGE, data)))
+            self._queued_bytes += len(data)
         self._flush()
         limit = self._options.max_buffered_bytes
         if limit is not None and self._state is _OPEN:
