@@ -471,7 +471,9 @@ class Relay:
                 message,
             )
         buffers = message.get("buffers") or []
-        if not isinstance(buffers, list) or not all(isinstance(b, bytes) for b in buffers):
+        if buffers and (
+            not isinstance(buffers, list) or not all(isinstance(b, bytes) for b in buffers)
+        ):
             return self._refuse(socket, "buffers must be a list of binary attachments", message)
         link = self._links.get((socket.client.sid, kernel_id))
         if link is None:

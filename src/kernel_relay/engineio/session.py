@@ -128,6 +128,8 @@ class EngineIOSession:
         self.sid = sid
         self.handshake = handshake
         self.protocol = handshake.protocol
+        #: Protocol 3: the client pings, the server answers (else the server pings).
+        self._client_pings = self.protocol < 4
         self.upgraded = False
         self.close_reason: str | None = None
         self._options = options
@@ -199,10 +201,6 @@ class EngineIOSession:
         """
         return self._queued_bytes + self._transport.buffered_bytes
 
-    @property
-    def _client_pings(self) -> bool:
-        return self.protocol < 4
-
     def attach_handler(self, handler: SessionHandler) -> None:
         """Set the application handler (done once by the server, right after the open packet)."""
         self._handler = handler
@@ -259,7 +257,7 @@ class EngineIOSession:
         kind = packet.type
         if self._client_pings:
             self._expect_heartbeat()
-        if kind is PacketType.MESSAGE:
+        if kind is _MESSAGE:
             # The codecs decode what peers send into str or bytes, never a view.
             self._deliver(packet.data)  # type: ignore[arg-type]
         elif kind is PacketType.PONG and not self._client_pings:
