@@ -20,38 +20,75 @@ async def _until(condition: object, timeout: float = 30.0) -> None:
         waited += 0.02
 
 
+class _Publisher:
+    """A PUB socket with the relay's SUB adapter subscribed to it (the subscription confirmed)."""
+
+    def __init__(self) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.PUB)
+        self.socket.linger = 0
+        self.socket.sndhwm = 0
+        port = self.socket.bind_to_random_port("tcp://127.0.0.1")
+        self.opener = ZmqSocketOpener(reactor)
+        self.received: list[list[bytes]] = []
+        self.subscriber = self.opener.subscriber(f"tcp://127.0.0.1:{port}", self.received.append)
+
+    async def subscribed(self) -> None:
+        # A subscription takes effect some time after connecting: probe until one arrives.
+        for _ in range(250):
+            self.socket.send_multipart([b"probe"])
+            await deferLater(reactor, 0.02, lambda: None)
+            if self.received:
+                break
+        assert self.received, "the subscription never took effect"
+        await deferLater(reactor, 0.1, lambda: None)
+        self.received.clear()
+
+    def close(self) -> None:
+        self.subscriber.close()
+        self.opener.close()
+        self.socket.close()
+        self.context.term()
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_burst_larger_than_one_batch_arrives_whole_and_in_order() -> None:
     """A burst of several READ_BATCHes of messages is delivered completely and in order, though each reactor turn takes only one batch."""
-    context = zmq.Context()
-    publisher = context.socket(zmq.PUB)
-    publisher.linger = 0
-    publisher.sndhwm = 0
-    port = publisher.bind_to_random_port("tcp://127.0.0.1")
-    opener = ZmqSocketOpener(reactor)
-    received: list[list[bytes]] = []
-    subscriber = opener.subscriber(f"tcp://127.0.0.1:{port}", received.append)
+    publisher = _Publisher()
     try:
-        # A subscription takes effect some time after connecting: probe until one arrives.
-        for _ in range(250):
-            publisher.send_multipart([b"probe"])
-            await deferLater(reactor, 0.02, lambda: None)
-            if received:
-                break
-        assert received, "the subscription never took effect"
-        await deferLater(reactor, 0.1, lambda: None)
-        received.clear()
+        await publisher.subscribed()
         count = READ_BATCH * 5 + 7
         for index in range(count):
-            publisher.send_multipart([b"topic", str(index).encode(), b"x" * 10])
-        await _until(lambda: len(received) >= count)
-        assert [int(frames[1]) for frames in received] == list(range(count))
-        assert all(len(frames) == 3 for frames in received)
+            publisher.socket.send_multipart([b"topic", str(index).encode(), b"x" * 10])
+        await _until(lambda: len(publisher.received) >= count)
+        assert [int(frames[1]) for frames in publisher.received] == list(range(count))
+        assert all(len(frames) == 3 for frames in publisher.received)
     finally:
-        subscriber.close()
-        opener.close()
         publisher.close()
-        context.term()
+
+
+@pytest_twisted.ensureDeferred
+async def test_lone_messages_and_pairs_each_wake_the_reader() -> None:
+    """
+    A read that ends after one message (on EVENTS, not on zmq.Again) leaves the descriptor armed: every
+    later message is read without anything else happening, whether it comes alone or in a pair.
+    """
+    publisher = _Publisher()
+    try:
+        await publisher.subscribed()
+        expected = 0
+        for index in range(30):
+            batch = 1 + index % 2
+            for _ in range(batch):
+                publisher.socket.send_multipart([b"topic", str(expected).encode()])
+                expected += 1
+            await _until(lambda n=expected: len(publisher.received) >= n, timeout=5.0)
+            assert len(publisher.received) == expected, (
+                f"message {expected - 1} never woke the reader"
+            )
+        assert [int(frames[1]) for frames in publisher.received] == list(range(expected))
+    finally:
+        publisher.close()
 
 
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])

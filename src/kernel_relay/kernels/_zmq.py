@@ -104,9 +104,9 @@ class _BatchedReads:
             socket = self.socket
             if self.factory is None or socket is None or socket.closed:
                 return
-            if index == 1 and not socket.get(_EVENTS) & _POLLIN:
-                return
             try:
+                if index == 1 and not socket.get(_EVENTS) & _POLLIN:
+                    return
                 # (Only the first receive can raise zmq.Again: a multipart message arrives whole.)
                 frames: list[Frame] = []
                 more = True
