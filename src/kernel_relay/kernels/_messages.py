@@ -439,7 +439,7 @@ def build_client_message(
         value = header.get(key)
         if value is None:
             header[key] = default if isinstance(default, str) else default()
-        elif type(value) is not str:
+        elif not isinstance(value, str):
             raise InvalidMessage(f"header.{key} must be a string, not {type(value).__name__}")
     if not header["msg_id"]:
         raise InvalidMessage("header.msg_id must not be empty")
