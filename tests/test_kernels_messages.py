@@ -7,11 +7,13 @@ import hmac
 import json
 import re
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jupyter_client.session import Session
 
 from kernel_relay.kernels import InvalidMessage, KernelMessage
 from kernel_relay.kernels._messages import (
@@ -20,6 +22,7 @@ from kernel_relay.kernels._messages import (
     build_client_message,
     decode_frames,
     encode_frames,
+    session_signer,
 )
 
 KEY = b"test-key"
@@ -226,3 +229,17 @@ def test_any_json_content_round_trips(content: dict[str, Any], buffers: list[byt
     _, decoded = decode_frames(encode_frames(message, sign), "shell", sign)
     assert decoded.content == content
     assert decoded.buffers == buffers
+
+
+def test_the_signer_matches_session_sign_with_or_without_the_c_hmac() -> None:
+    """session_signer gives Session.sign's digest from the C HMAC object, and from the pure-Python one."""
+    session = Session(key=KEY)
+    parts = [b'{"msg_type":"status"}', b"{}", b"{}", b'{"execution_state":"idle"}']
+    signer = session_signer(session)
+    assert signer is not None and signer(parts) == session.sign(parts)
+    # A digestmod that is a plain function makes hmac.HMAC compute in Python, without a C object.
+    pure = SimpleNamespace(auth=hmac.HMAC(KEY, digestmod=lambda: hashlib.sha256()))
+    assert getattr(pure.auth, "_hmac", None) is None
+    pure_signer = session_signer(pure)
+    assert pure_signer is not None and pure_signer(parts) == session.sign(parts)
+    assert session_signer(SimpleNamespace(auth=None)) is None
