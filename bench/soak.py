@@ -73,7 +73,8 @@ class Tally:
 
     requests: int = 0
     executes: int = 0
-    lines_expected: int = 0
+    messages_expected: int = 0
+    """Stream lines and binary buffers the clients should receive, each counted once."""
     lost: int = 0
     errors: list[str] = field(default_factory=list)
     spawned: int = 0
@@ -201,7 +202,7 @@ def run_workers(url: str, deadline: float, tally: Tally, watchers: int) -> None:
     def drive(turn: int) -> None:
         marker, count = f"drive{turn}-", 50
         msg_id = driver.execute(f"for i in range({count}): print('{marker}', i)")
-        tally.add(executes=1, lines_expected=count * (len(watching) + 1))
+        tally.add(executes=1, messages_expected=count * (len(watching) + 1))
         for client in [driver, *watching]:
             try:
                 client.wait(lambda c=client: c.lines(msg_id, marker) >= count, 30)
@@ -215,7 +216,9 @@ def run_workers(url: str, deadline: float, tally: Tally, watchers: int) -> None:
         try:
             msg_id = client.execute(f"print('churn{turn}')")
             tally.add(
-                executes=1, lines_expected=1, lost=1 - min(1, client.lines(msg_id, f"churn{turn}"))
+                executes=1,
+                messages_expected=1,
+                lost=1 - min(1, client.lines(msg_id, f"churn{turn}")),
             )
         finally:
             client.close()
@@ -229,7 +232,7 @@ def run_workers(url: str, deadline: float, tally: Tally, watchers: int) -> None:
                 msg_id = client.execute(f"print('kernel{turn}')")
                 tally.add(
                     executes=1,
-                    lines_expected=1,
+                    messages_expected=1,
                     lost=1 - min(1, client.lines(msg_id, f"kernel{turn}")),
                 )
             finally:
@@ -251,7 +254,7 @@ def run_workers(url: str, deadline: float, tally: Tally, watchers: int) -> None:
             ),
         )
         whole = [len(buffer) for buffer in message.buffers] == [BUFFER_BYTES]
-        tally.add(executes=1, buffers=1, lines_expected=1, lost=0 if whole else 1)
+        tally.add(executes=1, buffers=1, messages_expected=1, lost=0 if whole else 1)
 
     def rest(turn: int) -> None:
         for path in ("/api/kernels", "/api/kernelspecs", "/api/health", "/metrics"):
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernels_spawned": tally.spawned,
         "clients_joined": tally.clients_joined,
         "buffers_relayed": tally.buffers,
-        "lines_expected": tally.lines_expected,
+        "messages_expected": tally.messages_expected,
         "messages_lost": tally.lost,
         "errors": len(tally.errors),
         "rss_start_mb": round(start["rss_bytes"] / 2**20, 1),
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{tally.executes} executes); kernels spawned {tally.spawned}; clients joined "
         f"{tally.clients_joined}; {tally.buffers} binary buffers of {BUFFER_BYTES:,} bytes"
     )
-    print(f"  errors {len(tally.errors)}; messages lost {tally.lost} of {tally.lines_expected}")
+    print(f"  errors {len(tally.errors)}; messages lost {tally.lost} of {tally.messages_expected}")
     print(
         f"  relay RSS {summary['rss_start_mb']} -> {summary['rss_end_mb']} MiB; "
         f"open fds {start['fds']} -> {end['fds']}; threads {start['threads']} -> {end['threads']} "
