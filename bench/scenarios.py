@@ -95,7 +95,10 @@ def round_trip(
     count: int,
     blocks: int,
 ) -> dict[str, Any]:
-    """``count`` sequential request/reply pairs per target, interleaved in ``blocks`` rounds."""
+    """
+    ``count`` sequential request/reply pairs per target, interleaved in ``blocks`` rounds; every other
+    round takes the targets in reverse order, so that none always goes first.
+    """
     clients = {name: factory(("shell",)) for name, factory in factories.items()}
     samples: dict[str, list[float]] = {name: [] for name in clients}
     try:
@@ -103,8 +106,9 @@ def round_trip(
             for _ in range(10):
                 wait_reply(client, client.send("shell", msg_type, content))
         per_block = max(1, count // blocks)
-        for _ in range(blocks):
-            for name, client in clients.items():
+        order = list(clients.items())
+        for block in range(blocks):
+            for name, client in order if block % 2 == 0 else order[::-1]:
                 for _ in range(per_block):
                     start = time.perf_counter()
                     wait_reply(client, client.send("shell", msg_type, content))

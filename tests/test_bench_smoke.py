@@ -92,3 +92,40 @@ def test_a_relay_loss_is_reported_with_where_it_happened() -> None:
     assert "Flood of 50,000" in lines[1]
     assert "lost 778 messages" in lines[1] and "at most 3 in a run" in lines[1]
     assert _relay_loss_lines({"flood": {"5000": flood["5000"]}}) == []
+
+
+def test_round_trip_targets_take_turns_in_alternating_order() -> None:
+    """Each round gives every target a turn, and every other round reverses the order of the targets."""
+    from bench.clients import Msg
+    from bench.scenarios import round_trip
+
+    turns: list[str] = []
+
+    class Echo:
+        """A client whose every request is answered at once (it records who was asked, and when)."""
+
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self._pending: list[Msg] = []
+
+        def send(self, channel: str, msg_type: str, content: dict[str, object]) -> str:
+            turns.append(self.name)
+            msg_id = f"{self.name}-{len(turns)}"
+            self._pending.append(Msg("shell", {"msg_type": "reply"}, {"msg_id": msg_id}, {}))
+            return msg_id
+
+        def recv(self, timeout: float) -> Msg | None:
+            return self._pending.pop(0) if self._pending else None
+
+        def close(self) -> None:
+            pass
+
+    result = round_trip(
+        {name: lambda channels, name=name: Echo(name) for name in ("a", "b")},
+        "kernel_info_request",
+        {},
+        count=6,
+        blocks=3,
+    )
+    assert turns[20:] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
+    assert result["a"]["n"] == result["b"]["n"] == 6
