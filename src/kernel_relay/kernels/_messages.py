@@ -390,6 +390,7 @@ def _buffer_list(buffers: Sequence[Any]) -> list[Frame]:
 
 
 def _pack_part(name: str, part: dict[str, Any]) -> bytes:
+    """One part's JSON bytes (an empty part, most parent headers and metadata, without the encoder)."""
     if not part:
         return b"{}"
     try:
