@@ -243,3 +243,13 @@ def test_the_signer_matches_session_sign_with_or_without_the_c_hmac() -> None:
     pure_signer = session_signer(pure)
     assert pure_signer is not None and pure_signer(parts) == session.sign(parts)
     assert session_signer(SimpleNamespace(auth=None)) is None
+
+
+def test_size_counts_the_json_parts_and_the_buffers() -> None:
+    """A message's size as relayed: the bytes of its four JSON parts, plus its buffers if any."""
+    message = build({"header": {"msg_type": "comm_msg"}, "content": {"a": 1}}, [b"xyz", b"12"])
+    json_bytes = sum(len(part) for part in message.raw_parts)
+    assert json_bytes > 0
+    assert message.size == json_bytes + 5
+    plain = build({"header": {"msg_type": "kernel_info_request"}})
+    assert plain.size == sum(len(part) for part in plain.raw_parts)

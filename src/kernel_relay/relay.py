@@ -68,13 +68,6 @@ def short_id(kernel_id: str) -> str:
     return kernel_id.split("-", 1)[0][:8]
 
 
-def message_size(message: KernelMessage) -> int:
-    """Bytes of a kernel message as relayed: its four JSON parts and its buffers."""
-    header, parent, metadata, content = message.raw_parts
-    size = len(header) + len(parent) + len(metadata) + len(content)
-    return size + sum(map(len, message.buffers)) if message.buffers else size
-
-
 def relay_status(kernel: Kernel, execution_state: str) -> dict[str, Any]:
     """
     An iopub ``status`` message made by the relay, for states the kernel cannot announce itself
@@ -182,7 +175,7 @@ class Relay:
         )
 
         def forward(message: KernelMessage) -> None:
-            size = message_size(message)
+            size = message.size
             if self._too_big(message, size):
                 namespace = self._socketio.namespace(f"/iopub/{kernel.id}")
                 if namespace is not None:
@@ -394,7 +387,7 @@ class Relay:
                     channel=message.channel,
                 )
                 return
-            size = message_size(message)
+            size = message.size
             if self._too_big(message, size):
                 for recipient in recipients:
                     recipient.emit(ERROR_EVENT, self._oversized(kernel, message, size))

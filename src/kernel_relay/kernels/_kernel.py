@@ -93,9 +93,7 @@ class KernelClient:
             self._sockets[channel].send(encode_frames(built, self.kernel._signer))
         except Exception as exc:
             raise InvalidMessage(f"could not send to kernel {self.kernel.id}: {exc}") from exc
-        header, parent, metadata, content = built.raw_parts
-        size = len(header) + len(parent) + len(metadata) + len(content)
-        self.last_sent_bytes = size + sum(map(len, built.buffers)) if built.buffers else size
+        self.last_sent_bytes = built.size
         self.kernel._touch()
         return built.msg_id
 

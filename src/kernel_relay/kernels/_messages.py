@@ -140,6 +140,13 @@ class KernelMessage:
         return str(self.header.get("msg_id", ""))
 
     @property
+    def size(self) -> int:
+        """Bytes of the message as relayed: its four JSON parts (``raw_parts``) and its buffers."""
+        header, parent, metadata, content = self.raw_parts
+        size = len(header) + len(parent) + len(metadata) + len(content)
+        return size + sum(map(len, self.buffers)) if self.buffers else size
+
+    @property
     def msg_type(self) -> str:
         return str(self.header.get("msg_type", ""))
 
