@@ -46,6 +46,8 @@ class PacketType(IntEnum):
 
 #: The types by wire digit: indexing a tuple costs far less than calling the enum class.
 _TYPES = tuple(PacketType)
+#: ``_new_packet(Packet, (type, data))``: a Packet without ``Packet.__new__``'s check, for data that
+#: cannot fail it (text, or any data of a message), on the paths taken once per message.
 _new_packet = tuple.__new__
 
 #: Binary message data: ``bytes``, or on the way out a read-only view of a kernel's ZMQ frame, which is

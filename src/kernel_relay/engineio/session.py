@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from kernel_relay.engineio.options import EngineIOOptions, HandshakeInfo, SessionHandler
-from kernel_relay.engineio.packets import Binary, Packet, PacketType
+from kernel_relay.engineio.packets import Binary, Packet, PacketType, _new_packet
 
 # Reasons given to SessionHandler.session_closed.
 TRANSPORT_CLOSE = "transport close"
@@ -88,7 +88,6 @@ class _State(Enum):
 # Looked up for every message; an enum member costs more to fetch from its class than a global.
 _OPEN = _State.OPEN
 _MESSAGE = PacketType.MESSAGE
-_new_packet = tuple.__new__
 
 
 def _binary(data: object) -> Binary:
@@ -216,14 +215,11 @@ class EngineIOSession:
         if self._state is not _OPEN:
             self.log.debug("send on closed session {sid} ignored", sid=self.sid)
             return
-        buffer = self._buffer
         for data in messages:
             kind = type(data)
             if kind is not str and kind is not bytes:
                 data = _binary(data)
-            # Packet's own check is for other types: any data is valid in a message.
-            buffer.append(_new_packet(Packet, (_MESSAGE, data)))
-            self._queued_bytes += len(data)
+            self._queue(_new_packet(Packet, (_MESSAGE, data)))
         self._flush()
         limit = self._options.max_buffered_bytes
         if limit is not None and self._state is _OPEN:
