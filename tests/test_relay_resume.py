@@ -35,9 +35,10 @@ class IopubWatcher:
         with self._lock:
             self.messages.append(message)
 
-    def last_seq(self) -> int:
+    def received(self) -> list[dict[str, Any]]:
+        """The messages so far (a copy: the client's thread may still add one after a disconnect)."""
         with self._lock:
-            return int(self.messages[-1]["metadata"]["relay_seq"])
+            return list(self.messages)
 
     def printed(self, parent: str) -> str:
         with self._lock:
@@ -81,9 +82,12 @@ def test_reconnecting_client_gets_exactly_what_it_missed(relay: Relay, kernel_id
         msg_id = runner.send("shell", "execute_request", {"code": LOOP.format(n=60, pause=0.03)})
         wait(lambda: first.printed(msg_id).count("\n") >= 10, what="the first lines")
         first.close()
-        seen_before = list(first.messages)
+        # What it saw and the sequence it resumes from are one snapshot: a message that still arrives
+        # after disconnect() must count neither as seen nor as resumed from.
+        seen_before = first.received()
         time.sleep(0.5)  # lines go by while nobody watches
-        second = IopubWatcher(relay.url, kernel_id, auth={"since": first.last_seq()})
+        since = int(seen_before[-1]["metadata"]["relay_seq"])
+        second = IopubWatcher(relay.url, kernel_id, auth={"since": since})
         try:
             runner.reply_to("shell", msg_id, timeout=60)
             wait(
