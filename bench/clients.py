@@ -1,9 +1,12 @@
 """
 Lean clients, one per target, doing the same minimal work per message: send a full Jupyter message,
-receive, check the signature where the client holds the key (direct ZMQ only), and JSON-decode.
+receive, check the signature where the client holds the key (direct ZMQ and the forwarder), and
+JSON-decode.
 
 - :class:`DirectClient`: pyzmq DEALER (shell) and SUB (iopub) sockets with jupyter_client's Session
-  for signing (the floor: what any relay adds is measured against this).
+  for signing (the baseline: what any relay adds is measured against this).
+- :class:`ForwarderClient`: the direct client's messages through :mod:`bench.forwarder`, a relay that
+  does no work (the round trip's structural floor).
 - :class:`RelayClient`: Engine.IO/socket.io frames spoken directly over :mod:`bench.wsclient`
   (``42/shell/<id>,["msg",{...}]``), one Engine.IO connection multiplexing the namespaces.
 - :class:`JupyterServerClient`: :mod:`bench.wsclient` on ``/api/kernels/<id>/channels`` (legacy
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import socket
 import struct
 import time
 import uuid
@@ -26,6 +30,7 @@ import requests
 import zmq
 from jupyter_client.session import Session
 
+from bench import forwarder
 from bench.processes import HOST
 from bench.wsclient import BINARY, TEXT, WebSocket
 
@@ -76,6 +81,39 @@ def new_message(msg_type: str, content: dict[str, Any], session_id: str) -> dict
     }
 
 
+def session_for(connection_info: dict[str, Any]) -> Session:
+    """A jupyter_client Session with a kernel's key and a new session id, to sign and check messages."""
+    key = connection_info["key"]
+    return Session(
+        key=key.encode() if isinstance(key, str) else key,
+        signature_scheme=connection_info.get("signature_scheme", "hmac-sha256"),
+        session=uuid.uuid4().hex,
+    )
+
+
+def signed_frames(
+    session: Session, msg_type: str, content: dict[str, Any]
+) -> tuple[str, list[bytes]]:
+    """A new request's msg_id and its ZMQ frames (delimiter, signature, the four JSON parts)."""
+    message = new_message(msg_type, content, session.session)
+    parts = [
+        json.dumps(message[name]).encode()
+        for name in ("header", "parent_header", "metadata", "content")
+    ]
+    msg_id: str = message["header"]["msg_id"]
+    return msg_id, [DELIMITER, session.sign(parts), *parts]
+
+
+def decode_frames(session: Session, channel: str, frames: list[bytes]) -> Msg:
+    """A kernel message from its ZMQ frames, after checking its signature."""
+    split = frames.index(DELIMITER)
+    raw = frames[split + 2 : split + 6]
+    if not hmac.compare_digest(frames[split + 1], session.sign(raw)):
+        raise ValueError("bad signature")
+    header, parent, _metadata, content = (json.loads(part) for part in raw)
+    return Msg(channel, header, parent, content, frames[split + 6 :])
+
+
 class BenchClient(Protocol):
     name: str
 
@@ -94,13 +132,7 @@ class DirectClient:
     name = "direct"
 
     def __init__(self, connection_info: dict[str, Any], channels: tuple[str, ...]) -> None:
-        self.session_id = uuid.uuid4().hex
-        key = connection_info["key"]
-        self.session = Session(
-            key=key.encode() if isinstance(key, str) else key,
-            signature_scheme=connection_info.get("signature_scheme", "hmac-sha256"),
-            session=self.session_id,
-        )
+        self.session = session_for(connection_info)
         self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.sockets: dict[str, zmq.Socket[bytes]] = {}
@@ -122,23 +154,12 @@ class DirectClient:
         self._ready: list[Msg] = []
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
-        message = new_message(msg_type, content, self.session_id)
-        parts = [
-            json.dumps(message[name]).encode()
-            for name in ("header", "parent_header", "metadata", "content")
-        ]
-        signature = self.session.sign(parts)
-        self.sockets[channel].send_multipart([DELIMITER, signature, *parts])
-        msg_id: str = message["header"]["msg_id"]
+        msg_id, frames = signed_frames(self.session, msg_type, content)
+        self.sockets[channel].send_multipart(frames)
         return msg_id
 
     def _decode(self, channel: str, frames: list[bytes]) -> Msg:
-        split = frames.index(DELIMITER)
-        raw = frames[split + 2 : split + 6]
-        if not hmac.compare_digest(frames[split + 1], self.session.sign(raw)):
-            raise ValueError("bad signature")
-        header, parent, _metadata, content = (json.loads(part) for part in raw)
-        return Msg(channel, header, parent, content, frames[split + 6 :])
+        return decode_frames(self.session, channel, frames)
 
     def recv(self, timeout: float) -> Msg | None:
         if self._ready:
@@ -154,6 +175,45 @@ class DirectClient:
         for sock in self.sockets.values():
             sock.close(0)
         self.context.term()
+
+
+class ForwarderClient:
+    """
+    A direct client's signed messages, sent through :mod:`bench.forwarder` (the structural floor):
+    shell only, for round trips.
+    """
+
+    name = "forwarder"
+
+    def __init__(self, port: int, connection_info: dict[str, Any], timeout: float = 60) -> None:
+        self.session = session_for(connection_info)
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._pending = b""
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+        if channel != "shell":
+            raise ValueError(f"the forwarder only carries shell messages, not {channel}")
+        msg_id, frames = signed_frames(self.session, msg_type, content)
+        self.sock.sendall(forwarder.pack(frames))
+        return msg_id
+
+    def recv(self, timeout: float) -> Msg | None:
+        while (message := forwarder.unpack(self._pending)) is None:
+            self.sock.settimeout(timeout)
+            try:
+                data = self.sock.recv(1 << 16)
+            except TimeoutError:
+                return None
+            if not data:
+                raise ConnectionError("the forwarder closed the connection")
+            self._pending += data
+        frames, used = message
+        self._pending = self._pending[used:]
+        return decode_frames(self.session, "shell", frames)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class RelayClient:

@@ -110,6 +110,7 @@ class RelayServer(ChildServer):
             prefix = [sys.executable, "-m", "bench.profile_relay", str(profile_to)]
         argv = [*prefix, "--port", str(port), *args]
         super().__init__(name, argv, port, log_dir, {"JUPYTER_RUNTIME_DIR": str(runtime)})
+        self.runtime = runtime
         self.wait_http("/api/kernelspecs")
 
     def spawn(self, spec: str = "python3") -> str:
@@ -120,6 +121,11 @@ class RelayServer(ChildServer):
 
     def shutdown(self, kernel_id: str) -> None:
         requests.get(f"{self.url}/shutdown/{kernel_id}", timeout=60)
+
+    def connection_info(self, kernel_id: str) -> dict[str, Any]:
+        """The connection file the relay wrote for one of its kernels (ports and key)."""
+        info: dict[str, Any] = json.loads((self.runtime / f"kernel-{kernel_id}.json").read_text())
+        return info
 
 
 class JupyterServer(ChildServer):
@@ -202,3 +208,30 @@ class DirectKernel:
 
     def stop(self) -> None:
         self.manager.shutdown_kernel(now=False)
+
+
+class Forwarder:
+    """:mod:`bench.forwarder` in a child process, passing messages on to one kernel's shell socket."""
+
+    def __init__(self, connection_info: dict[str, Any]) -> None:
+        shell = f"tcp://{connection_info['ip']}:{connection_info['shell_port']}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.forwarder", shell],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+            start_new_session=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise RuntimeError(f"the forwarder did not start (it printed {line!r})")
+        self.port = int(line)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()

@@ -104,6 +104,33 @@ def _relay_loss_lines(results: dict[str, Any]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def _floor_lines(results: dict[str, Any]) -> list[str]:
+    """The round trips' structural floor: the forwarder against direct ZMQ, and the relay against it."""
+    lines = []
+    for kind in ("kernel_info", "execute"):
+        data = results.get(f"round_trip_{kind}") or {}
+        if not {"direct", "forwarder", "relay"} <= set(data):
+            continue
+        direct, floor, relay = (data[t]["median"] for t in ("direct", "forwarder", "relay"))
+        lines.append(
+            f"- {kind}: forwarder {floor * 1000:.2f} ms ({_ratio(floor, direct)} x direct); relay "
+            f"minus forwarder {(relay - floor) * 1000:+.2f} ms (relay {_ratio(relay, floor)} x the "
+            "forwarder)."
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        "## Round trips: the structural floor",
+        "",
+        "A forwarder that does no work (`bench/forwarder.py`, on the relay's kernel) pays only for being a "
+        "process between the client and the kernel: its time over direct ZMQ is what no relay can avoid "
+        "on this machine, and the relay's time over the forwarder is the cost of its own code. Medians:",
+        "",
+        *lines,
+    ]
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# kernel-relay benchmark",
@@ -125,6 +152,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             r_direct = r_js = ""
         lines.append(f"| {metric} | {' | '.join(cells)} | {r_direct} | {r_js} | {target} |")
     lines += _relay_loss_lines(results)
+    lines += _floor_lines(results)
     fan = results.get("fanout")
     if fan:
         lines += [

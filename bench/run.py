@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, scenarios
-from bench.clients import BenchClient, DirectClient, JupyterServerClient, RelayClient
-from bench.processes import DirectKernel, JupyterServer, RelayServer, raise_fd_limit
+from bench.clients import (
+    BenchClient,
+    DirectClient,
+    ForwarderClient,
+    JupyterServerClient,
+    RelayClient,
+)
+from bench.processes import DirectKernel, Forwarder, JupyterServer, RelayServer, raise_fd_limit
 
 SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -107,8 +113,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default="direct,relay,jupyter_server",
-        help="comma-separated targets for the side-by-side scenarios [direct,relay,jupyter_server]",
+        default="direct,relay,jupyter_server,forwarder",
+        help=(
+            "comma-separated targets for the side-by-side scenarios [direct,relay,jupyter_server,"
+            "forwarder]; the forwarder (a relay that does no work, on the relay's kernel) takes part "
+            "in the round trips only, and needs the relay"
+        ),
     )
     args = parser.parse_args(argv)
     only = [name.strip() for item in args.only for name in item.split(",") if name.strip()]
@@ -179,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         relay: RelayServer | None = None
         jupyter: JupyterServer | None = None
         factories: dict[str, scenarios.ClientFactory] = {}
+        #: Targets of the round trips only (the forwarder).
+        round_trip_factories: dict[str, scenarios.ClientFactory] = {}
         if "relay" in targets and (side_by_side or {"fanout", "spawn"} & set(args.only)):
             say("starting kernel-relay")
             # The bench's clients are synchronous: they answer Engine.IO pings only while reading,
@@ -216,6 +228,16 @@ def main(argv: list[str] | None = None) -> int:
                     return RelayClient(port, relay_kernel, channels)
 
                 factories["relay"] = relay_client
+                if "forwarder" in targets and "round_trip" in args.only:
+                    say("starting the forwarder (the round trip's floor) on the relay's kernel")
+                    floor_info = relay.connection_info(relay_kernel)
+                    floor = Forwarder(floor_info)
+                    cleanups.append(floor.stop)
+
+                    def forwarder_client(channels: tuple[str, ...]) -> BenchClient:
+                        return ForwarderClient(floor.port, floor_info)
+
+                    round_trip_factories["forwarder"] = forwarder_client
             if jupyter is not None:
                 say("starting a kernel through Jupyter Server")
                 js_kernel = jupyter.spawn()
@@ -242,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 "round_trip",
                 "round_trip_kernel_info",
                 scenarios.round_trip,
-                factories,
+                {**factories, **round_trip_factories},
                 "kernel_info_request",
                 {},
                 sizes.round_trips,
@@ -252,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 "round_trip",
                 "round_trip_execute",
                 scenarios.round_trip,
-                factories,
+                {**factories, **round_trip_factories},
                 "execute_request",
                 {"code": "pass", "silent": False},
                 sizes.round_trips,

@@ -40,7 +40,7 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
     results = data["results"]
     assert data["meta"]["quick"] is True
     for key in ("round_trip_kernel_info", "round_trip_execute"):
-        for target in SIDE_BY_SIDE:
+        for target in (*SIDE_BY_SIDE, "forwarder"):
             assert results[key][target]["n"] > 0
             assert results[key][target]["median"] > 0
     for size, per_target in results["flood"].items():
@@ -69,6 +69,8 @@ def test_markdown_table_has_ratio_columns(bench_out: Path) -> None:
     assert "round trip kernel_info_request, median" in table
     assert "iopub flood" in table
     assert "Fan-out" in table
+    assert "## Round trips: the structural floor" in table
+    assert "- kernel_info: forwarder " in table and "- execute: forwarder " in table
 
 
 @pytest.mark.timeout(300)
@@ -129,3 +131,16 @@ def test_round_trip_targets_take_turns_in_alternating_order() -> None:
     )
     assert turns[20:] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert result["a"]["n"] == result["b"]["n"] == 6
+
+
+def test_forwarder_frames_survive_any_split() -> None:
+    """The forwarder's framing gives back exactly the frames packed, and waits for a message's last byte."""
+    from bench.forwarder import pack, unpack
+
+    frames = [b"<IDS|MSG>", b"sig", b"", b"{}" * 40_000]
+    data = pack(frames) + pack([b"next"])
+    first = len(pack(frames))
+    for cut in (0, 3, 4, 9, first - 1):
+        assert unpack(data[:cut]) is None
+    assert unpack(data) == (frames, first)
+    assert unpack(data[first:]) == ([b"next"], len(data) - first)

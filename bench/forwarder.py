@@ -1,0 +1,89 @@
+"""
+``python -m bench.forwarder SHELL_URL``: the round trip's structural floor, a relay that does no work.
+
+Any relay puts one more process between a client and its kernel: one more TCP hop, one more ZMQ socket
+(with libzmq's I/O thread), and a third busy process on the machine. This forwarder pays exactly that and
+nothing else: it passes a client's already signed Jupyter message, framed as below, to the kernel's shell
+socket unchanged, and the reply back, without parsing, checking or re-encoding anything. What the relay
+takes beyond it is the cost of its protocols (WebSocket, Engine.IO, socket.io, JSON, signing) and of
+Twisted; what the forwarder takes beyond direct ZMQ is what no relay process can avoid.
+
+It serves one client connection at a time, on a free loopback port that it prints on its first line.
+A message on the TCP connection, each way, is ``!I`` frame count, ``!I`` length of each frame, then the
+frames.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+
+import zmq
+
+_COUNT = struct.Struct("!I")
+
+
+def pack(frames: list[bytes]) -> bytes:
+    return struct.pack(f"!{len(frames) + 1}I", len(frames), *map(len, frames)) + b"".join(frames)
+
+
+def unpack(buffer: bytes) -> tuple[list[bytes], int] | None:
+    """The first whole message in ``buffer`` and the bytes it took, or None if it is not all there."""
+    if len(buffer) < 4:
+        return None
+    (count,) = _COUNT.unpack_from(buffer)
+    start = 4 + 4 * count
+    if len(buffer) < start:
+        return None
+    lengths = struct.unpack_from(f"!{count}I", buffer, 4)
+    if len(buffer) < start + sum(lengths):
+        return None
+    frames = []
+    for length in lengths:
+        frames.append(buffer[start : start + length])
+        start += length
+    return frames, start
+
+
+def serve(client: socket.socket, kernel: zmq.Socket[bytes]) -> None:
+    """Forward until the client closes its connection."""
+    poller = zmq.Poller()
+    poller.register(client, zmq.POLLIN)
+    poller.register(kernel, zmq.POLLIN)
+    pending = b""
+    while True:
+        for ready, _ in poller.poll():
+            if ready is kernel:
+                while kernel.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    client.sendall(pack(kernel.recv_multipart()))
+                continue
+            data = client.recv(1 << 16)
+            if not data:
+                return
+            pending += data
+            while (message := unpack(pending)) is not None:
+                frames, used = message
+                pending = pending[used:]
+                kernel.send_multipart(frames)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m bench.forwarder tcp://HOST:SHELL_PORT", file=sys.stderr)
+        return 2
+    context = zmq.Context()
+    kernel = context.socket(zmq.DEALER)
+    kernel.linger = 0
+    kernel.connect(argv[0])
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        print(listener.getsockname()[1], flush=True)
+        while True:
+            client, _ = listener.accept()
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with client:
+                serve(client, kernel)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
