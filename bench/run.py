@@ -34,6 +34,7 @@ from bench.processes import DirectKernel, Forwarder, JupyterServer, RelayServer,
 
 SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+TARGETS = ("direct", "relay", "jupyter_server", "forwarder")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default="direct,relay,jupyter_server,forwarder",
+        default=",".join(TARGETS),
         help=(
             "comma-separated targets for the side-by-side scenarios [direct,relay,jupyter_server,"
             "forwarder]; the forwarder (a relay that does no work, on the relay's kernel) takes part "
@@ -129,6 +130,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     args.only = only or list(SCENARIOS)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = [name for name in args.targets if name not in TARGETS]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    if "forwarder" in args.targets and "relay" not in args.targets:
+        parser.error("the forwarder runs on the relay's kernel: add relay to --targets")
     return args
 
 

@@ -144,3 +144,19 @@ def test_forwarder_frames_survive_any_split() -> None:
         assert unpack(data[:cut]) is None
     assert unpack(data) == (frames, first)
     assert unpack(data[first:]) == ([b"next"], len(data) - first)
+
+
+@pytest.mark.parametrize(
+    ("targets", "complaint"),
+    [("direct,relya", "unknown target(s) relya"), ("direct,forwarder", "add relay to --targets")],
+)
+def test_bad_targets_are_refused_before_anything_starts(
+    targets: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A misspelt target, or the forwarder without the relay whose kernel it needs, is a usage error."""
+    from bench.run import parse_args
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(["--targets", targets])
+    assert exit_info.value.code == 2
+    assert complaint in capsys.readouterr().err
