@@ -1,12 +1,18 @@
 """
-``python -m bench.forwarder SHELL_URL``: the round trip's structural floor, a relay that does no work.
+``python -m bench.forwarder SHELL_URL IOPUB_URL``: the round trip's structural floor, a relay that does no
+work.
 
 Any relay puts one more process between a client and its kernel: one more TCP hop, one more ZMQ socket
-(with libzmq's I/O thread), and a third busy process on the machine. This forwarder pays exactly that and
+(with libzmq's I/O thread), and a third busy process on the machine; and it receives the kernel's iopub
+messages (two status messages per request), whoever is listening. This forwarder pays exactly that and
 nothing else: it passes a client's already signed Jupyter message, framed as below, to the kernel's shell
-socket unchanged, and the reply back, without parsing, checking or re-encoding anything. What the relay
-takes beyond it is the cost of its protocols (WebSocket, Engine.IO, socket.io, JSON, signing) and of
-Twisted; what the forwarder takes beyond direct ZMQ is what no relay process can avoid.
+socket unchanged, and the reply back, without parsing, checking or re-encoding anything; iopub messages are
+received and dropped, as by a relay whose client joined only the shell channel. What the relay takes
+beyond it is the cost of its protocols (WebSocket, Engine.IO, socket.io, JSON, signing) and of Twisted;
+what the forwarder takes beyond direct ZMQ is what no relay process can avoid.
+
+It needs a kernel of its own: sharing one with the relay would make it pay for the relay's work on that
+kernel's iopub messages too (3-10% of a round trip, measured by stopping the relay).
 
 It serves one client connection at a time, on a free loopback port that it prints on its first line.
 A message on the TCP connection, each way, is ``!I`` frame count, ``!I`` length of each frame, then the
@@ -46,14 +52,19 @@ def unpack(buffer: bytes) -> tuple[list[bytes], int] | None:
     return frames, start
 
 
-def serve(client: socket.socket, kernel: zmq.Socket[bytes]) -> None:
-    """Forward until the client closes its connection."""
+def serve(client: socket.socket, kernel: zmq.Socket[bytes], iopub: zmq.Socket[bytes]) -> None:
+    """Forward shell messages until the client closes its connection; drop iopub messages."""
     poller = zmq.Poller()
     poller.register(client, zmq.POLLIN)
     poller.register(kernel, zmq.POLLIN)
+    poller.register(iopub, zmq.POLLIN)
     pending = b""
     while True:
         for ready, _ in poller.poll():
+            if ready is iopub:
+                while iopub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    iopub.recv_multipart()
+                continue
             if ready is kernel:
                 while kernel.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                     client.sendall(pack(kernel.recv_multipart()))
@@ -69,20 +80,25 @@ def serve(client: socket.socket, kernel: zmq.Socket[bytes]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m bench.forwarder tcp://HOST:SHELL_PORT", file=sys.stderr)
+    if len(argv) != 2:
+        print("usage: python -m bench.forwarder SHELL_URL IOPUB_URL", file=sys.stderr)
         return 2
     context = zmq.Context()
     kernel = context.socket(zmq.DEALER)
     kernel.linger = 0
     kernel.connect(argv[0])
+    iopub = context.socket(zmq.SUB)
+    iopub.linger = 0
+    iopub.rcvhwm = 0
+    iopub.setsockopt(zmq.SUBSCRIBE, b"")
+    iopub.connect(argv[1])
     with socket.create_server(("127.0.0.1", 0)) as listener:
         print(listener.getsockname()[1], flush=True)
         while True:
             client, _ = listener.accept()
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with client:
-                serve(client, kernel)
+                serve(client, kernel, iopub)
 
 
 if __name__ == "__main__":

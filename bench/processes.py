@@ -110,7 +110,6 @@ class RelayServer(ChildServer):
             prefix = [sys.executable, "-m", "bench.profile_relay", str(profile_to)]
         argv = [*prefix, "--port", str(port), *args]
         super().__init__(name, argv, port, log_dir, {"JUPYTER_RUNTIME_DIR": str(runtime)})
-        self.runtime = runtime
         self.wait_http("/api/kernelspecs")
 
     def spawn(self, spec: str = "python3") -> str:
@@ -121,11 +120,6 @@ class RelayServer(ChildServer):
 
     def shutdown(self, kernel_id: str) -> None:
         requests.get(f"{self.url}/shutdown/{kernel_id}", timeout=60)
-
-    def connection_info(self, kernel_id: str) -> dict[str, Any]:
-        """The connection file the relay wrote for one of its kernels (ports and key)."""
-        info: dict[str, Any] = json.loads((self.runtime / f"kernel-{kernel_id}.json").read_text())
-        return info
 
 
 class JupyterServer(ChildServer):
@@ -180,7 +174,7 @@ class JupyterServer(ChildServer):
 
 
 class DirectKernel:
-    """A python3 kernel started by jupyter_client in this process (the direct-ZMQ floor)."""
+    """A python3 kernel started by jupyter_client in this process (for the direct client, or the forwarder)."""
 
     def __init__(self, log_dir: Path) -> None:
         from jupyter_client.manager import KernelManager
@@ -211,12 +205,14 @@ class DirectKernel:
 
 
 class Forwarder:
-    """:mod:`bench.forwarder` in a child process, passing messages on to one kernel's shell socket."""
+    """:mod:`bench.forwarder` in a child process, on a kernel's shell and iopub sockets."""
 
     def __init__(self, connection_info: dict[str, Any]) -> None:
-        shell = f"tcp://{connection_info['ip']}:{connection_info['shell_port']}"
+        ip = connection_info["ip"]
+        shell = f"tcp://{ip}:{connection_info['shell_port']}"
+        iopub = f"tcp://{ip}:{connection_info['iopub_port']}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.forwarder", shell],
+            [sys.executable, "-m", "bench.forwarder", shell, iopub],
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,

@@ -123,9 +123,10 @@ def _floor_lines(results: dict[str, Any]) -> list[str]:
         "",
         "## Round trips: the structural floor",
         "",
-        "A forwarder that does no work (`bench/forwarder.py`, on the relay's kernel) pays only for being a "
-        "process between the client and the kernel: its time over direct ZMQ is what no relay can avoid "
-        "on this machine, and the relay's time over the forwarder is the cost of its own code. Medians:",
+        "A forwarder that does no work (`bench/forwarder.py`, on a kernel of its own) pays only for being "
+        "a process between the client and the kernel that receives the kernel's iopub messages: its time "
+        "over direct ZMQ is what no relay can avoid on this machine, and the relay's time over the "
+        "forwarder is the cost of its own code. Medians:",
         "",
         *lines,
     ]

@@ -117,8 +117,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(TARGETS),
         help=(
             "comma-separated targets for the side-by-side scenarios [direct,relay,jupyter_server,"
-            "forwarder]; the forwarder (a relay that does no work, on the relay's kernel) takes part "
-            "in the round trips only, and needs the relay"
+            "forwarder]; the forwarder (a relay that does no work, on a kernel of its own) takes part "
+            "in the round trips only"
         ),
     )
     args = parser.parse_args(argv)
@@ -133,8 +133,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [name for name in args.targets if name not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
-    if "forwarder" in args.targets and "relay" not in args.targets:
-        parser.error("the forwarder runs on the relay's kernel: add relay to --targets")
     return args
 
 
@@ -225,6 +223,18 @@ def main(argv: list[str] | None = None) -> int:
                     return DirectClient(info, channels)
 
                 factories["direct"] = direct_client
+            if "forwarder" in targets and "round_trip" in args.only:
+                say("starting a kernel with jupyter_client for the forwarder, and the forwarder")
+                floor_kernel = DirectKernel(logs)
+                cleanups.append(floor_kernel.stop)
+                floor_info = floor_kernel.connection_info
+                floor = Forwarder(floor_info)
+                cleanups.append(floor.stop)
+
+                def forwarder_client(channels: tuple[str, ...]) -> BenchClient:
+                    return ForwarderClient(floor.port, floor_info)
+
+                round_trip_factories["forwarder"] = forwarder_client
             if relay is not None:
                 say("spawning a kernel through the relay")
                 relay_kernel = relay.spawn()
@@ -234,16 +244,6 @@ def main(argv: list[str] | None = None) -> int:
                     return RelayClient(port, relay_kernel, channels)
 
                 factories["relay"] = relay_client
-                if "forwarder" in targets and "round_trip" in args.only:
-                    say("starting the forwarder (the round trip's floor) on the relay's kernel")
-                    floor_info = relay.connection_info(relay_kernel)
-                    floor = Forwarder(floor_info)
-                    cleanups.append(floor.stop)
-
-                    def forwarder_client(channels: tuple[str, ...]) -> BenchClient:
-                        return ForwarderClient(floor.port, floor_info)
-
-                    round_trip_factories["forwarder"] = forwarder_client
             if jupyter is not None:
                 say("starting a kernel through Jupyter Server")
                 js_kernel = jupyter.spawn()
