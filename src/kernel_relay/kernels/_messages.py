@@ -252,22 +252,20 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _scan_json: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
 
 
-def _decode_json(text: str) -> Any:
-    """``json.loads`` for a kernel's compact JSON: the C scanner alone when the value fills ``text``."""
+def _json_object(text: str, name: str) -> dict[str, Any]:
+    """
+    One JSON part as a dict; MessageRejected saying which part is wrong. A kernel's usual part, a
+    compact object and nothing else, takes the C scanner alone (four times per message); anything else
+    (whitespace around it, trailing garbage, no value, an error) goes to the full decoder, which decides.
+    """
     try:
         value, end = _scan_json(text, 0)
-    except StopIteration:
-        end = -1
-    if end != len(text):
-        # Leading or trailing whitespace, trailing garbage or no value: the full decoder decides.
-        value = _decoder.decode(text)
-    return value
-
-
-def _json_object(text: str, name: str) -> dict[str, Any]:
-    """One JSON part as a dict; MessageRejected saying which part is wrong."""
+        if end == len(text) and type(value) is dict:
+            return value
+    except (StopIteration, ValueError, RecursionError):
+        pass
     try:
-        value = _decode_json(text)
+        value = _decoder.decode(text)
     except (ValueError, RecursionError) as exc:
         raise MessageRejected(f"{name} is not JSON: {exc}") from None
     if type(value) is not dict:
@@ -276,23 +274,6 @@ def _json_object(text: str, name: str) -> dict[str, Any]:
 
 
 _PART_NAMES = ("header", "parent_header", "metadata", "content")
-
-
-def _json_objects(texts: Sequence[str]) -> list[dict[str, Any]]:
-    """
-    The message parts ``texts`` as dicts: :func:`_json_object` of each, with the C scanner called
-    here for the usual part, a compact object and nothing else (four times per message).
-    """
-    values: list[dict[str, Any]] = []
-    for text, name in zip(texts, _PART_NAMES, strict=False):
-        try:
-            value, end = _scan_json(text, 0)
-        except (StopIteration, ValueError, RecursionError):
-            end = -1
-        if end != len(text) or type(value) is not dict:
-            value = _json_object(text, name)
-        values.append(value)
-    return values
 
 
 def _text(data: Frame, name: str) -> str:
@@ -342,10 +323,13 @@ def decode_frames(
         for part, name in zip(raw, _PART_NAMES, strict=True):
             _text(part, name)  # raises MessageRejected naming the part
         raise
-    lazy = len(content_raw) > LAZY_CONTENT_BYTES
-    header, parent_header, metadata, *rest = _json_objects(texts[:3] if lazy else texts)
-    content: dict[str, Any] | None = rest[0] if rest else None
-    if lazy and not (texts[3].lstrip()[:1] == "{" and texts[3].rstrip()[-1:] == "}"):
+    header = _json_object(texts[0], "header")
+    parent_header = _json_object(texts[1], "parent_header")
+    metadata = _json_object(texts[2], "metadata")
+    content: dict[str, Any] | None = None
+    if len(content_raw) <= LAZY_CONTENT_BYTES:
+        content = _json_object(texts[3], "content")
+    elif not (texts[3].lstrip()[:1] == "{" and texts[3].rstrip()[-1:] == "}"):
         # Signed by the kernel, the only party holding the key: checked for UTF-8 and for being
         # an object here, parsed only if someone reads it (see KernelMessage.content).
         raise MessageRejected("content is not a JSON object")
