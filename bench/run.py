@@ -116,9 +116,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--targets",
         default=",".join(TARGETS),
         help=(
-            "comma-separated targets for the side-by-side scenarios [direct,relay,jupyter_server,"
-            "forwarder]; the forwarder (a relay that does no work, on a kernel of its own) takes part "
-            "in the round trips only"
+            f"comma-separated targets for the side-by-side scenarios [{','.join(TARGETS)}]; the "
+            "forwarder (a relay that does no work, on a kernel of its own) takes part in the round "
+            "trips only"
         ),
     )
     args = parser.parse_args(argv)
