@@ -85,3 +85,23 @@ def test_the_journal_numbers_a_kernel_message_in_its_metadata_and_keeps_the_text
     numbered = with_sequence(signed(b'{"text": "3"}', b"buffer"), 9)
     assert isinstance(numbered, dict)
     assert json.loads(numbered["metadata"]) == {"relay_seq": 9, "m": [1, 2]}
+
+
+def test_a_message_nobody_received_is_replayed_as_it_would_have_been_sent() -> None:
+    """keep() joins nothing; a replay gives the same numbered text (or dict) that record() gives."""
+    messages = [
+        signed(b'{"text": "1"}'),
+        signed(b'{"text": "2"}', metadata=b"{}"),
+        signed(b'{"text": "3"}', b"\x00buffer"),
+        signed(b'{"text": "' + b"x" * JOIN_LIMIT + b'"}'),
+    ]
+    sent, kept = (IopubJournal(Clock(), max_bytes=1 << 22, max_age=60) for _ in range(2))
+    recorded = [sent.record(message, message.size, "stream") for message in messages]
+    for message in messages:
+        kept.keep(message, message.size, "stream")
+    assert kept.last_seq == sent.last_seq == 4
+    replayed = kept.since(0).messages
+    assert replayed == recorded == sent.since(0).messages
+    assert [type(payload) for payload in replayed] == [RawJSON, RawJSON, dict, dict]
+    assert json.loads(replayed[1])["metadata"] == {"relay_seq": 2}
+    assert kept.since(2).messages == recorded[2:]

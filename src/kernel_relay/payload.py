@@ -22,9 +22,14 @@ Payload = RawJSON | dict[str, Any]
 """What a ``"msg"`` event carries: a message's whole JSON text, or a dict (see the module doc)."""
 
 
+def is_one_text(message: KernelMessage) -> bool:
+    """Whether :func:`client_payload` makes ``message`` one text: no buffers, a content within the limit."""
+    return not message.buffers and len(message.raw_parts[3]) <= JOIN_LIMIT
+
+
 def client_payload(message: KernelMessage, metadata: str | None = None) -> Payload:
     """``message`` as clients see it; ``metadata`` (JSON text) replaces its metadata when given."""
-    if message.buffers or len(message.raw_parts[3]) > JOIN_LIMIT:
+    if not is_one_text(message):
         payload = message.to_dict(raw=RawJSON)
         if metadata is not None:
             payload["metadata"] = RawJSON(metadata)

@@ -197,6 +197,11 @@ class Relay:
         and send it to every client of the kernel's iopub namespace.
         """
         journal = self._journals.get(kernel_id)
+        namespace = self._socketio.namespace(f"/iopub/{kernel_id}")
+        if namespace is None or not len(namespace):
+            if journal is not None:
+                journal.keep(message, size, msg_type)
+            return
         payload: Payload
         if journal is not None:
             payload = journal.record(message, size, msg_type)
@@ -204,10 +209,8 @@ class Relay:
             payload = client_payload(message)
         else:
             payload = message
-        namespace = self._socketio.namespace(f"/iopub/{kernel_id}")
-        if namespace is not None and len(namespace):
-            self.metrics.relayed(TO_CLIENT, size)
-            namespace.emit(MESSAGE_EVENT, payload)
+        self.metrics.relayed(TO_CLIENT, size)
+        namespace.emit(MESSAGE_EVENT, payload)
 
     def _too_big(self, message: KernelMessage, size: int) -> bool:
         limit = self._limits.max_message_size

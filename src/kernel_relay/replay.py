@@ -5,7 +5,8 @@ are kept so a client that reconnects gets exactly what it missed.
 - Numbers are per kernel and per relay process, from 1, in ``metadata.relay_seq``: a plain client ignores
   an unknown metadata key, and the message keeps the one-argument ``"msg"`` event every client expects.
 - :class:`IopubJournal` keeps the messages of one kernel, bounded by bytes and by age (a pure structure on
-  an injected clock).
+  an injected clock). A message that no client received when it came (nobody was on the kernel's iopub) is
+  kept as the kernel's JSON texts and joined only if a client asks for it: most never are.
 - :func:`with_sequence` writes the number into a message whose parts may be the kernel's raw JSON
   (:class:`~kernel_relay.socketio.RawJSON`): the metadata object is spliced, never re-encoded, and the
   content is never touched.
@@ -22,17 +23,24 @@ from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from .kernels import KernelMessage
-from .payload import Payload, client_payload
+from .kernels import KernelMessage, message_json
+from .payload import Payload, client_payload, is_one_text
 from .socketio import RawJSON
 
 SEQ_KEY = "relay_seq"
 _SEQ_FIELD = f'"{SEQ_KEY}"'
-#: What keeping one message costs beyond its JSON bytes (its text object and entry), counted against
-#: ``max_bytes`` so the bound is close to the memory really held: a small iopub message of about 470 bytes of
-#: JSON holds about 810 bytes (measured with tracemalloc); one kept as a dict (with buffers, or made by the
-#: relay) holds more, about 1.2 KB.
+#: What keeping one message costs beyond its JSON bytes (its text objects and entry), counted against
+#: ``max_bytes`` so the bound is close to the memory really held. Measured with tracemalloc, a status message
+#: of 416 bytes of JSON holds 790 bytes as sent (one text) and 925 bytes unsent (its four parts' texts); one
+#: kept as a dict (with buffers, or made by the relay) holds more, about 1.2 KB.
 ENTRY_OVERHEAD = 512
+
+
+class Unsent(NamedTuple):
+    """A kernel message that no client has received yet: its JSON texts, to be joined on replay."""
+
+    texts: tuple[str, str, str, str]
+    channel: str
 
 
 class Entry(NamedTuple):
@@ -42,7 +50,15 @@ class Entry(NamedTuple):
     time: float
     size: int
     msg_type: str
-    message: Payload
+    message: Payload | Unsent
+
+    def payload(self) -> Payload:
+        """The message as sent, numbered."""
+        message = self.message
+        if type(message) is Unsent:
+            texts = message.texts
+            return RawJSON(message_json(texts, message.channel, splice_seq(texts[2], self.seq)))
+        return message  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -76,14 +92,27 @@ class IopubJournal:
 
     def record(self, message: dict[str, Any] | KernelMessage, size: int, msg_type: str) -> Payload:
         """Number ``message`` (the next sequence), keep it, and return the numbered message to send."""
+        numbered = with_sequence(message, self.last_seq + 1)
+        self._keep(numbered, size, msg_type)
+        return numbered
+
+    def keep(self, message: dict[str, Any] | KernelMessage, size: int, msg_type: str) -> None:
+        """
+        Number and keep ``message`` that nobody receives now. A kernel's message that would be one text
+        is kept as its parts' texts, which it holds already: joining them waits for a replay.
+        """
+        if isinstance(message, KernelMessage) and is_one_text(message):
+            self._keep(Unsent(message.json_texts(), message.channel), size, msg_type)
+        else:
+            self._keep(with_sequence(message, self.last_seq + 1), size, msg_type)
+
+    def _keep(self, kept: Payload | Unsent, size: int, msg_type: str) -> None:
         self.last_seq += 1
-        numbered = with_sequence(message, self.last_seq)
         size += ENTRY_OVERHEAD
         now = self._clock.seconds()
-        self._entries.append(Entry(self.last_seq, now, size, msg_type, numbered))
+        self._entries.append(Entry(self.last_seq, now, size, msg_type, kept))
         self._bytes += size
         self._expire(now)
-        return numbered
 
     def since(self, seq: int) -> Replay:
         """Every kept message after ``seq``; ``gap`` says what is missing, or why ``seq`` makes no sense."""
@@ -107,7 +136,7 @@ class IopubJournal:
                 "from": seq + 1,
                 "to": first - 1,
             }
-        return Replay([entry.message for entry in self._entries if entry.seq > seq], gap)
+        return Replay([entry.payload() for entry in self._entries if entry.seq > seq], gap)
 
     def current_execution(self) -> list[Payload]:
         """The kept messages from the most recent ``execute_input`` on: the running cell's output so far."""
@@ -119,7 +148,7 @@ class IopubJournal:
                 break
         if start is None:
             return []
-        return [entry.message for entry in islice(self._entries, start, None)]
+        return [entry.payload() for entry in islice(self._entries, start, None)]
 
     def _expire(self, now: float | None = None) -> None:
         horizon = (self._clock.seconds() if now is None else now) - self.max_age

@@ -20,7 +20,7 @@ from ._errors import (
     UnknownKernelSpec,
 )
 from ._kernel import Kernel, KernelClient, MessageCallback
-from ._messages import KernelMessage
+from ._messages import KernelMessage, message_json
 from ._registry import KernelObserver, KernelRegistry, KernelSpecInfo
 
 __all__ = [
@@ -36,4 +36,5 @@ __all__ = [
     "MessageCallback",
     "UnknownKernel",
     "UnknownKernelSpec",
+    "message_json",
 ]

@@ -176,22 +176,7 @@ class KernelMessage:
         """
         if self.buffers:
             raise ValueError("a message with buffers cannot be written as JSON text")
-        header, parent, own_metadata, content = self.json_texts()
-        return "".join(
-            (
-                '{"header":',
-                header,
-                ',"parent_header":',
-                parent,
-                ',"metadata":',
-                own_metadata if metadata is None else metadata,
-                ',"content":',
-                content,
-                ',"channel":',
-                _channel_json(self.channel),
-                "}",
-            )
-        )
+        return message_json(self.json_texts(), self.channel, metadata)
 
     def to_dict(self, raw: Callable[[str], Any] | None = None) -> dict[str, Any]:
         """
@@ -234,6 +219,31 @@ _CHANNEL_JSON = {channel: _encode_json(channel) for channel in (*CLIENT_CHANNELS
 def _channel_json(channel: str) -> str:
     text = _CHANNEL_JSON.get(channel)
     return text if text is not None else _encode_json(channel)
+
+
+def message_json(
+    texts: tuple[str, str, str, str], channel: str, metadata: str | None = None
+) -> str:
+    """
+    A message without buffers as clients see it, joined from the JSON text of its four parts
+    (:meth:`KernelMessage.json_texts`); ``metadata`` replaces the metadata part's text.
+    """
+    header, parent, own_metadata, content = texts
+    return "".join(
+        (
+            '{"header":',
+            header,
+            ',"parent_header":',
+            parent,
+            ',"metadata":',
+            own_metadata if metadata is None else metadata,
+            ',"content":',
+            content,
+            ',"channel":',
+            _channel_json(channel),
+            "}",
+        )
+    )
 
 
 def pack_json(value: Any) -> bytes:
