@@ -132,6 +132,36 @@ def _floor_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def _server_cpu_lines(results: dict[str, Any]) -> list[str]:
+    """Each server process's CPU time per round trip (every thread of it; the kernel is another process)."""
+    lines = []
+    for kind in ("kernel_info", "execute"):
+        data = results.get(f"round_trip_{kind}") or {}
+        used = {
+            name: d["server_cpu"] for name, d in data.items() if d.get("server_cpu") is not None
+        }
+        if "relay" not in used:
+            continue
+        cells = [
+            f"{LABELS.get(name, name)} {used[name] * 1e6:,.0f} µs"
+            for name in ("relay", "forwarder", "jupyter_server")
+            if name in used
+        ]
+        lines.append(f"- {kind}: " + ", ".join(cells) + ".")
+    if not lines:
+        return []
+    return [
+        "",
+        "## Round trips: server CPU per request",
+        "",
+        "CPU time of every thread of each server process (the kernel runs in a process of its own), counted "
+        "over that target's turns: what each one's code costs per request, which the machine's scheduling "
+        "moves much less than it moves the times above.",
+        "",
+        *lines,
+    ]
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# kernel-relay benchmark",
@@ -154,6 +184,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         lines.append(f"| {metric} | {' | '.join(cells)} | {r_direct} | {r_js} | {target} |")
     lines += _relay_loss_lines(results)
     lines += _floor_lines(results)
+    lines += _server_cpu_lines(results)
     fan = results.get("fanout")
     if fan:
         lines += [

@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         factories: dict[str, scenarios.ClientFactory] = {}
         #: Targets of the round trips only (the forwarder).
         round_trip_factories: dict[str, scenarios.ClientFactory] = {}
+        #: The process of each target that has one of its own, whose CPU the round trips count.
+        servers: dict[str, int] = {}
         if "relay" in targets and (side_by_side or {"fanout", "spawn"} & set(args.only)):
             say("starting kernel-relay")
             # The bench's clients are synchronous: they answer Engine.IO pings only while reading,
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     return ForwarderClient(floor.port, floor_info)
 
                 round_trip_factories["forwarder"] = forwarder_client
+                servers["forwarder"] = floor.process.pid
             if relay is not None:
                 say("spawning a kernel through the relay")
                 relay_kernel = relay.spawn()
@@ -244,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     return RelayClient(port, relay_kernel, channels)
 
                 factories["relay"] = relay_client
+                servers["relay"] = relay.pid
             if jupyter is not None:
                 say("starting a kernel through Jupyter Server")
                 js_kernel = jupyter.spawn()
@@ -255,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                     return JupyterServerClient(js.channels_url(js_kernel, uuid.uuid4().hex))
 
                 factories["jupyter_server"] = js_client
+                servers["jupyter_server"] = js.pid
 
         def run(name: str, key: str, function: Any, *params: Any) -> None:
             say(f"{key}: running (load {_load()})")
@@ -266,26 +271,21 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{key}: done in {meta['load'][key]['seconds']} s")
 
         if "round_trip" in args.only:
-            run(
-                "round_trip",
-                "round_trip_kernel_info",
-                scenarios.round_trip,
-                {**factories, **round_trip_factories},
-                "kernel_info_request",
-                {},
-                sizes.round_trips,
-                sizes.round_trip_blocks,
-            )
-            run(
-                "round_trip",
-                "round_trip_execute",
-                scenarios.round_trip,
-                {**factories, **round_trip_factories},
-                "execute_request",
-                {"code": "pass", "silent": False},
-                sizes.round_trips,
-                sizes.round_trip_blocks,
-            )
+            for key, msg_type, content in (
+                ("round_trip_kernel_info", "kernel_info_request", {}),
+                ("round_trip_execute", "execute_request", {"code": "pass", "silent": False}),
+            ):
+                run(
+                    "round_trip",
+                    key,
+                    scenarios.round_trip,
+                    {**factories, **round_trip_factories},
+                    msg_type,
+                    content,
+                    sizes.round_trips,
+                    sizes.round_trip_blocks,
+                    servers,
+                )
         if "flood" in args.only:
             run(
                 "flood",

@@ -13,7 +13,7 @@ import psutil
 import requests
 
 from bench.clients import BenchClient, DirectClient, JupyterServerClient, RelayClient
-from bench.processes import JupyterServer, RelayServer
+from bench.processes import JupyterServer, RelayServer, cpu_seconds
 from bench.swarm import IDLE, STREAM, SwarmClient, close_swarm, connect_swarm
 
 ClientFactory = Callable[[tuple[str, ...]], BenchClient]
@@ -94,13 +94,20 @@ def round_trip(
     content: dict[str, Any],
     count: int,
     blocks: int,
+    servers: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """
     ``count`` sequential request/reply pairs per target, interleaved in ``blocks`` rounds; every other
     round takes the targets in reverse order, so that none always goes first.
+
+    For a target in ``servers`` (its server's process id), ``server_cpu`` is that process's CPU time per
+    request, counted over its own turns only: what its code costs, which scheduling noise moves far less
+    than it moves the times.
     """
+    servers = servers or {}
     clients = {name: factory(("shell",)) for name, factory in factories.items()}
     samples: dict[str, list[float]] = {name: [] for name in clients}
+    cpu = dict.fromkeys(servers, 0.0)
     try:
         for client in clients.values():
             for _ in range(10):
@@ -109,14 +116,22 @@ def round_trip(
         order = list(clients.items())
         for block in range(blocks):
             for name, client in order if block % 2 == 0 else order[::-1]:
+                pid = servers.get(name)
+                used = cpu_seconds(pid) if pid is not None else 0.0
                 for _ in range(per_block):
                     start = time.perf_counter()
                     wait_reply(client, client.send("shell", msg_type, content))
                     samples[name].append(time.perf_counter() - start)
+                if pid is not None:
+                    cpu[name] += cpu_seconds(pid) - used
     finally:
         for client in clients.values():
             client.close()
-    return {name: summary(values) for name, values in samples.items()}
+    results = {name: summary(values) for name, values in samples.items()}
+    for name, used in cpu.items():
+        if name in results:
+            results[name]["server_cpu"] = used / results[name]["n"]
+    return results
 
 
 def _flood_once(client: BenchClient, count: int, silence: float = 15.0) -> dict[str, Any]:

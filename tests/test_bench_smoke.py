@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,9 @@ from tests.support import ROOT
 
 for module in ("jupyter_server", "matplotlib", "psutil", "websocket"):
     pytest.importorskip(module, reason="the bench extra is not installed")
+
+from bench.clients import Msg  # noqa: E402 (the bench needs its extra, checked above)
+from bench.scenarios import round_trip  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIDE_BY_SIDE = ("direct", "relay", "jupyter_server")
@@ -43,6 +48,10 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
         for target in (*SIDE_BY_SIDE, "forwarder"):
             assert results[key][target]["n"] > 0
             assert results[key][target]["median"] > 0
+        # Each server process's CPU per request (the direct client has no server of its own).
+        for target in ("relay", "forwarder", "jupyter_server"):
+            assert results[key][target]["server_cpu"] > 0
+        assert "server_cpu" not in results[key]["direct"]
     for size, per_target in results["flood"].items():
         for target in SIDE_BY_SIDE:
             assert per_target[target]["msgs_per_s"] > 0
@@ -71,6 +80,8 @@ def test_markdown_table_has_ratio_columns(bench_out: Path) -> None:
     assert "Fan-out" in table
     assert "## Round trips: the structural floor" in table
     assert "- kernel_info: forwarder " in table and "- execute: forwarder " in table
+    assert "## Round trips: server CPU per request" in table
+    assert "- kernel_info: kernel-relay " in table and "- execute: kernel-relay " in table
 
 
 @pytest.mark.timeout(300)
@@ -96,34 +107,39 @@ def test_a_relay_loss_is_reported_with_where_it_happened() -> None:
     assert _relay_loss_lines({"flood": {"5000": flood["5000"]}}) == []
 
 
+class _Answered:
+    """
+    A bench client whose every request is answered at once, by a "server" that is this very process: it
+    records whose turn each request was, and spends ``work`` seconds of CPU on it.
+    """
+
+    def __init__(self, name: str, turns: list[str], work: float = 0.0) -> None:
+        self.name = name
+        self.turns = turns
+        self.work = work
+        self._pending: list[Msg] = []
+
+    def send(self, channel: str, msg_type: str, content: dict[str, object]) -> str:
+        end = time.thread_time() + self.work
+        while time.thread_time() < end:
+            pass
+        self.turns.append(self.name)
+        msg_id = f"{self.name}-{len(self.turns)}"
+        self._pending.append(Msg("shell", {"msg_type": "reply"}, {"msg_id": msg_id}, {}))
+        return msg_id
+
+    def recv(self, timeout: float) -> Msg | None:
+        return self._pending.pop(0) if self._pending else None
+
+    def close(self) -> None:
+        pass
+
+
 def test_round_trip_targets_take_turns_in_alternating_order() -> None:
     """Each round gives every target a turn, and every other round reverses the order of the targets."""
-    from bench.clients import Msg
-    from bench.scenarios import round_trip
-
     turns: list[str] = []
-
-    class Echo:
-        """A client whose every request is answered at once (it records who was asked, and when)."""
-
-        def __init__(self, name: str) -> None:
-            self.name = name
-            self._pending: list[Msg] = []
-
-        def send(self, channel: str, msg_type: str, content: dict[str, object]) -> str:
-            turns.append(self.name)
-            msg_id = f"{self.name}-{len(turns)}"
-            self._pending.append(Msg("shell", {"msg_type": "reply"}, {"msg_id": msg_id}, {}))
-            return msg_id
-
-        def recv(self, timeout: float) -> Msg | None:
-            return self._pending.pop(0) if self._pending else None
-
-        def close(self) -> None:
-            pass
-
     result = round_trip(
-        {name: lambda channels, name=name: Echo(name) for name in ("a", "b")},
+        {name: lambda channels, name=name: _Answered(name, turns) for name in ("a", "b")},
         "kernel_info_request",
         {},
         count=6,
@@ -131,6 +147,24 @@ def test_round_trip_targets_take_turns_in_alternating_order() -> None:
     )
     assert turns[20:] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b"]
     assert result["a"]["n"] == result["b"]["n"] == 6
+
+
+def test_server_cpu_counts_each_targets_own_turns_only() -> None:
+    """A server that works for every request shows that work per request; one that does not, nearly none."""
+    turns: list[str] = []
+    result = round_trip(
+        {
+            "busy": lambda channels: _Answered("busy", turns, work=0.005),
+            "idle": lambda channels: _Answered("idle", turns),
+        },
+        "kernel_info_request",
+        {},
+        count=20,
+        blocks=4,
+        servers={"busy": os.getpid(), "idle": os.getpid()},
+    )
+    assert result["busy"]["server_cpu"] >= 0.0045
+    assert result["idle"]["server_cpu"] < 0.002
 
 
 def test_forwarder_frames_survive_any_split() -> None:
