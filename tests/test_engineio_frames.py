@@ -15,6 +15,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from kernel_relay.engineio.packets import Packet, PacketType, codec_for
 from kernel_relay.engineio.websocket import (
     LARGE_PAYLOAD,
+    QUIET_PERIOD,
     STREAM_CHUNK,
     EngineIOWebSocketFactory,
     EngineIOWebSocketProtocol,
@@ -73,6 +74,49 @@ def test_frames_of_one_turn_leave_in_one_write_at_the_next() -> None:
     assert first_transport.value() == b"\x81\x024a\x82\x03xyz"
     assert second_transport.value() == b"\x81\x024b"
     assert first.unsent_bytes == 0 and clock.getDelayedCalls() == []
+
+
+def test_a_lone_frame_after_a_quiet_moment_goes_at_once_and_a_burst_is_gathered() -> None:
+    """
+    After QUIET_PERIOD without frames, the first frames handed over (to any connection) go out at once,
+    with no delayed call; what follows in the same moment waits for the end of the turn, as before.
+    """
+    clock = Clock()
+    factory = EngineIOWebSocketFactory(clock, max_payload=1000)
+    first, first_transport = open_connection(factory)
+    second, second_transport = open_connection(factory)
+    clock.advance(QUIET_PERIOD)
+    first.write_frames([frame_header(0x81, 2), b"4a"], 4)
+    assert first_transport.value() == b"\x81\x024a" and clock.getDelayedCalls() == []
+    # A broadcast: the reply above began a burst, so the next frames are gathered.
+    first.write_frames([frame_header(0x81, 2), b"4b"], 4)
+    second.write_frames([frame_header(0x81, 2), b"4b"], 4)
+    assert first_transport.value() == b"\x81\x024a" and second_transport.value() == b""
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert first_transport.value() == b"\x81\x024a\x81\x024b"
+    assert second_transport.value() == b"\x81\x024b"
+    # Frames closer together than QUIET_PERIOD keep being gathered; after a quiet moment, at once again.
+    clock.advance(QUIET_PERIOD / 2)
+    second.write_frames([frame_header(0x81, 2), b"4c"], 4)
+    assert second_transport.value() == b"\x81\x024b"
+    clock.advance(QUIET_PERIOD)
+    assert second_transport.value() == b"\x81\x024b\x81\x024c"
+    clock.advance(QUIET_PERIOD)
+    second.write_frames([frame_header(0x81, 2), b"4d"], 4)
+    assert second_transport.value().endswith(b"\x81\x024d") and clock.getDelayedCalls() == []
+
+
+def test_a_large_payload_waits_for_the_turn_even_after_a_quiet_moment() -> None:
+    """A large payload is never written on the spot: it goes alone, in the turn's write."""
+    clock = Clock()
+    connection, transport = open_connection(EngineIOWebSocketFactory(clock, max_payload=1000))
+    clock.advance(QUIET_PERIOD)
+    payload = b"\x07" * LARGE_PAYLOAD
+    connection.write_frames([frame_header(0x82, len(payload)), payload], 10 + len(payload), True)
+    assert transport.value() == b"" and len(clock.getDelayedCalls()) == 1
+    clock.advance(0)
+    assert transport.value() == frame_header(0x82, len(payload)) + payload
 
 
 def test_frames_queued_on_a_closed_connection_are_dropped() -> None:

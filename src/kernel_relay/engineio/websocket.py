@@ -192,8 +192,19 @@ class WebSocketTransport:
 Opener = Callable[[WebSocketTransport], EngineIOSession | None]
 
 
+#: Frames handed over after this many seconds without any go out at once instead of at the end of the
+#: reactor turn (see :meth:`WriteBatcher.write_now`).
+QUIET_PERIOD = 0.001
+
+
 class WriteBatcher:
-    """Connections with frames queued this turn; one delayed call writes them all out."""
+    """
+    Connections with frames queued this turn; one delayed call writes them all out.
+
+    Gathering a turn's frames makes one write per connection out of a burst (a flood, a broadcast to
+    many connections). A lone frame after a quiet moment, typically a reply, has nothing to be gathered
+    with: it is written at once, so it waits neither for the rest of the turn nor for a delayed call.
+    """
 
     _log = Logger()
 
@@ -201,6 +212,19 @@ class WriteBatcher:
         self.clock = clock
         self._queued: list[EngineIOWebSocketProtocol] = []
         self._call: IDelayedCall | None = None
+        self._last_frames = clock.seconds()
+
+    def write_now(self) -> bool:
+        """
+        Called for each frames handed over to a connection with nothing queued: True when they may be
+        written at once, because no connection was handed frames in the last :data:`QUIET_PERIOD`
+        seconds and none waits for this turn's write. The first frames of a burst go out alone; the
+        rest of the burst is gathered.
+        """
+        now = self.clock.seconds()
+        quiet = self._call is None and now - self._last_frames >= QUIET_PERIOD
+        self._last_frames = now
+        return quiet
 
     def add(self, connection: EngineIOWebSocketProtocol) -> None:
         self._queued.append(connection)
@@ -334,15 +358,19 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def write_frames(self, parts: list[Binary], size: int, large: bool = False) -> None:
         """
         Queue whole frames (headers and payloads, in order, ``size`` bytes in all) for this turn's
-        write, if open; ``large`` when a part has at least :data:`LARGE_PAYLOAD` bytes.
+        write, if open, or write them at once after a quiet moment (:meth:`WriteBatcher.write_now`);
+        ``large`` when a part has at least :data:`LARGE_PAYLOAD` bytes (those always wait for the turn).
         """
         if not parts or self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
-        if not self._queued:
-            self._batcher.add(self)
+        idle = not self._queued and self._stream is None
         self._queued += parts
         self._queued_bytes += size
         self._queued_large = self._queued_large or large
+        if idle and not large and self._batcher.write_now():
+            self.write_queued()
+        elif idle:
+            self._batcher.add(self)
 
     def write_queued(self, everything: bool = False) -> None:
         """
