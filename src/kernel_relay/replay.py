@@ -55,10 +55,10 @@ class Entry(NamedTuple):
     def payload(self) -> Payload:
         """The message as sent, numbered."""
         message = self.message
-        if type(message) is Unsent:
+        if isinstance(message, Unsent):
             texts = message.texts
             return RawJSON(message_json(texts, message.channel, splice_seq(texts[2], self.seq)))
-        return message  # type: ignore[return-value]
+        return message
 
 
 @dataclass(frozen=True)

@@ -216,10 +216,10 @@ class WriteBatcher:
 
     def write_now(self) -> bool:
         """
-        Called for each frames handed over to a connection with nothing queued: True when they may be
-        written at once, because no connection was handed frames in the last :data:`QUIET_PERIOD`
-        seconds and none waits for this turn's write. The first frames of a burst go out alone; the
-        rest of the burst is gathered.
+        Asked whenever a connection with nothing queued is handed frames: True when they may be written
+        at once, because no connection was handed any in the last :data:`QUIET_PERIOD` seconds and none
+        waits for this turn's write. So the first frames of a burst go out alone, and the rest of the
+        burst is gathered.
         """
         now = self.clock.seconds()
         quiet = self._call is None and now - self._last_frames >= QUIET_PERIOD
