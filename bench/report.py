@@ -133,10 +133,17 @@ def _floor_lines(results: dict[str, Any]) -> list[str]:
 
 
 def _server_cpu_lines(results: dict[str, Any]) -> list[str]:
-    """Each server process's CPU time per round trip (every thread of it; the kernel is another process)."""
+    """Each server process's CPU time per request and per flood message (every thread of it)."""
+    measured: list[tuple[str, dict[str, Any], str]] = [
+        (kind, results.get(f"round_trip_{kind}") or {}, "request")
+        for kind in ("kernel_info", "execute")
+    ]
+    measured += [
+        (f"flood of {int(size):,}", data, "message")
+        for size, data in (results.get("flood") or {}).items()
+    ]
     lines = []
-    for kind in ("kernel_info", "execute"):
-        data = results.get(f"round_trip_{kind}") or {}
+    for label, data, unit in measured:
         used = {
             name: d["server_cpu"] for name, d in data.items() if d.get("server_cpu") is not None
         }
@@ -147,16 +154,17 @@ def _server_cpu_lines(results: dict[str, Any]) -> list[str]:
             for name in ("relay", "forwarder", "jupyter_server")
             if name in used
         ]
-        lines.append(f"- {kind}: " + ", ".join(cells) + ".")
+        lines.append(f"- {label}, per {unit}: " + ", ".join(cells) + ".")
     if not lines:
         return []
     return [
         "",
-        "## Round trips: server CPU per request",
+        "## Server CPU",
         "",
-        "CPU time of every thread of each server process (the kernel runs in a process of its own), counted "
-        "over that target's turns: what each one's code costs per request, which the machine's scheduling "
-        "moves much less than it moves the times above.",
+        "CPU time of every thread of each server process (the kernel runs in a process of its own): per "
+        "round trip over that target's turns, and per message the kernel published in a flood (the median "
+        "of its floods). It is what each one's code costs, which the machine's scheduling moves much less than it "
+        "moves the times above.",
         "",
         *lines,
     ]

@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 scenarios.flood,
                 factories,
                 list(sizes.floods),
+                servers,
             )
         if "large" in args.only:
             run(

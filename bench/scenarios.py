@@ -177,11 +177,18 @@ def _flood_once(client: BenchClient, count: int, silence: float = 15.0) -> dict[
     return result
 
 
-def flood(factories: dict[str, ClientFactory], floods: list[tuple[int, int]]) -> dict[str, Any]:
+def flood(
+    factories: dict[str, ClientFactory],
+    floods: list[tuple[int, int]],
+    servers: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """
     For each (size, repeats): the kernel publishes ``size`` stream messages as fast as it can, ``repeats``
-    times per target, the targets taking turns; count what arrives and how fast (median rate).
+    times per target, the targets taking turns; count what arrives and how fast (median rate). For a
+    target in ``servers`` (its server's process id), ``server_cpu`` is that process's median CPU time per
+    message the kernel published (a server that drops messages still spends time on them).
     """
+    servers = servers or {}
     results: dict[str, Any] = {}
     clients = {name: factory(("shell", "iopub")) for name, factory in factories.items()}
     try:
@@ -191,8 +198,13 @@ def flood(factories: dict[str, ClientFactory], floods: list[tuple[int, int]]) ->
             runs: dict[str, list[dict[str, Any]]] = {name: [] for name in clients}
             for _ in range(repeats):
                 for name, client in clients.items():
-                    runs[name].append(_flood_once(client, size))
-                    progress(f"flood {size}: {name} {runs[name][-1]}")
+                    pid = servers.get(name)
+                    used = cpu_seconds(pid) if pid is not None else 0.0
+                    run = _flood_once(client, size)
+                    if pid is not None:
+                        run["server_cpu"] = (cpu_seconds(pid) - used) / size
+                    runs[name].append(run)
+                    progress(f"flood {size}: {name} {run}")
             for name, measured in runs.items():
                 rates = [run["msgs_per_s"] for run in measured]
                 results.setdefault(str(size), {})[name] = {
@@ -202,6 +214,9 @@ def flood(factories: dict[str, ClientFactory], floods: list[tuple[int, int]]) ->
                     "seconds": statistics.median(run["seconds"] for run in measured),
                     "runs": measured,
                 }
+                used = [run["server_cpu"] for run in measured if "server_cpu" in run]
+                if used:
+                    results[str(size)][name]["server_cpu"] = statistics.median(used)
     finally:
         for client in clients.values():
             client.close()

@@ -58,6 +58,8 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
             assert 0 <= per_target[target]["lost"] <= int(size)
         # The relay forwarded exactly what its one client received: nothing lost inside it.
         assert per_target["relay"]["lost_in_relay"] == 0
+        for target in ("relay", "jupyter_server"):
+            assert per_target[target]["server_cpu"] > 0
     for kind in ("display_data", "binary_buffer"):
         assert set(SIDE_BY_SIDE) <= set(results["large"][kind])
     for fan in results["fanout"].values():
@@ -80,8 +82,10 @@ def test_markdown_table_has_ratio_columns(bench_out: Path) -> None:
     assert "Fan-out" in table
     assert "## Round trips: the structural floor" in table
     assert "- kernel_info: forwarder " in table and "- execute: forwarder " in table
-    assert "## Round trips: server CPU per request" in table
-    assert "- kernel_info: kernel-relay " in table and "- execute: kernel-relay " in table
+    assert "## Server CPU" in table
+    assert "- kernel_info, per request: kernel-relay " in table
+    assert "- execute, per request: kernel-relay " in table
+    assert "- flood of 50, per message: kernel-relay " in table
 
 
 @pytest.mark.timeout(300)
