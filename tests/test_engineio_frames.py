@@ -107,6 +107,23 @@ def test_a_lone_frame_after_a_quiet_moment_goes_at_once_and_a_burst_is_gathered(
     assert second_transport.value().endswith(b"\x81\x024d") and clock.getDelayedCalls() == []
 
 
+def test_a_burst_longer_than_the_quiet_period_stays_gathered() -> None:
+    """Frames handed over while others wait count too: a turn that takes long does not end a burst."""
+    clock = Clock()
+    connection, transport = open_connection(EngineIOWebSocketFactory(clock, max_payload=1000))
+    clock.advance(QUIET_PERIOD)
+    connection.write_frames([frame_header(0x81, 2), b"4a"], 4)
+    connection.write_frames([frame_header(0x81, 2), b"4b"], 4)
+    # The turn's handling takes longer than the period (time passes, the turn's write has not run).
+    clock.rightNow += 2 * QUIET_PERIOD
+    connection.write_frames([frame_header(0x81, 2), b"4c"], 4)
+    clock.advance(0)
+    assert transport.value() == b"\x81\x024a\x81\x024b\x81\x024c"
+    clock.advance(QUIET_PERIOD / 2)
+    connection.write_frames([frame_header(0x81, 2), b"4d"], 4)
+    assert transport.value().endswith(b"4c") and len(clock.getDelayedCalls()) == 1
+
+
 def test_a_large_payload_waits_for_the_turn_even_after_a_quiet_moment() -> None:
     """A large payload is never written on the spot: it goes alone, in the turn's write."""
     clock = Clock()

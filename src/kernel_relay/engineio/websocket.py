@@ -193,7 +193,7 @@ Opener = Callable[[WebSocketTransport], EngineIOSession | None]
 
 
 #: Frames handed over after this many seconds without any go out at once instead of at the end of the
-#: reactor turn (see :meth:`WriteBatcher.write_now`).
+#: reactor turn (see :meth:`WriteBatcher.frames_handed`).
 QUIET_PERIOD = 0.001
 
 
@@ -214,12 +214,12 @@ class WriteBatcher:
         self._call: IDelayedCall | None = None
         self._last_frames = clock.seconds()
 
-    def write_now(self) -> bool:
+    def frames_handed(self) -> bool:
         """
-        Asked whenever a connection with nothing queued is handed frames: True when they may be written
-        at once, because no connection was handed any in the last :data:`QUIET_PERIOD` seconds and none
-        waits for this turn's write. So the first frames of a burst go out alone, and the rest of the
-        burst is gathered.
+        Told whenever a connection is handed frames; True when they end a quiet moment: no connection
+        was handed any in the last :data:`QUIET_PERIOD` seconds, and none waits for this turn's write.
+        Such frames may be written at once. So the first frames of a burst go out alone, and the rest
+        of the burst, however long it lasts, is gathered.
         """
         now = self.clock.seconds()
         quiet = self._call is None and now - self._last_frames >= QUIET_PERIOD
@@ -358,16 +358,17 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def write_frames(self, parts: list[Binary], size: int, large: bool = False) -> None:
         """
         Queue whole frames (headers and payloads, in order, ``size`` bytes in all) for this turn's
-        write, if open, or write them at once after a quiet moment (:meth:`WriteBatcher.write_now`);
+        write, if open, or write them at once after a quiet moment (:meth:`WriteBatcher.frames_handed`);
         ``large`` when a part has at least :data:`LARGE_PAYLOAD` bytes (those always wait for the turn).
         """
         if not parts or self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
             return
         idle = not self._queued and self._stream is None
+        quiet = self._batcher.frames_handed()
         self._queued += parts
         self._queued_bytes += size
         self._queued_large = self._queued_large or large
-        if idle and not large and self._batcher.write_now():
+        if idle and quiet and not large:
             self.write_queued()
         elif idle:
             self._batcher.add(self)
