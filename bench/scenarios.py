@@ -266,7 +266,6 @@ def large(factories: dict[str, ClientFactory], size: int, repeats: int) -> dict[
 
 def fanout(relay: RelayServer, kernel_id: str, counts: list[int], messages: int) -> dict[str, Any]:
     """N socket.io clients on one kernel's iopub during a flood: deliveries, rate, relay CPU."""
-    process = psutil.Process(relay.pid)
     driver = RelayClient(relay.port, kernel_id, ("shell",))
     namespace = f"/iopub/{kernel_id}"
     results: dict[str, Any] = {}
@@ -289,7 +288,7 @@ def fanout(relay: RelayServer, kernel_id: str, counts: list[int], messages: int)
         await asyncio.sleep(0.5)
         for client in clients:
             client.streams = 0
-        cpu = process.cpu_times()
+        cpu = cpu_seconds(relay.pid)
         start = time.perf_counter()
         msg_id = driver.send("shell", "execute_request", {"code": FLOOD_CODE.format(n=messages)})
         state["msg_id"] = msg_id.encode()
@@ -298,8 +297,7 @@ def fanout(relay: RelayServer, kernel_id: str, counts: list[int], messages: int)
         except TimeoutError:
             pass
         elapsed = time.perf_counter() - start
-        cpu_after = process.cpu_times()
-        used = (cpu_after.user - cpu.user) + (cpu_after.system - cpu.system)
+        used = cpu_seconds(relay.pid) - cpu
         delivered = sum(client.streams for client in clients)
         expected = count * messages
         complete = sum(1 for client in clients if client.streams == messages)
