@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 factories["jupyter_server"] = js_client
                 servers["jupyter_server"] = js.pid
 
-        def run(name: str, key: str, function: Any, *params: Any) -> None:
+        def run(key: str, function: Any, *params: Any) -> None:
             say(f"{key}: running (load {_load()})")
             meta["load"][key] = {"before": _load()}
             begun = time.perf_counter()
@@ -276,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
                 ("round_trip_execute", "execute_request", {"code": "pass", "silent": False}),
             ):
                 run(
-                    "round_trip",
                     key,
                     scenarios.round_trip,
                     {**factories, **round_trip_factories},
@@ -289,20 +288,16 @@ def main(argv: list[str] | None = None) -> int:
         if "flood" in args.only:
             run(
                 "flood",
-                "flood",
                 scenarios.flood,
                 factories,
                 list(sizes.floods),
                 servers,
             )
         if "large" in args.only:
-            run(
-                "large", "large", scenarios.large, factories, sizes.large_bytes, sizes.large_repeats
-            )
+            run("large", scenarios.large, factories, sizes.large_bytes, sizes.large_repeats)
         if "fanout" in args.only and relay is not None:
             fan_kernel = relay.spawn()
             run(
-                "fanout",
                 "fanout",
                 scenarios.fanout,
                 relay,
@@ -325,7 +320,6 @@ def main(argv: list[str] | None = None) -> int:
                 idle_kernel = idle_relay.spawn()
                 run(
                     "idle",
-                    "idle",
                     scenarios.idle,
                     idle_relay,
                     idle_kernel,
@@ -337,13 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 idle_relay.stop()
         if "spawn" in args.only:
-            run("spawn", "spawn", scenarios.spawn, relay, jupyter, sizes.spawn_repeats)
+            run("spawn", scenarios.spawn, relay, jupyter, sizes.spawn_repeats)
             if "relay" in targets:
                 say("starting a relay with a warm pool (--pool python3=2)")
                 pool_relay = RelayServer(out / "logs", "--pool", "python3=2", name="relay-pool")
                 try:
                     run(
-                        "spawn",
                         "spawn_pooled",
                         scenarios.pooled_spawn,
                         pool_relay,
