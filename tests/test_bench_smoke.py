@@ -111,6 +111,32 @@ def test_a_relay_loss_is_reported_with_where_it_happened() -> None:
     assert _relay_loss_lines({"flood": {"5000": flood["5000"]}}) == []
 
 
+def test_the_floor_section_says_whether_the_relay_kept_within_its_bound_over_the_forwarder() -> (
+    None
+):
+    """Each round trip's floor line gives the relay's ratio to the forwarder and whether it met the bound."""
+    from bench.report import FLOOR_TARGET, _floor_lines
+
+    def medians(direct: float, forwarder: float, relay: float) -> dict[str, dict[str, float]]:
+        return {
+            "direct": {"median": direct},
+            "forwarder": {"median": forwarder},
+            "relay": {"median": relay},
+        }
+
+    lines = _floor_lines(
+        {
+            "round_trip_kernel_info": medians(0.003, 0.0034, 0.0034 * FLOOR_TARGET * 0.99),
+            "round_trip_execute": medians(0.007, 0.0072, 0.0072 * FLOOR_TARGET * 1.01),
+        }
+    )
+    kernel_info = next(line for line in lines if line.startswith("- kernel_info:"))
+    execute = next(line for line in lines if line.startswith("- execute:"))
+    assert "1.13 x direct" in kernel_info and "x the forwarder: met)" in kernel_info
+    assert "x the forwarder: MISSED)" in execute
+    assert _floor_lines({"round_trip_kernel_info": {"direct": {"median": 0.003}}}) == []
+
+
 class _Answered:
     """
     A bench client whose every request is answered at once, by a "server" that is this very process: it
