@@ -27,6 +27,7 @@ from .culling import KernelCuller
 from .demo import demo_resources
 from .engineio import EngineIOOptions
 from .heartbeat import HeartbeatMonitor
+from .hosts import HostPolicy
 from .kernels import KernelRegistry
 from .metrics import RelayMetrics
 from .origins import OriginPolicy
@@ -239,6 +240,7 @@ class Options(usage.Options):
         super().__init__()
         self["listen"] = []
         self["allow-origin"] = []
+        self["allow-host"] = []
         self["pool"] = {}
 
     def opt_pool(self, value: str) -> None:
@@ -265,6 +267,12 @@ class Options(usage.Options):
         https://app.example.com, a pattern such as https://*.example.com, or * for any. By default only
         same-origin pages and clients sending no Origin (curl, Node, Python) are served."""
         self["allow-origin"].append(origin)
+
+    def opt_allow_host(self, name: str) -> None:
+        """Without a token, also answer requests for this host name (repeatable), or * for any. By default
+        a relay without a token answers only localhost and IP addresses, so that a web page cannot reach it
+        through DNS rebinding. A relay with a token answers every name."""
+        self["allow-host"].append(name)
 
     def opt_generate_token(self) -> None:
         """Print a new random token (for --token or $KERNEL_RELAY_TOKEN) and exit."""
@@ -458,6 +466,7 @@ def makeService(options: Options) -> IService:
             ),
             socketio.resource(),
             demo=None if options["no-demo"] else demo_resources(),
+            hosts=HostPolicy.from_options(options["allow-host"], token_required=auth.enabled),
         ),
         logPath=options["access-log"],
     )

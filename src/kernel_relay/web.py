@@ -32,6 +32,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__
 from .auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, Scope, TokenAuth, token_from_authorization
+from .hosts import HostPolicy
 from .kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel
 from .metrics import RelayMetrics
 from .origins import OriginPolicy
@@ -401,16 +402,19 @@ class RelayRoot(Resource):
         api: IResource,
         socketio: IResource,
         demo: Mapping[bytes, IResource] | None = None,
+        hosts: HostPolicy | None = None,
     ) -> None:
         super().__init__()
         self.putChild(b"socket.io", socketio)
         for segment, child in (demo or {}).items():
             self.putChild(segment, child)
         self._api = api
+        self._hosts = hosts if hosts is not None else HostPolicy()
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
-        if not _valid_host(request):
-            return _BadHost()
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
         child: IResource = super().getChildWithDefault(path, request)
         return child
 
@@ -420,25 +424,47 @@ class RelayRoot(Resource):
         return self._api
 
     def render(self, request: IRequest) -> bytes | int:
-        if not _valid_host(request):
-            return _BadHost().render(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal.render(request)
         result: bytes | int = self._api.render(request)
         return result
 
+    def _refusal(self, request: IRequest) -> _Refused | None:
+        """The answer to a request whose ``Host`` header is not ASCII or not served (see :mod:`.hosts`)."""
+        raw = request.getHeader(b"host")
+        if raw is None:
+            return None
+        if not raw.isascii():
+            # (Klein fails on these with an unhandled error.)
+            return _Refused(400, "Invalid Host header")
+        host = raw.decode("ascii")
+        if self._hosts.allows(host):
+            return None
+        log.warn(
+            "Refused a request for host {host!r}: the relay has no token, so it answers only "
+            "localhost, IP addresses and names given with --allow-host (DNS rebinding guard)",
+            host=host,
+        )
+        return _Refused(
+            403,
+            f"Host {host!r} is not served: this relay has no token, so it answers only localhost, IP "
+            "addresses and the names given with --allow-host",
+        )
 
-def _valid_host(request: IRequest) -> bool:
-    """Is the Host header absent or plain ASCII? (Klein fails on others with an unhandled error.)"""
-    host = request.getHeader(b"host")
-    return host is None or host.isascii()
 
-
-class _BadHost(Resource):
-    """Answers 400 with a JSON error to a request whose Host header is not ASCII."""
+class _Refused(Resource):
+    """Answers every request with one status and a JSON error."""
 
     isLeaf = True
 
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__()
+        self._code = code
+        self._message = message
+
     def render(self, request: IRequest) -> bytes:
-        return json_body(request, 400, {"error": "Invalid Host header"})
+        return json_body(request, self._code, {"error": self._message})
 
 
 #: Request bodies a site takes when it says nothing else: enough for any REST call.
