@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -145,8 +146,14 @@ def test_help_documents_every_option() -> None:
         "--heartbeat-interval",
         "--heartbeat-timeout",
         "--pool",
+        "--allow-host",
     ):
         assert option in result.stdout, option
+    # Help texts are wrapped into one column: no gap of several spaces inside a sentence.
+    lines = result.stdout.splitlines()
+    column = next(line.index("Without a token") for line in lines if "--allow-host=" in line)
+    for line in lines:
+        assert not re.search(r"\S {2,}\S", line[column:]), line
 
 
 def test_runs_under_twistd(tmp_path: Path) -> None:

@@ -238,6 +238,12 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # An option method's docstring is its help text, line breaks and indentation included; the help
+        # wraps text itself, so runs of whitespace would show as gaps in the middle of a line.
+        self.docs = {
+            name: " ".join(doc.split()) if isinstance(doc, str) else doc
+            for name, doc in self.docs.items()
+        }
         self["listen"] = []
         self["allow-origin"] = []
         self["allow-host"] = []
