@@ -71,6 +71,20 @@ def test_unknown_route_and_wrong_method_answer_json(relay: Relay) -> None:
     assert "GET" in wrong.headers["Allow"]
 
 
+def test_head_neither_starts_nor_stops_a_kernel(relay: Relay, kernel_id: str) -> None:
+    """HEAD on /spawn and /shutdown, which link checkers and probes send, answers 405 and does nothing."""
+    before = {kernel["id"] for kernel in relay.kernels()}
+    assert kernel_id in before
+    for path in ("/spawn/python3", f"/shutdown/{kernel_id}"):
+        answer = requests.head(f"{relay.url}{path}", timeout=30)
+        assert answer.status_code == 405, path
+        assert answer.headers["Allow"] == "GET, OPTIONS", path
+    assert {kernel["id"] for kernel in relay.kernels()} == before
+    wrong = requests.post(f"{relay.url}/spawn/python3", timeout=10)
+    assert wrong.headers["Allow"] == "GET, OPTIONS"
+    assert requests.head(f"{relay.url}/api/kernels", timeout=10).status_code == 200
+
+
 def test_foreign_origin_is_refused_by_default(relay: Relay) -> None:
     """A browser request from another origin cannot spawn a kernel; a same-origin one can list kernels."""
     refused = requests.get(

@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import __version__
 from .auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, Scope, TokenAuth, token_from_authorization
@@ -90,6 +90,7 @@ class RelayAPI:
 
     @app.route("/spawn/<path:spec_name>", methods=["GET"])
     def spawn(self, request: IRequest, spec_name: str) -> Deferred[bytes] | bytes:
+        _refuse_head(request)
         if (
             self._max_kernels is not None
             and len(self._kernels) + self._starting >= self._max_kernels
@@ -152,6 +153,8 @@ class RelayAPI:
 
     @app.route("/shutdown/<path:kernel_id>", methods=["GET"])
     def shutdown(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
+        _refuse_head(request)
+
         def stopped(_: object) -> bytes:
             # "kernelId" repeats the id for enchannel-socketio-backend 0.1.0, whose shutdown() checks it.
             return json_body(request, 200, {"id": kernel_id, "kernelId": kernel_id})
@@ -271,13 +274,26 @@ class RelayAPI:
         error = failure.value
         assert isinstance(error, HTTPException)
         code = error.code or 500
-        if code == 405:
-            allowed = sorted({*(getattr(error, "valid_methods", None) or ["GET"]), "OPTIONS"})
-            request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
-        message = {404: "No such route", 405: "Method not allowed"}.get(code, error.name)
         path = request.path.decode("utf-8", "replace")
+        if code == 405:
+            allowed = {*(getattr(error, "valid_methods", None) or ["GET"]), "OPTIONS"}
+            if _ACTING_GET.match(path):
+                allowed.discard("HEAD")
+            request.setHeader(b"Allow", ", ".join(sorted(allowed)).encode("ascii"))
+        message = {404: "No such route", 405: "Method not allowed"}.get(code, error.name)
         method = request.method.decode("ascii", "replace")
         return json_body(request, code, {"error": f"{message}: {method} {path}"})
+
+
+#: The GET routes that act (the contract makes starting and stopping a kernel a GET). werkzeug answers HEAD on
+#: every GET route, but HEAD is meant to be safe: a link checker or a health probe must not start or stop a
+#: kernel, so these refuse it.
+_ACTING_GET = re.compile(r"^/(?:spawn|shutdown)/")
+
+
+def _refuse_head(request: IRequest) -> None:
+    if request.method == b"HEAD":
+        raise MethodNotAllowed(valid_methods=["GET"])
 
 
 #: REST routes a full kernel token may use: they name the kernel they act on.
