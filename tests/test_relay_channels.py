@@ -210,6 +210,22 @@ def test_unusable_messages_are_answered_with_an_error_event(client: RelayKernelC
     assert client.reply_to("shell", msg_id)["content"]["status"] == "ok"
 
 
+def test_other_events_and_wrong_arguments_are_named_in_the_error_and_acked(
+    client: RelayKernelClient,
+) -> None:
+    """An event other than "msg" gets an error naming it, and a client waiting for an ack gets one (null)."""
+    shell = client.namespace("shell")
+    acked = client.sio.call("nope", {"header": {}}, namespace=shell, timeout=10)
+    assert acked is None
+    client.sio.emit("msg", 42, namespace=shell)
+    client.sio.emit("msg", ("one", "two"), namespace=shell)
+    errors = client.wait_for(lambda: len(client.errors) >= 3 and client.errors, what="3 errors")
+    texts = [str(error["message"]) for error in errors]
+    assert any("unknown event 'nope'" in text for text in texts), texts
+    assert any("must be a Jupyter message object, not a number" in text for text in texts), texts
+    assert any("exactly one argument" in text and "it had 2" in text for text in texts), texts
+
+
 def test_missing_parent_header_and_metadata_get_defaults(client: RelayKernelClient) -> None:
     """A bare {header: {msg_type}, content} message is completed and answered by the kernel."""
     client.sio.emit(

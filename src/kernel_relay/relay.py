@@ -63,6 +63,23 @@ def channel_of(socket: Socket) -> str:
     return CHANNEL_ALIASES.get(channel, channel)
 
 
+def _json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bytes | bytearray):
+        return "binary data"
+    return type(value).__name__
+
+
 def short_id(kernel_id: str) -> str:
     """The first block of a kernel id: enough to tell kernels apart in a log line."""
     return kernel_id.split("-", 1)[0][:8]
@@ -145,6 +162,7 @@ class Relay:
         group.on_connect(self._connected)
         group.on_disconnect(self._disconnected)
         group.on(MESSAGE_EVENT, self._received)
+        group.on_other_events(self._unknown_event)
         kernels.add_observer(self)
 
     def client_count(self, kernel_id: str) -> int:
@@ -460,10 +478,17 @@ class Relay:
             return self._refuse(
                 socket, "iopub is read-only: send requests on shell or control", message
             )
+        if len(args) != 1:
+            return self._refuse(
+                socket,
+                f'a "msg" event takes exactly one argument, a Jupyter message object; it had {len(args)}',
+                message,
+            )
         if not isinstance(message, dict):
             return self._refuse(
                 socket,
-                'a "msg" event takes exactly one argument: a Jupyter message object',
+                'the argument of a "msg" event must be a Jupyter message object, not '
+                f"{_json_kind(message)}",
                 message,
             )
         buffers = message.get("buffers") or []
@@ -480,6 +505,14 @@ class Relay:
             return self._refuse(socket, str(error), message)
         self.metrics.relayed(TO_KERNEL, link.kernel_client.last_sent_bytes)
         return msg_id
+
+    def _unknown_event(self, socket: Socket, event: str, *args: Any) -> None:
+        """Any event but ``"msg"``: an error event says so, and an ack, if asked for, is null."""
+        self._refuse(
+            socket,
+            f'unknown event {event!r}: the relay takes only "msg" events (a Jupyter message each)',
+            args[0] if args else None,
+        )
 
     def _refuse(self, socket: Socket, reason: str, message: object) -> str | None:
         """Tell the client why its message was not relayed; never drop it silently."""

@@ -231,14 +231,17 @@ class Socket:
 
     def _event(self, packet: Packet) -> None:
         event, *args = packet.data
-        handler = self.namespace.group._event_handler(event)
+        group = self.namespace.group
+        handler = group._event_handler(event)
         if handler is None:
-            log.debug(
-                "No handler for event {event!r} on {namespace}",
-                event=event,
-                namespace=self.namespace.name,
-            )
-            return
+            if group._other_events is None:
+                log.debug(
+                    "No handler for event {event!r} on {namespace}",
+                    event=event,
+                    namespace=self.namespace.name,
+                )
+                return
+            handler, args = group._other_events, [event, *args]
         try:
             result = handler(self, *args)
             if not isinstance(result, Deferred | Failure | CoroutineType):

@@ -55,6 +55,7 @@ class NamespaceGroup:
         self._connect_handlers: list[ConnectHandler] = []
         self._disconnect_handlers: list[DisconnectHandler] = []
         self._event_handlers: dict[str, EventHandler] = {}
+        self._other_events: EventHandler | None = None
 
     def __repr__(self) -> str:
         shown = self.matcher if isinstance(self.matcher, str) else self.matcher.pattern
@@ -100,6 +101,15 @@ class NamespaceGroup:
         if handler is None:
             return register
         return register(handler)
+
+    def on_other_events(self, handler: _E) -> _E:
+        """
+        Register the handler of every event that has none of its own, called as ``(socket, event, *args)``;
+        its value becomes the ack. Without one such events are ignored, as socket.io servers do, and a client
+        that asked for an ack never gets one.
+        """
+        self._other_events = handler
+        return handler
 
     def _event_handler(self, event: str) -> EventHandler | None:
         return self._event_handlers.get(event)
