@@ -183,6 +183,19 @@ def test_non_ascii_host_is_a_json_400(fuzzed: tuple[Relay, str, Witness]) -> Non
     after_batch(relay, kernel_id, witness)
 
 
+def test_a_path_that_is_not_utf8_is_a_json_400_without_a_traceback(
+    fuzzed: tuple[Relay, str, Witness],
+) -> None:
+    """Klein logged such paths as critical errors with a traceback: anyone could fill the log with them."""
+    relay, kernel_id, witness = fuzzed
+    for path in ("/spawn/%ff%fe", "/%c3%28", "/api/kernels/%80/interrupt"):
+        answer = send_raw(relay.port, f"GET {path} HTTP/1.1\r\nConnection: close\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        assert b"not UTF-8" in answer and b"application/json" in answer
+    assert "Invalid encoding in PATH_INFO" not in relay.output()
+    after_batch(relay, kernel_id, witness)
+
+
 def test_random_polling_payloads(fuzzed: tuple[Relay, str, Witness]) -> None:
     """Random bodies POSTed to a polling session (bad packets, invalid UTF-8, bad base64) do no harm."""
     relay, kernel_id, witness = fuzzed

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -447,7 +448,14 @@ class RelayRoot(Resource):
         return result
 
     def _refusal(self, request: IRequest) -> _Refused | None:
-        """The answer to a request whose ``Host`` header is not ASCII or not served (see :mod:`.hosts`)."""
+        """
+        The answer to a request whose path is not UTF-8 (Klein logs those as critical errors, with a
+        traceback) or whose ``Host`` header is not ASCII or not served (see :mod:`.hosts`).
+        """
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")  # type: ignore[attr-defined]
+        except UnicodeDecodeError:
+            return _Refused(400, "Invalid URL: its path is not UTF-8")
         raw = request.getHeader(b"host")
         if raw is None:
             return None
