@@ -29,6 +29,8 @@ class IopubWatcher:
         self.sio = socketio.Client(reconnection=False)
         self.sio.on("msg", self._message, namespace=namespace)
         self.sio.on("replay_gap", self.gaps.append, namespace=namespace)
+        self.errors: list[dict[str, Any]] = []
+        self.sio.on("error", self.errors.append, namespace=namespace)
         self.sio.connect(url, namespaces=[namespace], auth=auth, wait_timeout=10)
 
     def _message(self, message: dict[str, Any]) -> None:
@@ -159,3 +161,18 @@ def test_late_joiner_gets_the_running_cells_output_so_far(relay: Relay, kernel_i
             viewer.close()
     finally:
         runner.close()
+
+
+def test_an_unusable_resume_option_is_ignored_and_the_client_told_why(
+    relay: Relay, kernel_id: str
+) -> None:
+    """A since that is no relay_seq, or an unknown replay, gets an error event; the client stays connected."""
+    watcher = IopubWatcher(relay.url, kernel_id, auth={"since": "abc", "replay": "all"})
+    try:
+        wait(lambda: len(watcher.errors) >= 2, 10, "two error events")
+        texts = [error["message"] for error in watcher.errors]
+        assert any('"since" was ignored' in text and '"abc"' in text for text in texts), texts
+        assert any('"replay" was ignored' in text for text in texts), texts
+        assert watcher.sio.connected
+    finally:
+        watcher.close()

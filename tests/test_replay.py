@@ -122,10 +122,16 @@ def test_with_sequence_splices_raw_and_updates_dicts() -> None:
 
 
 def test_resume_requests_from_auth_and_query() -> None:
-    """since comes from the auth payload or, for old clients, the query; junk is ignored."""
-    assert requested_resume({"since": 5}) == (5, False)
-    assert requested_resume({"replay": "execution"}) == (None, True)
-    assert requested_resume(None, [("since", "12")]) == (12, False)
-    assert requested_resume({"since": "x"}) == (None, False)
-    assert requested_resume({"since": -1}) == (None, False)
-    assert requested_resume({"since": True}) == (None, False)
+    """since comes from the auth payload or, for old clients, the query; junk is left out, and said why."""
+    assert requested_resume({"since": 5}) == (5, False, ())
+    assert requested_resume({"replay": "execution"}) == (None, True, ())
+    assert requested_resume(None, [("since", "12")]) == (12, False, ())
+    assert requested_resume({"since": None, "token": "t"}) == (None, False, ())
+    for junk in ("x", -1, True, 1.5):
+        since, execution, ignored = requested_resume({"since": junk})
+        assert (since, execution) == (None, False)
+        assert len(ignored) == 1 and '"since" was ignored' in ignored[0], junk
+    _, execution, ignored = requested_resume({"replay": "everything", "since": "y" * 100})
+    assert not execution
+    assert ['"since"' in ignored[0], '"replay"' in ignored[1]] == [True, True]
+    assert len(ignored[0]) < 120

@@ -336,6 +336,11 @@ class Relay:
             kernel = self._kernels.get(kernel_id)
         except UnknownKernel:
             self.metrics.error("connect_refused")
+            log.info(
+                "Refused {address} on {namespace}: no running kernel has that id",
+                address=handshake.remote_address,
+                namespace=socket.namespace.name,
+            )
             raise ConnectionRefused(f"No running kernel with id {kernel_id}") from None
         limit = self._limits.max_clients_per_kernel
         if limit is not None and not self._is_client_of(socket.client.sid, kernel.id):
@@ -371,7 +376,15 @@ class Relay:
         """
         journal = self._journals.get(kernel.id)
         query = socket.client.handshake.query.items()
-        since, execution = requested_resume(auth, query)
+        since, execution, ignored = requested_resume(auth, query)
+        for reason in ignored:
+            log.info(
+                "Client {address} on {namespace}: {reason}",
+                address=socket.client.handshake.remote_address,
+                namespace=socket.namespace.name,
+                reason=reason,
+            )
+            socket.emit(ERROR_EVENT, {"message": reason, "msg_id": None})
         if journal is None or (since is None and not execution):
             return
         if since is not None:

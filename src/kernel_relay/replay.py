@@ -187,17 +187,40 @@ def splice_seq(metadata_json: str, seq: int) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def requested_resume(auth: Any, query: Iterable[tuple[str, str]] = ()) -> tuple[int | None, bool]:
+class Resume(NamedTuple):
+    """What a joining iopub client asked for, and why any option it sent was not usable."""
+
+    since: int | None
+    execution: bool
+    ignored: tuple[str, ...] = ()
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def requested_resume(auth: Any, query: Iterable[tuple[str, str]] = ()) -> Resume:
     """
-    ``(since, execution)`` a client asked for: ``{"since": N}`` and/or ``{"replay": "execution"}`` in its
-    CONNECT auth payload (socket.io 1.x/2.x: the namespace query, ``?since=N&replay=execution``).
+    What a client asked for: ``{"since": N}`` and/or ``{"replay": "execution"}`` in its CONNECT auth payload
+    (socket.io 1.x/2.x: the namespace query, ``?since=N&replay=execution``). An unusable value is left out,
+    and ``ignored`` says why, for the client to be told.
     """
     fields: dict[str, Any] = dict(query)
     if isinstance(auth, dict):
         fields.update(auth)
+    ignored: list[str] = []
     since = fields.get("since")
     if isinstance(since, str) and since.strip().isdigit():
         since = int(since)
-    if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+        ignored.append(
+            f'"since" was ignored: it must be a relay_seq (a whole number from 0), not {_shown(since)}'
+        )
         since = None
-    return since, fields.get("replay") == "execution"
+    replay = fields.get("replay")
+    if replay is not None and replay != "execution":
+        ignored.append(
+            f'"replay" was ignored: the only replay is "execution", not {_shown(replay)}'
+        )
+    return Resume(since, replay == "execution", tuple(ignored))
