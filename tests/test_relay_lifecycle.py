@@ -156,6 +156,17 @@ def test_help_documents_every_option() -> None:
         assert not re.search(r"\S {2,}\S", line[column:]), line
 
 
+def test_version_is_kernel_relays_own() -> None:
+    """--version names kernel-relay's version first (it printed Twisted's), then what it runs on."""
+    from kernel_relay import __version__
+
+    result = subprocess.run([*TWIST, "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"kernel-relay {__version__}"
+    assert "Twisted " in lines[1] and "pyzmq " in lines[1]
+
+
 def test_runs_under_twistd(tmp_path: Path) -> None:
     """twistd -n kernel-relay --port N serves the API and stops cleanly on SIGTERM."""
     port = free_port()

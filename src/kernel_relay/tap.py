@@ -280,6 +280,20 @@ class Options(usage.Options):
         through DNS rebinding. A relay with a token answers every name."""
         self["allow-host"].append(name)
 
+    def opt_version(self) -> None:
+        """Print the versions of kernel-relay and of what it runs on, and exit."""
+        from importlib.metadata import version
+
+        import zmq
+
+        print(f"kernel-relay {__version__}")
+        stack = ", ".join(
+            f"{name} {version(name)}"
+            for name in ("Twisted", "autobahn", "pyzmq", "txzmq", "klein", "jupyter_client")
+        )
+        print(f"{stack} (libzmq {zmq.zmq_version()})")
+        sys.exit(0)
+
     def opt_generate_token(self) -> None:
         """Print a new random token (for --token or $KERNEL_RELAY_TOKEN) and exit."""
         print(generate_token())
