@@ -145,6 +145,20 @@ def test_exposed_listener_without_token_is_refused() -> None:
     assert "--token" in message and "--no-auth" in message and "--generate-token" in message
 
 
+@pytest.mark.parametrize(
+    ("description", "named"),
+    [("bogus:1", "Unknown endpoint type"), ("tcp:abc", "abc"), ("tcp:3000:colour=red", "colour")],
+)
+def test_a_malformed_endpoint_is_named_as_such(description: str, named: str) -> None:
+    """A typo in --listen is a usage error naming it, with or without a token, not protected mode."""
+    for extra in ((), ("--token", "abc")):
+        with pytest.raises(usage.UsageError) as raised:
+            parse("--listen", description, *extra)
+        message = str(raised.value)
+        assert message.startswith(f"--listen {description}: ") and named in message
+        assert "protected mode" not in message
+
+
 def test_exposed_listener_with_token_or_no_auth_is_accepted() -> None:
     """A token (option or environment) or an explicit --no-auth lifts protected mode."""
     assert parse("--listen", "tcp:3000", "--token", "abc")["token"] == "abc"

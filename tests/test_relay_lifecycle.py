@@ -203,4 +203,7 @@ def test_a_port_in_use_stops_the_relay_with_an_error(tmp_path: Path) -> None:
             [*TWIST, "--port", str(first.port)], capture_output=True, text=True, timeout=60
         )
     assert process.returncode != 0
-    assert "Address already in use" in process.stdout + process.stderr
+    output = process.stdout + process.stderr
+    assert f"kernel-relay: cannot listen on tcp:{first.port}:interface=127.0.0.1: " in output
+    assert "Address already in use" in output
+    assert "Traceback" not in output

@@ -15,6 +15,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, ITCPTransport, ITransport
 from twisted.logger import Logger
 from twisted.python import usage
@@ -322,6 +323,15 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--no-auth and a token (--token or $KERNEL_RELAY_TOKEN) contradict"
             )
+        for description in self["listen"]:
+            # A typo must be named as such here, not taken for an exposed endpoint below or fail with a
+            # traceback at start. Twisted's own parsers need no reactor to parse.
+            try:
+                serverFromString(cast(Any, None), description)
+            except (ValueError, TypeError, OSError) as error:
+                raise usage.UsageError(f"--listen {description}: {error}") from None
+            except Exception:
+                pass  # a plugin's parser may need the reactor: it fails at start, if at all
         exposed = exposed_endpoints(self.endpoints())
         if exposed and self["token"] is None and not self["no-auth"]:
             raise usage.UsageError(
@@ -433,6 +443,27 @@ class KernelsService(Service):
         return self._kernels.shutdown_all()
 
 
+class _Listener(StreamServerEndpointService):
+    """
+    Listens on one endpoint. A port that cannot be bound stops the relay at start, rather than leave it
+    running deaf, and says so in one line rather than a traceback.
+    """
+
+    def __init__(self, description: str, endpoint: Any, factory: Site) -> None:
+        super().__init__(endpoint, factory)
+        self._description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except (CannotListenError, OSError) as error:
+            reason = getattr(error, "socketError", None) or error
+            raise SystemExit(
+                f"kernel-relay: cannot listen on {self._description}: {reason}"
+            ) from None
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
@@ -513,10 +544,7 @@ def makeService(options: Options) -> IService:
             metrics=metrics,
         ).setServiceParent(top)
     for description in options.endpoints():
-        listener = StreamServerEndpointService(serverFromString(reactor, description), site)
-        # A port that cannot be bound must stop the relay at start, not leave it running deaf.
-        listener._raiseSynchronously = True
-        listener.setServiceParent(top)
+        _Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     # Everything alive once the reactor runs (modules, the application) lives as long as the process:
     # keep it out of the garbage collector's full collections, which would scan it again and again.
     reactor.callWhenRunning(gc.freeze)
