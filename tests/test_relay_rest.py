@@ -51,6 +51,17 @@ def test_spawn_of_unknown_kernelspec_is_a_500_with_an_error(relay: Relay) -> Non
     assert "no-such-spec" in response.json()["error"]
 
 
+def test_a_name_no_kernelspec_can_have_is_refused_before_anything_starts(relay: Relay) -> None:
+    """Names outside Jupyter's [A-Za-z0-9._-] are answered at once, and never logged raw (a NUL, 16 KB)."""
+    for name in ("%00", "a%20b", "x" * 16000):
+        response = requests.get(f"{relay.url}/spawn/{name}", timeout=30)
+        assert response.status_code == 500
+        assert response.json()["error"].startswith("no kernel spec named")
+        assert len(response.json()["error"]) < 120
+    output = relay.output()
+    assert "\x00" not in output and "x" * 100 not in output
+
+
 def test_kernelspecs_lists_python3(relay: Relay) -> None:
     """GET /api/kernelspecs lists python3 with its display name and language."""
     response = requests.get(f"{relay.url}/api/kernelspecs", timeout=30)

@@ -98,9 +98,7 @@ class RelayAPI:
         ):
             self.metrics.error("spawn")
             log.warn(
-                "Refused to spawn a {spec_name!r} kernel: {limit} kernels run already",
-                spec_name=spec_name,
-                limit=self._max_kernels,
+                "Refused to spawn a kernel: {limit} kernels run already", limit=self._max_kernels
             )
             request.setHeader(b"Retry-After", b"10")
             return json_body(
@@ -117,11 +115,8 @@ class RelayAPI:
 
         def failed(failure: Failure) -> bytes:
             self.metrics.error("spawn")
-            log.warn(
-                "Could not spawn a {spec_name!r} kernel: {error}",
-                spec_name=spec_name,
-                error=_error_text(failure),
-            )
+            # The error names the kernelspec (cut short if long): the raw name is the client's input.
+            log.warn("Could not spawn a kernel: {error}", error=_error_text(failure))
             return json_body(request, 500, {"error": _error_text(failure)})
 
         def settled(result: bytes) -> bytes:

@@ -9,6 +9,7 @@ starting) in a single thread hop per tick, so a kernel that crashes or is killed
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ from ._zmq import ZmqSocketOpener
 
 _log = Logger()
 _T = TypeVar("_T")
+
+#: What Jupyter allows a kernelspec's name (its directory's name) to be: anything else names none, and is
+#: refused before it reaches a log line or a thread.
+_SPEC_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 
 @dataclass(frozen=True)
@@ -160,8 +165,9 @@ class KernelRegistry:
         Fails with UnknownKernelSpec, or KernelLaunchError (including after ``launch_timeout``
         seconds, in which case whatever was started is killed).
         """
-        if not isinstance(spec_name, str) or not spec_name:
-            return fail(UnknownKernelSpec(f"no kernel spec named {spec_name!r}"))
+        if not isinstance(spec_name, str) or not _SPEC_NAME.fullmatch(spec_name):
+            shown = repr(spec_name) if len(str(spec_name)) <= 80 else f"{str(spec_name)[:77]!r}..."
+            return fail(UnknownKernelSpec(f"no kernel spec named {shown}"))
         warm = self._pooled.get(spec_name)
         if warm:
             kernel, manager = warm.pop(0)
@@ -193,7 +199,7 @@ class KernelRegistry:
         )
         self._ensure_polling()
         _log.info(
-            "starting a {spec_name} kernel {kernel_id}",
+            "starting a {spec_name!r} kernel {kernel_id}",
             spec_name=spec_name,
             kernel_id=launch.kernel_id,
         )
