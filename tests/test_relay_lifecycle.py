@@ -123,7 +123,7 @@ def test_stopping_the_relay_stops_every_kernel(tmp_path: Path, stop_signal: sign
     assert time.monotonic() - started < 30
     assert wait_gone(pids) == []
     assert connection_files(relay) == []
-    client.wait_for(lambda: client.disconnected, 10, "disconnect on relay stop")
+    assert_dead_then_disconnected(client)  # as for a kernel shut down on its own
     client.close()
 
 

@@ -269,6 +269,14 @@ class Relay:
         self._journals.pop(kernel.id, None)
         self._auth.scoped.revoke_kernel(kernel.id)
 
+    def stopping(self) -> None:
+        """
+        The relay is stopping, and shuts down every kernel: their iopub clients see each one ``dead`` first,
+        as when a kernel alone is shut down, before the server's disconnect.
+        """
+        for kernel in self._kernels.kernels():
+            self.publish_iopub(kernel.id, relay_status(kernel, "dead"), STATUS_SIZE)
+
     def kernel_restarting(self, kernel: Kernel) -> None:
         self.publish_iopub(kernel.id, relay_status(kernel, "restarting"), STATUS_SIZE)
 

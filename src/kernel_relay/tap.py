@@ -425,10 +425,12 @@ class KernelsService(Service):
         socketio: SocketIOServer,
         kernels: KernelRegistry,
         pools: Mapping[str, int] | None = None,
+        relay: Relay | None = None,
     ) -> None:
         self._socketio = socketio
         self._kernels = kernels
         self._pools = dict(pools or {})
+        self._relay = relay
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -439,6 +441,8 @@ class KernelsService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
+        if self._relay is not None:
+            self._relay.stopping()
         self._socketio.close("server shutting down")
         return self._kernels.shutdown_all()
 
@@ -525,7 +529,7 @@ def makeService(options: Options) -> IService:
     site.max_body = max(options["max-payload"], DEFAULT_MAX_BODY)
 
     top = MultiService()
-    KernelsService(socketio, kernels, options["pool"]).setServiceParent(top)
+    KernelsService(socketio, kernels, options["pool"], relay).setServiceParent(top)
     HeartbeatMonitor(
         kernels,
         reactor,
