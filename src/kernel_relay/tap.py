@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -273,6 +274,14 @@ class Options(usage.Options):
         """Let web pages from this origin use the relay (repeatable): an exact origin such as
         https://app.example.com, a pattern such as https://*.example.com, or * for any. By default only
         same-origin pages and clients sending no Origin (curl, Node, Python) are served."""
+        parts = urlsplit(origin.strip())
+        if origin.strip() != "*" and (
+            not parts.scheme or not parts.netloc or parts.path not in ("", "/") or parts.query
+        ):
+            raise usage.UsageError(
+                f"--allow-origin {origin!r} is not an origin: it is scheme://host[:port] (a browser's "
+                "Origin header), for example https://app.example.com or https://*.example.com, or *"
+            )
         self["allow-origin"].append(origin)
 
     def opt_allow_host(self, name: str) -> None:
