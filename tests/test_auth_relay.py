@@ -159,12 +159,16 @@ def test_a_malformed_endpoint_is_named_as_such(description: str, named: str) -> 
         assert "protected mode" not in message
 
 
-@pytest.mark.parametrize("value", ["notanorigin", "app.example.com", "https://app.example.com/path"])
+@pytest.mark.parametrize(
+    "value", ["notanorigin", "app.example.com", "https://app.example.com/path"]
+)
 def test_an_allowed_origin_must_be_an_origin(value: str) -> None:
     """An --allow-origin that no browser could send (no scheme, a path) is a usage error, not a silent no-op."""
     with pytest.raises(usage.UsageError, match="is not an origin"):
         parse("--allow-origin", value)
-    assert parse("--allow-origin", "https://*.example.com/")["allow-origin"] == ["https://*.example.com/"]
+    assert parse("--allow-origin", "https://*.example.com/")["allow-origin"] == [
+        "https://*.example.com/"
+    ]
 
 
 def test_exposed_listener_with_token_or_no_auth_is_accepted() -> None:
