@@ -135,3 +135,22 @@ def run_node(script: str, *args: str, timeout: float = 60.0) -> subprocess.Compl
         text=True,
         timeout=timeout,
     )
+
+
+#: Debian's Chromium, for the tests that open a page in it directly (``--dump-dom``).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def headless_chromium(url: str, *flags: str) -> list[str]:
+    """The command that loads ``url`` in a headless Chromium and prints its DOM once the page has loaded."""
+    return [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        *flags,
+        "--dump-dom",
+        url,
+    ]

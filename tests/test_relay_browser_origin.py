@@ -6,7 +6,6 @@ nor join a namespace of a loopback relay, over polling or WebSocket, unless the 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -17,10 +16,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import Relay
-from tests.support import ROOT
+from tests.support import CHROMIUM, ROOT, headless_chromium
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGE = ROOT / "tests" / "browser-origin" / "page.html"
+PROBE = PAGE.with_name("probe.js")
 CLIENT = (
     ROOT / "src" / "kernel_relay" / "demo" / "static" / "vendor" / "socket.io-client.esm.min.js"
 )
@@ -52,6 +51,8 @@ class ProbeServer:
                     self.answer(PAGE.read_bytes(), "text/html")
                 elif path == "/socket.io-client.esm.min.js":
                     self.answer(CLIENT.read_bytes(), "text/javascript")
+                elif path == "/probe.js":
+                    self.answer(PROBE.read_bytes(), "text/javascript")
                 else:
                     self.answer(b"", "text/plain", 404)
 
@@ -79,16 +80,7 @@ class ProbeServer:
         self.arrived.clear()
         url = f"{self.origin}/page.html?relay={relay.url}&kernel={kernel_id}&transport={transport}"
         completed = subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--dump-dom",
-                url,
-            ],
+            headless_chromium(url),
             capture_output=True,
             text=True,
             timeout=150,
