@@ -271,11 +271,12 @@ class Relay:
 
     def stopping(self) -> None:
         """
-        The relay is stopping, and shuts down every kernel: their iopub clients see each one ``dead`` first,
-        as when a kernel alone is shut down, before the server's disconnect.
+        The relay is stopping, and will shut down every kernel: tell every client first. Iopub clients see
+        each kernel ``dead``, as when a kernel alone is shut down, then every client is disconnected.
         """
         for kernel in self._kernels.kernels():
             self.publish_iopub(kernel.id, relay_status(kernel, "dead"), STATUS_SIZE)
+        self._socketio.close("server shutting down")
 
     def kernel_restarting(self, kernel: Kernel) -> None:
         self.publish_iopub(kernel.id, relay_status(kernel, "restarting"), STATUS_SIZE)

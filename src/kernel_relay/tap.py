@@ -274,8 +274,9 @@ class Options(usage.Options):
         """Let web pages from this origin use the relay (repeatable): an exact origin such as
         https://app.example.com, a pattern such as https://*.example.com, or * for any. By default only
         same-origin pages and clients sending no Origin (curl, Node, Python) are served."""
-        parts = urlsplit(origin.strip())
-        if origin.strip() != "*" and (
+        value = origin.strip()
+        parts = urlsplit(value)
+        if value != "*" and (
             not parts.scheme or not parts.netloc or parts.path not in ("", "/") or parts.query
         ):
             raise usage.UsageError(
@@ -430,16 +431,11 @@ class KernelsService(Service):
     """
 
     def __init__(
-        self,
-        socketio: SocketIOServer,
-        kernels: KernelRegistry,
-        pools: Mapping[str, int] | None = None,
-        relay: Relay | None = None,
+        self, relay: Relay, kernels: KernelRegistry, pools: Mapping[str, int] | None = None
     ) -> None:
-        self._socketio = socketio
+        self._relay = relay
         self._kernels = kernels
         self._pools = dict(pools or {})
-        self._relay = relay
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
@@ -450,9 +446,7 @@ class KernelsService(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
-        if self._relay is not None:
-            self._relay.stopping()
-        self._socketio.close("server shutting down")
+        self._relay.stopping()
         return self._kernels.shutdown_all()
 
 
@@ -538,7 +532,7 @@ def makeService(options: Options) -> IService:
     site.max_body = max(options["max-payload"], DEFAULT_MAX_BODY)
 
     top = MultiService()
-    KernelsService(socketio, kernels, options["pool"], relay).setServiceParent(top)
+    KernelsService(relay, kernels, options["pool"]).setServiceParent(top)
     HeartbeatMonitor(
         kernels,
         reactor,
