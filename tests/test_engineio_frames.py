@@ -329,11 +329,15 @@ def test_a_full_transport_counts_what_it_still_holds_not_all_it_was_given() -> N
     """
     While paused, a connection's backlog is what the TCP transport still holds plus what is queued:
     a client that keeps reading is not taken for a slow one just because the buffer never empties.
+    Frames queued for the turn's write count either way.
     """
     clock = Clock()
     connection, transport = open_draining_connection(clock)
-    connection.write_frames([frame_header(0x81, 2), b"4a"], 4)
+    connection.write_frames([frame_header(0x81, 2), b"4z"], 4)
+    assert connection.unsent_bytes == 4, "frames queued for this turn's write count"
+    clock.advance(0)
     assert connection.unsent_bytes == 0, "nothing counts while the transport takes everything"
+    connection.write_frames([frame_header(0x81, 2), b"4a"], 4)
     transport.producer.pauseProducing()
     assert connection.unsent_bytes == 4, "a transport that hides its buffer: bytes since full"
     clock.advance(0)

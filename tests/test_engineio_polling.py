@@ -333,16 +333,17 @@ def test_preflight_is_answered() -> None:
 
 
 def test_handshake_info_is_recorded() -> None:
-    """The session's HandshakeInfo holds the query, lower-case headers, peer and transport."""
+    """The session's HandshakeInfo holds the query, the headers it needs (lower case), peer and transport."""
     h = Harness()
     request = Request(
-        query={"EIO": "4", "transport": "polling", "token": "abc"}, headers={"X-Thing": "1"}
+        query={"EIO": "4", "transport": "polling", "token": "abc"},
+        headers={"Authorization": "Bearer t", "X-Thing": "1", "Cookie": "c" * 4000},
     )
     h.render(request)
     (session,) = h.server.sessions.values()
     info = session.handshake
     assert info.query["token"] == "abc"
-    assert info.headers["x-thing"] == "1"
+    assert dict(info.headers) == {"authorization": "Bearer t"}
     assert info.transport == "polling" and info.protocol == 4 and not info.secure
     assert info.remote_address == "10.0.0.7"
 

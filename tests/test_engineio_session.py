@@ -50,6 +50,11 @@ class FakeTransport:
         self.discarded = True
         self.close()
 
+    def abort(self) -> None:
+        if self.writable:
+            self.finish([])
+        self.close()
+
     def sent(self) -> list[Packet]:
         return [p for batch in self.batches for p in batch]
 

@@ -40,6 +40,16 @@ def error_body(code: ErrorCode) -> bytes:
     ).encode("utf-8")
 
 
+def write_busy(request: WebRequest, message: str, retry_after: int = 10) -> bytes:
+    """Refuse a handshake for want of room (HTTP 503, ``Retry-After``), saying which bound it hit."""
+    request.setResponseCode(503)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"retry-after", str(retry_after).encode("ascii"))
+    return json.dumps(
+        {"code": int(ErrorCode.BAD_REQUEST), "message": message}, separators=(",", ":")
+    ).encode("utf-8")
+
+
 def write_error(request: WebRequest, code: ErrorCode) -> bytes:
     """Set the status and content type of a refusal on ``request`` and return its body."""
     body = error_body(code)

@@ -10,6 +10,9 @@ from kernel_relay.origins import OriginPolicy
 
 KNOWN_TRANSPORTS = ("polling", "websocket")
 
+#: The request headers a session keeps of its handshake (lower case).
+HANDSHAKE_HEADERS = frozenset({"authorization", "origin", "user-agent"})
+
 
 @dataclass(frozen=True)
 class EngineIOOptions:
@@ -23,7 +26,12 @@ class EngineIOOptions:
     protocol 4; each session keeps the protocol it opened with. ``max_buffered_bytes`` bounds what
     one session may have waiting to go out (packets queued for the next poll plus what the
     WebSocket connection could not write yet); a session over it is closed with reason
-    ``"slow client"``. ``None`` means no bound.
+    ``"slow client"``. ``max_total_buffered_bytes`` bounds the same over every session together:
+    when it is exceeded, the sessions with the most waiting are closed as slow clients until the
+    rest fit. ``max_sessions`` and ``max_sessions_per_address`` bound the open sessions, in all and
+    from one client address: a handshake over either is refused (HTTP 503), except that when the
+    total is reached the oldest session the application has not vouched for (see
+    :meth:`EngineIOSession.vouch`) is closed to make room. ``None`` means no bound.
     """
 
     ping_interval: float = 25.0
@@ -34,6 +42,9 @@ class EngineIOOptions:
     upgrade_timeout: float = 10.0
     allow_eio3: bool = True
     max_buffered_bytes: int | None = None
+    max_total_buffered_bytes: int | None = None
+    max_sessions: int | None = None
+    max_sessions_per_address: int | None = None
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.transports if name not in KNOWN_TRANSPORTS]
@@ -43,13 +54,24 @@ class EngineIOOptions:
             raise ValueError("ping_interval, ping_timeout and upgrade_timeout must be positive")
         if self.max_payload <= 0:
             raise ValueError("max_payload must be positive")
-        if self.max_buffered_bytes is not None and self.max_buffered_bytes <= 0:
-            raise ValueError("max_buffered_bytes must be positive (or None)")
+        for name in (
+            "max_buffered_bytes",
+            "max_total_buffered_bytes",
+            "max_sessions",
+            "max_sessions_per_address",
+        ):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (or None)")
 
 
 @dataclass(frozen=True)
 class HandshakeInfo:
-    """What the request that opened a session said, kept for the layers above (auth, logging)."""
+    """
+    What the request that opened a session said, kept for the layers above (auth, logging): of its
+    headers only those in :data:`HANDSHAKE_HEADERS`, since a session lives long and every
+    unauthenticated client has one.
+    """
 
     remote_address: str
     query: Mapping[str, str]

@@ -55,6 +55,12 @@ class PollingTransport:
         return not self._closed
 
     @property
+    def connection(self) -> object | None:
+        """The connection of the poll waiting now (each request may come on another one)."""
+        poll = self._poll
+        return None if poll is None else getattr(poll, "transport", None)
+
+    @property
     def buffered_bytes(self) -> int:
         # A poll response is written at once; what waits is counted by the session's queue.
         return 0
@@ -137,6 +143,12 @@ class PollingTransport:
 
     def finish(self, packets: Sequence[Packet]) -> None:
         self.send([*packets, Packet(PacketType.CLOSE)])
+
+    def abort(self) -> None:
+        # Nothing is held here between polls: a waiting poll gets the close packet, as in finish.
+        if self.writable:
+            self.finish([])
+        self.close()
 
     def discard(self) -> None:
         # Only a poll sent after the probe (out of protocol) can still be waiting here; refuse it

@@ -20,14 +20,24 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from kernel_relay.engineio._web import WebRequest, web_request
-from kernel_relay.engineio.errors import ErrorCode, write_error
-from kernel_relay.engineio.options import EngineIOOptions, HandshakeInfo, SessionHandler
+from kernel_relay.engineio.errors import ErrorCode, write_busy, write_error
+from kernel_relay.engineio.options import (
+    HANDSHAKE_HEADERS,
+    EngineIOOptions,
+    HandshakeInfo,
+    SessionHandler,
+)
 from kernel_relay.engineio.packets import SUPPORTED_PROTOCOLS, codec_for
 from kernel_relay.engineio.polling import PollingTransport
-from kernel_relay.engineio.session import EngineIOSession, Transport
+from kernel_relay.engineio.session import SLOW_CLIENT, EngineIOSession, Transport
 from kernel_relay.engineio.websocket import EngineIOWebSocketFactory, WebSocketTransport
 
 HandlerFactory = Callable[[EngineIOSession], SessionHandler]
+
+#: The close reason of a session let go to make room for a new one (``max_sessions``).
+SESSION_EVICTED = "server full"
+#: Seconds between two log lines about refused handshakes from one address.
+REFUSAL_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,16 +114,20 @@ def _query(request: WebRequest) -> dict[str, str]:
     }
 
 
+def _remote_address(request: WebRequest) -> str:
+    return str(getattr(request.getClientAddress(), "host", ""))
+
+
 def _handshake_info(
     request: WebRequest, query: Mapping[str, str], accepted: Accepted
 ) -> HandshakeInfo:
     headers = {
-        name.decode("latin-1").lower(): ", ".join(v.decode("latin-1") for v in values)
-        for name, values in request.requestHeaders.getAllRawHeaders()
+        name: ", ".join(v.decode("latin-1") for v in values)
+        for raw, values in request.requestHeaders.getAllRawHeaders()
+        if (name := raw.decode("latin-1").lower()) in HANDSHAKE_HEADERS
     }
-    address = request.getClientAddress()
     return HandshakeInfo(
-        remote_address=str(getattr(address, "host", "")),
+        remote_address=_remote_address(request),
         query=MappingProxyType(dict(query)),
         headers=MappingProxyType(headers),
         secure=bool(request.isSecure()),
@@ -138,8 +152,17 @@ class EngineIOServer:
         self._options = options
         self._handler_factory = handler_factory
         # Also holds sessions closed by the server whose last packets a poll may still collect.
+        # Oldest first (dicts keep insertion order), which is whom max_sessions lets go first.
         self._known: dict[str, EngineIOSession] = {}
+        self._by_address: dict[str, int] = {}
+        self._total_buffered = 0
+        self._refusals_logged: dict[str, float] = {}
         self._resource: EngineIOResource | None = None
+        #: Told of each network connection (a Twisted transport) that carries a vouched session,
+        #: for a site that must choose which connections to keep when it runs out of room.
+        self.on_vouched_connection: Callable[[object], None] | None = None
+        #: Told ``"session_refused"`` or ``"session_evicted"`` when a session bound bites.
+        self.on_event: Callable[[str], None] | None = None
 
     @property
     def options(self) -> EngineIOOptions:
@@ -164,6 +187,58 @@ class EngineIOServer:
     def lookup(self, sid: str) -> EngineIOSession | None:
         return self._known.get(sid)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """What waits to go out to every session together, as last counted (for metrics)."""
+        return self._total_buffered
+
+    def sessions_from(self, address: str) -> int:
+        """How many sessions from ``address`` the server holds now."""
+        return self._by_address.get(address, 0)
+
+    def admit(self, address: str) -> str | None:
+        """
+        Make room for a new session from ``address``: None if it may open (the oldest session nobody
+        vouched for may have been closed for it), else why not.
+        """
+        options = self._options
+        per_address = options.max_sessions_per_address
+        if per_address is not None and self._by_address.get(address, 0) >= per_address:
+            return self._refuse(address, f"{per_address} sessions from this address already")
+        limit = options.max_sessions
+        if limit is not None and len(self._known) >= limit:
+            victim = next((s for s in self._known.values() if not s.vouched and not s.closed), None)
+            if victim is None:
+                return self._refuse(address, f"the server holds its maximum of {limit} sessions")
+            self.log.info(
+                "session {sid} from {peer} closed to make room for a new one ({limit} sessions)",
+                sid=victim.sid,
+                peer=victim.handshake.remote_address,
+                limit=limit,
+            )
+            self._report("session_evicted")
+            victim.abort(SESSION_EVICTED)
+        return None
+
+    def _refuse(self, address: str, why: str) -> str:
+        self._report("session_refused")
+        now = self._reactor.seconds()
+        if now - self._refusals_logged.get(address, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            if len(self._refusals_logged) > 10_000:
+                self._refusals_logged.clear()
+            self._refusals_logged[address] = now
+            self.log.warn(
+                "refused a new session from {peer}: {why} (further refusals for {interval}s unlogged)",
+                peer=address,
+                why=why,
+                interval=REFUSAL_LOG_INTERVAL,
+            )
+        return f"Too many sessions: {why}"
+
+    def _report(self, kind: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind)
+
     def new_session(self, handshake: HandshakeInfo, transport: Transport) -> EngineIOSession:
         """Register a session on ``transport``; its open packet is queued (sent if writable)."""
         sid = secrets.token_urlsafe(15)
@@ -172,7 +247,12 @@ class EngineIOServer:
         session = EngineIOSession(
             sid, handshake, self._options, self._reactor, transport, self._forget
         )
+        session.on_vouched = self._vouched
+        if self._options.max_total_buffered_bytes is not None:
+            session.on_buffered = self._buffered
         self._known[sid] = session
+        address = handshake.remote_address
+        self._by_address[address] = self._by_address.get(address, 0) + 1
         self.log.debug(
             "session {sid} opened over {transport} from {peer}",
             sid=sid,
@@ -197,6 +277,56 @@ class EngineIOServer:
     def _forget(self, session: EngineIOSession) -> None:
         if self._known.get(session.sid) is session:
             del self._known[session.sid]
+            address = session.handshake.remote_address
+            remaining = self._by_address.get(address, 1) - 1
+            if remaining > 0:
+                self._by_address[address] = remaining
+            else:
+                self._by_address.pop(address, None)
+            self._total_buffered -= session.counted_bytes
+            session.counted_bytes = 0
+
+    def _vouched(self, session: EngineIOSession) -> None:
+        self.vouch_connection(session.transport.connection)
+
+    def vouch_connection(self, connection: object | None) -> None:
+        """Tell ``on_vouched_connection`` of a connection that carries a vouched session."""
+        if connection is not None and self.on_vouched_connection is not None:
+            self.on_vouched_connection(connection)
+
+    def _buffered(self, session: EngineIOSession, buffered: int) -> None:
+        """A session's backlog after a send; over ``max_total_buffered_bytes``, shed the largest."""
+        self._total_buffered += buffered - session.counted_bytes
+        session.counted_bytes = buffered
+        limit = self._options.max_total_buffered_bytes
+        if limit is not None and self._total_buffered > limit:
+            self._shed(limit)
+
+    def _shed(self, limit: int) -> None:
+        # Transports drain without telling: count again before closing anyone.
+        total = 0
+        for session in self._known.values():
+            session.counted_bytes = 0 if session.closed else session.buffered_bytes
+            total += session.counted_bytes
+        self._total_buffered = total
+        if total <= limit:
+            return
+        largest = sorted(
+            (s for s in self._known.values() if not s.closed),
+            key=lambda s: s.counted_bytes,
+            reverse=True,
+        )
+        for session in largest:
+            if self._total_buffered <= limit:
+                break
+            self.log.warn(
+                "session {sid} closed: {buffered} bytes waiting to go out, the most of any while all "
+                "sessions together were over the limit of {limit} (slow client)",
+                sid=session.sid,
+                buffered=session.counted_bytes,
+                limit=limit,
+            )
+            session.abort(SLOW_CLIENT)
 
 
 class EngineIOResource(Resource):
@@ -256,7 +386,12 @@ class EngineIOResource(Resource):
             return self._render_websocket(request, query, verdict)
         session = verdict.session
         if session is None:
+            refusal = self._server.admit(_remote_address(request))
+            if refusal is not None:
+                return write_busy(request, refusal)
             return self._handshake_polling(request, query, verdict)
+        if session.vouched:
+            self._server.vouch_connection(getattr(request, "transport", None))
         transport = session.transport
         if not isinstance(transport, PollingTransport):
             return write_error(request, ErrorCode.BAD_REQUEST)
@@ -287,6 +422,9 @@ class EngineIOResource(Resource):
         server = self._server
         wanted = accepted.session
         if wanted is None:
+            refusal = server.admit(_remote_address(request))
+            if refusal is not None:
+                return write_busy(request, refusal)
             handshake = _handshake_info(request, query, accepted)
 
             def open_session(adapter: WebSocketTransport) -> EngineIOSession | None:

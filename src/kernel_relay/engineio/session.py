@@ -69,8 +69,20 @@ class Transport(Protocol):
         """The session is done with this transport: release it (idempotent)."""
         ...
 
+    @property
+    def connection(self) -> object | None:
+        """The network connection (a Twisted transport) carrying this transport now, if any."""
+        ...
+
     def discard(self) -> None:
         """Another transport took over: refuse whatever is still waiting here, then release."""
+        ...
+
+    def abort(self) -> None:
+        """
+        The session ends at once: drop what was handed over but not yet written, signal the close if
+        that can go out now, then release (a slow client's backlog is never written).
+        """
         ...
 
     @property
@@ -130,6 +142,16 @@ class EngineIOSession:
         #: Protocol 3: the client pings, the server answers (else the server pings).
         self._client_pings = self.protocol < 4
         self.upgraded = False
+        #: Has the application accepted this session (see :meth:`vouch`)?
+        self.vouched = False
+        #: Set by the server: told of a session once it is vouched for.
+        self.on_vouched: Callable[[EngineIOSession], None] | None = None
+        #: When the session opened (on ``clock``), for the server's choice of whom to let go.
+        self.opened_at = clock.seconds()
+        #: ``buffered_bytes`` as last counted into the server's total (see ``on_buffered``).
+        self.counted_bytes = 0
+        #: Set by the server: told of this session's ``buffered_bytes`` after each send.
+        self.on_buffered: Callable[[EngineIOSession, int], None] | None = None
         self.close_reason: str | None = None
         self._options = options
         self._clock = clock
@@ -222,9 +244,10 @@ class EngineIOSession:
             self._queue(_new_packet(Packet, (_MESSAGE, data)))
         self._flush()
         limit = self._options.max_buffered_bytes
-        if limit is not None and self._state is _OPEN:
+        report = self.on_buffered
+        if (limit is not None or report is not None) and self._state is _OPEN:
             buffered = self.buffered_bytes
-            if buffered > limit:
+            if limit is not None and buffered > limit:
                 self.log.warn(
                     "session {sid} closed: {buffered} bytes waiting to go out, over the limit of"
                     " {limit} (slow client)",
@@ -233,10 +256,27 @@ class EngineIOSession:
                     limit=limit,
                 )
                 self._terminate(SLOW_CLIENT, _Ending.ABORT)
+            elif report is not None:
+                report(self, buffered)
 
     def close(self, reason: str = SERVER_CLOSE) -> None:
         """Close from the server side; queued messages still go out before the close signal."""
         self._terminate(reason, _Ending.GRACEFUL)
+
+    def abort(self, reason: str) -> None:
+        """Close from the server side at once, dropping what is still queued (e.g. a slow client)."""
+        self._terminate(reason, _Ending.ABORT)
+
+    def vouch(self) -> None:
+        """
+        The application accepted this session (for socket.io: it joined a namespace). The server
+        then spares it, and the connections carrying it, when it must let sessions go.
+        """
+        if self.vouched or self._state is not _OPEN:
+            return
+        self.vouched = True
+        if self.on_vouched is not None:
+            self.on_vouched(self)
 
     # -- transport API ---------------------------------------------------------------------------
 
@@ -407,6 +447,8 @@ class EngineIOSession:
         self._transport = probe
         self.upgraded = True
         old.discard()
+        if self.vouched and self.on_vouched is not None:
+            self.on_vouched(self)  # the new connection carries a vouched session too
         self.log.debug("session {sid} upgraded to {name}", sid=self.sid, name=probe.name)
         self._flush()
 
@@ -440,8 +482,7 @@ class EngineIOSession:
                 self.log.failure("close handler of session {sid} failed", sid=self.sid)
         if ending is _Ending.ABORT:
             self._take_buffer()
-            if self._transport.writable:
-                self._transport.finish([])
+            self._transport.abort()
             self._finalize()
             return
         if ending is _Ending.PEER:

@@ -185,6 +185,17 @@ class WebSocketTransport:
     def discard(self) -> None:
         self.close()
 
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._connection.drop_queued()
+        self._connection.lose()
+
+    @property
+    def connection(self) -> object | None:
+        return None if self._closed else self._connection.transport
+
     def connection_lost(self) -> None:
         self._closed = True
 
@@ -344,16 +355,21 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     @property
     def unsent_bytes(self) -> int:
         """
-        While the transport says its write buffer is full: the bytes it still holds and those queued
-        here (0 while it is not). For a transport that does not show its buffer, the bytes written
+        The bytes queued here for the next write and, while the transport says its write buffer is
+        full, those it still holds. For a transport that does not show its buffer, the bytes written
         since it became full stand in for what it holds.
         """
         if not self._pressure.paused:
-            return 0
+            return self._queued_bytes
         held = _held_by(self.transport)
         if held is None:
             held = self._pressure.unsent
         return held + self._queued_bytes
+
+    def drop_queued(self) -> None:
+        """Forget the frames not yet handed to the transport (the connection is being cut off)."""
+        self._queued, self._queued_bytes, self._queued_large = [], 0, False
+        self._stream = None
 
     def write_frames(self, parts: list[Binary], size: int, large: bool = False) -> None:
         """
