@@ -38,6 +38,11 @@ class FakeSession:
         self.closed = False
         self.close_reason: str | None = None
         self.handler: Client | None = None
+        self.buffered_bytes = 0
+        self.vouched = False
+
+    def vouch(self) -> None:
+        self.vouched = True
 
     def send(self, *messages: str | bytes) -> None:
         if not self.closed:

@@ -51,7 +51,8 @@ if TYPE_CHECKING:
 log = Logger()
 
 #: Packets a client may send to a namespace whose connect handler has not finished yet; they are
-#: replayed once it has. A client that floods a pending namespace beyond this is dropped.
+#: replayed once it has. A client that floods a pending namespace beyond this is dropped, and so is
+#: one whose queued attachments there exceed the Engine.IO ``max_payload``.
 MAX_QUEUED_BEFORE_CONNECT: Final = 1000
 
 #: The CONNECT_ERROR message when a connect handler fails with something other than
@@ -82,9 +83,15 @@ class EngineSession(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def buffered_bytes(self) -> int: ...
+
     def send(self, *messages: str | Binary) -> None: ...
 
     def close(self, reason: str = ...) -> None: ...
+
+    def vouch(self) -> None:
+        """The application accepted this session (it joined a namespace): spare its connection under load."""
 
 
 def ack_arguments(result: Any) -> list[Any]:
@@ -132,6 +139,7 @@ class Socket:
         self._state = _State.CONNECTING
         self._outbox: list[list[str | Binary]] = []
         self._inbox: list[Packet] = []
+        self._inbox_bytes = 0
         self._next_ack_id = 0
         self._acks: dict[int, tuple[Deferred[list[Any]], IDelayedCall | None]] = {}
 
@@ -200,6 +208,7 @@ class Socket:
         for encoded in outbox:
             self._send(encoded)
         inbox, self._inbox = self._inbox, []
+        self._inbox_bytes = 0
         for packet in inbox:
             if not self.connected:
                 break
@@ -210,15 +219,8 @@ class Socket:
         if self._state is _State.CONNECTING:
             if packet.type is PacketType.DISCONNECT:
                 self._terminate(CLIENT_DISCONNECT, tell_client=False)
-            elif len(self._inbox) >= MAX_QUEUED_BEFORE_CONNECT:
-                log.warn(
-                    "Client {sid} sent too many packets to {namespace} before it was connected",
-                    sid=self.client.sid,
-                    namespace=self.namespace.name,
-                )
-                self.client.close(INVALID_STATE)
             else:
-                self._inbox.append(packet)
+                self._hold(packet)
             return
         if self._state is _State.DISCONNECTED:
             return
@@ -228,6 +230,25 @@ class Socket:
             self._ack(packet)
         elif packet.type is PacketType.DISCONNECT:
             self._terminate(CLIENT_DISCONNECT, tell_client=False)
+
+    def _hold(self, packet: Packet) -> None:
+        """Queue a packet until the connect handlers are done, within the bounds for untrusted input."""
+        self._inbox_bytes += _attachment_bytes(packet.data)
+        if (
+            len(self._inbox) >= MAX_QUEUED_BEFORE_CONNECT
+            or self._inbox_bytes > self.client.max_payload
+        ):
+            log.warn(
+                "Closing client {sid}: it sent {count} packets ({size} bytes of attachments) to "
+                "{namespace} before it was connected",
+                sid=self.client.sid,
+                count=len(self._inbox) + 1,
+                size=self._inbox_bytes,
+                namespace=self.namespace.name,
+            )
+            self.client.close(INVALID_STATE)
+            return
+        self._inbox.append(packet)
 
     def _event(self, packet: Packet) -> None:
         event, *args = packet.data
@@ -297,6 +318,7 @@ class Socket:
         self._state = _State.DISCONNECTED
         self._outbox = []
         self._inbox = []
+        self._inbox_bytes = 0
         if tell_client:
             if state is _State.CONNECTED:
                 self.client._send(encode_packet(Packet(PacketType.DISCONNECT, self.namespace.name)))
@@ -334,14 +356,18 @@ class Client:
         reactor: IReactorTime,
         connect_timeout: float,
         max_attachments: int,
+        max_payload: int,
     ) -> None:
         self._server = server
         self.session = session
         self.reactor = reactor
+        #: The most bytes of attachments this client may have the server hold for one packet.
+        self.max_payload = max_payload
         #: True for socket.io protocol 4 (an Engine.IO protocol 3 session), see the module doc.
         self.legacy: bool = session.handshake.protocol < 4
-        self._decoder = PacketDecoder(max_attachments)
         self._sockets: dict[str, Socket] = {}
+        # Attachments for a namespace this client has not joined are dropped as they arrive.
+        self._decoder = PacketDecoder(max_attachments, max_payload, self._sockets.__contains__)
         self._closed = False
         self._connect_deadline: IDelayedCall | None = reactor.callLater(
             connect_timeout, self._connect_timed_out
@@ -365,8 +391,11 @@ class Client:
         return dict(self._sockets)
 
     def start(self) -> None:
-        """Called once the client is registered: a protocol 4 client joins ``/`` right away."""
-        if self.legacy and not self._closed:
+        """
+        Called once the client is registered: a protocol 4 client joins ``/`` right away, if the
+        server serves ``/``.
+        """
+        if self.legacy and not self._closed and self._server.serves_main_namespace:
             query = self.handshake.query
             auth = {key: value for key, value in query.items() if key not in ENGINEIO_QUERY_KEYS}
             self._join("/", auth)
@@ -390,6 +419,7 @@ class Client:
             log.info(
                 "Closing client {sid} after a malformed packet: {error}", sid=self.sid, error=error
             )
+            self._server._report("malformed_packet")
             self.close(PARSE_ERROR)
             return
         if packet is None:
@@ -484,6 +514,7 @@ class Client:
         if socket._state is not _State.CONNECTING or self._closed:
             return
         self._cancel_deadline()
+        self.session.vouch()
         socket._accepted()
 
     def _connect_failed(self, failure: Failure, socket: Socket) -> None:
@@ -534,12 +565,30 @@ class Client:
         self._connect_deadline = None
         if not self._sockets:
             log.info("Closing client {sid}: it joined no namespace in time", sid=self.sid)
+            self._server._report("connect_timeout")
             self.close(CONNECT_TIMEOUT)
 
     def _cancel_deadline(self) -> None:
         deadline, self._connect_deadline = self._connect_deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
+
+
+def _attachment_bytes(value: Any) -> int:
+    """The bytes of the binary values in a decoded payload (what holding it keeps besides its text)."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, list):
+        return sum(
+            _attachment_bytes(item) for item in value if isinstance(item, (bytes, list, dict))
+        )
+    if isinstance(value, dict):
+        return sum(
+            _attachment_bytes(item)
+            for item in value.values()
+            if isinstance(item, (bytes, list, dict))
+        )
+    return 0
 
 
 def _call_connect_handler(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from enum import IntEnum
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
@@ -486,13 +487,28 @@ class PacketDecoder:
     Feed every received message to :meth:`feed`; it returns a complete packet or ``None`` while
     attachments are still expected. After a :class:`PacketError` the decoder is reset, but the
     protocol says the connection should be closed anyway.
+
+    What a half-received packet may hold is bounded before anything is trusted: its attachments
+    together may not exceed ``max_attachment_bytes`` (a :class:`PacketError` once they do), and the
+    attachments of a packet for a namespace ``wanted`` says no to (one the client has not joined) are
+    counted and dropped as they arrive, never kept; such a packet completes as ``None``.
     """
 
-    def __init__(self, max_attachments: int = DEFAULT_MAX_ATTACHMENTS) -> None:
+    def __init__(
+        self,
+        max_attachments: int = DEFAULT_MAX_ATTACHMENTS,
+        max_attachment_bytes: int | None = None,
+        wanted: Callable[[str], bool] | None = None,
+    ) -> None:
         self._max_attachments = max_attachments
+        self._max_attachment_bytes = max_attachment_bytes
+        self._wanted = wanted
         self._partial: Packet | None = None
         self._expected = 0
         self._attachments: list[bytes] = []
+        self._received = 0
+        self._bytes = 0
+        self._discarding = False
 
     @property
     def awaiting_attachments(self) -> bool:
@@ -504,6 +520,9 @@ class PacketDecoder:
         self._partial = None
         self._expected = 0
         self._attachments = []
+        self._received = 0
+        self._bytes = 0
+        self._discarding = False
 
     def feed(self, message: str | bytes) -> Packet | None:
         """Take one Engine.IO message; return the packet it completes, if any."""
@@ -518,15 +537,26 @@ class PacketDecoder:
                 self._partial = packet
                 self._expected = expected
                 self._attachments = []
+                self._discarding = self._wanted is not None and not self._wanted(packet.namespace)
                 return None
             return packet
         if self._partial is None:
             raise PacketError("binary message outside a binary packet")
-        self._attachments.append(bytes(message))
-        if len(self._attachments) < self._expected:
+        self._received += 1
+        self._bytes += len(message)
+        limit = self._max_attachment_bytes
+        if limit is not None and self._bytes > limit:
+            total = self._bytes
+            self.reset()
+            raise PacketError(f"attachments of one packet over {limit} bytes ({total} so far)")
+        if not self._discarding:
+            self._attachments.append(bytes(message))
+        if self._received < self._expected:
             return None
-        packet, attachments = self._partial, self._attachments
+        packet, attachments, discarded = self._partial, self._attachments, self._discarding
         self.reset()
+        if discarded:
+            return None
         return self._complete(packet, attachments)
 
     @staticmethod

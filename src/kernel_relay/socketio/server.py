@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Final
 
@@ -26,8 +26,11 @@ class SocketIOServer:
     A socket.io v5 server: mount :meth:`resource` (e.g. at ``/socket.io/``) and register handlers
     with :meth:`of`.
 
-    The main namespace ``/`` always exists, as in the reference server. A client that joins no
-    namespace within ``connect_timeout`` seconds of opening its Engine.IO session is closed.
+    The main namespace ``/`` exists, as in the reference server, unless ``main_namespace`` is False:
+    then a CONNECT to ``/`` is refused as an invalid namespace and Engine.IO 3 sessions are not joined
+    to it on opening, so a session must join one of the application's namespaces to count as joined.
+    A client that joins no namespace within ``connect_timeout`` seconds of opening its Engine.IO
+    session is closed.
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class SocketIOServer:
         engineio_options: EngineIOOptions = DEFAULT_ENGINEIO_OPTIONS,
         connect_timeout: float = 45.0,
         max_attachments: int = DEFAULT_MAX_ATTACHMENTS,
+        main_namespace: bool = True,
     ) -> None:
         self._reactor = reactor
         self._connect_timeout = connect_timeout
@@ -45,8 +49,14 @@ class SocketIOServer:
         self._patterns: dict[re.Pattern[str], NamespaceGroup] = {}
         self._namespaces: dict[str, Namespace] = {}
         self._clients: dict[str, Client] = {}
+        #: Told ``"malformed_packet"`` or ``"connect_timeout"`` when a client is closed for either.
+        self.on_event: Callable[[str], None] | None = None
+        self._max_payload = engineio_options.max_payload
         self.engine = EngineIOServer(reactor, engineio_options, self.handle_session)
-        self.of("/")
+        #: Does the server serve the main namespace ``/``?
+        self.serves_main_namespace = main_namespace
+        if main_namespace:
+            self.of("/")
 
     def resource(self) -> IResource:
         """The twisted.web resource serving both Engine.IO transports for this server."""
@@ -91,7 +101,14 @@ class SocketIOServer:
 
     def handle_session(self, session: EngineSession) -> Client:
         """The Engine.IO ``handler_factory``: a new :class:`Client` for a new session."""
-        client = Client(self, session, self._reactor, self._connect_timeout, self._max_attachments)
+        client = Client(
+            self,
+            session,
+            self._reactor,
+            self._connect_timeout,
+            self._max_attachments,
+            self._max_payload,
+        )
         self._clients[session.sid] = client
         client.start()
         return client
@@ -110,6 +127,10 @@ class SocketIOServer:
                 self._namespaces[name] = namespace
                 return namespace
         return None
+
+    def _report(self, kind: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind)
 
     def _drop(self, namespace: Namespace) -> None:
         if self._namespaces.get(namespace.name) is namespace:
