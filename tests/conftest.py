@@ -6,7 +6,7 @@ import gc
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,10 @@ TWIST = [sys.executable, "-m", "twisted", "kernel-relay"]
 
 
 class Relay(ServerProcess):
-    """A ``twist kernel-relay`` child process, its runtime dir (connection files) and a REST helper."""
+    """
+    A ``twist kernel-relay`` child process, its runtime dir (connection files) and a REST helper;
+    ``wrapper`` is a command line it runs under (``prlimit --nofile=...``, say).
+    """
 
     def __init__(
         self,
@@ -27,6 +30,7 @@ class Relay(ServerProcess):
         port: int | None = None,
         env: dict[str, str] | None = None,
         token: str | None = None,
+        wrapper: Sequence[str] = (),
     ) -> None:
         self.runtime_dir = runtime_dir
         self.token = token
@@ -36,7 +40,7 @@ class Relay(ServerProcess):
         runtime_dir.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
         super().__init__(
-            [*TWIST, "--port", str(port), *args],
+            [*wrapper, *TWIST, "--port", str(port), *args],
             port,
             env={
                 "JUPYTER_RUNTIME_DIR": str(runtime_dir),

@@ -16,7 +16,14 @@ Exposed at ``GET /metrics`` (see :mod:`.web`):
   messages over ``--max-message-size``), ``slow_client`` (clients dropped over
   ``--max-buffered-bytes``), ``spawn`` (failed spawns), ``kernel_died``, ``kernel_unreachable`` (kernels
   that stopped answering their heartbeat), ``replay_gap`` (resuming clients told that messages they
-  missed are no longer kept).
+  missed are no longer kept, or that they get no replay while their backlog is large), and the bounds
+  that hold before trust: ``malformed_packet`` (clients closed for a packet the codec refused, its
+  attachments over ``--max-payload`` included), ``connect_timeout`` (sessions that joined no namespace
+  in time), ``session_refused`` / ``session_evicted`` (``--max-sessions[-per-address]``),
+  ``connection_refused`` / ``connection_evicted`` (``--max-connections[-per-address]``) and
+  ``request_timeout`` (``--header-timeout``, ``--body-timeout``).
+- ``kernel_relay_connections``, ``kernel_relay_sessions``, ``kernel_relay_buffered_bytes`` (gauges): open
+  connections, open Engine.IO sessions, and the bytes waiting to go out to all clients together.
 - ``kernel_relay_iopub_replayed_total`` (counter): iopub messages sent again to resuming clients.
 - ``kernel_relay_spawn_seconds`` (histogram): time from a ``/spawn`` request to a ready kernel.
 - ``kernel_relay_kernels_culled_total`` (counter): idle kernels shut down by the culler.
@@ -44,6 +51,13 @@ ERROR_KINDS: Final = (
     "kernel_died",
     "kernel_unreachable",
     "replay_gap",
+    "malformed_packet",
+    "connect_timeout",
+    "session_refused",
+    "session_evicted",
+    "connection_refused",
+    "connection_evicted",
+    "request_timeout",
 )
 SPAWN_BUCKETS: Final = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
@@ -73,6 +87,28 @@ class _LiveGauges(Collector):
         for channel, count in sorted(self.clients_by_channel().items()):
             clients.add_metric([channel], count)
         yield clients
+
+
+class _LoadGauges(Collector):
+    """What the relay holds for its clients now, read at scrape time: connections, sessions, backlog."""
+
+    def __init__(self) -> None:
+        self.connections: Callable[[], int] = lambda: 0
+        self.sessions: Callable[[], int] = lambda: 0
+        self.buffered_bytes: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "kernel_relay_connections", "Open client connections.", value=self.connections()
+        )
+        yield GaugeMetricFamily(
+            "kernel_relay_sessions", "Open Engine.IO sessions.", value=self.sessions()
+        )
+        yield GaugeMetricFamily(
+            "kernel_relay_buffered_bytes",
+            "Bytes waiting to go out to all clients together.",
+            value=self.buffered_bytes(),
+        )
 
 
 class _RelayedCounters(Collector):
@@ -110,6 +146,8 @@ class RelayMetrics:
         self.registry.register(self._live)
         self._relayed = _RelayedCounters()
         self.registry.register(self._relayed)
+        self._load = _LoadGauges()
+        self.registry.register(self._load)
         self._errors = Counter(
             "kernel_relay_errors",
             "Requests, connects and messages the relay refused or lost, by kind.",
@@ -143,6 +181,17 @@ class RelayMetrics:
         """Where the live gauges read their values at scrape time (the relay calls this)."""
         self._live.kernels_running = kernels_running
         self._live.clients_by_channel = clients_by_channel
+
+    def watch_load(
+        self,
+        connections: Callable[[], int],
+        sessions: Callable[[], int],
+        buffered_bytes: Callable[[], int],
+    ) -> None:
+        """Where the connection, session and backlog gauges read their values (the wiring calls this)."""
+        self._load.connections = connections
+        self._load.sessions = sessions
+        self._load.buffered_bytes = buffered_bytes
 
     def relayed(self, direction: str, size: int) -> None:
         """Count one message of ``size`` bytes relayed in ``direction``."""

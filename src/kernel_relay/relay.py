@@ -55,6 +55,9 @@ REPLAY_GAP_EVENT = "replay_gap"
 STATUS_SIZE = 300
 #: The Engine.IO close reason of a client dropped over ``max_buffered_bytes``.
 SLOW_CLIENT = "slow client"
+#: A joining iopub client gets a replay only while less than this is waiting to go out to it, so that
+#: joining again and again without reading cannot pile up copies of the journal.
+REPLAY_BACKLOG = 1024 * 1024
 
 
 def channel_of(socket: Socket) -> str:
@@ -395,6 +398,26 @@ class Relay:
             )
             socket.emit(ERROR_EVENT, {"message": reason, "msg_id": None})
         if journal is None or (since is None and not execution):
+            return
+        backlog = socket.client.session.buffered_bytes
+        if backlog >= REPLAY_BACKLOG:
+            self.metrics.error("replay_gap")
+            log.warn(
+                "No replay for {address} on {namespace}: {backlog} bytes still wait to go out to it",
+                address=socket.client.handshake.remote_address,
+                namespace=socket.namespace.name,
+                backlog=backlog,
+            )
+            socket.emit(
+                REPLAY_GAP_EVENT,
+                {
+                    "reason": "backlog",
+                    "message": f"nothing was replayed: {backlog} bytes sent earlier still wait to go "
+                    "out to this client; join again once it has read them",
+                    "last_seq": journal.last_seq,
+                    "kernel_id": kernel.id,
+                },
+            )
             return
         if since is not None:
             replay = journal.since(since)

@@ -17,14 +17,27 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, ITCPTransport, ITransport
+from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport, ITransport
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.http import Request, _GenericHTTPChannelProtocol
+from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from . import __version__
 from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
+from .connections import (
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    ConnectionBounds,
+    ConnectionEvents,
+    ConnectionLimiter,
+    Refusal,
+    RequestDeadlineChannel,
+    peer_host,
+    raise_open_file_limit,
+)
 from .culling import KernelCuller
 from .demo import demo_resources
 from .engineio import EngineIOOptions
@@ -172,6 +185,59 @@ class Options(usage.Options):
             "Most bytes waiting to go out to one client; a client that does not read is disconnected "
             "('slow client').",
             _positive(int),
+        ],
+        [
+            "max-total-buffered-bytes",
+            None,
+            1024 * 1024 * 1024,
+            "Most bytes waiting to go out to all clients together; over it, the clients with the most "
+            "waiting are disconnected ('slow client') until the rest fit.",
+            _positive(int),
+        ],
+        [
+            "max-connections",
+            None,
+            None,
+            "Most open connections (HTTP, WebSocket). When full, the oldest connection that presented "
+            "no token and joined no kernel is closed for a new one. [default: the open-file limit, "
+            "raised to its hard limit at start, less a reserve for kernels]",
+            _positive(int),
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            None,
+            "Most open connections from one client address. [default: a quarter of --max-connections]",
+            _positive(int),
+        ],
+        [
+            "max-sessions",
+            None,
+            None,
+            "Most Engine.IO sessions at once. When full, the oldest session that joined no kernel "
+            "namespace is closed for a new one. [default: --max-connections]",
+            _positive(int),
+        ],
+        [
+            "max-sessions-per-address",
+            None,
+            None,
+            "Most Engine.IO sessions from one client address. [default: --max-connections-per-address]",
+            _positive(int),
+        ],
+        [
+            "header-timeout",
+            None,
+            10.0,
+            "Seconds a request's line and headers may take to arrive.",
+            _positive(float),
+        ],
+        [
+            "body-timeout",
+            None,
+            60.0,
+            "Seconds a request's body may take to arrive after its headers.",
+            _positive(float),
         ],
         [
             "iopub-replay-bytes",
@@ -387,16 +453,46 @@ SEND_LIMIT = 1024 * 1024
 
 class RelaySite(Site):
     """
-    A Site that keeps quiet about every request unless an access log was asked for, and refuses request
-    bodies over ``max_body`` bytes as they arrive (see :class:`~kernel_relay.web.BoundedRequest`).
+    A Site that keeps quiet about every request unless an access log was asked for, refuses request
+    bodies over ``max_body`` bytes as they arrive (see :class:`~kernel_relay.web.BoundedRequest`), and
+    bounds what a client without a token can hold (see :mod:`~kernel_relay.connections`): connections,
+    through ``limiter`` (none: unbounded), and the time to send a request, ``header_timeout`` seconds for
+    its line and headers and ``body_timeout`` for its body. Idle keep-alive connections close after
+    ``timeout`` seconds. ``reactor`` runs every timer.
     """
 
     noisy = False
     displayTracebacks = False
     requestFactory = BoundedRequest
     max_body = DEFAULT_MAX_BODY
+    header_timeout = HEADER_TIMEOUT
+    body_timeout = BODY_TIMEOUT
+
+    def __init__(
+        self,
+        resource: IResource,
+        *,
+        logPath: str | None = None,
+        timeout: float = IDLE_TIMEOUT,
+        reactor: IReactorTime | None = None,
+        limiter: ConnectionLimiter | None = None,
+    ) -> None:
+        super().__init__(resource, logPath=logPath, timeout=timeout, reactor=reactor)
+        self.limiter = limiter
+        # Timeouts are reported through the limiter's events; without one, only logged.
+        self._events = ConnectionEvents(self.reactor)
+
+    def protocol(self) -> _GenericHTTPChannelProtocol:
+        events = self.limiter.events if self.limiter is not None else self._events
+        return _GenericHTTPChannelProtocol(
+            RequestDeadlineChannel(self.header_timeout, self.body_timeout, events)
+        )
 
     def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+        limiter = self.limiter
+        host = peer_host(addr)
+        if limiter is not None and not limiter.admit(host):
+            return cast(_GenericHTTPChannelProtocol, Refusal())
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
@@ -414,6 +510,9 @@ class RelaySite(Site):
             # Replies and kernel output are small writes that must not wait on Nagle's algorithm.
             if ITCPTransport.providedBy(transport):
                 transport.setTcpNoDelay(True)
+            # Counted until the transport closes, even once a WebSocket has taken it over.
+            if limiter is not None:
+                limiter.connected(transport, host)
             make_connection(transport)
 
         protocol.makeConnection = with_larger_writes  # type: ignore[method-assign]
@@ -471,10 +570,29 @@ class _Listener(StreamServerEndpointService):
             ) from None
 
 
+def connection_bounds(options: Options) -> ConnectionBounds:
+    """
+    ``--max-connections`` and ``--max-connections-per-address``, each defaulting to what the open-file
+    limit allows once its soft value is raised to the hard one.
+    """
+    nofile = raise_open_file_limit()
+    derived = ConnectionBounds.from_file_limit(nofile)
+    total = options["max-connections"] or derived.max_connections
+    per_address = options["max-connections-per-address"] or min(derived.max_per_address, total)
+    log.info(
+        "Open-file limit {nofile}: at most {total} connections, {per_address} per address",
+        nofile=nofile,
+        total=total,
+        per_address=per_address,
+    )
+    return ConnectionBounds(total, per_address)
+
+
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
     origins = OriginPolicy.from_options(options["allow-origin"])
+    bounds = connection_bounds(options)
     kernels = KernelRegistry(
         reactor,
         shutdown_timeout=options["shutdown-timeout"],
@@ -490,11 +608,26 @@ def makeService(options: Options) -> IService:
             origins=origins,
             allow_eio3=not options["no-eio3"],
             max_buffered_bytes=options["max-buffered-bytes"],
+            max_total_buffered_bytes=options["max-total-buffered-bytes"],
+            max_sessions=options["max-sessions"] or bounds.max_connections,
+            max_sessions_per_address=options["max-sessions-per-address"] or bounds.max_per_address,
         ),
         connect_timeout=options["connect-timeout"],
+        # With a token, / would be a namespace anyone may join without one: the relay has no use for it.
+        main_namespace=not options["token"],
     )
     auth = TokenAuth(options["token"])
     metrics = RelayMetrics()
+    socketio.on_event = metrics.error
+    socketio.engine.on_event = metrics.error
+    limiter = ConnectionLimiter(bounds, on_event=metrics.error, clock=reactor)
+    # A connection that carries a session which joined a kernel is never evicted for a newcomer.
+    socketio.engine.on_vouched_connection = limiter.trust
+    metrics.watch_load(
+        lambda: limiter.open_connections,
+        lambda: len(socketio.engine.sessions),
+        lambda: socketio.engine.buffered_bytes,
+    )
     relay = Relay(
         socketio,
         kernels,
@@ -527,7 +660,11 @@ def makeService(options: Options) -> IService:
             hosts=HostPolicy.from_options(options["allow-host"], token_required=auth.enabled),
         ),
         logPath=options["access-log"],
+        reactor=reactor,
+        limiter=limiter,
     )
+    site.header_timeout = options["header-timeout"]
+    site.body_timeout = options["body-timeout"]
     # The largest body any route takes is an Engine.IO polling payload.
     site.max_body = max(options["max-payload"], DEFAULT_MAX_BODY)
 

@@ -33,6 +33,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import __version__
 from .auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, Scope, TokenAuth, token_from_authorization
+from .connections import trust_request_connection
 from .hosts import HostPolicy
 from .kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel
 from .metrics import RelayMetrics
@@ -308,7 +309,9 @@ def kernel_of_route(path: str) -> str | None:
 
 class AuthGuard(Resource):
     """
-    Requires the relay's token on a leaf resource: requests without it get 401 with a JSON error.
+    Requires the relay's token on a leaf resource: requests without it get 401 with a JSON error. The
+    connection of a request that presents a valid token is marked trusted, so the site does not evict it
+    when its connections run short (see :class:`~kernel_relay.connections.ConnectionLimiter`).
 
     ``open_paths`` (``/api/health``) are served to anyone; CORS preflights never reach this guard (the
     :class:`OriginGuard` around it answers them), as browsers send them without credentials.
@@ -363,6 +366,7 @@ class AuthGuard(Resource):
                         "or ?token=<token>"
                     },
                 )
+            trust_request_connection(request)  # it presented a valid token
         result: bytes | int = self._wrapped.render(request)
         return result
 
