@@ -55,7 +55,7 @@ def main() -> None:
     except ImportError:  # an older tree, measured for comparison
         RawJSON = None
     try:
-        from kernel_relay.payload import client_payload
+        from kernel_relay.relay.payload import client_payload
     except ImportError:  # an older tree
         client_payload = None  # type: ignore[assignment]
     for name, (frames, count) in cases.items():

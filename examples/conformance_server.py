@@ -35,7 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from kernel_relay.engineio import EngineIOOptions, EngineIOServer, EngineIOSession
-from kernel_relay.origins import OriginPolicy
+from kernel_relay.http.origins import OriginPolicy
 from kernel_relay.socketio import Socket, SocketIOServer
 
 log = Logger()

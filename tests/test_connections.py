@@ -37,7 +37,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from kernel_relay.auth import TokenAuth
-from kernel_relay.connections import (
+from kernel_relay.http.connections import (
     ABORT_GRACE,
     IDLE_TIMEOUT,
     UNIX_HOST,
@@ -48,8 +48,8 @@ from kernel_relay.connections import (
     peer_host,
     raise_open_file_limit,
 )
-from kernel_relay.tap import RelaySite
-from kernel_relay.web import AuthGuard
+from kernel_relay.http.guards import AuthGuard
+from kernel_relay.http.site import RelaySite
 from tests.test_tls_relay import self_signed
 
 # -- in-process helpers --------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def messages(events: list[LogEvent]) -> list[str]:
     return [
         formatEvent(event)
         for event in events
-        if event.get("log_namespace") == "kernel_relay.connections"
+        if event.get("log_namespace") == "kernel_relay.http.connections"
     ]
 
 
@@ -352,7 +352,7 @@ def test_the_connection_hook_leaves_no_reference_cycle(no_cyclic_gc: None) -> No
             o.__qualname__
             for o in gc.garbage
             if isinstance(o, types.FunctionType)
-            and o.__module__ in ("kernel_relay.tap", "kernel_relay.connections")
+            and o.__module__ in ("kernel_relay.tap", "kernel_relay.http.connections")
         ]
         assert functions == []
     finally:

@@ -16,7 +16,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from kernel_relay.engineio import EngineIOOptions, EngineIOServer, EngineIOSession
 from kernel_relay.engineio.errors import ErrorCode
 from kernel_relay.engineio.server import RequestFacts, check_request
-from kernel_relay.origins import OriginPolicy
+from kernel_relay.http.origins import OriginPolicy
 
 
 class Request(DummyRequest):  # type: ignore[misc]
@@ -290,9 +290,21 @@ def test_close_all_answers_waiting_polls() -> None:
     assert h.log.count(("closed", "server shutting down")) == 3
 
 
+def test_every_origin_is_served_by_default() -> None:
+    """Without an origin policy every origin is served with no CORS headers, as by the reference server."""
+    h = Harness()
+    request = Request(
+        query={"EIO": "4", "transport": "polling"},
+        headers={"origin": "https://other.example", "host": "localhost:3000"},
+    )
+    h.render(request)
+    assert request.body().startswith(b"0")
+    assert request.header("access-control-allow-origin") is None
+
+
 def test_refused_origin_is_403() -> None:
     """A request from an origin the policy refuses gets 403 with code 4 and no session."""
-    h = Harness()
+    h = Harness(origins=OriginPolicy())
     request = Request(
         query={"EIO": "4", "transport": "polling"},
         headers={"origin": "https://evil.example", "host": "localhost:3000"},

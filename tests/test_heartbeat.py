@@ -8,8 +8,8 @@ from typing import Any, cast
 import pytest
 from twisted.internet.task import Clock
 
-from kernel_relay.heartbeat import HeartbeatMonitor
 from kernel_relay.kernels import Kernel, KernelRegistry
+from kernel_relay.kernels.heartbeat import HeartbeatMonitor
 
 
 class EchoSocket:

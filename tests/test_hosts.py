@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from kernel_relay.hosts import HostPolicy, host_name
+from kernel_relay.http.hosts import HostPolicy, host_name
 from tests.conftest import Relay
 
 REBOUND = "attacker.example"

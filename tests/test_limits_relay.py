@@ -17,7 +17,7 @@ import websocket
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
-from kernel_relay.culling import KernelCuller
+from kernel_relay.kernels.culling import KernelCuller
 from tests.conftest import Relay
 from tests.kernel_client import RelayKernelClient
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_relay.origins import OriginPolicy
+from kernel_relay.http.origins import OriginPolicy
 
 HOST = "127.0.0.1:3000"
 

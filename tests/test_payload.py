@@ -10,8 +10,8 @@ from twisted.internet.task import Clock
 
 from kernel_relay.kernels import KernelMessage
 from kernel_relay.kernels._messages import decode_frames
-from kernel_relay.payload import JOIN_LIMIT, client_payload
-from kernel_relay.replay import IopubJournal, with_sequence
+from kernel_relay.relay.journal import IopubJournal, with_sequence
+from kernel_relay.relay.payload import JOIN_LIMIT, client_payload
 from kernel_relay.socketio import RawJSON
 from kernel_relay.socketio.packet import Packet, PacketType, encode_packet
 

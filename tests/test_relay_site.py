@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from kernel_relay.tap import SEND_LIMIT, RelaySite
+from kernel_relay.http.site import SEND_LIMIT, RelaySite
 
 
 class TunableTransport(StringTransport):

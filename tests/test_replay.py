@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from kernel_relay.replay import (
+from kernel_relay.relay.journal import (
     ENTRY_OVERHEAD,
     IopubJournal,
     requested_resume,

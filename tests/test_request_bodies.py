@@ -9,7 +9,7 @@ from twisted.internet.testing import StringTransport
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from kernel_relay.tap import RelaySite
+from kernel_relay.http.site import RelaySite
 from tests.conftest import Relay
 
 

@@ -2,7 +2,7 @@
 The relay's Prometheus metrics, in a registry of its own (never prometheus_client's global one, so two
 relays in one process, or tests, do not share counters).
 
-Exposed at ``GET /metrics`` (see :mod:`.web`):
+Exposed at ``GET /metrics`` (see :mod:`.http.api`):
 
 - ``kernel_relay_kernels_running`` (gauge): kernels the relay runs now.
 - ``kernel_relay_clients{channel}`` (gauge): sockets joined to each channel's namespaces.

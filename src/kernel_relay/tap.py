@@ -8,47 +8,33 @@ import gc
 import os
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport, ITransport
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.http import Request, _GenericHTTPChannelProtocol
-from twisted.web.resource import IResource
-from twisted.web.server import Site
 
 from . import __version__
 from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
-from .connections import (
-    BODY_TIMEOUT,
-    HEADER_TIMEOUT,
-    IDLE_TIMEOUT,
-    ConnectionBounds,
-    ConnectionEvents,
-    ConnectionLimiter,
-    Refusal,
-    RequestDeadlineChannel,
-    peer_host,
-    raise_open_file_limit,
-)
-from .culling import KernelCuller
 from .demo import demo_resources
 from .engineio import EngineIOOptions
-from .heartbeat import HeartbeatMonitor
-from .hosts import HostPolicy
+from .fronts.socketio import SocketIOFront
+from .http.api import RelayAPI
+from .http.connections import ConnectionBounds, ConnectionLimiter, raise_open_file_limit
+from .http.guards import AuthGuard, OriginGuard
+from .http.hosts import HostPolicy
+from .http.origins import OriginPolicy
+from .http.site import DEFAULT_MAX_BODY, Listener, RelayRoot, RelaySite
 from .kernels import KernelRegistry
+from .kernels.culling import KernelCuller
+from .kernels.heartbeat import HeartbeatMonitor
+from .kernels.service import KernelsService
 from .metrics import RelayMetrics
-from .origins import OriginPolicy
-from .relay import Relay, RelayLimits, ReplayOptions
+from .relay.core import RelayCore, RelayLimits, ReplayOptions
 from .socketio import SocketIOServer
-from .web import DEFAULT_MAX_BODY, AuthGuard, BoundedRequest, OriginGuard, RelayAPI, RelayRoot
 
 log = Logger()
 
@@ -447,128 +433,6 @@ def _ipv6_loopback_available() -> bool:
 #: The largest warm pool per kernelspec ``--pool`` accepts.
 MAX_POOL = 32
 
-#: Bytes the relay's connections hand the kernel's socket per write (Twisted's default is 128 KiB).
-SEND_LIMIT = 1024 * 1024
-
-
-class RelaySite(Site):
-    """
-    A Site that keeps quiet about every request unless an access log was asked for, refuses request
-    bodies over ``max_body`` bytes as they arrive (see :class:`~kernel_relay.web.BoundedRequest`), and
-    bounds what a client without a token can hold (see :mod:`~kernel_relay.connections`): connections,
-    through ``limiter`` (none: unbounded), and the time to send a request, ``header_timeout`` seconds for
-    its line and headers and ``body_timeout`` for its body. Idle keep-alive connections close after
-    ``timeout`` seconds. ``reactor`` runs every timer.
-    """
-
-    noisy = False
-    displayTracebacks = False
-    requestFactory = BoundedRequest
-    max_body = DEFAULT_MAX_BODY
-    header_timeout = HEADER_TIMEOUT
-    body_timeout = BODY_TIMEOUT
-
-    def __init__(
-        self,
-        resource: IResource,
-        *,
-        logPath: str | None = None,
-        timeout: float = IDLE_TIMEOUT,
-        reactor: IReactorTime | None = None,
-        limiter: ConnectionLimiter | None = None,
-    ) -> None:
-        super().__init__(resource, logPath=logPath, timeout=timeout, reactor=reactor)
-        self.limiter = limiter
-        # Timeouts are reported through the limiter's events; without one, only logged.
-        self._events = ConnectionEvents(self.reactor)
-
-    def protocol(self) -> _GenericHTTPChannelProtocol:
-        events = self.limiter.events if self.limiter is not None else self._events
-        return _GenericHTTPChannelProtocol(
-            RequestDeadlineChannel(self.header_timeout, self.body_timeout, events)
-        )
-
-    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
-        limiter = self.limiter
-        host = peer_host(addr)
-        if limiter is not None and not limiter.admit(host):
-            return cast(_GenericHTTPChannelProtocol, Refusal())
-        protocol = super().buildProtocol(addr)
-        if protocol is None:
-            return None
-        make_connection = protocol.makeConnection
-
-        def with_larger_writes(transport: ITransport) -> None:
-            # Called once. Drop this wrapper from the protocol: it refers to the protocol, and the
-            # reference cycle would keep every closed connection in memory until a cyclic collection.
-            del protocol.makeConnection
-            # Twisted hands a TCP socket at most SEND_LIMIT (128 KiB) per write and waits a reactor
-            # turn for the next: a 10 MB kernel output took 80 turns. 1 MiB sends it about 6 times
-            # faster on loopback, and each send still only copies what the socket buffer takes.
-            if hasattr(transport, "SEND_LIMIT"):
-                transport.SEND_LIMIT = SEND_LIMIT
-            # Replies and kernel output are small writes that must not wait on Nagle's algorithm.
-            if ITCPTransport.providedBy(transport):
-                transport.setTcpNoDelay(True)
-            # Counted until the transport closes, even once a WebSocket has taken it over.
-            if limiter is not None:
-                limiter.connected(transport, host)
-            make_connection(transport)
-
-        protocol.makeConnection = with_larger_writes  # type: ignore[method-assign]
-        return cast(_GenericHTTPChannelProtocol, protocol)
-
-    def log(self, request: Request) -> None:
-        if self.logPath is not None:
-            super().log(request)
-
-
-class KernelsService(Service):
-    """
-    Fills the warm pools at start; stops the relay cleanly: clients are told first, then every kernel the
-    relay started (pooled ones too) is shut down.
-    """
-
-    def __init__(
-        self, relay: Relay, kernels: KernelRegistry, pools: Mapping[str, int] | None = None
-    ) -> None:
-        self._relay = relay
-        self._kernels = kernels
-        self._pools = dict(pools or {})
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        for spec_name, size in self._pools.items():
-            log.info("Keeping {size} {spec_name} kernel(s) warm", size=size, spec_name=spec_name)
-            self._kernels.keep_warm(spec_name, size)
-
-    def stopService(self) -> Deferred[None]:
-        super().stopService()
-        log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
-        self._relay.stopping()
-        return self._kernels.shutdown_all()
-
-
-class _Listener(StreamServerEndpointService):
-    """
-    Listens on one endpoint. A port that cannot be bound stops the relay at start, rather than leave it
-    running deaf, and says so in one line rather than a traceback.
-    """
-
-    def __init__(self, description: str, endpoint: Any, factory: Site) -> None:
-        super().__init__(endpoint, factory)
-        self._description = description
-        self._raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except (CannotListenError, OSError) as error:
-            reason = getattr(error, "socketError", None) or error
-            raise SystemExit(
-                f"kernel-relay: cannot listen on {self._description}: {reason}"
-            ) from None
-
 
 def connection_bounds(options: Options) -> ConnectionBounds:
     """
@@ -628,9 +492,9 @@ def makeService(options: Options) -> IService:
         lambda: len(socketio.engine.sessions),
         lambda: socketio.engine.buffered_bytes,
     )
-    relay = Relay(
-        socketio,
+    relay = RelayCore(
         kernels,
+        reactor,
         auth=auth,
         limits=RelayLimits(
             max_clients_per_kernel=options["max-clients-per-kernel"],
@@ -640,8 +504,14 @@ def makeService(options: Options) -> IService:
         replay=ReplayOptions(
             max_bytes=options["iopub-replay-bytes"], max_age=options["iopub-replay-age"]
         ),
-        clock=reactor,
     )
+    front = SocketIOFront(socketio, relay)
+
+    def stopping() -> None:
+        # Each kernel's iopub clients see it dead before every client is disconnected.
+        relay.stopping()
+        front.close()
+
     api = RelayAPI(
         kernels,
         relay.client_count,
@@ -669,7 +539,7 @@ def makeService(options: Options) -> IService:
     site.max_body = max(options["max-payload"], DEFAULT_MAX_BODY)
 
     top = MultiService()
-    KernelsService(relay, kernels, options["pool"]).setServiceParent(top)
+    KernelsService(kernels, options["pool"], stopping=stopping).setServiceParent(top)
     HeartbeatMonitor(
         kernels,
         reactor,
@@ -688,7 +558,7 @@ def makeService(options: Options) -> IService:
             metrics=metrics,
         ).setServiceParent(top)
     for description in options.endpoints():
-        _Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
+        Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     # Everything alive once the reactor runs (modules, the application) lives as long as the process:
     # keep it out of the garbage collector's full collections, which would scan it again and again.
     reactor.callWhenRunning(gc.freeze)

@@ -27,7 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from kernel_relay.engineio import EngineIOOptions, EngineIOServer, EngineIOSession
-from kernel_relay.origins import OriginPolicy
+from kernel_relay.http.origins import OriginPolicy
 
 log = Logger()
 

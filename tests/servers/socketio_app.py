@@ -38,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from kernel_relay.engineio import EngineIOOptions
-from kernel_relay.origins import OriginPolicy
+from kernel_relay.http.origins import OriginPolicy
 from kernel_relay.socketio import ConnectionRefused, NamespaceGroup, Socket, SocketIOServer
 
 log = Logger()

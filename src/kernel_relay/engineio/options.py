@@ -6,9 +6,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kernel_relay.origins import OriginPolicy
-
 KNOWN_TRANSPORTS = ("polling", "websocket")
+
+
+class OriginCheck(Protocol):
+    """
+    Which browser origins may use the server, and the CORS headers that say so (the relay's
+    ``kernel_relay.http.origins.OriginPolicy`` is one).
+    """
+
+    def is_allowed(self, origin: str | None, host: str | None, secure: bool = False) -> bool:
+        """May a request with ``Origin: origin`` (None: no such header) for ``Host: host`` be served?"""
+        ...
+
+    def cors_headers(
+        self, origin: str | None, host: str | None, secure: bool = False, *, echo_any: bool = False
+    ) -> dict[str, str]:
+        """The CORS headers for an allowed cross-origin request (``echo_any``: echo ``*``'s origin)."""
+        ...
+
+
+class AnyOrigin:
+    """Serve every origin and send no CORS headers: the reference server's default."""
+
+    def is_allowed(self, origin: str | None, host: str | None, secure: bool = False) -> bool:
+        return True
+
+    def cors_headers(
+        self, origin: str | None, host: str | None, secure: bool = False, *, echo_any: bool = False
+    ) -> dict[str, str]:
+        return {}
+
 
 #: The request headers a session keeps of its handshake (lower case).
 HANDSHAKE_HEADERS = frozenset({"authorization", "origin", "user-agent"})
@@ -20,7 +48,9 @@ class EngineIOOptions:
     Server settings; times are in seconds, sizes in bytes.
 
     ``transports`` limits what is offered and accepted, so ``("websocket",)`` makes a WebSocket-only
-    server and ``("polling",)`` one that never upgrades.
+    server and ``("polling",)`` one that never upgrades. ``origins`` decides which browser origins are
+    served (an :class:`OriginCheck`); by default every one is, with no CORS headers, as by the
+    reference server: a server that runs anything for its clients must pass a policy of its own.
 
     ``allow_eio3`` also serves Engine.IO protocol 3 (``EIO=3``: socket.io-client 1.x and 2.x) beside
     protocol 4; each session keeps the protocol it opened with. ``max_buffered_bytes`` bounds what
@@ -38,7 +68,7 @@ class EngineIOOptions:
     ping_timeout: float = 20.0
     max_payload: int = 1_000_000
     transports: tuple[str, ...] = ("polling", "websocket")
-    origins: OriginPolicy = field(default_factory=OriginPolicy)
+    origins: OriginCheck = field(default_factory=AnyOrigin)
     upgrade_timeout: float = 10.0
     allow_eio3: bool = True
     max_buffered_bytes: int | None = None

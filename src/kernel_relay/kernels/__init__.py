@@ -20,10 +20,12 @@ from ._errors import (
     UnknownKernelSpec,
 )
 from ._kernel import Kernel, KernelClient, MessageCallback
-from ._messages import KernelMessage, message_json
+from ._messages import DEFAULT_USERNAME, PROTOCOL_VERSION, KernelMessage, message_json
 from ._registry import KernelObserver, KernelRegistry, KernelSpecInfo
 
 __all__ = [
+    "DEFAULT_USERNAME",
+    "PROTOCOL_VERSION",
     "InvalidMessage",
     "Kernel",
     "KernelClient",

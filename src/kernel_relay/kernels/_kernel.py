@@ -148,7 +148,7 @@ class Kernel:
         self.connection_file = connection_file
         self.execution_state = "starting"
         self.reachable = True
-        """False while the kernel does not answer its heartbeat (see :mod:`kernel_relay.heartbeat`)."""
+        """False while the kernel does not answer its heartbeat (see :mod:`kernel_relay.kernels.heartbeat`)."""
         self.rejected_messages = 0
         self._clock = clock
         self.last_activity = clock.seconds()

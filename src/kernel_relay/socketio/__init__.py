@@ -43,7 +43,8 @@ API summary:
   namespaces exist while someone is joined (or joining); exact ones for the server's lifetime.
 - :class:`Socket`: ``.id``, ``.namespace``, ``.client``, ``.auth``, ``.connected``, ``.emit(...)``,
   ``.call(event, *args, timeout=None) -> Deferred[list]`` (fails with :class:`AckTimeout` or
-  :class:`Disconnected`), ``.disconnect()``.
+  :class:`Disconnected`), ``.disconnect(reason)``, ``.send_encoded(encode_event(namespace, event,
+  *args))`` (one encoding for many sockets of a namespace).
 - :class:`Client`: one per Engine.IO session, shared by its sockets: ``.sid``, ``.handshake``,
   ``.sockets``, ``.close()``.
 
@@ -61,10 +62,10 @@ has not joined are ignored (the reference closes the connection; ignoring tolera
 server-side disconnect and spares the client's other namespaces).
 """
 
-from .client import Client, Socket
+from ..jsontext import RawJSON
+from .client import Client, EncodedPacket, Socket, encode_event
 from .errors import AckTimeout, ConnectionRefused, Disconnected
 from .namespace import Namespace, NamespaceGroup
-from .packet import RawJSON
 from .server import SocketIOServer
 
 __all__ = [
@@ -72,9 +73,11 @@ __all__ = [
     "Client",
     "ConnectionRefused",
     "Disconnected",
+    "EncodedPacket",
     "Namespace",
     "NamespaceGroup",
     "RawJSON",
     "Socket",
     "SocketIOServer",
+    "encode_event",
 ]

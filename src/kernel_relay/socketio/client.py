@@ -94,6 +94,16 @@ class EngineSession(Protocol):
         """The application accepted this session (it joined a namespace): spare its connection under load."""
 
 
+#: A packet as encoded for sending: its text message, then its attachments.
+EncodedPacket = list["str | Binary"]
+
+
+def encode_event(namespace: str, event: str, *args: Any) -> EncodedPacket:
+    """An event packet for ``namespace``, encoded once, for :meth:`Socket.send_encoded`."""
+    _check_event_name(event)
+    return encode_packet(Packet(PacketType.EVENT, namespace, [event, *args]))
+
+
 def ack_arguments(result: Any) -> list[Any]:
     """An event handler's result as ack arguments: None → none, a tuple → its items, else one."""
     if result is None:
@@ -184,9 +194,19 @@ class Socket:
         self._send(encoded)
         return waiting
 
-    def disconnect(self) -> None:
-        """Leave the namespace from the server side: the client is told, disconnect handlers run."""
-        self._terminate(SERVER_DISCONNECT, tell_client=True)
+    def disconnect(self, reason: str = SERVER_DISCONNECT) -> None:
+        """
+        Leave the namespace from the server side: the client is told, disconnect handlers run with
+        ``reason``.
+        """
+        self._terminate(reason, tell_client=True)
+
+    def send_encoded(self, encoded: EncodedPacket) -> None:
+        """
+        Send a packet made by :func:`encode_event` for this socket's namespace: one encoding serves every
+        socket that sends it (as :meth:`Namespace.emit` does for all of its sockets).
+        """
+        self._send(encoded)
 
     # -- used by Client and Namespace ------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 from ..engineio import Binary
+from ..jsontext import RawJSON
 
 #: Largest number of binary attachments one packet may announce. The reference parser allows 10,
 #: which is too few for Jupyter messages carrying many buffers; each attachment is already bounded
@@ -50,18 +51,6 @@ RESERVED_EVENTS: Final = frozenset(
 _DIGITS = re.compile(r"[0-9]+")
 _MAX_ID_DIGITS = 16  # 2**53 has 16 decimal digits
 _MAX_COUNT_DIGITS = 10
-
-
-class RawJSON(str):
-    """
-    Already-encoded JSON text, spliced verbatim into an encoded packet wherever it appears in the
-    payload (as an argument, a list item or a dict value).
-
-    ``RawJSON('{"a":1}')`` is sent as ``{"a":1}``, not as the string ``"{\\"a\\":1}"``. The text
-    must be a single valid JSON value; it is not checked, so a wrong one breaks the peer's decoder.
-    """
-
-    __slots__ = ()
 
 
 class PacketType(IntEnum):

@@ -20,8 +20,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .kernels import Kernel, KernelRegistry
-from .kernels._zmq import FrameSocket
+from . import Kernel, KernelRegistry
+from ._zmq import FrameSocket
 
 log = Logger()
 

@@ -8,7 +8,7 @@ are kept so a client that reconnects gets exactly what it missed.
   an injected clock). A message that no client received when it came (nobody was on the kernel's iopub) is
   kept as the kernel's JSON texts and joined only if a client asks for it: most never are.
 - :func:`with_sequence` writes the number into a message whose parts may be the kernel's raw JSON
-  (:class:`~kernel_relay.socketio.RawJSON`): the metadata object is spliced, never re-encoded, and the
+  (:class:`~kernel_relay.jsontext.RawJSON`): the metadata object is spliced, never re-encoded, and the
   content is never touched.
 """
 
@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from .kernels import KernelMessage, message_json
+from ..jsontext import RawJSON
+from ..kernels import KernelMessage, message_json
 from .payload import Payload, client_payload, is_one_text
-from .socketio import RawJSON
 
 SEQ_KEY = "relay_seq"
 _SEQ_FIELD = f'"{SEQ_KEY}"'
@@ -160,7 +160,7 @@ class IopubJournal:
 def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Payload:
     """
     ``message`` as sent, its metadata carrying ``relay_seq``: a kernel's message as its
-    :func:`~kernel_relay.payload.client_payload` with the number spliced into its metadata JSON, a dict
+    :func:`~kernel_relay.relay.payload.client_payload` with the number spliced into its metadata JSON, a dict
     (made by the relay) as a copy whose metadata is spliced if raw, else updated.
     """
     if isinstance(message, KernelMessage):

@@ -18,8 +18,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .kernels import Kernel, KernelRegistry
-from .metrics import RelayMetrics
+from ..metrics import RelayMetrics
+from . import Kernel, KernelRegistry
 
 log = Logger()
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .kernels import KernelMessage
-from .socketio import RawJSON
+from ..jsontext import RawJSON
+from ..kernels import KernelMessage
 
 #: A content longer than this is not joined into the message's text (that would copy it once more).
 JOIN_LIMIT = 64 * 1024

@@ -1,0 +1,1 @@
+"""One module per client protocol: each a thin translation into the relay core."""

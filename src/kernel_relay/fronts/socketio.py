@@ -1,0 +1,198 @@
+"""
+The socket.io front: each kernel channel as a socket.io namespace, translated into the relay core.
+
+- ``/shell/<id>``, ``/stdin/<id>``, ``/iopub/<id>``, ``/control/<id>`` are a kernel's channels (``/stdio/<id>``
+  is stdin too, as enchannel-socketio-backend 0.1.0 names it); Jupyter messages travel as the event
+  ``"msg"`` both ways, acknowledged with the ``msg_id`` the relay sent, or ``null`` when refused.
+- One socket.io client (one Engine.IO session, however many namespaces it joins) is one client of the core.
+- The core's events become ``"error"`` and ``"replay_gap"`` events; a client the core lets go is
+  disconnected from the namespace. Tokens come from the CONNECT auth payload, the handshake query or its
+  ``Authorization`` header; a resuming iopub client's ``since``/``replay`` from the auth payload or, for
+  socket.io 1.x/2.x, the namespace query.
+
+Everything else (admission, routing, the journal, kernel events) is the core's (:mod:`kernel_relay.relay.core`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+from ..auth import token_from_auth_payload, token_from_authorization
+from ..engineio import SLOW_CLIENT
+from ..relay.core import IOPUB, Refused, RelayCore
+from ..relay.journal import Resume, requested_resume
+from ..relay.payload import Payload
+from ..socketio import Client as SocketIOClient
+from ..socketio import ConnectionRefused, EncodedPacket, Socket, SocketIOServer, encode_event
+
+# enchannel-socketio-backend 0.1.0, the original's client, joins /stdio/<id> for the stdin channel.
+CHANNEL_ALIASES: Final = {"stdio": "stdin"}
+NAMESPACE_PATTERN: Final = re.compile(
+    r"/(?P<channel>shell|stdin|stdio|iopub|control)/(?P<kernel_id>[^/]+)"
+)
+MESSAGE_EVENT: Final = "msg"
+#: Refusals that say more than their message carry it as data, for socket.io 1.x/2.x (they see only that).
+_CODES_WITH_DATA: Final = frozenset({401, 403, 429})
+_NO_RESUME: Final = Resume(None, False)
+
+
+def namespace_of(channel: str, kernel_id: str) -> str:
+    """The namespace of a kernel's channel."""
+    return f"/{channel}/{kernel_id}"
+
+
+def _channel_and_kernel(socket: Socket) -> tuple[str, str]:
+    params = socket.namespace.params
+    channel = params["channel"]
+    return CHANNEL_ALIASES.get(channel, channel), params["kernel_id"]
+
+
+class _LastEncoded:
+    """
+    The last message encoded for a namespace: a broadcast hands the same message to every client of a kernel's
+    iopub, and one encoding serves them all.
+    """
+
+    __slots__ = ("encoded", "message", "namespace")
+
+    def __init__(self) -> None:
+        self.namespace = ""
+        self.message: object = None
+        self.encoded: EncodedPacket = []
+
+    def of(self, namespace: str, message: Payload) -> EncodedPacket:
+        if message is not self.message or namespace != self.namespace:
+            self.encoded = encode_event(namespace, MESSAGE_EVENT, message)
+            self.namespace, self.message = namespace, message
+        return self.encoded
+
+
+class SocketIOClientOfCore:
+    """One socket.io client as a :class:`~kernel_relay.relay.core.RelayClient`: its sockets by kernel channel."""
+
+    def __init__(self, client: SocketIOClient, last: _LastEncoded) -> None:
+        self._client = client
+        self._last = last
+        self.sockets: dict[tuple[str, str], Socket] = {}
+
+    @property
+    def client_id(self) -> str:
+        return self._client.sid
+
+    @property
+    def address(self) -> str:
+        return self._client.handshake.remote_address
+
+    @property
+    def backlog(self) -> int:
+        return self._client.session.buffered_bytes
+
+    def deliver(self, kernel_id: str, channel: str, message: Payload) -> None:
+        socket = self.sockets.get((kernel_id, channel))
+        if socket is not None:
+            socket.send_encoded(self._last.of(socket.namespace.name, message))
+
+    def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
+        socket = self.sockets.get((kernel_id, channel))
+        if socket is not None:
+            socket.emit(event, details)
+
+    def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
+        socket = self.sockets.get((kernel_id, channel))
+        if socket is not None:
+            socket.disconnect(reason)
+
+
+class SocketIOFront:
+    """Serves the kernel namespaces of a socket.io server from a relay core."""
+
+    def __init__(self, socketio: SocketIOServer, core: RelayCore) -> None:
+        self._socketio = socketio
+        self._core = core
+        self._clients: dict[str, SocketIOClientOfCore] = {}
+        self._last = _LastEncoded()
+        group = socketio.of(NAMESPACE_PATTERN)
+        group.on_connect(self._connected)
+        group.on_disconnect(self._disconnected)
+        group.on(MESSAGE_EVENT, self._received)
+        group.on_other_events(self._unknown_event)
+
+    def close(self, reason: str = "server shutting down") -> None:
+        """Disconnect every client (the relay is stopping)."""
+        self._socketio.close(reason)
+
+    def _client_of(self, socket: Socket) -> SocketIOClientOfCore:
+        """The core's view of the socket's client, made when it joins its first kernel channel."""
+        client = self._clients.get(socket.client.sid)
+        if client is None:
+            client = self._clients[socket.client.sid] = SocketIOClientOfCore(
+                socket.client, self._last
+            )
+        return client
+
+    def _connected(self, socket: Socket, auth: Any) -> None:
+        channel, kernel_id = _channel_and_kernel(socket)
+        client = self._client_of(socket)
+        handshake = socket.client.handshake
+        credentials = (
+            token_from_auth_payload(auth),
+            handshake.query.get("token"),
+            token_from_authorization(handshake.headers.get("authorization")),
+        )
+        try:
+            kernel = self._core.admit(client, kernel_id, channel, credentials)
+        except Refused as refusal:
+            if not client.sockets:
+                del self._clients[client.client_id]
+            data = None
+            if refusal.code in _CODES_WITH_DATA:
+                data = {"code": refusal.code, "message": refusal.message}
+            raise ConnectionRefused(refusal.message, data) from None
+        resume = requested_resume(auth, handshake.query.items()) if channel == IOPUB else _NO_RESUME
+        client.sockets[(kernel.id, channel)] = socket
+        self._core.attach(client, kernel, channel, resume)
+
+    def _disconnected(self, socket: Socket, reason: str) -> None:
+        if reason == SLOW_CLIENT:
+            self._core.metrics.error("slow_client")
+        channel, kernel_id = _channel_and_kernel(socket)
+        client = self._clients.get(socket.client.sid)
+        if client is None or client.sockets.get((kernel_id, channel)) is not socket:
+            return
+        del client.sockets[(kernel_id, channel)]
+        if not client.sockets:
+            del self._clients[client.client_id]
+        self._core.detach(client, kernel_id, channel, reason)
+
+    def _received(self, socket: Socket, *args: Any) -> str | None:
+        """Relay a client's message to the kernel; the ack, if asked for, is the message's ``msg_id``."""
+        channel, kernel_id = _channel_and_kernel(socket)
+        client = self._client_of(socket)
+        message = args[0] if len(args) == 1 else None
+        try:
+            if channel != IOPUB and len(args) != 1:
+                self._core.refuse(
+                    client,
+                    kernel_id,
+                    channel,
+                    f'a "msg" event takes exactly one argument, a Jupyter message object; it had {len(args)}',
+                    message,
+                )
+            return self._core.receive(client, kernel_id, channel, message)
+        except Refused:
+            return None
+
+    def _unknown_event(self, socket: Socket, event: str, *args: Any) -> None:
+        """Any event but ``"msg"``: an error event says so, and an ack, if asked for, is null."""
+        channel, kernel_id = _channel_and_kernel(socket)
+        try:
+            self._core.refuse(
+                self._client_of(socket),
+                kernel_id,
+                channel,
+                f'unknown event {event!r}: the relay takes only "msg" events (a Jupyter message each)',
+                args[0] if args else None,
+            )
+        except Refused:
+            pass

@@ -1,0 +1,46 @@
+"""
+The kernels as a Twisted service: the warm pools fill when it starts; when it stops, the relay's clients
+are told first, then every kernel the relay started (pooled ones too) is shut down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ._registry import KernelRegistry
+
+log = Logger()
+
+
+class KernelsService(Service):
+    """
+    Fills the warm pools at start; stops the relay cleanly: clients are told first, then every kernel the
+    relay started (pooled ones too) is shut down.
+    """
+
+    def __init__(
+        self,
+        kernels: KernelRegistry,
+        pools: Mapping[str, int] | None = None,
+        *,
+        stopping: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._stopping = stopping
+        self._kernels = kernels
+        self._pools = dict(pools or {})
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        for spec_name, size in self._pools.items():
+            log.info("Keeping {size} {spec_name} kernel(s) warm", size=size, spec_name=spec_name)
+            self._kernels.keep_warm(spec_name, size)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
+        self._stopping()
+        return self._kernels.shutdown_all()

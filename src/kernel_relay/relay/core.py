@@ -1,0 +1,584 @@
+"""
+The relay core: which client is attached to which kernel channel, and who receives which message.
+
+- iopub: every attached client receives every iopub message of the kernel, numbered and kept in the kernel's
+  journal (:mod:`.journal`) so a client that comes back gets what it missed.
+- shell, control, stdin: each client (one connection of a front, however many channels and kernels it uses)
+  has its own ZMQ identity towards each kernel, so replies and ``input_request``\\ s reach exactly the client
+  whose request caused them; an ``input_request`` whose client is not attached to stdin goes to every stdin
+  client of the kernel (the kernel takes the first ``input_reply``).
+- Admission: a client presents candidate tokens (see :mod:`kernel_relay.auth`); a kernel token opens only its
+  kernel (read-only ones its iopub); a kernel takes at most ``max_clients_per_kernel`` clients.
+- Kernel events: a kernel that stops or dies is announced on iopub as ``dead`` and its clients are let go; a
+  restart is announced as ``restarting`` and ``starting``; a kernel that stops answering its heartbeat is told
+  to every client of it.
+
+The core speaks to clients only through :class:`RelayClient` (deliver a message, tell an event, let go of a
+channel), so it knows no wire format: each front (``kernel_relay.fronts``) adapts one protocol to it. It must
+not import a front, socket.io, Engine.IO or HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, NoReturn, Protocol
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from ..auth import Scope, TokenAuth
+from ..kernels import (
+    DEFAULT_USERNAME,
+    PROTOCOL_VERSION,
+    InvalidMessage,
+    Kernel,
+    KernelClient,
+    KernelMessage,
+    KernelRegistry,
+    UnknownKernel,
+)
+from ..metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
+from .journal import IopubJournal, Resume
+from .payload import Payload, client_payload
+
+log = Logger()
+
+CHANNELS: Final = ("shell", "stdin", "iopub", "control")
+IOPUB: Final = "iopub"
+STDIN: Final = "stdin"
+#: The events a client may be told besides messages (see :meth:`RelayClient.tell`).
+ERROR: Final = "error"
+REPLAY_GAP: Final = "replay_gap"
+#: Roughly the bytes of a status message the relay makes (for metrics and the journal's bound).
+STATUS_SIZE: Final = 300
+#: A joining iopub client gets a replay only while less than this is waiting to go out to it, so that
+#: joining again and again without reading cannot pile up copies of the journal.
+REPLAY_BACKLOG: Final = 1024 * 1024
+
+
+class RelayClient(Protocol):
+    """One client connection of a front, as the core sees it."""
+
+    @property
+    def client_id(self) -> str:
+        """Unique among the core's clients (the front's connection or session id)."""
+        ...
+
+    @property
+    def address(self) -> str:
+        """Where the client connects from, for logs."""
+        ...
+
+    @property
+    def backlog(self) -> int:
+        """Bytes sent to the client that still wait to go out."""
+        ...
+
+    def deliver(self, kernel_id: str, channel: str, message: Payload) -> None:
+        """Send a Jupyter message of the kernel's channel to the client."""
+        ...
+
+    def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
+        """Tell the client an :data:`ERROR` or a :data:`REPLAY_GAP` on one of its channels."""
+        ...
+
+    def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
+        """The core is done with the client on this channel (its kernel stopped): disconnect it."""
+        ...
+
+
+class Refused(Exception):
+    """
+    The core will not do what a client asked: ``message`` says why, ``code`` is an HTTP-like status for
+    fronts that show one (401 no valid token, 403 outside a token's scope, 404 unknown kernel, 429 full).
+    """
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """Bounds of each kernel's iopub journal (see :mod:`.journal`); ``max_bytes`` 0 keeps nothing."""
+
+    max_bytes: int = 8 * 1024 * 1024
+    max_age: float = 600.0
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    """Per-kernel and per-message bounds; ``None`` means unbounded."""
+
+    max_clients_per_kernel: int | None = None
+    max_message_size: int | None = None
+
+
+@dataclass
+class _Link:
+    """One client's private line to one kernel: its ZMQ sockets, and the channels it is attached to there."""
+
+    kernel_client: KernelClient
+    channels: set[str] = field(default_factory=set)
+
+
+def short_id(kernel_id: str) -> str:
+    """The first block of a kernel id: enough to tell kernels apart in a log line."""
+    return kernel_id.split("-", 1)[0][:8]
+
+
+def relay_status(kernel: Kernel, execution_state: str, clock: IReactorTime) -> dict[str, Any]:
+    """
+    An iopub ``status`` message made by the relay, for states the kernel cannot announce itself
+    (``dead``, ``restarting``) or that its clients would miss while its sockets reconnect.
+    """
+    return {
+        "header": {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": "status",
+            "username": DEFAULT_USERNAME,
+            "session": kernel.id,
+            "date": datetime.fromtimestamp(clock.seconds(), UTC).isoformat(),
+            "version": PROTOCOL_VERSION,
+        },
+        "parent_header": {},
+        "metadata": {},
+        "content": {"execution_state": execution_state},
+        "channel": IOPUB,
+    }
+
+
+def _msg_id_of(message: object) -> str | None:
+    header = message.get("header") if isinstance(message, dict) else None
+    msg_id = header.get("msg_id") if isinstance(header, dict) else None
+    return msg_id if isinstance(msg_id, str) else None
+
+
+def _json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bytes | bytearray):
+        return "binary data"
+    return type(value).__name__
+
+
+class RelayCore:
+    """Attaches clients of every front to the kernels of a registry, and routes their messages."""
+
+    def __init__(
+        self,
+        kernels: KernelRegistry,
+        clock: IReactorTime,
+        *,
+        auth: TokenAuth | None = None,
+        limits: RelayLimits | None = None,
+        metrics: RelayMetrics | None = None,
+        replay: ReplayOptions | None = None,
+    ) -> None:
+        self._kernels = kernels
+        self._clock = clock
+        self._auth = auth or TokenAuth()
+        self._limits = limits or RelayLimits()
+        self._replay = replay or ReplayOptions()
+        self.metrics = metrics or RelayMetrics()
+        self._journals: dict[str, IopubJournal] = {}
+        # kernel id -> channel -> client id -> client
+        self._attached: dict[str, dict[str, dict[str, RelayClient]]] = {}
+        self._links: dict[tuple[str, str], _Link] = {}
+        self.metrics.watch(lambda: len(kernels), self.clients_by_channel)
+        kernels.add_observer(self)
+
+    # -- queries -------------------------------------------------------------------------------------------
+
+    def client_count(self, kernel_id: str) -> int:
+        """How many distinct clients are attached to any channel of the kernel."""
+        channels = self._attached.get(kernel_id, {})
+        return len({client_id for clients in channels.values() for client_id in clients})
+
+    def clients_by_channel(self) -> dict[str, int]:
+        """How many clients are attached to each channel, over every kernel (for metrics)."""
+        counts = dict.fromkeys(CHANNELS, 0)
+        for channels in self._attached.values():
+            for channel, clients in channels.items():
+                counts[channel] += len(clients)
+        return counts
+
+    # -- clients -------------------------------------------------------------------------------------------
+
+    def admit(
+        self,
+        client: RelayClient,
+        kernel_id: str,
+        channel: str,
+        credentials: Sequence[str | None],
+    ) -> Kernel:
+        """The kernel a client may attach to on ``channel``; :class:`Refused` says why not."""
+        grant = self._auth.grant(credentials)
+        where = f"{channel} of kernel {short_id(kernel_id)}"
+        if isinstance(grant, Scope) and not grant.allows_channel(kernel_id, channel):
+            self.metrics.error("auth")
+            log.warn(
+                "Refused {address} on {where}: its token is limited to {access} access to kernel {kernel}",
+                address=client.address,
+                where=where,
+                access=grant.access,
+                kernel=short_id(grant.kernel_id),
+            )
+            raise Refused(grant.refusal, 403)
+        if grant is False:
+            self.metrics.error("auth")
+            log.warn(
+                "Refused {address} on {where}: no valid token", address=client.address, where=where
+            )
+            raise Refused('Authentication required: connect with auth {"token": "<token>"}', 401)
+        try:
+            kernel = self._kernels.get(kernel_id)
+        except UnknownKernel:
+            self.metrics.error("connect_refused")
+            log.info(
+                "Refused {address} on {where}: no running kernel has that id",
+                address=client.address,
+                where=where,
+            )
+            raise Refused(f"No running kernel with id {kernel_id}", 404) from None
+        limit = self._limits.max_clients_per_kernel
+        attached = self._attached.get(kernel.id, {})
+        if limit is not None and not any(client.client_id in c for c in attached.values()):
+            if self.client_count(kernel.id) >= limit:
+                self.metrics.error("connect_refused")
+                log.warn(
+                    "Refused {address} on {where}: kernel has {limit} clients already",
+                    address=client.address,
+                    where=where,
+                    limit=limit,
+                )
+                raise Refused(f"Kernel {kernel.id} already has the maximum of {limit} clients", 429)
+        return kernel
+
+    def attach(self, client: RelayClient, kernel: Kernel, channel: str, resume: Resume) -> None:
+        """
+        Attach an admitted client to a kernel's channel. A joining iopub client first gets what ``resume``
+        asks for (the messages after ``since``, or the running cell's output so far).
+        """
+        if channel == IOPUB:
+            self._replay_to(client, kernel, resume)
+        else:
+            key = (client.client_id, kernel.id)
+            link = self._links.get(key)
+            if link is None:
+                link = self._links[key] = self._open_link(kernel, client)
+            link.channels.add(channel)
+        self._attached.setdefault(kernel.id, {}).setdefault(channel, {})[client.client_id] = client
+        log.info(
+            "Client {address} connected to {channel} of kernel {kernel}",
+            address=client.address,
+            channel=channel,
+            kernel=short_id(kernel.id),
+        )
+
+    def detach(self, client: RelayClient, kernel_id: str, channel: str, reason: str) -> None:
+        """The client left a kernel's channel (or the core let it go); its ZMQ line closes with its last channel."""
+        channels = self._attached.get(kernel_id)
+        clients = channels.get(channel) if channels is not None else None
+        if clients is None or clients.get(client.client_id) is not client:
+            return
+        del clients[client.client_id]
+        key = (client.client_id, kernel_id)
+        link = self._links.get(key)
+        if link is not None and channel in link.channels:
+            link.channels.discard(channel)
+            if not link.channels:
+                del self._links[key]
+                link.kernel_client.close()
+        log.info(
+            "Client {address} left {channel} of kernel {kernel} ({reason})",
+            address=client.address,
+            channel=channel,
+            kernel=short_id(kernel_id),
+            reason=reason,
+        )
+
+    def receive(self, client: RelayClient, kernel_id: str, channel: str, message: Any) -> str:
+        """
+        Relay a client's Jupyter message to the kernel and return the ``msg_id`` it was sent with;
+        :class:`Refused` (already counted, logged and told to the client) when it cannot be.
+        """
+        if channel == IOPUB:
+            self.refuse(
+                client,
+                kernel_id,
+                channel,
+                "iopub is read-only: send requests on shell or control",
+                message,
+            )
+        if not isinstance(message, dict):
+            self.refuse(
+                client,
+                kernel_id,
+                channel,
+                f'the argument of a "msg" event must be a Jupyter message object, not {_json_kind(message)}',
+                message,
+            )
+        buffers = message.get("buffers") or []
+        if buffers and (
+            not isinstance(buffers, list) or not all(isinstance(b, bytes) for b in buffers)
+        ):
+            self.refuse(
+                client, kernel_id, channel, "buffers must be a list of binary attachments", message
+            )
+        link = self._links.get((client.client_id, kernel_id))
+        if link is None:
+            self.refuse(
+                client, kernel_id, channel, f"kernel {kernel_id} is no longer running", message
+            )
+        try:
+            msg_id = link.kernel_client.send(channel, message, buffers)
+        except InvalidMessage as error:
+            self.refuse(client, kernel_id, channel, str(error), message)
+        self.metrics.relayed(TO_KERNEL, link.kernel_client.last_sent_bytes)
+        return msg_id
+
+    def refuse(
+        self, client: RelayClient, kernel_id: str, channel: str, reason: str, message: object
+    ) -> NoReturn:
+        """Tell the client why its message was not relayed (never drop it silently), then raise Refused."""
+        self.metrics.error("refused_message")
+        log.warn(
+            "Refused a message from {address} on {channel} of kernel {kernel}: {reason}",
+            address=client.address,
+            channel=channel,
+            kernel=short_id(kernel_id),
+            reason=reason,
+        )
+        client.tell(kernel_id, channel, ERROR, {"message": reason, "msg_id": _msg_id_of(message)})
+        raise Refused(reason)
+
+    # -- iopub -----------------------------------------------------------------------------------------
+
+    def publish_iopub(
+        self,
+        kernel_id: str,
+        message: KernelMessage | dict[str, Any],
+        size: int = 0,
+        msg_type: str = "status",
+    ) -> None:
+        """
+        Number one iopub message (from the kernel or made by the relay), keep it in the kernel's journal,
+        and deliver it to every iopub client of the kernel.
+        """
+        journal = self._journals.get(kernel_id)
+        clients = self._attached.get(kernel_id, {}).get(IOPUB)
+        if not clients:
+            if journal is not None:
+                journal.keep(message, size, msg_type)
+            return
+        payload: Payload
+        if journal is not None:
+            payload = journal.record(message, size, msg_type)
+        elif isinstance(message, KernelMessage):
+            payload = client_payload(message)
+        else:
+            payload = message
+        self.metrics.relayed(TO_CLIENT, size)
+        for client in list(clients.values()):
+            client.deliver(kernel_id, IOPUB, payload)
+
+    def _replay_to(self, client: RelayClient, kernel: Kernel, resume: Resume) -> None:
+        for reason in resume.ignored:
+            log.info(
+                "Client {address} on iopub of kernel {kernel}: {reason}",
+                address=client.address,
+                kernel=short_id(kernel.id),
+                reason=reason,
+            )
+            client.tell(kernel.id, IOPUB, ERROR, {"message": reason, "msg_id": None})
+        journal = self._journals.get(kernel.id)
+        if journal is None or (resume.since is None and not resume.execution):
+            return
+        backlog = client.backlog
+        if backlog >= REPLAY_BACKLOG:
+            self.metrics.error("replay_gap")
+            log.warn(
+                "No replay for {address} on iopub of kernel {kernel}: {backlog} bytes still wait to go out to it",
+                address=client.address,
+                kernel=short_id(kernel.id),
+                backlog=backlog,
+            )
+            gap = {
+                "reason": "backlog",
+                "message": f"nothing was replayed: {backlog} bytes sent earlier still wait to go out to "
+                "this client; join again once it has read them",
+                "last_seq": journal.last_seq,
+                "kernel_id": kernel.id,
+            }
+            client.tell(kernel.id, IOPUB, REPLAY_GAP, gap)
+            return
+        if resume.since is not None:
+            replay = journal.since(resume.since)
+            if replay.gap is not None:
+                self.metrics.error("replay_gap")
+                client.tell(kernel.id, IOPUB, REPLAY_GAP, {**replay.gap, "kernel_id": kernel.id})
+            messages = replay.messages
+        else:
+            messages = journal.current_execution()
+        for message in messages:
+            client.deliver(kernel.id, IOPUB, message)
+        self.metrics.replayed(len(messages))
+        log.info(
+            "Replayed {count} iopub message(s) of kernel {kernel} to {address}",
+            count=len(messages),
+            kernel=short_id(kernel.id),
+            address=client.address,
+        )
+
+    # -- shell, control, stdin -------------------------------------------------------------------------
+
+    def _open_link(self, kernel: Kernel, client: RelayClient) -> _Link:
+        key = (client.client_id, kernel.id)
+
+        def deliver(message: KernelMessage) -> None:
+            link = self._links.get(key)
+            channel = message.channel
+            if link is not None and channel in link.channels:
+                recipients = [client]
+            else:
+                recipients = self._stdin_fallback(kernel, message)
+            if not recipients:
+                log.warn(
+                    "Kernel {kernel} sent {msg_type} on {channel} to a client that is not connected to "
+                    "that channel; it was not delivered",
+                    kernel=short_id(kernel.id),
+                    msg_type=message.msg_type,
+                    channel=channel,
+                )
+                return
+            size = message.size
+            if self._too_big(size):
+                details = self._oversized(kernel, message, size)
+                for recipient in recipients:
+                    recipient.tell(kernel.id, channel, ERROR, details)
+                return
+            self.metrics.relayed(TO_CLIENT, size)
+            payload = client_payload(message)
+            for recipient in recipients:
+                recipient.deliver(kernel.id, channel, payload)
+
+        return _Link(kernel.open_client(client.client_id.encode("utf-8"), deliver))
+
+    def _stdin_fallback(self, kernel: Kernel, message: KernelMessage) -> list[RelayClient]:
+        """
+        Every stdin client of the kernel, for an ``input_request`` whose asker has none of its own.
+
+        enchannel-socketio-backend joins stdin on a second connection, not on the one its
+        ``execute_request`` came from. The kernel reads an ``input_reply`` from any stdin identity, so
+        whichever stdin client answers is heard.
+        """
+        if message.channel != STDIN:
+            return []
+        return list(self._attached.get(kernel.id, {}).get(STDIN, {}).values())
+
+    def _too_big(self, size: int) -> bool:
+        limit = self._limits.max_message_size
+        return limit is not None and size > limit
+
+    def _oversized(self, kernel: Kernel, message: KernelMessage, size: int) -> dict[str, Any]:
+        """What clients are told of a kernel message over the size limit."""
+        self.metrics.error("oversized_message")
+        log.warn(
+            "Kernel {kernel} sent {msg_type} on {channel}: {size} bytes, over the limit; not forwarded",
+            kernel=short_id(kernel.id),
+            msg_type=message.msg_type,
+            channel=message.channel,
+            size=size,
+        )
+        return {
+            "message": f"a {message.msg_type} message of {size} bytes from the kernel exceeds the relay's "
+            f"limit of {self._limits.max_message_size} bytes and was not forwarded",
+            "msg_id": message.msg_id,
+            "msg_type": message.msg_type,
+            "parent_msg_id": message.parent_msg_id,
+            "channel": message.channel,
+        }
+
+    # -- KernelObserver ---------------------------------------------------------------------------------
+
+    def kernel_started(self, kernel: Kernel) -> None:
+        self._journals[kernel.id] = IopubJournal(
+            self._clock, max_bytes=self._replay.max_bytes, max_age=self._replay.max_age
+        )
+
+        def forward(message: KernelMessage) -> None:
+            size = message.size
+            if self._too_big(size):
+                details = self._oversized(kernel, message, size)
+                for client in list(self._attached.get(kernel.id, {}).get(IOPUB, {}).values()):
+                    client.tell(kernel.id, IOPUB, ERROR, details)
+                return
+            self.publish_iopub(kernel.id, message, size, message.msg_type)
+
+        kernel.add_iopub_listener(forward)
+
+    def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        if reason.startswith("died"):
+            self.metrics.error("kernel_died")
+        self._publish_status(kernel, "dead")
+        for channel, clients in list(self._attached.get(kernel.id, {}).items()):
+            for client in list(clients.values()):
+                client.let_go(kernel.id, channel, f"kernel {reason}")
+        self._attached.pop(kernel.id, None)
+        for key in [key for key in self._links if key[1] == kernel.id]:
+            self._links.pop(key).kernel_client.close()
+        self._journals.pop(kernel.id, None)
+        self._auth.scoped.revoke_kernel(kernel.id)
+
+    def kernel_restarting(self, kernel: Kernel) -> None:
+        self._publish_status(kernel, "restarting")
+
+    def kernel_restarted(self, kernel: Kernel) -> None:
+        self._publish_status(kernel, "starting")
+
+    def kernel_ready(self, kernel: Kernel) -> None:
+        # The kernel's own statuses went out while the relay's subscription was reconnecting.
+        self._publish_status(kernel, kernel.execution_state)
+
+    def stopping(self) -> None:
+        """The relay is stopping and will shut down every kernel: its iopub clients see each one ``dead``."""
+        for kernel in self._kernels.kernels():
+            self._publish_status(kernel, "dead")
+
+    def _publish_status(self, kernel: Kernel, execution_state: str) -> None:
+        self.publish_iopub(
+            kernel.id, relay_status(kernel, execution_state, self._clock), STATUS_SIZE
+        )
+
+    # -- HeartbeatListener ------------------------------------------------------------------------------
+
+    def kernel_unreachable(self, kernel: Kernel, silent_for: float) -> None:
+        """Tell every client of the kernel that it stopped answering, instead of leaving them waiting."""
+        self.metrics.error("kernel_unreachable")
+        error = {
+            "message": f"kernel {kernel.id} has not answered its heartbeat for {silent_for:.0f}s: its "
+            "process is frozen or its ZeroMQ ports are unreachable; messages to it wait until it answers "
+            "again or is shut down",
+            "code": "kernel_unreachable",
+            "kernel_id": kernel.id,
+        }
+        for channel, clients in list(self._attached.get(kernel.id, {}).items()):
+            for client in list(clients.values()):
+                client.tell(kernel.id, channel, ERROR, error)
+
+    def kernel_reachable(self, kernel: Kernel) -> None:
+        """Nothing to send: the kernel's own replies and iopub messages show it is back."""
