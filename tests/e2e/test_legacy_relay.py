@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from tests.conftest import Relay
+from tests.e2e.test_legacy_clients import GENERATIONS, ensure_legacy_clients
 from tests.support import NODE_DIR, node_available
-from tests.test_legacy_clients import GENERATIONS, ensure_legacy_clients
 
 pytestmark = [
     pytest.mark.timeout(240),

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from kernel_relay.engineio import HandshakeInfo
 from kernel_relay.socketio import ConnectionRefused, RawJSON, Socket, SocketIOServer
 from kernel_relay.socketio.packet import Packet, PacketType, encode_packet, split_namespace_query
-from tests.test_socketio_server import FakeSession
+from tests.socketio.test_socketio_server import FakeSession
 
 DYNAMIC = re.compile(r"/shell/(?P<kernel>[a-z0-9]+)")
 

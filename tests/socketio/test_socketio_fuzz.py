@@ -21,8 +21,8 @@ from kernel_relay.socketio.packet import (
     PacketType,
     encode_packet,
 )
+from tests.socketio.test_socketio_server import FakeSession, open_session
 from tests.support import ServerProcess, conformance_server_argv, free_port, running
-from tests.test_socketio_server import FakeSession, open_session
 
 SAMPLES = [
     "0",

@@ -19,8 +19,8 @@ from kernel_relay.engineio.packets import (
     utf16_length,
 )
 from kernel_relay.engineio.session import PING_TIMEOUT, SLOW_CLIENT
-from tests.test_engineio_polling import Harness, Request, error_of
-from tests.test_engineio_session import OPTIONS, FakeTransport, make
+from tests.engineio.test_engineio_polling import Harness, Request, error_of
+from tests.engineio.test_engineio_session import OPTIONS, FakeTransport, make
 
 codec = codec_for(3)
 T = PacketType

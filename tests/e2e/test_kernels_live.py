@@ -29,7 +29,7 @@ from kernel_relay.kernels import (
     UnknownKernelSpec,
 )
 
-FIXTURES = Path(__file__).resolve().parent / "provisioner"
+FIXTURES = Path(__file__).resolve().parents[1] / "provisioner"
 SITE = str(FIXTURES / "site")
 JUPYTER_DIR = str(FIXTURES / "jupyter")
 

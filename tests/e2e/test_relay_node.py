@@ -10,8 +10,8 @@ import subprocess
 import pytest
 
 from tests.conftest import Relay
+from tests.e2e.test_relay_channels import BUFFER_DISPLAY, ECHO_COMM_TARGET
 from tests.support import NODE_DIR, ensure_node_modules, node_available
-from tests.test_relay_channels import BUFFER_DISPLAY, ECHO_COMM_TARGET
 
 pytestmark = pytest.mark.skipif(not node_available(), reason="node and npm are required")
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.support import ServerProcess, free_port, running
 
-ECHO = Path(__file__).resolve().parent / "servers" / "engineio_echo.py"
+ECHO = Path(__file__).resolve().parents[1] / "servers" / "engineio_echo.py"
 TIMEOUT = 5.0
 
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import psutil
 import pytest
 import requests
-import socketio
 import websocket
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
+import socketio
 from kernel_relay.kernels.culling import KernelCuller
 from tests.conftest import Relay
 from tests.kernel_client import RelayKernelClient

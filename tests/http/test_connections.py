@@ -50,7 +50,7 @@ from kernel_relay.http.connections import (
 )
 from kernel_relay.http.guards import AuthGuard
 from kernel_relay.http.site import RelaySite
-from tests.test_tls_relay import self_signed
+from tests.e2e.test_tls_relay import self_signed
 
 # -- in-process helpers --------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from kernel_relay.engineio import HandshakeInfo
 from kernel_relay.socketio import Socket, SocketIOServer
 from kernel_relay.socketio.packet import Packet, PacketDecoder, PacketError, PacketType
-from tests.test_socketio_server import FakeSession, joined, open_session
+from tests.socketio.test_socketio_server import FakeSession, joined, open_session
 
 
 def test_attachments_of_one_packet_are_bounded_in_total() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from tests.test_engineio_polling import Harness, Request
+from tests.engineio.test_engineio_polling import Harness, Request
 
 
 def handshake_from(h: Harness, host: str) -> Request:
