@@ -409,17 +409,21 @@ class Options(usage.Options):
         if self["ping-timeout"] >= self["ping-interval"] * 10:
             log.warn("--ping-timeout is much longer than --ping-interval; dead clients linger")
 
-    def endpoints(self) -> list[str]:
-        """Every endpoint description to listen on."""
+    def endpoints(self, ipv6_loopback: bool = False) -> list[str]:
+        """
+        Every endpoint description to listen on; ``--port`` listens on ``::1`` too if ``ipv6_loopback``
+        (whether the machine has it is the wiring's to find out, not the parser's).
+        """
         descriptions = list(self["listen"])
         if self["port"] is not None:
             descriptions.append(f"tcp:{self['port']}:interface=127.0.0.1")
-            if _ipv6_loopback_available():
+            if ipv6_loopback:
                 descriptions.append(f"tcp6:{self['port']}:interface=\\:\\:1")
         return descriptions
 
 
-def _ipv6_loopback_available() -> bool:
+def ipv6_loopback_available() -> bool:
+    """Can this machine listen on ``::1``?"""
     if not socket.has_ipv6:
         return False
     try:
@@ -452,8 +456,13 @@ def connection_bounds(options: Options) -> ConnectionBounds:
     return ConnectionBounds(total, per_address)
 
 
-def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    The relay's service tree for ``options``, on ``reactor`` (the global one by default; a test passes a
+    ``MemoryReactorClock``).
+    """
+    if reactor is None:
+        from twisted.internet import reactor
 
     origins = OriginPolicy.from_options(options["allow-origin"])
     bounds = connection_bounds(options)
@@ -557,7 +566,8 @@ def makeService(options: Options) -> IService:
             interval=options["cull-interval"],
             metrics=metrics,
         ).setServiceParent(top)
-    for description in options.endpoints():
+    endpoints = options.endpoints(ipv6_loopback_available())
+    for description in endpoints:
         Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     # Everything alive once the reactor runs (modules, the application) lives as long as the process:
     # keep it out of the garbage collector's full collections, which would scan it again and again.
@@ -565,7 +575,7 @@ def makeService(options: Options) -> IService:
     log.info(
         "kernel-relay {version} listening on {endpoints} ({auth})",
         version=__version__,
-        endpoints=", ".join(options.endpoints()),
+        endpoints=", ".join(endpoints),
         auth="token required" if auth.enabled else "no token: loopback only",
     )
     return top

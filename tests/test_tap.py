@@ -1,0 +1,84 @@
+"""The service tree ``makeService`` wires, built in memory: what listens where, and what answers there."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.application.service import IServiceCollection
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+
+from kernel_relay.http.site import Listener, RelaySite
+from kernel_relay.kernels.heartbeat import HeartbeatMonitor
+from kernel_relay.kernels.service import KernelsService
+from kernel_relay.tap import Options, makeService
+
+
+def service_tree(*argv: str) -> tuple[IServiceCollection, MemoryReactorClock]:
+    options = Options()
+    options.parseOptions(list(argv))
+    reactor = MemoryReactorClock()
+    tree = makeService(options, reactor=reactor)
+    return IServiceCollection(tree), reactor
+
+
+def resolved(deferred: Deferred[Any]) -> Any:
+    """The result of a Deferred that has fired (StubTreq answers synchronously)."""
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    return results[0]
+
+
+def children(tree: IServiceCollection) -> list[Any]:
+    return list(tree)
+
+
+def test_port_listens_on_loopback_only() -> None:
+    """--port listens on 127.0.0.1 (and ::1 where the machine has it) with the relay's site, nowhere else."""
+    tree, reactor = service_tree("--port", "3456")
+    tree.privilegedStartService()  # type: ignore[attr-defined]
+    tree.startService()  # type: ignore[attr-defined]
+    try:
+        listening = [(port, interface) for port, _, _, interface in reactor.tcpServers]
+        assert (3456, "127.0.0.1") in listening
+        assert {interface for _, interface in listening} <= {"127.0.0.1", "::1"}
+        assert all(isinstance(factory, RelaySite) for _, factory, _, _ in reactor.tcpServers)
+    finally:
+        tree.stopService()  # type: ignore[attr-defined]
+
+
+def test_listen_endpoints_and_the_services_beside_them() -> None:
+    """Each --listen gets a listener; the kernels service and the heartbeat monitor are always there."""
+    tree, reactor = service_tree(
+        "--listen", "tcp:4567:interface=127.0.0.1", "--listen", "unix:/tmp/x.sock"
+    )
+    services = children(tree)
+    kinds = [type(service) for service in services]
+    assert kinds.count(Listener) == 2
+    assert KernelsService in kinds and HeartbeatMonitor in kinds
+    tree.privilegedStartService()  # type: ignore[attr-defined]
+    assert [port for port, *_ in reactor.tcpServers] == [4567]
+    assert [address for address, *_ in reactor.unixServers] == ["/tmp/x.sock"]
+
+
+def test_the_site_answers_health_in_memory() -> None:
+    """The site's resource tree serves /api/health without a network, with the relay's JSON."""
+    tree, reactor = service_tree("--port", "3457")
+    tree.privilegedStartService()  # type: ignore[attr-defined]
+    site: RelaySite = reactor.tcpServers[0][1]
+    stub = StubTreq(site.resource)
+    response = resolved(stub.get("http://127.0.0.1:3457/api/health"))
+    assert response.code == 200
+    body = json.loads(resolved(stub.content(response)))
+    assert body["status"] == "ok" and body["kernels"] == 0
+
+
+def test_culler_only_when_asked() -> None:
+    """The culler is wired only with --cull-idle-timeout."""
+    plain, _ = service_tree("--port", "3458")
+    culled, _ = service_tree("--port", "3459", "--cull-idle-timeout", "60")
+    assert "KernelCuller" not in {type(s).__name__ for s in children(plain)}
+    assert "KernelCuller" in {type(s).__name__ for s in children(culled)}
