@@ -1,19 +1,51 @@
 """
 Fakes shared by the in-process tests: a kernel and a registry the relay core, the heartbeat monitor and the
-culler can drive, and a client of the core that records what it is sent. Each does what the real thing does
-at its seam, no more, so a test reads as the behaviour it checks.
+culler can drive, kernel processes for the registry's own parts, and a client of the core that records what
+it is sent. Each does what the real thing does at its seam, no more, so a test reads as the behaviour it
+checks.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 
 from kernel_relay.kernels import KernelMessage, UnknownKernel
+from kernel_relay.kernels._messages import Frame
+from kernel_relay.kernels._processes import ManagedKernel
 from kernel_relay.relay.payload import Payload
+
+_T = TypeVar("_T")
+
+
+def result_of(d: Deferred[_T]) -> _T:
+    """What ``d`` has fired with (and goes on holding); it must have fired, and not failed."""
+    outcome: list[Any] = []
+
+    def keep(result: Any) -> Any:
+        outcome.append(result)
+        return result
+
+    d.addBoth(keep)
+    assert outcome, f"{d!r} has not fired"
+    assert not isinstance(outcome[0], Failure), outcome[0].getTraceback()
+    value: _T = outcome[0]
+    return value
+
+
+def failure_of(d: Deferred[Any], *errors: type[BaseException]) -> Failure:
+    """How ``d`` has failed; it must have failed, with one of ``errors`` when any are named."""
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    assert outcome and isinstance(outcome[0], Failure), f"{d!r} has not failed: {outcome}"
+    if errors:
+        assert outcome[0].check(*errors), outcome[0].getTraceback()
+    failure: Failure = outcome[0]
+    return failure
 
 
 def kernel_message(
@@ -49,16 +81,70 @@ class FakeKernelClient:
         self.closed = True
 
 
-class FakeKernel:
-    """A running kernel: its iopub listeners, the client lines opened to it, its state and activity."""
+class EchoSocket:
+    """A heartbeat socket that echoes at once while ``answering``, and remembers what it was sent."""
 
-    def __init__(self, kernel_id: str, state: str = "idle", last_activity: float = 0.0) -> None:
+    def __init__(self, on_echo: Callable[[list[Frame]], None]) -> None:
+        self.on_echo = on_echo
+        self.answering = True
+        self.sent: list[list[Frame]] = []
+        self.closed = False
+
+    def send(self, frames: Sequence[Frame]) -> None:
+        if self.closed:
+            raise ConnectionError("socket is closed")
+        self.sent.append(list(frames))
+        if self.answering:
+            self.on_echo(list(frames))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeKernel:
+    """
+    A running kernel: its iopub listeners, the client lines opened to it, its state and activity, its
+    heartbeat channel, and the readiness probes the registry's parts wait on (``become_ready`` answers).
+    """
+
+    def __init__(
+        self,
+        kernel_id: str,
+        state: str = "idle",
+        last_activity: float = 0.0,
+        *,
+        spec_name: str = "python3",
+    ) -> None:
         self.id = kernel_id
+        self.spec_name = spec_name
         self.execution_state = state
         self.last_activity = last_activity
         self.reachable = True
+        self.closed = False
+        self.pid: int | None = None
         self.iopub_listeners: list[Callable[[KernelMessage], None]] = []
         self.clients: list[FakeKernelClient] = []
+        self.heartbeat: EchoSocket | None = None
+        self.probes: list[Deferred[None]] = []
+
+    def __repr__(self) -> str:
+        return f"<FakeKernel {self.id} {self.execution_state}>"
+
+    def open_heartbeat(self, on_echo: Callable[[list[Frame]], None]) -> EchoSocket:
+        self.heartbeat = EchoSocket(on_echo)
+        return self.heartbeat
+
+    def wait_ready(self) -> Deferred[None]:
+        probe: Deferred[None] = Deferred()
+        self.probes.append(probe)
+        return probe
+
+    def become_ready(self) -> None:
+        """The kernel answers the readiness probe it was sent last."""
+        self.probes[-1].callback(None)
+
+    def close(self) -> None:
+        self.closed = True
 
     def add_iopub_listener(self, listener: Callable[[KernelMessage], None]) -> None:
         self.iopub_listeners.append(listener)
@@ -83,6 +169,9 @@ class FakeRegistry:
         self._kernels = {kernel.id: kernel for kernel in kernels}
         self.observers: list[Any] = []
         self.shut_down: list[str] = []
+        self.holding = False
+        """While True, a shutdown is recorded but not done: it waits in ``held`` until the test fires it."""
+        self.held: list[Deferred[None]] = []
 
     def __len__(self) -> int:
         return len(self._kernels)
@@ -116,8 +205,135 @@ class FakeRegistry:
 
     def shutdown(self, kernel_id: str) -> Deferred[None]:
         self.shut_down.append(kernel_id)
+        if self.holding:
+            self.held.append(Deferred())
+            return self.held[-1]
         del self._kernels[kernel_id]
         return succeed(None)
+
+
+class FakeManager:
+    """Stands for the jupyter_client manager of one kernel process (the parts only pass it back)."""
+
+    def __init__(self, kernel_id: str) -> None:
+        self.kernel_id = kernel_id
+
+    def __repr__(self) -> str:
+        return f"<FakeManager {self.kernel_id}>"
+
+
+def managed(kernel: FakeKernel) -> ManagedKernel:
+    """A fake kernel with a manager of its own, as the launcher hands a kernel out."""
+    return ManagedKernel(kernel, FakeManager(kernel.id))  # type: ignore[arg-type]
+
+
+class FakeProcesses:
+    """
+    Kernel processes as the registry's parts see them (``KernelProcesses``): every call is recorded and
+    waits until the test answers it (``answer``); ``connect`` makes a FakeKernel, ``find_dead`` answers
+    at once from ``exited``.
+    """
+
+    def __init__(self, specs: Sequence[tuple[str, str, str]] = ()) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.pending: dict[str, list[Deferred[Any]]] = {}
+        self.connected: dict[str, FakeKernel] = {}
+        self.connect_error: Exception | None = None
+        self.exited: dict[str, int | None] = {}
+        self.polled: list[list[str]] = []
+        self.closed = False
+        self._specs = list(specs)
+
+    def made(self, operation: str) -> list[Any]:
+        """What each call of ``operation`` was given, in order."""
+        return [argument for name, argument in self.calls if name == operation]
+
+    def waiting(self, operation: str) -> int:
+        return len(self.pending.get(operation, []))
+
+    def answer(self, operation: str, result: Any = None) -> None:
+        """The oldest call of ``operation`` still waiting returns ``result`` (an exception: raises it)."""
+        d = self.pending[operation].pop(0)
+        if isinstance(result, BaseException):
+            d.errback(result)
+        else:
+            d.callback(result)
+
+    def launched(self) -> FakeManager:
+        """The oldest launch still waiting has started its process: the manager it returns."""
+        launches = self.made("launch")
+        _, kernel_id = launches[len(launches) - self.waiting("launch")]
+        manager = FakeManager(kernel_id)
+        self.answer("launch", manager)
+        return manager
+
+    def _call(self, operation: str, argument: Any) -> Deferred[Any]:
+        self.calls.append((operation, argument))
+        d: Deferred[Any] = Deferred()
+        self.pending.setdefault(operation, []).append(d)
+        return d
+
+    def specs(self) -> Deferred[list[tuple[str, str, str]]]:
+        return succeed(list(self._specs))
+
+    def launch(self, spec_name: str, kernel_id: str) -> Deferred[Any]:
+        return self._call("launch", (spec_name, kernel_id))
+
+    def connect(self, kernel_id: str, spec_name: str, manager: Any) -> FakeKernel:
+        if self.connect_error is not None:
+            raise self.connect_error
+        kernel = FakeKernel(kernel_id, "starting", spec_name=spec_name)
+        self.connected[kernel_id] = kernel
+        return kernel
+
+    def stop(self, manager: Any) -> Deferred[None]:
+        return self._call("stop", manager)
+
+    def kill(self, manager: Any) -> Deferred[None]:
+        return self._call("kill", manager)
+
+    def interrupt(self, manager: Any) -> Deferred[None]:
+        return self._call("interrupt", manager)
+
+    def restart(self, manager: Any) -> Deferred[int | None]:
+        return self._call("restart", manager)
+
+    def find_dead(
+        self, watched: Sequence[tuple[str, Any]]
+    ) -> Deferred[list[tuple[str, int | None]]]:
+        self.polled.append([kernel_id for kernel_id, _ in watched])
+        return succeed(
+            [
+                (kernel_id, self.exited[kernel_id])
+                for kernel_id, _ in watched
+                if kernel_id in self.exited
+            ]
+        )
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class RecordingObserver:
+    """A kernel observer that records what it is told, as (event, kernel id[, reason])."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, ...]] = []
+
+    def kernel_started(self, kernel: Any) -> None:
+        self.events.append(("started", kernel.id))
+
+    def kernel_stopped(self, kernel: Any, reason: str) -> None:
+        self.events.append(("stopped", kernel.id, reason))
+
+    def kernel_restarting(self, kernel: Any) -> None:
+        self.events.append(("restarting", kernel.id))
+
+    def kernel_restarted(self, kernel: Any) -> None:
+        self.events.append(("restarted", kernel.id))
+
+    def kernel_ready(self, kernel: Any) -> None:
+        self.events.append(("ready", kernel.id))
 
 
 class RecordingClient:

@@ -13,11 +13,8 @@ import psutil
 import pytest
 import requests
 import websocket
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
 
 import socketio
-from kernel_relay.kernels.culling import KernelCuller
 from tests.conftest import Relay
 from tests.kernel_client import RelayKernelClient
 
@@ -407,60 +404,3 @@ def test_cull_connected_culls_kernels_with_clients(
             assert kernel_id not in {kernel["id"] for kernel in relay.kernels()}
         finally:
             client.close()
-
-
-def test_culler_rejects_nonsense() -> None:
-    """A culler with a non-positive timeout or interval cannot be made."""
-    with pytest.raises(ValueError):
-        KernelCuller(None, None, len, idle_timeout=0)  # type: ignore[arg-type]
-
-
-class FakeKernel:
-    def __init__(self, kernel_id: str, state: str, last_activity: float) -> None:
-        self.id = kernel_id
-        self.execution_state = state
-        self.last_activity = last_activity
-
-
-class FakeRegistry:
-    def __init__(self, kernels: list[FakeKernel]) -> None:
-        self._kernels = {kernel.id: kernel for kernel in kernels}
-        self.shut_down: list[str] = []
-
-    def kernels(self) -> list[FakeKernel]:
-        return list(self._kernels.values())
-
-    def shutdown(self, kernel_id: str) -> Deferred[None]:
-        self.shut_down.append(kernel_id)
-        del self._kernels[kernel_id]
-        return succeed(None)
-
-
-def test_culler_rules_on_a_clock() -> None:
-    """Only idle kernels past the timeout are culled; busy ones never; connected ones only if asked."""
-    clock = Clock()
-    kernels = [
-        FakeKernel("idle-old", "idle", 0.0),
-        FakeKernel("idle-new", "idle", 50.0),
-        FakeKernel("busy-old", "busy", 0.0),
-        FakeKernel("watched-old", "idle", 0.0),
-    ]
-    registry = FakeRegistry(kernels)
-    clients = {"watched-old": 1}
-    culler = KernelCuller(
-        clock,
-        registry,  # type: ignore[arg-type]
-        lambda kernel_id: clients.get(kernel_id, 0),
-        idle_timeout=60,
-        interval=10,
-    )
-    culler.startService()
-    clock.advance(60)
-    assert registry.shut_down == ["idle-old"]
-    clock.advance(60)
-    assert registry.shut_down == ["idle-old", "idle-new"]
-    culler.cull_connected = True
-    clock.advance(10)
-    assert registry.shut_down == ["idle-old", "idle-new", "watched-old"]
-    culler.stopService()
-    assert [kernel.id for kernel in registry.kernels()] == ["busy-old"]

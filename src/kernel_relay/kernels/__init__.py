@@ -4,8 +4,9 @@ The kernels layer: kernelspecs, launching and stopping kernels, their ZMQ channe
 It knows jupyter_client, txzmq and the Jupyter message format, and nothing of HTTP or socket.io.
 
 - ``KernelRegistry(reactor)`` starts kernels through jupyter_client (so kernelspec provisioners
-  are honoured), watches them for death, and stops them; blocking calls run in the reactor's thread
-  pool.
+  are honoured), keeps warm pools, watches them for death, restarts and stops them; blocking calls run
+  in the reactor's thread pool. It is a façade over small parts, one private module each (see
+  ``_registry``).
 - ``Kernel`` is one running kernel: ``add_iopub_listener`` for its broadcast stream,
   ``open_client`` for a per-client connection whose replies reach only that client.
 - ``KernelClient.send`` completes, checks and signs a client's message; incoming messages are
@@ -21,7 +22,8 @@ from ._errors import (
 )
 from ._kernel import Kernel, KernelClient, MessageCallback
 from ._messages import DEFAULT_USERNAME, PROTOCOL_VERSION, KernelMessage, message_json
-from ._registry import KernelObserver, KernelRegistry, KernelSpecInfo
+from ._observers import KernelObserver
+from ._registry import KernelRegistry, KernelSpecInfo
 
 __all__ = [
     "DEFAULT_USERNAME",

@@ -9,7 +9,8 @@ set, so an open notebook page keeps its kernel. Every ``interval`` seconds the c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
@@ -19,9 +20,30 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..metrics import RelayMetrics
-from . import Kernel, KernelRegistry
 
 log = Logger()
+
+
+class CullableKernel(Protocol):
+    """What the culler needs of a kernel: whether it is idle, and since when."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def execution_state(self) -> str: ...
+
+    @property
+    def last_activity(self) -> float:
+        """When something last came from it or went to it (the clock's seconds)."""
+
+
+class CullableKernels(Protocol):
+    """What the culler needs of the registry: the running kernels, and a way to shut one down."""
+
+    def kernels(self) -> Sequence[CullableKernel]: ...
+
+    def shutdown(self, kernel_id: str) -> Deferred[None]: ...
 
 
 class KernelCuller(Service):
@@ -30,7 +52,7 @@ class KernelCuller(Service):
     def __init__(
         self,
         clock: IReactorTime,
-        kernels: KernelRegistry,
+        kernels: CullableKernels,
         clients_of: Callable[[str], int],
         *,
         idle_timeout: float,
@@ -66,7 +88,7 @@ class KernelCuller(Service):
         if self._loop.running:
             self._loop.stop()
 
-    def is_cullable(self, kernel: Kernel) -> bool:
+    def is_cullable(self, kernel: CullableKernel) -> bool:
         """Should this kernel be shut down now?"""
         if kernel.id in self._culling or kernel.execution_state != "idle":
             return False

@@ -11,8 +11,9 @@ listener once, and again once echoes resume; it never kills a kernel (that stays
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import zmq
 from twisted.application.service import Service
@@ -20,18 +21,46 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from . import Kernel, KernelRegistry
+from ._messages import Frame
 from ._zmq import FrameSocket
 
 log = Logger()
 
 
-class HeartbeatListener(Protocol):
+class HeartbeatKernel(Protocol):
+    """What the monitor needs of a kernel: its heartbeat channel, and a place to keep the verdict."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    reachable: bool
+
+    def open_heartbeat(self, on_echo: Callable[[list[Frame]], None]) -> FrameSocket: ...
+
+
+_K = TypeVar("_K", bound=HeartbeatKernel)
+_K_contra = TypeVar("_K_contra", bound=HeartbeatKernel, contravariant=True)
+
+
+class HeartbeatListener(Protocol[_K_contra]):
     """Told when a kernel stops and starts answering its heartbeat again."""
 
-    def kernel_unreachable(self, kernel: Kernel, silent_for: float) -> None: ...
+    def kernel_unreachable(self, kernel: _K_contra, silent_for: float) -> None: ...
 
-    def kernel_reachable(self, kernel: Kernel) -> None: ...
+    def kernel_reachable(self, kernel: _K_contra) -> None: ...
+
+
+class HeartbeatKernels(Protocol[_K]):
+    """What the monitor needs of the registry: the running kernels, and news of kernels coming and going."""
+
+    def kernels(self) -> Sequence[_K]: ...
+
+    def add_observer(self, observer: HeartbeatMonitor[_K]) -> None: ...
+
+    def remove_observer(self, observer: HeartbeatMonitor[_K]) -> None: ...
 
 
 @dataclass
@@ -42,7 +71,7 @@ class _Watch:
     paused: bool = False
 
 
-class HeartbeatMonitor(Service):
+class HeartbeatMonitor(Service, Generic[_K]):
     """
     Pings every running kernel's heartbeat channel each ``interval`` seconds from one timer; a Twisted
     service, so it starts and stops with the relay. Kernels' ``reachable`` attributes follow its verdicts.
@@ -50,9 +79,9 @@ class HeartbeatMonitor(Service):
 
     def __init__(
         self,
-        kernels: KernelRegistry,
+        kernels: HeartbeatKernels[_K],
         clock: IReactorTime,
-        listener: HeartbeatListener,
+        listener: HeartbeatListener[_K],
         *,
         interval: float,
         timeout: float,
@@ -62,7 +91,7 @@ class HeartbeatMonitor(Service):
         self._clock = clock
         self._listener = listener
         self._timeout = timeout
-        self._watches: dict[str, tuple[Kernel, _Watch]] = {}
+        self._watches: dict[str, tuple[_K, _Watch]] = {}
         self._loop = LoopingCall(self._beat)
         self._loop.clock = clock
         self._interval = interval
@@ -85,7 +114,7 @@ class HeartbeatMonitor(Service):
 
     # KernelObserver
 
-    def kernel_started(self, kernel: Kernel) -> None:
+    def kernel_started(self, kernel: _K) -> None:
         if kernel.id in self._watches or kernel.closed:
             return
         watch_id = kernel.id
@@ -105,18 +134,18 @@ class HeartbeatMonitor(Service):
         watch = _Watch(kernel.open_heartbeat(echoed), self._clock.seconds())
         self._watches[kernel.id] = (kernel, watch)
 
-    def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+    def kernel_stopped(self, kernel: _K, reason: str) -> None:
         self._forget(kernel.id)
 
-    def kernel_restarting(self, kernel: Kernel) -> None:
+    def kernel_restarting(self, kernel: _K) -> None:
         entry = self._watches.get(kernel.id)
         if entry is not None:
             entry[1].paused = True  # silence while the process is replaced is expected
 
-    def kernel_restarted(self, kernel: Kernel) -> None:
+    def kernel_restarted(self, kernel: _K) -> None:
         pass
 
-    def kernel_ready(self, kernel: Kernel) -> None:
+    def kernel_ready(self, kernel: _K) -> None:
         entry = self._watches.get(kernel.id)
         if entry is not None:
             entry[1].paused = False

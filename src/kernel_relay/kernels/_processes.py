@@ -1,0 +1,139 @@
+# -*- test-case-name: tests.kernels.test_launcher -*-
+"""
+The seam between the registry's parts and kernel processes: every jupyter_client call, made off the reactor
+thread, and the ZMQ connection to a kernel once its process runs.
+
+``KernelProcesses`` is all that the launcher, the warm pool, the restarts, the death watch and the set of
+running kernels know of jupyter_client, so their tests put a fake in its place. ``JupyterProcesses`` is the
+real one: it runs ``_manager``'s blocking functions in the reactor's thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from jupyter_client.session import Session
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from . import _manager
+from ._kernel import Kernel
+from ._zmq import ZmqSocketOpener
+
+_log = Logger()
+_T = TypeVar("_T")
+
+Watched = tuple[str, KernelManager]
+"""A kernel's id and the manager of its process: what the death watch asks about."""
+
+
+class ManagedKernel(NamedTuple):
+    """A kernel with the jupyter_client manager that owns its process."""
+
+    kernel: Kernel
+    manager: KernelManager
+
+
+class KernelProcesses(Protocol):
+    """What the registry's parts do to kernel processes; every call that may block runs off the reactor."""
+
+    def specs(self) -> Deferred[list[tuple[str, str, str]]]:
+        """(name, display_name, language) of every installed kernelspec."""
+
+    def launch(self, spec_name: str, kernel_id: str) -> Deferred[KernelManager]:
+        """Start a kernel process; fails with UnknownKernelSpec or KernelLaunchError."""
+
+    def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:
+        """The relay's side of a started kernel: its sockets, its key (on the reactor thread)."""
+
+    def stop(self, manager: KernelManager) -> Deferred[None]:
+        """Politely, then by force; fails with KernelShutdownError if the process survives."""
+
+    def kill(self, manager: KernelManager) -> Deferred[None]: ...
+
+    def interrupt(self, manager: KernelManager) -> Deferred[None]: ...
+
+    def restart(self, manager: KernelManager) -> Deferred[int | None]:
+        """Restart in place (same ports and key); fires with the new local pid, if there is one."""
+
+    def find_dead(self, watched: Sequence[Watched]) -> Deferred[list[tuple[str, int | None]]]:
+        """Which of these kernels have exited, with their exit codes when known."""
+
+    def close(self) -> None:
+        """Release what connecting kernels needed (the ZMQ context) once no kernel is left."""
+
+
+class JupyterProcesses:
+    """Kernel processes through jupyter_client, each blocking call in the reactor's thread pool."""
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        kernel_spec_manager: KernelSpecManager,
+        shutdown_timeout: float,
+    ) -> None:
+        self._reactor = reactor
+        self._ksm = kernel_spec_manager
+        self._shutdown_timeout = shutdown_timeout
+        self._opener = ZmqSocketOpener(reactor)
+
+    def specs(self) -> Deferred[list[tuple[str, str, str]]]:
+        return self._in_thread(_manager.list_specs, self._ksm)
+
+    def launch(self, spec_name: str, kernel_id: str) -> Deferred[KernelManager]:
+        return self._in_thread(
+            _manager.launch, self._ksm, spec_name, kernel_id, self._shutdown_timeout
+        )
+
+    def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:
+        info, pid, connection_file = _manager.connection_details(manager)
+        session = Session(
+            key=info.get("key", b""),
+            signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+            username="kernel-relay",
+        )
+        return Kernel(
+            kernel_id=kernel_id,
+            spec_name=spec_name,
+            connection_info=info,
+            session=session,
+            clock=self._reactor,
+            opener=self._opener,
+            pid=pid,
+            connection_file=connection_file,
+        )
+
+    def stop(self, manager: KernelManager) -> Deferred[None]:
+        return self._in_thread(_manager.stop, manager)
+
+    def kill(self, manager: KernelManager) -> Deferred[None]:
+        return self._in_thread(_manager.kill, manager)
+
+    def interrupt(self, manager: KernelManager) -> Deferred[None]:
+        return self._in_thread(_manager.interrupt, manager)
+
+    def restart(self, manager: KernelManager) -> Deferred[int | None]:
+        return self._in_thread(_manager.restart, manager)
+
+    def find_dead(self, watched: Sequence[Watched]) -> Deferred[list[tuple[str, int | None]]]:
+        return self._in_thread(_manager.find_dead, watched)
+
+    def close(self) -> None:
+        self._opener.close()
+
+    def _in_thread(self, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        # Looked up per call, not in __init__, so a registry can be built on a fake reactor.
+        pool = IReactorThreads(self._reactor).getThreadPool()
+        return deferToThreadPool(self._reactor, pool, function, *args)  # type: ignore[arg-type]
+
+
+def kill_quietly(processes: KernelProcesses, manager: KernelManager) -> Deferred[None]:
+    """Kill a kernel nobody waits for (a launch given up, a pooled kernel dropped): a failure is only logged."""
+    d = processes.kill(manager)
+    d.addErrback(lambda f: _log.failure("killing an abandoned kernel failed", failure=f))
+    return d
