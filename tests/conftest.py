@@ -8,6 +8,7 @@ import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -71,22 +72,40 @@ def relay_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("runtime")
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    """One relay for a test module; every kernel it started is gone when the module ends."""
-    server = Relay(relay_runtime_dir(tmp_path_factory))
-    try:
-        yield server
-    finally:
-        server.stop()
+def relay_fixture(*args: str, scope: str = "module", **keywords: Any) -> Any:
+    """
+    A fixture of a relay started with ``args`` (and :class:`Relay`'s keywords: ``token``, ``env``,
+    ``wrapper``), stopped when its ``scope`` ends.
+    """
+
+    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    def fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+        server = Relay(relay_runtime_dir(tmp_path_factory), *args, **keywords)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+    return fixture
 
 
-@pytest.fixture(scope="module")
-def kernel_id(relay: Relay) -> Iterator[str]:
-    """A python3 kernel shared by the tests of a module that do not need one of their own."""
-    kernel = relay.spawn()
-    yield kernel
-    relay.shutdown(kernel)
+def kernel_fixture(relay: str, scope: str = "module") -> Any:
+    """A fixture of a python3 kernel on the relay fixture named ``relay``, shut down when its scope ends."""
+
+    @pytest.fixture(scope=scope)  # type: ignore[call-overload]
+    def fixture(request: pytest.FixtureRequest) -> Iterator[str]:
+        server: Relay = request.getfixturevalue(relay)
+        kernel = server.spawn()
+        yield kernel
+        server.shutdown(kernel)
+
+    return fixture
+
+
+#: One relay for a test module; every kernel it started is gone when the module ends.
+relay = relay_fixture()
+#: A python3 kernel shared by the tests of a module that do not need one of their own.
+kernel_id = kernel_fixture("relay")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -114,4 +133,4 @@ def no_cyclic_gc() -> Iterator[None]:
         gc.enable()
 
 
-__all__ = ["ROOT", "Relay"]
+__all__ = ["ROOT", "Relay", "kernel_fixture", "relay_fixture"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,28 +21,18 @@ from kernel_relay.auth import (
     token_from_authorization,
 )
 from kernel_relay.tap import Options
-from tests.conftest import TWIST, Relay
+from tests.conftest import TWIST, Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
 from tests.support import ROOT, ensure_node_modules, free_port, node_available
 
 TOKEN = "s3cret-" + "x" * 30
 
 
-@pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    """A relay on loopback that requires TOKEN."""
-    server = Relay(tmp_path_factory.mktemp("runtime"), token=TOKEN)
-    try:
-        yield server
-    finally:
-        server.stop()
+#: A relay on loopback that requires TOKEN.
+secured = relay_fixture(token=TOKEN)
 
 
-@pytest.fixture(scope="module")
-def secured_kernel(secured: Relay) -> Iterator[str]:
-    kernel = secured.spawn()
-    yield kernel
-    secured.shutdown(kernel)
+secured_kernel = kernel_fixture("secured")
 
 
 # -- units ------------------------------------------------------------------------------------

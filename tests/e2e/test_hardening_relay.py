@@ -11,14 +11,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
 import requests
 import websocket
 
-from tests.conftest import Relay
+from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,27 +69,16 @@ def closed_within(connection: websocket.WebSocket, seconds: float) -> float | No
     return None
 
 
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    server = Relay(
-        tmp_path_factory.mktemp("runtime"),
-        "--max-payload",
-        str(MiB),
-        "--connect-timeout",
-        "2",
-        token=TOKEN,
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+guarded = relay_fixture(
+    "--max-payload",
+    str(MiB),
+    "--connect-timeout",
+    "2",
+    token=TOKEN,
+)
 
 
-@pytest.fixture(scope="module")
-def guarded_kernel(guarded: Relay) -> Iterator[str]:
-    kernel = guarded.spawn()
-    yield kernel
-    guarded.shutdown(kernel)
+guarded_kernel = kernel_fixture("guarded")
 
 
 def test_attachment_bomb_is_cut_off(guarded: Relay, guarded_kernel: str) -> None:
@@ -178,20 +166,14 @@ def websocket_handshake(port: int, source: str) -> socket.socket | None:
     return connection
 
 
-@pytest.fixture
-def few_fds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    """A relay that may open 1,024 files, no more (soft and hard limit)."""
-    server = Relay(
-        tmp_path_factory.mktemp("runtime"),
-        "--connect-timeout",
-        "120",
-        token=TOKEN,
-        wrapper=("prlimit", "--nofile=1024:1024", "--"),
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+#: A relay that may open 1,024 files, no more (soft and hard limit).
+few_fds = relay_fixture(
+    "--connect-timeout",
+    "120",
+    token=TOKEN,
+    wrapper=("prlimit", "--nofile=1024:1024", "--"),
+    scope="function",
+)
 
 
 @pytest.mark.parametrize("sources", [1, 8], ids=["one address", "eight addresses"])
@@ -265,18 +247,12 @@ def test_trickled_request_header_is_timed_out(guarded: Relay) -> None:
 # -- read-only viewers ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    server = Relay(
-        tmp_path_factory.mktemp("runtime"),
-        "--max-total-buffered-bytes",
-        str(64 * MiB),
-        token=TOKEN,
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+bounded = relay_fixture(
+    "--max-total-buffered-bytes",
+    str(64 * MiB),
+    token=TOKEN,
+    scope="function",
+)
 
 
 def test_non_reading_viewers_stay_within_the_overall_bound(bounded: Relay) -> None:

@@ -7,7 +7,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -15,7 +14,7 @@ import requests
 import websocket
 
 import socketio
-from tests.conftest import Relay
+from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
 
 pytestmark = pytest.mark.timeout(240)
@@ -23,28 +22,17 @@ pytestmark = pytest.mark.timeout(240)
 MAX_MESSAGE = 200_000
 
 
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    server = Relay(
-        tmp_path_factory.mktemp("runtime"),
-        "--max-kernels",
-        "2",
-        "--max-clients-per-kernel",
-        "2",
-        "--max-message-size",
-        str(MAX_MESSAGE),
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
+limited = relay_fixture(
+    "--max-kernels",
+    "2",
+    "--max-clients-per-kernel",
+    "2",
+    "--max-message-size",
+    str(MAX_MESSAGE),
+)
 
 
-@pytest.fixture(scope="module")
-def limited_kernel(limited: Relay) -> Iterator[str]:
-    kernel = limited.spawn()
-    yield kernel
-    limited.shutdown(kernel)
+limited_kernel = kernel_fixture("limited")
 
 
 def test_max_kernels(limited: Relay, limited_kernel: str) -> None:
