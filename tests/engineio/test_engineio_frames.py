@@ -1,18 +1,23 @@
-"""The WebSocket frames the relay writes itself: headers (RFC 6455 section 5.2) and per-turn batching."""
+"""
+The WebSocket frames the relay writes itself: headers (RFC 6455 section 5.2) and per-turn batching.
+
+The connections here write into memory. What websocket.py asks of Twisted's TCP connection through
+kernel_relay.twisted_internals (what it holds unsent, a send right now) is answered by the fakes below
+(see :func:`simulated_sockets`); tests/test_internals.py checks those answers on real connections.
+"""
 
 from __future__ import annotations
 
 from typing import TypeVar
 
 import pytest
+from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import tcp
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-from kernel_relay.engineio.packets import Packet, PacketType, codec_for
+from kernel_relay import twisted_internals
+from kernel_relay.engineio.packets import Binary, Packet, PacketType, codec_for
 from kernel_relay.engineio.websocket import (
     LARGE_PAYLOAD,
     QUIET_PERIOD,
@@ -20,7 +25,6 @@ from kernel_relay.engineio.websocket import (
     EngineIOWebSocketFactory,
     EngineIOWebSocketProtocol,
     WebSocketTransport,
-    _write_through,
     frame_header,
     parse_data_frame,
 )
@@ -168,9 +172,13 @@ def test_a_large_payload_is_written_alone_in_a_turn_of_its_own() -> None:
 
 
 class DrainingTransport(StringTransport):
-    """A StringTransport that, like Twisted's TCP transport, pauses its producer when full."""
+    """
+    A StringTransport that, like Twisted's TCP transport, pauses its producer when full; it shows what it
+    holds only once told (``shown``, what ``unsent_bytes`` gives: None for a transport that hides it).
+    """
 
     buffer_size = 65536
+    shown: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -190,6 +198,23 @@ class DrainingTransport(StringTransport):
         self.pending = 0
         if self.producer is not None:
             self.producer.resumeProducing()
+
+
+@pytest.fixture(autouse=True)
+def simulated_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    ``unsent_bytes`` and ``write_through`` answered by the fakes: what a DrainingTransport shows, and a
+    SocketLikeTransport's own sends; any other transport (a StringTransport) shows nothing and takes no
+    direct send, as the real functions say of it.
+    """
+
+    def write_through(transport: object, data: Binary) -> int:
+        return transport.send_at_once(data) if isinstance(transport, SocketLikeTransport) else 0
+
+    monkeypatch.setattr(
+        twisted_internals, "unsent_bytes", lambda transport: getattr(transport, "shown", None)
+    )
+    monkeypatch.setattr(twisted_internals, "write_through", write_through)
 
 
 _Transport = TypeVar("_Transport", bound=StringTransport)
@@ -300,7 +325,7 @@ def test_other_frames_are_left_to_autobahn(frame: bytes, max_payload: int) -> No
     assert parse_data_frame(frame, 0, max_payload) is None
 
 
-def test_frames_read_here_reach_the_session_in_order() -> None:
+def test_frames_read_here_reach_the_session_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """Several frames in one chunk reach the session in order; a partial one goes to Autobahn."""
     clock = Clock()
     factory = EngineIOWebSocketFactory(clock, max_payload=1000)
@@ -314,9 +339,13 @@ def test_frames_read_here_reach_the_session_in_order() -> None:
 
     connection, _ = open_connection(factory)
     connection.session = Session()  # type: ignore[assignment]
-    connection.data, connection.current_frame, connection.inside_message = b"", None, False
+    # Autobahn holds nothing of a frame (tested on a real one in tests/test_internals.py), and what is
+    # handed to it is kept here.
+    monkeypatch.setattr(twisted_internals, "websocket_reader_idle", lambda protocol: True)
     handed: list[bytes] = []
-    connection._dataReceived = handed.append  # type: ignore[method-assign]
+    monkeypatch.setattr(
+        WebSocketServerProtocol, "dataReceived", lambda protocol, data: handed.append(data)
+    )
     chunk = (
         client_frame(0x81, b"4one") + client_frame(0x82, b"\x01\x02") + client_frame(0x81, b"4x")
     )
@@ -341,33 +370,26 @@ def test_a_full_transport_counts_what_it_still_holds_not_all_it_was_given() -> N
     transport.producer.pauseProducing()
     assert connection.unsent_bytes == 4, "a transport that hides its buffer: bytes since full"
     clock.advance(0)
-    transport.dataBuffer = b"x" * 100_000  # type: ignore[attr-defined]
-    transport.offset = 30_000  # type: ignore[attr-defined]
-    transport._tempDataLen = 5_000  # type: ignore[attr-defined]
+    transport.shown = 75_000  # what Twisted's TCP connection says it holds
     connection.write_frames([frame_header(0x81, 2), b"4b"], 4)
-    assert connection.unsent_bytes == 70_000 + 5_000 + 4
+    assert connection.unsent_bytes == 75_000 + 4
 
 
-class SocketLikeTransport(DrainingTransport, tcp.Connection):
+class SocketLikeTransport(DrainingTransport):
     """
-    Passes for Twisted's TCP connection (only that one is written to directly) and behaves like it:
-    ``writeSomeData`` sends at once what the socket has room for; ``write`` buffers, as a
-    DrainingTransport does, and shows it in ``_tempDataLen``.
+    A TCP connection as twisted_internals shows it: ``send_at_once`` (``write_through``) sends what the
+    socket has room for, unless ``write`` left bytes unsent (nothing overtakes them); ``write`` buffers, as
+    a DrainingTransport does, and shows what it holds.
     """
-
-    connected = True
-    disconnecting = False
 
     def __init__(self, room: int) -> None:
         super().__init__()
         self.room = room
         self.wire = bytearray()
         self.sent_directly: list[int] = []
-        self.dataBuffer = b""
-        self.offset = 0
 
-    @property
-    def _tempDataLen(self) -> int:
+    @property  # type: ignore[override]
+    def shown(self) -> int:
         return self.pending
 
     @property
@@ -375,7 +397,9 @@ class SocketLikeTransport(DrainingTransport, tcp.Connection):
         """What ``write`` buffered and the socket has not sent yet."""
         return self.value()
 
-    def writeSomeData(self, data: memoryview) -> int:
+    def send_at_once(self, data: Binary) -> int:
+        if self.pending:
+            return 0
         taken = bytes(data[: self.room])
         self.room -= len(taken)
         self.wire += taken
@@ -433,20 +457,6 @@ def test_a_large_view_goes_to_the_socket_uncopied_right_after_what_precedes_it()
     assert len(transport.held) == STREAM_CHUNK - partial, "the rest of the second chunk, copied"
     transport.drain(room=10 * STREAM_CHUNK)
     assert bytes(transport.wire) == text + header + payload and not transport.held
-
-
-def test_a_wrapped_transport_such_as_tls_is_never_written_to_directly() -> None:
-    """
-    A protocol wrapper (TLS is one) passes unknown attributes on to the TCP connection beneath it:
-    sending there directly would bypass the wrapper (plain text on an encrypted connection).
-    """
-    beneath = SocketLikeTransport(room=1000)
-    wrapper = ProtocolWrapper(WrappingFactory(Factory()), Protocol())
-    wrapper.makeConnection(beneath)
-    assert wrapper.writeSomeData == beneath.writeSomeData, "the attribute is passed on"
-    assert _write_through(wrapper, b"secret") == 0
-    assert _write_through(beneath, b"plain") == 5
-    assert bytes(beneath.wire) == b"plain"
 
 
 @pytest.mark.parametrize("protocol", [3, 4])

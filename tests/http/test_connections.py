@@ -1,37 +1,27 @@
 """
 The site's connection bounds and request deadlines: which connections are refused or evicted, which
-requests are cut off, and (over real loopback, UNIX and TLS connections) that a closing transport is seen.
+requests are cut off, and (over real loopback, UNIX and TLS connections) that a closing connection frees
+its slot. How a closing transport is seen at all is kernel_relay.twisted_internals's, tested in
+tests/test_internals.py.
 """
 
 from __future__ import annotations
 
 import gc
-import shutil
-import tempfile
 import types
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, UNIXAddress
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import (
-    SSL4ClientEndpoint,
-    TCP4ClientEndpoint,
-    UNIXClientEndpoint,
-    connectProtocol,
-    serverFromString,
-)
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint, ITransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.internet.ssl import CertificateOptions
+from twisted.internet.interfaces import ITransport
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogEvent, capturedLogs, formatEvent
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -44,13 +34,20 @@ from kernel_relay.http.connections import (
     ConnectionBounds,
     ConnectionLimiter,
     Refusal,
-    on_connection_lost,
     peer_host,
     raise_open_file_limit,
 )
 from kernel_relay.http.guards import AuthGuard
 from kernel_relay.http.site import RelaySite
-from tests.e2e.test_tls_relay import self_signed
+from tests.test_internals import (
+    KINDS,
+    UPGRADE,
+    Client,
+    client_endpoint,
+    scratch_directory,  # noqa: F401  (the "scratch" fixture)
+    server_description,
+    until,
+)
 
 # -- in-process helpers --------------------------------------------------------------------------------
 
@@ -352,7 +349,12 @@ def test_the_connection_hook_leaves_no_reference_cycle(no_cyclic_gc: None) -> No
             o.__qualname__
             for o in gc.garbage
             if isinstance(o, types.FunctionType)
-            and o.__module__ in ("kernel_relay.tap", "kernel_relay.http.connections")
+            and o.__module__
+            in (
+                "kernel_relay.tap",
+                "kernel_relay.http.connections",
+                "kernel_relay.twisted_internals",
+            )
         ]
         assert functions == []
     finally:
@@ -512,126 +514,7 @@ def test_deadlines_take_no_timer_per_byte() -> None:
     assert len(served.clock.getDelayedCalls()) == scheduled
 
 
-# -- real connections ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def scratch() -> Iterator[Path]:
-    """A short directory (UNIX socket paths are short) holding a key and self-signed certificate."""
-    path = Path(tempfile.mkdtemp(prefix="kr-", dir="/tmp"))
-    self_signed(path)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-KINDS = ("tcp", "unix", "tls")
-
-
-def server_description(kind: str, scratch: Path) -> str:
-    key, cert = scratch / "key.pem", scratch / "cert.pem"
-    return {
-        "tcp": "tcp:0:interface=127.0.0.1",
-        "unix": f"unix:{scratch / 'relay.sock'}",
-        "tls": f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}",
-    }[kind]
-
-
-def client_endpoint(kind: str, port: IListeningPort, scratch: Path) -> IStreamClientEndpoint:
-    if kind == "unix":
-        return UNIXClientEndpoint(reactor, str(scratch / "relay.sock"))
-    number = port.getHost().port  # type: ignore[attr-defined]
-    if kind == "tls":
-        return SSL4ClientEndpoint(reactor, "127.0.0.1", number, CertificateOptions())
-    return TCP4ClientEndpoint(reactor, "127.0.0.1", number)
-
-
-class Client(Protocol):
-    """Collects what the server sends; ``closed`` fires when the connection is gone."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[None] = Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.closed.callback(None)
-
-
-async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
-    waited = 0.0
-    while not condition():
-        assert waited < timeout, "timed out waiting"
-        await deferLater(reactor, 0.01, lambda: None)
-        waited += 0.01
-
-
-class TakenOver(Protocol):
-    """What a WebSocket protocol is to the transport it took over: told when the connection is lost."""
-
-    lost = False
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.lost = True
-
-
-class Hooking(Protocol):
-    """Hooks its transport's close, then hands the transport to another protocol, as Autobahn does."""
-
-    def __init__(self, servers: list[Hooking]) -> None:
-        servers.append(self)
-        self.hooked = False
-        self.released = 0
-        self.successor = TakenOver()
-
-    def connectionMade(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        self.hooked = on_connection_lost(transport, self.release)
-        if isinstance(transport, ProtocolWrapper):  # TLS
-            transport.wrappedProtocol = self.successor
-        else:
-            transport.protocol = self.successor  # type: ignore[attr-defined]
-
-    def release(self) -> None:
-        self.released += 1
-
-
-@pytest.mark.parametrize("closer", ["client", "server"])
-@pytest.mark.parametrize("kind", KINDS)
-@pytest_twisted.ensureDeferred
-async def test_the_close_of_a_real_transport_is_seen_after_a_takeover(
-    kind: str, closer: str, scratch: Path
-) -> None:
-    """Over real TCP, UNIX and TLS connections, closed by either side, the hook fires once, after the new protocol heard of it, and then removes itself."""
-    servers: list[Hooking] = []
-    port = await serverFromString(reactor, server_description(kind, scratch)).listen(
-        Factory.forProtocol(lambda: Hooking(servers))
-    )
-    try:
-        client = Client()
-        await connectProtocol(client_endpoint(kind, port, scratch), client)
-        if kind == "tls":
-            client.transport.write(b"x")  # type: ignore[union-attr]  # completes the handshake
-        await until(lambda: servers)
-        server = servers[0]
-        transport = server.transport
-        assert server.hooked and "connectionLost" in vars(transport)
-        if closer == "client":
-            client.transport.loseConnection()  # type: ignore[union-attr]
-        else:
-            transport.abortConnection()  # type: ignore[union-attr]
-        await until(lambda: server.released)
-        await client.closed
-        await deferLater(reactor, 0.05, lambda: None)
-        assert server.released == 1
-        assert server.successor.lost
-        assert "connectionLost" not in vars(transport)
-    finally:
-        await port.stopListening()
+# -- real connections (the loopback helpers are tests/test_internals.py's) --------------------------------
 
 
 def websocket_site(limiter: ConnectionLimiter) -> RelaySite:
@@ -643,12 +526,6 @@ def websocket_site(limiter: ConnectionLimiter) -> RelaySite:
     root = Resource()
     root.putChild(b"ws", WebSocketResource(factory))
     return RelaySite(root, reactor=reactor, limiter=limiter)
-
-
-UPGRADE = (
-    b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
 
 
 @pytest.mark.parametrize("kind", ["tcp", "tls"])

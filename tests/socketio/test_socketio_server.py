@@ -712,7 +712,7 @@ def test_internal_error_closes_only_that_client(
     def broken(self: Socket, packet: Any) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(Socket, "_receive", broken)
+    monkeypatch.setattr(Socket, "receive", broken)
     victim.receive('2["x"]')
     assert victim.closed and victim.close_reason == "internal error"
     assert not bystander.closed

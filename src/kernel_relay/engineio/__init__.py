@@ -7,32 +7,40 @@ Public API: :class:`EngineIOServer` (mount ``server.resource()``), :class:`Engin
 :class:`EngineIOSession`, :class:`HandshakeInfo`, the :class:`SessionHandler` protocol that the
 ``handler_factory`` returns for each new session, :data:`Binary`, what a session sends as binary,
 :class:`OriginCheck` (what ``EngineIOOptions.origins`` takes), and the close reasons sessions report
-(:data:`SLOW_CLIENT` among them).
+(:data:`SLOW_CLIENT` among them), and :data:`PROTOCOL_QUERY_KEYS`, the handshake query parameters that
+are Engine.IO's own.
 """
 
-from kernel_relay.engineio.options import (
+from .options import (
+    PROTOCOL_QUERY_KEYS,
     AnyOrigin,
     EngineIOOptions,
     HandshakeInfo,
     OriginCheck,
     SessionHandler,
 )
-from kernel_relay.engineio.packets import Binary
-from kernel_relay.engineio.server import SESSION_EVICTED, EngineIOServer
-from kernel_relay.engineio.session import (
-    FORCED_CLOSE,
+from .packets import Binary
+from .server import SERVER_SHUTDOWN, SESSION_EVICTED, EngineIOServer
+from .session import (
+    PARSE_ERROR,
     PING_TIMEOUT,
+    SERVER_CLOSE,
     SLOW_CLIENT,
     TRANSPORT_CLOSE,
+    TRANSPORT_ERROR,
     EngineIOSession,
 )
 
 __all__ = [
-    "FORCED_CLOSE",
+    "PARSE_ERROR",
     "PING_TIMEOUT",
+    "PROTOCOL_QUERY_KEYS",
+    "SERVER_CLOSE",
+    "SERVER_SHUTDOWN",
     "SESSION_EVICTED",
     "SLOW_CLIENT",
     "TRANSPORT_CLOSE",
+    "TRANSPORT_ERROR",
     "AnyOrigin",
     "Binary",
     "EngineIOOptions",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from enum import IntEnum
 
-from kernel_relay.engineio._web import WebRequest
+from ._web import WebRequest
 
 
 class ErrorCode(IntEnum):

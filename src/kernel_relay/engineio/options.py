@@ -38,6 +38,10 @@ class AnyOrigin:
         return {}
 
 
+#: The query parameters of the Engine.IO protocol itself; the others in a handshake's query are the
+#: application's.
+PROTOCOL_QUERY_KEYS = frozenset({"EIO", "transport", "t", "sid", "b64", "j"})
+
 #: The request headers a session keeps of its handshake (lower case).
 HANDSHAKE_HEADERS = frozenset({"authorization", "origin", "user-agent"})
 

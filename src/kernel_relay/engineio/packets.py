@@ -46,9 +46,9 @@ class PacketType(IntEnum):
 
 #: The types by wire digit: indexing a tuple costs far less than calling the enum class.
 _TYPES = tuple(PacketType)
-#: ``_new_packet(Packet, (type, data))``: a Packet without ``Packet.__new__``'s check, for data that
-#: cannot fail it (text, or any data of a message), on the paths taken once per message.
-_new_packet = tuple.__new__
+#: ``new_packet_unchecked(Packet, (type, data))``: a Packet without ``Packet.__new__``'s check, for data
+#: that cannot fail it (text, or any data of a message), on the paths taken once per message.
+new_packet_unchecked = tuple.__new__
 
 #: Binary message data: ``bytes``, or on the way out a read-only view of a kernel's ZMQ frame, which is
 #: passed on without being copied into ``bytes`` first. What peers send is always ``bytes``.
@@ -128,7 +128,7 @@ def _decode_text_packet(text: str) -> Packet:
     if not ("0" <= head <= "6"):
         raise PacketDecodeError(f"unknown packet type {head!r}")
     # Text data is valid in every packet type: no need for Packet's check, once per client message.
-    return _new_packet(Packet, (_TYPES[ord(head) - 48], rest))
+    return new_packet_unchecked(Packet, (_TYPES[ord(head) - 48], rest))
 
 
 def _text_frame(packet: Packet) -> str:

@@ -19,10 +19,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
 
-from kernel_relay.engineio._web import WebRequest
-from kernel_relay.engineio.errors import ErrorCode, write_error
-from kernel_relay.engineio.packets import Packet, PacketCodec, PacketDecodeError, PacketType
-from kernel_relay.engineio.session import EngineIOSession
+from ._web import WebRequest
+from .errors import ErrorCode, write_error
+from .packets import Packet, PacketCodec, PacketDecodeError, PacketType
+from .session import EngineIOSession
 
 TEXT_PLAIN = b"text/plain; charset=UTF-8"
 BINARY_CONTENT = b"application/octet-stream"

@@ -19,23 +19,25 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from kernel_relay.engineio._web import WebRequest, web_request
-from kernel_relay.engineio.errors import ErrorCode, write_busy, write_error
-from kernel_relay.engineio.options import (
+from ._web import WebRequest, web_request
+from .errors import ErrorCode, write_busy, write_error
+from .options import (
     HANDSHAKE_HEADERS,
     EngineIOOptions,
     HandshakeInfo,
     SessionHandler,
 )
-from kernel_relay.engineio.packets import SUPPORTED_PROTOCOLS, codec_for
-from kernel_relay.engineio.polling import PollingTransport
-from kernel_relay.engineio.session import SLOW_CLIENT, EngineIOSession, Transport
-from kernel_relay.engineio.websocket import EngineIOWebSocketFactory, WebSocketTransport
+from .packets import SUPPORTED_PROTOCOLS, codec_for
+from .polling import PollingTransport
+from .session import SERVER_CLOSE, SLOW_CLIENT, EngineIOSession, Transport
+from .websocket import EngineIOWebSocketFactory, WebSocketTransport
 
 HandlerFactory = Callable[[EngineIOSession], SessionHandler]
 
 #: The close reason of a session let go to make room for a new one (``max_sessions``).
 SESSION_EVICTED = "server full"
+#: The close reason :meth:`EngineIOServer.close_all` gives when it is given none.
+SERVER_SHUTDOWN = "server shutting down"
 #: Seconds between two log lines about refused handshakes from one address.
 REFUSAL_LOG_INTERVAL = 10.0
 
@@ -169,6 +171,11 @@ class EngineIOServer:
         return self._options
 
     @property
+    def reactor(self) -> IReactorTime:
+        """The reactor that runs the server's timers (and its WebSocket connections' writes)."""
+        return self._reactor
+
+    @property
     def sessions(self) -> Mapping[str, EngineIOSession]:
         """The open sessions by sid (a snapshot)."""
         return MappingProxyType({sid: s for sid, s in self._known.items() if not s.closed})
@@ -179,7 +186,7 @@ class EngineIOServer:
             self._resource = EngineIOResource(self)
         return self._resource
 
-    def close_all(self, reason: str = "server shutting down") -> None:
+    def close_all(self, reason: str = SERVER_SHUTDOWN) -> None:
         """Close every open session, e.g. on shutdown; waiting polls get their close packet."""
         for session in list(self._known.values()):
             session.close(reason)
@@ -269,7 +276,7 @@ class EngineIOServer:
             handler = self._handler_factory(session)
         except Exception:
             self.log.failure("handler factory failed for session {sid}", sid=session.sid)
-            session.close("server close")
+            session.close(SERVER_CLOSE)
             return
         if not session.closed:
             session.attach_handler(handler)
@@ -342,7 +349,7 @@ class EngineIOResource(Resource):
         self._ws_factory: EngineIOWebSocketFactory | None = None
         self._ws_resource: WebSocketResource | None = None
         if "websocket" in options.transports:
-            self._ws_factory = EngineIOWebSocketFactory(server._reactor, options.max_payload)
+            self._ws_factory = EngineIOWebSocketFactory(server.reactor, options.max_payload)
             self._ws_resource = WebSocketResource(self._ws_factory)  # type: ignore[no-untyped-call]
 
     def render(self, request: IRequest) -> bytes | int:

@@ -23,15 +23,14 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from kernel_relay.engineio.options import EngineIOOptions, HandshakeInfo, SessionHandler
-from kernel_relay.engineio.packets import Binary, Packet, PacketType, _new_packet
+from .options import EngineIOOptions, HandshakeInfo, SessionHandler
+from .packets import Binary, Packet, PacketType, new_packet_unchecked
 
-# Reasons given to SessionHandler.session_closed.
+# Reasons given to SessionHandler.session_closed (the server gives two more: see .server).
 TRANSPORT_CLOSE = "transport close"
 TRANSPORT_ERROR = "transport error"
 PING_TIMEOUT = "ping timeout"
 SERVER_CLOSE = "server close"
-FORCED_CLOSE = "forced close"
 PARSE_ERROR = "parse error"
 SLOW_CLIENT = "slow client"
 
@@ -241,7 +240,7 @@ class EngineIOSession:
             kind = type(data)
             if kind is not str and kind is not bytes:
                 data = _binary(data)
-            self._queue(_new_packet(Packet, (_MESSAGE, data)))
+            self._queue(new_packet_unchecked(Packet, (_MESSAGE, data)))
         self._flush()
         limit = self._options.max_buffered_bytes
         report = self.on_buffered

@@ -18,14 +18,15 @@ of the Python work per frame.
 Writes are batched per reactor turn: frames queued while handling a turn's events (a burst of kernel
 messages, a broadcast to every client) leave at the start of the next turn, in one write per
 connection, through one delayed call shared by all connections (:class:`WriteBatcher`). When Twisted
-holds nothing unsent for the connection, a write goes to the socket at once (:func:`_write_through`):
-no turn of waiting for writability, and no copy of a ``memoryview``. What the socket does not take goes
-through Twisted's ``write``. A payload of :data:`LARGE_PAYLOAD` bytes or more is written on its own,
-right after what precedes it if that all went out, else a turn later: Twisted hands a lone ``bytes`` to
-the socket as it is, but joins (copies) several. A large payload that is a ``memoryview`` (a kernel's
-ZMQ frame, never copied into ``bytes``) is streamed in pieces of :data:`STREAM_CHUNK` bytes, each sent
-from the kernel's own memory while the socket takes it; once the socket is full, the rest of a piece
-is copied for Twisted and the next waits until Twisted's buffer has drained.
+holds nothing unsent for the connection, a write goes to the socket at once
+(:func:`~kernel_relay.twisted_internals.write_through`): no turn of waiting for writability, and no copy
+of a ``memoryview``. What the socket does not take goes through Twisted's ``write``. A payload of
+:data:`LARGE_PAYLOAD` bytes or more is written on its own, right after what precedes it if that all went
+out, else a turn later: Twisted hands a lone ``bytes`` to the socket as it is, but joins (copies)
+several. A large payload that is a ``memoryview`` (a kernel's ZMQ frame, never copied into ``bytes``) is
+streamed in pieces of :data:`STREAM_CHUNK` bytes, each sent from the kernel's own memory while the socket
+takes it; once the socket is full, the rest of a piece is copied for Twisted and the next waits until
+Twisted's buffer has drained.
 
 Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
 Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
@@ -33,6 +34,10 @@ drained. While paused, what the transport still holds plus what is queued here i
 :attr:`WebSocketTransport.buffered_bytes`, which the session compares with ``max_buffered_bytes`` to
 drop slow clients. A client that reads, only a little slower than the kernel writes, keeps the buffer
 from ever draining completely but its backlog small, so it is not dropped.
+
+What this takes from Twisted's TCP connection and from Autobahn beyond their interfaces (the bytes Twisted
+holds, a send right now, the producer, Autobahn's state and frame reader) it takes through
+:mod:`kernel_relay.twisted_internals`, and nowhere else.
 """
 
 from __future__ import annotations
@@ -42,24 +47,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
-from twisted.internet import tcp
 from twisted.internet.interfaces import IAddress, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from kernel_relay.engineio.packets import (
-    Binary,
-    Packet,
-    PacketCodec,
-    PacketDecodeError,
-    codec_for,
-    text_frame_parts,
-)
-from kernel_relay.engineio.session import TRANSPORT_CLOSE, TRANSPORT_ERROR, EngineIOSession
-
-# Close codes by which Autobahn fails a connection for a protocol fault of the peer.
-_PEER_FAULT_CODES = frozenset({1002, 1003, 1007, 1009})
+from .. import twisted_internals as internals
+from .packets import Binary, Packet, PacketCodec, PacketDecodeError, codec_for, text_frame_parts
+from .session import TRANSPORT_CLOSE, TRANSPORT_ERROR, EngineIOSession
 
 # First header byte of a final (unfragmented) text or binary frame.
 _FINAL_TEXT = 0x81
@@ -252,48 +246,6 @@ class WriteBatcher:
                 self._log.failure("writing WebSocket frames failed")
 
 
-def _held_by(transport: Any) -> int | None:
-    """
-    The bytes a Twisted TCP transport (or the TCP transport under TLS) holds unsent, from its
-    buffer's attributes, or None for a transport without them.
-    """
-    for candidate in (transport, getattr(transport, "transport", None)):
-        buffer = getattr(candidate, "dataBuffer", None)
-        offset = getattr(candidate, "offset", None)
-        pending = getattr(candidate, "_tempDataLen", None)
-        if isinstance(buffer, bytes | memoryview) and type(offset) is int and type(pending) is int:
-            return len(buffer) - offset + pending
-    return None
-
-
-def _write_through(transport: Any, data: Binary) -> int:
-    """
-    Send ``data`` on a TCP connection's socket at once, as far as the socket takes it, when Twisted holds
-    nothing unsent for it (so nothing is overtaken); returns the bytes sent, 0 for any other transport
-    (TLS included).
-
-    Twisted's ``write`` only buffers: the bytes leave a reactor turn later, after a poll for
-    writability, which adds to the latency of every reply; and it takes only ``bytes``, so a kernel's
-    large buffer (a ``memoryview``) would first be copied. Whatever the socket does not take goes
-    through ``write`` as usual, and with it Twisted's back-pressure.
-    """
-    # Only Twisted's own TCP connection: a wrapper such as TLS passes unknown attributes on to the
-    # transport beneath it, whose writeSomeData would put plain text on an encrypted connection.
-    if not isinstance(transport, tcp.Connection) or not transport.connected:
-        return 0
-    if transport.disconnecting or _held_by(transport) != 0:
-        return 0
-    view = memoryview(data)
-    total = 0
-    while total < len(view):
-        # Annotated as taking bytes, it takes any buffer (it sends a memoryview of it).
-        sent = transport.writeSomeData(view[total:])  # type: ignore[arg-type]
-        if type(sent) is not int or sent <= 0:
-            break  # would block, or the connection is lost: Twisted finds out by itself
-        total += sent
-    return total
-
-
 @implementer(IPushProducer)
 class _WritePressure:
     """
@@ -350,7 +302,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     @property
     def accepts_frames(self) -> bool:
-        return bool(self.state == WebSocketProtocol.STATE_OPEN)
+        return internals.websocket_open(self)
 
     @property
     def unsent_bytes(self) -> int:
@@ -361,7 +313,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """
         if not self._pressure.paused:
             return self._queued_bytes
-        held = _held_by(self.transport)
+        held = internals.unsent_bytes(self.transport)
         if held is None:
             held = self._pressure.unsent
         return held + self._queued_bytes
@@ -377,7 +329,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         write, if open, or write them at once after a quiet moment (:meth:`WriteBatcher.frames_handed`);
         ``large`` when a part has at least :data:`LARGE_PAYLOAD` bytes (those always wait for the turn).
         """
-        if not parts or self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+        if not parts or self.transport is None or not internals.websocket_open(self):
             return
         idle = not self._queued and self._stream is None
         quiet = self._batcher.frames_handed()
@@ -395,7 +347,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         (unless ``everything``); dropped if the connection closed. Nothing is written while a large
         payload is being streamed, unless ``everything``: then its rest is written at once.
         """
-        if self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+        if self.transport is None or not internals.websocket_open(self):
             self._queued, self._queued_bytes, self._queued_large = [], 0, False
             self._stream = None
             return
@@ -432,7 +384,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         transport = self.transport
         if transport is None:
             return False
-        sent = _write_through(transport, data)
+        sent = internals.write_through(transport, data)
         if sent == len(data):
             return True
         rest = bytes(data[sent:]) if sent or type(data) is not bytes else data
@@ -447,7 +399,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if view is None:
             return
         while not self._pressure.paused:
-            if self.transport is None or self.state != WebSocketProtocol.STATE_OPEN:
+            if self.transport is None or not internals.websocket_open(self):
                 self._stream = None
                 return
             start = self._streamed
@@ -464,24 +416,21 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def lose(self) -> None:
         """Close politely if the connection is open and keeps up, else drop it."""
         self.write_queued(everything=True)
-        if self.state == WebSocketProtocol.STATE_OPEN and not self._pressure.paused:
+        if internals.websocket_open(self) and not self._pressure.paused:
             self.sendClose(1000)
-        elif self.state != WebSocketProtocol.STATE_CLOSED and self.transport is not None:
+        elif not internals.websocket_closed(self) and self.transport is not None:
             # A close frame would wait behind everything the peer does not read: cut it off.
-            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
-            abort()
+            internals.abort_connection(self.transport)
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        transport: Any = self.transport
+        transport = self.transport
         if transport is None:
             return
         # twisted.web's HTTP channel registered itself as the producer before the connection was
         # handed over to us; take its place to hear about a full write buffer.
         try:
-            if getattr(transport, "producer", None) is not None:
-                transport.unregisterProducer()
-            transport.registerProducer(self._pressure, True)
+            internals.replace_producer(transport, self._pressure)
         except Exception:
             self._log.failure("registering the WebSocket write-pressure producer failed")
 
@@ -515,9 +464,10 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes) -> None:
         """Read whole data frames here while Autobahn has nothing buffered; it reads the rest."""
         offset = 0
-        if self._autobahn_idle():
+        if internals.websocket_reader_idle(self):
             max_payload = self.factory.max_payload
-            while offset < len(data) and self.state == WebSocketProtocol.STATE_OPEN:
+            is_open = internals.websocket_open  # looked up once: it is asked after every frame
+            while offset < len(data) and is_open(self):
                 parsed = parse_data_frame(data, offset, max_payload)
                 if parsed is None:
                     break
@@ -526,15 +476,6 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             if offset == len(data):
                 return
         super().dataReceived(data[offset:] if offset else data)
-
-    def _autobahn_idle(self) -> bool:
-        # Autobahn's own reading state (its attributes; a version without them reads everything).
-        return (
-            self.state == WebSocketProtocol.STATE_OPEN
-            and getattr(self, "data", None) == b""
-            and getattr(self, "current_frame", True) is None
-            and getattr(self, "inside_message", True) is False
-        )
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """A message Autobahn read (see :meth:`dataReceived`)."""
@@ -567,8 +508,7 @@ class EngineIOWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         session, self.session = self.session, None
         if session is None:
             return
-        local_code = getattr(self, "localCloseCode", None)
-        fault = local_code in _PEER_FAULT_CODES
+        fault = internals.failed_for_peer_fault(self)
         session.transport_lost(self._adapter, TRANSPORT_ERROR if fault else TRANSPORT_CLOSE)
 
 

@@ -21,8 +21,8 @@ descriptor, and the relay can then no longer spawn a kernel or accept anyone.
 This module knows transports (TCP, TLS, UNIX sockets), peer addresses and HTTP/1.1 request framing. It must
 not know tokens, kernels, Engine.IO or socket.io, nor import the rest of the relay: what makes a connection
 trusted is its callers' decision. It takes its clock as an argument and never imports the global reactor.
-Its one use of Twisted internals, how a transport learns it closed, is confined to
-:func:`on_connection_lost` (its tests fail if a Twisted release changes it).
+What it needs of Twisted's transports beyond their interfaces (the moment a transport closes, whether it is
+closing) it has from :mod:`kernel_relay.twisted_internals`, whose tests fail if a Twisted release changes it.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
+
+from ..twisted_internals import abort_connection, closing, hook_connection_lost
 
 log = Logger()
 
@@ -141,46 +143,6 @@ def peer_host(address: IAddress | None) -> str:
         return UNIX_HOST
     host = getattr(address, "host", None)
     return host if isinstance(host, str) and host else UNKNOWN_HOST
-
-
-def on_connection_lost(transport: object, callback: Callable[[], None]) -> bool:
-    """
-    Call ``callback()`` once ``transport`` has lost its connection; False if it cannot tell.
-
-    The transport, not its protocol, is hooked: Autobahn's WebSocketResource replaces the protocol of the
-    transport it takes over, so the HTTP channel never hears the connection close. This is the module's one
-    use of Twisted internals: the reactor calls a TCP or UNIX server transport's ``connectionLost``, and a
-    TCP transport calls its TLS protocol's (``TLSMemoryBIOProtocol``, the transport of a TLS connection),
-    through an attribute lookup, so an instance attribute that wraps it is called instead. The wrapper
-    removes itself when called: it refers to the transport, and the reference cycle must not outlive the
-    connection.
-    """
-    hooked = getattr(transport, "connectionLost", None)
-    if not callable(hooked):
-        return False
-    original: Callable[[Failure], object] = hooked
-
-    def lost(reason: Failure) -> None:
-        # (Recognized by what it wraps: naming itself here would be a cycle of its own.)
-        if getattr(vars(transport).get("connectionLost"), "__wrapped__", None) is original:
-            del transport.connectionLost  # type: ignore[attr-defined]
-        try:
-            original(reason)
-        finally:
-            callback()
-
-    lost.__wrapped__ = original  # type: ignore[attr-defined]
-    try:
-        transport.connectionLost = lost  # type: ignore[attr-defined]
-    except (AttributeError, TypeError):
-        return False
-    return True
-
-
-def abort(transport: ITransport) -> None:
-    """Drop ``transport``'s connection at once (close it, if it cannot be aborted)."""
-    method = getattr(transport, "abortConnection", None) or transport.loseConnection
-    method()
 
 
 class ConnectionEvents:
@@ -309,7 +271,7 @@ class ConnectionLimiter:
     def connected(self, transport: ITransport, host: str) -> None:
         """Count ``transport``'s connection (just admitted) against ``host`` until it closes."""
         key = id(transport)
-        if not on_connection_lost(transport, lambda: self._release(key)):
+        if not hook_connection_lost(transport, lambda: self._release(key)):
             log.warn(
                 "Cannot tell when a {transport} closes: its connection is not counted",
                 transport=type(transport).__name__,
@@ -345,7 +307,7 @@ class ConnectionLimiter:
             age=self._clock.seconds() - connection.since,
             limit=self.bounds.max_connections,
         )
-        abort(connection.transport)
+        abort_connection(connection.transport)
 
     def _refused(self, host: str, reason: str, held: int) -> None:
         self.events.report(
@@ -365,7 +327,7 @@ class Refusal(Protocol):
     """
 
     def makeConnection(self, transport: ITransport) -> None:
-        abort(transport)
+        abort_connection(transport)
 
 
 class _Phase(Enum):
@@ -473,7 +435,7 @@ class RequestDeadlineChannel(HTTPChannel):
             phase=phase.value,
             limit=limit,
         )
-        if not getattr(transport, "disconnecting", False):  # nothing answered it yet
+        if not closing(transport):  # nothing answered it yet
             transport.write(_request_timeout_answer(phase.value, limit))
             self.loseConnection()  # type: ignore[no-untyped-call]
         self._deadline = self.callLater(ABORT_GRACE, self._abort)  # type: ignore[no-untyped-call]
@@ -481,7 +443,7 @@ class RequestDeadlineChannel(HTTPChannel):
     def _abort(self) -> None:
         self._deadline = None
         if self.transport is not None:
-            abort(self.transport)
+            abort_connection(self.transport)
 
 
 def _request_timeout_answer(phase: str, limit: float) -> bytes:

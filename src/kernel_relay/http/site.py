@@ -16,11 +16,16 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport, ITransport
 from twisted.logger import Logger
 from twisted.web import http
-from twisted.web.http import _GenericHTTPChannelProtocol
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from ..twisted_internals import (
+    HTTPChannelProtocol,
+    fail_at_start,
+    negotiating_http_protocol,
+    set_send_limit,
+)
 from .connections import (
     BODY_TIMEOUT,
     HEADER_TIMEOUT,
@@ -206,17 +211,17 @@ class RelaySite(Site):
         # Timeouts are reported through the limiter's events; without one, only logged.
         self._events = ConnectionEvents(self.reactor)
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:
+    def protocol(self) -> HTTPChannelProtocol:
         events = self.limiter.events if self.limiter is not None else self._events
-        return _GenericHTTPChannelProtocol(
+        return negotiating_http_protocol(
             RequestDeadlineChannel(self.header_timeout, self.body_timeout, events)
         )
 
-    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> HTTPChannelProtocol | None:
         limiter = self.limiter
         host = peer_host(addr)
         if limiter is not None and not limiter.admit(host):
-            return cast(_GenericHTTPChannelProtocol, Refusal())
+            return cast(HTTPChannelProtocol, Refusal())
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None
@@ -226,11 +231,10 @@ class RelaySite(Site):
             # Called once. Drop this wrapper from the protocol: it refers to the protocol, and the
             # reference cycle would keep every closed connection in memory until a cyclic collection.
             del protocol.makeConnection
-            # Twisted hands a TCP socket at most SEND_LIMIT (128 KiB) per write and waits a reactor
-            # turn for the next: a 10 MB kernel output took 80 turns. 1 MiB sends it about 6 times
-            # faster on loopback, and each send still only copies what the socket buffer takes.
-            if hasattr(transport, "SEND_LIMIT"):
-                transport.SEND_LIMIT = SEND_LIMIT
+            # Twisted hands a TCP socket at most 128 KiB per write and waits a reactor turn for the
+            # next: a 10 MB kernel output took 80 turns. 1 MiB sends it about 6 times faster on
+            # loopback, and each send still only copies what the socket buffer takes.
+            set_send_limit(transport, SEND_LIMIT)
             # Replies and kernel output are small writes that must not wait on Nagle's algorithm.
             if ITCPTransport.providedBy(transport):
                 transport.setTcpNoDelay(True)
@@ -240,7 +244,7 @@ class RelaySite(Site):
             make_connection(transport)
 
         protocol.makeConnection = with_larger_writes  # type: ignore[method-assign]
-        return cast(_GenericHTTPChannelProtocol, protocol)
+        return cast(HTTPChannelProtocol, protocol)
 
     def log(self, request: http.Request) -> None:
         if self.logPath is not None:
@@ -256,7 +260,7 @@ class Listener(StreamServerEndpointService):
     def __init__(self, description: str, endpoint: Any, factory: Site) -> None:
         super().__init__(endpoint, factory)
         self._description = description
-        self._raiseSynchronously = True
+        fail_at_start(self)
 
     def privilegedStartService(self) -> None:
         try:

@@ -38,9 +38,10 @@ API summary:
   CONNECT reply. Event handlers ``(socket, *args)``: the result becomes the ack (None → no args,
   tuple → its items, else one arg); exceptions are logged and no ack is sent. Disconnect handlers
   ``(socket, reason)``.
-- :class:`Namespace`: ``.name``, ``.params`` (the pattern's named groups), ``.group``, ``.sockets``,
-  ``.emit(event, *args)`` (encoded once for all sockets), ``.disconnect_all(reason)``. Pattern
-  namespaces exist while someone is joined (or joining); exact ones for the server's lifetime.
+- :class:`Namespace` (a server's are ``Namespace[Socket]``): ``.name``, ``.params`` (the pattern's named
+  groups), ``.group``, ``.sockets``, ``.emit(event, *args)`` (encoded once for all sockets),
+  ``.disconnect_all(reason)``. Pattern namespaces exist while someone is joined (or joining); exact ones
+  for the server's lifetime.
 - :class:`Socket`: ``.id``, ``.namespace``, ``.client``, ``.auth``, ``.connected``, ``.emit(...)``,
   ``.call(event, *args, timeout=None) -> Deferred[list]`` (fails with :class:`AckTimeout` or
   :class:`Disconnected`), ``.disconnect(reason)``, ``.send_encoded(encode_event(namespace, event,
@@ -48,10 +49,11 @@ API summary:
 - :class:`Client`: one per Engine.IO session, shared by its sockets: ``.sid``, ``.handshake``,
   ``.sockets``, ``.close()``.
 
-Disconnect reasons: ``"client namespace disconnect"``, ``"server namespace disconnect"``, the reason
-given to ``disconnect_all``/``close``, or the Engine.IO close reason (``"transport close"``,
-``"ping timeout"``, ...), ``"parse error"`` after a malformed packet, ``"connect timeout"``,
-``"invalid state"`` (protocol violation), ``"internal error"`` (a bug of ours, logged).
+Disconnect reasons (constants in :mod:`.interfaces`): ``"client namespace disconnect"``, ``"server
+namespace disconnect"``, the reason given to ``disconnect_all``/``close`` (``Client.close()``'s default is
+``"forced server close"``), or the Engine.IO close reason (``"transport close"``, ``"ping timeout"``,
+...), ``"parse error"`` after a malformed packet, ``"connect timeout"``, ``"invalid state"`` (protocol
+violation), ``"internal error"`` (a bug of ours, logged).
 
 :class:`RawJSON` (a ``str`` of already-encoded JSON) may appear anywhere in emitted arguments or
 ack results; it is written into the packet verbatim (see :mod:`.packet`).
@@ -63,9 +65,10 @@ server-side disconnect and spares the client's other namespaces).
 """
 
 from ..jsontext import RawJSON
-from .client import Client, EncodedPacket, Socket, encode_event
+from .client import Client, Socket
 from .errors import AckTimeout, ConnectionRefused, Disconnected
 from .namespace import Namespace, NamespaceGroup
+from .packet import EncodedPacket, encode_event
 from .server import SocketIOServer
 
 __all__ = [

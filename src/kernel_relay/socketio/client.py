@@ -23,30 +23,39 @@ import secrets
 from collections.abc import Callable
 from enum import Enum
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import Any, Final
 
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..engineio import PARSE_ERROR, PROTOCOL_QUERY_KEYS, HandshakeInfo
 from .errors import AckTimeout, ConnectionRefused, Disconnected
+from .interfaces import (
+    CLIENT_DISCONNECT,
+    CONNECT_TIMEOUT,
+    CONNECTION_REFUSED,
+    FORCED_CLOSE,
+    INTERNAL_ERROR,
+    INVALID_STATE,
+    SERVER_DISCONNECT,
+    ClientHost,
+    EngineSession,
+)
+from .namespace import Namespace
 from .packet import (
     MAX_ACK_ID,
-    RESERVED_EVENTS,
+    EncodedPacket,
     Packet,
     PacketDecoder,
     PacketError,
     PacketType,
     ascii_packet,
+    check_event_name,
     encode_packet,
     split_namespace_query,
 )
-
-if TYPE_CHECKING:
-    from ..engineio import Binary, HandshakeInfo
-    from .namespace import Namespace
-    from .server import SocketIOServer
 
 log = Logger()
 
@@ -59,50 +68,6 @@ MAX_QUEUED_BEFORE_CONNECT: Final = 1000
 #: ConnectionRefused.
 GENERIC_REFUSAL: Final = "Internal server error"
 
-CLIENT_DISCONNECT: Final = "client namespace disconnect"
-SERVER_DISCONNECT: Final = "server namespace disconnect"
-PARSE_ERROR: Final = "parse error"
-INVALID_STATE: Final = "invalid state"
-CONNECT_TIMEOUT: Final = "connect timeout"
-FORCED_CLOSE: Final = "forced server close"
-INTERNAL_ERROR: Final = "internal error"
-
-#: Query parameters of the Engine.IO handshake that are not part of a protocol 4 client's ``auth``.
-ENGINEIO_QUERY_KEYS: Final = frozenset({"EIO", "transport", "t", "sid", "b64", "j"})
-
-
-class EngineSession(Protocol):
-    """What the socket.io layer needs of an Engine.IO session (``EngineIOSession`` provides it)."""
-
-    @property
-    def sid(self) -> str: ...
-
-    @property
-    def handshake(self) -> HandshakeInfo: ...
-
-    @property
-    def closed(self) -> bool: ...
-
-    @property
-    def buffered_bytes(self) -> int: ...
-
-    def send(self, *messages: str | Binary) -> None: ...
-
-    def close(self, reason: str = ...) -> None: ...
-
-    def vouch(self) -> None:
-        """The application accepted this session (it joined a namespace): spare its connection under load."""
-
-
-#: A packet as encoded for sending: its text message, then its attachments.
-EncodedPacket = list["str | Binary"]
-
-
-def encode_event(namespace: str, event: str, *args: Any) -> EncodedPacket:
-    """An event packet for ``namespace``, encoded once, for :meth:`Socket.send_encoded`."""
-    _check_event_name(event)
-    return encode_packet(Packet(PacketType.EVENT, namespace, [event, *args]))
-
 
 def ack_arguments(result: Any) -> list[Any]:
     """An event handler's result as ack arguments: None → none, a tuple → its items, else one."""
@@ -111,13 +76,6 @@ def ack_arguments(result: Any) -> list[Any]:
     if isinstance(result, tuple):
         return list(result)
     return [result]
-
-
-def _check_event_name(event: str) -> None:
-    if not isinstance(event, str):
-        raise TypeError(f"event names are strings, not {type(event).__name__}")
-    if event in RESERVED_EVENTS:
-        raise ValueError(f"{event!r} is a reserved event name")
 
 
 class _State(Enum):
@@ -140,14 +98,14 @@ class Socket:
     """
 
     def __init__(
-        self, client: Client, namespace: Namespace, auth: Any, socket_id: str | None = None
+        self, client: Client, namespace: Namespace[Socket], auth: Any, socket_id: str | None = None
     ) -> None:
         self.id: str = socket_id if socket_id is not None else secrets.token_urlsafe(15)
         self.namespace = namespace
         self.client = client
         self.auth = auth
         self._state = _State.CONNECTING
-        self._outbox: list[list[str | Binary]] = []
+        self._outbox: list[EncodedPacket] = []
         self._inbox: list[Packet] = []
         self._inbox_bytes = 0
         self._next_ack_id = 0
@@ -160,10 +118,17 @@ class Socket:
     def connected(self) -> bool:
         return self._state is _State.CONNECTED
 
+    @property
+    def connecting(self) -> bool:
+        """Do its connect handlers still run (neither connected yet nor gone)?"""
+        return self._state is _State.CONNECTING
+
     def emit(self, event: str, *args: Any) -> None:
         """Send an event to this client; bytes anywhere in ``args`` travel as binary attachments."""
-        _check_event_name(event)
-        self._send(encode_packet(Packet(PacketType.EVENT, self.namespace.name, [event, *args])))
+        check_event_name(event)
+        self.send_encoded(
+            encode_packet(Packet(PacketType.EVENT, self.namespace.name, [event, *args]))
+        )
 
     def call(self, event: str, *args: Any, timeout: float | None = None) -> Deferred[list[Any]]:
         """
@@ -172,7 +137,7 @@ class Socket:
         It fails with :class:`AckTimeout` after ``timeout`` seconds without an ack, and with
         :class:`Disconnected` if the socket goes away first. Cancelling it forgets the ack.
         """
-        _check_event_name(event)
+        check_event_name(event)
         if self._state is _State.DISCONNECTED:
             return fail(Disconnected(f"socket {self.id} is disconnected"))
         ack_id = self._next_ack_id
@@ -191,7 +156,7 @@ class Socket:
         if timeout is not None:
             timer = self.client.reactor.callLater(timeout, self._ack_timed_out, ack_id, timeout)
         self._acks[ack_id] = (waiting, timer)
-        self._send(encoded)
+        self.send_encoded(encoded)
         return waiting
 
     def disconnect(self, reason: str = SERVER_DISCONNECT) -> None:
@@ -203,38 +168,38 @@ class Socket:
 
     def send_encoded(self, encoded: EncodedPacket) -> None:
         """
-        Send a packet made by :func:`encode_event` for this socket's namespace: one encoding serves every
-        socket that sends it (as :meth:`Namespace.emit` does for all of its sockets).
+        Send a packet made by :func:`~.packet.encode_event` for this socket's namespace: one encoding serves
+        every socket that sends it (as :meth:`Namespace.emit` does for all of its sockets). Held until the
+        CONNECT reply while connecting, dropped once disconnected.
         """
-        self._send(encoded)
-
-    # -- used by Client and Namespace ------------------------------------------------------------
-
-    def _send(self, encoded: list[str | Binary]) -> None:
         if self._state is _CONNECTED:
-            self.client._send(encoded)
+            self.client.send_encoded(encoded)
         elif self._state is _State.CONNECTING:
             self._outbox.append(encoded)
         else:
             log.debug("emit on disconnected socket {socket} dropped", socket=self.id)
 
-    def _accepted(self) -> None:
+    # -- called by its Client --------------------------------------------------------------------
+
+    def accept(self) -> None:
         """Every connect handler said yes: reply CONNECT, then deliver what waited for it."""
         self._state = _State.CONNECTED
-        self.namespace._joined(self)
+        self.namespace.joined(self)
         reply = None if self.client.legacy else {"sid": self.id}
-        self.client._send(encode_packet(Packet(PacketType.CONNECT, self.namespace.name, reply)))
+        self.client.send_encoded(
+            encode_packet(Packet(PacketType.CONNECT, self.namespace.name, reply))
+        )
         outbox, self._outbox = self._outbox, []
         for encoded in outbox:
-            self._send(encoded)
+            self.send_encoded(encoded)
         inbox, self._inbox = self._inbox, []
         self._inbox_bytes = 0
         for packet in inbox:
             if not self.connected:
                 break
-            self._receive(packet)
+            self.receive(packet)
 
-    def _receive(self, packet: Packet) -> None:
+    def receive(self, packet: Packet) -> None:
         """Handle a packet for this namespace from the client (queued while connecting)."""
         if self._state is _State.CONNECTING:
             if packet.type is PacketType.DISCONNECT:
@@ -250,6 +215,15 @@ class Socket:
             self._ack(packet)
         elif packet.type is PacketType.DISCONNECT:
             self._terminate(CLIENT_DISCONNECT, tell_client=False)
+
+    def drop(self, reason: str) -> None:
+        """
+        Leave the namespace without a word to the client: its session closed, or a connect handler
+        refused it (the client gets the refusal instead). Disconnect handlers run if it was connected.
+        """
+        self._terminate(reason, tell_client=False)
+
+    # -- internals -------------------------------------------------------------------------------
 
     def _hold(self, packet: Packet) -> None:
         """Queue a packet until the connect handlers are done, within the bounds for untrusted input."""
@@ -273,16 +247,17 @@ class Socket:
     def _event(self, packet: Packet) -> None:
         event, *args = packet.data
         group = self.namespace.group
-        handler = group._event_handler(event)
+        handler = group.event_handler(event)
         if handler is None:
-            if group._other_events is None:
+            handler = group.other_events_handler
+            if handler is None:
                 log.debug(
                     "No handler for event {event!r} on {namespace}",
                     event=event,
                     namespace=self.namespace.name,
                 )
                 return
-            handler, args = group._other_events, [event, *args]
+            args = [event, *args]
         try:
             result = handler(self, *args)
             if not isinstance(result, Deferred | Failure | CoroutineType):
@@ -303,7 +278,7 @@ class Socket:
         if not self.connected:
             return
         packet = Packet(PacketType.ACK, self.namespace.name, ack_arguments(value), ack_id)
-        self._send(encode_packet(packet))
+        self.send_encoded(encode_packet(packet))
 
     def _handler_failed(self, failure: Failure | None, event: str) -> None:
         """Log a handler's failure (``None``: the exception being handled)."""
@@ -341,18 +316,20 @@ class Socket:
         self._inbox_bytes = 0
         if tell_client:
             if state is _State.CONNECTED:
-                self.client._send(encode_packet(Packet(PacketType.DISCONNECT, self.namespace.name)))
+                self.client.send_encoded(
+                    encode_packet(Packet(PacketType.DISCONNECT, self.namespace.name))
+                )
             else:
-                self.client._refuse(self.namespace.name, {"message": "Connection refused"})
-        self.client._forget(self)
-        self.namespace._left(self, was_connected=state is _State.CONNECTED)
+                self.client.refuse(self.namespace.name, {"message": "Connection refused"})
+        self.client.forget(self)
+        self.namespace.left(self, was_connected=state is _State.CONNECTED)
         acks, self._acks = self._acks, {}
         for waiting, timer in acks.values():
             if timer is not None and timer.active():
                 timer.cancel()
             waiting.errback(Disconnected(reason))
         if state is _State.CONNECTED:
-            for handler in list(self.namespace.group._disconnect_handlers):
+            for handler in self.namespace.group.disconnect_handlers:
                 try:
                     handler(self, reason)
                 except Exception:
@@ -371,7 +348,7 @@ class Client:
 
     def __init__(
         self,
-        server: SocketIOServer,
+        server: ClientHost[Namespace[Socket], Client],
         session: EngineSession,
         reactor: IReactorTime,
         connect_timeout: float,
@@ -417,7 +394,7 @@ class Client:
         """
         if self.legacy and not self._closed and self._server.serves_main_namespace:
             query = self.handshake.query
-            auth = {key: value for key, value in query.items() if key not in ENGINEIO_QUERY_KEYS}
+            auth = {key: value for key, value in query.items() if key not in PROTOCOL_QUERY_KEYS}
             self._join("/", auth)
 
     def close(self, reason: str = FORCED_CLOSE) -> None:
@@ -439,7 +416,7 @@ class Client:
             log.info(
                 "Closing client {sid} after a malformed packet: {error}", sid=self.sid, error=error
             )
-            self._server._report("malformed_packet")
+            self._server.report("malformed_packet")
             self.close(PARSE_ERROR)
             return
         if packet is None:
@@ -471,7 +448,7 @@ class Client:
                     namespace=packet.namespace,
                 )
                 return
-            socket._receive(packet)
+            socket.receive(packet)
 
     def session_closed(self, reason: str) -> None:
         if self._closed:
@@ -480,9 +457,41 @@ class Client:
         self._cancel_deadline()
         self._decoder.reset()
         for socket in list(self._sockets.values()):
-            socket._terminate(reason, tell_client=False)
+            socket.drop(reason)
         self._sockets.clear()
-        self._server._client_gone(self)
+        self._server.client_closed(self)
+
+    # -- called by its sockets -------------------------------------------------------------------
+
+    def send_encoded(self, encoded: EncodedPacket) -> None:
+        """Send an encoded packet on the session, unless it is closed (for protocol 4 as ASCII text)."""
+        if self._closed or self.session.closed:
+            return
+        if self.legacy:
+            encoded = [
+                ascii_packet(message)
+                if isinstance(message, str) and not message.isascii()
+                else message
+                for message in encoded
+            ]
+        self.session.send(*encoded)
+
+    def refuse(self, name: str, reply: dict[str, Any]) -> None:
+        """Answer a CONNECT to ``name`` with a refusal: ``reply`` holds its message and maybe its data."""
+        # Protocol 4's ERROR packet holds the refusal's data if it has some, else its message.
+        payload: Any = reply.get("data", reply["message"]) if self.legacy else reply
+        try:
+            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, payload))
+        except (TypeError, ValueError):
+            log.failure("ConnectionRefused data of {namespace} is not JSON", namespace=name)
+            fallback = reply["message"] if self.legacy else {"message": reply["message"]}
+            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, fallback))
+        self.send_encoded(encoded)
+
+    def forget(self, socket: Socket) -> None:
+        """``socket`` left its namespace: it is no longer one of this client's."""
+        if self._sockets.get(socket.namespace.name) is socket:
+            del self._sockets[socket.namespace.name]
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -507,18 +516,18 @@ class Client:
         self._join(name, auth)
 
     def _join(self, name: str, auth: Any) -> None:
-        namespace = self._server._resolve(name)
+        namespace = self._server.resolve(name)
         if namespace is None:
-            self._refuse(name, {"message": "Invalid namespace"})
+            self.refuse(name, {"message": "Invalid namespace"})
             return
         socket_id = None
         if self.legacy:
             socket_id = self.sid if name == "/" else f"{name}#{self.sid}"
         socket = Socket(self, namespace, auth, socket_id)
         self._sockets[name] = socket
-        namespace._joining(socket)
+        namespace.joining()
         outcome: Deferred[None] = succeed(None)
-        for handler in list(namespace.group._connect_handlers):
+        for handler in namespace.group.connect_handlers:
             outcome.addCallback(_call_connect_handler, handler, socket, auth)
         outcome.addCallbacks(
             self._connect_succeeded,
@@ -531,14 +540,14 @@ class Client:
         )
 
     def _connect_succeeded(self, _: None, socket: Socket) -> None:
-        if socket._state is not _State.CONNECTING or self._closed:
+        if not socket.connecting or self._closed:
             return
         self._cancel_deadline()
         self.session.vouch()
-        socket._accepted()
+        socket.accept()
 
     def _connect_failed(self, failure: Failure, socket: Socket) -> None:
-        if socket._state is not _State.CONNECTING or self._closed:
+        if not socket.connecting or self._closed:
             return
         error = failure.value
         reply: dict[str, Any]
@@ -551,41 +560,14 @@ class Client:
                 "Connect handler of {namespace} failed", failure, namespace=socket.namespace.name
             )
             reply = {"message": GENERIC_REFUSAL}
-        socket._terminate("connection refused", tell_client=False)
-        self._refuse(socket.namespace.name, reply)
-
-    def _refuse(self, name: str, reply: dict[str, Any]) -> None:
-        # Protocol 4's ERROR packet holds the refusal's data if it has some, else its message.
-        payload: Any = reply.get("data", reply["message"]) if self.legacy else reply
-        try:
-            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, payload))
-        except (TypeError, ValueError):
-            log.failure("ConnectionRefused data of {namespace} is not JSON", namespace=name)
-            fallback = reply["message"] if self.legacy else {"message": reply["message"]}
-            encoded = encode_packet(Packet(PacketType.CONNECT_ERROR, name, fallback))
-        self._send(encoded)
-
-    def _send(self, encoded: list[str | Binary]) -> None:
-        if self._closed or self.session.closed:
-            return
-        if self.legacy:
-            encoded = [
-                ascii_packet(message)
-                if isinstance(message, str) and not message.isascii()
-                else message
-                for message in encoded
-            ]
-        self.session.send(*encoded)
-
-    def _forget(self, socket: Socket) -> None:
-        if self._sockets.get(socket.namespace.name) is socket:
-            del self._sockets[socket.namespace.name]
+        socket.drop(CONNECTION_REFUSED)
+        self.refuse(socket.namespace.name, reply)
 
     def _connect_timed_out(self) -> None:
         self._connect_deadline = None
         if not self._sockets:
             log.info("Closing client {sid}: it joined no namespace in time", sid=self.sid)
-            self._server._report("connect_timeout")
+            self._server.report("connect_timeout")
             self.close(CONNECT_TIMEOUT)
 
     def _cancel_deadline(self) -> None:
@@ -615,6 +597,6 @@ def _call_connect_handler(
     _: None, handler: Callable[[Socket, Any], object], socket: Socket, auth: Any
 ) -> Deferred[Any]:
     """Run one connect handler only while the socket still waits (an earlier one may have left)."""
-    if socket._state is not _State.CONNECTING:
+    if not socket.connecting:
         return succeed(None)
     return maybeDeferred(handler, socket, auth)

@@ -1,6 +1,10 @@
 """
 Namespaces: a :class:`NamespaceGroup` holds the handlers registered with ``server.of(...)`` for an
 exact name or a pattern; a :class:`Namespace` is one concrete name that clients have joined.
+
+This module knows a socket only as a :class:`~.interfaces.NamespaceMember`: a :class:`Namespace` is
+generic in the type of its members (``Namespace[Socket]`` for the server's), and the handlers' first
+argument, the :class:`~.client.Socket`, is typed ``Any`` here.
 """
 
 from __future__ import annotations
@@ -8,24 +12,21 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from twisted.logger import Logger
 
-from .client import SERVER_DISCONNECT, _check_event_name
-from .packet import Packet, PacketType, encode_packet
-
-if TYPE_CHECKING:
-    from .client import Socket
+from .interfaces import SERVER_DISCONNECT, NamespaceMember
+from .packet import Packet, PacketType, check_event_name, encode_packet
 
 log = Logger()
 
 _EVENT = PacketType.EVENT
 
-ConnectHandler = Callable[["Socket", Any], object]
+ConnectHandler = Callable[[Any, Any], object]
 """``(socket, auth) -> None | Deferred[None] | coroutine``; raise ConnectionRefused to refuse."""
 
-DisconnectHandler = Callable[["Socket", str], object]
+DisconnectHandler = Callable[[Any, str], object]
 """``(socket, reason) -> None``."""
 
 EventHandler = Callable[..., Any]
@@ -34,6 +35,7 @@ EventHandler = Callable[..., Any]
 _C = TypeVar("_C", bound=ConnectHandler)
 _D = TypeVar("_D", bound=DisconnectHandler)
 _E = TypeVar("_E", bound=EventHandler)
+_M = TypeVar("_M", bound=NamespaceMember)
 
 
 def check_namespace_name(name: str) -> None:
@@ -88,7 +90,7 @@ class NamespaceGroup:
 
     def on(self, event: str, handler: _E | None = None) -> _E | Callable[[_E], _E]:
         """Register the handler of ``event``: ``group.on("x", fn)`` or ``@group.on("x")``."""
-        _check_event_name(event)
+        check_event_name(event)
 
         def register(function: _E) -> _E:
             if event in self._event_handlers:
@@ -111,13 +113,31 @@ class NamespaceGroup:
         self._other_events = handler
         return handler
 
-    def _event_handler(self, event: str) -> EventHandler | None:
+    # -- read by the sockets that run the handlers ------------------------------------------------
+
+    @property
+    def connect_handlers(self) -> tuple[ConnectHandler, ...]:
+        """The connect handlers, in the order they run."""
+        return tuple(self._connect_handlers)
+
+    @property
+    def disconnect_handlers(self) -> tuple[DisconnectHandler, ...]:
+        """The disconnect handlers, in the order they run."""
+        return tuple(self._disconnect_handlers)
+
+    def event_handler(self, event: str) -> EventHandler | None:
+        """The handler of ``event``, None if it has none of its own (see :attr:`other_events_handler`)."""
         return self._event_handlers.get(event)
 
+    @property
+    def other_events_handler(self) -> EventHandler | None:
+        """The handler of the events that have none of their own (see :meth:`on_other_events`), if any."""
+        return self._other_events
 
-class Namespace:
+
+class Namespace(Generic[_M]):
     """
-    One concrete namespace with its connected sockets.
+    One concrete namespace with its connected sockets (a server's namespaces hold ``Socket``\\ s).
 
     Namespaces from an exact name live as long as the server; those created for a pattern match are
     dropped when their last socket leaves, so ``server.namespace(name)`` is None again.
@@ -128,12 +148,12 @@ class Namespace:
         name: str,
         group: NamespaceGroup,
         params: dict[str, str],
-        on_empty: Callable[[Namespace], None] | None = None,
+        on_empty: Callable[[Namespace[_M]], None] | None = None,
     ) -> None:
         self.name = name
         self.group = group
         self.params = params
-        self._sockets: dict[str, Socket] = {}
+        self._sockets: dict[str, _M] = {}
         self._joining_count = 0
         self._on_empty = on_empty
 
@@ -145,35 +165,38 @@ class Namespace:
         return len(self._sockets)
 
     @property
-    def sockets(self) -> Mapping[str, Socket]:
+    def sockets(self) -> Mapping[str, _M]:
         """The connected sockets by id (read-only view)."""
         return MappingProxyType(self._sockets)
 
     def emit(self, event: str, *args: Any) -> None:
         """Send an event to every connected socket; the packet is encoded once for all of them."""
-        _check_event_name(event)
+        check_event_name(event)
         sockets = self._sockets
         if not sockets:
             return
         encoded = encode_packet(Packet(_EVENT, self.name, [event, *args]))
         for socket in list(sockets.values()):
-            socket._send(encoded)
+            socket.send_encoded(encoded)
 
     def disconnect_all(self, reason: str = SERVER_DISCONNECT) -> None:
         """Disconnect every socket from the server side; disconnect handlers get ``reason``."""
         for socket in list(self._sockets.values()):
-            socket._terminate(reason, tell_client=True)
+            socket.disconnect(reason)
 
-    # -- used by Socket --------------------------------------------------------------------------
+    # -- told by the sockets as they join and leave ------------------------------------------------
 
-    def _joining(self, socket: Socket) -> None:
+    def joining(self) -> None:
+        """A socket began to join (its connect handlers run): the namespace is kept until it is done."""
         self._joining_count += 1
 
-    def _joined(self, socket: Socket) -> None:
+    def joined(self, socket: _M) -> None:
+        """A socket that was joining is connected."""
         self._joining_count -= 1
         self._sockets[socket.id] = socket
 
-    def _left(self, socket: Socket, was_connected: bool) -> None:
+    def left(self, socket: _M, was_connected: bool) -> None:
+        """A socket left, connected or still joining; a pattern namespace left empty is dropped."""
         if was_connected:
             self._sockets.pop(socket.id, None)
         else:

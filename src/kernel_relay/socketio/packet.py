@@ -377,6 +377,24 @@ def encode_packet(packet: Packet) -> list[str | Binary]:
     return messages
 
 
+#: A packet as encoded for sending: its text message, then its attachments.
+EncodedPacket = list["str | Binary"]
+
+
+def check_event_name(event: str) -> None:
+    """Event names are strings, and none of the :data:`RESERVED_EVENTS`: raise TypeError or ValueError."""
+    if not isinstance(event, str):
+        raise TypeError(f"event names are strings, not {type(event).__name__}")
+    if event in RESERVED_EVENTS:
+        raise ValueError(f"{event!r} is a reserved event name")
+
+
+def encode_event(namespace: str, event: str, *args: Any) -> EncodedPacket:
+    """An event packet for ``namespace``, encoded once, for ``Socket.send_encoded``."""
+    check_event_name(event)
+    return encode_packet(Packet(PacketType.EVENT, namespace, [event, *args]))
+
+
 def split_namespace_query(namespace: str) -> tuple[str, dict[str, str]]:
     """
     A protocol 4 CONNECT namespace with its query taken apart: ``"/a?x=1&y=2"`` gives

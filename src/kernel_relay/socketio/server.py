@@ -11,8 +11,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from ..engineio import EngineIOOptions, EngineIOServer
-from .client import Client, EngineSession
+from ..engineio import SERVER_SHUTDOWN, EngineIOOptions, EngineIOServer
+from .client import Client, Socket
+from .interfaces import EngineSession
 from .namespace import Namespace, NamespaceGroup, check_namespace_name
 from .packet import DEFAULT_MAX_ATTACHMENTS
 
@@ -47,7 +48,7 @@ class SocketIOServer:
         self._max_attachments = max_attachments
         self._exact: dict[str, NamespaceGroup] = {}
         self._patterns: dict[re.Pattern[str], NamespaceGroup] = {}
-        self._namespaces: dict[str, Namespace] = {}
+        self._namespaces: dict[str, Namespace[Socket]] = {}
         self._clients: dict[str, Client] = {}
         #: Told ``"malformed_packet"`` or ``"connect_timeout"`` when a client is closed for either.
         self.on_event: Callable[[str], None] | None = None
@@ -87,15 +88,15 @@ class SocketIOServer:
             self._namespaces[name_or_pattern] = Namespace(name_or_pattern, group, {})
         return group
 
-    def namespace(self, name: str) -> Namespace | None:
+    def namespace(self, name: str) -> Namespace[Socket] | None:
         """The concrete namespace ``name`` if it exists now (pattern namespaces: while joined)."""
         return self._namespaces.get(name)
 
-    def close(self, reason: str = "server shutting down") -> None:
+    def close(self, reason: str = SERVER_SHUTDOWN) -> None:
         """Disconnect every socket (clients get DISCONNECT packets) and close every session."""
         for client in list(self._clients.values()):
-            for socket in list(client.sockets.values()):
-                socket._terminate(reason, tell_client=True)
+            for socket in client.sockets.values():
+                socket.disconnect(reason)
             client.close(reason)
         self.engine.close_all(reason)
 
@@ -113,10 +114,15 @@ class SocketIOServer:
         client.start()
         return client
 
-    # -- used by Client --------------------------------------------------------------------------
+    # -- called by its clients (the ClientHost interface) ------------------------------------------
 
-    def _resolve(self, name: str) -> Namespace | None:
-        """The namespace a client asks to join, created for a matching pattern; None if unknown."""
+    def resolve(self, name: str) -> Namespace[Socket] | None:
+        """
+        The namespace a client's socket asks to join, created for a matching pattern; None if unknown.
+
+        For the :class:`Client` that is about to join it: a namespace created here is dropped only once
+        the sockets that joined it have left.
+        """
         namespace = self._namespaces.get(name)
         if namespace is not None:
             return namespace
@@ -128,14 +134,16 @@ class SocketIOServer:
                 return namespace
         return None
 
-    def _report(self, kind: str) -> None:
+    def report(self, kind: str) -> None:
+        """Tell :attr:`on_event` of a client closed for ``kind``."""
         if self.on_event is not None:
             self.on_event(kind)
 
-    def _drop(self, namespace: Namespace) -> None:
-        if self._namespaces.get(namespace.name) is namespace:
-            del self._namespaces[namespace.name]
-
-    def _client_gone(self, client: Client) -> None:
+    def client_closed(self, client: Client) -> None:
+        """``client``'s session closed: it is no longer one of :attr:`clients`."""
         if self._clients.get(client.sid) is client:
             del self._clients[client.sid]
+
+    def _drop(self, namespace: Namespace[Socket]) -> None:
+        if self._namespaces.get(namespace.name) is namespace:
+            del self._namespaces[namespace.name]
