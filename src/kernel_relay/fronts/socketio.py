@@ -19,7 +19,7 @@ import re
 from typing import Any, Final
 
 from ..auth import token_from_auth_payload, token_from_authorization
-from ..engineio import SLOW_CLIENT
+from ..engineio import SERVER_SHUTDOWN, SLOW_CLIENT
 from ..relay.core import IOPUB, Refused, RelayCore
 from ..relay.journal import Resume, requested_resume
 from ..relay.payload import Payload
@@ -118,7 +118,7 @@ class SocketIOFront:
         group.on(MESSAGE_EVENT, self._received)
         group.on_other_events(self._unknown_event)
 
-    def close(self, reason: str = "server shutting down") -> None:
+    def close(self, reason: str = SERVER_SHUTDOWN) -> None:
         """Disconnect every client (the relay is stopping)."""
         self._socketio.close(reason)
 
