@@ -17,7 +17,7 @@ those tests. Functions that cannot tell on some transport say so (None, False or
 
 This module knows Twisted's TCP transport (``twisted.internet.abstract.FileDescriptor`` and
 ``twisted.internet.tcp.Connection``), its TLS wrapper, twisted.web's HTTP channel factory,
-twisted.application's endpoint service and Autobahn's ``WebSocketProtocol``. It must not know anything of
+twisted.application's endpoint service and ``twist`` runner, and Autobahn's ``WebSocketProtocol``. It must not know anything of
 the relay: no Engine.IO, socket.io, Jupyter or HTTP routes, and it imports nothing of kernel_relay.
 """
 
@@ -28,6 +28,12 @@ from typing import Any, Final
 
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application.internet import StreamServerEndpointService
+
+# ``twist`` has no public API: the ``kernel-relay`` console script (kernel_relay.cli) runs as the ``twist``
+# script does, through these three. tests/e2e/test_console_script.py runs that script and fails if they change.
+from twisted.application.runner._runner import Runner as Runner
+from twisted.application.twist._options import TwistOptions as TwistOptions
+from twisted.application.twist._twist import Twist as Twist
 from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.protocols.policies import ProtocolWrapper

@@ -1,0 +1,144 @@
+"""The ``kernel-relay`` console script, run as a user runs it: the installed program, as a real process."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+from twisted.logger import eventsFromJSONLogFile, formatEvent
+
+from tests.support import ServerProcess, free_port
+
+#: The script pip installed beside the interpreter from ``[project.scripts]``.
+KERNEL_RELAY = Path(sys.executable).with_name("kernel-relay")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _installed() -> None:
+    assert KERNEL_RELAY.exists(), f"{KERNEL_RELAY} is missing: reinstall the package (tox -r)"
+
+
+def start(runtime_dir: Path, *args: str, port: int) -> ServerProcess:
+    """``kernel-relay ARGS`` as a child process listening on ``port``, its kernels' files in ``runtime_dir``."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    return ServerProcess(
+        [str(KERNEL_RELAY), *args],
+        port,
+        env={"JUPYTER_RUNTIME_DIR": str(runtime_dir), "KERNEL_RELAY_TOKEN": ""},
+    )
+
+
+def logged(relay: ServerProcess) -> list[str]:
+    """The relay's log events, rendered: twist writes JSON records when its output is no terminal."""
+    return [formatEvent(event) for event in eventsFromJSONLogFile(io.StringIO(relay.output()))]
+
+
+def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
+    """Wait for the processes to exit; return those still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if _running(pid)]
+        time.sleep(0.1)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_every_kernel_and_exits_0(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    """``kernel-relay PORT`` serves /spawn, and SIGTERM or SIGINT shuts its kernels down and exits 0."""
+    if stop_signal == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        pytest.skip("SIGINT is ignored here, so the relay inherits that (as a background job does)")
+    runtime = tmp_path / "runtime"
+    port = free_port()
+    relay = start(runtime, str(port), port=port)
+    try:
+        response = requests.get(f"{relay.url}/spawn/python3", timeout=90)
+        assert response.status_code == 200, response.text
+        kernel_id = response.json()["id"]
+        kernels = [
+            child.pid for child in psutil.Process(relay.process.pid).children(recursive=True)
+        ]
+        assert kernels, "the spawned kernel should be a child of the relay"
+        assert [f.name for f in runtime.glob("kernel-*.json")] == [f"kernel-{kernel_id}.json"]
+    except BaseException:
+        relay.stop(signal.SIGKILL)
+        raise
+    code = relay.stop(stop_signal, timeout=60)
+    output = relay.output()
+    assert code == 0, output[-3000:]
+    assert wait_gone(kernels) == []
+    assert list(runtime.glob("kernel-*.json")) == []
+    events = logged(relay)
+    assert "Stopping: shutting down 1 kernel(s)" in events
+    assert events[-1] == "Main loop terminated."
+    assert "Traceback" not in output
+
+
+def test_listen_takes_an_endpoint(tmp_path: Path) -> None:
+    """``kernel-relay --listen tcp:PORT:interface=127.0.0.1`` serves the REST API on that endpoint only."""
+    port = free_port()
+    relay = start(tmp_path / "runtime", "--listen", f"tcp:{port}:interface=127.0.0.1", port=port)
+    try:
+        response = requests.get(f"{relay.url}/api/kernels", timeout=10)
+        assert response.status_code == 200
+        assert response.json() == []
+    finally:
+        assert relay.stop() == 0, relay.output()[-3000:]
+    assert any(f"listening on tcp:{port}:interface=127.0.0.1 (" in event for event in logged(relay))
+
+
+def test_help_lists_the_relays_options() -> None:
+    """``kernel-relay --help`` is the relay's help under the program's own name, every option in it."""
+    result = subprocess.run(
+        [str(KERNEL_RELAY), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "Usage: kernel-relay [options] [port]"
+    for option in (
+        "--port",
+        "--listen",
+        "--allow-origin",
+        "--allow-host",
+        "--token",
+        "--pool",
+        "--ping-interval",
+        "--shutdown-timeout",
+        "--launch-timeout",
+        "--generate-token",
+        "--version",
+    ):
+        assert option in result.stdout, option
+    assert "plugin" not in result.stdout  # not twist's usage: no plugin to name
+
+
+def test_version_and_usage_errors() -> None:
+    """``--version`` prints kernel-relay's version; a wrong option exits 64 with the relay's usage."""
+    from kernel_relay import __version__
+
+    version = subprocess.run(
+        [str(KERNEL_RELAY), "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert version.returncode == 0
+    assert version.stdout.splitlines()[0] == f"kernel-relay {__version__}"
+    wrong = subprocess.run(
+        [str(KERNEL_RELAY), "--no-such-option"], capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode == 64
+    assert "Error: option --no-such-option not recognized" in wrong.stderr
+    assert "Usage: kernel-relay [options] [port]" in wrong.stderr
