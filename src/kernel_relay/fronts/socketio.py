@@ -37,11 +37,6 @@ _CODES_WITH_DATA: Final = frozenset({401, 403, 429})
 _NO_RESUME: Final = Resume(None, False)
 
 
-def namespace_of(channel: str, kernel_id: str) -> str:
-    """The namespace of a kernel's channel."""
-    return f"/{channel}/{kernel_id}"
-
-
 def _channel_and_kernel(socket: Socket) -> tuple[str, str]:
     params = socket.namespace.params
     channel = params["channel"]
