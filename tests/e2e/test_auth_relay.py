@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import requests
+import socketio
 from twisted.python import usage
 
-import socketio
 from kernel_relay.auth import (
     TokenAuth,
     exposed_endpoints,

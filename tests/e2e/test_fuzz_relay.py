@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import requests
+import socketio
 import websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import socketio
 from tests.conftest import Relay
 from tests.kernel_client import RelayKernelClient
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 import socketio  # type: ignore[import-untyped]
+
 from tests.support import ROOT, ServerProcess, conformance_server_argv, free_port, running
 
 pytestmark = pytest.mark.timeout(60)

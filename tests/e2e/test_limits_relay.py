@@ -11,9 +11,9 @@ import time
 import psutil
 import pytest
 import requests
+import socketio
 import websocket
 
-import socketio
 from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
 

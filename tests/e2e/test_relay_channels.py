@@ -6,8 +6,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 import socketio
+
 from tests.conftest import Relay
 from tests.kernel_client import RelayKernelClient
 

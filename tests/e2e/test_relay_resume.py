@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 import socketio
+
 from tests.conftest import Relay
 from tests.kernel_client import RelayKernelClient
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-
 import socketio
+
 from tests.conftest import Relay
 from tests.kernel_client import RelayKernelClient
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import requests
+import socketio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import socketio
 from tests.conftest import Relay
 from tests.support import free_port, node_available, run_node, wait_for_port
 
