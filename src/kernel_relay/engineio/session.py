@@ -145,8 +145,6 @@ class EngineIOSession:
         self.vouched = False
         #: Set by the server: told of a session once it is vouched for.
         self.on_vouched: Callable[[EngineIOSession], None] | None = None
-        #: When the session opened (on ``clock``), for the server's choice of whom to let go.
-        self.opened_at = clock.seconds()
         #: ``buffered_bytes`` as last counted into the server's total (see ``on_buffered``).
         self.counted_bytes = 0
         #: Set by the server: told of this session's ``buffered_bytes`` after each send.

@@ -199,13 +199,16 @@ class Socket:
                 break
             self.receive(packet)
 
-    def receive(self, packet: Packet) -> None:
-        """Handle a packet for this namespace from the client (queued while connecting)."""
+    def receive(self, packet: Packet, attachment_bytes: int = 0) -> None:
+        """
+        Handle a packet for this namespace from the client (queued while connecting, where
+        ``attachment_bytes``, what its attachments took, counts against the bound).
+        """
         if self._state is _State.CONNECTING:
             if packet.type is PacketType.DISCONNECT:
                 self._terminate(CLIENT_DISCONNECT, tell_client=False)
             else:
-                self._hold(packet)
+                self._hold(packet, attachment_bytes)
             return
         if self._state is _State.DISCONNECTED:
             return
@@ -225,9 +228,9 @@ class Socket:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _hold(self, packet: Packet) -> None:
+    def _hold(self, packet: Packet, attachment_bytes: int) -> None:
         """Queue a packet until the connect handlers are done, within the bounds for untrusted input."""
-        self._inbox_bytes += _attachment_bytes(packet.data)
+        self._inbox_bytes += attachment_bytes
         if (
             len(self._inbox) >= MAX_QUEUED_BEFORE_CONNECT
             or self._inbox_bytes > self.client.max_payload
@@ -448,7 +451,7 @@ class Client:
                     namespace=packet.namespace,
                 )
                 return
-            socket.receive(packet)
+            socket.receive(packet, self._decoder.last_attachment_bytes)
 
     def session_closed(self, reason: str) -> None:
         if self._closed:
@@ -574,23 +577,6 @@ class Client:
         deadline, self._connect_deadline = self._connect_deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
-
-
-def _attachment_bytes(value: Any) -> int:
-    """The bytes of the binary values in a decoded payload (what holding it keeps besides its text)."""
-    if isinstance(value, bytes):
-        return len(value)
-    if isinstance(value, list):
-        return sum(
-            _attachment_bytes(item) for item in value if isinstance(item, (bytes, list, dict))
-        )
-    if isinstance(value, dict):
-        return sum(
-            _attachment_bytes(item)
-            for item in value.values()
-            if isinstance(item, (bytes, list, dict))
-        )
-    return 0
 
 
 def _call_connect_handler(

@@ -516,6 +516,8 @@ class PacketDecoder:
         self._received = 0
         self._bytes = 0
         self._discarding = False
+        #: The bytes of attachments in the packet :meth:`feed` returned last (0 for one without).
+        self.last_attachment_bytes = 0
 
     @property
     def awaiting_attachments(self) -> bool:
@@ -533,6 +535,7 @@ class PacketDecoder:
 
     def feed(self, message: str | bytes) -> Packet | None:
         """Take one Engine.IO message; return the packet it completes, if any."""
+        self.last_attachment_bytes = 0
         if isinstance(message, str):
             if self._partial is not None:
                 self.reset()
@@ -560,10 +563,16 @@ class PacketDecoder:
             self._attachments.append(bytes(message))
         if self._received < self._expected:
             return None
-        packet, attachments, discarded = self._partial, self._attachments, self._discarding
+        packet, attachments, discarded, size = (
+            self._partial,
+            self._attachments,
+            self._discarding,
+            self._bytes,
+        )
         self.reset()
         if discarded:
             return None
+        self.last_attachment_bytes = size
         return self._complete(packet, attachments)
 
     @staticmethod
