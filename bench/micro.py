@@ -55,7 +55,7 @@ def main() -> None:
     except ImportError:  # an older tree, measured for comparison
         RawJSON = None
     try:
-        from kernel_relay.relay.payload import client_payload
+        from kernel_relay.relay.payload import Outgoing, client_payload
     except ImportError:  # an older tree
         client_payload = None  # type: ignore[assignment]
     for name, (frames, count) in cases.items():
@@ -74,7 +74,7 @@ def main() -> None:
         if client_payload is not None:
 
             def send_form(message: object = message) -> object:
-                payload = client_payload(message)  # type: ignore[arg-type,misc]
+                payload = client_payload(Outgoing.of_kernel(message))  # type: ignore[arg-type]
                 return encode_packet(Packet(PacketType.EVENT, "/iopub/k", ["msg", payload]))
 
             line += f"   as the relay sends it {best(send_form, count):9.1f} us"

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from kernel_relay.kernels import KernelMessage, UnknownKernel
 from kernel_relay.kernels._messages import Frame
 from kernel_relay.kernels._processes import ManagedKernel
-from kernel_relay.relay.payload import Payload
+from kernel_relay.relay.payload import Outgoing, Payload, client_payload
 
 _T = TypeVar("_T")
 
@@ -343,12 +343,15 @@ class RecordingClient:
         self.client_id = client_id
         self.address = address
         self.backlog = 0
+        #: What the core delivered, and the same as the socket.io front would send it.
+        self.outgoing: list[Outgoing] = []
         self.delivered: list[tuple[str, str, Payload]] = []
         self.told: list[tuple[str, str, str, dict[str, Any]]] = []
         self.let_go_of: list[tuple[str, str, str]] = []
 
-    def deliver(self, kernel_id: str, channel: str, message: Payload) -> None:
-        self.delivered.append((kernel_id, channel, message))
+    def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
+        self.outgoing.append(message)
+        self.delivered.append((kernel_id, channel, client_payload(message)))
 
     def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
         self.told.append((kernel_id, channel, event, details))

@@ -61,7 +61,7 @@ def test_every_iopub_client_gets_every_iopub_message_numbered(
     first, second = attached(core, "a", "iopub"), attached(core, "b", "iopub")
     kernel.publish(kernel_message("stream", "iopub", content={"text": "hi"}))
     assert len(first.delivered) == len(second.delivered) == 1
-    assert first.delivered[0][2] is second.delivered[0][2]
+    assert first.outgoing[0] is second.outgoing[0]
     assert seq_of(first.delivered[0][2]) == 1
 
 

@@ -12,26 +12,31 @@ from twisted.internet.task import Clock
 from kernel_relay.relay.journal import (
     ENTRY_OVERHEAD,
     IopubJournal,
-    requested_resume,
     splice_seq,
     with_sequence,
 )
-from kernel_relay.socketio import RawJSON
+from kernel_relay.relay.payload import Outgoing, json_text
+from tests.fakes import kernel_message
+
+
+def decoded(message: Outgoing) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads(json_text(message))
+    return value
 
 
 def stream(n: int) -> dict[str, Any]:
     return {"header": {"msg_type": "stream"}, "metadata": {}, "content": {"text": f"{n}\n"}}
 
 
-def texts(messages: list[dict[str, Any]]) -> list[str]:
-    return [m["content"]["text"] for m in messages]
+def texts(messages: list[Outgoing]) -> list[str]:
+    return [decoded(m)["content"]["text"] for m in messages]
 
 
 def test_messages_are_numbered_and_replayed_after_a_sequence() -> None:
     """Each recorded message gets the next number; since(N) gives exactly those after N, in order."""
     journal = IopubJournal(Clock(), max_bytes=10_000, max_age=60)
     sent = [journal.record(stream(n), 10, "stream") for n in range(5)]
-    assert [m["metadata"]["relay_seq"] for m in sent] == [1, 2, 3, 4, 5]
+    assert [decoded(m)["metadata"]["relay_seq"] for m in sent] == [1, 2, 3, 4, 5]
     replay = journal.since(2)
     assert replay.gap is None
     assert texts(replay.messages) == ["2\n", "3\n", "4\n"]
@@ -88,7 +93,7 @@ def test_current_execution_starts_at_the_last_execute_input() -> None:
     journal.record({"header": {}, "metadata": {}, "content": {"code": "b"}}, 10, "execute_input")
     journal.record(stream(2), 10, "stream")
     current = journal.current_execution()
-    assert [m["metadata"]["relay_seq"] for m in current] == [4, 5]
+    assert [decoded(m)["metadata"]["relay_seq"] for m in current] == [4, 5]
     assert IopubJournal(Clock(), max_bytes=1, max_age=1).current_execution() == []
 
 
@@ -111,27 +116,12 @@ def test_splice_equals_parse_and_update(metadata: dict[str, Any], seq: int, pad:
         assert spliced == {**metadata, "relay_seq": seq}
 
 
-def test_with_sequence_splices_raw_and_updates_dicts() -> None:
-    """Raw metadata stays raw (spliced), dict metadata gets the key; content is never touched."""
-    raw = {"metadata": RawJSON('{"a":1}'), "content": RawJSON('{"big":"x"}')}
-    numbered = with_sequence(raw, 7)
-    assert isinstance(numbered["metadata"], RawJSON)
-    assert json.loads(numbered["metadata"]) == {"relay_seq": 7, "a": 1}
-    assert numbered["content"] is raw["content"]
-    assert with_sequence({"metadata": {"b": 2}}, 8)["metadata"] == {"b": 2, "relay_seq": 8}
-
-
-def test_resume_requests_from_auth_and_query() -> None:
-    """since comes from the auth payload or, for old clients, the query; junk is left out, and said why."""
-    assert requested_resume({"since": 5}) == (5, False, ())
-    assert requested_resume({"replay": "execution"}) == (None, True, ())
-    assert requested_resume(None, [("since", "12")]) == (12, False, ())
-    assert requested_resume({"since": None, "token": "t"}) == (None, False, ())
-    for junk in ("x", -1, True, 1.5):
-        since, execution, ignored = requested_resume({"since": junk})
-        assert (since, execution) == (None, False)
-        assert len(ignored) == 1 and '"since" was ignored' in ignored[0], junk
-    _, execution, ignored = requested_resume({"replay": "everything", "since": "y" * 100})
-    assert not execution
-    assert ['"since"' in ignored[0], '"replay"' in ignored[1]] == [True, True]
-    assert len(ignored[0]) < 120
+def test_with_sequence_splices_the_metadata_and_never_touches_the_content() -> None:
+    """A kernel's message keeps its content bytes (the same object); a relay-made dict gets the key too."""
+    message = kernel_message("stream", "iopub", content={"text": "x"})
+    numbered = with_sequence(message, 7)
+    assert numbered.parts[3] is message.raw_parts[3]
+    assert json.loads(numbered.parts[2]) == {**message.metadata, "relay_seq": 7}
+    made = with_sequence({"metadata": {"b": 2}, "content": {"c": 3}}, 8)
+    assert decoded(made)["metadata"] == {"b": 2, "relay_seq": 8}
+    assert decoded(made)["content"] == {"c": 3}

@@ -22,7 +22,7 @@ from ..auth import token_from_auth_payload, token_from_authorization
 from ..engineio import SERVER_SHUTDOWN, SLOW_CLIENT
 from ..relay.core import IOPUB, Refused, RelayCore
 from ..relay.journal import Resume, requested_resume
-from ..relay.payload import Payload
+from ..relay.payload import Outgoing, client_payload
 from ..socketio import Client as SocketIOClient
 from ..socketio import ConnectionRefused, EncodedPacket, Socket, SocketIOServer, encode_event
 
@@ -56,9 +56,9 @@ class _LastEncoded:
         self.message: object = None
         self.encoded: EncodedPacket = []
 
-    def of(self, namespace: str, message: Payload) -> EncodedPacket:
+    def of(self, namespace: str, message: Outgoing) -> EncodedPacket:
         if message is not self.message or namespace != self.namespace:
-            self.encoded = encode_event(namespace, MESSAGE_EVENT, message)
+            self.encoded = encode_event(namespace, MESSAGE_EVENT, client_payload(message))
             self.namespace, self.message = namespace, message
         return self.encoded
 
@@ -83,7 +83,7 @@ class SocketIOClientOfCore:
     def backlog(self) -> int:
         return self._client.session.buffered_bytes
 
-    def deliver(self, kernel_id: str, channel: str, message: Payload) -> None:
+    def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
         socket = self.sockets.get((kernel_id, channel))
         if socket is not None:
             socket.send_encoded(self._last.of(socket.namespace.name, message))

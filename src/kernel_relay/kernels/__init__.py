@@ -21,13 +21,21 @@ from ._errors import (
     UnknownKernelSpec,
 )
 from ._kernel import Kernel, KernelClient, MessageCallback
-from ._messages import DEFAULT_USERNAME, PROTOCOL_VERSION, KernelMessage, message_json
+from ._messages import (
+    DEFAULT_USERNAME,
+    PROTOCOL_VERSION,
+    Frame,
+    KernelMessage,
+    message_json,
+    pack_json,
+)
 from ._observers import KernelObserver
 from ._registry import KernelRegistry, KernelSpecInfo
 
 __all__ = [
     "DEFAULT_USERNAME",
     "PROTOCOL_VERSION",
+    "Frame",
     "InvalidMessage",
     "Kernel",
     "KernelClient",
@@ -41,4 +49,5 @@ __all__ = [
     "UnknownKernel",
     "UnknownKernelSpec",
     "message_json",
+    "pack_json",
 ]

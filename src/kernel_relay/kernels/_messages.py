@@ -168,6 +168,13 @@ class KernelMessage:
         header, parent, metadata, content = (str(part, "utf-8") for part in self.raw_parts)
         return header, parent, metadata, content
 
+    def json_parts(self) -> tuple[Frame, Frame, Frame, Frame]:
+        """The JSON bytes of the four parts: the kernel's own (``raw_parts``), else encoded from the dicts."""
+        if self.raw_parts is _EMPTY_PARTS:
+            header, parent, metadata, content = (text.encode() for text in self.json_texts())
+            return header, parent, metadata, content
+        return self.raw_parts
+
     def to_json(self, metadata: str | None = None) -> str:
         """
         The message as clients see it (:meth:`to_dict`), as JSON text joined from :meth:`json_texts`:

@@ -42,7 +42,7 @@ from ..kernels import (
 )
 from ..metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
 from .journal import IopubJournal, Resume
-from .payload import Payload, client_payload
+from .payload import Outgoing
 
 log = Logger()
 
@@ -77,7 +77,7 @@ class RelayClient(Protocol):
         """Bytes sent to the client that still wait to go out."""
         ...
 
-    def deliver(self, kernel_id: str, channel: str, message: Payload) -> None:
+    def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
         """Send a Jupyter message of the kernel's channel to the client."""
         ...
 
@@ -381,20 +381,18 @@ class RelayCore:
         """
         journal = self._journals.get(kernel_id)
         clients = self._attached.get(kernel_id, {}).get(IOPUB)
-        if not clients:
-            if journal is not None:
-                journal.keep(message, size, msg_type)
-            return
-        payload: Payload
+        outgoing: Outgoing
         if journal is not None:
-            payload = journal.record(message, size, msg_type)
+            outgoing = journal.record(message, size, msg_type)
         elif isinstance(message, KernelMessage):
-            payload = client_payload(message)
+            outgoing = Outgoing.of_kernel(message)
         else:
-            payload = message
+            outgoing = Outgoing.of_dict(message)
+        if not clients:
+            return
         self.metrics.relayed(TO_CLIENT, size)
         for client in list(clients.values()):
-            client.deliver(kernel_id, IOPUB, payload)
+            client.deliver(kernel_id, IOPUB, outgoing)
 
     def _replay_to(self, client: RelayClient, kernel: Kernel, resume: Resume) -> None:
         for reason in resume.ignored:
@@ -472,9 +470,9 @@ class RelayCore:
                     recipient.tell(kernel.id, channel, ERROR, details)
                 return
             self.metrics.relayed(TO_CLIENT, size)
-            payload = client_payload(message)
+            outgoing = Outgoing.of_kernel(message)
             for recipient in recipients:
-                recipient.deliver(kernel.id, channel, payload)
+                recipient.deliver(kernel.id, channel, outgoing)
 
         return _Link(kernel.open_client(client.client_id.encode("utf-8"), deliver))
 

@@ -5,11 +5,9 @@ are kept so a client that reconnects gets exactly what it missed.
 - Numbers are per kernel and per relay process, from 1, in ``metadata.relay_seq``: a plain client ignores
   an unknown metadata key, and the message keeps the one-argument ``"msg"`` event every client expects.
 - :class:`IopubJournal` keeps the messages of one kernel, bounded by bytes and by age (a pure structure on
-  an injected clock). A message that no client received when it came (nobody was on the kernel's iopub) is
-  kept as the kernel's JSON texts and joined only if a client asks for it: most never are.
-- :func:`with_sequence` writes the number into a message whose parts may be the kernel's raw JSON
-  (:class:`~kernel_relay.jsontext.RawJSON`): the metadata object is spliced, never re-encoded, and the
-  content is never touched.
+  an injected clock), as :class:`~.payload.Outgoing` parts: each front makes its own form only when it sends.
+- :func:`with_sequence` writes the number into a message's metadata JSON: the metadata object is spliced,
+  never re-encoded, and the content is never touched.
 """
 
 from __future__ import annotations
@@ -23,24 +21,16 @@ from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from ..jsontext import RawJSON
-from ..kernels import KernelMessage, message_json
-from .payload import Payload, client_payload, is_one_text
+from ..kernels import KernelMessage
+from .payload import Outgoing
 
 SEQ_KEY = "relay_seq"
 _SEQ_FIELD = f'"{SEQ_KEY}"'
-#: What keeping one message costs beyond its JSON bytes (its text objects and entry), counted against
-#: ``max_bytes`` so the bound is close to the memory really held. Measured with tracemalloc, a status message
-#: of 416 bytes of JSON holds 790 bytes as sent (one text) and 925 bytes unsent (its four parts' texts); one
-#: kept as a dict (with buffers, or made by the relay) holds more, about 1.2 KB.
+#: What keeping one message costs beyond its JSON bytes (its part objects and entry), counted against
+#: ``max_bytes`` so the bound is close to the memory really held. Measured with tracemalloc, a kernel's status
+#: message of 236 bytes of JSON holds about 700 bytes kept: its four parts' bytes objects (368), and 335 for
+#: the numbered metadata, the Outgoing and the entry.
 ENTRY_OVERHEAD = 512
-
-
-class Unsent(NamedTuple):
-    """A kernel message that no client has received yet: its JSON texts, to be joined on replay."""
-
-    texts: tuple[str, str, str, str]
-    channel: str
 
 
 class Entry(NamedTuple):
@@ -50,22 +40,14 @@ class Entry(NamedTuple):
     time: float
     size: int
     msg_type: str
-    message: Payload | Unsent
-
-    def payload(self) -> Payload:
-        """The message as sent, numbered."""
-        message = self.message
-        if isinstance(message, Unsent):
-            texts = message.texts
-            return RawJSON(message_json(texts, message.channel, splice_seq(texts[2], self.seq)))
-        return message
+    message: Outgoing
 
 
 @dataclass(frozen=True)
 class Replay:
     """What a resuming client gets: the buffered messages after its sequence, and what could not be had."""
 
-    messages: list[Payload]
+    messages: list[Outgoing]
     gap: dict[str, Any] | None
 
 
@@ -90,29 +72,16 @@ class IopubJournal:
         self._expire()
         return self._entries[0].seq if self._entries else self.last_seq + 1
 
-    def record(self, message: dict[str, Any] | KernelMessage, size: int, msg_type: str) -> Payload:
+    def record(self, message: dict[str, Any] | KernelMessage, size: int, msg_type: str) -> Outgoing:
         """Number ``message`` (the next sequence), keep it, and return the numbered message to send."""
         numbered = with_sequence(message, self.last_seq + 1)
-        self._keep(numbered, size, msg_type)
-        return numbered
-
-    def keep(self, message: dict[str, Any] | KernelMessage, size: int, msg_type: str) -> None:
-        """
-        Number and keep ``message`` that nobody receives now. A kernel's message that would be one text
-        is kept as its parts' texts, which it holds already: joining them waits for a replay.
-        """
-        if isinstance(message, KernelMessage) and is_one_text(message):
-            self._keep(Unsent(message.json_texts(), message.channel), size, msg_type)
-        else:
-            self._keep(with_sequence(message, self.last_seq + 1), size, msg_type)
-
-    def _keep(self, kept: Payload | Unsent, size: int, msg_type: str) -> None:
         self.last_seq += 1
         size += ENTRY_OVERHEAD
         now = self._clock.seconds()
-        self._entries.append(Entry(self.last_seq, now, size, msg_type, kept))
+        self._entries.append(Entry(self.last_seq, now, size, msg_type, numbered))
         self._bytes += size
         self._expire(now)
+        return numbered
 
     def since(self, seq: int) -> Replay:
         """Every kept message after ``seq``; ``gap`` says what is missing, or why ``seq`` makes no sense."""
@@ -136,9 +105,9 @@ class IopubJournal:
                 "from": seq + 1,
                 "to": first - 1,
             }
-        return Replay([entry.payload() for entry in self._entries if entry.seq > seq], gap)
+        return Replay([entry.message for entry in self._entries if entry.seq > seq], gap)
 
-    def current_execution(self) -> list[Payload]:
+    def current_execution(self) -> list[Outgoing]:
         """The kept messages from the most recent ``execute_input`` on: the running cell's output so far."""
         self._expire()
         start = None
@@ -148,7 +117,7 @@ class IopubJournal:
                 break
         if start is None:
             return []
-        return [entry.payload() for entry in islice(self._entries, start, None)]
+        return [entry.message for entry in islice(self._entries, start, None)]
 
     def _expire(self, now: float | None = None) -> None:
         horizon = (self._clock.seconds() if now is None else now) - self.max_age
@@ -157,21 +126,13 @@ class IopubJournal:
             self._bytes -= entries.popleft().size
 
 
-def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Payload:
-    """
-    ``message`` as sent, its metadata carrying ``relay_seq``: a kernel's message as its
-    :func:`~kernel_relay.relay.payload.client_payload` with the number spliced into its metadata JSON, a dict
-    (made by the relay) as a copy whose metadata is spliced if raw, else updated.
-    """
+def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Outgoing:
+    """``message`` as sent, its metadata carrying ``relay_seq`` (spliced into the kernel's metadata JSON)."""
     if isinstance(message, KernelMessage):
-        return client_payload(message, splice_seq(message.json_texts()[2], seq))
-    metadata = message.get("metadata")
-    numbered = dict(message)
-    if isinstance(metadata, RawJSON):
-        numbered["metadata"] = RawJSON(splice_seq(metadata, seq))
-    else:
-        numbered["metadata"] = {**(metadata or {}), SEQ_KEY: seq}
-    return numbered
+        metadata = bytes(message.json_parts()[2])
+        return Outgoing.of_kernel(message, splice_seq(metadata.decode(), seq).encode())
+    outgoing = Outgoing.of_dict(message)
+    return outgoing.with_metadata(splice_seq(bytes(outgoing.parts[2]).decode(), seq).encode())
 
 
 def splice_seq(metadata_json: str, seq: int) -> str:
