@@ -19,12 +19,14 @@ from twisted.internet.testing import StringTransport
 from kernel_relay import twisted_internals
 from kernel_relay.engineio.packets import Binary, Packet, PacketType, codec_for
 from kernel_relay.engineio.websocket import (
-    LARGE_PAYLOAD,
-    QUIET_PERIOD,
-    STREAM_CHUNK,
     EngineIOWebSocketFactory,
     EngineIOWebSocketProtocol,
     WebSocketTransport,
+)
+from kernel_relay.websocket import (
+    LARGE_PAYLOAD,
+    QUIET_PERIOD,
+    STREAM_CHUNK,
     frame_header,
     parse_data_frame,
 )

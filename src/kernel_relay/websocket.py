@@ -1,0 +1,400 @@
+"""
+Fast WebSocket server connections on Autobahn, for any protocol over WebSocket (Engine.IO's transport, the
+Jupyter kernel WebSocket): framing, batched writes, back-pressure. A protocol subclasses
+:class:`FramedWebSocketProtocol` and implements :meth:`~FramedWebSocketProtocol.message_received`.
+
+Data frames are framed here rather than by Autobahn's ``sendMessage``: a server's frames are
+unmasked and we never fragment or compress, so a frame is a 2-10 byte header (RFC 6455 section
+5.2) and the payload. All the frames of one flush leave in a single transport write, and a large
+payload is copied once (Autobahn copied it into its frame, then Twisted again behind the small
+frames before it). Autobahn still does the handshake, pings and closes, and reads every frame that
+is not a whole, final, masked text or binary frame of an allowed size, with valid UTF-8 if text
+(:func:`parse_data_frame`): those, what clients send nearly always, are read here, at a fraction
+of the Python work per frame.
+
+Writes are batched per reactor turn: frames queued while handling a turn's events (a burst of kernel
+messages, a broadcast to every client) leave at the start of the next turn, in one write per
+connection, through one delayed call shared by all connections (:class:`WriteBatcher`). When Twisted
+holds nothing unsent for the connection, a write goes to the socket at once
+(:func:`~kernel_relay.twisted_internals.write_through`): no turn of waiting for writability, and no copy
+of a ``memoryview``. What the socket does not take goes through Twisted's ``write``. A payload of
+:data:`LARGE_PAYLOAD` bytes or more is written on its own, right after what precedes it if that all went
+out, else a turn later: Twisted hands a lone ``bytes`` to the socket as it is, but joins (copies)
+several. A large payload that is a ``memoryview`` (a kernel's ZMQ frame, never copied into ``bytes``) is
+streamed in pieces of :data:`STREAM_CHUNK` bytes, each sent from the kernel's own memory while the socket
+takes it; once the socket is full, the rest of a piece is copied for Twisted and the next waits until
+Twisted's buffer has drained.
+
+Back-pressure: each connection registers itself as the streaming producer of its TCP transport.
+Twisted pauses it when the transport's write buffer is full and resumes it once the buffer is
+drained. While paused, what the transport still holds plus what is queued here is the connection's
+:attr:`~FramedWebSocketProtocol.unsent_bytes`, which the protocol on top compares with its bound to drop
+slow clients. A client that reads, only a little slower than the server writes, keeps the buffer from
+ever draining completely but its backlog small, so it is not dropped.
+
+What this takes from Twisted's TCP connection and from Autobahn beyond their interfaces (the bytes Twisted
+holds, a send right now, the producer, Autobahn's state and frame reader) it takes through
+:mod:`kernel_relay.twisted_internals`, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from . import twisted_internals as internals
+
+Binary = bytes | memoryview
+
+# First header byte of a final (unfragmented) text or binary frame.
+FINAL_TEXT: Final = 0x81
+FINAL_BINARY: Final = 0x82
+_LENGTH_16 = struct.Struct("!BBH")
+_LENGTH_64 = struct.Struct("!BBQ")
+
+
+#: Payloads at least this big are written alone rather than joined with other frames.
+LARGE_PAYLOAD = 1 << 20
+
+#: The pieces in which a large ``memoryview`` payload is streamed (copied only when the socket is full).
+STREAM_CHUNK = 1 << 20
+
+
+def parse_data_frame(data: bytes, offset: int, max_payload: int) -> tuple[str | bytes, int] | None:
+    """
+    The message of the complete client data frame at ``offset`` and where the next frame starts; None
+    unless the frame is final, unfragmented, uncompressed, masked, text or binary, no bigger than
+    ``max_payload`` (0: no limit), minimally encoded and, if text, valid UTF-8. Autobahn reads any
+    other frame, and fails the connection for those that break the protocol.
+    """
+    end = len(data)
+    if end - offset < 6:
+        return None
+    first, second = data[offset], data[offset + 1]
+    if (first != FINAL_TEXT and first != FINAL_BINARY) or not second & 0x80:
+        return None
+    size = second & 0x7F
+    start = offset + 2
+    if size == 126:
+        size = int.from_bytes(data[start : start + 2], "big")
+        start += 2
+        if size < 126:
+            return None
+    elif size == 127:
+        size = int.from_bytes(data[start : start + 8], "big")
+        start += 8
+        if size < 0x10000 or size >> 63:
+            return None
+    if max_payload and size > max_payload:
+        return None
+    mask = data[start : start + 4]
+    start += 4
+    stop = start + size
+    if stop > end:  # the frame (mask included) has not all arrived
+        return None
+    masked = data[start:stop]
+    key = (mask * (size // 4 + 1))[:size]
+    payload = (int.from_bytes(masked, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        size, "little"
+    )
+    if first == FINAL_BINARY:
+        return payload, stop
+    try:
+        return payload.decode("utf-8"), stop
+    except UnicodeDecodeError:
+        return None
+
+
+def frame_header(first_byte: int, size: int) -> bytes:
+    """The header of an unmasked frame carrying ``size`` payload bytes (RFC 6455 section 5.2)."""
+    if size < 126:
+        return bytes((first_byte, size))
+    if size < 0x10000:
+        return _LENGTH_16.pack(first_byte, 126, size)
+    return _LENGTH_64.pack(first_byte, 127, size)
+
+
+#: Frames handed over after this many seconds without any go out at once instead of at the end of the
+#: reactor turn (see :meth:`WriteBatcher.frames_handed`).
+QUIET_PERIOD = 0.001
+
+
+class WriteBatcher:
+    """
+    Connections with frames queued this turn; one delayed call writes them all out.
+
+    Gathering a turn's frames makes one write per connection out of a burst (a flood, a broadcast to
+    many connections). A lone frame after a quiet moment, typically a reply, has nothing to be gathered
+    with: it is written at once, so it waits neither for the rest of the turn nor for a delayed call.
+    """
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.clock = clock
+        self._queued: list[FramedWebSocketProtocol] = []
+        self._call: IDelayedCall | None = None
+        self._last_frames = clock.seconds()
+
+    def frames_handed(self) -> bool:
+        """
+        Told whenever a connection is handed frames; True when they end a quiet moment: no connection
+        was handed any in the last :data:`QUIET_PERIOD` seconds, and none waits for this turn's write.
+        Such frames may be written at once. So the first frames of a burst go out alone, and the rest
+        of the burst, however long it lasts, is gathered.
+        """
+        now = self.clock.seconds()
+        quiet = self._call is None and now - self._last_frames >= QUIET_PERIOD
+        self._last_frames = now
+        return quiet
+
+    def add(self, connection: FramedWebSocketProtocol) -> None:
+        self._queued.append(connection)
+        if self._call is None:
+            self._call = self.clock.callLater(0, self._write_all)
+
+    def _write_all(self) -> None:
+        self._call = None
+        queued, self._queued = self._queued, []
+        for connection in queued:
+            try:
+                connection.write_queued()
+            except Exception:
+                self._log.failure("writing WebSocket frames failed")
+
+
+@implementer(IPushProducer)
+class _WritePressure:
+    """
+    The push producer a connection registers with its TCP transport to learn of a full buffer, and
+    of the moment it is empty again (``drained``).
+    """
+
+    def __init__(self, drained: Callable[[], None]) -> None:
+        self.paused = False
+        self.unsent = 0
+        self._drained = drained
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.unsent = 0
+        self._drained()
+
+    def stopProducing(self) -> None:
+        self.paused = False
+        self.unsent = 0
+
+
+class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
+    """
+    One WebSocket connection that writes its own frames (see the module doc); its factory has a
+    ``max_payload`` (0: no limit). Subclasses handle each message in :meth:`message_received`.
+    """
+
+    # Not ``log``: Autobahn logs every frame at debug level through ``self.log``; a
+    # twisted.logger.Logger there costs a filtered log event per frame, Autobahn's own logger none.
+    _log = Logger()
+
+    def __init__(self, batcher: WriteBatcher) -> None:
+        super().__init__()
+        self._batcher = batcher
+        self._pressure = _WritePressure(self._stream_more)
+        self._queued: list[Binary] = []
+        self._queued_bytes = 0
+        self._queued_large = False
+        # A large memoryview payload being streamed, and how much of it has been written.
+        self._stream: memoryview | None = None
+        self._streamed = 0
+
+    def message_received(self, message: str | bytes) -> None:
+        """One whole text (``str``) or binary (``bytes``) message from the peer."""
+        raise NotImplementedError
+
+    def invalid_message(self, error: Exception) -> None:
+        """A text message that is not UTF-8 reached :meth:`onMessage` (Autobahn validates it first)."""
+        self._log.info("invalid WebSocket frame: {error}", error=error)
+
+    def send_message(self, parts: Sequence[Binary], binary: bool) -> None:
+        """Queue one message, the concatenation of ``parts``, as one frame (nothing is joined here)."""
+        size = largest = 0
+        for part in parts:
+            length = len(part)
+            size += length
+            if length > largest:
+                largest = length
+        header = frame_header(FINAL_BINARY if binary else FINAL_TEXT, size)
+        self.write_frames([header, *parts], size + len(header), largest >= LARGE_PAYLOAD)
+
+    @property
+    def accepts_frames(self) -> bool:
+        return internals.websocket_open(self)
+
+    @property
+    def unsent_bytes(self) -> int:
+        """
+        The bytes queued here for the next write and, while the transport says its write buffer is
+        full, those it still holds. For a transport that does not show its buffer, the bytes written
+        since it became full stand in for what it holds.
+        """
+        if not self._pressure.paused:
+            return self._queued_bytes
+        held = internals.unsent_bytes(self.transport)
+        if held is None:
+            held = self._pressure.unsent
+        return held + self._queued_bytes
+
+    def drop_queued(self) -> None:
+        """Forget the frames not yet handed to the transport (the connection is being cut off)."""
+        self._queued, self._queued_bytes, self._queued_large = [], 0, False
+        self._stream = None
+
+    def write_frames(self, parts: list[Binary], size: int, large: bool = False) -> None:
+        """
+        Queue whole frames (headers and payloads, in order, ``size`` bytes in all) for this turn's
+        write, if open, or write them at once after a quiet moment (:meth:`WriteBatcher.frames_handed`);
+        ``large`` when a part has at least :data:`LARGE_PAYLOAD` bytes (those always wait for the turn).
+        """
+        if not parts or self.transport is None or not internals.websocket_open(self):
+            return
+        idle = not self._queued and self._stream is None
+        quiet = self._batcher.frames_handed()
+        self._queued += parts
+        self._queued_bytes += size
+        self._queued_large = self._queued_large or large
+        if idle and quiet and not large:
+            self.write_queued()
+        elif idle:
+            self._batcher.add(self)
+
+    def write_queued(self, everything: bool = False) -> None:
+        """
+        Write the queued frames as one chunk, except that a large payload goes alone in a later turn
+        (unless ``everything``); dropped if the connection closed. Nothing is written while a large
+        payload is being streamed, unless ``everything``: then its rest is written at once.
+        """
+        if self.transport is None or not internals.websocket_open(self):
+            self._queued, self._queued_bytes, self._queued_large = [], 0, False
+            self._stream = None
+            return
+        if self._stream is not None:
+            if not everything:
+                return
+            rest = self._stream[self._streamed :]
+            self._stream = None
+            self._queued_bytes -= len(rest)
+            self._write(rest)
+        parts = self._queued
+        if not parts:
+            return
+        cut = len(parts)
+        if self._queued_large and not everything:
+            cut = next((i for i, part in enumerate(parts) if len(part) >= LARGE_PAYLOAD), cut)
+            cut = cut or 1
+        data = parts[0] if cut == 1 else b"".join(parts[:cut])
+        self._queued = parts[cut:]
+        self._queued_large = bool(self._queued) and self._queued_large
+        if isinstance(data, memoryview) and not everything:
+            self._stream, self._streamed = data, 0
+            self._stream_more()
+            return
+        self._queued_bytes -= len(data)
+        if self._write(data) and self._queued:
+            # All of it went out at once, so the large payload next has nothing to be joined with.
+            self.write_queued()
+        elif self._queued:
+            self._batcher.add(self)
+
+    def _write(self, data: Binary) -> bool:
+        """Write ``data``; True if the socket took all of it at once (nothing left with Twisted)."""
+        transport = self.transport
+        if transport is None:
+            return False
+        sent = internals.write_through(transport, data)
+        if sent == len(data):
+            return True
+        rest = bytes(data[sent:]) if sent or type(data) is not bytes else data
+        if self._pressure.paused:
+            self._pressure.unsent += len(rest)
+        transport.write(rest)
+        return False
+
+    def _stream_more(self) -> None:
+        """Write the next chunks of the payload being streamed until the transport's buffer is full."""
+        view = self._stream
+        if view is None:
+            return
+        while not self._pressure.paused:
+            if self.transport is None or not internals.websocket_open(self):
+                self._stream = None
+                return
+            start = self._streamed
+            chunk = view[start : start + STREAM_CHUNK]
+            self._streamed = start + len(chunk)
+            self._queued_bytes -= len(chunk)
+            self._write(chunk)
+            if self._streamed >= len(view):
+                self._stream = None
+                if self._queued:
+                    self._batcher.add(self)
+                return
+
+    def lose(self) -> None:
+        """Close politely if the connection is open and keeps up, else drop it."""
+        self.write_queued(everything=True)
+        if internals.websocket_open(self) and not self._pressure.paused:
+            self.sendClose(1000)
+        elif not internals.websocket_closed(self) and self.transport is not None:
+            # A close frame would wait behind everything the peer does not read: cut it off.
+            internals.abort_connection(self.transport)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        transport = self.transport
+        if transport is None:
+            return
+        # twisted.web's HTTP channel registered itself as the producer before the connection was
+        # handed over to us; take its place to hear about a full write buffer.
+        try:
+            internals.replace_producer(transport, self._pressure)
+        except Exception:
+            self._log.failure("registering the WebSocket write-pressure producer failed")
+
+    def dataReceived(self, data: bytes) -> None:
+        """Read whole data frames here while Autobahn has nothing buffered; it reads the rest."""
+        offset = 0
+        if internals.websocket_reader_idle(self):
+            max_payload = self.factory.max_payload
+            is_open = internals.websocket_open  # looked up once: it is asked after every frame
+            while offset < len(data) and is_open(self):
+                parsed = parse_data_frame(data, offset, max_payload)
+                if parsed is None:
+                    break
+                message, offset = parsed
+                self.message_received(message)
+            if offset == len(data):
+                return
+        super().dataReceived(data[offset:] if offset else data)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        """A message Autobahn read (see :meth:`dataReceived`)."""
+        if isBinary:
+            self.message_received(payload)
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as error:  # Autobahn validates UTF-8 itself: a safety net
+            self.invalid_message(error)
+            return
+        self.message_received(text)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.drop_queued()
