@@ -8,7 +8,7 @@ checks.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
@@ -242,6 +242,8 @@ class FakeProcesses:
         self.exited: dict[str, int | None] = {}
         self.polled: list[list[str]] = []
         self.closed = False
+        #: The environment asked for by each launch, by kernel id.
+        self.envs: dict[str, dict[str, str]] = {}
         self._specs = list(specs)
 
     def made(self, operation: str) -> list[Any]:
@@ -276,7 +278,10 @@ class FakeProcesses:
     def specs(self) -> Deferred[list[tuple[str, str, str]]]:
         return succeed(list(self._specs))
 
-    def launch(self, spec_name: str, kernel_id: str) -> Deferred[Any]:
+    def launch(
+        self, spec_name: str, kernel_id: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[Any]:
+        self.envs[kernel_id] = dict(env or {})
         return self._call("launch", (spec_name, kernel_id))
 
     def connect(self, kernel_id: str, spec_name: str, manager: Any) -> FakeKernel:

@@ -195,3 +195,15 @@ def test_specs_are_described() -> None:
     """specs lists the installed kernelspecs by name, display name and language."""
     registry, _, _, _ = registry_of()
     assert result_of(registry.specs()) == [KernelSpecInfo("python3", "Python 3", "python")]
+
+
+def test_a_start_with_an_environment_launches_a_new_kernel_with_it_and_leaves_the_pool() -> None:
+    """A warm kernel was started without the asked-for variables, so it is not handed out for them."""
+    registry, _, processes, _ = registry_of()
+    registry.keep_warm("python3", 1)
+    warm = ready(processes)
+    started = registry.start("python3", env={"KERNEL_USERNAME": "ada"})
+    kernel = ready(processes)
+    assert result_of(started) is kernel and kernel is not warm
+    assert processes.envs[kernel.id] == {"KERNEL_USERNAME": "ada"} and processes.envs[warm.id] == {}
+    assert registry.pooled("python3") == 1

@@ -8,6 +8,7 @@ with KernelLaunchError and kills whatever it had started, even when its thread r
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from jupyter_client.manager import KernelManager
 from twisted.internet.defer import Deferred, succeed
@@ -52,7 +53,9 @@ class KernelLauncher:
     def __len__(self) -> int:
         return len(self._launches)
 
-    def launch(self, spec_name: str, *, pooled: bool = False) -> Deferred[ManagedKernel]:
+    def launch(
+        self, spec_name: str, *, pooled: bool = False, env: Mapping[str, str] | None = None
+    ) -> Deferred[ManagedKernel]:
         """
         Start a kernel of this kernelspec, ready within ``timeout`` seconds; cancelling gives it up. Fails
         with UnknownKernelSpec or KernelLaunchError.
@@ -75,7 +78,7 @@ class KernelLauncher:
             spec_name=spec_name,
             kernel_id=launch.kernel_id,
         )
-        d = self._processes.launch(spec_name, launch.kernel_id)
+        d = self._processes.launch(spec_name, launch.kernel_id, env)
         d.addCallbacks(
             lambda manager: self._launched(launch, manager),
             lambda failure: self._launch_failed(launch, failure),

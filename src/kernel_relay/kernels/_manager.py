@@ -8,7 +8,7 @@ Each function takes and returns plain values so the registry can call it through
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -21,20 +21,39 @@ from ._errors import KernelLaunchError, KernelShutdownError, UnknownKernelSpec
 _log = Logger()
 
 
-def list_specs(ksm: KernelSpecManager) -> list[tuple[str, str, str]]:
-    """(name, display_name, language) of every installed kernelspec, sorted by name."""
+def list_specs(ksm: KernelSpecManager) -> list[tuple[str, str, str, dict[str, Any], str]]:
+    """
+    (name, display_name, language, kernel.json as jupyter_client reads it, resource directory) of every
+    installed kernelspec, sorted by name.
+    """
     found: dict[str, Any] = ksm.get_all_specs()
     result = []
     for name, entry in found.items():
         spec = entry.get("spec", {}) if isinstance(entry, dict) else {}
-        result.append((name, str(spec.get("display_name", name)), str(spec.get("language", ""))))
-    return sorted(result)
+        resource_dir = entry.get("resource_dir", "") if isinstance(entry, dict) else ""
+        result.append(
+            (
+                name,
+                str(spec.get("display_name", name)),
+                str(spec.get("language", "")),
+                dict(spec),
+                str(resource_dir),
+            )
+        )
+    return sorted(result, key=lambda row: row[0])
 
 
 def launch(
-    ksm: KernelSpecManager, spec_name: str, kernel_id: str, shutdown_timeout: float
+    ksm: KernelSpecManager,
+    spec_name: str,
+    kernel_id: str,
+    shutdown_timeout: float,
+    env: Mapping[str, str] | None = None,
 ) -> KernelManager:
-    """Start a kernel through its provisioner; the manager returned owns the process."""
+    """
+    Start a kernel through its provisioner; the manager returned owns the process. ``env`` is added to the
+    relay's own environment for the kernel (the caller has checked its names).
+    """
     try:
         ksm.get_kernel_spec(spec_name)
     except NoSuchKernel:
@@ -54,7 +73,10 @@ def launch(
         shutdown_wait_time=shutdown_timeout,
     )
     try:
-        manager.start_kernel()
+        if env:
+            manager.start_kernel(env={**os.environ, **env})
+        else:
+            manager.start_kernel()
     except Exception as exc:
         _log.failure("kernel {spec_name} failed to start", spec_name=spec_name)
         try:

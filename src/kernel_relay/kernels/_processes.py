@@ -10,7 +10,7 @@ real one: it runs ``_manager``'s blocking functions in the reactor's thread pool
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -42,11 +42,19 @@ class ManagedKernel(NamedTuple):
 class KernelProcesses(Protocol):
     """What the registry's parts do to kernel processes; every call that may block runs off the reactor."""
 
-    def specs(self) -> Deferred[list[tuple[str, str, str]]]:
-        """(name, display_name, language) of every installed kernelspec."""
+    def specs(self) -> Deferred[list[tuple[Any, ...]]]:
+        """
+        (name, display_name, language) of every installed kernelspec, and optionally its kernel.json and
+        resource directory.
+        """
 
-    def launch(self, spec_name: str, kernel_id: str) -> Deferred[KernelManager]:
-        """Start a kernel process; fails with UnknownKernelSpec or KernelLaunchError."""
+    def launch(
+        self, spec_name: str, kernel_id: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[KernelManager]:
+        """
+        Start a kernel process, with ``env`` added to its environment; fails with UnknownKernelSpec or
+        KernelLaunchError.
+        """
 
     def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:
         """The relay's side of a started kernel: its sockets, its key (on the reactor thread)."""
@@ -82,12 +90,14 @@ class JupyterProcesses:
         self._shutdown_timeout = shutdown_timeout
         self._opener = ZmqSocketOpener(reactor)
 
-    def specs(self) -> Deferred[list[tuple[str, str, str]]]:
+    def specs(self) -> Deferred[list[tuple[Any, ...]]]:
         return self._in_thread(_manager.list_specs, self._ksm)
 
-    def launch(self, spec_name: str, kernel_id: str) -> Deferred[KernelManager]:
+    def launch(
+        self, spec_name: str, kernel_id: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[KernelManager]:
         return self._in_thread(
-            _manager.launch, self._ksm, spec_name, kernel_id, self._shutdown_timeout
+            _manager.launch, self._ksm, spec_name, kernel_id, self._shutdown_timeout, env
         )
 
     def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:

@@ -16,8 +16,8 @@ in the reactor's thread pool; the reactor thread only does bookkeeping and ZMQ I
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager
@@ -45,11 +45,16 @@ _SPEC_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
 
 @dataclass(frozen=True)
 class KernelSpecInfo:
-    """What a client needs to choose a kernelspec."""
+    """
+    What a client needs to choose a kernelspec; ``spec`` is its kernel.json as jupyter_client reads it, and
+    ``resource_dir`` holds its logos.
+    """
 
     name: str
     display_name: str
     language: str
+    spec: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    resource_dir: str = field(default="", compare=False)
 
 
 class KernelRegistry:
@@ -132,10 +137,10 @@ class KernelRegistry:
 
     # -- starting -----------------------------------------------------------------------------
 
-    def start(self, spec_name: str) -> Deferred[Kernel]:
+    def start(self, spec_name: str, env: Mapping[str, str] | None = None) -> Deferred[Kernel]:
         """
         Launch a kernel of this kernelspec and fire with it once it is ready; from the warm pool, at once,
-        when it holds one.
+        when it holds one and no ``env`` (added to the kernel's environment) is asked for.
 
         Fails with UnknownKernelSpec, or KernelLaunchError (including after ``launch_timeout``
         seconds, in which case whatever was started is killed).
@@ -143,13 +148,15 @@ class KernelRegistry:
         if not isinstance(spec_name, str) or not _SPEC_NAME.fullmatch(spec_name):
             shown = repr(spec_name) if len(str(spec_name)) <= 80 else f"{str(spec_name)[:77]!r}..."
             return fail(UnknownKernelSpec(f"no kernel spec named {shown}"))
-        warm = self._pool.take(spec_name)
+        warm = None if env else self._pool.take(spec_name)
         if warm is not None:
             warm.kernel.last_activity = self._reactor.seconds()
             return succeed(self._handed_out(warm))
-        return self._launch(spec_name).addCallback(self._handed_out)
+        return self._launch(spec_name, env=env).addCallback(self._handed_out)
 
-    def _launch(self, spec_name: str, pooled: bool = False) -> Deferred[ManagedKernel]:
+    def _launch(
+        self, spec_name: str, pooled: bool = False, env: Mapping[str, str] | None = None
+    ) -> Deferred[ManagedKernel]:
         """A launch the death watch covers from its start; a failed one may leave it nothing to watch."""
         self._watch.start()
 
@@ -157,7 +164,7 @@ class KernelRegistry:
             self._watch.settle()
             return failure
 
-        return self._launcher.launch(spec_name, pooled=pooled).addErrback(settle)
+        return self._launcher.launch(spec_name, pooled=pooled, env=env).addErrback(settle)
 
     def _handed_out(self, entry: ManagedKernel) -> Kernel:
         self._running.add(entry)
