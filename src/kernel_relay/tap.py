@@ -26,8 +26,11 @@ from .http.api import RelayAPI
 from .http.connections import ConnectionBounds, ConnectionLimiter, raise_open_file_limit
 from .http.guards import AuthGuard, OriginGuard
 from .http.hosts import HostPolicy
+from .http.jupyter_api import EnvPolicy, JupyterAPI
 from .http.origins import OriginPolicy
+from .http.routes import KleinRoutes
 from .http.site import DEFAULT_MAX_BODY, Listener, RelayRoot, RelaySite
+from .http.spawning import Spawner
 from .kernels import KernelRegistry
 from .kernels.culling import KernelCuller
 from .kernels.heartbeat import HeartbeatMonitor
@@ -114,6 +117,13 @@ class Options(usage.Options):
             45.0,
             "Seconds a client may stay connected without joining a namespace.",
             _positive(float),
+        ],
+        [
+            "kernel-env-allow",
+            None,
+            None,
+            "Comma-separated environment variables a client may set for a kernel it starts with POST "
+            "/api/kernels, besides KERNEL_* (which are always allowed).",
         ],
         [
             "shutdown-timeout",
@@ -521,17 +531,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         relay.stopping()
         front.close()
 
-    api = RelayAPI(
+    spawner = Spawner(kernels, metrics, options["max-kernels"])
+    api = RelayAPI(kernels, metrics=metrics, auth=auth, spawner=spawner)
+    jupyter_api = JupyterAPI(
         kernels,
+        spawner,
         relay.client_count,
-        metrics=metrics,
-        max_kernels=options["max-kernels"],
-        auth=auth,
+        env_policy=EnvPolicy.from_option(options["kernel-env-allow"]),
     )
+    routes = KleinRoutes([(jupyter_api.app, jupyter_api.resource()), (api.app, api.resource())])
     site = RelaySite(
         RelayRoot(
             OriginGuard(
-                AuthGuard(api.resource(), auth, on_refused=lambda: metrics.error("auth")),
+                AuthGuard(routes, auth, on_refused=lambda: metrics.error("auth")),
                 origins,
             ),
             socketio.resource(),

@@ -63,12 +63,17 @@ def test_a_name_no_kernelspec_can_have_is_refused_before_anything_starts(relay: 
 
 
 def test_kernelspecs_lists_python3(relay: Relay) -> None:
-    """GET /api/kernelspecs lists python3 with its display name and language."""
+    """GET /api/kernelspecs lists python3, the default, in Jupyter Server's shape, with its logo."""
     response = requests.get(f"{relay.url}/api/kernelspecs", timeout=30)
     assert response.status_code == 200
-    specs = {spec["name"]: spec for spec in response.json()["kernelspecs"]}
-    assert specs["python3"]["language"] == "python"
-    assert specs["python3"]["display_name"]
+    listing = response.json()
+    assert listing["default"] == "python3"
+    python3 = listing["kernelspecs"]["python3"]
+    assert python3["name"] == "python3" and python3["spec"]["language"] == "python"
+    assert python3["spec"]["display_name"] and python3["spec"]["argv"]
+    logo = requests.get(relay.url + python3["resources"]["logo-64x64"], timeout=30)
+    assert logo.status_code == 200 and logo.headers["Content-Type"] == "image/png"
+    assert logo.content.startswith(b"\x89PNG")
 
 
 def test_unknown_route_and_wrong_method_answer_json(relay: Relay) -> None:

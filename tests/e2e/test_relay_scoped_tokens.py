@@ -70,7 +70,7 @@ def test_full_kernel_token_opens_one_kernel_only(guarded: Relay) -> None:
             client.close()
         refusal = connect_error(guarded, f"/shell/{other}", token)
         assert f"full access to kernel {mine} only" in refusal and "403" in refusal
-        assert call(guarded, "POST", f"/api/kernels/{mine}/interrupt", token).status_code == 200
+        assert call(guarded, "POST", f"/api/kernels/{mine}/interrupt", token).status_code == 204
         for method, path in (
             ("GET", "/spawn/python3"),
             ("GET", "/api/kernels"),

@@ -11,6 +11,8 @@ from twisted.internet.task import Clock
 from kernel_relay.auth import TokenAuth
 from kernel_relay.http.api import RelayAPI
 from kernel_relay.http.guards import AuthGuard
+from kernel_relay.http.jupyter_api import JupyterAPI
+from kernel_relay.http.routes import KleinRoutes
 from kernel_relay.kernels import KernelRegistry
 from tests.fakes import FakeProcesses, result_of
 
@@ -30,8 +32,12 @@ class API:
             shutdown_timeout=5,
         )
         self.auth = TokenAuth(token)
-        api = RelayAPI(self.kernels, lambda kernel_id: 0, max_kernels=max_kernels, auth=self.auth)
-        self.stub = StubTreq(AuthGuard(api.resource(), self.auth))
+        api = RelayAPI(self.kernels, max_kernels=max_kernels, auth=self.auth)
+        jupyter = JupyterAPI(
+            self.kernels, api.spawner, lambda kernel_id: 0, clock=self.clock.seconds
+        )
+        routes = KleinRoutes([(jupyter.app, jupyter.resource()), (api.app, api.resource())])
+        self.stub = StubTreq(AuthGuard(routes, self.auth))
 
     def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         response = result_of(self.stub.request(method, URL + path, **kwargs))
@@ -95,9 +101,9 @@ def test_shutdown_answers_both_ids() -> None:
 
 
 def test_interrupt_of_an_unknown_kernel_is_404() -> None:
-    """POST /api/kernels/<id>/interrupt on an unknown kernel answers 404 {"error"}."""
+    """POST /api/kernels/<id>/interrupt on an unknown kernel answers Jupyter Server's 404 {"message"}."""
     code, body = API().call("POST", "/api/kernels/nope/interrupt")
-    assert code == 404 and "error" in body
+    assert code == 404 and body == {"message": "Kernel does not exist: nope", "reason": None}
 
 
 def test_wrong_method_and_unknown_route_are_json() -> None:
@@ -110,15 +116,30 @@ def test_wrong_method_and_unknown_route_are_json() -> None:
     assert api.processes.made("launch") == []
 
 
-def test_kernelspecs_are_listed() -> None:
-    """GET /api/kernelspecs lists each kernelspec's name, display name and language."""
+def test_kernelspecs_are_listed_in_jupyter_servers_shape() -> None:
+    """GET /api/kernelspecs: the default and each spec by name, with its kernel.json fields."""
     code, body = API().call("GET", "/api/kernelspecs")
     assert code == 200
     assert body == {
-        "kernelspecs": [
-            {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-        ]
+        "default": "python3",
+        "kernelspecs": {
+            "python3": {
+                "name": "python3",
+                "spec": {
+                    "argv": [],
+                    "display_name": "Python 3 (ipykernel)",
+                    "language": "python",
+                    "env": {},
+                    "metadata": {},
+                    "interrupt_mode": "signal",
+                },
+                "resources": {},
+            }
+        },
     }
+    assert API().call("GET", "/api/kernelspecs/python3")[1] == body["kernelspecs"]["python3"]
+    code, missing = API().call("GET", "/api/kernelspecs/nope")
+    assert code == 404 and missing["message"] == "Kernel spec nope not found"
 
 
 def test_token_guards_every_route_but_health() -> None:

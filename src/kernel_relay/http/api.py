@@ -1,9 +1,9 @@
 """
-The REST API (Klein): the seed's contract, discovery, kernel control, tokens, health and metrics.
+The relay's own REST routes (Klein): the seed's contract, kernel tokens, health and metrics.
 
 The seed's contract is kept exactly: ``GET /spawn/<kernelSpecName>`` answers ``{"id": ...}``,
 ``GET /shutdown/<id>`` answers ``{"id": ...}``, and any failure of either is HTTP 500 with ``{"error": ...}``.
-Discovery routes live under ``/api/``. The guards of :mod:`.guards` stand in front of every route (origins,
+Jupyter Server's kernel API (kernelspecs, kernels, interrupt, restart) is :mod:`.jupyter_api`'s. The guards of :mod:`.guards` stand in front of every route (origins,
 and with a token set, the token on every route but ``/api/health``; see :mod:`kernel_relay.auth`).
 
 ``GET /api/health`` answers ``{"status": "ok", ...}`` while the relay serves; ``GET /metrics`` is the
@@ -17,7 +17,6 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from klein import Klein
@@ -30,8 +29,9 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import __version__
 from ..auth import ACCESS_LEVELS, FULL, TokenAuth
-from ..kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel
+from ..kernels import Kernel, KernelRegistry
 from ..metrics import RelayMetrics
+from .spawning import Spawner, TooManyKernels, error_text
 
 log = Logger()
 
@@ -46,79 +46,44 @@ def json_body(request: IRequest, code: int, body: object) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _error_text(failure: Failure) -> str:
-    return str(failure.value) or type(failure.value).__name__
-
-
 class RelayAPI:
-    """
-    The REST routes. ``clients_of(kernel_id)`` tells how many socket.io clients a kernel has; it comes from
-    the relay so this module needs no knowledge of channels.
-    """
+    """The relay's own REST routes (Jupyter Server's kernel API is :mod:`.jupyter_api`'s)."""
 
     app = Klein()
 
     def __init__(
         self,
         kernels: KernelRegistry,
-        clients_of: Callable[[str], int],
         *,
         metrics: RelayMetrics | None = None,
         max_kernels: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         auth: TokenAuth | None = None,
+        spawner: Spawner | None = None,
     ) -> None:
         self._kernels = kernels
         self._auth = auth or TokenAuth()
-        self._clients_of = clients_of
         self.metrics = metrics or RelayMetrics()
-        self._max_kernels = max_kernels
         self._clock = clock
-        self._starting = 0
+        self.spawner = spawner or Spawner(kernels, self.metrics, max_kernels, clock)
         self._started_at = clock()
 
     def resource(self) -> IResource:
         return self.app.resource()  # type: ignore[no-any-return]
 
     @app.route("/spawn/<path:spec_name>", methods=["GET"])
-    def spawn(self, request: IRequest, spec_name: str) -> Deferred[bytes] | bytes:
+    def spawn(self, request: IRequest, spec_name: str) -> Deferred[bytes]:
         _refuse_head(request)
-        if (
-            self._max_kernels is not None
-            and len(self._kernels) + self._starting >= self._max_kernels
-        ):
-            self.metrics.error("spawn")
-            log.warn(
-                "Refused to spawn a kernel: {limit} kernels run already", limit=self._max_kernels
-            )
-            request.setHeader(b"Retry-After", b"10")
-            return json_body(
-                request,
-                500,
-                {"error": f"the relay already runs its maximum of {self._max_kernels} kernels"},
-            )
-        began = self._clock()
-        self._starting += 1
 
         def started(kernel: Kernel) -> bytes:
-            self.metrics.spawn_seconds.observe(self._clock() - began)
             return json_body(request, 200, {"id": kernel.id})
 
         def failed(failure: Failure) -> bytes:
-            self.metrics.error("spawn")
-            # The error names the kernelspec (cut short if long): the raw name is the client's input.
-            log.warn("Could not spawn a kernel: {error}", error=_error_text(failure))
-            return json_body(request, 500, {"error": _error_text(failure)})
+            if failure.check(TooManyKernels):  # type: ignore[no-untyped-call]
+                request.setHeader(b"Retry-After", b"10")
+            return json_body(request, 500, {"error": error_text(failure)})
 
-        def settled(result: bytes) -> bytes:
-            self._starting -= 1
-            return result
-
-        return self._kernels.start(spec_name).addCallbacks(started, failed).addBoth(settled)
+        return self.spawner.spawn(spec_name).addCallbacks(started, failed)
 
     @app.route("/api/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
@@ -154,46 +119,11 @@ class RelayAPI:
             log.warn(
                 "Could not shut down kernel {kernel_id}: {error}",
                 kernel_id=kernel_id,
-                error=_error_text(failure),
+                error=error_text(failure),
             )
-            return json_body(request, 500, {"error": _error_text(failure)})
+            return json_body(request, 500, {"error": error_text(failure)})
 
         return self._kernels.shutdown(kernel_id).addCallbacks(stopped, failed)
-
-    @app.route("/api/kernels/<kernel_id>/interrupt", methods=["POST"])
-    def interrupt(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
-        """Interrupt the running cell: SIGINT or an ``interrupt_request``, as the kernelspec says."""
-        return self._kernels.interrupt(kernel_id).addCallbacks(
-            lambda _: json_body(request, 200, {"id": kernel_id}),
-            self._kernel_failure,
-            errbackArgs=(request, kernel_id, "interrupt"),
-        )
-
-    @app.route("/api/kernels/<kernel_id>/restart", methods=["POST"])
-    def restart(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
-        """Restart in place and answer once the kernel is ready again; clients stay connected."""
-
-        def restarted(kernel: Kernel) -> bytes:
-            return json_body(
-                request, 200, {"id": kernel.id, "execution_state": kernel.execution_state}
-            )
-
-        return self._kernels.restart(kernel_id).addCallbacks(
-            restarted, self._kernel_failure, errbackArgs=(request, kernel_id, "restart")
-        )
-
-    def _kernel_failure(
-        self, failure: Failure, request: IRequest, kernel_id: str, action: str
-    ) -> bytes:
-        """404 for an unknown kernel, 500 with the reason for anything else."""
-        code = 404 if failure.check(UnknownKernel) else 500  # type: ignore[no-untyped-call]
-        log.warn(
-            "Could not {action} kernel {kernel_id}: {error}",
-            action=action,
-            kernel_id=kernel_id,
-            error=_error_text(failure),
-        )
-        return json_body(request, code, {"error": _error_text(failure)})
 
     @app.route("/api/kernels/<kernel_id>/tokens", methods=["POST"])
     def issue_token(self, request: IRequest, kernel_id: str) -> bytes:
@@ -229,36 +159,6 @@ class RelayAPI:
             "Issued a {access} token for kernel {kernel_id}", access=access, kernel_id=kernel_id
         )
         return json_body(request, 201, {"token": token, "kernel_id": kernel_id, "access": access})
-
-    @app.route("/api/kernelspecs", methods=["GET"])
-    def kernelspecs(self, request: IRequest) -> Deferred[bytes]:
-        def listed(specs: list[KernelSpecInfo]) -> bytes:
-            entries = [
-                {"name": spec.name, "display_name": spec.display_name, "language": spec.language}
-                for spec in sorted(specs, key=lambda spec: spec.name)
-            ]
-            return json_body(request, 200, {"kernelspecs": entries})
-
-        def failed(failure: Failure) -> bytes:
-            log.failure("Could not list kernelspecs", failure)
-            return json_body(request, 500, {"error": _error_text(failure)})
-
-        return self._kernels.specs().addCallbacks(listed, failed)
-
-    @app.route("/api/kernels", methods=["GET"])
-    def kernels(self, request: IRequest) -> bytes:
-        entries = [
-            {
-                "id": kernel.id,
-                "name": kernel.spec_name,
-                "execution_state": kernel.execution_state,
-                "connections": self._clients_of(kernel.id),
-                "last_activity": _iso(kernel.last_activity),
-                "reachable": kernel.reachable,
-            }
-            for kernel in self._kernels.kernels()
-        ]
-        return json_body(request, 200, entries)
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: IRequest, failure: Failure) -> bytes:

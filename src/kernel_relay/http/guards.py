@@ -23,7 +23,7 @@ log = Logger()
 
 #: REST routes a full kernel token may use: they name the kernel they act on.
 _KERNEL_ROUTES = re.compile(
-    r"^/(?:shutdown/(?P<a>[^/]+)|api/kernels/(?P<b>[^/]+)/(?:interrupt|restart))$"
+    r"^/(?:shutdown/(?P<a>[^/]+)|api/kernels/(?P<b>[^/]+)(?:/interrupt|/restart)?)$"
 )
 
 
@@ -125,7 +125,7 @@ class OriginGuard(Resource):
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         if request.method == b"OPTIONS":
             request.setResponseCode(204)
-            request.setHeader(b"Access-Control-Allow-Methods", b"GET, POST, OPTIONS")
+            request.setHeader(b"Access-Control-Allow-Methods", b"GET, POST, DELETE, OPTIONS")
             request.setHeader(b"Access-Control-Allow-Headers", b"Authorization, Content-Type")
             request.setHeader(b"Access-Control-Max-Age", b"600")
             return b""

@@ -497,15 +497,17 @@ async function shutdown() {
 
 async function loadKernelspecs() {
   try {
-    const { kernelspecs } = await getJSON("api/kernelspecs");
+    // Jupyter Server's shape: {"default": name, "kernelspecs": {name: {name, spec: {display_name, ...}}}}
+    const listing = await getJSON("api/kernelspecs");
+    const kernelspecs = Object.values(listing.kernelspecs).sort((a, b) => a.name.localeCompare(b.name));
     ui.spec.replaceChildren(
       ...kernelspecs.map((spec) => {
-        const option = element("option", "", spec.display_name || spec.name);
+        const option = element("option", "", spec.spec.display_name || spec.name);
         option.value = spec.name;
         return option;
       }),
     );
-    const preferred = kernelspecs.find((spec) => spec.name === "python3") ?? kernelspecs[0];
+    const preferred = kernelspecs.find((spec) => spec.name === listing.default) ?? kernelspecs[0];
     if (preferred) ui.spec.value = preferred.name;
     if (!kernelspecs.length) {
       const none = element("option", "", "No kernelspecs installed");

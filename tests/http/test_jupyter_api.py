@@ -1,0 +1,100 @@
+"""Jupyter Server's kernel REST API in process (StubTreq), over a registry whose kernel processes are faked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kernel_relay.http.jupyter_api import BadEnvironment, EnvPolicy
+from tests.fakes import result_of
+from tests.http.test_api import API, URL
+
+
+def started(api: API, body: object) -> tuple[int, dict[str, str], Any]:
+    """POST /api/kernels with ``body``; the launch it makes (if any) is faked ready."""
+    pending = api.stub.post(URL + "/api/kernels", data=json.dumps(body).encode())
+    if api.processes.waiting("launch"):
+        manager = api.processes.launched()
+        api.processes.connected[manager.kernel_id].become_ready()
+        api.stub.flush()
+    response = result_of(pending)
+    headers = {k.decode(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
+    content = result_of(api.stub.content(response))
+    return response.code, headers, json.loads(content) if content else None
+
+
+def test_post_starts_a_kernel_and_answers_201_with_its_model_and_location() -> None:
+    """201, Location /api/kernels/<id>, and the model Jupyter clients validate."""
+    api = API()
+    code, headers, model = started(api, {"name": "python3"})
+    assert code == 201
+    assert headers["Location"] == f"/api/kernels/{model['id']}"
+    assert set(model) >= {"id", "name", "last_activity", "execution_state", "connections"}
+    assert model["name"] == "python3" and model["connections"] == 0
+    assert model["last_activity"].endswith("Z")
+    assert api.call("GET", f"/api/kernels/{model['id']}") == (200, model)
+    assert api.call("GET", "/api/kernels")[1] == [model]
+
+
+def test_post_without_a_name_starts_the_default_kernelspec() -> None:
+    api = API()
+    code, _, model = started(api, {})
+    assert (code, model["name"]) == (201, "python3")
+
+
+def test_post_passes_kernel_variables_and_refuses_others_with_400() -> None:
+    """KERNEL_* reach the launch; LD_PRELOAD or PATH are refused before anything starts."""
+    api = API()
+    code, _, model = started(api, {"name": "python3", "env": {"KERNEL_USERNAME": "ada"}})
+    assert code == 201 and api.processes.envs[model["id"]] == {"KERNEL_USERNAME": "ada"}
+    for env in ({"LD_PRELOAD": "/tmp/x.so"}, {"PATH": "/tmp"}, ["KERNEL_X"], {"KERNEL_X": 1}):
+        code, _, body = started(api, {"name": "python3", "env": env})
+        assert code == 400 and body["message"].startswith('"env"'), env
+    assert len(api.processes.made("launch")) == 1
+
+
+def test_bad_bodies_and_unknown_kernelspecs_are_jupyter_errors() -> None:
+    api = API()
+    response = result_of(api.stub.post(URL + "/api/kernels", data=b"{nope"))
+    assert response.code == 400
+    code, _, body = started(api, {"name": "no-such-spec"})
+    assert code == 404 and "no-such-spec" in body["message"] and "reason" in body
+    assert started(api, {"name": 7})[0] == 400
+
+
+def test_delete_answers_204_and_the_kernel_is_gone() -> None:
+    api = API()
+    _, _, model = started(api, {"name": "python3"})
+    pending = api.stub.delete(URL + f"/api/kernels/{model['id']}")
+    api.processes.answer("stop", None)
+    api.stub.flush()
+    response = result_of(pending)
+    assert response.code == 204 and result_of(api.stub.content(response)) == b""
+    assert api.call("GET", f"/api/kernels/{model['id']}")[0] == 404
+    assert api.call("DELETE", f"/api/kernels/{model['id']}")[0] == 404
+
+
+def test_wrong_methods_are_405_in_jupyter_servers_shape() -> None:
+    api = API()
+    code, body = api.call("PUT", "/api/kernels")
+    assert code == 405 and set(body) == {"message", "reason"}
+    assert api.call("GET", "/api/kernels/x/interrupt")[0] == 405
+
+
+def test_status_and_version_answer() -> None:
+    api = API()
+    code, status = api.call("GET", "/api/status")
+    assert code == 200 and status["kernels"] == 0 and status["started"].endswith("Z")
+    assert api.call("GET", "/api")[1]["version"]
+
+
+def test_the_env_policy_allows_named_variables_only() -> None:
+    policy = EnvPolicy.from_option("LANG, TZ")
+    assert policy.checked({"LANG": "C", "KERNEL_A": "b"}) == {"LANG": "C", "KERNEL_A": "b"}
+    for bad in ({"LC_ALL": "C"}, {"KERNEL_": "x"}, {"KERNEL_A": "a\x00"}):
+        try:
+            policy.checked(bad)
+        except BadEnvironment as error:
+            assert "env" in str(error)
+        else:
+            raise AssertionError(f"{bad} was allowed")
