@@ -21,6 +21,7 @@ from . import __version__
 from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
 from .demo import demo_resources
 from .engineio import EngineIOOptions
+from .fronts.jupyter import JupyterFront
 from .fronts.socketio import SocketIOFront
 from .http.api import RelayAPI
 from .http.connections import ConnectionBounds, ConnectionLimiter, raise_open_file_limit
@@ -525,11 +526,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         ),
     )
     front = SocketIOFront(socketio, relay)
+    jupyter_front = JupyterFront(
+        relay,
+        reactor,
+        origins=origins,
+        max_payload=options["max-payload"],
+        max_buffered_bytes=options["max-buffered-bytes"],
+    )
 
     def stopping() -> None:
         # Each kernel's iopub clients see it dead before every client is disconnected.
         relay.stopping()
         front.close()
+        jupyter_front.close()
 
     spawner = Spawner(kernels, metrics, options["max-kernels"])
     api = RelayAPI(kernels, metrics=metrics, auth=auth, spawner=spawner)
@@ -549,6 +558,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             socketio.resource(),
             demo=None if options["no-demo"] else demo_resources(),
             hosts=HostPolicy.from_options(options["allow-host"], token_required=auth.enabled),
+            channels=jupyter_front.resource(),
         ),
         logPath=options["access-log"],
         reactor=reactor,

@@ -7,6 +7,7 @@ listeners that serve it (:class:`RelaySite`, :class:`Listener`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
@@ -41,12 +42,16 @@ from .hosts import HostPolicy
 
 log = Logger()
 
+#: The Jupyter kernel WebSocket's path, served by ``channels`` (the Jupyter front), not by Klein.
+_CHANNELS = re.compile(rb"^/api/kernels/[^/]+/channels/?$")
+
 
 class RelayRoot(Resource):
     """
-    The root of the site: ``/socket.io/`` goes straight to the socket.io server, everything else to the API.
+    The root of the site: ``/socket.io/`` goes straight to the socket.io server, ``/api/kernels/<id>/channels``
+    to the Jupyter front's WebSocket (``channels``), everything else to the API.
 
-    socket.io traffic bypasses Klein's routing on purpose: it is the hot path. ``demo``, when given, adds
+    WebSocket and socket.io traffic bypass Klein's routing on purpose: they are the hot path. ``demo``, when given, adds
     children of its own (the demo page at ``/`` and its files, see :func:`kernel_relay.demo.demo_resources`).
     """
 
@@ -56,12 +61,14 @@ class RelayRoot(Resource):
         socketio: IResource,
         demo: Mapping[bytes, IResource] | None = None,
         hosts: HostPolicy | None = None,
+        channels: IResource | None = None,
     ) -> None:
         super().__init__()
         self.putChild(b"socket.io", socketio)
         for segment, child in (demo or {}).items():
             self.putChild(segment, child)
         self._api = api
+        self._channels = channels
         self._hosts = hosts if hosts is not None else HostPolicy()
 
     def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
@@ -74,6 +81,8 @@ class RelayRoot(Resource):
     def getChild(self, path: bytes, request: IRequest) -> IResource:
         # Give the segment back so the API sees the whole path.
         request.postpath.insert(0, request.prepath.pop())  # type: ignore[attr-defined]
+        if self._channels is not None and _CHANNELS.match(request.path):
+            return self._channels
         return self._api
 
     def render(self, request: IRequest) -> bytes | int:

@@ -203,6 +203,10 @@ class RelayCore:
 
     # -- queries -------------------------------------------------------------------------------------------
 
+    def has_kernel(self, kernel_id: str) -> bool:
+        """Whether the kernel runs (a front checks again once a slow handshake is over)."""
+        return kernel_id in self._kernels
+
     def client_count(self, kernel_id: str) -> int:
         """How many distinct clients are attached to any channel of the kernel."""
         channels = self._attached.get(kernel_id, {})

@@ -128,11 +128,12 @@ class IopubJournal:
 
 def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Outgoing:
     """``message`` as sent, its metadata carrying ``relay_seq`` (spliced into the kernel's metadata JSON)."""
-    if isinstance(message, KernelMessage):
-        metadata = bytes(message.json_parts()[2])
-        return Outgoing.of_kernel(message, splice_seq(metadata.decode(), seq).encode())
-    outgoing = Outgoing.of_dict(message)
-    return outgoing.with_metadata(splice_seq(bytes(outgoing.parts[2]).decode(), seq).encode())
+    outgoing = (
+        Outgoing.of_kernel(message)
+        if isinstance(message, KernelMessage)
+        else Outgoing.of_dict(message)
+    )
+    return outgoing.numbered(splice_seq(str(outgoing.parts[2], "utf-8"), seq).encode(), seq)
 
 
 def splice_seq(metadata_json: str, seq: int) -> str:

@@ -27,14 +27,18 @@ Parts = tuple[Frame, Frame, Frame, Frame]
 
 
 class Outgoing:
-    """One message for clients: ``parts`` are the JSON of header, parent_header, metadata and content."""
+    """
+    One message for clients: ``parts`` are the JSON of header, parent_header, metadata and content; ``seq``
+    is its ``relay_seq`` once the journal has numbered it (0 before, and on channels other than iopub).
+    """
 
-    __slots__ = ("buffers", "channel", "parts")
+    __slots__ = ("buffers", "channel", "parts", "seq")
 
-    def __init__(self, parts: Parts, buffers: Sequence[Frame], channel: str) -> None:
+    def __init__(self, parts: Parts, buffers: Sequence[Frame], channel: str, seq: int = 0) -> None:
         self.parts = parts
         self.buffers = buffers
         self.channel = channel
+        self.seq = seq
 
     @classmethod
     def of_kernel(cls, message: KernelMessage, metadata: bytes | None = None) -> Outgoing:
@@ -76,9 +80,10 @@ class Outgoing:
         header, parent, metadata, content = (str(part, "utf-8") for part in self.parts)
         return header, parent, metadata, content
 
-    def with_metadata(self, metadata: bytes) -> Outgoing:
+    def numbered(self, metadata: bytes, seq: int) -> Outgoing:
+        """This message with ``metadata`` (JSON that carries ``seq``) for its own."""
         parts = self.parts
-        return Outgoing((parts[0], parts[1], metadata, parts[3]), self.buffers, self.channel)
+        return Outgoing((parts[0], parts[1], metadata, parts[3]), self.buffers, self.channel, seq)
 
 
 def is_one_text(message: Outgoing) -> bool:

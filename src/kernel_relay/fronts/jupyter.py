@@ -1,0 +1,420 @@
+"""
+The Jupyter kernel WebSocket front: ``/api/kernels/<id>/channels?session_id=...`` as Jupyter Server serves it,
+translated into the relay core, so JupyterLab, ``@jupyterlab/services`` and ``jupyter server --gateway-url``
+use the relay's kernels unchanged.
+
+- One WebSocket carries all four channels of one kernel, in the ``v1.kernel.websocket.jupyter.org``
+  subprotocol when the client offers it, else the legacy one (:mod:`.jupyter_wire`). It is one client of the
+  core: replies and ``input_request``\\ s go to it alone, iopub to every client of the kernel, whatever
+  their front.
+- The request is checked before the upgrade, answering Jupyter Server's JSON errors: the origin, the token
+  (``Authorization: token|Bearer`` or ``?token=``; a read-only kernel token gets iopub only), the kernel
+  (404). A browser cannot forge such a request from another site: it cannot set ``Authorization``, and the
+  origin is checked; the relay never reads a cookie, so it needs no XSRF token.
+- Reconnect without loss: when a connection ends, the front notes the last ``relay_seq`` it sent for the
+  connection's ``session_id``; a connection that comes back with that ``session_id`` gets the iopub messages
+  it missed, in order (bounded by the journal's ``--iopub-replay-*`` options, any number of sessions per
+  kernel, each mark kept :data:`MARK_AGE` seconds). What is no longer kept is told as an iopub ``stream``
+  message on ``stderr``, parented to the last cell the client saw, so a Jupyter client shows it in that cell.
+  Errors the core tells (a refused message, an oversized one) come the same way, parented to the message
+  concerned.
+- A kernel that stops or dies is announced as ``dead`` on iopub (by the core), then the socket closes with
+  code 1000 and the reason; a client that does not read what is sent to it is closed as a slow client once
+  ``max_buffered_bytes`` wait for it (never a silent drop, and no rate limit drops output).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+
+from ..auth import TOKEN_QUERY, token_from_authorization
+from ..http.connections import peer_host, trust_request_connection
+from ..http.jupyter_api import jupyter_error
+from ..http.origins import OriginPolicy
+from ..kernels import DEFAULT_USERNAME, PROTOCOL_VERSION, Frame, Kernel, pack_json
+from ..relay.core import CHANNELS, ERROR, IOPUB, REPLAY_GAP, Refused, RelayCore
+from ..relay.journal import Resume
+from ..relay.payload import Outgoing
+from ..websocket import FramedWebSocketProtocol, WriteBatcher
+from .jupyter_wire import V1, WireError, decode_legacy, decode_v1, legacy_frame, v1_frame
+
+log = Logger()
+
+CHANNELS_PATH: Final = re.compile(r"^/api/kernels/(?P<kernel_id>[^/]+)/channels/?$")
+#: How long the front remembers where a disconnected session stopped reading.
+MARK_AGE: Final = 3600.0
+#: At most this many disconnected sessions are remembered (the oldest are forgotten first).
+MAX_MARKS: Final = 10_000
+#: Close codes: the kernel is gone (normal closure with a reason), the relay stops, a slow client.
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_POLICY: Final = 1008
+_NO_RESUME: Final = Resume(None, False)
+
+
+@dataclass
+class _Mark:
+    """Where a disconnected session stopped: the last ``relay_seq`` sent, and that message's parent."""
+
+    seq: int
+    parent: Frame
+    time: float
+
+
+def _is_websocket_upgrade(request: IRequest) -> bool:
+    upgrade = (request.getHeader(b"upgrade") or b"").decode("latin-1").lower()
+    return "websocket" in [token.strip() for token in upgrade.split(",")]
+
+
+def _iso(clock: IReactorTime) -> str:
+    return datetime.fromtimestamp(clock.seconds(), UTC).isoformat().replace("+00:00", "Z")
+
+
+class JupyterConnection(FramedWebSocketProtocol):
+    """One channels WebSocket: one client of the core, attached to the channels its token allows."""
+
+    def __init__(self, front: JupyterFront, admitted: _Admitted, batcher: WriteBatcher) -> None:
+        super().__init__(batcher)
+        self._front = front
+        self.admitted = admitted
+        self.client_id = uuid.uuid4().hex
+        self.address = admitted.address
+        self.v1 = False
+        self.channels: set[str] = set()
+        self.last_seq = 0
+        self.last_parent: Frame = b"{}"
+        self._closing = False
+
+    # -- RelayClient ----------------------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self.unsent_bytes
+
+    def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
+        if self._closing:
+            return
+        if self.v1:
+            self.send_message(v1_frame(message), binary=True)
+        else:
+            parts, binary = legacy_frame(message)
+            self.send_message(parts, binary)
+        if message.seq:
+            self.last_seq = message.seq
+            self.last_parent = message.parts[1]
+        limit = self._front.max_buffered_bytes
+        if limit and self.unsent_bytes > limit:
+            self._front.core.metrics.error("slow_client")
+            log.warn(
+                "Closing Jupyter client {address} of kernel {kernel}: {backlog} bytes wait for it (slow client)",
+                address=self.address,
+                kernel=kernel_id,
+                backlog=self.unsent_bytes,
+            )
+            self.close_with(CLOSE_POLICY, f"slow client: more than {limit} bytes unread")
+
+    def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
+        if self._closing or IOPUB not in self.channels:
+            return
+        if event == REPLAY_GAP:
+            parent: Frame = self.admitted.resume_parent or b"{}"
+            text = f"[kernel-relay] output was lost while this client was away: {details.get('message')}"
+        else:
+            msg_id = details.get("msg_id") or details.get("parent_msg_id")
+            parent = pack_json({"msg_id": msg_id}) if msg_id else b"{}"
+            text = f"[kernel-relay] {details.get('message')}"
+        metadata = {"kernel_relay": {"event": event, **details}}
+        self.deliver(kernel_id, IOPUB, self._front.stream(kernel_id, parent, text, metadata))
+
+    def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
+        self.close_with(CLOSE_NORMAL, reason)
+
+    # -- the connection -------------------------------------------------------------------------------
+
+    def close_with(self, code: int, reason: str) -> None:
+        """Close once, with ``code`` and ``reason`` (cut to what a close frame holds)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._front.connection_lost(self)
+        self.write_queued(everything=True)
+        if self.transport is not None:
+            self.sendClose(code, reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
+
+    def onConnect(self, request: ConnectionRequest) -> str | None:
+        self.v1 = V1 in (request.protocols or [])
+        return V1 if self.v1 else None
+
+    def onOpen(self) -> None:
+        self._front.connection_open(self)
+
+    def message_received(self, message: str | bytes) -> None:
+        if self._closing:
+            return
+        kernel_id = self.admitted.kernel.id
+        try:
+            if self.v1:
+                if isinstance(message, str):
+                    raise WireError("the v1 protocol sends binary frames only")
+                channel, decoded = decode_v1(message)
+            else:
+                channel, decoded = decode_legacy(message)
+        except WireError as error:
+            self._front.core.metrics.error("malformed_packet")
+            log.info(
+                "Malformed frame from Jupyter client {address}: {error}",
+                address=self.address,
+                error=error,
+            )
+            self.tell(kernel_id, IOPUB, ERROR, {"message": f"malformed frame: {error}"})
+            return
+        core = self._front.core
+        try:
+            if channel not in CHANNELS:
+                core.refuse(self, kernel_id, IOPUB, f"unknown channel {channel[:32]!r}", decoded)
+            if channel not in self.channels:
+                core.refuse(
+                    self,
+                    kernel_id,
+                    channel,
+                    f"this connection may not send on {channel}: its token allows "
+                    f"{', '.join(sorted(self.channels))} only",
+                    decoded,
+                )
+            core.receive(self, kernel_id, channel, decoded)
+        except Refused:
+            pass
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        super().onClose(wasClean, code, reason)
+        self._closing = True
+        self._front.connection_lost(self)
+
+
+@dataclass
+class _Admitted:
+    """What the check before the upgrade found: the kernel, the channels allowed, the resume asked for."""
+
+    kernel: Kernel
+    channels: list[str]
+    session_id: str
+    address: str
+    resume: Resume = _NO_RESUME
+    resume_parent: Frame | None = None
+
+
+class _ChannelsFactory(WebSocketServerFactory):  # type: ignore[misc]
+    """Builds the connection of the request just checked (render and build are synchronous)."""
+
+    def __init__(self, front: JupyterFront, reactor: IReactorTime, max_payload: int) -> None:
+        super().__init__(reactor=reactor)  # type: ignore[no-untyped-call]
+        self.setProtocolOptions(  # type: ignore[no-untyped-call]
+            autoPingInterval=30,
+            autoPingTimeout=30,
+            failByDrop=False,
+            maxMessagePayloadSize=max_payload,
+            maxFramePayloadSize=max_payload,
+        )
+        self.max_payload = max_payload
+        self._front = front
+        self._batcher = WriteBatcher(reactor)
+        self.next: _Admitted | None = None
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        admitted, self.next = self.next, None
+        if admitted is None:
+            return None
+        protocol = JupyterConnection(self._front, admitted, self._batcher)
+        protocol.factory = self
+        return protocol
+
+
+class _ClientProbe:
+    """Stands for a connection not yet made, so the core can admit it (it is never attached)."""
+
+    def __init__(self, address: str) -> None:
+        self.client_id = f"probe-{uuid.uuid4().hex}"
+        self.address = address
+        self.backlog = 0
+
+    def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
+        pass
+
+    def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
+        pass
+
+    def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
+        pass
+
+
+class JupyterFront:
+    """Serves ``/api/kernels/<id>/channels`` from a relay core."""
+
+    def __init__(
+        self,
+        core: RelayCore,
+        reactor: IReactorTime,
+        *,
+        origins: OriginPolicy | None = None,
+        max_payload: int = 16 * 1024 * 1024,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.core = core
+        self._clock = reactor
+        self._origins = origins or OriginPolicy.from_options([])
+        self.max_buffered_bytes = max_buffered_bytes
+        self._factory = _ChannelsFactory(self, reactor, max_payload)
+        self._websocket = WebSocketResource(self._factory)  # type: ignore[no-untyped-call]
+        self._connections: dict[str, JupyterConnection] = {}
+        self._marks: OrderedDict[tuple[str, str], _Mark] = OrderedDict()
+
+    def resource(self) -> Resource:
+        return _ChannelsResource(self)
+
+    def close(self, reason: str = "the relay is stopping") -> None:
+        """Close every connection (the relay is stopping)."""
+        for connection in list(self._connections.values()):
+            connection.close_with(CLOSE_GOING_AWAY, reason)
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def stream(
+        self, kernel_id: str, parent: Frame, text: str, metadata: dict[str, Any]
+    ) -> Outgoing:
+        """A ``stream`` message on stderr made by the relay, for what a Jupyter client should show."""
+        header = {
+            "msg_id": uuid.uuid4().hex,
+            "msg_type": "stream",
+            "username": DEFAULT_USERNAME,
+            "session": kernel_id,
+            "date": _iso(self._clock),
+            "version": PROTOCOL_VERSION,
+        }
+        content = {"name": "stderr", "text": text if text.endswith("\n") else text + "\n"}
+        return Outgoing(
+            (pack_json(header), parent, pack_json(metadata), pack_json(content)), [], IOPUB
+        )
+
+    # -- before the upgrade ---------------------------------------------------------------------------
+
+    def render(self, request: IRequest) -> bytes | int:
+        match = CHANNELS_PATH.match(request.path.decode("utf-8", "replace"))
+        if match is None:
+            return jupyter_error(request, 404, "Not found")
+        if request.method != b"GET" or not _is_websocket_upgrade(request):
+            request.setHeader(b"Allow", b"GET")
+            return jupyter_error(
+                request,
+                400 if request.method == b"GET" else 405,
+                "this is the kernel channels WebSocket: connect with a WebSocket upgrade (GET)",
+            )
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host")
+        if not self._origins.is_allowed(
+            origin.decode("latin-1") if origin else None,
+            host.decode("latin-1") if host else None,
+            request.isSecure(),
+        ):
+            log.warn("Refused a kernel WebSocket from origin {origin!r}", origin=origin)
+            return jupyter_error(request, 403, f"Origin {origin!r} is not allowed")
+        args: dict[bytes, list[bytes]] = request.args or {}  # type: ignore[attr-defined]
+        query = {
+            key.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in values]
+            for key, values in args.items()
+        }
+        header = request.getHeader(b"authorization")
+        credentials = [
+            token_from_authorization(header.decode("latin-1") if header else None),
+            *query.get(TOKEN_QUERY, []),
+        ]
+        address = peer_host(request.getClientAddress())
+        probe = _ClientProbe(address)
+        kernel_id = match.group("kernel_id")
+        granted: list[str] = []
+        first_refusal: Refused | None = None
+        kernel: Kernel | None = None
+        for channel in (IOPUB, "shell", "control", "stdin"):
+            try:
+                kernel = self.core.admit(probe, kernel_id, channel, credentials)
+            except Refused as refusal:
+                if channel == IOPUB or refusal.code in (401, 404, 429):
+                    first_refusal = refusal
+                    break
+                continue
+            granted.append(channel)
+        if first_refusal is not None or kernel is None:
+            refused = first_refusal or Refused("refused", 403)
+            return jupyter_error(request, refused.code or 403, refused.message)
+        session_id = (query.get("session_id") or [""])[0][:128]
+        admitted = _Admitted(kernel, granted, session_id, address)
+        mark = self._marks.pop((kernel.id, session_id), None) if session_id else None
+        if mark is not None and self._clock.seconds() - mark.time <= MARK_AGE:
+            admitted.resume = Resume(mark.seq, False)
+            admitted.resume_parent = mark.parent
+        trust_request_connection(request)
+        self._factory.next = admitted
+        result: bytes | int = self._websocket.render(request)
+        return result
+
+    # -- connections ----------------------------------------------------------------------------------
+
+    def connection_open(self, connection: JupyterConnection) -> None:
+        admitted = connection.admitted
+        kernel = admitted.kernel
+        if not self.core.has_kernel(kernel.id):  # it stopped during the handshake
+            connection.close_with(CLOSE_NORMAL, f"kernel {kernel.id} is no longer running")
+            return
+        self._connections[connection.client_id] = connection
+        for channel in admitted.channels:
+            connection.channels.add(channel)
+            self.core.attach(
+                connection, kernel, channel, admitted.resume if channel == IOPUB else _NO_RESUME
+            )
+        if admitted.resume.since is not None:
+            connection.last_seq = admitted.resume.since
+
+    def connection_lost(self, connection: JupyterConnection) -> None:
+        if self._connections.pop(connection.client_id, None) is None:
+            return
+        admitted = connection.admitted
+        kernel_id = admitted.kernel.id
+        for channel in list(connection.channels):
+            self.core.detach(connection, kernel_id, channel, "closed")
+        if admitted.session_id and IOPUB in connection.channels:
+            self._remember(kernel_id, admitted.session_id, connection)
+
+    def _remember(self, kernel_id: str, session_id: str, connection: JupyterConnection) -> None:
+        now = self._clock.seconds()
+        marks = self._marks
+        marks[(kernel_id, session_id)] = _Mark(connection.last_seq, connection.last_parent, now)
+        marks.move_to_end((kernel_id, session_id))
+        while marks and (
+            len(marks) > MAX_MARKS or now - next(iter(marks.values())).time > MARK_AGE
+        ):
+            marks.popitem(last=False)
+
+
+class _ChannelsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, front: JupyterFront) -> None:
+        super().__init__()
+        self._front = front
+
+    def render(self, request: IRequest) -> bytes | int:
+        return self._front.render(request)
