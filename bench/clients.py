@@ -9,8 +9,9 @@ JSON-decode.
   does no work (the round trip's structural floor).
 - :class:`RelayClient`: Engine.IO/socket.io frames spoken directly over :mod:`bench.wsclient`
   (``42/shell/<id>,["msg",{...}]``), one Engine.IO connection multiplexing the namespaces.
-- :class:`JupyterServerClient`: :mod:`bench.wsclient` on ``/api/kernels/<id>/channels`` (legacy
-  protocol).
+- :class:`JupyterServerClient`: :mod:`bench.wsclient` on ``/api/kernels/<id>/channels``, in the legacy
+  protocol (Jupyter Server, as the bench has always measured it) or in ``v1.kernel.websocket.jupyter.org``
+  (the relay's Jupyter front, as JupyterLab speaks it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
+from itertools import pairwise
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -308,19 +310,40 @@ class RelayClient:
         self.ws.close()
 
 
+V1 = "v1.kernel.websocket.jupyter.org"
+_V1_PARTS = ("header", "parent_header", "metadata", "content")
+
+
 class JupyterServerClient:
     name = "jupyter_server"
 
-    def __init__(self, url: str, timeout: float = 60) -> None:
+    def __init__(self, url: str, timeout: float = 60, v1: bool = False) -> None:
         self.session_id = uuid.uuid4().hex
-        self.ws = WebSocket(url, timeout)
+        self.v1 = v1
+        self.ws = WebSocket(url, timeout, V1 if v1 else None)
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
         message = new_message(msg_type, content, self.session_id)
-        message["channel"] = channel
-        self.ws.send_text(json.dumps(message))
+        if self.v1:
+            pieces = [channel.encode(), *(json.dumps(message[name]).encode() for name in _V1_PARTS)]
+            offsets = [8 * (len(pieces) + 2)]
+            for piece in pieces:
+                offsets.append(offsets[-1] + len(piece))
+            table = struct.pack(f"<{len(offsets) + 1}Q", len(offsets), *offsets)
+            self.ws.send_binary(table + b"".join(pieces))
+        else:
+            message["channel"] = channel
+            self.ws.send_text(json.dumps(message))
         msg_id: str = message["header"]["msg_id"]
         return msg_id
+
+    def _v1(self, data: bytes | bytearray) -> Msg:
+        (count,) = struct.unpack_from("<Q", data)
+        offsets = struct.unpack_from(f"<{count}Q", data, 8)
+        view = memoryview(data)
+        pieces = [view[a:b] for a, b in pairwise(offsets)]
+        header, parent, _, content = (json.loads(bytes(p)) for p in pieces[1:5])
+        return Msg(bytes(pieces[0]).decode(), header, parent, content, list(pieces[5:]))
 
     def recv(self, timeout: float) -> Msg | None:
         while True:
@@ -328,6 +351,8 @@ class JupyterServerClient:
             if frame is None:
                 return None
             opcode, data = frame
+            if self.v1 and opcode == BINARY:
+                return self._v1(data)
             if opcode == TEXT:
                 message = json.loads(data)
                 buffers: list[bytes | bytearray] = []

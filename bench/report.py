@@ -5,9 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-TARGETS = ("direct", "relay", "jupyter_server")
-LABELS = {"direct": "direct ZMQ", "relay": "kernel-relay", "jupyter_server": "Jupyter Server"}
-COLORS = {"direct": "#4c72b0", "relay": "#dd8452", "jupyter_server": "#55a868"}
+TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server")
+LABELS = {
+    "direct": "direct ZMQ",
+    "relay": "kernel-relay",
+    "relay_jupyter": "kernel-relay (Jupyter v1)",
+    "jupyter_server": "Jupyter Server",
+}
+COLORS = {
+    "direct": "#4c72b0",
+    "relay": "#dd8452",
+    "relay_jupyter": "#c44e52",
+    "jupyter_server": "#55a868",
+}
 
 
 def _ratio(a: float | None, b: float | None) -> str:

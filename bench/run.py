@@ -30,11 +30,18 @@ from bench.clients import (
     JupyterServerClient,
     RelayClient,
 )
-from bench.processes import DirectKernel, Forwarder, JupyterServer, RelayServer, raise_fd_limit
+from bench.processes import (
+    HOST,
+    DirectKernel,
+    Forwarder,
+    JupyterServer,
+    RelayServer,
+    raise_fd_limit,
+)
 
 SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-TARGETS = ("direct", "relay", "jupyter_server", "forwarder")
+TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server", "forwarder")
 
 
 @dataclass(frozen=True)
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         round_trip_factories: dict[str, scenarios.ClientFactory] = {}
         #: The process of each target that has one of its own, whose CPU the round trips count.
         servers: dict[str, int] = {}
-        if "relay" in targets and (side_by_side or {"fanout", "spawn"} & set(args.only)):
+        relay_wanted = {"relay", "relay_jupyter"} & set(targets)
+        if relay_wanted and (side_by_side or {"fanout", "spawn"} & set(args.only)):
             say("starting kernel-relay")
             # The bench's clients are synchronous: they answer Engine.IO pings only while reading,
             # and a client may wait a minute while another target floods (Jupyter Server's
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 round_trip_factories["forwarder"] = forwarder_client
                 servers["forwarder"] = floor.process.pid
-            if relay is not None:
+            if relay is not None and "relay" in targets:
                 say("spawning a kernel through the relay")
                 relay_kernel = relay.spawn()
                 port = relay.port
@@ -248,6 +256,22 @@ def main(argv: list[str] | None = None) -> int:
 
                 factories["relay"] = relay_client
                 servers["relay"] = relay.pid
+            if relay is not None and "relay_jupyter" in targets:
+                say("spawning a kernel through the relay for its Jupyter front")
+                jupyter_kernel = relay.spawn()
+                jupyter_url = f"ws://{HOST}:{relay.port}/api/kernels/{jupyter_kernel}/channels"
+
+                def relay_jupyter_client(channels: tuple[str, ...]) -> BenchClient:
+                    import uuid
+
+                    client = JupyterServerClient(
+                        f"{jupyter_url}?session_id={uuid.uuid4().hex}", v1=True
+                    )
+                    client.name = "relay_jupyter"
+                    return client
+
+                factories["relay_jupyter"] = relay_jupyter_client
+                servers["relay_jupyter"] = relay.pid
             if jupyter is not None:
                 say("starting a kernel through Jupyter Server")
                 js_kernel = jupyter.spawn()

@@ -33,17 +33,19 @@ class WebSocketClosed(ConnectionError):
 class WebSocket:
     """One client connection; ``recv`` returns ``(opcode, payload)`` of each whole data message."""
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, subprotocol: str | None = None) -> None:
         parts = urlsplit(url)
         self._timeout = timeout
         self.sock = socket.create_connection((parts.hostname, parts.port or 80), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         path = parts.path + (f"?{parts.query}" if parts.query else "")
         key = base64.b64encode(os.urandom(16)).decode("ascii")
+        offered = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol else ""
         self.sock.sendall(
             (
                 f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"{offered}\r\n"
             ).encode("ascii")
         )
         response = b""
@@ -59,6 +61,9 @@ class WebSocket:
 
     def send_text(self, text: str) -> None:
         self._send(TEXT, text.encode("utf-8"))
+
+    def send_binary(self, data: bytes) -> None:
+        self._send(BINARY, data)
 
     def _send(self, opcode: int, payload: bytes) -> None:
         size = len(payload)

@@ -75,7 +75,11 @@ class AuthGuard(Resource):
                 if named is None or not grant.allows_kernel_route(named):
                     if self._on_refused is not None:
                         self._on_refused()
-                    return json_body(request, 403, {"error": grant.refusal})
+                    return json_body(
+                        request,
+                        403,
+                        {"error": grant.refusal, "message": grant.refusal, "reason": None},
+                    )
             elif not grant:
                 if self._on_refused is not None:
                     self._on_refused()
@@ -86,13 +90,10 @@ class AuthGuard(Resource):
                     address=str(getattr(request.getClientAddress(), "host", "")),
                 )
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="kernel-relay"')
+                # "message" and "reason" are Jupyter Server's error fields, for its clients.
+                message = "Authentication required: send 'Authorization: Bearer <token>' or ?token=<token>"
                 return json_body(
-                    request,
-                    401,
-                    {
-                        "error": "Authentication required: send 'Authorization: Bearer <token>' "
-                        "or ?token=<token>"
-                    },
+                    request, 401, {"error": message, "message": message, "reason": None}
                 )
             trust_request_connection(request)  # it presented a valid token
         result: bytes | int = self._wrapped.render(request)
