@@ -24,8 +24,8 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass, field
-from itertools import pairwise
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any, Protocol
 
 import requests
