@@ -169,7 +169,7 @@ def _server_cpu_lines(results: dict[str, Any]) -> list[str]:
             continue
         cells = [
             f"{LABELS.get(name, name)} {used[name] * 1e6:,.0f} µs"
-            for name in ("relay", "forwarder", "jupyter_server")
+            for name in ("relay", "relay_jupyter", "forwarder", "jupyter_server")
             if name in used
         ]
         lines.append(f"- {label}, per {unit}: " + ", ".join(cells) + ".")
@@ -186,6 +186,49 @@ def _server_cpu_lines(results: dict[str, Any]) -> list[str]:
         "",
         *lines,
     ]
+
+
+#: The Jupyter front's targets (issue 21): its server CPU per flood message against the socket.io front's
+#: and Jupyter Server's.
+JUPYTER_CPU_TARGETS = {"relay": 0.5, "jupyter_server": 0.1}
+
+
+def _verdict(value: float | None, bound: float) -> str:
+    return "met" if value is not None and value <= bound else "MISSED"
+
+
+def _jupyter_front_lines(results: dict[str, Any]) -> list[str]:
+    """The relay's Jupyter front (v1) against the forwarder, the socket.io front and Jupyter Server."""
+    lines = []
+    for kind in ("kernel_info", "execute"):
+        data = results.get(f"round_trip_{kind}") or {}
+        if not {"forwarder", "relay_jupyter"} <= set(data):
+            continue
+        ratio = data["relay_jupyter"]["median"] / data["forwarder"]["median"]
+        lines.append(
+            f"- round trip {kind}: {data['relay_jupyter']['median'] * 1000:.2f} ms, {ratio:.2f} x the "
+            f"forwarder (target ≤ {FLOOR_TARGET}: {_verdict(ratio, FLOOR_TARGET)})."
+        )
+    for size, data in (results.get("flood") or {}).items():
+        front = data.get("relay_jupyter")
+        if not front:
+            continue
+        cells = [f"lost {front['lost']:,}"]
+        if "jupyter_server" in data:
+            cells.append(f"Jupyter Server lost {data['jupyter_server']['lost']:,}")
+        cpu = front.get("server_cpu")
+        for name, bound in JUPYTER_CPU_TARGETS.items():
+            other = (data.get(name) or {}).get("server_cpu")
+            if cpu and other:
+                ratio = cpu / other
+                cells.append(
+                    f"CPU per message {cpu * 1e6:,.1f} µs = {ratio:.2f} x {LABELS[name]}'s "
+                    f"(target ≤ {bound}: {_verdict(ratio, bound)})"
+                )
+        lines.append(f"- flood of {int(size):,}: " + "; ".join(cells) + ".")
+    if not lines:
+        return []
+    return ["", "## The Jupyter kernel WebSocket front (v1)", "", *lines]
 
 
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -211,6 +254,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines += _relay_loss_lines(results)
     lines += _floor_lines(results)
     lines += _server_cpu_lines(results)
+    lines += _jupyter_front_lines(results)
     fan = results.get("fanout")
     if fan:
         lines += [
