@@ -114,15 +114,21 @@ def node_available() -> bool:
     return shutil.which("node") is not None and shutil.which("npm") is not None
 
 
-def ensure_node_modules() -> Path:
-    """Install the Node test clients (from tests/node/package-lock.json) once; return their folder."""
-    if not (NODE_DIR / "node_modules" / ".package-lock.json").exists():
+def ensure_node_modules(directory: Path = NODE_DIR) -> Path:
+    """
+    Install a folder's Node test clients (from its package-lock.json) unless they are up to date; return
+    the folder (tests/node by default).
+    """
+    installed = directory / "node_modules" / ".package-lock.json"
+    lock = directory / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
         subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
+            cwd=directory,
             check=True,
+            timeout=600,
         )
-    return NODE_DIR
+    return directory
 
 
 def run_node(script: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from ..kernels import KernelMessage
 from .payload import Outgoing
 
 SEQ_KEY = "relay_seq"
-_SEQ_FIELD = f'"{SEQ_KEY}"'
+_SEQ_FIELD = f'"{SEQ_KEY}"'.encode()
 #: What keeping one message costs beyond its JSON bytes (its part objects and entry), counted against
 #: ``max_bytes`` so the bound is close to the memory really held. Measured with tracemalloc, a kernel's status
 #: message of 236 bytes of JSON holds about 700 bytes kept: its four parts' bytes objects (368), and 335 for
@@ -133,20 +133,24 @@ def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Outgoing
         if isinstance(message, KernelMessage)
         else Outgoing.of_dict(message)
     )
-    return outgoing.numbered(splice_seq(str(outgoing.parts[2], "utf-8"), seq).encode(), seq)
+    return outgoing.numbered(splice_seq(outgoing.parts[2], seq), seq)
 
 
-def splice_seq(metadata_json: str, seq: int) -> str:
-    """``metadata_json`` (a JSON object) with ``relay_seq`` set, by splicing when that is safe."""
-    text = metadata_json.strip()
-    if _SEQ_FIELD not in text and text[:1] == "{" and text[-1:] == "}":
+def splice_seq(metadata_json: bytes | memoryview | str, seq: int) -> bytes:
+    """
+    ``metadata_json`` (a JSON object, as UTF-8 bytes or text) with ``relay_seq`` set, as UTF-8 bytes: spliced
+    when that is safe, which for a kernel's metadata is always (nothing is decoded then).
+    """
+    data = metadata_json.encode() if isinstance(metadata_json, str) else bytes(metadata_json)
+    text = data.strip()
+    if _SEQ_FIELD not in text and text[:1] == b"{" and text[-1:] == b"}":
         inner = text[1:-1].strip()
-        return f"{{{_SEQ_FIELD}:{seq}" + (f",{inner}}}" if inner else "}")
-    value = json.loads(metadata_json)
+        return b"{%s:%d%s}" % (_SEQ_FIELD, seq, b"," + inner if inner else b"")
+    value = json.loads(data)
     if not isinstance(value, dict):
         value = {}
     value[SEQ_KEY] = seq
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class Resume(NamedTuple):
