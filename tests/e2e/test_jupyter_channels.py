@@ -264,3 +264,30 @@ def test_plain_http_on_the_channels_path_is_a_clear_error(relay: Relay, kernel: 
     assert (
         requests.post(f"{relay.url}/api/kernels/{kernel}/channels", timeout=10).status_code == 405
     )
+
+
+def test_a_reply_to_a_request_of_the_last_connection_reaches_the_session_that_comes_back(
+    relay: Relay, kernel: str
+) -> None:
+    """The session's ZMQ identity stays the same, so the kernel's late reply finds the new connection."""
+    client = JupyterWS(relay.url, kernel)
+    msg_id = client.send("shell", "execute_request", {"code": "import time; time.sleep(1.5)"})
+    client.close()
+    back = JupyterWS(relay.url, kernel, session_id=client.session_id)
+    try:
+        assert back.reply_to(msg_id)["content"]["status"] == "ok"
+    finally:
+        back.close()
+
+
+def test_a_second_connection_of_one_session_replaces_the_first(relay: Relay, kernel: str) -> None:
+    first = JupyterWS(relay.url, kernel)
+    second = JupyterWS(relay.url, kernel, session_id=first.session_id)
+    try:
+        with pytest.raises(ConnectionError, match="replaced by a new connection"):
+            first.wait_for(lambda m: False, timeout=10)
+        _, reply = second.execute("1")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        first.close()
+        second.close()

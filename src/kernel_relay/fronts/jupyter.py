@@ -90,7 +90,7 @@ class JupyterConnection(FramedWebSocketProtocol):
         super().__init__(batcher)
         self._front = front
         self.admitted = admitted
-        self.client_id = uuid.uuid4().hex
+        self.client_id = admitted.client_id
         self.address = admitted.address
         self.v1 = False
         self.channels: set[str] = set()
@@ -214,6 +214,16 @@ class _Admitted:
     address: str
     resume: Resume = _NO_RESUME
     resume_parent: Frame | None = None
+
+    @property
+    def client_id(self) -> str:
+        """
+        The core's client id, which is also the connection's ZMQ identity towards the kernel: the same for a
+        session that comes back with the same rights, so replies to what it asked before reach it again.
+        """
+        if not self.session_id:
+            return f"jupyter:{uuid.uuid4().hex}"
+        return f"jupyter:{self.kernel.id}:{self.session_id}:{','.join(sorted(self.channels))}"
 
 
 class _ChannelsFactory(WebSocketServerFactory):  # type: ignore[misc]
@@ -379,6 +389,11 @@ class JupyterFront:
         if not self.core.has_kernel(kernel.id):  # it stopped during the handshake
             connection.close_with(CLOSE_NORMAL, f"kernel {kernel.id} is no longer running")
             return
+        stale = self._connections.get(connection.client_id)
+        if stale is not None:
+            # The same session came back before its old connection was seen to end: as Jupyter Server
+            # does, the newer one replaces it.
+            stale.close_with(CLOSE_NORMAL, "replaced by a new connection of the same session")
         self._connections[connection.client_id] = connection
         for channel in admitted.channels:
             connection.channels.add(channel)
@@ -389,8 +404,9 @@ class JupyterFront:
             connection.last_seq = admitted.resume.since
 
     def connection_lost(self, connection: JupyterConnection) -> None:
-        if self._connections.pop(connection.client_id, None) is None:
+        if self._connections.get(connection.client_id) is not connection:
             return
+        del self._connections[connection.client_id]
         admitted = connection.admitted
         kernel_id = admitted.kernel.id
         for channel in list(connection.channels):
