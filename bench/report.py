@@ -226,6 +226,13 @@ def _jupyter_front_lines(results: dict[str, Any]) -> list[str]:
                     f"(target ≤ {bound}: {_verdict(ratio, bound)})"
                 )
         lines.append(f"- flood of {int(size):,}: " + "; ".join(cells) + ".")
+    for count, fan in (results.get("fanout_jupyter") or {}).items():
+        every = fan["clients_complete"] == fan["clients"]
+        lines.append(
+            f"- fan-out to {int(count):,} clients: {fan['delivered']:,} of {fan['expected']:,} delivered, "
+            f"{fan['clients_complete']:,} clients got every message (target: all: {'met' if every else 'MISSED'}), "
+            f"{fan['deliveries_per_s']:,.0f} deliveries/s."
+        )
     if not lines:
         return []
     return ["", "## The Jupyter kernel WebSocket front (v1)", "", *lines]
@@ -240,8 +247,10 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
         f"{meta['load_end']} at end; Python {meta['python']}; ipykernel {meta['versions'].get('ipykernel')}, "
         f"jupyter_server {meta['versions'].get('jupyter_server')}.",
         "",
-        "| metric | direct ZMQ | kernel-relay | Jupyter Server | relay ÷ direct | relay ÷ Jupyter Server | target |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| metric | "
+        + " | ".join(LABELS[t] for t in TARGETS)
+        + " | relay ÷ direct | relay ÷ Jupyter Server | target |",
+        "|---|" + "---:|" * (len(TARGETS) + 2) + "---|",
     ]
     for metric, values, unit, target, _ in _rows(results):
         cells = [_fmt(values.get(t), unit) if unit else _fmt(values.get(t), "") for t in TARGETS]

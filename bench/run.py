@@ -319,15 +319,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "large" in args.only:
             run("large", scenarios.large, factories, sizes.large_bytes, sizes.large_repeats)
-        if "fanout" in args.only and relay is not None:
+        fanouts = [("fanout", "relay", False), ("fanout_jupyter", "relay_jupyter", True)]
+        for key, target, jupyter_front in fanouts:
+            if "fanout" not in args.only or relay is None or target not in targets:
+                continue
             fan_kernel = relay.spawn()
             run(
-                "fanout",
+                key,
                 scenarios.fanout,
                 relay,
                 fan_kernel,
                 list(sizes.fanout_clients),
                 sizes.fanout_messages,
+                jupyter_front,
             )
             relay.shutdown(fan_kernel)
         if "idle" in args.only and "relay" in targets:

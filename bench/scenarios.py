@@ -264,8 +264,13 @@ def large(factories: dict[str, ClientFactory], size: int, repeats: int) -> dict[
     return results
 
 
-def fanout(relay: RelayServer, kernel_id: str, counts: list[int], messages: int) -> dict[str, Any]:
-    """N socket.io clients on one kernel's iopub during a flood: deliveries, rate, relay CPU."""
+def fanout(
+    relay: RelayServer, kernel_id: str, counts: list[int], messages: int, jupyter: bool = False
+) -> dict[str, Any]:
+    """
+    N socket.io clients on one kernel's iopub during a flood (``jupyter``: N Jupyter kernel WebSockets, v1):
+    deliveries, rate, relay CPU.
+    """
     driver = RelayClient(relay.port, kernel_id, ("shell",))
     namespace = f"/iopub/{kernel_id}"
     results: dict[str, Any] = {}
@@ -284,7 +289,8 @@ def fanout(relay: RelayServer, kernel_id: str, counts: list[int], messages: int)
                     if state["done"] == count and not finished.done():
                         finished.set_result(None)
 
-        clients = await connect_swarm(relay.port, count, [namespace], on_event)
+        channels = f"/api/kernels/{kernel_id}/channels" if jupyter else None
+        clients = await connect_swarm(relay.port, count, [namespace], on_event, channels=channels)
         await asyncio.sleep(0.5)
         for client in clients:
             client.streams = 0

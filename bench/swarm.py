@@ -3,7 +3,9 @@ Many socket.io clients in one process: a bare asyncio WebSocket client (RFC 6455
 no per-client thread) speaking Engine.IO v4 / socket.io v5 text frames. Used for fan-out and for the
 idle-connection test, where hundreds or thousands of clients must share one bench process.
 
-Each client answers Engine.IO pings, joins its namespaces, and counts the iopub events it receives.
+Each client answers Engine.IO pings, joins its namespaces, and counts the iopub events it receives. With
+``channels`` (a kernel's ``/api/kernels/<id>/channels`` path) a client is one of the relay's Jupyter kernel
+WebSocket in the v1 protocol instead: joined once upgraded, each binary frame an event.
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ class SwarmClient(asyncio.Protocol):
     """One Engine.IO WebSocket connection joined to ``namespaces``."""
 
     def __init__(
-        self, namespaces: list[str], on_event: Callable[[SwarmClient, bytes], None]
+        self,
+        namespaces: list[str],
+        on_event: Callable[[SwarmClient, bytes], None],
+        channels: str | None = None,
     ) -> None:
         self.namespaces = namespaces
+        self.channels = channels
         self.on_event = on_event
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -58,11 +64,16 @@ class SwarmClient(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         key = base64.b64encode(os.urandom(16)).decode()
+        if self.channels is None:
+            target, offer = "/socket.io/?EIO=4&transport=websocket", ""
+        else:
+            target = f"{self.channels}?session_id={os.urandom(8).hex()}"
+            offer = "Sec-WebSocket-Protocol: v1.kernel.websocket.jupyter.org\r\n"
         transport.write(
             (
-                "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+                f"GET {target} HTTP/1.1\r\n"
                 f"Host: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
             ).encode()
         )
 
@@ -95,6 +106,8 @@ class SwarmClient(asyncio.Protocol):
                 return
             del buffer[: end + 4]
             self.upgraded = True
+            if self.channels is not None and not self.all_joined.done():
+                self.all_joined.set_result(None)
         position = 0
         size = len(buffer)
         while size - position >= 2:
@@ -126,6 +139,9 @@ class SwarmClient(asyncio.Protocol):
             self.close()
             self.closed_by_server = True
             return
+        if opcode == 2 and self.channels is not None:
+            self.on_event(self, payload)
+            return
         if opcode != 1:
             return
         if payload == b"2":
@@ -151,6 +167,7 @@ async def connect_swarm(
     on_event: Callable[[SwarmClient, bytes], None],
     parallel: int = 50,
     timeout: float = 120.0,
+    channels: str | None = None,
 ) -> list[SwarmClient]:
     """Open ``count`` clients (at most ``parallel`` handshakes at once) and wait until all joined."""
     loop = asyncio.get_running_loop()
@@ -159,7 +176,7 @@ async def connect_swarm(
     async def one() -> SwarmClient:
         async with gate:
             _, client = await loop.create_connection(
-                lambda: SwarmClient(namespaces, on_event), HOST, port
+                lambda: SwarmClient(namespaces, on_event, channels), HOST, port
             )
             await asyncio.wait_for(asyncio.shield(client.all_joined), timeout)
             return client
