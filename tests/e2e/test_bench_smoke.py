@@ -49,11 +49,11 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
             assert results[key][target]["n"] > 0
             assert results[key][target]["median"] > 0
         # Each server process's CPU per request (the direct client has no server of its own).
-        for target in ("relay", "forwarder", "jupyter_server"):
+        for target in ("relay", "relay_jupyter", "forwarder", "jupyter_server"):
             assert results[key][target]["server_cpu"] > 0
         assert "server_cpu" not in results[key]["direct"]
     for size, per_target in results["flood"].items():
-        for target in SIDE_BY_SIDE:
+        for target in (*SIDE_BY_SIDE, "relay_jupyter"):
             assert per_target[target]["msgs_per_s"] > 0
             assert 0 <= per_target[target]["lost"] <= int(size)
         # The relay forwarded exactly what its one client received: nothing lost inside it.
@@ -61,8 +61,8 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
         for target in ("relay", "jupyter_server"):
             assert per_target[target]["server_cpu"] > 0
     for kind in ("display_data", "binary_buffer"):
-        assert set(SIDE_BY_SIDE) <= set(results["large"][kind])
-    for fan in results["fanout"].values():
+        assert {*SIDE_BY_SIDE, "relay_jupyter"} <= set(results["large"][kind])
+    for fan in (*results["fanout"].values(), *results["fanout_jupyter"].values()):
         assert fan["delivered"] <= fan["expected"]
         assert fan["deliveries_per_s"] >= 0
     assert results["idle"]["clients"] > 0
@@ -86,6 +86,7 @@ def test_markdown_table_has_ratio_columns(bench_out: Path) -> None:
     assert "- kernel_info, per request: kernel-relay " in table
     assert "- execute, per request: kernel-relay " in table
     assert "- flood of 50, per message: kernel-relay " in table
+    assert "## The Jupyter kernel WebSocket front (v1)" in table
 
 
 @pytest.mark.timeout(300)
