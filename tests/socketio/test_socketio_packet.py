@@ -131,9 +131,10 @@ def test_reconstruct_inverts_deconstruct() -> None:
 
 def relay_garbage() -> list[object]:
     """
-    What a cyclic collection finds now that the relay's code made (its objects, functions, frames). Not
-    ``gc.collect() == 0``: threads that earlier end-to-end tests left (socket.io clients winding down) may
-    make cyclic garbage of their own meanwhile.
+    What a cyclic collection finds now that the socket.io codec made (its objects, functions, frames). Not
+    ``gc.collect() == 0``, nor all of the relay's garbage: threads and connections that earlier tests left
+    (socket.io clients winding down, HTTP channels of in-process sites) may make cyclic garbage of their own
+    meanwhile.
     """
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
@@ -145,10 +146,10 @@ def relay_garbage() -> list[object]:
 
 
 def _made_by_relay(found: object) -> bool:
-    if (getattr(type(found), "__module__", "") or "").startswith("kernel_relay"):
+    if (getattr(type(found), "__module__", "") or "").startswith("kernel_relay.socketio"):
         return True
     code = getattr(found, "__code__", None) or getattr(found, "f_code", None)
-    return code is not None and "kernel_relay" in code.co_filename
+    return code is not None and "kernel_relay/socketio/" in code.co_filename
 
 
 def test_an_attachment_is_freed_as_soon_as_its_frames_are(no_cyclic_gc: None) -> None:
