@@ -120,6 +120,8 @@ class FakeKernel:
         self.execution_state = state
         self.last_activity = last_activity
         self.reachable = True
+        #: CurveZMQ keys of an encrypted kernel (None: its channels are not encrypted).
+        self.curve: Any = None
         self.closed = False
         self.pid: int | None = None
         self.iopub_listeners: list[Callable[[KernelMessage], None]] = []

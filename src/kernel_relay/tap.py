@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+import zmq
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
@@ -77,6 +78,23 @@ def _transports(text: str) -> tuple[str, ...]:
 
 _transports.coerceDoc = "A comma-separated subset of polling,websocket."  # type: ignore[attr-defined]
 
+ENCRYPTION_POLICIES = ("auto", "required", "disabled")
+
+
+def _encryption(text: str) -> str:
+    policy = text.strip().lower()
+    if policy not in ENCRYPTION_POLICIES:
+        raise ValueError(f"--kernel-encryption is one of {', '.join(ENCRYPTION_POLICIES)}")
+    if policy != "disabled" and not zmq.has("curve"):
+        raise ValueError(
+            f"--kernel-encryption {policy} needs CurveZMQ, which this pyzmq's libzmq lacks (built without "
+            "libsodium): install a pyzmq wheel, or pass --kernel-encryption disabled"
+        )
+    return policy
+
+
+_encryption.coerceDoc = "One of auto, required, disabled."  # type: ignore[attr-defined]
+
 
 class Options(usage.Options):
     synopsis = "[options] [port]"
@@ -118,6 +136,15 @@ class Options(usage.Options):
             45.0,
             "Seconds a client may stay connected without joining a namespace.",
             _positive(float),
+        ],
+        [
+            "kernel-encryption",
+            None,
+            "auto",
+            "CurveZMQ encryption of the kernels' ZeroMQ channels: auto (for kernelspecs that declare "
+            "support, as ipykernel 7 does; others run unencrypted, logged and shown in /api/kernels), "
+            "required (a kernelspec without support fails to start), or disabled.",
+            _encryption,
         ],
         [
             "kernel-env-allow",
@@ -481,6 +508,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor,
         shutdown_timeout=options["shutdown-timeout"],
         launch_timeout=options["launch-timeout"],
+        encryption=options["kernel-encryption"],
     )
     socketio = SocketIOServer(
         reactor,

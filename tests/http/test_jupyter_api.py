@@ -98,3 +98,14 @@ def test_the_env_policy_allows_named_variables_only() -> None:
             assert "env" in str(error)
         else:
             raise AssertionError(f"{bad} was allowed")
+
+
+def test_times_always_carry_microseconds_as_the_gateway_client_parses_them() -> None:
+    from datetime import UTC, datetime
+
+    from kernel_relay.http.jupyter_api import iso
+
+    for stamp in (0.0, 1796219234.0, 1796219234.5):
+        parsed = datetime.strptime(iso(stamp), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert parsed.timestamp() == stamp
+    assert iso(0.0) == "1970-01-01T00:00:00.000000Z"

@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 
 from kernel_relay.kernels import InvalidMessage, Kernel, KernelMessage, UnknownKernel
 from kernel_relay.kernels._messages import DELIMITER, decode_frames
-from kernel_relay.kernels._zmq import FrameHandler
+from kernel_relay.kernels._zmq import CurveKeys, FrameHandler
 
 INFO = {
     "transport": "tcp",
@@ -42,12 +42,17 @@ class FakeSocket:
 class FakeOpener:
     def __init__(self) -> None:
         self.sockets: list[FakeSocket] = []
+        self.curves: list[Any] = []
 
-    def subscriber(self, url: str, on_frames: FrameHandler) -> FakeSocket:
+    def subscriber(self, url: str, on_frames: FrameHandler, curve: Any = None) -> FakeSocket:
+        self.curves.append(curve)
         self.sockets.append(FakeSocket("sub", url, b"", on_frames))
         return self.sockets[-1]
 
-    def dealer(self, url: str, identity: bytes, on_frames: FrameHandler) -> FakeSocket:
+    def dealer(
+        self, url: str, identity: bytes, on_frames: FrameHandler, curve: Any = None
+    ) -> FakeSocket:
+        self.curves.append(curve)
         self.sockets.append(FakeSocket("dealer", url, identity, on_frames))
         return self.sockets[-1]
 
@@ -291,3 +296,28 @@ def test_unsigned_kernel_accepts_messages(clock: Clock, opener: FakeOpener) -> N
     kernel.add_iopub_listener(lambda m: seen.append(m.msg_type))
     opener.find(5002).on_frames([DELIMITER, b"", b'{"msg_type":"status"}', b"{}", b"{}", b"{}"])
     assert seen == ["status"]
+
+
+def test_every_socket_of_an_encrypted_kernel_is_a_curve_client(
+    session: Session, clock: Clock, opener: FakeOpener
+) -> None:
+    """iopub, each client's shell/control/stdin and the heartbeat all get the connection file's keys."""
+    info = {**INFO, "curve_publickey": "P" * 40, "curve_secretkey": "S" * 40}
+    kernel = Kernel(
+        kernel_id="k3",
+        spec_name="x",
+        connection_info=info,
+        session=session,
+        clock=clock,
+        opener=opener,
+    )
+    kernel.open_client(b"client", lambda message: None)
+    kernel.open_heartbeat(lambda frames: None)
+    keys = CurveKeys(b"P" * 40, b"S" * 40)
+    assert kernel.curve == keys
+    assert opener.curves == [keys] * 5
+
+
+def test_a_kernel_without_keys_is_not_encrypted(kernel: Kernel, opener: FakeOpener) -> None:
+    kernel.open_client(b"client", lambda message: None)
+    assert kernel.curve is None and opener.curves == [None] * 4

@@ -30,7 +30,6 @@ from ..websocket import (
 from .packets import Binary, Packet, PacketCodec, PacketDecodeError, codec_for, text_frame_parts
 from .session import TRANSPORT_CLOSE, TRANSPORT_ERROR, EngineIOSession
 
-
 #: Seconds an EIO 3 session's open packet waits after the 101 (see ``onOpen``).
 EIO3_OPEN_DELAY = 0.01
 

@@ -99,8 +99,12 @@ class EnvPolicy:
 
 
 def iso(timestamp: float) -> str:
-    """A POSIX time as Jupyter Server writes it: ISO 8601, UTC, with ``Z``."""
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+    """
+    A POSIX time as Jupyter Server writes it: ISO 8601, UTC, always with microseconds and ``Z`` (Jupyter
+    Server's gateway client parses it with ``%Y-%m-%dT%H:%M:%S.%fZ``: a time on a whole second must not
+    lose its fraction, as ``isoformat`` would drop it).
+    """
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def jupyter_error(request: IRequest, code: int, message: str, reason: str | None = None) -> bytes:
@@ -175,6 +179,8 @@ class JupyterAPI:
             "execution_state": kernel.execution_state,
             "connections": self._clients_of(kernel.id),
             "reachable": kernel.reachable,
+            # Whether its ZeroMQ channels are CurveZMQ-encrypted (see --kernel-encryption).
+            "encrypted": kernel.curve is not None,
         }
 
     # -- discovery -------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ._messages import (
     encode_frames,
     session_signer,
 )
-from ._zmq import FrameSocket, SocketOpener, channel_url
+from ._zmq import CurveKeys, FrameSocket, SocketOpener, channel_url
 
 MessageCallback = Callable[[KernelMessage], None]
 
@@ -68,6 +68,7 @@ class KernelClient:
                     channel_url(kernel.connection_info, channel),
                     identity,
                     partial(self._received, channel),
+                    kernel.curve,
                 )
         except BaseException:
             self.close()
@@ -157,8 +158,10 @@ class Kernel:
         self._iopub_listeners: list[MessageCallback] = []
         self._clients: set[KernelClient] = set()
         self._closed = False
+        #: The kernel's CurveZMQ keys when its channels are encrypted (then every socket of the relay uses them).
+        self.curve = CurveKeys.of(connection_info)
         self._iopub: FrameSocket | None = opener.subscriber(
-            channel_url(connection_info, "iopub"), self._iopub_received
+            channel_url(connection_info, "iopub"), self._iopub_received, self.curve
         )
 
     def __repr__(self) -> str:
@@ -206,7 +209,9 @@ class Kernel:
         """
         if self._closed:
             raise UnknownKernel(f"kernel {self.id} is not running")
-        return self._opener.dealer(channel_url(self.connection_info, "hb"), HEARTBEAT_ID, on_echo)
+        return self._opener.dealer(
+            channel_url(self.connection_info, "hb"), HEARTBEAT_ID, on_echo, self.curve
+        )
 
     def wait_ready(self, interval: float = 0.5) -> Deferred[None]:
         """

@@ -49,15 +49,24 @@ def launch(
     kernel_id: str,
     shutdown_timeout: float,
     env: Mapping[str, str] | None = None,
+    encryption: str = "disabled",
 ) -> KernelManager:
     """
     Start a kernel through its provisioner; the manager returned owns the process. ``env`` is added to the
-    relay's own environment for the kernel (the caller has checked its names).
+    relay's own environment for the kernel (the caller has checked its names). ``encryption`` is
+    jupyter_client's ``transport_encryption``: ``auto`` gives the kernel CurveZMQ keys when its kernelspec
+    declares ``curve`` in ``metadata.supported_encryption``, ``required`` refuses a kernelspec that does not.
     """
     try:
-        ksm.get_kernel_spec(spec_name)
+        spec = ksm.get_kernel_spec(spec_name)
     except NoSuchKernel:
         raise UnknownKernelSpec(f"no kernel spec named {spec_name!r}") from None
+    if encryption == "required" and not declares_curve(spec.metadata):
+        raise KernelLaunchError(
+            f"the {spec_name!r} kernelspec does not declare CurveZMQ support (metadata.supported_encryption "
+            "has no 'curve'), and --kernel-encryption is required: start the relay with "
+            "--kernel-encryption auto to let it run unencrypted"
+        )
     # Named like Jupyter Server's, in the Jupyter runtime dir, so operators can find (and
     # `jupyter console --existing`) a relay's kernel by its id.
     runtime_dir = jupyter_runtime_dir()
@@ -71,6 +80,7 @@ def launch(
         kernel_id=kernel_id,
         connection_file=os.path.join(runtime_dir, f"kernel-{kernel_id}.json"),
         shutdown_wait_time=shutdown_timeout,
+        transport_encryption=encryption,
     )
     try:
         if env:
@@ -85,6 +95,16 @@ def launch(
             _log.failure("cleaning up the failed kernel {spec_name} failed", spec_name=spec_name)
         raise KernelLaunchError(f"could not start a {spec_name!r} kernel: {exc}") from exc
     return manager
+
+
+def declares_curve(metadata: Any) -> bool:
+    """Whether a kernelspec's metadata declares CurveZMQ support (``supported_encryption``)."""
+    declared = metadata.get("supported_encryption") if isinstance(metadata, dict) else None
+    if isinstance(declared, str):
+        declared = [declared]
+    return isinstance(declared, list | tuple) and any(
+        str(item).strip().lower() == "curve" for item in declared
+    )
 
 
 def connection_details(manager: KernelManager) -> tuple[dict[str, Any], int | None, str]:

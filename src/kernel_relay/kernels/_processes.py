@@ -84,10 +84,12 @@ class JupyterProcesses:
         reactor: IReactorTime,
         kernel_spec_manager: KernelSpecManager,
         shutdown_timeout: float,
+        encryption: str = "disabled",
     ) -> None:
         self._reactor = reactor
         self._ksm = kernel_spec_manager
         self._shutdown_timeout = shutdown_timeout
+        self._encryption = encryption
         self._opener = ZmqSocketOpener(reactor)
 
     def specs(self) -> Deferred[list[tuple[Any, ...]]]:
@@ -97,7 +99,13 @@ class JupyterProcesses:
         self, spec_name: str, kernel_id: str, env: Mapping[str, str] | None = None
     ) -> Deferred[KernelManager]:
         return self._in_thread(
-            _manager.launch, self._ksm, spec_name, kernel_id, self._shutdown_timeout, env
+            _manager.launch,
+            self._ksm,
+            spec_name,
+            kernel_id,
+            self._shutdown_timeout,
+            env,
+            self._encryption,
         )
 
     def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:
@@ -107,7 +115,7 @@ class JupyterProcesses:
             signature_scheme=info.get("signature_scheme", "hmac-sha256"),
             username="kernel-relay",
         )
-        return Kernel(
+        kernel = Kernel(
             kernel_id=kernel_id,
             spec_name=spec_name,
             connection_info=info,
@@ -117,6 +125,14 @@ class JupyterProcesses:
             pid=pid,
             connection_file=connection_file,
         )
+        if kernel.curve is None and self._encryption != "disabled":
+            _log.warn(
+                "kernel {kernel_id} ({spec_name!r}) runs unencrypted: its kernelspec does not declare "
+                "CurveZMQ support, so any local process can read its channels",
+                kernel_id=kernel_id,
+                spec_name=spec_name,
+            )
+        return kernel
 
     def stop(self, manager: KernelManager) -> Deferred[None]:
         return self._in_thread(_manager.stop, manager)

@@ -72,6 +72,7 @@ class KernelRegistry:
         poll_interval: float = 1.0,
         launch_timeout: float = 60.0,
         processes: KernelProcesses | None = None,
+        encryption: str = "disabled",
     ) -> None:
         self._reactor = reactor
         self._processes: KernelProcesses = (
@@ -81,6 +82,7 @@ class KernelRegistry:
                 reactor,
                 kernel_spec_manager if kernel_spec_manager is not None else KernelSpecManager(),
                 shutdown_timeout,
+                encryption,
             )
         )
         self._observers = Observers()

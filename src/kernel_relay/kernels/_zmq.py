@@ -8,6 +8,7 @@ tests can replace real sockets with in-memory fakes.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import zmq
@@ -57,9 +58,13 @@ class FrameSocket(Protocol):
 class SocketOpener(Protocol):
     """Creates the client-side sockets of a kernel connection."""
 
-    def subscriber(self, url: str, on_frames: FrameHandler) -> FrameSocket: ...
+    def subscriber(
+        self, url: str, on_frames: FrameHandler, curve: CurveKeys | None = None
+    ) -> FrameSocket: ...
 
-    def dealer(self, url: str, identity: bytes, on_frames: FrameHandler) -> FrameSocket: ...
+    def dealer(
+        self, url: str, identity: bytes, on_frames: FrameHandler, curve: CurveKeys | None = None
+    ) -> FrameSocket: ...
 
 
 def channel_url(connection_info: dict[str, Any], channel: str) -> str:
@@ -141,12 +146,54 @@ class _BatchedReads:
             self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
 
+@dataclass(frozen=True)
+class CurveKeys:
+    """
+    A kernel's CurveZMQ keys (Z85 text, as jupyter_client writes them in the connection file): the relay's
+    sockets are Curve clients that authenticate the kernel by its public key and use the same key pair as
+    jupyter_client's own clients do.
+    """
+
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def of(cls, connection_info: dict[str, Any]) -> CurveKeys | None:
+        """The keys a connection file carries, or None for a kernel whose channels are not encrypted."""
+        public, secret = (
+            connection_info.get("curve_publickey"),
+            connection_info.get("curve_secretkey"),
+        )
+        if not public or not secret:
+            return None
+        return cls(_key_bytes(public), _key_bytes(secret))
+
+    def apply(self, socket: Any) -> None:
+        socket.curve_secretkey = self.secret
+        socket.curve_publickey = self.public
+        socket.curve_serverkey = self.public
+
+
+def _key_bytes(key: str | bytes) -> bytes:
+    return key.encode("ascii") if isinstance(key, str) else bytes(key)
+
+
+def _connect(connection: Any, url: str, curve: CurveKeys | None) -> None:
+    """Connect a txzmq connection made without an endpoint, as a Curve client first if ``curve``."""
+    if curve is not None:
+        curve.apply(connection.socket)
+    connection.addEndpoints([ZmqEndpoint(ZmqEndpointType.connect, url)])
+
+
 class _Sub(_BatchedReads, ZmqSubConnection):  # type: ignore[misc]
     """A SUB socket that keeps multipart messages whole (txzmq's own framing splits off a tag)."""
 
-    def __init__(self, factory: ZmqFactory, url: str, on_frames: FrameHandler) -> None:
+    def __init__(
+        self, factory: ZmqFactory, url: str, on_frames: FrameHandler, curve: CurveKeys | None
+    ) -> None:
         self._on_frames = on_frames
-        super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, url))
+        super().__init__(factory)
+        _connect(self, url, curve)
         self.subscribe(b"")
 
     def messageReceived(self, message: list[Frame]) -> None:
@@ -157,10 +204,16 @@ class _Dealer(_BatchedReads, ZmqDealerConnection):  # type: ignore[misc]
     """A DEALER socket with a fixed routing identity, so the kernel's ROUTER knows who we are."""
 
     def __init__(
-        self, factory: ZmqFactory, url: str, identity: bytes, on_frames: FrameHandler
+        self,
+        factory: ZmqFactory,
+        url: str,
+        identity: bytes,
+        on_frames: FrameHandler,
+        curve: CurveKeys | None,
     ) -> None:
         self._on_frames = on_frames
-        super().__init__(factory, ZmqEndpoint(ZmqEndpointType.connect, url), identity=identity)
+        super().__init__(factory, identity=identity)
+        _connect(self, url, curve)
 
     def messageReceived(self, message: list[Frame]) -> None:
         self._on_frames(message)
@@ -203,11 +256,15 @@ class ZmqSocketOpener:
             self._factory = factory
         return self._factory
 
-    def subscriber(self, url: str, on_frames: FrameHandler) -> FrameSocket:
-        return _Connection(_Sub(self._get_factory(), url, on_frames))
+    def subscriber(
+        self, url: str, on_frames: FrameHandler, curve: CurveKeys | None = None
+    ) -> FrameSocket:
+        return _Connection(_Sub(self._get_factory(), url, on_frames, curve))
 
-    def dealer(self, url: str, identity: bytes, on_frames: FrameHandler) -> FrameSocket:
-        return _Connection(_Dealer(self._get_factory(), url, identity, on_frames))
+    def dealer(
+        self, url: str, identity: bytes, on_frames: FrameHandler, curve: CurveKeys | None = None
+    ) -> FrameSocket:
+        return _Connection(_Dealer(self._get_factory(), url, identity, on_frames, curve))
 
     def close(self) -> None:
         """Close every socket and terminate the context; a later open starts a fresh one."""
