@@ -61,6 +61,10 @@ class Relay(ServerProcess):
     def shutdown(self, kernel_id: str) -> requests.Response:
         return requests.get(f"{self.url}/shutdown/{kernel_id}", headers=self.headers, timeout=60)
 
+    def connection_files(self) -> list[Path]:
+        """Its kernels' connection files, in its private directory of the runtime dir."""
+        return sorted(self.runtime_dir.glob(f"kernel-relay-{self.process.pid}/kernel-*.json"))
+
     def kernels(self) -> list[dict[str, object]]:
         response = requests.get(f"{self.url}/api/kernels", headers=self.headers, timeout=10)
         response.raise_for_status()

@@ -75,7 +75,9 @@ def test_a_signal_stops_every_kernel_and_exits_0(
             child.pid for child in psutil.Process(relay.process.pid).children(recursive=True)
         ]
         assert kernels, "the spawned kernel should be a child of the relay"
-        assert [f.name for f in runtime.glob("kernel-*.json")] == [f"kernel-{kernel_id}.json"]
+        assert [f.name for f in runtime.glob("kernel-relay-*/kernel-*.json")] == [
+            f"kernel-{kernel_id}.json"
+        ]
     except BaseException:
         relay.stop(signal.SIGKILL)
         raise
@@ -83,7 +85,7 @@ def test_a_signal_stops_every_kernel_and_exits_0(
     output = relay.output()
     assert code == 0, output[-3000:]
     assert wait_gone(kernels) == []
-    assert list(runtime.glob("kernel-*.json")) == []
+    assert list(runtime.glob("kernel-relay-*/kernel-*.json")) == []
     events = logged(relay)
     assert "Stopping: shutting down 1 kernel(s)" in events
     assert events[-1] == "Main loop terminated."

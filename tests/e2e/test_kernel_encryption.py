@@ -44,7 +44,8 @@ def start(relay: Relay, name: str = "python3") -> dict[str, object]:
 
 def eavesdrop(relay: Relay, kernel_id: str, code: str) -> tuple[list[bytes], str]:
     """Plain SUB sockets on every TCP port of the kernel while a relay client runs ``code``."""
-    info = json.loads(Path(relay.runtime_dir, f"kernel-{kernel_id}.json").read_text())
+    (path,) = [f for f in relay.connection_files() if kernel_id in f.name]
+    info = json.loads(path.read_text())
     context = zmq.Context()
     subscribers = []
     for name in PORTS:

@@ -24,7 +24,7 @@ def kernel_processes(relay: Relay) -> list[psutil.Process]:
 
 
 def connection_files(relay: Relay) -> list[Path]:
-    return sorted(relay.runtime_dir.glob("kernel-*.json"))
+    return relay.connection_files()
 
 
 def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
@@ -123,6 +123,7 @@ def test_stopping_the_relay_stops_every_kernel(tmp_path: Path, stop_signal: sign
     assert time.monotonic() - started < 30
     assert wait_gone(pids) == []
     assert connection_files(relay) == []
+    assert not (relay.runtime_dir / f"kernel-relay-{relay.process.pid}").exists()
     assert_dead_then_disconnected(client)  # as for a kernel shut down on its own
     client.close()
 
@@ -207,3 +208,38 @@ def test_a_port_in_use_stops_the_relay_with_an_error(tmp_path: Path) -> None:
     assert f"kernel-relay: cannot listen on tcp:{first.port}:interface=127.0.0.1: " in output
     assert "Address already in use" in output
     assert "Traceback" not in output
+
+
+def test_the_next_relay_removes_what_a_killed_one_left_and_nothing_else(tmp_path: Path) -> None:
+    """
+    SIGKILL leaves the relay's connection files (its kernels exit by themselves); the next relay on the same
+    runtime directory removes them, and leaves other programs' files and running relays' alone.
+    """
+    runtime = tmp_path / "runtime"
+    killed = Relay(runtime)
+    try:
+        killed.spawn()
+        pids = [p.pid for p in kernel_processes(killed)]
+        left = killed.connection_files()
+        assert len(left) == 1 and left[0].parent.stat().st_mode & 0o777 == 0o700
+    except BaseException:
+        killed.stop(signal.SIGKILL)
+        raise
+    killed.stop(signal.SIGKILL)
+    assert wait_gone(pids, timeout=30) == []  # ipykernel exits when its parent does
+    assert left[0].exists()
+    foreign = runtime / "kernel-0f461cbe-95f1-4d24-9bfd-7a42a7aeb04b.json"  # Jupyter Server's, say
+    foreign.write_text("{}")
+    running = Relay(runtime)
+    try:
+        running.spawn()
+        mine = running.connection_files()
+        follower = Relay(runtime)
+        try:
+            assert not left[0].parent.exists()
+            assert foreign.exists() and all(f.exists() for f in mine)
+            assert "no longer running" in running.output() + follower.output()
+        finally:
+            follower.stop()
+    finally:
+        running.stop()

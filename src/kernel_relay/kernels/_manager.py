@@ -13,10 +13,10 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import KernelManager
-from jupyter_core.paths import jupyter_runtime_dir
 from twisted.logger import Logger
 
 from ._errors import KernelLaunchError, KernelShutdownError, UnknownKernelSpec
+from ._runtime import connection_dir
 
 _log = Logger()
 
@@ -67,13 +67,14 @@ def launch(
             "has no 'curve'), and --kernel-encryption is required: start the relay with "
             "--kernel-encryption auto to let it run unencrypted"
         )
-    # Named like Jupyter Server's, in the Jupyter runtime dir, so operators can find (and
+    # Named like Jupyter Server's, in the relay's own directory (see _runtime), so operators can find (and
     # `jupyter console --existing`) a relay's kernel by its id.
-    runtime_dir = jupyter_runtime_dir()
     try:
-        os.makedirs(runtime_dir, mode=0o700, exist_ok=True)
+        runtime_dir = str(connection_dir())
     except OSError as exc:
-        raise KernelLaunchError(f"cannot create the Jupyter runtime directory: {exc}") from exc
+        raise KernelLaunchError(
+            f"cannot create the relay's connection-file directory: {exc}"
+        ) from exc
     manager = KernelManager(
         kernel_name=spec_name,
         kernel_spec_manager=ksm,

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ._registry import KernelRegistry
+from ._runtime import remove_own, remove_stale
 
 log = Logger()
 
@@ -19,7 +20,8 @@ log = Logger()
 class KernelsService(Service):
     """
     Fills the warm pools at start; stops the relay cleanly: clients are told first, then every kernel the
-    relay started (pooled ones too) is shut down.
+    relay started (pooled ones too) is shut down. At start it removes the connection files relays that were
+    killed left behind; at stop its own directory of them (see ``_runtime``).
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class KernelsService(Service):
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
+        remove_stale()
         for spec_name, size in self._pools.items():
             log.info("Keeping {size} {spec_name} kernel(s) warm", size=size, spec_name=spec_name)
             self._kernels.keep_warm(spec_name, size)
@@ -43,4 +46,6 @@ class KernelsService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
         self._stopping()
-        return self._kernels.shutdown_all()
+        d = self._kernels.shutdown_all()
+        d.addBoth(lambda result: (remove_own(), result)[1])
+        return d
