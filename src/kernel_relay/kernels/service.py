@@ -46,6 +46,4 @@ class KernelsService(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
         self._stopping()
-        d = self._kernels.shutdown_all()
-        d.addBoth(lambda result: (remove_own(), result)[1])
-        return d
+        return self._kernels.shutdown_all().addCallback(lambda _: remove_own())
