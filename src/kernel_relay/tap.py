@@ -96,6 +96,16 @@ def _encryption(text: str) -> str:
 _encryption.coerceDoc = "One of auto, required, disabled."  # type: ignore[attr-defined]
 
 
+def _kernel_transport(text: str) -> str:
+    transport = text.strip().lower()
+    if transport not in ("tcp", "ipc"):
+        raise ValueError("--kernel-transport is tcp or ipc")
+    return transport
+
+
+_kernel_transport.coerceDoc = "tcp or ipc."  # type: ignore[attr-defined]
+
+
 class Options(usage.Options):
     synopsis = "[options] [port]"
     longdesc = (
@@ -145,6 +155,14 @@ class Options(usage.Options):
             "support, as ipykernel 7 does; others run unencrypted, logged and shown in /api/kernels), "
             "required (a kernelspec without support fails to start), or disabled.",
             _encryption,
+        ],
+        [
+            "kernel-transport",
+            None,
+            "tcp",
+            "ZeroMQ transport of local kernels: tcp (loopback ports), or ipc (UNIX sockets in the relay's "
+            "private directory, which only its user can enter).",
+            _kernel_transport,
         ],
         [
             "kernel-env-allow",
@@ -509,6 +527,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         shutdown_timeout=options["shutdown-timeout"],
         launch_timeout=options["launch-timeout"],
         encryption=options["kernel-encryption"],
+        transport=options["kernel-transport"],
     )
     socketio = SocketIOServer(
         reactor,

@@ -125,3 +125,31 @@ def test_required_refuses_a_kernelspec_without_curve_with_a_clear_error(required
     assert "does not declare CurveZMQ support" in response.json()["message"]
     seed = requests.get(f"{required.url}/spawn/relay-test-provisioned", timeout=90)
     assert seed.status_code == 500 and "--kernel-encryption" in seed.json()["error"]
+
+
+ipc = relay_fixture("--kernel-transport", "ipc")
+
+
+def test_the_ipc_transport_puts_the_channels_on_sockets_in_the_private_directory(
+    ipc: Relay,
+) -> None:
+    """The channels are UNIX sockets beside the connection file, in the 0700 directory, and they carry the session."""
+    model = start(ipc)
+    kernel_id = str(model["id"])
+    try:
+        (path,) = [f for f in ipc.connection_files() if kernel_id in f.name]
+        info = json.loads(path.read_text())
+        assert info["transport"] == "ipc" and Path(info["ip"]).parent == path.parent
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        sockets = sorted(p.name for p in path.parent.iterdir() if p.is_socket())
+        assert len(sockets) == 5 and all(s.startswith(kernel_id[:8]) for s in sockets)
+        client = JupyterWS(ipc.url, kernel_id)
+        try:
+            msg_id, reply = client.execute("print('over ipc')")
+            assert reply["content"]["status"] == "ok"
+            assert client.iopub_for(msg_id, "stream")[0]["content"]["text"] == "over ipc\n"
+        finally:
+            client.close()
+    finally:
+        requests.delete(f"{ipc.url}/api/kernels/{kernel_id}", timeout=60)
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(kernel_id[:8])]

@@ -20,6 +20,9 @@ from ._runtime import connection_dir
 
 _log = Logger()
 
+#: The longest ipc socket prefix: a UNIX socket path holds 107 bytes, and "-<port>" follows the prefix.
+IPC_PATH_LIMIT = 100
+
 
 def list_specs(ksm: KernelSpecManager) -> list[tuple[str, str, str, dict[str, Any], str]]:
     """
@@ -50,12 +53,15 @@ def launch(
     shutdown_timeout: float,
     env: Mapping[str, str] | None = None,
     encryption: str = "disabled",
+    transport: str = "tcp",
 ) -> KernelManager:
     """
     Start a kernel through its provisioner; the manager returned owns the process. ``env`` is added to the
     relay's own environment for the kernel (the caller has checked its names). ``encryption`` is
     jupyter_client's ``transport_encryption``: ``auto`` gives the kernel CurveZMQ keys when its kernelspec
     declares ``curve`` in ``metadata.supported_encryption``, ``required`` refuses a kernelspec that does not.
+    ``transport`` ``ipc`` puts the kernel's channels on UNIX sockets beside its connection file, in the
+    relay's private directory (only a local kernel can use it).
     """
     try:
         spec = ksm.get_kernel_spec(spec_name)
@@ -75,6 +81,16 @@ def launch(
         raise KernelLaunchError(
             f"cannot create the relay's connection-file directory: {exc}"
         ) from exc
+    transport_options: dict[str, str] = {}
+    if transport == "ipc":
+        # UNIX socket paths are short (108 bytes): the sockets are named by the id's first block.
+        prefix = os.path.join(runtime_dir, kernel_id.split("-", 1)[0])
+        if len(prefix.encode()) > IPC_PATH_LIMIT:
+            raise KernelLaunchError(
+                f"the ipc transport needs a shorter runtime directory than {runtime_dir!r} (UNIX socket "
+                "paths are limited): set JUPYTER_RUNTIME_DIR to a shorter path, or use --kernel-transport tcp"
+            )
+        transport_options = {"transport": "ipc", "ip": prefix}
     manager = KernelManager(
         kernel_name=spec_name,
         kernel_spec_manager=ksm,
@@ -82,6 +98,7 @@ def launch(
         connection_file=os.path.join(runtime_dir, f"kernel-{kernel_id}.json"),
         shutdown_wait_time=shutdown_timeout,
         transport_encryption=encryption,
+        **transport_options,
     )
     try:
         if env:

@@ -85,11 +85,13 @@ class JupyterProcesses:
         kernel_spec_manager: KernelSpecManager,
         shutdown_timeout: float,
         encryption: str = "disabled",
+        transport: str = "tcp",
     ) -> None:
         self._reactor = reactor
         self._ksm = kernel_spec_manager
         self._shutdown_timeout = shutdown_timeout
         self._encryption = encryption
+        self._transport = transport
         self._opener = ZmqSocketOpener(reactor)
 
     def specs(self) -> Deferred[list[tuple[Any, ...]]]:
@@ -106,6 +108,7 @@ class JupyterProcesses:
             self._shutdown_timeout,
             env,
             self._encryption,
+            self._transport,
         )
 
     def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:

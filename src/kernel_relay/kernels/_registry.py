@@ -73,6 +73,7 @@ class KernelRegistry:
         launch_timeout: float = 60.0,
         processes: KernelProcesses | None = None,
         encryption: str = "disabled",
+        transport: str = "tcp",
     ) -> None:
         self._reactor = reactor
         self._processes: KernelProcesses = (
@@ -83,6 +84,7 @@ class KernelRegistry:
                 kernel_spec_manager if kernel_spec_manager is not None else KernelSpecManager(),
                 shutdown_timeout,
                 encryption,
+                transport,
             )
         )
         self._observers = Observers()

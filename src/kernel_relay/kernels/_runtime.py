@@ -22,7 +22,8 @@ from twisted.logger import Logger
 _log = Logger()
 
 _OWN_DIR: Final = re.compile(r"kernel-relay-(?P<pid>[0-9]{1,10})")
-_OWN_FILE: Final = re.compile(r"kernel-[0-9a-f-]{36}\.json")
+#: A connection file, or a UNIX socket of a kernel on the ipc transport (``<id's first block>-<port>``).
+_OWN_FILE: Final = re.compile(r"kernel-[0-9a-f-]{36}\.json|[0-9a-f]{8}-[0-9]{1,5}")
 
 
 def connection_dir(pid: int | None = None) -> Path:
