@@ -252,6 +252,11 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             held = self._pressure.unsent
         return held + self._queued_bytes
 
+    @property
+    def falling_behind(self) -> bool:
+        """Whether the peer does not keep up: the transport holds what the socket would not take."""
+        return self._pressure.paused
+
     def drop_queued(self) -> None:
         """Forget the frames not yet handed to the transport (the connection is being cut off)."""
         self._queued, self._queued_bytes, self._queued_large = [], 0, False
@@ -347,11 +352,11 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                     self._batcher.add(self)
                 return
 
-    def lose(self) -> None:
-        """Close politely if the connection is open and keeps up, else drop it."""
+    def lose(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close politely (``code``, ``reason``) if the connection is open and keeps up, else drop it."""
         self.write_queued(everything=True)
         if internals.websocket_open(self) and not self._pressure.paused:
-            self.sendClose(1000)
+            self.sendClose(code, reason)
         elif not internals.websocket_closed(self) and self.transport is not None:
             # A close frame would wait behind everything the peer does not read: cut it off.
             internals.abort_connection(self.transport)

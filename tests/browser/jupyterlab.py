@@ -67,7 +67,12 @@ def jupyterlab_argv(
         # No announcements feed and no update check: nothing leaves loopback.
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+        # An extension manager that never asks PyPI.
+        "--LabApp.extension_manager=readonly",
     ]
+    if os.geteuid() == 0:
+        # Containers and CI run tests as root, which Jupyter Server refuses without this.
+        argv.append("--allow-root")
     if gateway_token:
         argv.append(f"--GatewayClient.auth_token={gateway_token}")
     return argv

@@ -5,6 +5,7 @@ legacy): routing, buffers, guards, resume by session_id, kernel death, bad frame
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 
@@ -291,3 +292,34 @@ def test_a_second_connection_of_one_session_replaces_the_first(relay: Relay, ker
     finally:
         first.close()
         second.close()
+
+
+slow_limit = relay_fixture("--max-buffered-bytes", str(8 * 1024 * 1024))
+
+
+def test_a_client_that_stops_reading_is_closed_as_slow_and_others_carry_on(
+    slow_limit: Relay,
+) -> None:
+    """Once more than --max-buffered-bytes wait for a connection it is closed, said so, never silently fed."""
+    kernel = start(slow_limit)
+    sleeper = JupyterWS(slow_limit.url, kernel)
+    sleeper.ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    worker = JupyterWS(slow_limit.url, kernel)
+    try:
+        code = "import time\nfor _ in range(300):\n    print('z' * 100_000)\n    time.sleep(0.005)"
+        _, reply = worker.execute(code, timeout=120)
+        assert reply["content"]["status"] == "ok"
+        deadline = time.monotonic() + 30
+        while "slow client" not in slow_limit.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (
+            "Closing Jupyter client" in slow_limit.output() and "slow client" in slow_limit.output()
+        )
+        metrics = requests.get(f"{slow_limit.url}/metrics", timeout=10).text
+        assert 'kernel_relay_errors_total{kind="slow_client"} 1.0' in metrics
+        _, reply = worker.execute("1")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        sleeper.close()
+        worker.close()
+        requests.delete(f"{slow_limit.url}/api/kernels/{kernel}", timeout=60)

@@ -116,7 +116,8 @@ class JupyterConnection(FramedWebSocketProtocol):
             self.last_seq = message.seq
             self.last_parent = message.parts[1]
         limit = self._front.max_buffered_bytes
-        if limit and self.unsent_bytes > limit:
+        # Only a peer that lets the socket fill up is slow: a burst queued within one turn is not.
+        if limit and self.falling_behind and self.unsent_bytes > limit:
             self._front.core.metrics.error("slow_client")
             log.warn(
                 "Closing Jupyter client {address} of kernel {kernel}: {backlog} bytes wait for it (slow client)",
@@ -150,9 +151,10 @@ class JupyterConnection(FramedWebSocketProtocol):
             return
         self._closing = True
         self._front.connection_lost(self)
-        self.write_queued(everything=True)
         if self.transport is not None:
-            self.sendClose(code, reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
+            # A client that does not read would get the close frame only after all it left unread: it
+            # is cut off instead.
+            self.lose(code, reason.encode("utf-8")[:120].decode("utf-8", "ignore"))
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
         self.v1 = V1 in (request.protocols or [])
