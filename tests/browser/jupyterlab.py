@@ -67,6 +67,8 @@ def jupyterlab_argv(
         # No announcements feed and no update check: nothing leaves loopback.
         "--LabApp.news_url=None",
         "--LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate",
+        # No terminals: the test needs no shell on the server.
+        "--ServerApp.terminals_enabled=False",
         # An extension manager that never asks PyPI.
         "--LabApp.extension_manager=readonly",
     ]

@@ -13,6 +13,7 @@
 // PATH-failed.png, and exits 1.
 "use strict";
 
+const fs = require("fs");
 const path = require("path");
 const { launch, watch } = require("./chromium");
 
@@ -58,6 +59,7 @@ async function handleDialogs(page, observed) {
 
 // Waits until `locator` is visible, dealing with dialogs meanwhile; `what` names the step in errors.
 async function waitVisible(page, locator, what, observed, timeout) {
+  observed.step = what;
   const deadline = Date.now() + timeout;
   for (;;) {
     await handleDialogs(page, observed);
@@ -65,6 +67,23 @@ async function waitVisible(page, locator, what, observed, timeout) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeout / 1000}s waiting for ${what}`);
     await sleep(POLL);
   }
+}
+
+// The page's failed API calls (the server relays kernelspecs and kernels calls to the gateway, so a
+// gateway's refusal shows up here as, say, "GET /api/kernelspecs -> 401").
+function recordHttpErrors(page, observed) {
+  page.on("response", (response) => {
+    const url = new URL(response.url());
+    if (response.status() >= 400 && url.pathname.includes("/api/")) {
+      observed.http_errors.push(`${response.request().method()} ${url.pathname} -> ${response.status()}`);
+    }
+  });
+}
+
+// The first code cell's output as shown, for a failure's report.
+async function firstOutput(page) {
+  const area = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-CodeCell .jp-OutputArea").first();
+  return ((await area.innerText({ timeout: 1000 }).catch(() => "")) || "").trim() || null;
 }
 
 async function toasts(page) {
@@ -152,7 +171,7 @@ async function main() {
     console.error("jupyterlab_notebook.js: the browser did not finish; exiting");
     process.exit(1);
   }, options.timeout + 60000).unref();
-  const observed = { ok: false, output: null, kernel_status: null, dialogs: [] };
+  const observed = { ok: false, output: null, kernel_status: null, dialogs: [], http_errors: [] };
   const { browser, close } = await launch();
   let page;
   let failure = null;
@@ -160,13 +179,18 @@ async function main() {
     page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     page.setDefaultTimeout(30000);
     const seen = watch(page);
+    recordHttpErrors(page, observed);
     let timer;
     const overall = new Promise((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`gave up after ${options.timeout / 1000}s in all`)), options.timeout);
+      timer = setTimeout(
+        () => reject(new Error(`gave up after ${options.timeout / 1000}s in all, waiting for ${observed.step}`)),
+        options.timeout,
+      );
     });
     try {
       await Promise.race([run(page, options, observed), overall]);
       observed.ok = true;
+      delete observed.step;
     } finally {
       clearTimeout(timer);
       observed.websockets = seen.websockets;
@@ -178,8 +202,12 @@ async function main() {
   }
   if (failure) {
     observed.error = String(failure.message || failure);
+    if (observed.http_errors.length) {
+      observed.error += ` (failed API calls: ${[...new Set(observed.http_errors)].join(", ")})`;
+    }
     if (page) {
       observed.toasts = await toasts(page);
+      observed.output = await firstOutput(page);
       observed.kernel_status = await kernelStatus(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").first());
       const shot = failedPath(options.screenshot);
       await page.screenshot({ path: shot, timeout: 15000 }).then(
@@ -190,6 +218,8 @@ async function main() {
     console.error(`jupyterlab_notebook.js failed: ${observed.error}`);
   }
   await close();
+  // Leave no screenshot of an earlier run that says otherwise.
+  fs.rmSync(observed.ok ? failedPath(options.screenshot) : options.screenshot, { force: true });
   process.stdout.write(`${JSON.stringify(observed)}\n`);
   process.exit(observed.ok ? 0 : 1);
 }

@@ -272,8 +272,20 @@ def test_a_reply_to_a_request_of_the_last_connection_reaches_the_session_that_co
 ) -> None:
     """The session's ZMQ identity stays the same, so the kernel's late reply finds the new connection."""
     client = JupyterWS(relay.url, kernel)
-    msg_id = client.send("shell", "execute_request", {"code": "import time; time.sleep(1.5)"})
+
+    def connections() -> int:
+        count: int = requests.get(f"{relay.url}/api/kernels/{kernel}", timeout=10).json()[
+            "connections"
+        ]
+        return count
+
+    with_it = connections()
+    msg_id = client.send("shell", "execute_request", {"code": "import time; time.sleep(3)"})
     client.close()
+    # Once the relay has seen it go (a connection of a session still open gets an identity of its own).
+    deadline = time.monotonic() + 2
+    while connections() >= with_it and time.monotonic() < deadline:
+        time.sleep(0.02)
     back = JupyterWS(relay.url, kernel, session_id=client.session_id)
     try:
         assert back.reply_to(msg_id)["content"]["status"] == "ok"
@@ -281,14 +293,20 @@ def test_a_reply_to_a_request_of_the_last_connection_reaches_the_session_that_co
         back.close()
 
 
-def test_a_second_connection_of_one_session_replaces_the_first(relay: Relay, kernel: str) -> None:
+def test_two_live_connections_of_one_session_are_both_served(relay: Relay, kernel: str) -> None:
+    """JupyterLab's server may open a second connection of a session beside a live one: each gets its replies."""
     first = JupyterWS(relay.url, kernel)
     second = JupyterWS(relay.url, kernel, session_id=first.session_id)
     try:
-        with pytest.raises(ConnectionError, match="replaced by a new connection"):
-            first.wait_for(lambda m: False, timeout=10)
-        _, reply = second.execute("1")
-        assert reply["content"]["status"] == "ok"
+        mine, reply = first.execute("1")
+        theirs, other = second.execute("2")
+        assert reply["content"]["status"] == other["content"]["status"] == "ok"
+        assert [
+            m["parent_header"]["msg_id"] for m in first.received if m["channel"] == "shell"
+        ] == [mine]
+        assert [
+            m["parent_header"]["msg_id"] for m in second.received if m["channel"] == "shell"
+        ] == [theirs]
     finally:
         first.close()
         second.close()

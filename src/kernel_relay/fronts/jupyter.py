@@ -17,7 +17,9 @@ use the relay's kernels unchanged.
   kernel, each mark kept :data:`MARK_AGE` seconds). What is no longer kept is told as an iopub ``stream``
   message on ``stderr``, parented to the last cell the client saw, so a Jupyter client shows it in that cell.
   Errors the core tells (a refused message, an oversized one) come the same way, parented to the message
-  concerned.
+  concerned. A session keeps its ZMQ identity towards the kernel, so a reply to a request of its last
+  connection that comes after it is back reaches it (one that came while it was away is lost: ZeroMQ drops
+  what it cannot route); a second connection of a session still connected gets an identity of its own.
 - A kernel that stops or dies is announced as ``dead`` on iopub (by the core), then the socket closes with
   code 1000 and the reason; a client that does not read what is sent to it is closed as a slow client once
   ``max_buffered_bytes`` wait for it (never a silent drop, and no rate limit drops output).
@@ -391,11 +393,12 @@ class JupyterFront:
         if not self.core.has_kernel(kernel.id):  # it stopped during the handshake
             connection.close_with(CLOSE_NORMAL, f"kernel {kernel.id} is no longer running")
             return
-        stale = self._connections.get(connection.client_id)
-        if stale is not None:
-            # The same session came back before its old connection was seen to end: as Jupyter Server
-            # does, the newer one replaces it.
-            stale.close_with(CLOSE_NORMAL, "replaced by a new connection of the same session")
+        if connection.client_id in self._connections:
+            # The session's earlier connection is still open. Both stay, with an identity each: JupyterLab's
+            # server, for one, opens a connection it then abandons beside the live one, in either order, and
+            # replacing the older would sometimes cut the live one. The abandoned one ends as a slow client
+            # or when it stops answering pings.
+            connection.client_id = f"{connection.client_id}:{uuid.uuid4().hex[:8]}"
         self._connections[connection.client_id] = connection
         for channel in admitted.channels:
             connection.channels.add(channel)
