@@ -3,9 +3,9 @@
 
 No sockets and no kernel: a signed iopub ``stream`` message (and a 1 MB ``display_data``) goes through
 ``decode_frames`` (HMAC check and parse), the relay's packet building and the socket.io encoder, as
-``Kernel._iopub_received`` and ``Namespace.emit`` run them. Prints microseconds per message (best of 5); the encoder from dicts, from the kernel's own JSON
-parts spliced in (``socketio.RawJSON``), and with the payload the relay sends (``payload.client_payload``:
-one text joined from those parts, for a message without buffers and of moderate size).
+``Kernel._iopub_received`` and ``Namespace.emit`` run them. Prints microseconds per message (best of 5); the encoder from dicts, and with the payload the
+relay sends (``payload.client_payload``: one text joined from the kernel's own JSON parts, for a message
+without buffers and of moderate size).
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ def main() -> None:
         ),
     }
     try:
-        from kernel_relay.socketio import RawJSON  # type: ignore[attr-defined]
-    except ImportError:  # an older tree, measured for comparison
-        RawJSON = None
-    try:
         from kernel_relay.relay.payload import Outgoing, client_payload
     except ImportError:  # an older tree
         client_payload = None  # type: ignore[assignment]
@@ -62,15 +58,12 @@ def main() -> None:
         decode = best(lambda frames=frames: decode_frames(frames, "iopub", sign), count)
         _, message = decode_frames(frames, "iopub", sign)
 
-        def encode(raw: object = None, message: object = message) -> object:
-            event = message.to_dict(raw=raw) if raw else message.to_dict()  # type: ignore[attr-defined]
+        def encode(message: object = message) -> object:
+            event = message.to_dict()  # type: ignore[attr-defined]
             return encode_packet(Packet(PacketType.EVENT, "/iopub/k", ["msg", event]))
 
         as_dicts = best(encode, count)
         line = f"{name:>18}: decode {decode:9.1f} us   encode from dicts {as_dicts:9.1f} us"
-        if RawJSON is not None:
-            spliced = best(lambda: encode(RawJSON), count)
-            line += f"   spliced raw JSON {spliced:9.1f} us"
         if client_payload is not None:
 
             def send_form(message: object = message) -> object:

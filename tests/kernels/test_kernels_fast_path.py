@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 import zmq
@@ -9,8 +11,10 @@ from jupyter_client.session import Session
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from kernel_relay.jsontext import RawJSON
 from kernel_relay.kernels._messages import MessageRejected, decode_frames
 from kernel_relay.kernels._zmq import READ_BATCH, ZmqSocketOpener
+from kernel_relay.relay.payload import Outgoing, client_payload
 
 
 async def _until(condition: object, timeout: float = 30.0) -> None:
@@ -101,23 +105,25 @@ def test_non_json_constants_are_rejected(constant: bytes) -> None:
         decode_frames(frames, "iopub", session.sign)
 
 
-def test_to_dict_with_raw_wraps_the_kernels_own_json_text() -> None:
-    """to_dict(raw=...) hands the kernel's exact JSON text of each part to the wrapper, buffers and channel unchanged."""
+def test_the_payload_of_a_message_with_buffers_holds_the_kernels_own_json_text() -> None:
+    """A message with buffers is sent as the kernel's exact JSON text of each part, buffers and channel unchanged."""
     session = Session(key=b"k")
     parts = [b'{"msg_type": "stream"}', b"{}", b'{"x": 1}', b'{"text": "\\u00e9 caf\xc3\xa9"}']
     frames = [b"<IDS|MSG>", session.sign(parts), *parts, b"buffer"]
     _, message = decode_frames(frames, "iopub", session.sign)
-    wrapped = message.to_dict(raw=lambda text: ("raw", text))
-    assert wrapped["header"] == ("raw", '{"msg_type": "stream"}')
-    assert wrapped["content"] == ("raw", '{"text": "\\u00e9 café"}')
+    wrapped = client_payload(Outgoing.of_kernel(message))
+    assert isinstance(wrapped, dict)
+    assert wrapped["header"] == RawJSON('{"msg_type": "stream"}')
+    assert wrapped["content"] == RawJSON('{"text": "\\u00e9 café"}')
     assert wrapped["buffers"] == [b"buffer"]
     assert wrapped["channel"] == "iopub"
     assert message.to_dict()["content"] == {"text": "é café"}
 
 
-def test_to_dict_with_raw_falls_back_to_dicts_without_raw_parts() -> None:
-    """A message built without raw_parts gives its dicts even when a raw wrapper is passed."""
+def test_a_message_built_without_raw_parts_is_sent_encoded_from_its_dicts() -> None:
+    """A message built without raw_parts (in process) is encoded from its dicts."""
     from kernel_relay.kernels import KernelMessage
 
     message = KernelMessage({"msg_type": "status"}, {}, {}, {"execution_state": "dead"})
-    assert message.to_dict(raw=lambda text: ("raw", text))["content"] == {"execution_state": "dead"}
+    sent = client_payload(Outgoing.of_kernel(message))
+    assert json.loads(sent)["content"] == {"execution_state": "dead"}

@@ -14,6 +14,7 @@ from kernel_relay.kernels._messages import (
     MessageRejected,
     decode_frames,
 )
+from kernel_relay.relay.payload import Outgoing, client_payload
 
 SESSION = Session(key=uuid.uuid4().hex.encode())
 
@@ -30,11 +31,13 @@ def big_output() -> dict[str, object]:
 
 
 def test_large_content_is_forwarded_raw_and_parsed_on_first_read() -> None:
-    """The raw text reaches to_dict untouched, and reading content gives the parsed object once."""
+    """The raw text reaches the client's payload untouched, and reading content gives the parsed object once."""
     payload = json.dumps(big_output(), ensure_ascii=False).encode()
     _, message = decode_frames(signed(payload), "iopub", SESSION.sign)
     assert message._content is None  # not parsed on arrival
-    assert message.to_dict(raw=str)["content"] == payload.decode()
+    sent = client_payload(Outgoing.of_kernel(message))
+    assert isinstance(sent, dict) and sent["content"] == payload.decode()
+    assert message._content is None  # sending did not parse it
     assert message.content == big_output()
     assert message.content is message.content
 

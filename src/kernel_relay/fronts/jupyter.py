@@ -303,10 +303,6 @@ class JupyterFront:
         for connection in list(self._connections.values()):
             connection.close_with(CLOSE_GOING_AWAY, reason)
 
-    @property
-    def connections(self) -> int:
-        return len(self._connections)
-
     def stream(
         self, kernel_id: str, parent: Frame, text: str, metadata: dict[str, Any]
     ) -> Outgoing:

@@ -175,40 +175,16 @@ class KernelMessage:
             return header, parent, metadata, content
         return self.raw_parts
 
-    def to_json(self, metadata: str | None = None) -> str:
+    def to_dict(self) -> dict[str, Any]:
         """
-        The message as clients see it (:meth:`to_dict`), as JSON text joined from :meth:`json_texts`:
-        nothing is parsed or encoded again. ``metadata`` replaces the metadata part's text. A message
-        with buffers has no such form (they travel as binary attachments): ValueError.
+        The message as clients see it, parsed; ``buffers`` only when there are some. (The relay sends
+        the kernel's JSON as it came instead: see ``kernel_relay.relay.payload``.)
         """
-        if self.buffers:
-            raise ValueError("a message with buffers cannot be written as JSON text")
-        return message_json(self.json_texts(), self.channel, metadata)
-
-    def to_dict(self, raw: Callable[[str], Any] | None = None) -> dict[str, Any]:
-        """
-        The message as clients see it; ``buffers`` only when there are some.
-
-        With ``raw``, the four parts are ``raw(json_text)`` of the kernel's own JSON (``raw_parts``)
-        instead of dicts, for an encoder that splices already-encoded JSON (``socketio.RawJSON``):
-        the relay then passes the kernel's bytes on without encoding them again. The parts were
-        verified when the message was decoded (and parsed, but for a large content); a message built
-        without ``raw_parts`` gives its dicts either way.
-        """
-        if raw is not None and self.raw_parts is not _EMPTY_PARTS:
-            header, parent, metadata, content = (raw(text) for text in self.json_texts())
-        else:
-            header, parent, metadata, content = (
-                self.header,
-                self.parent_header,
-                self.metadata,
-                self.content,
-            )
         result: dict[str, Any] = {
-            "header": header,
-            "parent_header": parent,
-            "metadata": metadata,
-            "content": content,
+            "header": self.header,
+            "parent_header": self.parent_header,
+            "metadata": self.metadata,
+            "content": self.content,
         }
         if self.buffers:
             result["buffers"] = list(self.buffers)
@@ -228,14 +204,12 @@ def _channel_json(channel: str) -> str:
     return text if text is not None else _encode_json(channel)
 
 
-def message_json(
-    texts: tuple[str, str, str, str], channel: str, metadata: str | None = None
-) -> str:
+def message_json(texts: tuple[str, str, str, str], channel: str) -> str:
     """
-    A message without buffers as clients see it, joined from the JSON text of its four parts
-    (:meth:`KernelMessage.json_texts`); ``metadata`` replaces the metadata part's text.
+    A message without buffers as clients see it, joined from the JSON text of its four parts (header,
+    parent_header, metadata, content), nothing parsed or encoded again.
     """
-    header, parent, own_metadata, content = texts
+    header, parent, metadata, content = texts
     return "".join(
         (
             '{"header":',
@@ -243,7 +217,7 @@ def message_json(
             ',"parent_header":',
             parent,
             ',"metadata":',
-            own_metadata if metadata is None else metadata,
+            metadata,
             ',"content":',
             content,
             ',"channel":',

@@ -41,12 +41,9 @@ class Outgoing:
         self.seq = seq
 
     @classmethod
-    def of_kernel(cls, message: KernelMessage, metadata: bytes | None = None) -> Outgoing:
-        """A kernel's message, its own bytes; ``metadata`` (JSON) replaces its metadata when given."""
-        parts = message.json_parts()
-        if metadata is not None:
-            parts = (parts[0], parts[1], metadata, parts[3])
-        return cls(parts, message.buffers, message.channel)
+    def of_kernel(cls, message: KernelMessage) -> Outgoing:
+        """A kernel's message, its own bytes."""
+        return cls(message.json_parts(), message.buffers, message.channel)
 
     @classmethod
     def of_dict(cls, message: Mapping[str, Any]) -> Outgoing:
@@ -57,24 +54,8 @@ class Outgoing:
         )
         return cls(parts, list(message.get("buffers") or ()), str(message.get("channel", "")))  # type: ignore[arg-type]
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Outgoing):
-            return NotImplemented
-        return (
-            self.channel == other.channel
-            and tuple(map(bytes, self.parts)) == tuple(map(bytes, other.parts))
-            and list(map(bytes, self.buffers)) == list(map(bytes, other.buffers))
-        )
-
-    __hash__ = None  # type: ignore[assignment]
-
     def __repr__(self) -> str:
         return f"<Outgoing on {self.channel or '?'}: {bytes(self.parts[0])[:60]!r}>"
-
-    @property
-    def size(self) -> int:
-        """Bytes of the parts and buffers."""
-        return sum(len(part) for part in self.parts) + sum(len(b) for b in self.buffers)
 
     def texts(self) -> tuple[str, str, str, str]:
         header, parent, metadata, content = (str(part, "utf-8") for part in self.parts)
