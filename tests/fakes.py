@@ -181,6 +181,10 @@ class FakeRegistry:
     def kernels(self) -> list[FakeKernel]:
         return list(self._kernels.values())
 
+    def owned(self) -> list[FakeKernel]:
+        """The kernels whose processes this relay manages: all of them (no fleet here)."""
+        return self.kernels()
+
     def get(self, kernel_id: str) -> FakeKernel:
         try:
             return self._kernels[kernel_id]

@@ -30,7 +30,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -106,6 +106,8 @@ class KernelTokens:
 
     def __init__(self) -> None:
         self._scopes: dict[bytes, Scope] = {}
+        self.on_issue: Callable[[bytes, Scope], None] | None = None
+        """Told of each token issued here, by digest (a fleet shares it with the other relays)."""
 
     def __len__(self) -> int:
         return len(self._scopes)
@@ -114,8 +116,20 @@ class KernelTokens:
         if access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {', '.join(ACCESS_LEVELS)}, not {access!r}")
         token = generate_token()
-        self._scopes[_digest(token)] = Scope(kernel_id, access)
+        digest = _digest(token)
+        self._scopes[digest] = Scope(kernel_id, access)
+        if self.on_issue is not None:
+            self.on_issue(digest, self._scopes[digest])
         return token
+
+    def admit(self, digest: bytes, scope: Scope) -> None:
+        """Honour a token another relay of the fleet issued, known by its digest only."""
+        if scope.access in ACCESS_LEVELS:
+            self._scopes[digest] = scope
+
+    def digests(self, kernel_id: str) -> dict[bytes, Scope]:
+        """The digests of a kernel's tokens, and their scopes."""
+        return {key: scope for key, scope in self._scopes.items() if scope.kernel_id == kernel_id}
 
     def scope_of(self, candidates: Iterable[str | None]) -> Scope | None:
         """The scope of the first presented token that is a kernel token, if any."""

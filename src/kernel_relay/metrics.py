@@ -32,7 +32,7 @@ Exposed at ``GET /metrics`` (see :mod:`.http.api`):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -108,6 +108,44 @@ class _LoadGauges(Collector):
             "kernel_relay_buffered_bytes",
             "Bytes waiting to go out to all clients together.",
             value=self.buffered_bytes(),
+        )
+
+
+class _FleetGauges(Collector):
+    """The fleet as this relay sees it (with ``--redis``), read at scrape time from its view."""
+
+    def __init__(self, view: Callable[[], Mapping[str, Any]]) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        view = self.view()
+        yield GaugeMetricFamily(
+            "kernel_relay_fleet_redis_up",
+            "1 while the fleet's Redis answers this relay, 0 while it does not.",
+            value=1 if view.get("redis_up") else 0,
+        )
+        yield GaugeMetricFamily(
+            "kernel_relay_fleet_relays",
+            "Relays of the fleet whose lease runs, this one included.",
+            value=view.get("relays", 1),
+        )
+        kernels = GaugeMetricFamily(
+            "kernel_relay_fleet_kernels",
+            "Kernels this relay serves: its own (it manages their processes) and other relays' (guests).",
+            labels=["role"],
+        )
+        kernels.add_metric(["owned"], view.get("owned_kernels", 0))
+        kernels.add_metric(["guest"], view.get("guest_kernels", 0))
+        yield kernels
+        yield CounterMetricFamily(
+            "kernel_relay_fleet_adopted",
+            "Kernels this relay adopted from relays whose lease expired.",
+            value=view.get("adopted", 0),
+        )
+        yield CounterMetricFamily(
+            "kernel_relay_fleet_local_numbers",
+            "iopub messages this relay numbered by itself while Redis could not be reached.",
+            value=view.get("local_numbers", 0),
         )
 
 
@@ -192,6 +230,10 @@ class RelayMetrics:
         self._load.connections = connections
         self._load.sessions = sessions
         self._load.buffered_bytes = buffered_bytes
+
+    def watch_fleet(self, view: Callable[[], Mapping[str, Any]]) -> None:
+        """Add the fleet's gauges, read from ``view`` at scrape time (the wiring calls this with --redis)."""
+        self.registry.register(_FleetGauges(view))
 
     def relayed(self, direction: str, size: int) -> None:
         """Count one message of ``size`` bytes relayed in ``direction``."""

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import zmq
 from twisted.application.service import IService, MultiService
+from twisted.internet.defer import succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -22,6 +23,7 @@ from . import __version__
 from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
 from .demo import demo_resources
 from .engineio import EngineIOOptions
+from .fleet import Fleet, FleetStore, RedisURL
 from .fronts.jupyter import JupyterFront
 from .fronts.socketio import SocketIOFront
 from .http.api import RelayAPI
@@ -77,6 +79,14 @@ def _transports(text: str) -> tuple[str, ...]:
 
 
 _transports.coerceDoc = "A comma-separated subset of polling,websocket."  # type: ignore[attr-defined]
+
+
+def _redis_url(text: str) -> RedisURL:
+    return RedisURL.parse(text)
+
+
+_redis_url.coerceDoc = "A redis:// or rediss:// URL."  # type: ignore[attr-defined]
+
 
 ENCRYPTION_POLICIES = ("auto", "required", "disabled")
 
@@ -190,6 +200,24 @@ class Options(usage.Options):
             None,
             None,
             "Write an HTTP access log (combined format) to this file.",
+        ],
+        [
+            "redis",
+            None,
+            None,
+            "Join the fleet of relays that share this Redis: redis://[:password@]host[:port][/db], or "
+            "rediss:// for TLS. Every relay of a fleet serves every kernel of it, and a relay's kernels "
+            "outlive it: another relay adopts them. Redis then holds the kernels' keys: protect it as you "
+            "would their connection files.",
+            _redis_url,
+        ],
+        [
+            "fleet-lease",
+            None,
+            5.0,
+            "Seconds a relay of a fleet stays its kernels' owner without renewing its lease in Redis "
+            "(renewed every third of it); when a relay's lease runs out, another adopts its kernels.",
+            _positive(float),
         ],
         [
             "token",
@@ -494,6 +522,11 @@ def ipv6_loopback_available() -> bool:
 MAX_POOL = 32
 
 
+def fleet_stream_length(replay_bytes: int) -> int:
+    """About how many messages each kernel's stream in Redis keeps: ``--iopub-replay-bytes`` in small messages."""
+    return max(100, min(100_000, replay_bytes // 512))
+
+
 def connection_bounds(options: Options) -> ConnectionBounds:
     """
     ``--max-connections`` and ``--max-connections-per-address``, each defaulting to what the open-file
@@ -528,6 +561,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         launch_timeout=options["launch-timeout"],
         encryption=options["kernel-encryption"],
         transport=options["kernel-transport"],
+        # A fleet's kernels outlive their relay, for another relay to adopt them.
+        independent=options["redis"] is not None,
     )
     socketio = SocketIOServer(
         reactor,
@@ -549,6 +584,19 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     auth = TokenAuth(options["token"])
     metrics = RelayMetrics()
+    fleet = None
+    if options["redis"] is not None:
+        fleet = Fleet(
+            FleetStore(options["redis"], reactor),
+            kernels,
+            auth,
+            reactor,
+            lease=options["fleet-lease"],
+            launch_timeout=options["launch-timeout"],
+            shutdown_timeout=options["shutdown-timeout"],
+            keep=fleet_stream_length(options["iopub-replay-bytes"]),
+        )
+        metrics.watch_fleet(fleet.fleet_view)
     socketio.on_event = metrics.error
     socketio.engine.on_event = metrics.error
     limiter = ConnectionLimiter(bounds, on_event=metrics.error, clock=reactor)
@@ -571,6 +619,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         replay=ReplayOptions(
             max_bytes=options["iopub-replay-bytes"], max_age=options["iopub-replay-age"]
         ),
+        numbering=fleet.numbering if fleet is not None else None,
     )
     front = SocketIOFront(socketio, relay)
     jupyter_front = JupyterFront(
@@ -581,14 +630,25 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_buffered_bytes=options["max-buffered-bytes"],
     )
 
+    def handing_off() -> bool:
+        return fleet is not None and fleet.hand_off()
+
     def stopping() -> None:
-        # Each kernel's iopub clients see it dead before every client is disconnected.
-        relay.stopping()
+        # Each kernel's iopub clients see it dead before every client is disconnected (unless the kernels
+        # live on, for the fleet's other relays to adopt).
+        if not handing_off():
+            relay.stopping()
         front.close()
         jupyter_front.close()
 
-    spawner = Spawner(kernels, metrics, options["max-kernels"])
-    api = RelayAPI(kernels, metrics=metrics, auth=auth, spawner=spawner)
+    spawner = Spawner(kernels, metrics, options["max-kernels"], fleet=fleet)
+    api = RelayAPI(
+        kernels,
+        metrics=metrics,
+        auth=auth,
+        spawner=spawner,
+        fleet=fleet.fleet_view if fleet is not None else None,
+    )
     jupyter_api = JupyterAPI(
         kernels,
         spawner,
@@ -617,7 +677,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site.max_body = max(options["max-payload"], DEFAULT_MAX_BODY)
 
     top = MultiService()
-    KernelsService(kernels, options["pool"], stopping=stopping).setServiceParent(top)
+    if fleet is not None:
+        # Before the kernels: it stops after them, so that the kernels' ends still reach Redis.
+        fleet.setServiceParent(top)
+    KernelsService(
+        kernels,
+        options["pool"],
+        stopping=stopping,
+        keep_running=handing_off,
+        prepare=fleet.prepare_stop if fleet is not None else lambda: succeed(None),
+    ).setServiceParent(top)
     HeartbeatMonitor(
         kernels,
         reactor,

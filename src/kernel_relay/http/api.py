@@ -60,8 +60,10 @@ class RelayAPI:
         clock: Callable[[], float] = time.monotonic,
         auth: TokenAuth | None = None,
         spawner: Spawner | None = None,
+        fleet: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._kernels = kernels
+        self._fleet = fleet
         self._auth = auth or TokenAuth()
         self.metrics = metrics or RelayMetrics()
         self._clock = clock
@@ -96,6 +98,7 @@ class RelayAPI:
                 "uptime_seconds": round(self._clock() - self._started_at, 3),
                 "kernels": len(self._kernels),
                 "pooled_kernels": self._kernels.pooled(),
+                **({"fleet": self._fleet()} if self._fleet is not None else {}),
             },
         )
 

@@ -39,7 +39,7 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel, UnknownKernelSpec
 from .api import json_body
-from .spawning import Spawner, TooManyKernels, error_text
+from .spawning import Spawner, SpawnUnavailable, TooManyKernels, error_text
 
 log = Logger()
 
@@ -310,7 +310,7 @@ class JupyterAPI:
         def failed(failure: Failure) -> bytes:
             if failure.check(UnknownKernelSpec):  # type: ignore[no-untyped-call]
                 return jupyter_error(request, 404, error_text(failure))
-            if failure.check(TooManyKernels):  # type: ignore[no-untyped-call]
+            if failure.check(TooManyKernels, SpawnUnavailable):  # type: ignore[no-untyped-call]
                 request.setHeader(b"Retry-After", b"10")
                 return jupyter_error(request, 503, error_text(failure))
             return jupyter_error(request, 500, error_text(failure))

@@ -6,7 +6,9 @@ Starting kernels for the REST routes: the seed's ``/spawn`` and Jupyter's ``POST
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
@@ -19,7 +21,23 @@ log = Logger()
 
 
 class TooManyKernels(Exception):
-    """The relay runs (or starts) its maximum of kernels already."""
+    """The relay (or its fleet) runs or starts its maximum of kernels already."""
+
+
+class SpawnUnavailable(Exception):
+    """A kernel cannot be started now: the fleet it belongs to cannot be reached."""
+
+
+class FleetCapacity(Protocol):
+    """A fleet's share in each start: ``--max-kernels`` over every relay, and the new kernel made known."""
+
+    def reserve(self, reservation: str, max_kernels: int | None) -> Deferred[bool]:
+        """Hold a place for a kernel; False when the fleet is full, an error when it cannot be asked."""
+
+    def unreserve(self, reservation: str) -> None: ...
+
+    def register(self, kernel: Kernel, reservation: str) -> Deferred[None]:
+        """Make the started kernel known to the fleet; an error when that cannot be done."""
 
 
 def error_text(failure: Failure) -> str:
@@ -35,8 +53,10 @@ class Spawner:
         metrics: RelayMetrics,
         max_kernels: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fleet: FleetCapacity | None = None,
     ) -> None:
         self._kernels = kernels
+        self.fleet = fleet
         self._metrics = metrics
         self.max_kernels = max_kernels
         self._clock = clock
@@ -66,6 +86,56 @@ class Spawner:
             self._starting -= 1
             return result
 
-        d = self._kernels.start(spec_name, env).addCallbacks(started, failed)
+        if self.fleet is None:
+            d = self._kernels.start(spec_name, env)
+        else:
+            d = self._fleet_start(self.fleet, spec_name, env)
+        d.addCallbacks(started, failed)
         d.addBoth(settled)
         return d
+
+    def _fleet_start(
+        self, fleet: FleetCapacity, spec_name: str, env: Mapping[str, str] | None
+    ) -> Deferred[Kernel]:
+        """Reserve a place in the fleet, start the kernel, register it; a kernel it cannot register stops."""
+        reservation = uuid.uuid4().hex
+        limit = self.max_kernels
+
+        def reserved(ok: bool) -> Deferred[Kernel]:
+            if not ok:
+                raise TooManyKernels(f"the fleet already runs its maximum of {limit} kernels")
+
+            def not_started(failure: Failure) -> Failure:
+                fleet.unreserve(reservation)
+                return failure
+
+            d = self._kernels.start(spec_name, env)
+            d.addErrback(not_started)
+            return d.addCallback(register)
+
+        def register(kernel: Kernel) -> Deferred[Kernel]:
+            def unregistered(failure: Failure) -> Deferred[Kernel]:
+                fleet.unreserve(reservation)
+                stopped = self._kernels.shutdown(kernel.id)
+                stopped.addErrback(
+                    lambda f: log.failure("stopping an unregistered kernel", failure=f)
+                )
+
+                def fail_spawn(_: object) -> Kernel:
+                    raise SpawnUnavailable(
+                        f"the kernel started but could not be made known to the fleet: "
+                        f"{error_text(failure)}; it was stopped"
+                    )
+
+                return stopped.addBoth(fail_spawn)
+
+            return fleet.register(kernel, reservation).addCallbacks(lambda _: kernel, unregistered)
+
+        def unavailable(failure: Failure) -> Failure:
+            if failure.check(TooManyKernels, SpawnUnavailable):  # type: ignore[no-untyped-call]
+                return failure
+            return Failure(SpawnUnavailable(f"cannot start a kernel: {error_text(failure)}"))
+
+        d = fleet.reserve(reservation, limit)
+        d.addErrback(unavailable)
+        return d.addCallback(reserved)

@@ -36,8 +36,9 @@ from ._zmq import CurveKeys, FrameSocket, SocketOpener, channel_url
 
 MessageCallback = Callable[[KernelMessage], None]
 
-#: The relay's ZMQ identity on heartbeat channels (clients' identities are their socket.io ids).
-HEARTBEAT_ID = b"kernel-relay-heartbeat"
+#: The relay's ZMQ identity on heartbeat channels (clients' identities are their socket.io ids): one per
+#: process, since the relays of a fleet all watch the same kernels.
+HEARTBEAT_ID = b"kernel-relay-heartbeat-" + uuid.uuid4().hex[:12].encode()
 
 _log = Logger()
 

@@ -54,6 +54,7 @@ def launch(
     env: Mapping[str, str] | None = None,
     encryption: str = "disabled",
     transport: str = "tcp",
+    independent: bool = False,
 ) -> KernelManager:
     """
     Start a kernel through its provisioner; the manager returned owns the process. ``env`` is added to the
@@ -61,7 +62,8 @@ def launch(
     jupyter_client's ``transport_encryption``: ``auto`` gives the kernel CurveZMQ keys when its kernelspec
     declares ``curve`` in ``metadata.supported_encryption``, ``required`` refuses a kernelspec that does not.
     ``transport`` ``ipc`` puts the kernel's channels on UNIX sockets beside its connection file, in the
-    relay's private directory (only a local kernel can use it).
+    relay's private directory (only a local kernel can use it). An ``independent`` kernel does not exit
+    when the relay does (a fleet's kernels outlive their relay, to be adopted by another).
     """
     try:
         spec = ksm.get_kernel_spec(spec_name)
@@ -101,10 +103,10 @@ def launch(
         **transport_options,
     )
     try:
+        options: dict[str, Any] = {"independent": True} if independent else {}
         if env:
-            manager.start_kernel(env={**os.environ, **env})
-        else:
-            manager.start_kernel()
+            options["env"] = {**os.environ, **env}
+        manager.start_kernel(**options)
     except Exception as exc:
         _log.failure("kernel {spec_name} failed to start", spec_name=spec_name)
         try:

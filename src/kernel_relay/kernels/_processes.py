@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from . import _manager
+from . import _manager, adoption
 from ._kernel import Kernel
 from ._zmq import ZmqSocketOpener
 
@@ -59,6 +59,21 @@ class KernelProcesses(Protocol):
     def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:
         """The relay's side of a started kernel: its sockets, its key (on the reactor thread)."""
 
+    def connect_info(self, kernel_id: str, spec_name: str, info: dict[str, Any]) -> Kernel:
+        """The relay's side of a kernel another relay manages, from its connection info."""
+
+    def describe(self, manager: KernelManager) -> Deferred[dict[str, Any]]:
+        """What another relay needs to take the kernel over (see ``adoption.describe``)."""
+
+    def rebuild(
+        self,
+        spec_name: str,
+        kernel_id: str,
+        record: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+    ) -> Deferred[KernelManager]:
+        """A manager for a running kernel another relay started; fails with KernelLaunchError."""
+
     def stop(self, manager: KernelManager) -> Deferred[None]:
         """Politely, then by force; fails with KernelShutdownError if the process survives."""
 
@@ -86,12 +101,14 @@ class JupyterProcesses:
         shutdown_timeout: float,
         encryption: str = "disabled",
         transport: str = "tcp",
+        independent: bool = False,
     ) -> None:
         self._reactor = reactor
         self._ksm = kernel_spec_manager
         self._shutdown_timeout = shutdown_timeout
         self._encryption = encryption
         self._transport = transport
+        self._independent = independent
         self._opener = ZmqSocketOpener(reactor)
 
     def specs(self) -> Deferred[list[tuple[Any, ...]]]:
@@ -109,12 +126,48 @@ class JupyterProcesses:
             env,
             self._encryption,
             self._transport,
+            self._independent,
         )
 
     def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:
         info, pid, connection_file = _manager.connection_details(manager)
+        return self._kernel(kernel_id, spec_name, info, pid, connection_file)
+
+    def connect_info(self, kernel_id: str, spec_name: str, info: dict[str, Any]) -> Kernel:
+        return self._kernel(kernel_id, spec_name, info, None, None)
+
+    def describe(self, manager: KernelManager) -> Deferred[dict[str, Any]]:
+        return self._in_thread(adoption.describe, manager)
+
+    def rebuild(
+        self,
+        spec_name: str,
+        kernel_id: str,
+        record: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+    ) -> Deferred[KernelManager]:
+        return self._in_thread(
+            adoption.rebuild,
+            self._ksm,
+            spec_name,
+            kernel_id,
+            record,
+            self._shutdown_timeout,
+            env,
+            self._encryption,
+        )
+
+    def _kernel(
+        self,
+        kernel_id: str,
+        spec_name: str,
+        info: dict[str, Any],
+        pid: int | None,
+        connection_file: str | None,
+    ) -> Kernel:
+        key = info.get("key", b"")
         session = Session(
-            key=info.get("key", b""),
+            key=key.encode() if isinstance(key, str) else key,
             signature_scheme=info.get("signature_scheme", "hmac-sha256"),
             username="kernel-relay",
         )

@@ -7,7 +7,8 @@ The set of kernels this relay started, as one façade over the parts that do the
 - ``RunningKernels`` (``_running``): the kernels handed out, and stopping them;
 - ``Restarts`` (``_restart``): restarts in place, shared by the callers who ask together, under a deadline;
 - ``DeathWatch`` (``_deathwatch``): one poller noticing processes that exit, whichever part owns them;
-- ``Observers`` (``_observers``): who is told of kernels coming and going.
+- ``Observers`` (``_observers``): who is told of kernels coming and going;
+- ``Guests`` (``_guests``): in a fleet, the kernels other relays manage, which this relay serves too.
 
 They reach jupyter_client only through ``KernelProcesses`` (``_processes``), whose every blocking call runs
 in the reactor's thread pool; the reactor thread only does bookkeeping and ZMQ I/O.
@@ -28,11 +29,12 @@ from twisted.python.failure import Failure
 
 from ._deathwatch import DeathWatch
 from ._errors import KernelLaunchError, UnknownKernelSpec
+from ._guests import Guests, KernelOwners
 from ._kernel import Kernel
 from ._launcher import KernelLauncher
 from ._observers import KernelObserver, Observers
 from ._pool import WarmPool
-from ._processes import JupyterProcesses, KernelProcesses, ManagedKernel, Watched
+from ._processes import JupyterProcesses, KernelProcesses, ManagedKernel, Watched, kill_quietly
 from ._restart import Restarts
 from ._running import RunningKernels, unknown
 
@@ -74,6 +76,7 @@ class KernelRegistry:
         processes: KernelProcesses | None = None,
         encryption: str = "disabled",
         transport: str = "tcp",
+        independent: bool = False,
     ) -> None:
         self._reactor = reactor
         self._processes: KernelProcesses = (
@@ -85,9 +88,13 @@ class KernelRegistry:
                 shutdown_timeout,
                 encryption,
                 transport,
+                independent,
             )
         )
         self._observers = Observers()
+        self._guests = Guests(self._observers)
+        self.owners: KernelOwners | None = None
+        """Who acts on guest kernels (the fleet); None without one."""
         self._watch = DeathWatch(
             reactor,
             self._processes,
@@ -118,20 +125,73 @@ class KernelRegistry:
         return d.addCallback(lambda rows: [KernelSpecInfo(*row) for row in rows])
 
     def get(self, kernel_id: str) -> Kernel:
-        """The running kernel with this id; UnknownKernel otherwise."""
-        return self._running.get(kernel_id)
+        """The running kernel with this id (this relay's or a guest); UnknownKernel otherwise."""
+        guest = self._guests.get(kernel_id)
+        return guest if guest is not None else self._running.get(kernel_id)
 
     def kernels(self) -> list[Kernel]:
+        """Every kernel this relay serves: its own, then guests."""
+        return [*self._running.kernels(), *self._guests.kernels()]
+
+    def owned(self) -> list[Kernel]:
+        """The kernels whose processes this relay manages."""
         return self._running.kernels()
+
+    def owns(self, kernel_id: str) -> bool:
+        return kernel_id in self._running
 
     def __iter__(self) -> Iterator[Kernel]:
         return iter(self.kernels())
 
     def __len__(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._guests)
 
     def __contains__(self, kernel_id: object) -> bool:
-        return kernel_id in self._running
+        return kernel_id in self._running or kernel_id in self._guests
+
+    # -- guests (a fleet's kernels that another relay manages) ----------------------------------------
+
+    def add_guest(self, kernel_id: str, spec_name: str, connection_info: dict[str, Any]) -> Kernel:
+        """Serve a kernel another relay manages: connect to its channels; observers hear of it as started."""
+        kernel = self._processes.connect_info(kernel_id, spec_name, connection_info)
+        kernel.execution_state = "idle"
+        self._guests.add(kernel)
+        return kernel
+
+    def drop_guest(self, kernel_id: str, reason: str) -> None:
+        """A guest is gone (``reason`` as for any kernel's end, or that this relay stopped serving it)."""
+        self._guests.drop(kernel_id, reason)
+
+    def is_guest(self, kernel_id: str) -> bool:
+        return kernel_id in self._guests
+
+    def describe(self, kernel_id: str) -> Deferred[dict[str, Any]]:
+        """What another relay needs to take one of this relay's kernels over (keys included)."""
+        return self._processes.describe(self._running.entry(kernel_id).manager)
+
+    def adopt(
+        self, kernel_id: str, record: Mapping[str, Any], env: Mapping[str, str] | None = None
+    ) -> Deferred[Kernel]:
+        """
+        Manage a guest whose relay is gone: its manager is rebuilt from ``record`` (see ``adoption``), and from
+        then on it is this relay's own (death watch, restart, shutdown). Its clients carry on. Fails with
+        KernelLaunchError when it cannot be managed from here; it stays a guest then.
+        """
+        kernel = self._guests.get(kernel_id)
+        if kernel is None:
+            return fail(unknown(kernel_id))
+        d = self._processes.rebuild(kernel.spec_name, kernel_id, record, env)
+
+        def rebuilt(manager: Any) -> Kernel:
+            if self._guests.take(kernel_id) is None:  # dropped meanwhile
+                kill_quietly(self._processes, manager)
+                raise unknown(kernel_id)
+            self._running.add(ManagedKernel(kernel, manager))
+            self._watch.start()
+            _log.info("adopted kernel {kernel_id}", kernel_id=kernel_id)
+            return kernel
+
+        return d.addCallback(rebuilt)
 
     def add_observer(self, observer: KernelObserver) -> None:
         self._observers.add(observer)
@@ -189,6 +249,8 @@ class KernelRegistry:
 
     def interrupt(self, kernel_id: str) -> Deferred[None]:
         """Interrupt what the kernel runs, honouring its kernelspec's ``interrupt_mode``."""
+        if self.owners is not None and kernel_id in self._guests:
+            return self.owners.interrupt(kernel_id)
         if not self._running.active(kernel_id):
             return fail(unknown(kernel_id))
         if kernel_id in self._restarts:
@@ -202,12 +264,19 @@ class KernelRegistry:
         kernel once it answers ``kernel_info`` again; a kernel that fails to come back within the launch
         timeout is killed and reported stopped (``"died: restart failed ..."``).
         """
+        if self.owners is not None and kernel_id in self._guests:
+            kernel = self.get(kernel_id)
+            return self.owners.restart(kernel_id).addCallback(lambda _: kernel)
         return self._restarts.restart(kernel_id)
 
     # -- stopping -----------------------------------------------------------------------------
 
     def shutdown(self, kernel_id: str) -> Deferred[None]:
         """Stop a running kernel politely (then forcibly); fires once it is gone and forgotten."""
+        if self.owners is not None and kernel_id in self._guests:
+            return self.owners.shutdown(kernel_id).addCallback(
+                lambda _: self._guests.drop(kernel_id, "shutdown")
+            )
         if kernel_id not in self._running:
             return fail(unknown(kernel_id))
         if kernel_id in self._restarts:
@@ -217,11 +286,21 @@ class KernelRegistry:
             )
         return self._running.stop(kernel_id, "shutdown", self._processes.stop)
 
-    def shutdown_all(self) -> Deferred[None]:
-        """Stop every kernel, including ones still starting and pooled ones, in parallel; never fails."""
+    def shutdown_all(self, keep_running: bool = False) -> Deferred[None]:
+        """
+        Stop every kernel, including ones still starting and pooled ones, in parallel; never fails. Guests
+        are let go, not stopped; so are this relay's own kernels when ``keep_running`` (a fleet's relay that
+        stops while others run: they adopt its kernels).
+        """
+        for guest in self._guests.kernels():
+            self._guests.drop(guest.id, "the relay is stopping")
         # The pools first: a pooled launch aborted below must not be replaced.
         work: list[Deferred[Any]] = list(self._pool.close())
-        work += [self.shutdown(kernel_id) for kernel_id in self._running.ids()]
+        if keep_running:
+            for kernel in self._running.kernels():
+                kernel.close()
+        else:
+            work += [self.shutdown(kernel_id) for kernel_id in self._running.ids()]
         work += self._launcher.abort_all("the relay is stopping")
         done: Deferred[Any] = DeferredList(work, consumeErrors=True)
 

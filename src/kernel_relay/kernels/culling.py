@@ -41,7 +41,8 @@ class CullableKernel(Protocol):
 class CullableKernels(Protocol):
     """What the culler needs of the registry: the running kernels, and a way to shut one down."""
 
-    def kernels(self) -> Sequence[CullableKernel]: ...
+    def owned(self) -> Sequence[CullableKernel]:
+        """The kernels this relay manages (in a fleet, each relay culls its own)."""
 
     def shutdown(self, kernel_id: str) -> Deferred[None]: ...
 
@@ -99,7 +100,7 @@ class KernelCuller(Service):
     def cull(self) -> Deferred[None]:
         """Shut down every cullable kernel; fires once they are all stopped."""
         stopping: list[Deferred[None]] = []
-        for kernel in self._kernels.kernels():
+        for kernel in self._kernels.owned():  # a fleet's other relays cull their own
             if not self.is_cullable(kernel):
                 continue
             idle_for = self._clock.seconds() - kernel.last_activity

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from ._registry import KernelRegistry
@@ -30,8 +30,12 @@ class KernelsService(Service):
         pools: Mapping[str, int] | None = None,
         *,
         stopping: Callable[[], None] = lambda: None,
+        keep_running: Callable[[], bool] = lambda: False,
+        prepare: Callable[[], Deferred[None]] = lambda: succeed(None),
     ) -> None:
+        self._prepare = prepare
         self._stopping = stopping
+        self._keep_running = keep_running
         self._kernels = kernels
         self._pools = dict(pools or {})
 
@@ -44,6 +48,16 @@ class KernelsService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
+        return self._prepare().addCallback(lambda _: self._stop())
+
+    def _stop(self) -> Deferred[None]:
+        keep = self._keep_running()
+        if keep:
+            log.info(
+                "Stopping: leaving {count} kernel(s) running for the fleet's other relays to adopt",
+                count=len(self._kernels.owned()),
+            )
+        else:
+            log.info("Stopping: shutting down {count} kernel(s)", count=len(self._kernels))
         self._stopping()
-        return self._kernels.shutdown_all().addCallback(lambda _: remove_own())
+        return self._kernels.shutdown_all(keep_running=keep).addCallback(lambda _: remove_own())

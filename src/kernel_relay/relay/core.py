@@ -21,7 +21,7 @@ not import a front, socket.io, Engine.IO or HTTP.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn, Protocol
@@ -41,7 +41,7 @@ from ..kernels import (
     UnknownKernel,
 )
 from ..metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
-from .journal import IopubJournal, Resume
+from .journal import IopubJournal, Resume, with_sequence
 from .payload import Outgoing
 
 log = Logger()
@@ -88,6 +88,22 @@ class RelayClient(Protocol):
     def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
         """The core is done with the client on this channel (its kernel stopped): disconnect it."""
         ...
+
+
+class IopubNumbering(Protocol):
+    """
+    Who numbers iopub messages when the numbers are not this process's alone (a fleet, see
+    ``kernel_relay.fleet.numbering``): ``ready`` gets each number, in the order the messages were given.
+    """
+
+    def number(
+        self, kernel_id: str, msg_id: str, message: Outgoing, ready: Callable[[int], None]
+    ) -> None: ...
+
+    def after(self, kernel_id: str, ready: Callable[[int], None]) -> None:
+        """``ready`` gets the latest number once every message given before is numbered."""
+
+    def forget(self, kernel_id: str) -> None: ...
 
 
 class Refused(Exception):
@@ -187,8 +203,10 @@ class RelayCore:
         limits: RelayLimits | None = None,
         metrics: RelayMetrics | None = None,
         replay: ReplayOptions | None = None,
+        numbering: IopubNumbering | None = None,
     ) -> None:
         self._kernels = kernels
+        self._numbering = numbering
         self._clock = clock
         self._auth = auth or TokenAuth()
         self._limits = limits or RelayLimits()
@@ -384,6 +402,9 @@ class RelayCore:
         and deliver it to every iopub client of the kernel.
         """
         journal = self._journals.get(kernel_id)
+        if self._numbering is not None and journal is not None:
+            self._publish_numbered(kernel_id, journal, message, size, msg_type)
+            return
         clients = self._attached.get(kernel_id, {}).get(IOPUB)
         outgoing: Outgoing
         if journal is not None:
@@ -397,6 +418,43 @@ class RelayCore:
         self.metrics.relayed(TO_CLIENT, size)
         for client in list(clients.values()):
             client.deliver(kernel_id, IOPUB, outgoing)
+
+    def _publish_numbered(
+        self,
+        kernel_id: str,
+        journal: IopubJournal,
+        message: KernelMessage | dict[str, Any],
+        size: int,
+        msg_type: str,
+    ) -> None:
+        """``publish_iopub`` with the fleet's numbers: a kernel's message is kept, a relay's own is not."""
+        assert self._numbering is not None
+        kernel_message = isinstance(message, KernelMessage)
+        outgoing = (
+            Outgoing.of_kernel(message)
+            if isinstance(message, KernelMessage)
+            else Outgoing.of_dict(message)
+        )
+
+        def ready(seq: int) -> None:
+            if self._journals.get(kernel_id) is not journal:
+                return  # the kernel ended meanwhile
+            numbered = (
+                journal.record(outgoing, size, msg_type, seq)
+                if kernel_message
+                else with_sequence(outgoing, seq)
+            )
+            clients = self._attached.get(kernel_id, {}).get(IOPUB)
+            if not clients:
+                return
+            self.metrics.relayed(TO_CLIENT, size)
+            for client in list(clients.values()):
+                client.deliver(kernel_id, IOPUB, numbered)
+
+        if isinstance(message, KernelMessage):
+            self._numbering.number(kernel_id, message.msg_id, outgoing, ready)
+        else:
+            self._numbering.after(kernel_id, ready)
 
     def _replay_to(self, client: RelayClient, kernel: Kernel, resume: Resume) -> None:
         for reason in resume.ignored:
@@ -534,9 +592,25 @@ class RelayCore:
         kernel.add_iopub_listener(forward)
 
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        if self._numbering is not None:
+            # What the kernel said last is still being numbered: it reaches the clients before they go.
+            self._numbering.after(kernel.id, lambda _: self._kernel_ended(kernel, reason))
+        else:
+            self._kernel_ended(kernel, reason)
+
+    def _kernel_ended(self, kernel: Kernel, reason: str) -> None:
         if reason.startswith("died"):
             self.metrics.error("kernel_died")
-        self._publish_status(kernel, "dead")
+        if reason == "shutdown" or reason.startswith("died"):
+            status = relay_status(kernel, "dead", self._clock)
+            journal = self._journals.get(kernel.id)
+            if self._numbering is not None and journal is not None:
+                # Now, not behind later messages: its clients are let go right after.
+                dead = with_sequence(Outgoing.of_dict(status), journal.last_seq)
+                for client in list(self._attached.get(kernel.id, {}).get(IOPUB, {}).values()):
+                    client.deliver(kernel.id, IOPUB, dead)
+            else:
+                self.publish_iopub(kernel.id, status, STATUS_SIZE)
         for channel, clients in list(self._attached.get(kernel.id, {}).items()):
             for client in list(clients.values()):
                 client.let_go(kernel.id, channel, f"kernel {reason}")
@@ -544,6 +618,8 @@ class RelayCore:
         for key in [key for key in self._links if key[1] == kernel.id]:
             self._links.pop(key).kernel_client.close()
         self._journals.pop(kernel.id, None)
+        if self._numbering is not None:
+            self._numbering.forget(kernel.id)
         self._auth.scoped.revoke_kernel(kernel.id)
 
     def kernel_restarting(self, kernel: Kernel) -> None:
@@ -557,8 +633,8 @@ class RelayCore:
         self._publish_status(kernel, kernel.execution_state)
 
     def stopping(self) -> None:
-        """The relay is stopping and will shut down every kernel: its iopub clients see each one ``dead``."""
-        for kernel in self._kernels.kernels():
+        """The relay is stopping and will shut down its kernels: their iopub clients see each one ``dead``."""
+        for kernel in self._kernels.owned():
             self._publish_status(kernel, "dead")
 
     def _publish_status(self, kernel: Kernel, execution_state: str) -> None:

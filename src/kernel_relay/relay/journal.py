@@ -61,6 +61,8 @@ class IopubJournal:
         self._entries: deque[Entry] = deque()
         self._bytes = 0
         self.last_seq = 0
+        self._complete_from = 1
+        """Every number from this one to ``last_seq`` is kept or expired here (a fleet's relay may lack some)."""
 
     def __len__(self) -> int:
         self._expire()
@@ -70,15 +72,28 @@ class IopubJournal:
     def first_seq(self) -> int:
         """The oldest sequence number still kept (``last_seq + 1`` when nothing is)."""
         self._expire()
-        return self._entries[0].seq if self._entries else self.last_seq + 1
+        first = self._entries[0].seq if self._entries else self.last_seq + 1
+        return max(first, self._complete_from)
 
-    def record(self, message: dict[str, Any] | KernelMessage, size: int, msg_type: str) -> Outgoing:
-        """Number ``message`` (the next sequence), keep it, and return the numbered message to send."""
-        numbered = with_sequence(message, self.last_seq + 1)
-        self.last_seq += 1
+    def record(
+        self,
+        message: dict[str, Any] | KernelMessage | Outgoing,
+        size: int,
+        msg_type: str,
+        seq: int | None = None,
+    ) -> Outgoing:
+        """
+        Number ``message`` (the next sequence, or ``seq`` as the fleet numbered it), keep it, and return the
+        numbered message to send.
+        """
+        number = self.last_seq + 1 if seq is None else seq
+        numbered = with_sequence(message, number)
+        if number != self.last_seq + 1:
+            self._complete_from = number  # what came before it did not all come here
+        self.last_seq = max(self.last_seq, number)
         size += ENTRY_OVERHEAD
         now = self._clock.seconds()
-        self._entries.append(Entry(self.last_seq, now, size, msg_type, numbered))
+        self._entries.append(Entry(number, now, size, msg_type, numbered))
         self._bytes += size
         self._expire(now)
         return numbered
@@ -126,13 +141,14 @@ class IopubJournal:
             self._bytes -= entries.popleft().size
 
 
-def with_sequence(message: dict[str, Any] | KernelMessage, seq: int) -> Outgoing:
+def with_sequence(message: dict[str, Any] | KernelMessage | Outgoing, seq: int) -> Outgoing:
     """``message`` as sent, its metadata carrying ``relay_seq`` (spliced into the kernel's metadata JSON)."""
-    outgoing = (
-        Outgoing.of_kernel(message)
-        if isinstance(message, KernelMessage)
-        else Outgoing.of_dict(message)
-    )
+    if isinstance(message, Outgoing):
+        outgoing = message
+    elif isinstance(message, KernelMessage):
+        outgoing = Outgoing.of_kernel(message)
+    else:
+        outgoing = Outgoing.of_dict(message)
     return outgoing.numbered(splice_seq(outgoing.parts[2], seq), seq)
 
 

@@ -1,0 +1,11 @@
+"""
+The fleet: relays that share one Redis serve every kernel any of them started, and adopt the kernels of a
+relay that dies. Absent without ``--redis``. See :mod:`.fleet` for how, :mod:`.store` for what Redis holds,
+and :mod:`.numbering` for the shared ``relay_seq``.
+"""
+
+from .fleet import Fleet
+from .numbering import SharedNumbering
+from .store import FleetStore, FleetUnavailable, RedisURL
+
+__all__ = ["Fleet", "FleetStore", "FleetUnavailable", "RedisURL", "SharedNumbering"]

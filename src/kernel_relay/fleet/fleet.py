@@ -1,0 +1,610 @@
+# -*- test-case-name: tests.fleet.test_fleet -*-
+"""
+One relay's part in a fleet: relays started with the same ``--redis`` serve every kernel any of them started.
+
+- Each relay holds a lease in Redis that it renews every ``lease / 3`` seconds; a kernel's record names the
+  relay that manages its process (its owner).
+- Every relay connects to every kernel of the fleet: the ones other relays manage are *guests* here
+  (``KernelRegistry.add_guest``), so a client can use any kernel through any relay, and replies still reach
+  the asking client (each relay's clients have their own ZMQ identities).
+- Interrupt, restart and shutdown of a guest are asked of its owner, through the owner's mailbox.
+- When a relay's lease expires, the first relay to claim each of its kernels (one atomic script) rebuilds the
+  kernel's manager from its record and manages it from then on; its clients, on any relay, carry on.
+- Kernel tokens are shared as digests; ``--max-kernels`` counts the fleet's kernels.
+
+What needs Redis fails with a clear error while Redis is away (a spawn, a command for another relay's kernel);
+what does not (serving the clients and kernels a relay has) goes on, and the relay catches up when Redis is
+back, registering its kernels again should Redis have lost them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..auth import Scope, TokenAuth
+from ..kernels import Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
+from ..kernels.adoption import this_host
+from .numbering import SharedNumbering
+from .store import FleetStore, FleetUnavailable
+
+log = Logger()
+
+#: How long a command for another relay's kernel may wait for that relay's answer, beyond its own work.
+COMMAND_GRACE: Final = 10.0
+#: How long a reserved place in ``--max-kernels`` is held for a kernel that is starting.
+RESERVATION_SECONDS: Final = 300.0
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Fleet(Service):
+    """This relay's membership of a fleet; see the module docstring."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        kernels: KernelRegistry,
+        auth: TokenAuth,
+        clock: IReactorTime,
+        *,
+        lease: float = 5.0,
+        launch_timeout: float = 60.0,
+        shutdown_timeout: float = 5.0,
+        keep: int = 10_000,
+        relay_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.relay_id = relay_id or uuid.uuid4().hex
+        self._kernels = kernels
+        self._auth = auth
+        self._clock = clock
+        self.lease = lease
+        self._timeouts = {
+            "interrupt": COMMAND_GRACE,
+            "shutdown": shutdown_timeout * 2 + COMMAND_GRACE,
+            "restart": launch_timeout + shutdown_timeout * 2 + COMMAND_GRACE,
+        }
+        self.numbering = SharedNumbering(store, clock, keep=keep)
+        self._records: dict[str, dict[str, str]] = {}
+        """The fleet record of every kernel this relay serves, as last read (or written)."""
+        self._registered: set[str] = set()
+        """This relay's own kernels that are in the fleet's registry."""
+        self._loading: set[str] = set()
+        self._missing: dict[str, float] = {}
+        """Guests missing from the registry, since when."""
+        self._adoptions: dict[str, Deferred[None]] = {}
+        self._handing_off = False
+        self._syncing = False
+        self.others: dict[str, dict[str, Any]] = {}
+        """The other relays whose lease runs, as of the last renewal."""
+        self._requests: dict[str, tuple[Deferred[None], IDelayedCall]] = {}
+        self._tick = LoopingCall(self._sync)
+        self._tick.clock = clock
+        self._reading = False
+        self.redis_up = False
+        self.adopted = 0
+        kernels.owners = self
+        kernels.add_observer(self)
+        auth.scoped.on_issue = self._token_issued
+
+    # -- service ---------------------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        log.info(
+            "Relay {relay} joins the fleet at {url} (lease {lease:g}s)",
+            relay=self.relay_id,
+            url=str(self.store.url),
+            lease=self.lease,
+        )
+        self.store.connect()
+        self._tick.start(self.lease / 3, now=True)
+        self._reading = True
+        self._clock.callLater(0, self._read_mailbox)
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self._reading = False
+        if self._tick.running:
+            self._tick.stop()
+        for _done, timer in self._requests.values():
+            if timer.active():
+                timer.cancel()
+        d = self.store.release(self.relay_id) if self.store.up else succeed(None)
+        d.addErrback(lambda f: None)
+        return d.addBoth(lambda _: self.store.disconnect())
+
+    def hand_off(self) -> bool:
+        """Whether this relay, stopping, leaves its kernels running for the other relays to adopt."""
+        return self._handing_off
+
+    def prepare_stop(self) -> Deferred[None]:
+        """
+        Before the kernels stop: with other relays running, leave the fleet now (they adopt this relay's
+        kernels at once); as the last relay, first adopt the kernels of relays that are gone, so that none
+        is left running when this one stops.
+        """
+        if self._tick.running:
+            self._tick.stop()
+        d: Deferred[Any] = self._sync()
+
+        def decide(_: object) -> Deferred[Any]:
+            if self.others and self.redis_up:
+                self._handing_off = True
+                left = self.store.release(self.relay_id)
+                left.addCallback(
+                    lambda _: self._broadcast({"type": "leaving", "from": self.relay_id})
+                )
+                return left
+            for kernel_id, record in list(self._records.items()):
+                if self._kernels.is_guest(kernel_id) and self._may_adopt(record):
+                    self._adopt(kernel_id, record.get("owner", ""))
+            return DeferredList(list(self._adoptions.values()), consumeErrors=True)
+
+        d.addCallback(decide)
+        d.addErrback(lambda f: log.failure("leaving the fleet failed", failure=f))
+        return d.addCallback(lambda _: None)
+
+    # -- spawning (FleetCapacity) ----------------------------------------------------------------------
+
+    def reserve(self, reservation: str, max_kernels: int | None) -> Deferred[bool]:
+        return self.store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
+
+    def unreserve(self, reservation: str) -> None:
+        self.store.unreserve(reservation).addErrback(lambda f: None)
+
+    def register(self, kernel: Kernel, reservation: str) -> Deferred[None]:
+        """Put a kernel this relay started in the registry, and tell the other relays."""
+        d = self._kernels.describe(kernel.id)
+
+        def write(about: dict[str, Any]) -> Deferred[None]:
+            record = {
+                "spec": kernel.spec_name,
+                "owner": self.relay_id,
+                "created": _now_iso(),
+                "about": json.dumps(about),
+            }
+            self._records[kernel.id] = record
+
+            def registered(_: object) -> None:
+                self._registered.add(kernel.id)
+                self._broadcast({"type": "kernel", "id": kernel.id})
+
+            return self.store.register(kernel.id, record, reservation).addCallback(registered)
+
+        return d.addCallback(write)
+
+    # -- KernelOwners: acting on guests ----------------------------------------------------------------
+
+    def interrupt(self, kernel_id: str) -> Deferred[None]:
+        return self._ask(kernel_id, "interrupt")
+
+    def restart(self, kernel_id: str) -> Deferred[None]:
+        return self._ask(kernel_id, "restart")
+
+    def shutdown(self, kernel_id: str) -> Deferred[None]:
+        return self._ask(kernel_id, "shutdown")
+
+    def _ask(self, kernel_id: str, op: str) -> Deferred[None]:
+        """Have the owner do ``op``; if its lease has expired, adopt the kernel first and do it here."""
+        record = self._records.get(kernel_id, {})
+        owner = record.get("owner", "")
+        if owner and owner not in self.others and self.redis_up:
+            d = self._adopt(kernel_id, owner)
+            return d.addCallback(lambda _: getattr(self._kernels, op)(kernel_id)).addCallback(
+                lambda _: None
+            )
+        request = uuid.uuid4().hex
+        done: Deferred[None] = Deferred()
+
+        def timed_out() -> None:
+            self._requests.pop(request, None)
+            done.errback(
+                KernelLaunchError(
+                    f"the relay that manages kernel {kernel_id} did not answer the {op} within "
+                    f"{self._timeouts[op]:g}s"
+                )
+            )
+
+        timer = self._clock.callLater(self._timeouts[op], timed_out)
+        self._requests[request] = (done, timer)
+        message = {
+            "type": "command",
+            "op": op,
+            "id": kernel_id,
+            "request": request,
+            "from": self.relay_id,
+        }
+
+        def unposted(failure: Failure) -> None:
+            if self._requests.pop(request, None) is not None:
+                timer.cancel()
+                done.errback(
+                    KernelLaunchError(
+                        f"cannot reach the relay that manages kernel {kernel_id}: {failure.value}"
+                    )
+                )
+
+        self.store.post(owner, message, self._timeouts[op]).addErrback(unposted)
+        return done
+
+    def _command(self, message: dict[str, Any]) -> None:
+        """Another relay asks this one to act on one of its kernels; the answer goes to its mailbox."""
+        kernel_id, op = str(message.get("id")), str(message.get("op"))
+        sender, request = str(message.get("from")), str(message.get("request"))
+        if op not in self._timeouts or not self._kernels.owns(kernel_id):
+            d: Deferred[Any] = Deferred()
+            d.errback(UnknownKernel(f"relay {self.relay_id} does not manage kernel {kernel_id}"))
+        else:
+            log.info(
+                "{op} of kernel {kernel} asked by relay {sender}",
+                op=op,
+                kernel=kernel_id,
+                sender=sender,
+            )
+            d = getattr(self._kernels, op)(kernel_id)
+
+        def answer(result: object) -> None:
+            error = result.getErrorMessage() if isinstance(result, Failure) else None
+            unknown = isinstance(result, Failure) and result.check(UnknownKernel) is not None  # type: ignore[no-untyped-call]
+            reply = {"type": "reply", "request": request, "error": error, "unknown": unknown}
+            self.store.post(sender, reply, COMMAND_GRACE).addErrback(
+                lambda f: log.warn(
+                    "could not answer relay {sender}: {error}", sender=sender, error=f.value
+                )
+            )
+
+        d.addBoth(answer)
+
+    def _reply(self, message: dict[str, Any]) -> None:
+        pending = self._requests.pop(str(message.get("request")), None)
+        if pending is None:
+            return
+        done, timer = pending
+        if timer.active():
+            timer.cancel()
+        error = message.get("error")
+        if error is None:
+            done.callback(None)
+        elif message.get("unknown"):
+            done.errback(UnknownKernel(str(error)))
+        else:
+            done.errback(KernelLaunchError(str(error)))
+
+    # -- tokens ----------------------------------------------------------------------------------------
+
+    def _token_issued(self, digest: bytes, scope: Scope) -> None:
+        d = self.store.add_token(scope.kernel_id, digest, scope.access)
+        d.addCallback(
+            lambda _: self._broadcast(
+                {
+                    "type": "token",
+                    "id": scope.kernel_id,
+                    "digest": digest.hex(),
+                    "access": scope.access,
+                }
+            )
+        )
+        d.addErrback(
+            lambda f: log.warn(
+                "A token of kernel {kernel} works on this relay only: {error}",
+                kernel=scope.kernel_id,
+                error=f.value,
+            )
+        )
+
+    def _load_tokens(self, kernel_id: str) -> Deferred[None]:
+        def admit(found: dict[bytes, str]) -> None:
+            for digest, access in found.items():
+                self._auth.scoped.admit(digest, Scope(kernel_id, access))
+
+        return self.store.tokens(kernel_id).addCallback(admit)
+
+    # -- KernelObserver ----------------------------------------------------------------------------------
+
+    def kernel_started(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        self._records.pop(kernel.id, None)
+        if kernel.id not in self._registered:
+            return
+        self._registered.discard(kernel.id)
+        d = self.store.unregister(kernel.id)
+        d.addCallback(
+            lambda _: self._broadcast({"type": "gone", "id": kernel.id, "reason": reason})
+        )
+        d.addErrback(
+            lambda f: log.warn(
+                "Kernel {kernel} ended but Redis could not be told: {error}",
+                kernel=kernel.id,
+                error=f.value,
+            )
+        )
+
+    def kernel_restarting(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_restarted(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_ready(self, kernel: Kernel) -> None:
+        pass
+
+    # -- the mailbox -------------------------------------------------------------------------------------
+
+    def _broadcast(self, message: dict[str, Any]) -> None:
+        for relay in list(self.others):
+            self.store.post(relay, message, self.lease * 2).addErrback(lambda f: None)
+
+    def _read_mailbox(self) -> None:
+        if not self._reading:
+            return
+        d = self.store.read_mailbox(self.relay_id, 1)
+
+        def again(delay: float) -> None:
+            if self._reading:
+                self._clock.callLater(delay, self._read_mailbox)
+
+        def read(message: dict[str, Any] | None) -> None:
+            again(0)
+            if message is not None:
+                self._dispatch(message)
+
+        def failed(failure: Failure) -> None:
+            again(0.5)
+            if not failure.check(FleetUnavailable):  # type: ignore[no-untyped-call]
+                log.failure("reading the fleet mailbox failed", failure=failure)
+
+        d.addCallbacks(read, failed)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        kernel_id = str(message.get("id", ""))
+        try:
+            if kind == "kernel":
+                self._learn(kernel_id)
+            elif kind == "gone":
+                self._records.pop(kernel_id, None)
+                self._kernels.drop_guest(kernel_id, str(message.get("reason", "shutdown")))
+            elif kind == "token":
+                self._auth.scoped.admit(
+                    bytes.fromhex(str(message.get("digest"))),
+                    Scope(kernel_id, str(message.get("access"))),
+                )
+            elif kind == "leaving":
+                # A relay stops and leaves its kernels to the others: adopt them now, not a lease later.
+                self.others.pop(str(message.get("from")), None)
+                self._clock.callLater(0, self._sync)
+            elif kind == "command":
+                self._command(message)
+            elif kind == "reply":
+                self._reply(message)
+        except Exception:
+            log.failure("a fleet message could not be handled: {kind}", kind=kind)
+
+    # -- keeping in step -------------------------------------------------------------------------------
+
+    def _learn(self, kernel_id: str) -> Deferred[None]:
+        """Serve a kernel of the fleet that this relay does not know yet, as a guest."""
+        if kernel_id in self._kernels or kernel_id in self._loading:
+            return succeed(None)
+        self._loading.add(kernel_id)
+
+        def loaded(record: dict[str, str] | None) -> Deferred[None] | None:
+            if record is None or kernel_id in self._kernels:
+                return None
+            about = json.loads(record.get("about", "{}"))
+            connection = about.get("connection")
+            if not isinstance(connection, dict):
+                log.warn("kernel {kernel} has no connection info in the fleet", kernel=kernel_id)
+                return None
+            self._records[kernel_id] = record
+            self._kernels.add_guest(kernel_id, record.get("spec", ""), connection)
+            log.info(
+                "Serving kernel {kernel} of relay {owner}",
+                kernel=kernel_id,
+                owner=record.get("owner"),
+            )
+            return self._load_tokens(kernel_id)
+
+        def done(result: object) -> None:
+            self._loading.discard(kernel_id)
+            if isinstance(result, Failure):
+                log.warn(
+                    "could not load kernel {kernel}: {error}", kernel=kernel_id, error=result.value
+                )
+
+        d = self.store.kernel(kernel_id).addCallback(loaded)
+        return d.addBoth(done)
+
+    def _sync(self) -> Deferred[None]:
+        """Renew the lease, learn new and gone kernels, adopt the kernels of relays whose lease expired."""
+        if self._syncing:
+            return succeed(None)
+        self._syncing = True
+        d: Deferred[None] = self._sync_once()
+
+        def done(result: object) -> object:
+            self._syncing = False
+            return result
+
+        return d.addBoth(done)
+
+    @inlineCallbacks
+    def _sync_once(self) -> Any:
+        try:
+            yield self.store.renew(self.relay_id, self._about(), self.lease)
+            relays = yield self.store.relays()
+            ids = yield self.store.kernel_ids()
+        except FleetUnavailable as error:
+            if self.redis_up:
+                log.warn(
+                    "The fleet's Redis is gone ({error}): serving what this relay has", error=error
+                )
+            self.redis_up = False
+            return
+        except Exception:
+            log.failure("fleet sync failed")
+            return
+        if not self.redis_up:
+            log.info("The fleet's Redis at {url} answers", url=str(self.store.url))
+        self.redis_up = True
+        self.others = {relay: about for relay, about in relays.items() if relay != self.relay_id}
+        try:
+            for kernel in self._kernels.owned():
+                if kernel.id in self._registered and kernel.id not in ids:
+                    yield self._register_again(kernel)
+            for kernel_id in ids:
+                if kernel_id not in self._kernels:
+                    yield self._learn(kernel_id)
+            now = self._clock.seconds()
+            for kernel_id in list(self._records):
+                if kernel_id in ids or not self._kernels.is_guest(kernel_id):
+                    self._missing.pop(kernel_id, None)
+                elif now - self._missing.setdefault(kernel_id, now) > 2 * self.lease:
+                    # Gone without a word (its end was told while this relay could not hear), and not
+                    # registered again by its owner (as it would be had Redis only lost it).
+                    self._missing.pop(kernel_id, None)
+                    self._records.pop(kernel_id, None)
+                    self._kernels.drop_guest(kernel_id, "shutdown")
+            for kernel_id, record in list(self._records.items()):
+                owner = record.get("owner", "")
+                if (
+                    kernel_id in ids
+                    and self._kernels.is_guest(kernel_id)
+                    and owner not in relays
+                    and self._may_adopt(record)
+                ):
+                    yield self._adopt(kernel_id, owner).addErrback(lambda f: None)
+        except FleetUnavailable:
+            self.redis_up = False
+        except Exception:
+            log.failure("fleet sync failed")
+
+    @staticmethod
+    def _may_adopt(record: dict[str, str]) -> bool:
+        """A local kernel (its provisioner knows a pid) can be managed only from its own machine."""
+        try:
+            about = json.loads(record.get("about", "{}"))
+        except ValueError:
+            return False
+        local = "pid" in (about.get("provisioner") or {})
+        return not local or about.get("host") == this_host()
+
+    def _register_again(self, kernel: Kernel) -> Deferred[None]:
+        """Redis lost this relay's kernel (it restarted empty): put it back, with its tokens."""
+        log.warn(
+            "Kernel {kernel} was missing from the fleet's Redis: registering it again",
+            kernel=kernel.id,
+        )
+        self._registered.discard(kernel.id)
+        tokens = self._auth.scoped.digests(kernel.id)
+
+        def share_tokens(_: object) -> None:
+            for digest, scope in tokens.items():
+                self._token_issued(digest, scope)
+
+        return self.register(kernel, "").addCallback(share_tokens)
+
+    def _adopt(self, kernel_id: str, owner: str) -> Deferred[None]:
+        """Take over a guest whose owner's lease has expired, unless another relay is first."""
+        if kernel_id in self._adoptions:
+            return self._adoptions[kernel_id]
+
+        def claimed(won: bool) -> Deferred[None] | None:
+            if not won:
+                return self.store.kernel(kernel_id).addCallback(refreshed)
+            log.warn(
+                "Relay {owner} is gone: adopting its kernel {kernel}", owner=owner, kernel=kernel_id
+            )
+            record = self._records.get(kernel_id, {})
+            about = json.loads(record.get("about", "{}"))
+            env = json.loads(record.get("env", "{}")) if record.get("env") else None
+            d = self._kernels.adopt(kernel_id, about, env)
+            return d.addCallbacks(adopted, lost)
+
+        def refreshed(record: dict[str, str] | None) -> None:
+            # Another relay was first (or the record is gone: the sync drops a guest missing for long).
+            if record is not None and kernel_id in self._records:
+                self._records[kernel_id] = record
+
+        def adopted(kernel: Kernel) -> Deferred[None]:
+            self.adopted += 1
+            self._registered.add(kernel_id)
+            self._records.setdefault(kernel_id, {})["owner"] = self.relay_id
+            return (
+                self._kernels.describe(kernel_id)
+                .addCallback(
+                    lambda about: self.store.register(
+                        kernel_id, {"owner": self.relay_id, "about": json.dumps(about)}
+                    )
+                )
+                .addCallback(lambda _: None)
+            )
+
+        def lost(failure: Failure) -> Deferred[None]:
+            # Its process is gone (it died with its relay, or since): its clients are told it died.
+            reason = f"died: {failure.getErrorMessage()}"
+            log.warn(
+                "Could not adopt kernel {kernel}: {error}", kernel=kernel_id, error=failure.value
+            )
+            self._records.pop(kernel_id, None)
+            self._kernels.drop_guest(kernel_id, reason)
+            d = self.store.unregister(kernel_id)
+            d.addCallback(
+                lambda _: self._broadcast({"type": "gone", "id": kernel_id, "reason": reason})
+            )
+            return d.addErrback(lambda f: None)
+
+        d: Deferred[Any] = self.store.claim(kernel_id, owner, self.relay_id).addCallback(claimed)
+
+        finished = False
+
+        def settled(result: object) -> object:
+            nonlocal finished
+            finished = True
+            self._adoptions.pop(kernel_id, None)
+            return result
+
+        d.addBoth(settled)
+        if not finished:
+            self._adoptions[kernel_id] = d
+        return d
+
+    def _about(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "kernels": len(self._kernels.owned()),
+            "serves": len(self._kernels),
+        }
+
+    def fleet_view(self) -> dict[str, Any]:
+        """What /metrics and /api/health say of the fleet."""
+        return {
+            "relay": self.relay_id,
+            "redis_up": self.redis_up,
+            "relays": 1 + len(self.others),
+            "owned_kernels": len(self._kernels.owned()),
+            "guest_kernels": len(self._kernels) - len(self._kernels.owned()),
+            "adopted": self.adopted,
+            "local_numbers": self.numbering.local_numbers,
+        }
+
+
+__all__ = ["Fleet"]

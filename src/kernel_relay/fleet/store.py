@@ -1,0 +1,405 @@
+# -*- test-case-name: tests.fleet.test_store -*-
+"""
+The fleet's shared state in Redis, and the only module that speaks to Redis: every key the fleet uses is
+named here, and every operation that must be atomic across relays is one Lua script.
+
+Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
+
+- ``relay:<relay id>``: a relay's lease (JSON about it), expiring unless it is renewed; ``relays``: their ids.
+- ``kernels``: the fleet's kernel ids; ``kernel:<id>``: one kernel's record (kernelspec, connection info
+  **with its HMAC and Curve keys**, the provisioner's own info, the owner relay); ``pending``: the kernels
+  being started, so that ``--max-kernels`` counts them.
+- ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only.
+- ``mailbox:<relay id>``: what other relays tell one relay (commands, replies, news of kernels and tokens).
+- ``seq:<id>``, ``seen:<id>:<msg_id>``, ``journal:<id>``: the shared iopub numbering and the stream of
+  numbered messages (see :mod:`.numbering`).
+
+Redis is reached through txredisapi, which runs on the reactor. A call made while no connection is up fails at
+once with :class:`FleetUnavailable` instead of waiting in a queue to run, out of order, when Redis returns.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+PREFIX: Final = "kernel-relay:"
+#: How long one Redis call may take before the fleet counts Redis as gone.
+REPLY_TIMEOUT: Final = 5
+#: The longest wait between two attempts to reconnect to Redis.
+MAX_RETRY_DELAY: Final = 2.0
+
+
+class FleetUnavailable(Exception):
+    """Redis cannot be reached (or did not answer): what needs the fleet cannot be done now."""
+
+
+@dataclass(frozen=True)
+class RedisURL:
+    """Where the fleet's Redis is: ``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` for TLS."""
+
+    host: str
+    port: int = 6379
+    db: int = 0
+    password: str | None = None
+    username: str | None = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> RedisURL:
+        """The URL's parts; ValueError says what is wrong with it."""
+        parts = urlsplit(text.strip())
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"{text!r} is not a redis:// or rediss:// URL")
+        if not parts.hostname:
+            raise ValueError(f"{text!r} names no host")
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"{text!r} has an invalid port") from None
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"{text!r}: the path is a database number, not {path!r}")
+        return cls(
+            host=parts.hostname,
+            port=port,
+            db=int(path or 0),
+            password=unquote(parts.password) if parts.password else None,
+            username=unquote(parts.username) if parts.username else None,
+            tls=parts.scheme == "rediss",
+        )
+
+    def __str__(self) -> str:
+        """The URL without its password, for logs."""
+        scheme = "rediss" if self.tls else "redis"
+        secret = ":***@" if self.password else ""
+        return f"{scheme}://{self.username or ''}{secret}{self.host}:{self.port}/{self.db}"
+
+
+# -- scripts: each runs atomically in Redis --------------------------------------------------------------
+
+#: KEYS: kernels, pending. ARGV: reservation, expiry (ms since the epoch), now (ms), max kernels.
+_RESERVE: Final = """
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[2], all[i]) end
+end
+local limit = tonumber(ARGV[4])
+if limit >= 0 and redis.call('SCARD', KEYS[1]) + redis.call('HLEN', KEYS[2]) >= limit then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+#: KEYS: kernels, pending, kernel record. ARGV: kernel id, reservation, then field, value pairs.
+_REGISTER: Final = """
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+#: KEYS: kernel record, the old owner's lease. ARGV: the old owner, the new owner.
+#: The kernel passes to the new owner only if the old one still owns it and its lease has expired.
+_CLAIM: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return 1
+"""
+
+#: KEYS: seq, seen, journal. ARGV: payload, time (s), max entries, seconds a msg_id stays known.
+#: Numbers one iopub message for the whole fleet, once however many relays submit it.
+_NUMBER: Final = """
+local known = redis.call('GET', KEYS[2])
+if known then return tonumber(known) end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], seq, 'EX', ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '0-' .. seq, 'm', ARGV[1], 't', ARGV[2])
+return seq
+"""
+
+#: KEYS: seq. ARGV: a number this relay gave out itself (while Redis was away): the fleet's goes past it.
+_BUMP: Final = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[1]) end
+return current
+"""
+
+
+def key(*parts: str) -> str:
+    return PREFIX + ":".join(parts)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+
+class FleetStore:
+    """The fleet's Redis: one connection for calls, one for this relay's mailbox (a blocking read)."""
+
+    def __init__(self, url: RedisURL, clock: IReactorTime) -> None:
+        self.url = url
+        self._clock = clock
+        self._calls: Any = None
+        self._mailbox: Any = None
+
+    def connect(self) -> None:
+        """Start connecting (and reconnecting whenever a connection is lost)."""
+        self._calls = self._connection(REPLY_TIMEOUT)
+        self._mailbox = self._connection(None)
+
+    def _connection(self, reply_timeout: float | None) -> Any:
+        tls: Any = False
+        if self.url.tls:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            tls = optionsForClientTLS(self.url.host)
+        handler = txredisapi.lazyConnection(
+            host=self.url.host,
+            port=self.url.port,
+            dbid=self.url.db or None,
+            password=self.url.password,
+            username=self.url.username,
+            ssl_context_factory=tls,
+            connectTimeout=REPLY_TIMEOUT,
+            replyTimeout=reply_timeout,
+            convertNumbers=False,
+        )
+        handler._factory.maxDelay = MAX_RETRY_DELAY
+        handler._factory.initialDelay = 0.2
+        return handler
+
+    def disconnect(self) -> Deferred[Any]:
+        handlers = [h for h in (self._calls, self._mailbox) if h is not None]
+        self._calls = self._mailbox = None
+        return DeferredList([h.disconnect() for h in handlers], consumeErrors=True)
+
+    @property
+    def up(self) -> bool:
+        """Whether the connection for calls is open now."""
+        return self._calls is not None and bool(self._calls._factory.pool)
+
+    def _call(self, *command: Any, handler: Any = None) -> Deferred[Any]:
+        handler = handler or self._calls
+        if handler is None or not handler._factory.pool:
+            return fail(FleetUnavailable(f"Redis at {self.url} cannot be reached"))
+        d: Deferred[Any] = handler.execute_command(*command)
+        return d.addErrback(self._unavailable)
+
+    def _script(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
+        if self._calls is None or not self._calls._factory.pool:
+            return fail(FleetUnavailable(f"Redis at {self.url} cannot be reached"))
+        d: Deferred[Any] = self._calls.eval(script, list(keys), list(args))
+        return d.addErrback(self._unavailable)
+
+    def _unavailable(self, failure: Failure) -> Failure:
+        if failure.check(txredisapi.ConnectionError, txredisapi.TimeoutError):  # type: ignore[no-untyped-call]
+            raise FleetUnavailable(f"Redis at {self.url}: {failure.value}")
+        if failure.check(txredisapi.ResponseError):  # type: ignore[no-untyped-call]
+            raise FleetUnavailable(f"Redis at {self.url} refused a command: {failure.value}")
+        return failure
+
+    # -- relays ---------------------------------------------------------------------------------------------
+
+    def renew(self, relay_id: str, about: Mapping[str, Any], ttl: float) -> Deferred[Any]:
+        """Keep this relay's lease for ``ttl`` seconds more (and be counted among the relays)."""
+        d = self._call(
+            "SET", key("relay", relay_id), json.dumps(dict(about)), "PX", int(ttl * 1000)
+        )
+        return d.addCallback(lambda _: self._call("SADD", key("relays"), relay_id))
+
+    def release(self, relay_id: str) -> Deferred[Any]:
+        """This relay leaves the fleet (its lease ends now)."""
+        d = self._call("DEL", key("relay", relay_id))
+        return d.addCallback(lambda _: self._call("SREM", key("relays"), relay_id))
+
+    def relays(self) -> Deferred[dict[str, dict[str, Any]]]:
+        """The relays whose lease runs, by id, with what each says of itself; the others are forgotten."""
+
+        def leases(ids: Any) -> Deferred[dict[str, dict[str, Any]]]:
+            names = sorted(_text(i) for i in ids or ())
+            if not names:
+                return succeed({})
+            d = self._call("MGET", *[key("relay", name) for name in names])
+
+            def found(values: Any) -> dict[str, dict[str, Any]]:
+                alive = {}
+                for name, value in zip(names, values or (), strict=False):
+                    if value is None:
+                        self._call("SREM", key("relays"), name).addErrback(lambda f: None)
+                    else:
+                        try:
+                            alive[name] = json.loads(_text(value))
+                        except ValueError:
+                            alive[name] = {}
+                return alive
+
+            return d.addCallback(found)
+
+        return self._call("SMEMBERS", key("relays")).addCallback(leases)
+
+    def lease_alive(self, relay_id: str) -> Deferred[bool]:
+        return self._call("EXISTS", key("relay", relay_id)).addCallback(lambda n: int(n) > 0)
+
+    # -- kernels --------------------------------------------------------------------------------------------
+
+    def reserve(self, reservation: str, max_kernels: int | None, ttl: float) -> Deferred[bool]:
+        """Hold a place for a kernel being started, unless the fleet runs ``max_kernels`` already."""
+        now = int(self._clock.seconds() * 1000)
+        limit = -1 if max_kernels is None else max_kernels
+        d = self._script(
+            _RESERVE,
+            [key("kernels"), key("pending")],
+            [reservation, now + int(ttl * 1000), now, limit],
+        )
+        return d.addCallback(lambda n: int(n) == 1)
+
+    def unreserve(self, reservation: str) -> Deferred[Any]:
+        return self._call("HDEL", key("pending"), reservation)
+
+    def register(
+        self, kernel_id: str, record: Mapping[str, str], reservation: str = ""
+    ) -> Deferred[Any]:
+        """Add a kernel (or update its record) and free its reservation."""
+        pairs = [item for pair in record.items() for item in pair]
+        return self._script(
+            _REGISTER,
+            [key("kernels"), key("pending"), key("kernel", kernel_id)],
+            [kernel_id, reservation, *pairs],
+        )
+
+    def unregister(self, kernel_id: str) -> Deferred[Any]:
+        """Forget a kernel that is gone: its record, tokens, numbering and stream."""
+        d = self._call("SREM", key("kernels"), kernel_id)
+        return d.addCallback(
+            lambda _: self._call(
+                "DEL",
+                key("kernel", kernel_id),
+                key("tokens", kernel_id),
+                key("seq", kernel_id),
+                key("journal", kernel_id),
+            )
+        )
+
+    def kernel_ids(self) -> Deferred[set[str]]:
+        return self._call("SMEMBERS", key("kernels")).addCallback(
+            lambda ids: {_text(i) for i in ids or ()}
+        )
+
+    def kernel(self, kernel_id: str) -> Deferred[dict[str, str] | None]:
+        """A kernel's record, None when the fleet has no such kernel."""
+
+        def record(value: Any) -> dict[str, str] | None:
+            if not value:
+                return None
+            if isinstance(value, dict):
+                return {_text(k): _text(v) for k, v in value.items()}
+            flat = list(value)
+            return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+        return self._call("HGETALL", key("kernel", kernel_id)).addCallback(record)
+
+    def claim(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
+        """Take over a kernel whose owner's lease has expired; False if another relay was first."""
+        d = self._script(
+            _CLAIM, [key("kernel", kernel_id), key("relay", old_owner)], [old_owner, new_owner]
+        )
+        return d.addCallback(lambda n: int(n) == 1)
+
+    # -- tokens ---------------------------------------------------------------------------------------------
+
+    def add_token(self, kernel_id: str, digest: bytes, access: str) -> Deferred[Any]:
+        return self._call("HSET", key("tokens", kernel_id), digest.hex(), access)
+
+    def tokens(self, kernel_id: str) -> Deferred[dict[bytes, str]]:
+        def decoded(value: Any) -> dict[bytes, str]:
+            flat = list(value.items()) if isinstance(value, dict) else list(value or ())
+            if flat and not isinstance(flat[0], tuple):
+                flat = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+            found = {}
+            for digest, access in flat:
+                try:
+                    found[bytes.fromhex(_text(digest))] = _text(access)
+                except ValueError:
+                    continue
+            return found
+
+        return self._call("HGETALL", key("tokens", kernel_id)).addCallback(decoded)
+
+    # -- mailboxes ------------------------------------------------------------------------------------------
+
+    def post(self, relay_id: str, message: Mapping[str, Any], ttl: float) -> Deferred[Any]:
+        """Leave a message for a relay (kept ``ttl`` seconds at most, should it never read it)."""
+        box = key("mailbox", relay_id)
+        d = self._call("RPUSH", box, json.dumps(dict(message)))
+        return d.addCallback(lambda _: self._call("PEXPIRE", box, int(ttl * 1000)))
+
+    def read_mailbox(self, relay_id: str, wait: int) -> Deferred[dict[str, Any] | None]:
+        """The next message for this relay, waiting up to ``wait`` seconds; None if none came."""
+
+        def decoded(reply: Any) -> dict[str, Any] | None:
+            if not reply:
+                return None
+            try:
+                message = json.loads(_text(list(reply)[-1]))
+            except ValueError:
+                return None
+            return message if isinstance(message, dict) else None
+
+        d = self._call("BLPOP", key("mailbox", relay_id), wait, handler=self._mailbox)
+        return d.addCallback(decoded)
+
+    # -- iopub numbering ------------------------------------------------------------------------------------
+
+    def number(
+        self, kernel_id: str, msg_id: str, payload: bytes, when: float, keep: int, remember: int
+    ) -> Deferred[int]:
+        """The fleet's ``relay_seq`` of a kernel's iopub message, numbered (and kept) once for all relays."""
+        d = self._script(
+            _NUMBER,
+            [key("seq", kernel_id), key("seen", kernel_id, msg_id), key("journal", kernel_id)],
+            [payload, f"{when:.3f}", keep, remember],
+        )
+        return d.addCallback(int)
+
+    def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
+        """Move the fleet's numbering of a kernel past ``seq`` (given out while Redis was away)."""
+        return self._script(_BUMP, [key("seq", kernel_id)], [seq]).addCallback(int)
+
+    def last_seq(self, kernel_id: str) -> Deferred[int]:
+        return self._call("GET", key("seq", kernel_id)).addCallback(lambda v: int(v or 0))
+
+    def stream_since(self, kernel_id: str, seq: int) -> Deferred[list[tuple[int, float, bytes]]]:
+        """The kept messages after ``seq``, as (seq, time, payload), oldest first."""
+
+        def entries(reply: Any) -> list[tuple[int, float, bytes]]:
+            found = []
+            for entry_id, fields in reply or ():
+                flat = list(fields)
+                values = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+                number = int(_text(entry_id).split("-", 1)[1])
+                found.append(
+                    (number, float(_text(values.get("t", "0"))), _bytes(values.get("m", b"")))
+                )
+            return found
+
+        d = self._call("XRANGE", key("journal", kernel_id), f"(0-{seq}", "+")
+        return d.addCallback(entries)
+
+
+__all__ = ["FleetStore", "FleetUnavailable", "RedisURL"]

@@ -1,0 +1,183 @@
+# -*- test-case-name: tests.kernels.test_adoption -*-
+"""
+Blocking jupyter_client work for kernels that outlive their relay (a fleet): what a kernel's record must hold
+for another relay to manage it, and rebuilding its manager from that record. Run only in worker threads.
+
+A local kernel whose relay died is no child of the relay that adopts it, so jupyter_client's
+``LocalProvisioner`` (which polls and signals its ``Popen``) is given an :class:`OrphanProcess` in its place:
+the same calls, made on the process id, which is checked against the process's start time so that a reused
+pid is never taken for the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning.factory import KernelProvisionerFactory
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from jupyter_core.utils import run_sync
+
+from ._errors import KernelLaunchError, UnknownKernelSpec
+from ._runtime import connection_dir
+
+
+def this_host() -> str:
+    """Names this machine's running system: local kernels can be adopted only by relays on the same one."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def start_time(pid: int) -> str | None:
+    """When the process started (ticks since boot, from /proc), None if there is no such live process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if not fields or fields[0] in (
+        "Z",
+        "X",
+    ):  # a zombie has exited: only its parent has not reaped it
+        return None
+    return fields[19] if len(fields) > 19 else ""
+
+
+class OrphanProcess:
+    """The part of ``subprocess.Popen`` that LocalProvisioner uses, for a process that is not our child."""
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, pid: int, started: str | None) -> None:
+        self.pid = pid
+        self._started = started
+        self._gone = False
+        self.returncode: int | None = None
+        """Unknown: only a parent learns a process's exit code (the death watch says "gone")."""
+
+    def poll(self) -> int | None:
+        if not self._gone:
+            now = start_time(self.pid)
+            self._gone = now is None or (self._started is not None and now != self._started)
+        return 1 if self._gone else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"process {self.pid} is still running")
+            time.sleep(0.05)
+        return 1
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: keys (bytes) as text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def describe(manager: KernelManager) -> dict[str, Any]:
+    """What another relay needs to take a kernel over: its connection info (keys included) and provisioner's."""
+    connection = _plain(dict(manager.get_connection_info(session=False)))
+    provisioner: dict[str, Any] = {}
+    if manager.provisioner is not None:
+        provisioner = _plain(dict(run_sync(manager.provisioner.get_provisioner_info)()))
+    pid = provisioner.get("pid")
+    return {
+        "connection": connection,
+        "provisioner": provisioner,
+        "host": this_host(),
+        "started": start_time(pid) if isinstance(pid, int) else None,
+    }
+
+
+def rebuild(
+    ksm: KernelSpecManager,
+    spec_name: str,
+    kernel_id: str,
+    record: Mapping[str, Any],
+    shutdown_timeout: float,
+    env: Mapping[str, str] | None = None,
+    encryption: str = "disabled",
+) -> KernelManager:
+    """
+    A manager of a running kernel that another relay started, built from its ``describe`` record. Raises
+    KernelLaunchError when the kernel cannot be managed from here (another machine's local kernel, a process
+    that is gone).
+    """
+    try:
+        spec = ksm.get_kernel_spec(spec_name)
+    except NoSuchKernel:
+        raise UnknownKernelSpec(f"no kernel spec named {spec_name!r} on this relay") from None
+    provisioner_info = dict(record.get("provisioner") or {})
+    manager = KernelManager(
+        kernel_name=spec_name,
+        kernel_spec_manager=ksm,
+        kernel_id=kernel_id,
+        connection_file=os.path.join(str(connection_dir()), f"kernel-{kernel_id}.json"),
+        shutdown_wait_time=shutdown_timeout,
+        transport_encryption=encryption,
+    )
+    manager.load_connection_info(cast(Any, dict(record["connection"])))
+    provisioner = KernelProvisionerFactory.instance(
+        parent=manager.parent
+    ).create_provisioner_instance(kernel_id, spec, parent=manager)
+    run_sync(provisioner.load_provisioner_info)(provisioner_info)
+    if isinstance(provisioner, LocalProvisioner):
+        if record.get("host") != this_host():
+            raise KernelLaunchError(
+                f"kernel {kernel_id} is a local kernel of another machine ({record.get('host')}): only a "
+                "relay on that machine can manage its process"
+            )
+        pid = provisioner_info.get("pid")
+        if not isinstance(pid, int) or start_time(pid) is None:
+            raise KernelLaunchError(f"kernel {kernel_id}'s process ({pid}) is gone")
+        started = record.get("started")
+        if isinstance(started, str) and start_time(pid) != started:
+            raise KernelLaunchError(
+                f"kernel {kernel_id}'s process ({pid}) is gone (its pid was reused)"
+            )
+        provisioner.process = cast(
+            Any, OrphanProcess(pid, started if isinstance(started, str) else None)
+        )
+        # Its ports are the kernel's: a restart must not pick new ones (its clients' sockets stay on these).
+        provisioner.ports_cached = True
+    manager.provisioner = provisioner
+    # As after start_kernel: each later call (shutdown, restart) gets a fresh ``ready`` future.
+    manager._attempted_start = True
+    # A restart launches again as the first launch did: independent of this relay, with the same extra env.
+    launch_args: dict[str, Any] = {"independent": True}
+    if env:
+        launch_args["env"] = {**os.environ, **env}
+    manager._launch_args = cast(Any, launch_args)
+    manager.write_connection_file()
+    manager._connect_control_socket()
+    return manager
+
+
+__all__ = ["OrphanProcess", "describe", "rebuild", "start_time", "this_host"]

@@ -1,0 +1,349 @@
+"""
+A fleet of two real relays on one real Redis (Debian's redis-server on loopback): any relay serves any kernel,
+and a relay's death loses no kernel and no output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import Relay
+from tests.e2e.test_relay_resume import IopubWatcher, wait
+from tests.jupyter_ws import JupyterWS
+from tests.kernel_client import RelayKernelClient
+from tests.redis_server import RedisServer, redis_server, require_redis
+
+pytestmark = pytest.mark.timeout(240)
+
+TOKEN = "fleet-token-0123456789abcdefghij"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LEASE = "1.5"
+
+__all__ = ["redis_server"]
+
+
+def fleet_relay(runtime: Path, url: str, *args: str) -> Relay:
+    """A relay of the fleet whose Redis database is at ``url`` (each test's fleet has its own)."""
+    return Relay(runtime, "--redis", url, "--fleet-lease", LEASE, *args, token=TOKEN)
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Relay, Relay]]:
+    a = fleet_relay(tmp_path_factory.mktemp("a"), redis_server.url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), redis_server.url)
+    try:
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+def show(name: str, relay: Relay, count: int = 60) -> None:
+    """Print a relay's last log lines (pytest shows them when a test fails)."""
+    from twisted.logger import formatEvent
+
+    lines = []
+    for line in relay.output().splitlines():
+        try:
+            lines.append(formatEvent(json.loads(line)))
+        except ValueError:
+            lines.append(line)
+    print(f"--- {name}", *lines[-count:], sep="\n")
+
+
+def ids(relay: Relay) -> set[str]:
+    return {str(kernel["id"]) for kernel in relay.kernels()}
+
+
+def kernel_processes(kernel_id: str) -> list[psutil.Process]:
+    """Live kernel processes whose command line names this kernel's connection file."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if f"kernel-{kernel_id}.json" in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process)
+    return found
+
+
+def health(relay: Relay) -> dict[str, object]:
+    body: dict[str, object] = requests.get(f"{relay.url}/api/health", timeout=10).json()
+    return body
+
+
+def test_a_kernel_of_one_relay_is_listed_used_and_stopped_through_the_other(
+    fleet: tuple[Relay, Relay],
+) -> None:
+    a, b = fleet
+    kernel_id = a.spawn()
+    wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+    # socket.io on B: a cell's reply and its output; stdin; control.
+    client = RelayKernelClient(b.url, kernel_id, auth={"token": TOKEN})
+    # Jupyter's WebSocket on A and on B, beside it: each gets its own replies only.
+    jupyter_b = JupyterWS(b.url, kernel_id, token=TOKEN)
+    jupyter_a = JupyterWS(a.url, kernel_id, token=TOKEN)
+    try:
+        msg_id, reply = client.execute("print('through B')")
+        assert reply["content"]["status"] == "ok"
+        assert "through B\n" in "".join(
+            m["content"]["text"] for m in client.iopub_for(msg_id, "stream")
+        )
+        asking = client.send(
+            "shell",
+            "execute_request",
+            {"code": "answer = input('who? ')", "allow_stdin": True},
+        )
+        request = client.wait_for(
+            lambda: [
+                m for m in client.received["stdin"] if m["parent_header"].get("msg_id") == asking
+            ],
+            what="input_request on B",
+        )[0]
+        assert request["content"]["prompt"] == "who? "
+        client.send("stdin", "input_reply", {"value": "fleet"})
+        assert client.reply_to("shell", asking)["content"]["status"] == "ok"
+        info = client.send("control", "kernel_info_request")
+        assert client.reply_to("control", info)["content"]["status"] == "ok"
+
+        on_b, b_reply = jupyter_b.execute("print(answer)")
+        assert b_reply["content"]["status"] == "ok"
+        assert "fleet\n" in "".join(
+            m["content"]["text"] for m in jupyter_b.iopub_for(on_b, "stream")
+        )
+        on_a, a_reply = jupyter_a.execute("print(answer * 2)")
+        assert a_reply["content"]["status"] == "ok"
+        assert "fleetfleet\n" in "".join(
+            m["content"]["text"] for m in jupyter_a.iopub_for(on_a, "stream")
+        )
+        # Replies went to the asking client only: A's Jupyter client never saw B's reply, and back.
+        assert not [
+            m
+            for m in jupyter_a.received
+            if m["parent_header"].get("msg_id") == on_b and m["channel"] == "shell"
+        ]
+        assert not [
+            m
+            for m in jupyter_b.received
+            if m["parent_header"].get("msg_id") == on_a and m["channel"] == "shell"
+        ]
+        # Both see the same numbers on iopub: the fleet numbers each message once.
+        seq_b = {
+            m["header"]["msg_id"]: m["metadata"].get("relay_seq")
+            for m in jupyter_b.received
+            if m["channel"] == "iopub"
+        }
+        seq_a = {
+            m["header"]["msg_id"]: m["metadata"].get("relay_seq")
+            for m in jupyter_a.received
+            if m["channel"] == "iopub"
+        }
+        shared = set(seq_a) & set(seq_b)
+        assert shared and all(seq_a[m] == seq_b[m] for m in shared), (seq_a, seq_b)
+    finally:
+        client.close()
+        jupyter_a.close()
+        jupyter_b.close()
+
+    # A kernel token made on A opens the kernel on B (read-only: iopub only).
+    issued = requests.post(
+        f"{a.url}/api/kernels/{kernel_id}/tokens",
+        json={"access": "read-only"},
+        headers=AUTH,
+        timeout=10,
+    )
+    assert issued.status_code == 201, issued.text
+    reader_token = issued.json()["token"]
+    reader = None
+
+    def joined() -> bool:
+        nonlocal reader
+        try:
+            reader = IopubWatcher(b.url, kernel_id, auth={"token": reader_token})
+        except Exception:
+            return False
+        return True
+
+    wait(joined, 10, "B to honour A's kernel token")
+    assert reader is not None
+    reader.close()
+
+    # Interrupt and restart through B.
+    assert (
+        requests.post(
+            f"{b.url}/api/kernels/{kernel_id}/interrupt", headers=AUTH, timeout=30
+        ).status_code
+        == 204
+    )
+    restarted = requests.post(f"{b.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90)
+    assert restarted.status_code == 200, restarted.text
+    # Shut down through B: gone from both, and its process too.
+    stopped = requests.delete(f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
+    assert stopped.status_code == 204, stopped.text
+    assert kernel_id not in ids(b)
+    wait(lambda: kernel_id not in ids(a), 10, "A to forget the kernel")
+    wait(lambda: not kernel_processes(kernel_id), 15, "the kernel process to exit")
+
+
+def test_a_relay_that_dies_loses_no_kernel_and_no_output(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A is SIGKILLed while a cell prints every 0.1 s; B adopts the kernel, and an iopub client that
+    resumes on B with its last relay_seq gets every line exactly once, in order, with no gap."""
+    a = fleet_relay(tmp_path_factory.mktemp("a"), redis_server.database(1))
+    b = fleet_relay(tmp_path_factory.mktemp("b"), redis_server.database(1))
+    watcher = resumed = None
+    try:
+        kernel_id = a.spawn()
+        wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+        [process] = kernel_processes(kernel_id)
+        watcher = IopubWatcher(a.url, kernel_id, auth={"token": TOKEN})
+        runner = RelayKernelClient(a.url, kernel_id, channels=("shell",), auth={"token": TOKEN})
+        lines = 80
+        cell = runner.send(
+            "shell",
+            "execute_request",
+            {
+                "code": f"import time\nfor i in range({lines}):\n    print(i, flush=True)\n    time.sleep(0.1)"
+            },
+        )
+        wait(lambda: "10\n" in watcher.printed(cell), 30, "the cell to print on A")
+        os.kill(a.process.pid, signal.SIGKILL)
+        a.process.wait()
+        seen = watcher.received()
+        last = max(int(m["metadata"]["relay_seq"]) for m in seen)
+        assert process.is_running(), "the kernel died with its relay"
+
+        resumed = IopubWatcher(b.url, kernel_id, auth={"token": TOKEN, "since": last})
+        wait(lambda: f"{lines - 1}\n" in resumed.printed(cell), 60, "the rest of the cell on B")
+        assert not resumed.gaps, resumed.gaps
+        before = "".join(
+            m["content"]["text"]
+            for m in seen
+            if m["header"]["msg_type"] == "stream" and m["parent_header"].get("msg_id") == cell
+        )
+        assert before + resumed.printed(cell) == "".join(f"{i}\n" for i in range(lines))
+        seqs = [int(m["metadata"]["relay_seq"]) for m in seen + resumed.received()]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs
+
+        # B adopted the kernel: it manages it now (restart works, which needs its process).
+        wait(lambda: health(b)["fleet"]["owned_kernels"] == 1, 15, "B to adopt the kernel")  # type: ignore[index]
+        restarted = requests.post(
+            f"{b.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
+        )
+        assert restarted.status_code == 200, restarted.text
+        stopped = requests.delete(f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
+        assert stopped.status_code == 204, stopped.text
+        wait(lambda: not kernel_processes(kernel_id), 15, "the kernel process to exit")
+    finally:
+        for client in (watcher, resumed):
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:
+                    pass
+        a.stop()
+        b.stop()
+        show("A", a)
+        show("B", b)
+    assert not kernel_processes(kernel_id)
+
+
+def test_redis_stopped_and_restarted_under_load(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """While Redis is away both relays keep serving their clients and a spawn fails clearly; once it is
+    back (empty) the relays register their kernels again and spawn works."""
+    require_redis()
+    redis = RedisServer(tmp_path_factory.mktemp("redis"))
+    a = fleet_relay(tmp_path_factory.mktemp("a"), redis.url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), redis.url)
+    client = None
+    try:
+        kernel_id = a.spawn()
+        wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+        client = RelayKernelClient(b.url, kernel_id, auth={"token": TOKEN})
+        cell = client.send(
+            "shell",
+            "execute_request",
+            {
+                "code": "import time\nfor i in range(60):\n    print(i, flush=True)\n    time.sleep(0.05)"
+            },
+        )
+        wait(
+            lambda: any(
+                "5\n" in m["content"].get("text", "") for m in client.iopub_for(cell, "stream")
+            ),
+            30,
+            "output",
+        )
+        redis.stop()
+        wait(lambda: health(a)["fleet"]["redis_up"] is False, 15, "A to notice Redis is gone")  # type: ignore[index]
+        spawn = requests.post(
+            f"{a.url}/api/kernels", json={"name": "python3"}, headers=AUTH, timeout=30
+        )
+        assert spawn.status_code == 503, spawn.text
+        assert "Redis" in spawn.json()["message"]
+        client.wait_idle(cell, 60)
+        text = "".join(m["content"]["text"] for m in client.iopub_for(cell, "stream"))
+        assert text == "".join(f"{i}\n" for i in range(60)), text
+        seqs = [int(m["metadata"]["relay_seq"]) for m in client.received["iopub"]]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs
+        # Still usable through B while Redis is away.
+        _, reply = client.execute("print('still here')")
+        assert reply["content"]["status"] == "ok"
+
+        redis = redis.restart()
+        wait(lambda: health(a)["fleet"]["redis_up"] is True, 20, "A to reconnect")  # type: ignore[index]
+        wait(lambda: kernel_id in ids(b), 10, "the kernel to stay listed")
+        second = requests.post(
+            f"{b.url}/api/kernels", json={"name": "python3"}, headers=AUTH, timeout=90
+        )
+        assert second.status_code == 201, second.text
+        other = second.json()["id"]
+        wait(lambda: other in ids(a), 10, "A to list B's new kernel")
+        # The fleet's numbers went on past what either relay gave out alone.
+        _, reply = client.execute("print('after')")
+        assert reply["content"]["status"] == "ok"
+        later = [int(m["metadata"]["relay_seq"]) for m in client.received["iopub"]]
+        assert later == sorted(later) and len(later) == len(set(later))
+        for kernel in (kernel_id, other):
+            assert (
+                requests.delete(
+                    f"{a.url}/api/kernels/{kernel}", headers=AUTH, timeout=60
+                ).status_code
+                == 204
+            )
+    finally:
+        if client is not None:
+            print("client errors", client.errors, "disconnected", client.disconnected)
+            client.close()
+        a.stop()
+        b.stop()
+        redis.stop()
+        show("A", a)
+        show("B", b)
+
+
+def test_a_relay_without_redis_fails_clearly_at_spawn_and_keeps_serving(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A relay whose Redis never answers starts, serves its routes, and refuses spawns with a clear error."""
+    from tests.support import free_port
+
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+    relay = fleet_relay(tmp_path_factory.mktemp("lonely"), nobody)
+    try:
+        assert health(relay)["fleet"]["redis_up"] is False  # type: ignore[index]
+        spawn = requests.get(f"{relay.url}/spawn/python3", headers=AUTH, timeout=30)
+        assert spawn.status_code == 500
+        assert "Redis" in spawn.json()["error"], spawn.text
+        assert requests.get(f"{relay.url}/api/kernels", headers=AUTH, timeout=10).json() == []
+    finally:
+        relay.stop()

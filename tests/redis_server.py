@@ -1,0 +1,69 @@
+"""A real Redis for the fleet's tests: Debian's ``redis-server`` on a free loopback port, no persistence."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import ServerProcess, free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+class RedisServer(ServerProcess):
+    """``redis-server`` on 127.0.0.1:``port`` (a new free one unless given), keeping nothing on disk."""
+
+    def __init__(self, directory: Path, port: int | None = None) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        super().__init__(
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(directory),
+                "--protected-mode",
+                "yes",
+            ],
+            port,
+        )
+        self.url = self.database(0)
+
+    def database(self, number: int) -> str:
+        """The URL of one of its databases: a fleet of its own for each test that needs one."""
+        return f"redis://127.0.0.1:{self.port}/{number}"
+
+    def restart(self) -> RedisServer:
+        """Stop this server and start another on the same port (empty: nothing was saved)."""
+        self.stop()
+        return RedisServer(self.directory, self.port)
+
+
+def require_redis() -> None:
+    """Skip without redis-server on a developer's machine; in CI (which installs it) fail instead."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed: .ci/run installs Debian's redis-server")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    require_redis()
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
