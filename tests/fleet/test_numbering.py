@@ -1,0 +1,123 @@
+"""The fleet's shared iopub numbering, on a store whose answers the test gives (in any order)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
+
+from kernel_relay.fleet.numbering import SharedNumbering, pack, unpack
+from kernel_relay.fleet.store import FleetUnavailable
+from kernel_relay.relay.payload import Outgoing
+
+
+class ScriptedStore:
+    """Records each numbering call and lets the test answer it; ``up`` False fails calls at once."""
+
+    def __init__(self) -> None:
+        self.up = True
+        self.calls: list[tuple[str, str, Deferred[int]]] = []
+        self.bumps: list[tuple[str, int]] = []
+
+    def number(self, kernel_id: str, msg_id: str, *args: Any) -> Deferred[int]:
+        if not self.up:
+            return fail(FleetUnavailable("Redis is away"))
+        d: Deferred[int] = Deferred()
+        self.calls.append((kernel_id, msg_id, d))
+        return d
+
+    def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
+        self.bumps.append((kernel_id, seq))
+        return Deferred()
+
+
+def message(text: str) -> Outgoing:
+    return Outgoing((b"{}", b"{}", b"{}", f'{{"text":"{text}"}}'.encode()), [], "iopub")
+
+
+def numbering() -> tuple[SharedNumbering, ScriptedStore, list[tuple[str, int]]]:
+    store = ScriptedStore()
+    shared = SharedNumbering(store, Clock(), keep=100)  # type: ignore[arg-type]
+    return shared, store, []
+
+
+def test_numbers_reach_the_core_in_the_kernels_order_whatever_the_order_of_answers() -> None:
+    shared, store, got = numbering()
+    for name in "abc":
+        shared.number("k", name, message(name), lambda seq, name=name: got.append((name, seq)))
+    store.calls[2][2].callback(7)
+    store.calls[1][2].callback(6)
+    assert got == []
+    store.calls[0][2].callback(5)
+    assert got == [("a", 5), ("b", 6), ("c", 7)]
+
+
+def test_what_the_relay_says_itself_comes_after_what_is_pending_and_takes_no_number() -> None:
+    shared, store, got = numbering()
+    shared.after("k", lambda seq: got.append(("idle kernel", seq)))
+    shared.number("k", "a", message("a"), lambda seq: got.append(("a", seq)))
+    shared.after("k", lambda seq: got.append(("status", seq)))
+    assert got == [("idle kernel", 0)]
+    store.calls[0][2].callback(41)
+    assert got == [("idle kernel", 0), ("a", 41), ("status", 41)]
+
+
+def test_while_redis_is_away_the_relay_numbers_on_alone_then_moves_the_fleet_past_it() -> None:
+    shared, store, got = numbering()
+    shared.number("k", "a", message("a"), lambda seq: got.append(("a", seq)))
+    store.calls[0][2].callback(10)
+    store.up = False
+    shared.number("k", "b", message("b"), lambda seq: got.append(("b", seq)))
+    shared.number("k", "c", message("c"), lambda seq: got.append(("c", seq)))
+    assert got == [("a", 10), ("b", 11), ("c", 12)]
+    assert shared.local_numbers == 2
+    store.up = True
+    shared.number("k", "d", message("d"), lambda seq: got.append(("d", seq)))
+    # The fleet's counter is moved past 12 before d is numbered (both go out on one connection, in order).
+    assert store.bumps == [("k", 12)]
+    store.calls[-1][2].callback(13)
+    assert got[-1] == ("d", 13)
+
+
+def test_an_answer_behind_what_the_relay_gave_alone_is_not_given_twice() -> None:
+    shared, store, got = numbering()
+    store.up = False
+    shared.number("k", "a", message("a"), lambda seq: got.append(("a", seq)))
+    store.up = True
+    shared.number("k", "b", message("b"), lambda seq: got.append(("b", seq)))
+    store.calls[0][2].callback(1)  # another relay's number, from before this relay's own
+    assert got == [("a", 1), ("b", 2)]
+
+
+def test_kernels_are_numbered_apart() -> None:
+    shared, store, got = numbering()
+    shared.number("k1", "a", message("a"), lambda seq: got.append(("k1", seq)))
+    shared.number("k2", "b", message("b"), lambda seq: got.append(("k2", seq)))
+    store.calls[1][2].callback(1)
+    assert got == [("k2", 1)]
+    shared.forget("k1")
+    store.calls[0][2].callback(3)  # a kernel forgotten meanwhile: its late answer is harmless
+    assert ("k2", 1) in got
+
+
+@given(
+    parts=st.lists(st.binary(max_size=64), min_size=4, max_size=4),
+    buffers=st.lists(st.binary(max_size=64), max_size=3),
+)
+def test_pack_and_unpack_keep_every_byte(parts: list[bytes], buffers: list[bytes]) -> None:
+    original = Outgoing((parts[0], parts[1], parts[2], parts[3]), buffers, "iopub")
+    again = unpack(pack(original))
+    assert [bytes(p) for p in again.parts] == parts
+    assert [bytes(b) for b in again.buffers] == buffers
+    assert again.channel == "iopub"
+
+
+def test_unpack_refuses_what_pack_did_not_make() -> None:
+    import pytest
+
+    for junk in (b"", b"KR1", b"XX1\x00\x04", pack(message("a"))[:-1]):
+        with pytest.raises((ValueError, Exception)):
+            unpack(junk)
