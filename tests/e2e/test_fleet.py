@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def fleet(
     finally:
         a.stop()
         b.stop()
+        show("A", a)
+        show("B", b)
 
 
 def show(name: str, relay: Relay, count: int = 60) -> None:
@@ -73,6 +76,35 @@ def kernel_processes(kernel_id: str) -> list[psutil.Process]:
         if f"kernel-{kernel_id}.json" in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(process)
     return found
+
+
+@pytest.fixture(autouse=True)
+def no_kernel_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A fleet's kernels outlive their relays by design: every test must still leave none running."""
+    base = str(tmp_path_factory.getbasetemp())
+
+    def ours() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["cmdline", "status"]):
+            cmdline = process.info["cmdline"] or []
+            if (
+                "ipykernel_launcher" in " ".join(cmdline)
+                and base in " ".join(cmdline)
+                and process.info["status"] != psutil.STATUS_ZOMBIE
+            ):
+                found.append(process)
+        return found
+
+    before = {process.pid for process in ours()}
+    yield
+    deadline = time.monotonic() + 15
+    left = [p for p in ours() if p.pid not in before]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [p for p in ours() if p.pid not in before]
+    for process in left:
+        process.kill()
+    assert not left, f"kernels left running: {[' '.join(p.info['cmdline']) for p in left]}"
 
 
 def health(relay: Relay) -> dict[str, object]:
@@ -168,7 +200,8 @@ def test_a_kernel_of_one_relay_is_listed_used_and_stopped_through_the_other(
         nonlocal reader
         try:
             reader = IopubWatcher(b.url, kernel_id, auth={"token": reader_token})
-        except Exception:
+        except Exception as error:
+            print("joining B with A's token:", error)
             return False
         return True
 
@@ -300,7 +333,11 @@ def test_redis_stopped_and_restarted_under_load(tmp_path_factory: pytest.TempPat
         assert reply["content"]["status"] == "ok"
 
         redis = redis.restart()
-        wait(lambda: health(a)["fleet"]["redis_up"] is True, 20, "A to reconnect")  # type: ignore[index]
+        wait(
+            lambda: all(health(relay)["fleet"]["redis_up"] is True for relay in (a, b)),  # type: ignore[index]
+            20,
+            "the relays to reconnect",
+        )
         wait(lambda: kernel_id in ids(b), 10, "the kernel to stay listed")
         second = requests.post(
             f"{b.url}/api/kernels", json={"name": "python3"}, headers=AUTH, timeout=90
@@ -347,3 +384,53 @@ def test_a_relay_without_redis_fails_clearly_at_spawn_and_keeps_serving(
         assert requests.get(f"{relay.url}/api/kernels", headers=AUTH, timeout=10).json() == []
     finally:
         relay.stop()
+
+
+def test_a_client_resumes_on_a_relay_that_joined_later(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """B starts after the cell ran on A: a client resuming on B from an early relay_seq gets the rest from
+    the fleet's stream in Redis, exactly once and in order."""
+    url = redis_server.database(2)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    b = None
+    watcher = resumed = None
+    try:
+        kernel_id = a.spawn()
+        watcher = IopubWatcher(a.url, kernel_id, auth={"token": TOKEN})
+        runner = RelayKernelClient(a.url, kernel_id, channels=("shell",), auth={"token": TOKEN})
+        cell = runner.send(
+            "shell", "execute_request", {"code": "for i in range(20):\n    print(i, flush=True)"}
+        )
+        wait(lambda: "19\n" in watcher.printed(cell), 30, "the cell on A")
+        runner.close()
+        seen = watcher.received()
+        early = next(m for m in seen if m["header"]["msg_type"] == "stream")
+        since = int(early["metadata"]["relay_seq"])
+        b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+        wait(lambda: kernel_id in ids(b), 10, "B to serve A's kernel")
+        resumed = IopubWatcher(b.url, kernel_id, auth={"token": TOKEN, "since": since})
+        wait(lambda: "19\n" in resumed.printed(cell), 30, "the rest of the cell on B")
+        assert not resumed.gaps, resumed.gaps
+        assert early["content"]["text"] + resumed.printed(cell) == "".join(
+            f"{i}\n" for i in range(20)
+        )
+        got = [int(m["metadata"]["relay_seq"]) for m in resumed.received()]
+        expected = [
+            int(m["metadata"]["relay_seq"]) for m in seen if int(m["metadata"]["relay_seq"]) > since
+        ]
+        assert got[: len(expected)] == expected
+        assert (
+            requests.delete(
+                f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60
+            ).status_code
+            == 204
+        )
+    finally:
+        for client in (watcher, resumed):
+            if client is not None:
+                client.close()
+        a.stop()
+        if b is not None:
+            b.stop()
+            show("B", b)

@@ -152,7 +152,11 @@ class Fleet(Service):
                 return left
             for kernel_id, record in list(self._records.items()):
                 if self._kernels.is_guest(kernel_id) and self._may_adopt(record):
-                    self._adopt(kernel_id, record.get("owner", ""))
+                    self._adopt(kernel_id, record.get("owner", "")).addErrback(
+                        lambda f: log.warn(
+                            "could not adopt a kernel before stopping: {e}", e=f.value
+                        )
+                    )
             return DeferredList(list(self._adoptions.values()), consumeErrors=True)
 
         d.addCallback(decide)
@@ -472,6 +476,9 @@ class Fleet(Service):
             for kernel_id in ids:
                 if kernel_id not in self._kernels:
                     yield self._learn(kernel_id)
+                elif self._kernels.is_guest(kernel_id):
+                    # Tokens come by mailbox at once; this catches any message this relay missed.
+                    yield self._load_tokens(kernel_id)
             now = self._clock.seconds()
             for kernel_id in list(self._records):
                 if kernel_id in ids or not self._kernels.is_guest(kernel_id):

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -116,6 +117,22 @@ class SharedNumbering:
         pending = _Pending(ready)
         pending.seq = 0
         queue.append(pending)
+
+    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
+        """The messages the fleet's stream keeps after ``since``, oldest first (for a client that resumes)."""
+
+        def unpacked(entries: list[tuple[int, float, bytes]]) -> list[tuple[int, float, Outgoing]]:
+            found = []
+            for seq, when, data in entries:
+                try:
+                    found.append((seq, when, unpack(data)))
+                except (ValueError, struct.error):
+                    log.warn(
+                        "kernel {kernel}'s stream holds a message that is not one", kernel=kernel_id
+                    )
+            return found
+
+        return self._store.stream_since(kernel_id, since).addCallback(unpacked)
 
     def forget(self, kernel_id: str) -> None:
         self._queues.pop(kernel_id, None)

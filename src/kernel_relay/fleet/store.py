@@ -161,7 +161,8 @@ class FleetStore:
     def connect(self) -> None:
         """Start connecting (and reconnecting whenever a connection is lost)."""
         self._calls = self._connection(REPLY_TIMEOUT)
-        self._mailbox = self._connection(None)
+        # Its reads block for a second at most: a connection silent for longer is dead.
+        self._mailbox = self._connection(REPLY_TIMEOUT + 1)
 
     def _connection(self, reply_timeout: float | None) -> Any:
         tls: Any = False

@@ -20,14 +20,17 @@ not import a front, socket.io, Engine.IO or HTTP.
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, NoReturn, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..auth import Scope, TokenAuth
 from ..kernels import (
@@ -104,6 +107,9 @@ class IopubNumbering(Protocol):
         """``ready`` gets the latest number once every message given before is numbered."""
 
     def forget(self, kernel_id: str) -> None: ...
+
+    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
+        """The fleet's kept messages after ``since``: (seq, time, message), oldest first."""
 
 
 class Refused(Exception):
@@ -216,6 +222,8 @@ class RelayCore:
         # kernel id -> channel -> client id -> client
         self._attached: dict[str, dict[str, dict[str, RelayClient]]] = {}
         self._links: dict[tuple[str, str], _Link] = {}
+        # (kernel id, client id) -> live messages held back while the client's replay comes from the fleet
+        self._catching_up: dict[tuple[str, str], list[Outgoing]] = {}
         self.metrics.watch(lambda: len(kernels), self.clients_by_channel)
         kernels.add_observer(self)
 
@@ -318,6 +326,8 @@ class RelayCore:
         if clients is None or clients.get(client.client_id) is not client:
             return
         del clients[client.client_id]
+        if channel == IOPUB:
+            self._catching_up.pop((kernel_id, client.client_id), None)
         key = (client.client_id, kernel_id)
         link = self._links.get(key)
         if link is not None and channel in link.channels:
@@ -448,8 +458,13 @@ class RelayCore:
             if not clients:
                 return
             self.metrics.relayed(TO_CLIENT, size)
+            catching_up = self._catching_up
             for client in list(clients.values()):
-                client.deliver(kernel_id, IOPUB, numbered)
+                held = catching_up.get((kernel_id, client.client_id)) if catching_up else None
+                if held is not None:
+                    held.append(numbered)
+                else:
+                    client.deliver(kernel_id, IOPUB, numbered)
 
         if isinstance(message, KernelMessage):
             self._numbering.number(kernel_id, message.msg_id, outgoing, ready)
@@ -486,6 +501,14 @@ class RelayCore:
             }
             client.tell(kernel.id, IOPUB, REPLAY_GAP, gap)
             return
+        if (
+            resume.since is not None
+            and self._numbering is not None
+            and (resume.since + 1 < journal.first_seq or resume.since > journal.last_seq)
+        ):
+            # Older than what this relay keeps, or newer than what it has seen: the fleet's stream knows.
+            self._catch_up(client, kernel, journal, resume.since)
+            return
         if resume.since is not None:
             replay = journal.since(resume.since)
             if replay.gap is not None:
@@ -503,6 +526,66 @@ class RelayCore:
             kernel=short_id(kernel.id),
             address=client.address,
         )
+
+    def _catch_up(
+        self, client: RelayClient, kernel: Kernel, journal: IopubJournal, since: int
+    ) -> None:
+        """
+        Replay to a client that resumes from before what this relay keeps (it saw them on another relay of
+        the fleet): the older messages come from the fleet's stream, then this relay's own, then what came
+        meanwhile, each once and in order.
+        """
+        assert self._numbering is not None
+        key = (kernel.id, client.client_id)
+        held: list[Outgoing] = []
+        self._catching_up[key] = held
+        # Where this relay's own journal takes over (nothing of its own yet: the stream gives all).
+        first_local = journal.first_seq if journal.last_seq else sys.maxsize
+
+        def fetched(entries: list[tuple[int, float, Outgoing]]) -> None:
+            horizon = self._clock.seconds() - self._replay.max_age
+            older = [
+                (seq, m)
+                for seq, when, m in entries
+                if since < seq < first_local and when >= horizon
+            ]
+            finish(older, None)
+
+        def failed(failure: Failure) -> None:
+            finish([], f"the fleet's stream could not be read: {failure.getErrorMessage()}")
+
+        def finish(older: list[tuple[int, Outgoing]], problem: str | None) -> None:
+            if self._catching_up.get(key) is not held:
+                return  # the client left meanwhile
+            del self._catching_up[key]
+            first = older[0][0] if older else min(first_local, journal.last_seq + 1)
+            if first > since + 1:
+                self.metrics.error("replay_gap")
+                gap = {
+                    "reason": "expired",
+                    "message": problem or f"messages {since + 1} to {first - 1} are no longer kept",
+                    "from": since + 1,
+                    "to": first - 1,
+                    "kernel_id": kernel.id,
+                }
+                client.tell(kernel.id, IOPUB, REPLAY_GAP, gap)
+            messages = [with_sequence(m, seq) for seq, m in older]
+            if first_local != sys.maxsize:
+                messages += journal.since(first_local - 1).messages
+            last = messages[-1].seq if messages else since
+            messages += [m for m in held if m.seq > last]
+            for message in messages:
+                client.deliver(kernel.id, IOPUB, message)
+            self.metrics.replayed(len(messages))
+            log.info(
+                "Replayed {count} iopub message(s) of kernel {kernel} to {address} ({older} from the fleet)",
+                count=len(messages),
+                kernel=short_id(kernel.id),
+                address=client.address,
+                older=len(older),
+            )
+
+        self._numbering.fetch(kernel.id, since).addCallbacks(fetched, failed)
 
     # -- shell, control, stdin -------------------------------------------------------------------------
 
