@@ -630,6 +630,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_buffered_bytes=options["max-buffered-bytes"],
     )
 
+    if fleet is not None:
+        jupyter_front.share_marks(fleet)
+
     def handing_off() -> bool:
         return fleet is not None and fleet.hand_off()
 

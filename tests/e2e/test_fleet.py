@@ -434,3 +434,46 @@ def test_a_client_resumes_on_a_relay_that_joined_later(
         if b is not None:
             b.stop()
             show("B", b)
+
+
+def test_a_jupyter_session_resumes_on_another_relay(fleet: tuple[Relay, Relay]) -> None:
+    """A Jupyter client that leaves A mid-cell and comes back to B with its session_id gets the rest of the
+    cell's output, once and in order (it sends no since: B learns where it stopped from the fleet)."""
+    a, b = fleet
+    kernel_id = a.spawn()
+    wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+    first = JupyterWS(a.url, kernel_id, token=TOKEN)
+    second = None
+    try:
+        cell = first.send(
+            "shell",
+            "execute_request",
+            {
+                "code": "import time\nfor i in range(40):\n    print(i, flush=True)\n    time.sleep(0.05)"
+            },
+        )
+        first.wait_for(
+            lambda m: (
+                m["channel"] == "iopub"
+                and m["header"]["msg_type"] == "stream"
+                and "10\n" in m["content"]["text"]
+            )
+        )
+        first.close()
+        time.sleep(0.6)
+        before = "".join(m["content"]["text"] for m in first.iopub_for(cell, "stream"))
+        second = JupyterWS(b.url, kernel_id, token=TOKEN, session_id=first.session_id)
+        second.idle_after(cell)
+        after = "".join(m["content"]["text"] for m in second.iopub_for(cell, "stream"))
+        assert before + after == "".join(f"{i}\n" for i in range(40)), (before, after)
+        seqs = [
+            int(m["metadata"]["relay_seq"])
+            for m in first.received + second.received
+            if m["channel"] == "iopub" and "relay_seq" in m["metadata"]
+        ]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        requests.delete(f"{a.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)

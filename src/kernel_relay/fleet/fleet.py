@@ -23,6 +23,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -34,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..auth import Scope, TokenAuth
-from ..kernels import Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
+from ..kernels import Frame, Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
 from ..kernels.adoption import this_host
 from .numbering import SharedNumbering
 from .store import FleetStore, FleetUnavailable
@@ -43,6 +44,8 @@ log = Logger()
 
 #: How long a command for another relay's kernel may wait for that relay's answer, beyond its own work.
 COMMAND_GRACE: Final = 10.0
+#: How long the fleet remembers where a Jupyter session stopped (as the Jupyter front does).
+MARK_SECONDS: Final = 3600.0
 #: How long a reserved place in ``--max-kernels`` is held for a kernel that is starting.
 RESERVATION_SECONDS: Final = 300.0
 
@@ -600,6 +603,24 @@ class Fleet(Service):
             "kernels": len(self._kernels.owned()),
             "serves": len(self._kernels),
         }
+
+    # -- SharedMarks: where Jupyter sessions stopped ------------------------------------------------------
+
+    def save(self, kernel_id: str, marks: Mapping[str, tuple[int, Frame]]) -> None:
+        encoded = {
+            session: f"{seq} {bytes(parent).decode('utf-8', 'replace')}"
+            for session, (seq, parent) in marks.items()
+        }
+        self.store.save_marks(kernel_id, encoded, MARK_SECONDS).addErrback(lambda f: None)
+
+    def load(self, kernel_id: str, session_id: str) -> Deferred[tuple[int, Frame] | None]:
+        def decoded(value: str | None) -> tuple[int, Frame] | None:
+            if not value:
+                return None
+            seq, _, parent = value.partition(" ")
+            return (int(seq), parent.encode("utf-8") or b"{}") if seq.isdigit() else None
+
+        return self.store.mark(kernel_id, session_id).addCallback(decoded)
 
     def fleet_view(self) -> dict[str, Any]:
         """What /metrics and /api/health say of the fleet."""

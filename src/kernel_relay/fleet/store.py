@@ -11,6 +11,7 @@ Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
   being started, so that ``--max-kernels`` counts them.
 - ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only.
 - ``mailbox:<relay id>``: what other relays tell one relay (commands, replies, news of kernels and tokens).
+- ``marks:<id>``: where each Jupyter ``session_id`` of a kernel stopped reading (its last ``relay_seq``).
 - ``seq:<id>``, ``seen:<id>:<msg_id>``, ``journal:<id>``: the shared iopub numbering and the stream of
   numbered messages (see :mod:`.numbering`).
 
@@ -294,6 +295,7 @@ class FleetStore:
                 key("tokens", kernel_id),
                 key("seq", kernel_id),
                 key("journal", kernel_id),
+                key("marks", kernel_id),
             )
         )
 
@@ -364,6 +366,19 @@ class FleetStore:
 
         d = self._call("BLPOP", key("mailbox", relay_id), wait, handler=self._mailbox)
         return d.addCallback(decoded)
+
+    # -- where Jupyter sessions stopped ------------------------------------------------------------------
+
+    def save_marks(self, kernel_id: str, marks: Mapping[str, str], ttl: float) -> Deferred[Any]:
+        pairs = [item for pair in marks.items() for item in pair]
+        d = self._call("HSET", key("marks", kernel_id), *pairs)
+        return d.addCallback(
+            lambda _: self._call("PEXPIRE", key("marks", kernel_id), int(ttl * 1000))
+        )
+
+    def mark(self, kernel_id: str, session_id: str) -> Deferred[str | None]:
+        d = self._call("HGET", key("marks", kernel_id), session_id)
+        return d.addCallback(lambda value: None if value is None else _text(value))
 
     # -- iopub numbering ------------------------------------------------------------------------------------
 

@@ -30,14 +30,17 @@ from __future__ import annotations
 import re
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -65,6 +68,25 @@ CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 _NO_RESUME: Final = Resume(None, False)
+
+
+class SharedMarks(Protocol):
+    """
+    Where the sessions of a fleet stopped reading, kept where every relay finds them (``kernel_relay.fleet``):
+    a Jupyter client sends no ``since``, so its ``session_id`` is all another relay has to resume it by.
+    """
+
+    def save(self, kernel_id: str, marks: Mapping[str, tuple[int, Frame]]) -> None:
+        """Where each of these sessions of a kernel is (its last ``relay_seq`` and that message's parent)."""
+
+    def load(self, kernel_id: str, session_id: str) -> Deferred[tuple[int, Frame] | None]: ...
+
+
+#: How often the positions of connected sessions are saved for the fleet (a relay that dies loses at most
+#: this much of their reading: its sessions resume elsewhere from the last save, and see that much again).
+SHARE_INTERVAL: Final = 0.5
+#: How long a reconnecting session waits for the fleet to say where it stopped before it goes on without.
+SHARE_WAIT: Final = 2.0
 
 
 @dataclass
@@ -294,12 +316,45 @@ class JupyterFront:
         self._websocket = WebSocketResource(self._factory)  # type: ignore[no-untyped-call]
         self._connections: dict[str, JupyterConnection] = {}
         self._marks: OrderedDict[tuple[str, str], _Mark] = OrderedDict()
+        self.shared_marks: SharedMarks | None = None
+        """Set by the wiring in a fleet; the positions of sessions are then saved for every relay."""
+        self._share = LoopingCall(self._share_marks)
+        self._share.clock = reactor
+        self._shared: dict[tuple[str, str], int] = {}
+
+    def share_marks(self, marks: SharedMarks) -> None:
+        """Save where sessions are, on disconnect and every :data:`SHARE_INTERVAL` while connected."""
+        self.shared_marks = marks
+        if not self._share.running:
+            self._share.start(SHARE_INTERVAL, now=False)
+
+    def _share_marks(self) -> None:
+        if self.shared_marks is None:
+            return
+        changed: dict[str, dict[str, tuple[int, Frame]]] = {}
+        for connection in self._connections.values():
+            admitted = connection.admitted
+            key = (admitted.kernel.id, admitted.session_id)
+            if (
+                admitted.session_id
+                and connection.last_seq
+                and self._shared.get(key) != connection.last_seq
+            ):
+                self._shared[key] = connection.last_seq
+                changed.setdefault(key[0], {})[key[1]] = (
+                    connection.last_seq,
+                    connection.last_parent,
+                )
+        for kernel_id, marks in changed.items():
+            self.shared_marks.save(kernel_id, marks)
 
     def resource(self) -> Resource:
         return _ChannelsResource(self)
 
     def close(self, reason: str = "the relay is stopping") -> None:
         """Close every connection (the relay is stopping)."""
+        if self._share.running:
+            self._share.stop()
         for connection in list(self._connections.values()):
             connection.close_with(CLOSE_GOING_AWAY, reason)
 
@@ -396,6 +451,24 @@ class JupyterFront:
             # or when it stops answering pings.
             connection.client_id = f"{connection.client_id}:{uuid.uuid4().hex[:8]}"
         self._connections[connection.client_id] = connection
+        if (
+            self.shared_marks is not None
+            and admitted.session_id
+            and admitted.resume.since is None
+            and IOPUB in admitted.channels
+        ):
+            # Not known here: it may have read on another relay of the fleet. Its other channels work at
+            # once; iopub joins once the fleet has said (what comes meanwhile waits in the journal).
+            for channel in admitted.channels:
+                if channel != IOPUB:
+                    connection.channels.add(channel)
+                    self.core.attach(connection, kernel, channel, _NO_RESUME)
+            start = self.core.last_seq(kernel.id)
+            asked = self.shared_marks.load(kernel.id, admitted.session_id)
+            asked.addTimeout(SHARE_WAIT, self._clock)
+            asked.addErrback(lambda failure: None)
+            asked.addCallback(lambda found: self._join_iopub(connection, found, start))
+            return
         for channel in admitted.channels:
             connection.channels.add(channel)
             self.core.attach(
@@ -403,6 +476,28 @@ class JupyterFront:
             )
         if admitted.resume.since is not None:
             connection.last_seq = admitted.resume.since
+
+    def _join_iopub(
+        self, connection: JupyterConnection, found: tuple[int, Frame] | None, start: int
+    ) -> None:
+        """
+        Attach a session's iopub once the fleet said where it stopped; a session new to the fleet gets what
+        came since it connected (``start``).
+        """
+        admitted = connection.admitted
+        if self._connections.get(connection.client_id) is not connection:
+            return  # gone meanwhile
+        if not self.core.has_kernel(admitted.kernel.id):
+            connection.close_with(CLOSE_NORMAL, f"kernel {admitted.kernel.id} is no longer running")
+            return
+        if found is not None:
+            admitted.resume = Resume(found[0], False)
+            admitted.resume_parent = found[1]
+            connection.last_seq = found[0]
+        elif start:
+            admitted.resume = Resume(start, False)
+        connection.channels.add(IOPUB)
+        self.core.attach(connection, admitted.kernel, IOPUB, admitted.resume)
 
     def connection_lost(self, connection: JupyterConnection) -> None:
         if self._connections.get(connection.client_id) is not connection:
@@ -414,6 +509,11 @@ class JupyterFront:
             self.core.detach(connection, kernel_id, channel, "closed")
         if admitted.session_id and IOPUB in connection.channels:
             self._remember(kernel_id, admitted.session_id, connection)
+            self._shared.pop((kernel_id, admitted.session_id), None)
+            if self.shared_marks is not None and connection.last_seq:
+                self.shared_marks.save(
+                    kernel_id, {admitted.session_id: (connection.last_seq, connection.last_parent)}
+                )
 
     def _remember(self, kernel_id: str, session_id: str, connection: JupyterConnection) -> None:
         now = self._clock.seconds()

@@ -233,6 +233,11 @@ class RelayCore:
         """Whether the kernel runs (a front checks again once a slow handshake is over)."""
         return kernel_id in self._kernels
 
+    def last_seq(self, kernel_id: str) -> int:
+        """The latest ``relay_seq`` of the kernel's iopub here (0 before any)."""
+        journal = self._journals.get(kernel_id)
+        return journal.last_seq if journal is not None else 0
+
     def client_count(self, kernel_id: str) -> int:
         """How many distinct clients are attached to any channel of the kernel."""
         channels = self._attached.get(kernel_id, {})
