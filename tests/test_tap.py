@@ -82,3 +82,26 @@ def test_culler_only_when_asked() -> None:
     culled, _ = service_tree("--port", "3459", "--cull-idle-timeout", "60")
     assert "KernelCuller" not in {type(s).__name__ for s in children(plain)}
     assert "KernelCuller" in {type(s).__name__ for s in children(culled)}
+
+
+def test_a_fleet_only_with_redis_and_before_the_kernels() -> None:
+    """--redis adds the fleet, ahead of the kernels service (so it stops after them); without it, none."""
+    from kernel_relay.fleet import Fleet
+
+    assert Fleet not in [type(service) for service in children(service_tree("--port", "3458")[0])]
+    tree, _ = service_tree("--port", "3459", "--redis", "redis://:pw@127.0.0.1:6390/4")
+    kinds = [type(service) for service in children(tree)]
+    assert kinds.index(Fleet) < kinds.index(KernelsService)
+    fleet = next(service for service in children(tree) if isinstance(service, Fleet))
+    assert (fleet.store.url.port, fleet.store.url.db, fleet.store.url.password) == (6390, 4, "pw")
+
+
+def test_a_redis_option_that_is_no_url_is_a_usage_error() -> None:
+    import pytest
+    from twisted.python import usage
+
+    for bad in ("localhost:6379", "redis://", "redis://h/x"):
+        with pytest.raises(usage.UsageError):
+            Options().parseOptions(["--redis", bad])
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--fleet-lease", "0"])

@@ -1,0 +1,158 @@
+"""The fleet's Redis scripts against a real redis-server (Debian's, on loopback): what must be atomic is."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
+
+from kernel_relay.fleet.store import FleetStore, FleetUnavailable, RedisURL
+from tests.redis_server import RedisServer, redis_server
+
+__all__ = ["redis_server"]
+
+
+async def connected(url: str) -> FleetStore:
+    store = FleetStore(RedisURL.parse(url), reactor)
+    store.connect()
+    for _ in range(100):
+        if store.up:
+            return store
+        await deferLater(reactor, 0.02, lambda: None)
+    raise AssertionError(f"no connection to {url}")
+
+
+@pytest_twisted.async_yield_fixture
+async def stores(
+    redis_server: RedisServer, request: pytest.FixtureRequest
+) -> AsyncIterator[list[FleetStore]]:
+    # A database of its own per test: 1..15 (0 is the module's default).
+    number = 1 + abs(hash(request.node.name)) % 15
+    url = redis_server.database(number)
+    made = [await connected(url), await connected(url)]
+    await made[0]._call("FLUSHDB")
+    yield made
+    for store in made:
+        await store.disconnect()
+
+
+@pytest_twisted.ensureDeferred
+async def test_max_kernels_is_counted_over_every_relay(stores: list[FleetStore]) -> None:
+    a, b = stores
+    results = await gatherResults(
+        [a.reserve("r1", 2, 60), b.reserve("r2", 2, 60), b.reserve("r3", 2, 60)]
+    )
+    assert sorted(results) == [False, True, True]
+    await a.register("k1", {"spec": "python3", "owner": "A"}, "r1")
+    assert await b.reserve("r4", 2, 60) is False  # k1 runs, r2 still starts
+    await b.unreserve("r2")
+    assert await b.reserve("r5", 2, 60) is True
+    assert await a.reserve("any", None, 60) is True  # no limit
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_expired_reservation_frees_its_place(stores: list[FleetStore]) -> None:
+    a, _ = stores
+    assert await a.reserve("r1", 1, 0.05) is True
+    await deferLater(reactor, 0.1, lambda: None)
+    assert await a.reserve("r2", 1, 60) is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kernel_is_claimed_only_when_its_owners_lease_expired_and_only_once(
+    stores: list[FleetStore],
+) -> None:
+    a, b = stores
+    await a.renew("A", {"pid": 1}, 0.2)
+    await a.register("k1", {"owner": "A"})
+    assert await b.claim("k1", "A", "B") is False  # A's lease runs
+    await deferLater(reactor, 0.3, lambda: None)
+    claims = await gatherResults([b.claim("k1", "A", "B"), a.claim("k1", "A", "C")])
+    assert sorted(claims) == [False, True]
+    record = await a.kernel("k1")
+    assert record is not None and record["owner"] in ("B", "C")
+    assert await a.claim("missing", "A", "B") is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_message_is_numbered_once_however_many_relays_submit_it(
+    stores: list[FleetStore],
+) -> None:
+    a, b = stores
+    numbers = await gatherResults(
+        [
+            a.number("k", "m1", b"one", 1.0, 100, 30),
+            b.number("k", "m1", b"one", 1.0, 100, 30),
+            b.number("k", "m2", b"\xff\x00two", 2.0, 100, 30),
+            a.number("k", "m2", b"\xff\x00two", 2.0, 100, 30),
+        ]
+    )
+    assert numbers == [1, 1, 2, 2]
+    assert await a.stream_since("k", 0) == [(1, 1.0, b"one"), (2, 2.0, b"\xff\x00two")]
+    assert await a.stream_since("k", 1) == [(2, 2.0, b"\xff\x00two")]
+    assert await b.bump("k", 10) == 10
+    assert await a.number("k", "m3", b"three", 3.0, 100, 30) == 11
+    assert await b.bump("k", 5) == 11  # never back
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_lease_list_forgets_relays_whose_lease_ran_out(stores: list[FleetStore]) -> None:
+    a, b = stores
+    await a.renew("A", {"host": "x"}, 60)
+    await b.renew("B", {"host": "y"}, 0.05)
+    await deferLater(reactor, 0.1, lambda: None)
+    assert await a.relays() == {"A": {"host": "x"}}
+    await a.release("A")
+    assert await b.relays() == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_mailboxes_tokens_and_marks(stores: list[FleetStore]) -> None:
+    a, b = stores
+    await a.post("B", {"type": "kernel", "id": "k1"}, 10)
+    assert await b.read_mailbox("B", 1) == {"type": "kernel", "id": "k1"}
+    await a.add_token("k1", b"\x01\x02", "read-only")
+    assert await b.tokens("k1") == {b"\x01\x02": "read-only"}
+    await a.save_marks("k1", {"session": "7 {}"}, 60)
+    assert await b.mark("k1", "session") == "7 {}"
+    await a.unregister("k1")
+    assert await b.tokens("k1") == {}
+    assert await b.mark("k1", "session") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_without_redis_fails_at_once_and_says_where(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from tests.support import free_port
+
+    store = FleetStore(RedisURL.parse(f"redis://:secret@127.0.0.1:{free_port()}/3"), reactor)
+    store.connect()
+    try:
+        assert not store.up
+        with pytest.raises(FleetUnavailable) as error:
+            await store.kernel_ids()
+        assert "127.0.0.1" in str(error.value) and "secret" not in str(error.value)
+    finally:
+        await store.disconnect()
+
+
+def test_redis_urls() -> None:
+    url = RedisURL.parse("rediss://user:p%40ss@cache.example.com:6380/2")
+    assert (url.host, url.port, url.db, url.username, url.password, url.tls) == (
+        "cache.example.com",
+        6380,
+        2,
+        "user",
+        "p@ss",
+        True,
+    )
+    assert "p@ss" not in str(url)
+    assert RedisURL.parse("redis://localhost").port == 6379
+    for bad in ("http://x", "redis://", "redis://h/db", "redis://h:99999"):
+        with pytest.raises(ValueError):
+            RedisURL.parse(bad)
