@@ -477,3 +477,43 @@ def test_a_jupyter_session_resumes_on_another_relay(fleet: tuple[Relay, Relay]) 
         if second is not None:
             second.close()
         requests.delete(f"{a.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
+
+
+def test_a_kernel_restarted_then_orphaned_is_still_adopted(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A restart runs a new process: the fleet's record follows it, so the kernel's adopter finds it."""
+    url = redis_server.database(3)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+    try:
+        kernel_id = a.spawn()
+        wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+        restarted = requests.post(
+            f"{a.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
+        )
+        assert restarted.status_code == 200, restarted.text
+        [process] = kernel_processes(kernel_id)
+        time.sleep(0.5)  # the record is written once the new process runs
+        os.kill(a.process.pid, signal.SIGKILL)
+        a.process.wait()
+        wait(lambda: health(b)["fleet"]["owned_kernels"] == 1, 15, "B to adopt the kernel")  # type: ignore[index]
+        assert process.is_running()
+        client = RelayKernelClient(b.url, kernel_id, auth={"token": TOKEN})
+        try:
+            _, reply = client.execute("print('adopted after a restart')")
+            assert reply["content"]["status"] == "ok"
+        finally:
+            client.close()
+        assert (
+            requests.delete(
+                f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60
+            ).status_code
+            == 204
+        )
+        wait(lambda: not kernel_processes(kernel_id), 15, "the kernel process to exit")
+    finally:
+        a.stop()
+        b.stop()
+        show("A", a)
+        show("B", b)

@@ -347,7 +347,22 @@ class Fleet(Service):
         pass
 
     def kernel_restarted(self, kernel: Kernel) -> None:
-        pass
+        """A restart runs a new process: the record must name it, or whoever adopts the kernel finds it gone."""
+        if kernel.id not in self._registered or not self._kernels.owns(kernel.id):
+            return
+        d = self._kernels.describe(kernel.id)
+        d.addCallback(
+            lambda about: self.store.register(
+                kernel.id, {"owner": self.relay_id, "about": json.dumps(about)}
+            )
+        )
+        d.addErrback(
+            lambda f: log.warn(
+                "Kernel {kernel} restarted but its record in Redis still names the old process: {error}",
+                kernel=kernel.id,
+                error=f.value,
+            )
+        )
 
     def kernel_ready(self, kernel: Kernel) -> None:
         pass
@@ -542,7 +557,12 @@ class Fleet(Service):
             log.warn(
                 "Relay {owner} is gone: adopting its kernel {kernel}", owner=owner, kernel=kernel_id
             )
-            record = self._records.get(kernel_id, {})
+            # The record as it is now (a restart since this relay read it names another process).
+            return self.store.kernel(kernel_id).addCallback(rebuild)
+
+        def rebuild(record: dict[str, str] | None) -> Deferred[None]:
+            record = record or self._records.get(kernel_id, {})
+            self._records[kernel_id] = record
             about = json.loads(record.get("about", "{}"))
             env = json.loads(record.get("env", "{}")) if record.get("env") else None
             d = self._kernels.adopt(kernel_id, about, env)

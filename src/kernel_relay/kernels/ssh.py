@@ -88,7 +88,7 @@ import posixpath
 import signal
 import socket
 import time
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from jupyter_client.connect import KernelConnectionInfo
@@ -377,6 +377,7 @@ class SSHProvisioner(KernelProvisionerBase):
         pid = provisioner_info.get("remote_pid")
         self.remote_pid = pid if isinstance(pid, int) else None
         self._address = provisioner_info.get("kernel_ip") or None
+        self.connection_info = cast(Any, dict(provisioner_info.get("connection_info") or {}))
         self._file_written = self.remote_connection_file is not None
         self._session = None
 
