@@ -689,6 +689,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         stopping=stopping,
         keep_running=handing_off,
         prepare=fleet.prepare_stop if fleet is not None else lambda: succeed(None),
+        finish=fleet.leave if fleet is not None else lambda: succeed(None),
     ).setServiceParent(top)
     HeartbeatMonitor(
         kernels,

@@ -51,17 +51,22 @@ def fleet(
         show("B", b)
 
 
-def show(name: str, relay: Relay, count: int = 60) -> None:
-    """Print a relay's last log lines (pytest shows them when a test fails)."""
+def log_lines(relay: Relay) -> list[str]:
+    """A relay's log, formatted as text."""
     from twisted.logger import formatEvent
 
     lines = []
     for line in relay.output().splitlines():
         try:
-            lines.append(formatEvent(json.loads(line)))
+            lines.append(formatEvent(json.loads(line.lstrip("\x1e"))))
         except ValueError:
             lines.append(line)
-    print(f"--- {name}", *lines[-count:], sep="\n")
+    return lines
+
+
+def show(name: str, relay: Relay, count: int = 60) -> None:
+    """Print a relay's last log lines (pytest shows them when a test fails)."""
+    print(f"--- {name}", *log_lines(relay)[-count:], sep="\n")
 
 
 def ids(relay: Relay) -> set[str]:
@@ -515,5 +520,39 @@ def test_a_kernel_restarted_then_orphaned_is_still_adopted(
     finally:
         a.stop()
         b.stop()
+        show("A", a)
+        show("B", b)
+
+
+def test_a_relay_that_stops_cleanly_hands_its_kernels_over(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """SIGTERM to A while B runs: A's kernel lives on, B manages it at once, its clients on B carry on."""
+    url = redis_server.database(4)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+    client = None
+    try:
+        kernel_id = a.spawn()
+        wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+        [process] = kernel_processes(kernel_id)
+        client = RelayKernelClient(b.url, kernel_id, auth={"token": TOKEN})
+        _, reply = client.execute("x = 42")
+        assert reply["content"]["status"] == "ok"
+        a.stop()
+        assert any("leaving 1 kernel(s) running" in line for line in log_lines(a)), log_lines(a)[
+            -10:
+        ]
+        assert process.is_running(), "A stopped its kernel instead of handing it over"
+        wait(lambda: health(b)["fleet"]["owned_kernels"] == 1, 10, "B to adopt the kernel")  # type: ignore[index]
+        msg_id, reply = client.execute("print(x)")
+        assert reply["content"]["status"] == "ok"
+        assert "42\n" in "".join(m["content"]["text"] for m in client.iopub_for(msg_id, "stream"))
+        assert not client.disconnected
+    finally:
+        if client is not None:
+            client.close()
+        a.stop()
+        b.stop()  # the last relay: it shuts the kernel down (the autouse check sees it gone)
         show("A", a)
         show("B", b)

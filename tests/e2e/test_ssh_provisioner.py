@@ -212,6 +212,10 @@ def assert_nothing_left(kernel_id: str, remote_dir: Path, pgid: int | None = Non
             return True
 
         wait_until(group_gone, 10, f"process group {pgid} to end")
+    # The remote file goes over one more ssh call, after the kernel's end: wait for it, then insist.
+    wait_until(
+        lambda: not list(remote_dir.glob(f"*{kernel_id}*")), 10, "the remote connection file to go"
+    )
     assert not list(remote_dir.glob(f"*{kernel_id}*"))
 
 

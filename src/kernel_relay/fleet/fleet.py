@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 
 from ..auth import Scope, TokenAuth
 from ..kernels import Frame, Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
-from ..kernels.adoption import this_host
+from ..kernels.adoption import KernelGone, this_host
 from .numbering import SharedNumbering
 from .store import FleetStore, FleetUnavailable
 
@@ -97,6 +97,10 @@ class Fleet(Service):
         self._requests: dict[str, tuple[Deferred[None], IDelayedCall]] = {}
         self._tick = LoopingCall(self._sync)
         self._tick.clock = clock
+        self._renewal = LoopingCall(self._renew)
+        self._renewal.clock = clock
+        self._leaving = False
+        self._left: Deferred[None] = Deferred()
         self._reading = False
         self.redis_up = False
         self.adopted = 0
@@ -115,21 +119,36 @@ class Fleet(Service):
             lease=self.lease,
         )
         self.store.connect()
+        # The lease on a timer of its own: a long sync (adoptions) must never let it lapse.
+        self._renewal.start(self.lease / 3, now=True)
         self._tick.start(self.lease / 3, now=True)
         self._reading = True
         self._clock.callLater(0, self._read_mailbox)
 
     def stopService(self) -> Deferred[Any]:
+        """Leave once the kernels service has stopped (it calls :meth:`leave`): their ends reach Redis."""
         super().stopService()  # type: ignore[no-untyped-call]
+        return self._left
+
+    def leave(self) -> Deferred[None]:
+        """The kernels are stopped or handed over: release the lease and disconnect from Redis."""
+        if self._leaving:
+            return self._left
+        self._leaving = True
         self._reading = False
-        if self._tick.running:
-            self._tick.stop()
-        for _done, timer in self._requests.values():
+        for loop in (self._tick, self._renewal):
+            if loop.running:
+                loop.stop()
+        for request, (done, timer) in list(self._requests.items()):
+            del self._requests[request]
             if timer.active():
                 timer.cancel()
+            done.errback(KernelLaunchError("the relay is stopping"))
         d = self.store.release(self.relay_id) if self.store.up else succeed(None)
         d.addErrback(lambda f: None)
-        return d.addBoth(lambda _: self.store.disconnect())
+        d.addBoth(lambda _: self.store.disconnect())
+        d.addBoth(lambda _: self._left.callback(None))
+        return self._left
 
     def hand_off(self) -> bool:
         """Whether this relay, stopping, leaves its kernels running for the other relays to adopt."""
@@ -146,7 +165,11 @@ class Fleet(Service):
         d: Deferred[Any] = self._sync()
 
         def decide(_: object) -> Deferred[Any]:
-            if self.others and self.redis_up:
+            here = this_host()
+            if self.redis_up and any(
+                about.get("machine") == here for about in self.others.values()
+            ):
+                # Another relay on this machine can adopt every kernel of this one (local or not).
                 self._handing_off = True
                 left = self.store.release(self.relay_id)
                 left.addCallback(
@@ -162,6 +185,11 @@ class Fleet(Service):
                     )
             return DeferredList(list(self._adoptions.values()), consumeErrors=True)
 
+        def settle_adoptions(_: object) -> Deferred[Any]:
+            # An adoption under way finishes first: its kernel is stopped or handed over with the rest.
+            return DeferredList(list(self._adoptions.values()), consumeErrors=True)
+
+        d.addCallback(settle_adoptions)
         d.addCallback(decide)
         d.addErrback(lambda f: log.failure("leaving the fleet failed", failure=f))
         return d.addCallback(lambda _: None)
@@ -186,9 +214,10 @@ class Fleet(Service):
                 "about": json.dumps(about),
             }
             self._records[kernel.id] = record
+            # Before the write: should its answer be lost, the kernel's stop still unregisters it.
+            self._registered.add(kernel.id)
 
             def registered(_: object) -> None:
-                self._registered.add(kernel.id)
                 self._broadcast({"type": "kernel", "id": kernel.id})
 
             return self.store.register(kernel.id, record, reservation).addCallback(registered)
@@ -211,10 +240,30 @@ class Fleet(Service):
         record = self._records.get(kernel_id, {})
         owner = record.get("owner", "")
         if owner and owner not in self.others and self.redis_up:
-            d = self._adopt(kernel_id, owner)
-            return d.addCallback(lambda _: getattr(self._kernels, op)(kernel_id)).addCallback(
-                lambda _: None
-            )
+            d = self.store.lease_alive(owner)
+
+            def checked(alive: bool) -> Deferred[None]:
+                if alive:  # a relay this one has not heard of yet
+                    return self._post_command(kernel_id, op, owner)
+                if not self._may_adopt(record):
+                    raise KernelLaunchError(
+                        f"the relay that managed kernel {kernel_id} is gone, and only a relay on its "
+                        "machine can take it over"
+                    )
+                return self._adopt(kernel_id, owner).addCallback(after_adoption)
+
+            def after_adoption(_: object) -> Deferred[None]:
+                if not self._kernels.owns(kernel_id):
+                    raise KernelLaunchError(
+                        f"kernel {kernel_id} could not be taken over; try again"
+                    )
+                return getattr(self._kernels, op)(kernel_id).addCallback(lambda _: None)  # type: ignore[no-any-return]
+
+            return d.addCallback(checked)
+        return self._post_command(kernel_id, op, owner)
+
+    def _post_command(self, kernel_id: str, op: str, owner: str) -> Deferred[None]:
+        """Ask the owner through its mailbox; the answer comes to this relay's."""
         request = uuid.uuid4().hex
         done: Deferred[None] = Deferred()
 
@@ -467,10 +516,20 @@ class Fleet(Service):
 
         return d.addBoth(done)
 
+    def _renew(self) -> Deferred[None]:
+        d = self.store.renew(self.relay_id, self._about(), self.lease)
+
+        def failed(failure: Failure) -> None:
+            if self.redis_up:
+                log.warn(
+                    "Could not renew this relay's lease: {error}", error=failure.getErrorMessage()
+                )
+
+        return d.addCallbacks(lambda _: None, failed)
+
     @inlineCallbacks
     def _sync_once(self) -> Any:
         try:
-            yield self.store.renew(self.relay_id, self._about(), self.lease)
             relays = yield self.store.relays()
             ids = yield self.store.kernel_ids()
         except FleetUnavailable as error:
@@ -489,8 +548,23 @@ class Fleet(Service):
         self.others = {relay: about for relay, about in relays.items() if relay != self.relay_id}
         try:
             for kernel in self._kernels.owned():
-                if kernel.id in self._registered and kernel.id not in ids:
+                if kernel.id not in self._registered:
+                    continue
+                if kernel.id not in ids:
                     yield self._register_again(kernel)
+                    continue
+                owner = yield self.store.owner(kernel.id)
+                if owner and owner != self.relay_id:
+                    # This relay's lease lapsed (a pause, a partition) and another adopted the kernel: one
+                    # manager only, so this relay serves it as a guest from now on.
+                    log.warn(
+                        "Relay {owner} took kernel {kernel} over while this relay's lease lapsed",
+                        owner=owner,
+                        kernel=kernel.id,
+                    )
+                    self._registered.discard(kernel.id)
+                    self._records.setdefault(kernel.id, {})["owner"] = owner
+                    self._kernels.demote(kernel.id)
             for kernel_id in ids:
                 if kernel_id not in self._kernels:
                     yield self._learn(kernel_id)
@@ -588,6 +662,15 @@ class Fleet(Service):
             )
 
         def lost(failure: Failure) -> Deferred[None]:
+            if not failure.check(KernelGone):  # type: ignore[no-untyped-call]
+                # It runs but cannot be managed from here (no such kernelspec here, say): give the claim
+                # back, so that a relay that can manage it does, and keep serving it as a guest.
+                log.warn(
+                    "Could not adopt kernel {kernel}, left to another relay: {error}",
+                    kernel=kernel_id,
+                    error=failure.value,
+                )
+                return self.store.set_owner(kernel_id, owner).addErrback(lambda f: None)
             # Its process is gone (it died with its relay, or since): its clients are told it died.
             reason = f"died: {failure.getErrorMessage()}"
             log.warn(
@@ -620,6 +703,7 @@ class Fleet(Service):
         return {
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "machine": this_host(),
             "kernels": len(self._kernels.owned()),
             "serves": len(self._kernels),
         }

@@ -119,6 +119,13 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[2])
 return 1
 """
 
+#: KEYS: kernel record. ARGV: owner.
+_SET_OWNER: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return 1
+"""
+
 #: KEYS: seq, seen, journal. ARGV: payload, time (s), max entries, seconds a msg_id stays known.
 #: Numbers one iopub message for the whole fleet, once however many relays submit it.
 _NUMBER: Final = """
@@ -317,12 +324,21 @@ class FleetStore:
 
         return self._call("HGETALL", key("kernel", kernel_id)).addCallback(record)
 
+    def owner(self, kernel_id: str) -> Deferred[str | None]:
+        return self._call("HGET", key("kernel", kernel_id), "owner").addCallback(
+            lambda value: None if value is None else _text(value)
+        )
+
     def claim(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
         """Take over a kernel whose owner's lease has expired; False if another relay was first."""
         d = self._script(
             _CLAIM, [key("kernel", kernel_id), key("relay", old_owner)], [old_owner, new_owner]
         )
         return d.addCallback(lambda n: int(n) == 1)
+
+    def set_owner(self, kernel_id: str, owner: str) -> Deferred[Any]:
+        """Name a kernel's owner (a claim given back); nothing if the kernel is gone meanwhile."""
+        return self._script(_SET_OWNER, [key("kernel", kernel_id)], [owner])
 
     # -- tokens ---------------------------------------------------------------------------------------------
 

@@ -62,6 +62,10 @@ class Guests:
         kernel.close()
         self._observer.kernel_stopped(kernel, reason)
 
+    def put(self, kernel: Kernel) -> None:
+        """A kernel this relay managed becomes a guest (another relay took it over): nobody is told."""
+        self._kernels[kernel.id] = kernel
+
     def take(self, kernel_id: str) -> Kernel | None:
         """Remove a guest without a word to anyone: this relay now manages it (adoption)."""
         return self._kernels.pop(kernel_id, None)

@@ -34,7 +34,7 @@ from ._kernel import Kernel
 from ._launcher import KernelLauncher
 from ._observers import KernelObserver, Observers
 from ._pool import WarmPool
-from ._processes import JupyterProcesses, KernelProcesses, ManagedKernel, Watched, kill_quietly
+from ._processes import JupyterProcesses, KernelProcesses, ManagedKernel, Watched
 from ._restart import Restarts
 from ._running import RunningKernels, unknown
 
@@ -169,6 +169,21 @@ class KernelRegistry:
         """What another relay needs to take one of this relay's kernels over (keys included)."""
         return self._processes.describe(self._running.entry(kernel_id).manager)
 
+    def demote(self, kernel_id: str) -> None:
+        """
+        One of this relay's kernels is managed by another relay now (this one lost its lease meanwhile): keep
+        serving its clients as a guest's, and leave its process alone.
+        """
+        if kernel_id in self._restarts or not self._running.active(kernel_id):
+            return
+        kernel, manager = self._running.release(kernel_id)
+        try:
+            manager._close_control_socket()
+        except Exception:
+            _log.failure("closing kernel {kernel_id}'s control socket failed", kernel_id=kernel_id)
+        self._guests.put(kernel)
+        _log.warn("kernel {kernel_id} is managed by another relay now", kernel_id=kernel_id)
+
     def adopt(
         self, kernel_id: str, record: Mapping[str, Any], env: Mapping[str, str] | None = None
     ) -> Deferred[Kernel]:
@@ -183,8 +198,8 @@ class KernelRegistry:
         d = self._processes.rebuild(kernel.spec_name, kernel_id, record, env)
 
         def rebuilt(manager: Any) -> Kernel:
-            if self._guests.take(kernel_id) is None:  # dropped meanwhile
-                kill_quietly(self._processes, manager)
+            if self._guests.take(kernel_id) is None:
+                # Dropped meanwhile (gone, or this relay is stopping and hands it over): not ours to kill.
                 raise unknown(kernel_id)
             self._running.add(ManagedKernel(kernel, manager))
             self._watch.start()

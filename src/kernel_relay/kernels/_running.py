@@ -77,6 +77,12 @@ class RunningKernels:
             if kernel_id not in self._stopping and kernel_id not in skip
         ]
 
+    def release(self, kernel_id: str) -> ManagedKernel:
+        """Forget a kernel without stopping it (another relay of a fleet manages it now); KeyError if unknown."""
+        entry = self._kernels.pop(kernel_id)
+        self._forgotten()
+        return entry
+
     def stop(
         self,
         kernel_id: str,

@@ -29,6 +29,10 @@ from ._errors import KernelLaunchError, UnknownKernelSpec
 from ._runtime import connection_dir
 
 
+class KernelGone(KernelLaunchError):
+    """The kernel to take over has no process any more (it died with its relay, or since)."""
+
+
 def this_host() -> str:
     """Names this machine's running system: local kernels can be adopted only by relays on the same one."""
     try:
@@ -156,12 +160,10 @@ def rebuild(
             )
         pid = provisioner_info.get("pid")
         if not isinstance(pid, int) or start_time(pid) is None:
-            raise KernelLaunchError(f"kernel {kernel_id}'s process ({pid}) is gone")
+            raise KernelGone(f"kernel {kernel_id}'s process ({pid}) is gone")
         started = record.get("started")
         if isinstance(started, str) and start_time(pid) != started:
-            raise KernelLaunchError(
-                f"kernel {kernel_id}'s process ({pid}) is gone (its pid was reused)"
-            )
+            raise KernelGone(f"kernel {kernel_id}'s process ({pid}) is gone (its pid was reused)")
         provisioner.process = cast(
             Any, OrphanProcess(pid, started if isinstance(started, str) else None)
         )
@@ -180,4 +182,4 @@ def rebuild(
     return manager
 
 
-__all__ = ["OrphanProcess", "describe", "rebuild", "start_time", "this_host"]
+__all__ = ["KernelGone", "OrphanProcess", "describe", "rebuild", "start_time", "this_host"]

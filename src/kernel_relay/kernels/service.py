@@ -32,8 +32,10 @@ class KernelsService(Service):
         stopping: Callable[[], None] = lambda: None,
         keep_running: Callable[[], bool] = lambda: False,
         prepare: Callable[[], Deferred[None]] = lambda: succeed(None),
+        finish: Callable[[], Deferred[None]] = lambda: succeed(None),
     ) -> None:
         self._prepare = prepare
+        self._finish = finish
         self._stopping = stopping
         self._keep_running = keep_running
         self._kernels = kernels
@@ -48,7 +50,8 @@ class KernelsService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
-        return self._prepare().addCallback(lambda _: self._stop())
+        d = self._prepare().addCallback(lambda _: self._stop())
+        return d.addBoth(lambda result: self._finish().addCallback(lambda _: result))
 
     def _stop(self) -> Deferred[None]:
         keep = self._keep_running()

@@ -576,9 +576,10 @@ class RelayCore:
                 client.tell(kernel.id, IOPUB, REPLAY_GAP, gap)
             messages = [with_sequence(m, seq) for seq, m in older]
             if first_local != sys.maxsize:
-                messages += journal.since(first_local - 1).messages
-            last = messages[-1].seq if messages else since
-            messages += [m for m in held if m.seq > last]
+                messages += [m for m in journal.since(first_local - 1).messages if m.seq > since]
+            last = max(messages[-1].seq if messages else since, since)
+            # A relay's own message (a status) carries the latest number: it goes out after that one.
+            messages += [m for m in held if m.seq > last or (m.seq == last and m not in messages)]
             for message in messages:
                 client.deliver(kernel.id, IOPUB, message)
             self.metrics.replayed(len(messages))
