@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 import requests
 
 HOST = "127.0.0.1"
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def raise_fd_limit() -> int:
@@ -139,6 +141,86 @@ class RelayServer(ChildServer):
 
     def shutdown(self, kernel_id: str) -> None:
         requests.get(f"{self.url}/shutdown/{kernel_id}", timeout=60)
+
+    def kernel_ids(self) -> set[str]:
+        """The kernels GET /api/kernels lists (in a fleet: every relay's)."""
+        listing = requests.get(f"{self.url}/api/kernels", timeout=30).json()
+        return {str(kernel["id"]) for kernel in listing}
+
+
+class RedisServer(ChildServer):
+    """
+    Debian's ``redis-server`` on a free loopback port for a fleet of relays, keeping nothing on disk: a
+    fleet's numbering must cost what Redis's work costs, never a snapshot's.
+    """
+
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, log_dir: Path, name: str = "redis") -> None:
+        port = free_port()
+        directory = log_dir / f"{name}-data"
+        directory.mkdir(parents=True, exist_ok=True)
+        argv = [
+            REDIS_SERVER,
+            "--bind",
+            HOST,
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            "--protected-mode",
+            "yes",
+        ]
+        super().__init__(name, argv, port, log_dir, {})
+        deadline = time.monotonic() + 30
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited early; see {self.log_path}")
+            try:
+                if self.command("PING") == b"+PONG\r\n":
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not answer PING within 30 s")
+            time.sleep(0.05)
+
+    def database(self, number: int) -> str:
+        """The URL of one of its databases (a fleet of its own for each case)."""
+        return f"redis://{HOST}:{self.port}/{number}"
+
+    def command(self, line: str) -> bytes:
+        """One inline command's whole reply, raw (enough for PING and INFO; no client library needed)."""
+        with socket.create_connection((HOST, self.port), timeout=10) as connection:
+            connection.sendall(line.encode() + b"\r\n")
+            reply = bytearray()
+            while True:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+                if reply[:1] != b"$":
+                    if reply.endswith(b"\r\n"):
+                        break
+                    continue
+                head = reply.find(b"\r\n")
+                if head > 0 and len(reply) >= head + 2 + int(reply[1:head]) + 2:
+                    break
+            return bytes(reply)
+
+    def info(self, section: str) -> dict[str, str]:
+        """``INFO section`` as a dict of its fields."""
+        fields: dict[str, str] = {}
+        for line in self.command(f"INFO {section}").decode().splitlines()[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                fields[name] = value
+        return fields
 
 
 class JupyterServer(ChildServer):

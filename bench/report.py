@@ -238,6 +238,60 @@ def _jupyter_front_lines(results: dict[str, Any]) -> list[str]:
     return ["", "## The Jupyter kernel WebSocket front (v1)", "", *lines]
 
 
+FLEET_LABELS = {
+    "plain": "plain relay (no --redis)",
+    "one_relay": "one relay (a fleet of one)",
+    "two_relays": "two relays, one Redis",
+}
+
+
+def _per_1000(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} s"
+
+
+def _fleet_lines(results: dict[str, Any]) -> list[str]:
+    """Issue 23's fan-out over a fleet: one relay against two on one Redis, and a plain relay beside them."""
+    fleet = results.get("fleet_fanout")
+    if not fleet:
+        return []
+    lines = [
+        "",
+        "## Fan-out over a fleet: one kernel's iopub flood, one relay against two on one Redis",
+        "",
+        "| case | relays | clients | deliveries/s | relay CPU per 1,000 deliveries | Redis CPU per 1,000 "
+        "deliveries | lost |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, data in fleet.items():
+        lines.append(
+            f"| {FLEET_LABELS.get(name, name)} | {data['relays']} | {data['clients']:,} | "
+            f"{data['deliveries_per_s']:,.0f} | {_per_1000(data['relay_cpu_s_per_1000'])} | "
+            f"{_per_1000(data['redis_cpu_s_per_1000'])} | {data['lost']:,} |"
+        )
+    messages = next(iter(fleet.values()))["messages"]
+    notes = [
+        f"The kernel publishes {messages:,} stream messages; deliveries/s counts every client's from the "
+        "first delivery to the last. CPU is every thread of each relay process, summed over the relays."
+    ]
+    for name, data in fleet.items():
+        calls = data.get("redis_scripts_per_message")
+        if calls is not None:
+            notes.append(
+                f"{FLEET_LABELS.get(name, name)}: {calls:.2f} Redis script calls per flood message."
+            )
+        alone = sum(relay.get("numbered_alone") or 0 for relay in data.get("per_relay", ()))
+        if alone:
+            notes.append(
+                f"{FLEET_LABELS.get(name, name)}: the relays numbered {alone:,} messages alone, Redis's "
+                "answers not read in time (the fleet's stream misses them)."
+            )
+        if data.get("dropped_by_relay"):
+            notes.append(
+                f"{FLEET_LABELS.get(name, name)}: the relays closed {data['dropped_by_relay']:,} clients."
+            )
+    return [*lines, "", " ".join(notes)]
+
+
 def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
     lines = [
         "# kernel-relay benchmark",
@@ -280,6 +334,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"| {data['clients_complete']} | {data['deliveries_per_s']:,.0f} | "
                 f"{'n/a' if per is None else f'{per:.3f}'} |"
             )
+    lines += _fleet_lines(results)
     lines += _pooled_lines(results)
     idle = results.get("idle")
     if idle:

@@ -2,7 +2,7 @@
 ``python -m bench [--quick] [--only NAMES] [--out DIR] [--profile]``: run the scenarios side by side.
 
 Scenarios (``--only`` takes a comma-separated subset): ``round_trip``, ``flood``, ``large``,
-``fanout``, ``idle``, ``spawn``. Outputs in ``--out`` (default ``bench/results/``): ``results.json``,
+``fanout``, ``idle``, ``spawn``, and ``fleet_fanout`` (only when asked for: it needs ``redis-server``). Outputs in ``--out`` (default ``bench/results/``): ``results.json``,
 ``results.md`` (the ratio table) and ``*.png`` plots, plus the servers' logs.
 """
 
@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import report, scenarios
+from bench import fleet, report, scenarios
 from bench.clients import (
     BenchClient,
     DirectClient,
@@ -39,7 +39,9 @@ from bench.processes import (
     raise_fd_limit,
 )
 
-SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn")
+SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "fleet_fanout")
+#: What runs without ``--only``: the fleet's fan-out needs a redis-server, which a developer may not have.
+DEFAULT_SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server", "forwarder")
 
@@ -63,6 +65,10 @@ class Sizes:
     idle_periods: int
     spawn_repeats: int
     pooled_spawn_repeats: int
+    #: Clients in all on one kernel's iopub in each fleet case (split evenly over its relays), and the
+    #: messages the kernel floods to them.
+    fleet_clients: int
+    fleet_messages: int
 
 
 FULL = Sizes(
@@ -78,6 +84,8 @@ FULL = Sizes(
     idle_periods=4,
     spawn_repeats=5,
     pooled_spawn_repeats=20,
+    fleet_clients=1_000,
+    fleet_messages=1_000,
 )
 
 QUICK = Sizes(
@@ -93,6 +101,8 @@ QUICK = Sizes(
     idle_periods=3,
     spawn_repeats=1,
     pooled_spawn_repeats=2,
+    fleet_clients=10,
+    fleet_messages=50,
 )
 
 
@@ -109,7 +119,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAMES",
-        help=f"comma-separated scenarios to run (default all): {', '.join(SCENARIOS)}",
+        help=(
+            f"comma-separated scenarios to run [{','.join(DEFAULT_SCENARIOS)}]; also: "
+            f"{', '.join(s for s in SCENARIOS if s not in DEFAULT_SCENARIOS)}"
+        ),
     )
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="output directory [bench/results]"
@@ -135,7 +148,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(
             f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
         )
-    args.only = only or list(SCENARIOS)
+    args.only = only or list(DEFAULT_SCENARIOS)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     unknown = [name for name in args.targets if name not in TARGETS]
     if unknown:
@@ -372,6 +385,14 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 finally:
                     pool_relay.stop()
+        if "fleet_fanout" in args.only:
+            run(
+                "fleet_fanout",
+                fleet.fleet_fanout,
+                logs,
+                sizes.fleet_clients,
+                sizes.fleet_messages,
+            )
     finally:
         for cleanup in reversed(cleanups):
             try:

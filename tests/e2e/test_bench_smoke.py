@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_server import require_redis
 from tests.support import ROOT
 
 for module in ("jupyter_server", "matplotlib", "psutil", "websocket"):
@@ -70,6 +71,8 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
     assert set(SIDE_BY_SIDE) <= set(results["spawn"])
     assert results["spawn_pooled"]["relay_pooled"]["n"] == 2
     assert results["spawn_pooled"]["relay_pooled"]["median"] > 0
+    # The fleet's fan-out needs a redis-server: it runs only when asked for.
+    assert "fleet_fanout" not in results
 
 
 @pytest.mark.timeout(300)
@@ -95,6 +98,47 @@ def test_plots_are_png_files(bench_out: Path) -> None:
     for name in ("round_trip", "flood", "large", "fanout", "spawn"):
         path = bench_out / f"{name}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC, name
+
+
+@pytest.mark.timeout(300)
+def test_the_fleet_fanout_runs_one_relay_and_two_on_a_real_redis(tmp_path: Path) -> None:
+    """``--only fleet_fanout`` measures a plain relay, a fleet of one and a fleet of two on one Redis, the
+    clients split over the two, each fleet relay making its own Redis call per message; results.md has the
+    table."""
+    require_redis()
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "fleet_fanout",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    fleet = json.loads((tmp_path / "results.json").read_text())["results"]["fleet_fanout"]
+    assert list(fleet) == ["plain", "one_relay", "two_relays"]
+    for case in fleet.values():
+        assert 0 < case["delivered"] <= case["expected"]
+        assert case["relay_cpu_s_per_1000"] > 0
+    assert fleet["plain"]["redis_cpu_s_per_1000"] is None
+    two = fleet["two_relays"]
+    assert [relay["clients"] for relay in two["per_relay"]] == [5, 5]
+    assert all(relay["delivered"] > 0 for relay in two["per_relay"])
+    assert two["redis_cpu_s_per_1000"] > 0
+    # One numbering script per iopub message per relay (the cell's status messages are numbered too).
+    assert 1 <= fleet["one_relay"]["redis_scripts_per_message"] < 1.5
+    assert 2 <= two["redis_scripts_per_message"] < 3
+    table = (tmp_path / "results.md").read_text()
+    assert "## Fan-out over a fleet" in table
+    assert "| two relays, one Redis | 2 | 10 |" in table
 
 
 def test_a_relay_loss_is_reported_with_where_it_happened() -> None:
