@@ -121,3 +121,19 @@ def test_unpack_refuses_what_pack_did_not_make() -> None:
     for junk in (b"", b"KR1", b"XX1\x00\x04", pack(message("a"))[:-1]):
         with pytest.raises((ValueError, Exception)):
             unpack(junk)
+
+
+def test_a_flood_keeps_few_calls_unanswered_and_loses_no_order() -> None:
+    from kernel_relay.fleet.numbering import MAX_IN_FLIGHT
+
+    shared, store, got = numbering()
+    for n in range(MAX_IN_FLIGHT * 3):
+        shared.number("k", f"m{n}", message(str(n)), lambda seq: got.append(seq))
+    assert len(store.calls) == MAX_IN_FLIGHT == shared.in_flight
+    answered = 0
+    while answered < len(store.calls):
+        store.calls[answered][2].callback(answered + 1)
+        answered += 1
+        assert shared.in_flight <= MAX_IN_FLIGHT
+    assert got == list(range(1, MAX_IN_FLIGHT * 3 + 1))
+    assert shared.in_flight == 0

@@ -31,6 +31,8 @@ log = Logger()
 #: other, so this only needs to outlast the slowest relay's lag.
 REMEMBER_SECONDS: Final = 30
 _MAGIC: Final = b"KR1"
+#: The most numbering calls a relay has unanswered at once (see ``SharedNumbering._send``).
+MAX_IN_FLIGHT: Final = 64
 
 
 def pack(message: Outgoing) -> bytes:
@@ -81,6 +83,10 @@ class SharedNumbering:
         self._queues: dict[str, deque[_Pending]] = {}
         self._last: dict[str, int] = {}
         self._diverged: set[str] = set()
+        self._unsent: deque[tuple[str, str, bytes, float, _Pending]] = deque()
+        self._sending = False
+        self.in_flight = 0
+        """Numbering calls sent and not answered yet."""
         self.local_numbers = 0
         """Numbers given out by this relay alone, while Redis was away (a metric)."""
 
@@ -97,13 +103,37 @@ class SharedNumbering:
                 kernel=kernel_id,
                 last=last,
             )
-        d = self._store.number(
-            kernel_id, msg_id, pack(message), self._clock.seconds(), self.keep, REMEMBER_SECONDS
-        )
-        d.addCallbacks(
-            lambda seq: self._settle(kernel_id, pending, seq),
-            lambda failure: self._settle(kernel_id, pending, None),
-        )
+        self._unsent.append((kernel_id, msg_id, pack(message), self._clock.seconds(), pending))
+        self._send()
+
+    def _send(self) -> None:
+        """
+        Send what waits, keeping at most :data:`MAX_IN_FLIGHT` calls unanswered: under a flood the relay's
+        delivery of each answer (to every client) paces the calls, so that none waits behind thousands of
+        others long enough to time out while Redis is well.
+        """
+        if self._sending:
+            return
+        self._sending = True
+        try:
+            while self._unsent and self.in_flight < MAX_IN_FLIGHT:
+                kernel_id, msg_id, payload, when, pending = self._unsent.popleft()
+                self.in_flight += 1
+                d = self._store.number(
+                    kernel_id, msg_id, payload, when, self.keep, REMEMBER_SECONDS
+                )
+                d.addCallbacks(
+                    self._answered,
+                    lambda failure, k=kernel_id, p=pending: self._answered(None, k, p),
+                    callbackArgs=(kernel_id, pending),
+                )
+        finally:
+            self._sending = False
+
+    def _answered(self, seq: int | None, kernel_id: str, pending: _Pending) -> None:
+        self.in_flight -= 1
+        self._settle(kernel_id, pending, seq)
+        self._send()
 
     def after(self, kernel_id: str, ready: Ready) -> None:
         """
