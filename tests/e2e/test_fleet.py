@@ -487,12 +487,20 @@ def test_a_jupyter_session_resumes_on_another_relay(fleet: tuple[Relay, Relay]) 
 def test_a_kernel_restarted_then_orphaned_is_still_adopted(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """A restart runs a new process: the fleet's record follows it, so the kernel's adopter finds it."""
+    """A restart runs a new process: the fleet's record follows it, so the kernel's adopter finds it; and a
+    restart by the adopter keeps the env the kernel was started with."""
     url = redis_server.database(3)
     a = fleet_relay(tmp_path_factory.mktemp("a"), url)
     b = fleet_relay(tmp_path_factory.mktemp("b"), url)
     try:
-        kernel_id = a.spawn()
+        started = requests.post(
+            f"{a.url}/api/kernels",
+            json={"name": "python3", "env": {"KERNEL_FLEET_MARK": "kept"}},
+            headers=AUTH,
+            timeout=90,
+        )
+        assert started.status_code == 201, started.text
+        kernel_id = started.json()["id"]
         wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
         restarted = requests.post(
             f"{a.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
@@ -508,6 +516,14 @@ def test_a_kernel_restarted_then_orphaned_is_still_adopted(
         try:
             _, reply = client.execute("print('adopted after a restart')")
             assert reply["content"]["status"] == "ok"
+            again = requests.post(
+                f"{b.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
+            )
+            assert again.status_code == 200, again.text
+            msg_id, reply = client.execute("import os; print(os.environ.get('KERNEL_FLEET_MARK'))")
+            assert "kept\n" in "".join(
+                m["content"]["text"] for m in client.iopub_for(msg_id, "stream")
+            )
         finally:
             client.close()
         assert (

@@ -117,11 +117,15 @@ async def test_mailboxes_tokens_and_marks(stores: list[FleetStore]) -> None:
     assert await b.read_mailbox("B", 1) == {"type": "kernel", "id": "k1"}
     await a.add_token("k1", b"\x01\x02", "read-only")
     assert await b.tokens("k1") == {b"\x01\x02": "read-only"}
-    await a.save_marks("k1", {"session": "7 {}"}, 60)
+    await a.save_marks("k1", {"session": "7 {}", "short": "9 {}"}, 60)
+    await a.save_marks("k1", {"short": "9 {}"}, 0.1)
     assert await b.mark("k1", "session") == "7 {}"
     await a.unregister("k1")
     assert await b.tokens("k1") == {}
-    assert await b.mark("k1", "session") is None
+    # Each session's position expires on its own: the store keeps no unbounded set of them.
+    await deferLater(reactor, 0.2, lambda: None)
+    assert await b.mark("k1", "short") is None
+    assert await b.mark("k1", "session") == "7 {}"
 
 
 @pytest_twisted.ensureDeferred

@@ -202,7 +202,9 @@ class Fleet(Service):
     def unreserve(self, reservation: str) -> None:
         self.store.unreserve(reservation).addErrback(lambda f: None)
 
-    def register(self, kernel: Kernel, reservation: str) -> Deferred[None]:
+    def register(
+        self, kernel: Kernel, reservation: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[None]:
         """Put a kernel this relay started in the registry, and tell the other relays."""
         d = self._kernels.describe(kernel.id)
 
@@ -213,6 +215,10 @@ class Fleet(Service):
                 "created": _now_iso(),
                 "about": json.dumps(about),
             }
+            if env:
+                # What its POST /api/kernels asked for (KERNEL_* and allowed names): a restart by an
+                # adopter starts it with the same.
+                record["env"] = json.dumps(dict(env))
             self._records[kernel.id] = record
             # Before the write: should its answer be lost, the kernel's stop still unregisters it.
             self._registered.add(kernel.id)
@@ -618,7 +624,8 @@ class Fleet(Service):
             for digest, scope in tokens.items():
                 self._token_issued(digest, scope)
 
-        return self.register(kernel, "").addCallback(share_tokens)
+        env = json.loads(self._records.get(kernel.id, {}).get("env") or "null")
+        return self.register(kernel, "", env).addCallback(share_tokens)
 
     def _adopt(self, kernel_id: str, owner: str) -> Deferred[None]:
         """Take over a guest whose owner's lease has expired, unless another relay is first."""

@@ -11,7 +11,7 @@ Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
   being started, so that ``--max-kernels`` counts them.
 - ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only.
 - ``mailbox:<relay id>``: what other relays tell one relay (commands, replies, news of kernels and tokens).
-- ``marks:<id>``: where each Jupyter ``session_id`` of a kernel stopped reading (its last ``relay_seq``).
+- ``mark:<id>:<session id>``: where a Jupyter session stopped reading (its last ``relay_seq``), for an hour.
 - ``seq:<id>``, ``seen:<id>:<msg_id>``, ``journal:<id>``: the shared iopub numbering and the stream of
   numbered messages (see :mod:`.numbering`).
 
@@ -302,7 +302,6 @@ class FleetStore:
                 key("tokens", kernel_id),
                 key("seq", kernel_id),
                 key("journal", kernel_id),
-                key("marks", kernel_id),
             )
         )
 
@@ -386,14 +385,15 @@ class FleetStore:
     # -- where Jupyter sessions stopped ------------------------------------------------------------------
 
     def save_marks(self, kernel_id: str, marks: Mapping[str, str], ttl: float) -> Deferred[Any]:
-        pairs = [item for pair in marks.items() for item in pair]
-        d = self._call("HSET", key("marks", kernel_id), *pairs)
-        return d.addCallback(
-            lambda _: self._call("PEXPIRE", key("marks", kernel_id), int(ttl * 1000))
-        )
+        """Each session's position in a key of its own, which expires on its own after ``ttl`` seconds."""
+        calls = [
+            self._call("SET", key("mark", kernel_id, session), value, "PX", int(ttl * 1000))
+            for session, value in marks.items()
+        ]
+        return DeferredList(calls, consumeErrors=True)
 
     def mark(self, kernel_id: str, session_id: str) -> Deferred[str | None]:
-        d = self._call("HGET", key("marks", kernel_id), session_id)
+        d = self._call("GET", key("mark", kernel_id, session_id))
         return d.addCallback(lambda value: None if value is None else _text(value))
 
     # -- iopub numbering ------------------------------------------------------------------------------------

@@ -36,8 +36,13 @@ class FleetCapacity(Protocol):
 
     def unreserve(self, reservation: str) -> None: ...
 
-    def register(self, kernel: Kernel, reservation: str) -> Deferred[None]:
-        """Make the started kernel known to the fleet; an error when that cannot be done."""
+    def register(
+        self, kernel: Kernel, reservation: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[None]:
+        """
+        Make the started kernel known to the fleet (with the ``env`` it was started with, for a restart by
+        whichever relay manages it later); an error when that cannot be done.
+        """
 
 
 def error_text(failure: Failure) -> str:
@@ -129,7 +134,9 @@ class Spawner:
 
                 return stopped.addBoth(fail_spawn)
 
-            return fleet.register(kernel, reservation).addCallbacks(lambda _: kernel, unregistered)
+            return fleet.register(kernel, reservation, env).addCallbacks(
+                lambda _: kernel, unregistered
+            )
 
         def unavailable(failure: Failure) -> Failure:
             if failure.check(TooManyKernels, SpawnUnavailable):  # type: ignore[no-untyped-call]
