@@ -24,6 +24,7 @@ from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
 from .demo import demo_resources
 from .engineio import EngineIOOptions
 from .fleet import Fleet, FleetStore, RedisURL
+from .fleet.numbering import stream_length
 from .fronts.jupyter import JupyterFront
 from .fronts.socketio import SocketIOFront
 from .http.api import RelayAPI
@@ -522,11 +523,6 @@ def ipv6_loopback_available() -> bool:
 MAX_POOL = 32
 
 
-def fleet_stream_length(replay_bytes: int) -> int:
-    """About how many messages each kernel's stream in Redis keeps: ``--iopub-replay-bytes`` in small messages."""
-    return max(100, min(100_000, replay_bytes // 512))
-
-
 def connection_bounds(options: Options) -> ConnectionBounds:
     """
     ``--max-connections`` and ``--max-connections-per-address``, each defaulting to what the open-file
@@ -594,7 +590,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             lease=options["fleet-lease"],
             launch_timeout=options["launch-timeout"],
             shutdown_timeout=options["shutdown-timeout"],
-            keep=fleet_stream_length(options["iopub-replay-bytes"]),
+            keep=stream_length(options["iopub-replay-bytes"]),
         )
         metrics.watch_fleet(fleet.fleet_view)
     socketio.on_event = metrics.error

@@ -11,6 +11,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -31,9 +32,24 @@ LEASE = "1.5"
 __all__ = ["redis_server"]
 
 
-def fleet_relay(runtime: Path, url: str, *args: str) -> Relay:
+def fleet_relay(runtime: Path, url: str, *args: str, env: dict[str, str] | None = None) -> Relay:
     """A relay of the fleet whose Redis database is at ``url`` (each test's fleet has its own)."""
-    return Relay(runtime, "--redis", url, "--fleet-lease", LEASE, *args, token=TOKEN)
+    return Relay(runtime, "--redis", url, "--fleet-lease", LEASE, *args, token=TOKEN, env=env)
+
+
+def assert_resumed_exactly(
+    seen: list[dict[str, Any]], resumed: IopubWatcher, cell: str, lines: int
+) -> None:
+    """What a client saw before its relay died, and then on another relay: each line once, in order."""
+    assert not resumed.gaps, resumed.gaps
+    before = "".join(
+        m["content"]["text"]
+        for m in seen
+        if m["header"]["msg_type"] == "stream" and m["parent_header"].get("msg_id") == cell
+    )
+    assert before + resumed.printed(cell) == "".join(f"{i}\n" for i in range(lines))
+    seqs = [int(m["metadata"]["relay_seq"]) for m in seen + resumed.received()]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs
 
 
 @pytest.fixture(scope="module")
@@ -262,15 +278,7 @@ def test_a_relay_that_dies_loses_no_kernel_and_no_output(
 
         resumed = IopubWatcher(b.url, kernel_id, auth={"token": TOKEN, "since": last})
         wait(lambda: f"{lines - 1}\n" in resumed.printed(cell), 60, "the rest of the cell on B")
-        assert not resumed.gaps, resumed.gaps
-        before = "".join(
-            m["content"]["text"]
-            for m in seen
-            if m["header"]["msg_type"] == "stream" and m["parent_header"].get("msg_id") == cell
-        )
-        assert before + resumed.printed(cell) == "".join(f"{i}\n" for i in range(lines))
-        seqs = [int(m["metadata"]["relay_seq"]) for m in seen + resumed.received()]
-        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs
+        assert_resumed_exactly(seen, resumed, cell, lines)
 
         # B adopted the kernel: it manages it now (restart works, which needs its process).
         wait(lambda: health(b)["fleet"]["owned_kernels"] == 1, 15, "B to adopt the kernel")  # type: ignore[index]

@@ -35,6 +35,11 @@ _MAGIC: Final = b"KR1"
 MAX_IN_FLIGHT: Final = 64
 
 
+def stream_length(replay_bytes: int) -> int:
+    """About how many messages each kernel's stream keeps: ``--iopub-replay-bytes`` worth of small ones."""
+    return max(100, min(100_000, replay_bytes // 512))
+
+
 def pack(message: Outgoing) -> bytes:
     """The message's four JSON parts and buffers, for the fleet's stream (length-prefixed, nothing decoded)."""
     pieces = [bytes(part) for part in message.parts] + [bytes(buffer) for buffer in message.buffers]
@@ -206,4 +211,4 @@ class SharedNumbering:
             self._queues.pop(kernel_id, None)
 
 
-__all__ = ["SharedNumbering", "pack", "unpack"]
+__all__ = ["SharedNumbering", "pack", "stream_length", "unpack"]

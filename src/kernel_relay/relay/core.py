@@ -522,14 +522,20 @@ class RelayCore:
             messages = replay.messages
         else:
             messages = journal.current_execution()
+        self._send_replay(client, kernel, messages)
+
+    def _send_replay(
+        self, client: RelayClient, kernel: Kernel, messages: list[Outgoing], from_fleet: int = 0
+    ) -> None:
         for message in messages:
             client.deliver(kernel.id, IOPUB, message)
         self.metrics.replayed(len(messages))
         log.info(
-            "Replayed {count} iopub message(s) of kernel {kernel} to {address}",
+            "Replayed {count} iopub message(s) of kernel {kernel} to {address}{fleet}",
             count=len(messages),
             kernel=short_id(kernel.id),
             address=client.address,
+            fleet=f" ({from_fleet} from the fleet)" if from_fleet else "",
         )
 
     def _catch_up(
@@ -580,16 +586,7 @@ class RelayCore:
             last = max(messages[-1].seq if messages else since, since)
             # A relay's own message (a status) carries the latest number: it goes out after that one.
             messages += [m for m in held if m.seq > last or (m.seq == last and m not in messages)]
-            for message in messages:
-                client.deliver(kernel.id, IOPUB, message)
-            self.metrics.replayed(len(messages))
-            log.info(
-                "Replayed {count} iopub message(s) of kernel {kernel} to {address} ({older} from the fleet)",
-                count=len(messages),
-                kernel=short_id(kernel.id),
-                address=client.address,
-                older=len(older),
-            )
+            self._send_replay(client, kernel, messages, len(older))
 
         self._numbering.fetch(kernel.id, since).addCallbacks(fetched, failed)
 
