@@ -4,9 +4,13 @@ What the SSH provisioner asks of ``ssh`` and of the remote host, as values: the 
 small POSIX ``sh`` scripts run on the host, the parsing of what they print, and the messages for what went
 wrong. No I/O here; :mod:`kernel_relay.kernels.ssh` runs these.
 
-Every remote command is ``exec sh -c '<script>' sh <argument>...``: the user's login shell (whatever it is)
-only has to run that one line, the script is fixed text, and every value reaches it as a positional
-argument, never pasted into shell code.
+The remote command line never carries a value: it is always ``exec sh -c 'eval "$(dd bs=1 count=N
+2>/dev/null)"'``, text that every login shell family (POSIX shells, bash, zsh, fish, csh/tcsh) reads the
+same, since its quoted part holds no backslash, quote, ``!`` or newline. The script and its arguments go on
+ssh's stdin, first: exactly N bytes of POSIX ``sh`` (``set -- 'value'...`` then the fixed script), read by
+``dd`` one byte at a time so that whatever follows on stdin is left to the script, and quoted for ``sh``
+alone. Values never pass through the login shell, whose quoting rules differ (fish reads ``\'`` inside
+single quotes as a quote, where POSIX shells end the quoted part at it).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ PID_MARKER: Final = "kernel-relay-ssh pid "
 #: but not the relay's own settings (``KERNEL_RELAY_*``: its token, say).
 FORWARDED_ENV: Final = re.compile(r"(?!KERNEL_RELAY_)KERNEL_[A-Za-z0-9_]+|JPY_SESSION_NAME")
 _ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: Words every login shell reads as themselves.
+_LABEL: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 #: Makes the remote directory (private), prints its absolute path, then five free TCP ports of the kernel's
 #: address, found by the remote Python. Arguments: directory, python, address, the Python code.
@@ -165,10 +171,27 @@ class SSHTarget:
             argv += ["-o", f"{name}={value}"]
         return argv
 
-    def argv(self, script: str, *arguments: str) -> list[str]:
-        """The ssh command line that runs ``script`` with these positional arguments on the host."""
-        remote = shlex.join(["sh", "-c", script, "sh", *arguments])
-        return [self.ssh, *self.options(), "-T", "-e", "none", self.host, f"exec {remote}"]
+    def command(self, script: str, *arguments: str, label: str = "sh") -> tuple[list[str], bytes]:
+        """
+        The ssh command line that runs ``script`` with these positional arguments on the host, and the
+        bytes to write first on its stdin (see the module's docstring); the script's own stdin follows.
+        ``label`` is the remote ``sh``'s ``$0``, seen in ``ps`` on both hosts (a kernel's connection file
+        name, say); one outside ``[A-Za-z0-9._-]`` is replaced by ``sh``.
+        """
+        program = remote_program(script, arguments)
+        name = label if _LABEL.fullmatch(label) else "sh"
+        remote = f"exec sh -c 'eval \"$(dd bs=1 count={len(program)} 2>/dev/null)\"' {name}"
+        return [self.ssh, *self.options(), "-T", "-e", "none", self.host, remote], program
+
+
+def remote_program(script: str, arguments: Sequence[str]) -> bytes:
+    """
+    ``script`` with its positional ``arguments``, as the POSIX ``sh`` text the remote command evaluates:
+    each value quoted for ``sh`` (single quotes), so it is data, whatever bytes it holds but NUL.
+    """
+    if any("\x00" in argument for argument in arguments):
+        raise ValueError("a remote command's argument cannot contain NUL")
+    return f"set -- {shlex.join(arguments)}\n{script}".encode("utf-8", "surrogateescape")
 
 
 def remote_environment(env: Mapping[str, str], spec_env: Sequence[str]) -> dict[str, str]:
@@ -298,4 +321,5 @@ __all__ = [
     "parse_state",
     "remote_argv",
     "remote_environment",
+    "remote_program",
 ]

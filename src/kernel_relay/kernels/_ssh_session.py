@@ -41,11 +41,11 @@ def run_remote(
     target: SSHTarget, doing: str, script: str, *arguments: str, stdin: bytes = b""
 ) -> str:
     """Run ``script`` on the host and return its stdout; SSHCommandError when ssh or the script fails."""
-    argv = target.argv(script, *arguments)
+    argv, program = target.command(script, *arguments)
     try:
         completed = subprocess.run(
             argv,
-            input=stdin,
+            input=program + stdin,
             capture_output=True,
             timeout=target.connect_timeout + COMMAND_SLACK,
             start_new_session=True,
@@ -100,14 +100,17 @@ class KernelSession:
         arguments: Sequence[str],
         stdin: bytes,
         tied: bool,
+        label: str = "sh",
     ) -> tuple[KernelSession, int]:
         """
         Start the session and wait for the remote pid it prints; SSHCommandError (and nothing left running
-        here) when ssh fails or no pid comes within the connect timeout and COMMAND_SLACK.
+        here) when ssh fails or no pid comes within the connect timeout and COMMAND_SLACK. ``label``
+        names the remote ``sh`` in ``ps`` (see :meth:`SSHTarget.command`).
         """
+        argv, program = target.command(script, *arguments, label=label)
         try:
             process = subprocess.Popen(
-                target.argv(script, *arguments),
+                argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -120,7 +123,7 @@ class KernelSession:
         session = cls(target, kernel_id, process, tied)
         assert process.stdin is not None and process.stdout is not None
         try:
-            process.stdin.write(stdin)
+            process.stdin.write(program + stdin)
             process.stdin.flush()
         except OSError:
             pass  # ssh is gone already; its exit says why

@@ -238,7 +238,14 @@ class SSHProvisioner(KernelProvisionerBase):
         )
         self._file_written = True
         self._session, self.remote_pid = KernelSession.start(
-            self._target(), str(self.kernel_id), LAUNCH_SCRIPT, arguments, contents, tied
+            self._target(),
+            str(self.kernel_id),
+            LAUNCH_SCRIPT,
+            arguments,
+            contents,
+            tied,
+            # ps shows which kernel an ssh process (here) and its shell and watcher (there) belong to.
+            label=posixpath.basename(self.remote_connection_file),
         )
         self._signalled = None
         self._exit_code = None
