@@ -31,7 +31,7 @@ from .http.api import RelayAPI
 from .http.connections import ConnectionBounds, ConnectionLimiter, raise_open_file_limit
 from .http.guards import AuthGuard, OriginGuard
 from .http.hosts import HostPolicy
-from .http.jupyter_api import EnvPolicy, JupyterAPI
+from .http.jupyter_api import EnvPolicy, JupyterAPI, threaded_resource_reader
 from .http.origins import OriginPolicy
 from .http.routes import KleinRoutes
 from .http.site import DEFAULT_MAX_BODY, Listener, RelayRoot, RelaySite
@@ -653,6 +653,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         spawner,
         relay.client_count,
         env_policy=EnvPolicy.from_option(options["kernel-env-allow"]),
+        read_resource=threaded_resource_reader(reactor),
     )
     routes = KleinRoutes([(jupyter_api.app, jupyter_api.resource()), (api.app, api.resource())])
     site = RelaySite(

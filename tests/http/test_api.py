@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from kernel_relay.auth import TokenAuth
 from kernel_relay.http.api import RelayAPI
 from kernel_relay.http.guards import AuthGuard
-from kernel_relay.http.jupyter_api import JupyterAPI
+from kernel_relay.http.jupyter_api import JupyterAPI, ResourceReader
 from kernel_relay.http.routes import KleinRoutes
 from kernel_relay.kernels import KernelRegistry
 from tests.fakes import FakeProcesses, result_of
@@ -22,9 +22,16 @@ URL = "http://127.0.0.1:3000"
 class API:
     """RelayAPI on a registry of fake processes, behind the token guard when ``token`` is set."""
 
-    def __init__(self, token: str | None = None, max_kernels: int | None = None) -> None:
+    def __init__(
+        self,
+        token: str | None = None,
+        max_kernels: int | None = None,
+        read_resource: ResourceReader | None = None,
+        resource_dir: str = "",
+    ) -> None:
         self.clock = Clock()
-        self.processes = FakeProcesses([("python3", "Python 3 (ipykernel)", "python")])
+        spec = ("python3", "Python 3 (ipykernel)", "python")
+        self.processes = FakeProcesses([(*spec, {}, resource_dir) if resource_dir else spec])
         self.kernels = KernelRegistry(
             self.clock,
             processes=self.processes,  # type: ignore[arg-type]
@@ -34,7 +41,11 @@ class API:
         self.auth = TokenAuth(token)
         api = RelayAPI(self.kernels, max_kernels=max_kernels, auth=self.auth)
         jupyter = JupyterAPI(
-            self.kernels, api.spawner, lambda kernel_id: 0, clock=self.clock.seconds
+            self.kernels,
+            api.spawner,
+            lambda kernel_id: 0,
+            clock=self.clock.seconds,
+            **({"read_resource": read_resource} if read_resource is not None else {}),
         )
         routes = KleinRoutes([(jupyter.app, jupyter.resource()), (api.app, api.resource())])
         self.stub = StubTreq(AuthGuard(routes, self.auth))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
-from kernel_relay.http.jupyter_api import BadEnvironment, EnvPolicy
+from twisted.internet.defer import Deferred, succeed
+
+from kernel_relay.http.jupyter_api import BadEnvironment, EnvPolicy, read_resource_file
 from tests.fakes import result_of
 from tests.http.test_api import API, URL
 
@@ -109,3 +113,46 @@ def test_times_always_carry_microseconds_as_the_gateway_client_parses_them() -> 
         parsed = datetime.strptime(iso(stamp), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
         assert parsed.timestamp() == stamp
     assert iso(0.0) == "1970-01-01T00:00:00.000000Z"
+
+
+def resource_dir(tmp_path: Path) -> Path:
+    """A kernelspec directory with a logo, a symlink out of it, a FIFO and a file over the size bound."""
+    directory = tmp_path / "spec"
+    directory.mkdir()
+    (directory / "logo-64x64.png").write_bytes(b"\x89PNG logo")
+    (tmp_path / "secret").write_text("root:x:0:0")
+    (directory / "kernel.js").symlink_to(tmp_path / "secret")
+    os.mkfifo(directory / "kernel.css")
+    (directory / "logo-svg.svg").write_bytes(b"x" * 101)
+    return directory
+
+
+def test_only_regular_files_inside_the_kernelspec_directory_are_read(tmp_path: Path) -> None:
+    """A symlink out of the directory, a FIFO (never opened for a writer) and an oversized file read as None."""
+    directory = str(resource_dir(tmp_path))
+    assert read_resource_file(directory, "logo-64x64.png", limit=100) == b"\x89PNG logo"
+    assert read_resource_file(directory, "kernel.js", limit=100) is None
+    assert read_resource_file(directory, "kernel.css", limit=100) is None
+    assert read_resource_file(directory, "logo-svg.svg", limit=100) is None
+    assert read_resource_file(directory, "logo-svg.svg", limit=101) == b"x" * 101
+    assert read_resource_file(directory, "absent.png", limit=100) is None
+
+
+def test_resource_route_answers_404_for_what_is_not_served(tmp_path: Path) -> None:
+    """GET /kernelspecs/<name>/<file> serves the logo and answers 404 for the symlink and the FIFO."""
+    directory = str(resource_dir(tmp_path))
+    reads: list[str] = []
+
+    def reader(where: str, filename: str) -> Deferred[bytes | None]:
+        reads.append(filename)
+        return succeed(read_resource_file(where, filename))
+
+    api = API(read_resource=reader, resource_dir=directory)
+    assert api.call("GET", "/kernelspecs/python3/kernel.js")[0] == 404
+    assert api.call("GET", "/kernelspecs/python3/kernel.css")[0] == 404
+    response = result_of(api.stub.get(URL + "/kernelspecs/python3/logo-64x64.png"))
+    assert response.code == 200
+    assert result_of(api.stub.content(response)) == b"\x89PNG logo"
+    assert reads == ["kernel.js", "kernel.css", "logo-64x64.png"]
+    _, listing = api.call("GET", "/api/kernelspecs/python3")
+    assert set(listing["resources"]) == {"logo-64x64", "logo-svg"}

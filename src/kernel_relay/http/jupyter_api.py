@@ -3,7 +3,8 @@ Jupyter Server's kernel REST API (Klein), answered as Jupyter Server 2.x answers
 JupyterLab, ``@jupyterlab/services`` and ``jupyter server --gateway-url`` use the relay unchanged.
 
 - ``GET /api``, ``GET /api/status``; ``GET /api/kernelspecs``, ``GET /api/kernelspecs/<name>``,
-  ``GET /kernelspecs/<name>/<file>`` (a kernelspec's logos);
+  ``GET /kernelspecs/<name>/<file>`` (a kernelspec's logos: regular files of its directory only, never a
+  symlink out of it or a FIFO, read in a thread and bounded in size);
 - ``GET /api/kernels``, ``POST /api/kernels`` (``{"name", "env"}``: 201, the model, ``Location``),
   ``GET|DELETE /api/kernels/<id>``, ``POST /api/kernels/<id>/interrupt`` (204) and ``/restart`` (200, the model).
 
@@ -21,6 +22,7 @@ import json
 import mimetypes
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,7 +31,9 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -51,6 +55,12 @@ MAX_ENV_VALUE: Final = 32 * 1024
 RESOURCE_FILE: Final = re.compile(
     r"(?:logo-[0-9]+x[0-9]+\.png|logo-svg\.svg|kernel\.js|kernel\.css)"
 )
+
+#: The largest kernelspec resource file served, in bytes (logos are a few kB, a ``kernel.js`` rarely 1 MB).
+MAX_RESOURCE_BYTES: Final = 8 * 1024 * 1024
+
+#: Reads a kernelspec resource: ``(directory, filename)`` to its bytes, or None where it is not served.
+ResourceReader = Callable[[str, str], Deferred[bytes | None]]
 
 
 class BadEnvironment(ValueError):
@@ -112,6 +122,53 @@ def jupyter_error(request: IRequest, code: int, message: str, reason: str | None
     return json_body(request, code, {"message": message, "reason": reason})
 
 
+def read_resource_file(
+    directory: str, filename: str, limit: int = MAX_RESOURCE_BYTES
+) -> bytes | None:
+    """
+    The bytes of the kernelspec resource ``filename`` (one path segment) in ``directory``, or None unless it
+    is a regular file of at most ``limit`` bytes inside it: a symlink (``kernel.js`` -> ``/etc/passwd``), a
+    FIFO (whose opening would wait for a writer), a device or a directory is not served. Blocking: run it
+    in a thread.
+    """
+    root = os.path.realpath(directory)
+    path = os.path.join(root, filename)
+    if os.path.dirname(os.path.realpath(path)) != root or not _is_regular(path):
+        return None
+    try:
+        # O_NOFOLLOW and O_NONBLOCK: what was checked may have been swapped for a symlink or a FIFO since.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_size > limit:
+            return None
+        data = file.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def threaded_resource_reader(reactor: IReactorThreads) -> ResourceReader:
+    """A :data:`ResourceReader` that runs :func:`read_resource_file` in ``reactor``'s thread pool."""
+
+    def read(directory: str, filename: str) -> Deferred[bytes | None]:
+        pool = reactor.getThreadPool()  # looked up per call: the pool starts with the reactor
+        return deferToThreadPool(reactor, pool, read_resource_file, directory, filename)  # type: ignore[arg-type]
+
+    return read
+
+
+def _read_here(directory: str, filename: str) -> Deferred[bytes | None]:
+    return succeed(read_resource_file(directory, filename))
+
+
 def _resources(spec: KernelSpecInfo) -> dict[str, str]:
     """The URLs of a kernelspec's logos and files, by Jupyter Server's resource names."""
     if not spec.resource_dir:
@@ -124,7 +181,7 @@ def _resources(spec: KernelSpecInfo) -> dict[str, str]:
     return {
         name.rsplit(".", 1)[0] if name.startswith("logo-") else name: base + quote(name)
         for name in names
-        if RESOURCE_FILE.fullmatch(name)
+        if RESOURCE_FILE.fullmatch(name) and _is_regular(os.path.join(spec.resource_dir, name))
     }
 
 
@@ -145,7 +202,9 @@ def spec_model(spec: KernelSpecInfo) -> dict[str, Any]:
 class JupyterAPI:
     """
     Jupyter Server's kernel routes. ``clients_of(kernel_id)`` counts a kernel's clients over every front;
-    ``default_spec`` is the kernelspec a POST without ``name`` starts (``python3`` if installed).
+    ``default_spec`` is the kernelspec a POST without ``name`` starts (``python3`` if installed);
+    ``read_resource`` reads kernelspec resource files (the relay's: in a thread, see
+    :func:`threaded_resource_reader`; by default on the calling thread, for tests).
     """
 
     app = Klein()
@@ -159,8 +218,10 @@ class JupyterAPI:
         env_policy: EnvPolicy | None = None,
         default_spec: str | None = None,
         clock: Callable[[], float] = time.time,
+        read_resource: ResourceReader = _read_here,
     ) -> None:
         self._kernels = kernels
+        self._read_resource = read_resource
         self._spawner = spawner
         self._clients_of = clients_of
         self._env_policy = env_policy or EnvPolicy()
@@ -242,24 +303,34 @@ class JupyterAPI:
 
     @app.route("/kernelspecs/<name>/<filename>", methods=["GET"])
     def kernelspec_file(self, request: IRequest, name: str, filename: str) -> Deferred[bytes]:
-        def found(specs: list[KernelSpecInfo]) -> bytes:
+        def missing() -> bytes:
+            return jupyter_error(request, 404, f"Kernel spec resource {name}/{filename} not found")
+
+        def found(specs: list[KernelSpecInfo]) -> Deferred[bytes] | bytes:
             spec = next((spec for spec in specs if spec.name == name), None)
             if spec is None or not spec.resource_dir or not RESOURCE_FILE.fullmatch(filename):
-                return jupyter_error(
-                    request, 404, f"Kernel spec resource {name}/{filename} not found"
-                )
-            try:
-                with open(os.path.join(spec.resource_dir, filename), "rb") as file:
-                    data = file.read()
-            except OSError:
-                return jupyter_error(
-                    request, 404, f"Kernel spec resource {name}/{filename} not found"
-                )
+                return missing()
+            return self._read_resource(spec.resource_dir, filename).addCallbacks(
+                served, read_failed
+            )
+
+        def served(data: bytes | None) -> bytes:
+            if data is None:
+                return missing()
             content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
             request.setResponseCode(200)
             request.setHeader(b"Content-Type", content_type.encode("ascii"))
             request.setHeader(b"Cache-Control", b"max-age=3600")
             return data
+
+        def read_failed(failure: Failure) -> bytes:
+            log.failure(
+                "Could not read kernel spec resource {name}/{file}",
+                failure,
+                name=name,
+                file=filename,
+            )
+            return missing()
 
         return self._kernels.specs().addCallbacks(found, self._specs_failed, errbackArgs=(request,))
 
