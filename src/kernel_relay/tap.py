@@ -29,6 +29,7 @@ from .fronts.jupyter import JupyterFront
 from .fronts.socketio import SocketIOFront
 from .http.api import RelayAPI
 from .http.connections import ConnectionBounds, ConnectionLimiter, raise_open_file_limit
+from .http.forwarded import HEADERS, TrustedProxies, parse_network
 from .http.guards import AuthGuard, OriginGuard
 from .http.hosts import HostPolicy
 from .http.jupyter_api import EnvPolicy, JupyterAPI, threaded_resource_reader
@@ -115,6 +116,16 @@ def _kernel_transport(text: str) -> str:
 
 
 _kernel_transport.coerceDoc = "tcp or ipc."  # type: ignore[attr-defined]
+
+
+def _forwarded_header(text: str) -> str:
+    value = text.strip().lower()
+    if value not in HEADERS:
+        raise ValueError(f"{text!r} is not one of {', '.join(HEADERS)}")
+    return value
+
+
+_forwarded_header.coerceDoc = "x-forwarded-for or forwarded."  # type: ignore[attr-defined]
 
 
 class Options(usage.Options):
@@ -278,8 +289,18 @@ class Options(usage.Options):
             "max-connections-per-address",
             None,
             None,
-            "Most open connections from one client address. [default: a quarter of --max-connections]",
+            "Most open connections from one client address without a valid token (one more that "
+            "presents one takes the place of the oldest that did not). [default: a quarter of "
+            "--max-connections]",
             _positive(int),
+        ],
+        [
+            "forwarded-header",
+            None,
+            "x-forwarded-for",
+            "The header a --trusted-proxy names its client in: x-forwarded-for or forwarded (RFC 7239). "
+            "Only this one is read: a client may send the other through the proxy.",
+            _forwarded_header,
         ],
         [
             "max-sessions",
@@ -386,6 +407,7 @@ class Options(usage.Options):
         self["listen"] = []
         self["allow-origin"] = []
         self["allow-host"] = []
+        self["trusted-proxy"] = []
         self["pool"] = {}
 
     def opt_pool(self, value: str) -> None:
@@ -427,6 +449,17 @@ class Options(usage.Options):
         a relay without a token answers only localhost and IP addresses, so that a web page cannot reach it
         through DNS rebinding. A relay with a token answers every name."""
         self["allow-host"].append(name)
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """Believe the --forwarded-header of connections from this reverse proxy (repeatable): an address
+        or a network, e.g. 127.0.0.1 or 10.0.0.0/8. Its clients then count by their own address for the
+        per-address bounds, and logs show them; the rightmost address in the header that is not a trusted
+        proxy is the client."""
+        try:
+            parse_network(address)
+        except ValueError as error:
+            raise usage.UsageError(f"--trusted-proxy: {error}") from None
+        self["trusted-proxy"].append(address)
 
     def opt_version(self) -> None:
         """Print the versions of kernel-relay and of what it runs on, and exit."""
@@ -538,7 +571,7 @@ def connection_bounds(options: Options) -> ConnectionBounds:
         total=total,
         per_address=per_address,
     )
-    return ConnectionBounds(total, per_address)
+    return ConnectionBounds(total, per_address, derived.max_probation)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -595,7 +628,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics.watch_fleet(fleet.fleet_view)
     socketio.on_event = metrics.error
     socketio.engine.on_event = metrics.error
-    limiter = ConnectionLimiter(bounds, on_event=metrics.error, clock=reactor)
+    limiter = ConnectionLimiter(
+        bounds,
+        on_event=metrics.error,
+        clock=reactor,
+        proxies=TrustedProxies.from_options(options["trusted-proxy"], options["forwarded-header"]),
+    )
     # A connection that carries a session which joined a kernel is never evicted for a newcomer.
     socketio.engine.on_vouched_connection = limiter.trust
     metrics.watch_load(

@@ -25,13 +25,31 @@ def sid_of(request: Request) -> str:
     return sid
 
 
+def test_a_full_address_lets_its_oldest_unvouched_session_go() -> None:
+    """At max_sessions_per_address the address's oldest unvouched session goes for the newcomer, not a vouched one nor another address's."""
+    h = Harness(max_sessions_per_address=3)
+    events: list[str] = []
+    h.server.on_event = events.append
+    other = sid_of(handshake_from(h, "10.0.0.2"))
+    first, second, third = (sid_of(handshake_from(h, "10.0.0.1")) for _ in range(3))
+    h.server.sessions[first].vouch()
+    fourth = sid_of(handshake_from(h, "10.0.0.1"))
+    assert second not in h.server.sessions
+    assert set(h.server.sessions) == {other, first, third, fourth}
+    assert events == ["session_evicted"]
+    assert h.server.sessions_from("10.0.0.1") == 3
+    fifth = sid_of(handshake_from(h, "10.0.0.1"))
+    assert set(h.server.sessions) == {other, first, fourth, fifth}
+
+
 def test_sessions_per_address_are_bounded() -> None:
-    """A handshake beyond max_sessions_per_address is refused with 503; other addresses still get one."""
+    """A handshake beyond max_sessions_per_address, all of them vouched for, is refused with 503; other addresses still get one."""
     h = Harness(max_sessions_per_address=2)
     events: list[str] = []
     h.server.on_event = events.append
     for _ in range(2):
-        sid_of(handshake_from(h, "10.0.0.1"))
+        sid = sid_of(handshake_from(h, "10.0.0.1"))
+        h.server.sessions[sid].vouch()
     refused = handshake_from(h, "10.0.0.1")
     assert refused.responseCode == 503
     assert refused.header("retry-after") == "10"

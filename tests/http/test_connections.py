@@ -30,6 +30,7 @@ from kernel_relay.auth import TokenAuth
 from kernel_relay.http.connections import (
     ABORT_GRACE,
     IDLE_TIMEOUT,
+    PROBATION_TIMEOUT,
     UNIX_HOST,
     ConnectionBounds,
     ConnectionLimiter,
@@ -37,6 +38,7 @@ from kernel_relay.http.connections import (
     peer_host,
     raise_open_file_limit,
 )
+from kernel_relay.http.forwarded import TrustedProxies
 from kernel_relay.http.guards import AuthGuard
 from kernel_relay.http.site import RelaySite
 from tests.test_internals import (
@@ -78,13 +80,20 @@ def closed() -> Failure:
 class Limited:
     """A limiter on a fake clock, with the events it reported."""
 
-    def __init__(self, max_connections: int, max_per_address: int) -> None:
+    def __init__(
+        self,
+        max_connections: int,
+        max_per_address: int,
+        max_probation: int = 16,
+        proxies: TrustedProxies | None = None,
+    ) -> None:
         self.clock = MemoryReactorClock()
         self.events: list[str] = []
         self.limiter = ConnectionLimiter(
-            ConnectionBounds(max_connections, max_per_address),
+            ConnectionBounds(max_connections, max_per_address, max_probation),
             clock=self.clock,
             on_event=self.events.append,
+            proxies=proxies,
         )
 
     def open(self, host: str = "192.0.2.1") -> ClosingTransport | None:
@@ -123,12 +132,21 @@ class Held(Resource):
 class Served:
     """A RelaySite on a fake clock with one connection, fed by hand."""
 
-    def __init__(self, resource: Resource | None = None, host: str = "192.0.2.1") -> None:
+    def __init__(
+        self,
+        resource: Resource | None = None,
+        host: str = "192.0.2.1",
+        bounds: ConnectionBounds | None = None,
+        proxies: TrustedProxies | None = None,
+    ) -> None:
         self.clock = MemoryReactorClock()
         self.events: list[str] = []
         self.resource = resource if resource is not None else Held()
         self.limiter = ConnectionLimiter(
-            ConnectionBounds(100, 100), clock=self.clock, on_event=self.events.append
+            bounds or ConnectionBounds(100, 100),
+            clock=self.clock,
+            on_event=self.events.append,
+            proxies=proxies,
         )
         self.site = RelaySite(self.resource, reactor=self.clock, limiter=self.limiter)
         self.site.max_body = 1000
@@ -161,22 +179,22 @@ GET = b"GET /x HTTP/1.1\r\nHost: relay\r\n\r\n"
 
 
 @pytest.mark.parametrize(
-    ("nofile", "max_connections", "max_per_address"),
+    ("nofile", "max_connections", "max_per_address", "max_probation"),
     [
-        (1024, 768, 192),
-        (4096, 3072, 768),
-        (1_048_576, 786_432, 196_608),
-        (300, 44, 16),
-        (256, 16, 16),
-        (20, 16, 16),
+        (1024, 768, 192, 16),
+        (4096, 3072, 768, 48),
+        (1_048_576, 786_432, 196_608, 12_288),
+        (300, 44, 16, 16),
+        (256, 16, 16, 16),
+        (20, 16, 16, 16),
     ],
 )
 def test_bounds_from_the_file_limit_leave_a_reserve(
-    nofile: int, max_connections: int, max_per_address: int
+    nofile: int, max_connections: int, max_per_address: int, max_probation: int
 ) -> None:
-    """The bounds keep max(256, a quarter) of the descriptors back, never allow under 16 connections, and give one address a quarter."""
+    """The bounds keep max(256, a quarter) of the descriptors back, never allow under 16 connections, give one address a quarter and probation a 64th."""
     assert ConnectionBounds.from_file_limit(nofile) == ConnectionBounds(
-        max_connections, max_per_address
+        max_connections, max_per_address, max_probation
     )
 
 
@@ -206,14 +224,18 @@ def test_peer_hosts_count_unix_sockets_as_one_address() -> None:
 # -- the limiter ---------------------------------------------------------------------------------------
 
 
-def test_an_address_holding_its_share_is_refused() -> None:
-    """A third connection from an address allowed two is refused, while another address still gets in."""
+def test_an_address_holding_its_share_gets_in_on_probation_and_is_dropped_without_a_token() -> None:
+    """A third connection from an address allowed two waits on probation, uncounted, and is dropped after 5 s."""
     limited = Limited(10, 2)
     assert limited.open("a") and limited.open("a")
-    assert limited.open("a") is None
-    assert limited.events == ["connection_refused"]
+    third = limited.open("a")
+    assert third is not None and limited.limiter.is_on_probation(third)
     assert limited.limiter.open_by_address("a") == 2
     assert limited.open("b") is not None
+    assert limited.limiter.open_connections == 4
+    limited.clock.advance(PROBATION_TIMEOUT)
+    assert third.aborted and not limited.limiter.is_on_probation(third)
+    assert limited.events == ["connection_refused"]
     assert limited.limiter.open_connections == 3
 
 
@@ -296,8 +318,11 @@ def test_a_transport_that_cannot_report_closing_is_not_counted() -> None:
 
 def test_refusals_are_logged_once_per_address_per_interval() -> None:
     """Refusals from one address log one line per 10 s, the next one saying how many were not logged, while all are counted."""
-    limited = Limited(10, 1)
-    assert limited.open("a") and limited.open("b")
+    limited = Limited(2, 10)
+    first, second = limited.open("a"), limited.open("b")
+    assert first and second
+    limited.limiter.trust(first)
+    limited.limiter.trust(second)
     with capturedLogs() as events:
         for _ in range(5):
             limited.open("a")
@@ -317,7 +342,8 @@ def test_refusals_are_logged_once_per_address_per_interval() -> None:
 def test_the_site_refuses_what_the_limiter_refuses() -> None:
     """A connection the limiter refuses gets a protocol that aborts it at once, and is not counted."""
     served = Served()
-    served.limiter.bounds = ConnectionBounds(100, 1)
+    served.limiter.bounds = ConnectionBounds(1, 100)
+    served.limiter.trust(served.transport)
     protocol = served.site.buildProtocol(IPv4Address("TCP", "192.0.2.1", 50001))
     assert isinstance(protocol, Refusal)
     transport = ClosingTransport()
@@ -390,6 +416,145 @@ def test_a_token_on_a_site_without_a_limiter_is_served() -> None:
     protocol.makeConnection(transport)
     protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer s3cret\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200")
+
+
+# -- users behind one address -------------------------------------------------------------------------
+
+
+def test_a_trusted_newcomer_takes_the_place_of_its_addresss_oldest_untrusted_connection() -> None:
+    """Over its address's share, a newcomer that presents a token evicts that address's oldest untrusted connection, then the next, never a trusted one nor another address's."""
+    limited = Limited(100, 3)
+    elsewhere = limited.open("b")
+    first, second, third = limited.open("a"), limited.open("a"), limited.open("a")
+    assert elsewhere and first and second and third
+    limited.limiter.trust(second)
+    newcomer = limited.open("a")
+    assert newcomer is not None and limited.limiter.is_on_probation(newcomer)
+    limited.limiter.trust(newcomer)
+    assert first.aborted and not (second.aborted or third.aborted or elsewhere.aborted)
+    assert limited.limiter.is_trusted(newcomer) and not limited.limiter.is_on_probation(newcomer)
+    assert limited.limiter.open_by_address("a") == 3
+    another = limited.open("a")
+    assert another is not None
+    limited.limiter.trust(another)
+    assert third.aborted and not second.aborted
+    assert limited.events == ["connection_evicted", "connection_evicted"]
+    # Every connection of the address is trusted now: a further trusted newcomer has no one to replace.
+    last = limited.open("a")
+    assert last is not None
+    limited.limiter.trust(last)
+    assert last.aborted and limited.events[-1] == "connection_refused"
+    assert limited.limiter.open_by_address("a") == 3
+    # A trusted newcomer's deadline is gone with its probation.
+    limited.clock.advance(PROBATION_TIMEOUT)
+    assert not newcomer.aborted and not another.aborted
+
+
+def test_probation_holds_a_bounded_number_and_lets_the_oldest_go() -> None:
+    """At most max_probation connections wait on probation: a newer one takes the oldest one's place."""
+    limited = Limited(100, 1, max_probation=2)
+    assert limited.open("a")
+    waiting = [limited.open("a") for _ in range(3)]
+    assert all(waiting)
+    assert waiting[0] is not None and waiting[0].aborted
+    assert not any(t.aborted for t in waiting[1:] if t is not None)
+    assert limited.limiter.on_probation == 2
+    assert limited.events == ["connection_refused"]
+
+
+def test_a_full_relay_puts_a_newcomer_on_probation_when_its_address_is_full() -> None:
+    """When every slot is taken and the newcomer's address holds its share, it waits on probation and, trusted, evicts its address's oldest untrusted connection."""
+    limited = Limited(2, 1)
+    a, b = limited.open("a"), limited.open("b")
+    assert a and b
+    newcomer = limited.open("a")
+    assert newcomer is not None and limited.limiter.is_on_probation(newcomer)
+    limited.limiter.trust(newcomer)
+    assert a.aborted and not b.aborted
+    assert limited.limiter.open_connections == 2
+
+
+def test_a_trusted_proxy_is_not_bound_by_its_own_address_and_counts_its_clients() -> None:
+    """Connections from a trusted proxy go past its address's share; identified, each counts against its client."""
+    limited = Limited(100, 1, proxies=TrustedProxies.from_options(["10.0.0.5"]))
+    connections = [limited.open("10.0.0.5") for _ in range(3)]
+    assert all(c is not None and not limited.limiter.is_on_probation(c) for c in connections)
+    first, second, third = connections
+    assert first and second and third
+    limited.limiter.identify(first, "198.51.100.1")
+    limited.limiter.identify(second, "198.51.100.2")
+    assert limited.limiter.open_by_address("198.51.100.1") == 1
+    assert limited.limiter.open_by_address("10.0.0.5") == 1
+    limited.limiter.identify(third, "198.51.100.1")
+    assert limited.limiter.is_on_probation(third)
+    limited.limiter.trust(third)
+    assert first.aborted and limited.limiter.is_trusted(third)
+    # A kept-alive proxy connection that now carries another client's request is untrusted again.
+    limited.limiter.identify(third, "198.51.100.3")
+    assert not limited.limiter.is_trusted(third)
+    assert limited.limiter.open_by_address("198.51.100.1") == 0
+    assert limited.limiter.open_by_address("198.51.100.3") == 1
+
+
+class ClientAddress(Resource):
+    """Answers every request with the client address the request reports."""
+
+    isLeaf = True
+
+    def render(self, request: Request) -> bytes:
+        return str(request.getClientAddress().host).encode()
+
+
+def body_of(transport: ClosingTransport) -> bytes:
+    return transport.value().split(b"\r\n\r\n", 1)[1]
+
+
+def test_a_tokenless_request_on_probation_is_answered_and_its_connection_closed() -> None:
+    """Over the share, a request without a token gets its answer and the connection is then closed; one with a token is served on a kept connection."""
+    auth = TokenAuth("s3cret")
+    served = Served(AuthGuard(Held(), auth), bounds=ConnectionBounds(100, 1))
+    tokenless = served.connect("192.0.2.1")
+    served.send(GET, tokenless)
+    assert tokenless.value().startswith(b"HTTP/1.1 401") and tokenless.disconnecting
+    with_token = served.connect("192.0.2.1")
+    served.send(b"GET /x HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer s3cret\r\n\r\n", with_token)
+    assert with_token.value().startswith(b"HTTP/1.1 200") and not with_token.disconnecting
+    assert served.transport.aborted  # the first connection, which never presented a token
+    assert served.limiter.is_trusted(with_token)
+
+
+def test_behind_a_trusted_proxy_bounds_and_addresses_are_the_forwarded_clients() -> None:
+    """Through a trusted proxy each forwarded client has its own share and is the request's client address."""
+    served = Served(
+        ClientAddress(),
+        host="10.0.0.5",
+        bounds=ConnectionBounds(100, 1),
+        proxies=TrustedProxies.from_options(["10.0.0.5"]),
+    )
+    forwarded = b"GET /x HTTP/1.1\r\nHost: r\r\nX-Forwarded-For: 6.6.6.6, %s\r\n\r\n"
+    served.send(forwarded % b"198.51.100.1")
+    assert body_of(served.transport) == b"198.51.100.1"
+    other = served.connect("10.0.0.5")
+    served.send(forwarded % b"198.51.100.2", other)
+    assert body_of(other) == b"198.51.100.2" and not other.disconnecting
+    assert served.limiter.open_by_address("198.51.100.1") == 1
+    assert served.limiter.open_by_address("198.51.100.2") == 1
+    assert served.limiter.open_by_address("10.0.0.5") == 0
+    # The same client again is over its share: answered, then closed.
+    again = served.connect("10.0.0.5")
+    served.send(forwarded % b"198.51.100.1", again)
+    assert body_of(again) == b"198.51.100.1" and again.disconnecting
+
+
+def test_an_untrusted_peers_forwarded_header_is_ignored() -> None:
+    """A peer that is no trusted proxy stays the client, whatever X-Forwarded-For it sends."""
+    served = Served(
+        ClientAddress(), host="192.0.2.9", proxies=TrustedProxies.from_options(["10.0.0.5"])
+    )
+    served.send(b"GET /x HTTP/1.1\r\nHost: r\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n")
+    assert body_of(served.transport) == b"192.0.2.9"
+    assert served.limiter.open_by_address("192.0.2.9") == 1
+    assert served.limiter.open_by_address("198.51.100.1") == 0
 
 
 # -- request deadlines ---------------------------------------------------------------------------------

@@ -156,7 +156,8 @@ class EngineIOServer:
         # Also holds sessions closed by the server whose last packets a poll may still collect.
         # Oldest first (dicts keep insertion order), which is whom max_sessions lets go first.
         self._known: dict[str, EngineIOSession] = {}
-        self._by_address: dict[str, int] = {}
+        # Each address's sessions, oldest first: whom its bound lets go first.
+        self._by_address: dict[str, dict[str, EngineIOSession]] = {}
         self._total_buffered = 0
         self._refusals_logged: dict[str, float] = {}
         self._resource: EngineIOResource | None = None
@@ -201,31 +202,40 @@ class EngineIOServer:
 
     def sessions_from(self, address: str) -> int:
         """How many sessions from ``address`` the server holds now."""
-        return self._by_address.get(address, 0)
+        return len(self._by_address.get(address, ()))
 
     def admit(self, address: str) -> str | None:
         """
         Make room for a new session from ``address``: None if it may open (the oldest session nobody
-        vouched for may have been closed for it), else why not.
+        vouched for, of its address when the address holds its share, else of all, may have been closed
+        for it), else why not. So clients behind one address (a NAT, a proxy) are not locked out by
+        sessions that never joined anything; sessions that did are never let go.
         """
         options = self._options
         per_address = options.max_sessions_per_address
-        if per_address is not None and self._by_address.get(address, 0) >= per_address:
-            return self._refuse(address, f"{per_address} sessions from this address already")
+        of_address = self._by_address.get(address, {})
+        if per_address is not None and len(of_address) >= per_address:
+            victim = next((s for s in of_address.values() if not s.vouched and not s.closed), None)
+            if victim is None:
+                return self._refuse(address, f"{per_address} sessions from this address already")
+            self._evict(victim, f"{per_address} sessions from its address")
         limit = options.max_sessions
         if limit is not None and len(self._known) >= limit:
             victim = next((s for s in self._known.values() if not s.vouched and not s.closed), None)
             if victim is None:
                 return self._refuse(address, f"the server holds its maximum of {limit} sessions")
-            self.log.info(
-                "session {sid} from {peer} closed to make room for a new one ({limit} sessions)",
-                sid=victim.sid,
-                peer=victim.handshake.remote_address,
-                limit=limit,
-            )
-            self._report("session_evicted")
-            victim.abort(SESSION_EVICTED)
+            self._evict(victim, f"{limit} sessions")
         return None
+
+    def _evict(self, victim: EngineIOSession, bound: str) -> None:
+        self.log.info(
+            "session {sid} from {peer} closed to make room for a new one ({bound})",
+            sid=victim.sid,
+            peer=victim.handshake.remote_address,
+            bound=bound,
+        )
+        self._report("session_evicted")
+        victim.abort(SESSION_EVICTED)
 
     def _refuse(self, address: str, why: str) -> str:
         self._report("session_refused")
@@ -258,8 +268,7 @@ class EngineIOServer:
         if self._options.max_total_buffered_bytes is not None:
             session.on_buffered = self._buffered
         self._known[sid] = session
-        address = handshake.remote_address
-        self._by_address[address] = self._by_address.get(address, 0) + 1
+        self._by_address.setdefault(handshake.remote_address, {})[sid] = session
         self.log.debug(
             "session {sid} opened over {transport} from {peer}",
             sid=sid,
@@ -285,10 +294,9 @@ class EngineIOServer:
         if self._known.get(session.sid) is session:
             del self._known[session.sid]
             address = session.handshake.remote_address
-            remaining = self._by_address.get(address, 1) - 1
-            if remaining > 0:
-                self._by_address[address] = remaining
-            else:
+            of_address = self._by_address.get(address, {})
+            of_address.pop(session.sid, None)
+            if not of_address:
                 self._by_address.pop(address, None)
             self._total_buffered -= session.counted_bytes
             session.counted_bytes = 0

@@ -8,10 +8,16 @@ descriptor, and the relay can then no longer spawn a kernel or accept anyone.
 
 - :func:`raise_open_file_limit` raises the process's soft ``RLIMIT_NOFILE`` to its hard limit, as servers
   do, and :meth:`ConnectionBounds.from_file_limit` derives the bounds from the limit in force.
-- :class:`ConnectionLimiter` keeps account of the site's open connections by peer address: it refuses one
-  more from an address that holds its share, and when every slot is taken it evicts the oldest connection
-  not marked trusted (:meth:`~ConnectionLimiter.trust`) to make room. Only if all are trusted is the
-  newcomer refused.
+- :class:`ConnectionLimiter` keeps account of the site's open connections by client address: when every
+  slot is taken it evicts the oldest connection not marked trusted (:meth:`~ConnectionLimiter.trust`: it
+  presented a valid token) to make room, and refuses the newcomer only if all are trusted. One more from an
+  address that holds its share is let in *on probation*: it is dropped unless it presents a valid token
+  within :data:`PROBATION_TIMEOUT` seconds, and if it does, the oldest connection of its address that never
+  did is evicted for it. So users who share an address with an attacker (behind a NAT or a reverse proxy)
+  still get in, and the attacker's connections do not outnumber the address's share.
+- Behind a reverse proxy, a connection from one of the operator's trusted proxies counts against the client
+  its forwarding header names (:mod:`.forwarded`), request by request, and each request's client address
+  (:meth:`~twisted.web.iweb.IRequest.getClientAddress`, so every log) is that client's.
 - :class:`RequestDeadlineChannel` is the site's HTTP channel: a request's line and headers must arrive within
   ``header_timeout`` seconds and its body within ``body_timeout``; requests being answered (a held long-poll,
   a WebSocket) are never timed out.
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
-from twisted.internet.address import UNIXAddress
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger, LogLevel
@@ -42,6 +48,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 
 from ..twisted_internals import abort_connection, closing, hook_connection_lost
+from .forwarded import TrustedProxies, parse_address
 
 log = Logger()
 
@@ -53,6 +60,10 @@ FALLBACK_OPEN_FILES: Final = 1024
 MIN_RESERVE: Final = 256
 MIN_CONNECTIONS: Final = 16
 MIN_PER_ADDRESS: Final = 16
+#: Connections on probation at once (over their address's share, see ConnectionLimiter), at least.
+MIN_PROBATION: Final = 16
+#: Seconds a connection on probation has to present a valid token (a socket.io client: to join a kernel).
+PROBATION_TIMEOUT: Final = 5.0
 
 #: Seconds a client has to send a request's line and headers, and then its body.
 HEADER_TIMEOUT: Final = 10.0
@@ -112,13 +123,17 @@ def raise_open_file_limit(cap: int = MAX_OPEN_FILES) -> int:
 
 @dataclass(frozen=True)
 class ConnectionBounds:
-    """How many connections the site holds at once, in all and from one peer address."""
+    """
+    How many connections the site holds at once, in all and from one client address, and how many more
+    it lets in on probation (over their address's share, to present a token).
+    """
 
     max_connections: int
     max_per_address: int
+    max_probation: int = MIN_PROBATION
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1 or self.max_per_address < 1:
+        if self.max_connections < 1 or self.max_per_address < 1 or self.max_probation < 1:
             raise ValueError(f"connection bounds must be positive: {self}")
 
     @classmethod
@@ -130,11 +145,16 @@ class ConnectionBounds:
         and the relay has files of its own, so a reserve of ``max(256, nofile // 4)`` is kept back:
         ``max_connections = nofile - reserve``, but never below 16. One address may hold a quarter of
         that, ``max_per_address = max(16, max_connections // 4)``. So 1024 gives 768 connections, 192 per
-        address; 1,048,576 gives 786,432 and 196,608; 256 or less gives 16 and 16.
+        address; 1,048,576 gives 786,432 and 196,608; 256 or less gives 16 and 16. Connections on probation
+        come out of the reserve: ``max(16, max_connections // 64)`` of them.
         """
         reserve = max(MIN_RESERVE, nofile // 4)
         max_connections = max(MIN_CONNECTIONS, nofile - reserve)
-        return cls(max_connections, max(MIN_PER_ADDRESS, max_connections // 4))
+        return cls(
+            max_connections,
+            max(MIN_PER_ADDRESS, max_connections // 4),
+            max(MIN_PROBATION, max_connections // 64),
+        )
 
 
 def peer_host(address: IAddress | None) -> str:
@@ -202,26 +222,41 @@ class ConnectionEvents:
         return (kind, _UNTRACKED)
 
 
+def client_address(host: str) -> IPv4Address | IPv6Address:
+    """A forwarded client's address (``host`` is an IP address) as a request's ``getClientAddress()``."""
+    address = parse_address(host)
+    if address is not None and address.version == 6:
+        return IPv6Address("TCP", host, 0)
+    return IPv4Address("TCP", host, 0)
+
+
 @dataclass(slots=True)
 class _Connection:
     transport: ITransport
     host: str
     since: float
+    #: When a connection on probation is dropped.
+    deadline: IDelayedCall | None = None
 
 
 class ConnectionLimiter:
     """
-    Bookkeeping of a site's open connections by peer address, enforcing ``bounds``:
+    Bookkeeping of a site's open connections by client address, enforcing ``bounds``:
 
-    - :meth:`admit` refuses a connection from an address that holds ``max_per_address`` already;
-    - when ``max_connections`` are open, it evicts (aborts) the oldest connection that is not trusted to
-      make room, and refuses the newcomer if every open connection is trusted;
+    - :meth:`admit` refuses a connection only when ``max_connections`` are open and every one is trusted;
+      when they are open and some are not, it evicts (aborts) the oldest untrusted one to make room;
     - :meth:`connected` registers an admitted connection's transport and releases its slot when it closes;
-      an evicted connection's slot is free at once.
+      an evicted connection's slot is free at once. A connection from an address that holds
+      ``max_per_address`` already is put on probation instead: at most ``max_probation`` at once (the
+      oldest is dropped for a newer one), each dropped after :data:`PROBATION_TIMEOUT` seconds unless
+      trusted by then, and closed after its first request if that request did not make it trusted;
+    - :meth:`trust` marks a connection trusted, once a request on it presented a valid token or it carries
+      a session that joined a kernel. A connection on probation then takes the place of the oldest
+      untrusted connection of its address (evicted), or is refused if its address has none.
 
-    A connection becomes trusted through :meth:`trust`, once a request on it presented a valid token or it
-    carries a session that joined a kernel. Refusals and evictions are reported through ``on_event`` as
-    ``"connection_refused"`` and ``"connection_evicted"``.
+    ``proxies`` are the trusted reverse proxies: their connections are not bound by their own address, and
+    :meth:`identify` counts each against the client its requests come from. Refusals and evictions are
+    reported through ``on_event`` as ``"connection_refused"`` and ``"connection_evicted"``.
     """
 
     def __init__(
@@ -230,19 +265,28 @@ class ConnectionLimiter:
         *,
         clock: IReactorTime,
         on_event: Callable[[str], None] = _ignore,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self.bounds = bounds
         self.events = ConnectionEvents(clock, on_event)
+        self.proxies = proxies if proxies is not None else TrustedProxies()
         self._clock = clock
         # Keyed by id(): a transport's own equality is no concern of this bookkeeping. Dicts keep insertion
-        # order, so the first untrusted connection is the oldest.
+        # order, so the first untrusted connection is the oldest (of all, and of its address).
         self._untrusted: dict[int, _Connection] = {}
+        self._untrusted_by_address: dict[str, dict[int, _Connection]] = {}
         self._trusted: dict[int, _Connection] = {}
+        self._probation: dict[int, _Connection] = {}
+        # Untrusted and trusted connections by address (not those on probation).
         self._by_address: dict[str, int] = {}
 
     @property
     def open_connections(self) -> int:
-        return len(self._untrusted) + len(self._trusted)
+        return len(self._untrusted) + len(self._trusted) + len(self._probation)
+
+    @property
+    def on_probation(self) -> int:
+        return len(self._probation)
 
     def open_by_address(self, host: str) -> int:
         return self._by_address.get(host, 0)
@@ -250,22 +294,25 @@ class ConnectionLimiter:
     def is_trusted(self, transport: object) -> bool:
         return id(transport) in self._trusted
 
+    def is_on_probation(self, transport: object) -> bool:
+        return id(transport) in self._probation
+
     def admit(self, host: str) -> bool:
         """Whether a new connection from ``host`` may open; evicts the oldest untrusted one if need be."""
-        held = self._by_address.get(host, 0)
-        if held >= self.bounds.max_per_address:
-            self._refused(
-                host, "{held} connections from this address are open, the most allowed", held
-            )
-            return False
-        if self.open_connections < self.bounds.max_connections:
+        if self._over_share(host):
+            return True  # on probation: see connected()
+        if self._counted < self.bounds.max_connections:
             return True
         if not self._untrusted:
             self._refused(
                 host, "all {held} open connections are trusted", self.bounds.max_connections
             )
             return False
-        self._evict(next(iter(self._untrusted.values())))
+        self._evict(
+            next(iter(self._untrusted.values())),
+            "all {limit} connection slots are taken",
+            self.bounds.max_connections,
+        )
         return True
 
     def connected(self, transport: ITransport, host: str) -> None:
@@ -277,35 +324,162 @@ class ConnectionLimiter:
                 transport=type(transport).__name__,
             )
             return
-        self._untrusted[key] = _Connection(transport, host, self._clock.seconds())
-        self._by_address[host] = self._by_address.get(host, 0) + 1
+        self._place(_Connection(transport, host, self._clock.seconds()))
+
+    def identify(self, transport: object, host: str) -> None:
+        """
+        Count ``transport``'s connection (from a trusted proxy) against ``host``, the client of the request
+        it carries now. A new client on it has presented no token yet: the connection is untrusted again
+        (or on probation, if ``host`` holds its share).
+        """
+        key = id(transport)
+        waiting = self._probation.get(key)
+        if waiting is not None:
+            waiting.host = host  # counted against it if it is trusted in time
+            return
+        connection = self._untrusted.get(key) or self._trusted.get(key)
+        if connection is None or connection.host == host:
+            return
+        self._forget(key)
+        connection.host = host
+        self._place(connection)
 
     def trust(self, transport: object) -> None:
         """Never evict ``transport``'s connection. Idempotent; a no-op for a transport not counted."""
-        connection = self._untrusted.pop(id(transport), None)
+        key = id(transport)
+        connection = self._untrusted.pop(key, None)
         if connection is not None:
-            self._trusted[id(transport)] = connection
-
-    def _release(self, key: int) -> None:
-        connection = self._untrusted.pop(key, None) or self._trusted.pop(key, None)
+            self._unlist_untrusted(key, connection.host)
+            self._trusted[key] = connection
+            return
+        connection = self._probation.pop(key, None)
         if connection is None:
-            return  # evicted: released already
+            return
+        self._cancel(connection)
+        if self._make_room(connection.host):
+            self._count(connection, trusted=True)
+            return
+        self._refused(
+            connection.host,
+            "it presented a valid token, but all {held} connections from this address are trusted",
+            self._by_address.get(connection.host, 0),
+        )
+        abort_connection(connection.transport)
+
+    @property
+    def _counted(self) -> int:
+        return len(self._untrusted) + len(self._trusted)
+
+    def _over_share(self, host: str) -> bool:
+        held = self._by_address.get(host, 0)
+        return held >= self.bounds.max_per_address and not self.proxies.trusts(host)
+
+    def _place(self, connection: _Connection) -> None:
+        """Count a new (or newly identified) connection, or put it on probation if there is no room."""
+        if self._over_share(connection.host) or self._counted >= self.bounds.max_connections:
+            self._put_on_probation(connection)
+        else:
+            self._count(connection, trusted=False)
+
+    def _count(self, connection: _Connection, *, trusted: bool) -> None:
+        key = id(connection.transport)
+        host = connection.host
+        if trusted:
+            self._trusted[key] = connection
+        else:
+            self._untrusted[key] = connection
+            self._untrusted_by_address.setdefault(host, {})[key] = connection
+        self._by_address[host] = self._by_address.get(host, 0) + 1
+
+    def _forget(self, key: int) -> _Connection | None:
+        """Stop counting the connection ``key`` (untrusted or trusted); it, or None."""
+        connection = self._untrusted.pop(key, None)
+        if connection is not None:
+            self._unlist_untrusted(key, connection.host)
+        else:
+            connection = self._trusted.pop(key, None)
+        if connection is None:
+            return None
         count = self._by_address[connection.host] - 1
         if count:
             self._by_address[connection.host] = count
         else:
             del self._by_address[connection.host]
+        return connection
 
-    def _evict(self, connection: _Connection) -> None:
-        self._release(id(connection.transport))
+    def _unlist_untrusted(self, key: int, host: str) -> None:
+        of_address = self._untrusted_by_address[host]
+        del of_address[key]
+        if not of_address:
+            del self._untrusted_by_address[host]
+
+    def _put_on_probation(self, connection: _Connection) -> None:
+        if len(self._probation) >= self.bounds.max_probation:
+            oldest = next(iter(self._probation.values()))
+            self._end_probation(id(oldest.transport), "newer connections took its place")
+        key = id(connection.transport)
+        connection.deadline = self._clock.callLater(
+            PROBATION_TIMEOUT, self._end_probation, key, "it presented no valid token in time"
+        )
+        self._probation[key] = connection
+
+    def _end_probation(self, key: int, why: str) -> None:
+        connection = self._probation.pop(key, None)
+        if connection is None:
+            return
+        self._cancel(connection)
+        self._refused(
+            connection.host,
+            "{held} connections from this address are open, the most allowed without a token, and "
+            + why,
+            self._by_address.get(connection.host, 0),
+        )
+        abort_connection(connection.transport)
+
+    def _make_room(self, host: str) -> bool:
+        """Evict what a trusted newcomer from ``host`` needs evicted; whether it now has room."""
+        if self._over_share(host):
+            of_address = self._untrusted_by_address.get(host)
+            if not of_address:
+                return False
+            self._evict(
+                next(iter(of_address.values())),
+                "{limit} connections from this address are open and a newcomer presented a token",
+                self.bounds.max_per_address,
+            )
+        if self._counted >= self.bounds.max_connections:
+            if not self._untrusted:
+                return False
+            self._evict(
+                next(iter(self._untrusted.values())),
+                "all {limit} connection slots are taken and a newcomer presented a token",
+                self.bounds.max_connections,
+            )
+        return True
+
+    @staticmethod
+    def _cancel(connection: _Connection) -> None:
+        if connection.deadline is not None and connection.deadline.active():
+            connection.deadline.cancel()
+        connection.deadline = None
+
+    def _release(self, key: int) -> None:
+        on_probation = self._probation.pop(key, None)
+        if on_probation is not None:
+            self._cancel(on_probation)
+            return
+        self._forget(key)  # None if evicted: released already
+
+    def _evict(self, connection: _Connection, reason: str, limit: int) -> None:
+        self._forget(id(connection.transport))
         self.events.report(
             "connection_evicted",
             connection.host,
             LogLevel.warn,
-            "Dropped the oldest untrusted connection, from {address} (open {age:.0f} s): all "
-            "{limit} connection slots are taken",
+            "Dropped the oldest connection without a valid token, from {address} (open {age:.0f} s): "
+            + reason,
             age=self._clock.seconds() - connection.since,
-            limit=self.bounds.max_connections,
+            limit=limit,
         )
         abort_connection(connection.transport)
 
@@ -377,6 +551,7 @@ class RequestDeadlineChannel(HTTPChannel):
         super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def allHeadersReceived(self) -> None:
+        self._identify_client()
         super().allHeadersReceived()  # type: ignore[no-untyped-call]
         if self._phase is _Phase.HEADER and self.length != 0:
             self._phase = _Phase.BODY
@@ -392,12 +567,39 @@ class RequestDeadlineChannel(HTTPChannel):
     def requestDone(self, request: Any) -> None:
         if self._phase is _Phase.ANSWERING:
             self._phase = _Phase.IDLE
+        limiter = self._limiter()
+        if limiter is not None and limiter.is_on_probation(self.transport):
+            # Over its address's share, and this request presented no valid token: it gets its answer and
+            # no more.
+            self.persistent = False
         super().requestDone(request)  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._phase = _Phase.CLOSING
         self._cancel()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+    def _limiter(self) -> ConnectionLimiter | None:
+        limiter = getattr(getattr(self, "site", None), "limiter", None)
+        return limiter if isinstance(limiter, ConnectionLimiter) else None
+
+    def _identify_client(self) -> None:
+        """Behind a trusted proxy: the request's client is the one its forwarding header names."""
+        limiter = self._limiter()
+        transport = self.transport
+        if limiter is None or not limiter.proxies or transport is None or not self.requests:
+            return
+        peer = peer_host(transport.getPeer())
+        if not limiter.proxies.trusts(peer):
+            return
+        request = self.requests[-1]
+        name = limiter.proxies.header.encode("ascii")
+        lines = [
+            value.decode("latin-1") for value in request.requestHeaders.getRawHeaders(name, [])
+        ]
+        client = limiter.proxies.client(peer, lines)
+        request.client = client_address(client)
+        limiter.identify(transport, client)
 
     def _receive(self) -> None:
         self._phase = _Phase.HEADER
