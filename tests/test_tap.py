@@ -105,3 +105,27 @@ def test_a_redis_option_that_is_no_url_is_a_usage_error() -> None:
             Options().parseOptions(["--redis", bad])
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--fleet-lease", "0"])
+
+
+def test_trusted_proxies_reach_the_sites_limiter_and_bad_ones_are_usage_errors() -> None:
+    """--trusted-proxy (repeatable) and --forwarded-header configure the limiter; a name or an unknown header is refused."""
+    import pytest
+    from twisted.python import usage
+
+    tree, _ = service_tree(
+        "--trusted-proxy",
+        "10.0.0.5",
+        "--trusted-proxy",
+        "192.168.0.0/16",
+        "--forwarded-header",
+        "Forwarded",
+    )
+    site = next(s for s in children(tree) if isinstance(s, Listener)).factory
+    assert isinstance(site, RelaySite) and site.limiter is not None
+    proxies = site.limiter.proxies
+    assert proxies.header == "forwarded"
+    assert proxies.trusts("10.0.0.5") and proxies.trusts("192.168.3.4")
+    assert not proxies.trusts("10.0.0.6")
+    for bad in (["--trusted-proxy", "proxy.example.org"], ["--forwarded-header", "x-real-ip"]):
+        with pytest.raises(usage.UsageError):
+            Options().parseOptions(bad)

@@ -8,6 +8,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from kernel_relay.engineio.server import MAX_SESSIONS_ON_PROBATION, SESSION_PROBATION
 from tests.engineio.test_engineio_polling import Harness, Request
 
 
@@ -25,8 +26,8 @@ def sid_of(request: Request) -> str:
     return sid
 
 
-def test_a_full_address_lets_its_oldest_unvouched_session_go() -> None:
-    """At max_sessions_per_address the address's oldest unvouched session goes for the newcomer, not a vouched one nor another address's."""
+def test_a_session_over_its_addresss_bound_that_joins_replaces_the_oldest_unvouched_one() -> None:
+    """At max_sessions_per_address a newcomer waits on probation; vouched for, it replaces the address's oldest unvouched session, never a vouched one nor another address's."""
     h = Harness(max_sessions_per_address=3)
     events: list[str] = []
     h.server.on_event = events.append
@@ -34,12 +35,26 @@ def test_a_full_address_lets_its_oldest_unvouched_session_go() -> None:
     first, second, third = (sid_of(handshake_from(h, "10.0.0.1")) for _ in range(3))
     h.server.sessions[first].vouch()
     fourth = sid_of(handshake_from(h, "10.0.0.1"))
-    assert second not in h.server.sessions
+    assert set(h.server.sessions) == {other, first, second, third, fourth}
+    h.server.sessions[fourth].vouch()
     assert set(h.server.sessions) == {other, first, third, fourth}
     assert events == ["session_evicted"]
     assert h.server.sessions_from("10.0.0.1") == 3
-    fifth = sid_of(handshake_from(h, "10.0.0.1"))
-    assert set(h.server.sessions) == {other, first, fourth, fifth}
+    h.clock.advance(SESSION_PROBATION)
+    assert fourth in h.server.sessions
+
+
+def test_a_session_over_its_addresss_bound_that_never_joins_is_closed() -> None:
+    """A session on probation that is not vouched for within 5 s is closed and the address's others stay; at most 16 wait at once."""
+    h = Harness(max_sessions_per_address=2)
+    events: list[str] = []
+    h.server.on_event = events.append
+    kept = [sid_of(handshake_from(h, "10.0.0.1")) for _ in range(2)]
+    waiting = [sid_of(handshake_from(h, "10.0.0.1")) for _ in range(MAX_SESSIONS_ON_PROBATION + 1)]
+    assert waiting[0] not in h.server.sessions  # the oldest on probation made room for the newest
+    h.clock.advance(SESSION_PROBATION)
+    assert set(h.server.sessions) == set(kept)
+    assert events == ["session_refused"] * (MAX_SESSIONS_ON_PROBATION + 1)
 
 
 def test_sessions_per_address_are_bounded() -> None:

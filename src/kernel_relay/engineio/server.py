@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -40,6 +40,10 @@ SESSION_EVICTED = "server full"
 SERVER_SHUTDOWN = "server shutting down"
 #: Seconds between two log lines about refused handshakes from one address.
 REFUSAL_LOG_INTERVAL = 10.0
+#: Seconds a session over its address's bound has to be vouched for (join a kernel) before it is closed.
+SESSION_PROBATION = 5.0
+#: Sessions on probation at once; a newer one closes the oldest.
+MAX_SESSIONS_ON_PROBATION = 16
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,8 @@ class EngineIOServer:
         self._known: dict[str, EngineIOSession] = {}
         # Each address's sessions, oldest first: whom its bound lets go first.
         self._by_address: dict[str, dict[str, EngineIOSession]] = {}
+        # Sessions over their address's bound, by sid: closed unless vouched for in time.
+        self._probation: dict[str, IDelayedCall] = {}
         self._total_buffered = 0
         self._refusals_logged: dict[str, float] = {}
         self._resource: EngineIOResource | None = None
@@ -207,18 +213,14 @@ class EngineIOServer:
     def admit(self, address: str) -> str | None:
         """
         Make room for a new session from ``address``: None if it may open (the oldest session nobody
-        vouched for, of its address when the address holds its share, else of all, may have been closed
-        for it), else why not. So clients behind one address (a NAT, a proxy) are not locked out by
-        sessions that never joined anything; sessions that did are never let go.
+        vouched for may have been closed for it), else why not. An address that holds its bound gets one
+        more on probation (see :meth:`new_session`) if any of its sessions is unvouched, for it to replace.
         """
         options = self._options
         per_address = options.max_sessions_per_address
-        of_address = self._by_address.get(address, {})
-        if per_address is not None and len(of_address) >= per_address:
-            victim = next((s for s in of_address.values() if not s.vouched and not s.closed), None)
-            if victim is None:
+        if per_address is not None and self.sessions_from(address) >= per_address:
+            if self._replaceable(address) is None:
                 return self._refuse(address, f"{per_address} sessions from this address already")
-            self._evict(victim, f"{per_address} sessions from its address")
         limit = options.max_sessions
         if limit is not None and len(self._known) >= limit:
             victim = next((s for s in self._known.values() if not s.vouched and not s.closed), None)
@@ -226,6 +228,38 @@ class EngineIOServer:
                 return self._refuse(address, f"the server holds its maximum of {limit} sessions")
             self._evict(victim, f"{limit} sessions")
         return None
+
+    def _replaceable(self, address: str) -> EngineIOSession | None:
+        """The oldest session of ``address`` that is open, not vouched for, and not on probation."""
+        return next(
+            (
+                s
+                for s in self._by_address.get(address, {}).values()
+                if not s.vouched and not s.closed and s.sid not in self._probation
+            ),
+            None,
+        )
+
+    def _put_on_probation(self, session: EngineIOSession) -> None:
+        """
+        A session over its address's bound (users behind one NAT or proxy): once vouched for, it replaces
+        the address's oldest unvouched session; unless vouched for within SESSION_PROBATION seconds, it
+        is closed. So sessions that never join anything cannot lock an address's users out.
+        """
+        if len(self._probation) >= MAX_SESSIONS_ON_PROBATION:
+            self._end_probation(next(iter(self._probation)))
+        self._probation[session.sid] = self._reactor.callLater(
+            SESSION_PROBATION, self._end_probation, session.sid
+        )
+
+    def _end_probation(self, sid: str) -> None:
+        call = self._probation.pop(sid, None)
+        if call is not None and call.active():
+            call.cancel()
+        session = self._known.get(sid)
+        if session is not None and not session.closed:
+            self._report("session_refused")
+            session.abort(SESSION_EVICTED)
 
     def _evict(self, victim: EngineIOSession, bound: str) -> None:
         self.log.info(
@@ -268,7 +302,11 @@ class EngineIOServer:
         if self._options.max_total_buffered_bytes is not None:
             session.on_buffered = self._buffered
         self._known[sid] = session
-        self._by_address.setdefault(handshake.remote_address, {})[sid] = session
+        of_address = self._by_address.setdefault(handshake.remote_address, {})
+        of_address[sid] = session
+        per_address = self._options.max_sessions_per_address
+        if per_address is not None and len(of_address) > per_address:
+            self._put_on_probation(session)
         self.log.debug(
             "session {sid} opened over {transport} from {peer}",
             sid=sid,
@@ -300,8 +338,21 @@ class EngineIOServer:
                 self._by_address.pop(address, None)
             self._total_buffered -= session.counted_bytes
             session.counted_bytes = 0
+            call = self._probation.pop(session.sid, None)
+            if call is not None and call.active():
+                call.cancel()
 
     def _vouched(self, session: EngineIOSession) -> None:
+        call = self._probation.pop(session.sid, None)
+        if call is not None:
+            if call.active():
+                call.cancel()
+            victim = self._replaceable(session.handshake.remote_address)
+            if victim is None:
+                self._report("session_refused")
+                session.abort(SESSION_EVICTED)
+                return
+            self._evict(victim, "a newer session from its address joined")
         self.vouch_connection(session.transport.connection)
 
     def vouch_connection(self, connection: object | None) -> None:
