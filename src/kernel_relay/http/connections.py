@@ -430,8 +430,7 @@ class ConnectionLimiter:
         self._cancel(connection)
         self._refused(
             connection.host,
-            "{held} connections from this address are open, the most allowed without a token, and "
-            + why,
+            "no room for it without a valid token ({held} open from this address), and " + why,
             self._by_address.get(connection.host, 0),
         )
         abort_connection(connection.transport)
