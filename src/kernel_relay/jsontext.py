@@ -1,10 +1,24 @@
 """
-:class:`RawJSON`, JSON text that is already encoded: the one type the relay core, its fronts and the
-socket.io codec share, so a kernel's JSON can be forwarded without a decode/encode round trip. A leaf: it
-imports nothing of the relay.
+JSON text both ways, as the relay core, its fronts and the socket.io codec share it. A leaf: it imports
+nothing of the relay.
+
+- :class:`RawJSON`, JSON text that is already encoded, so a kernel's JSON can be forwarded without a
+  decode/encode round trip.
+- :func:`loads`, the one decoder of what clients send: strict JSON (no ``NaN``), valid UTF-8, and nested at
+  most :data:`MAX_DEPTH` levels. Python's decoder recurses, and so does much of what reads its result: text
+  nested deeper than the recursion limit would raise a ``RecursionError`` somewhere far from the client
+  that sent it. Here it is one :class:`JSONError`, whose message says what is wrong in a line.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from itertools import accumulate
+from typing import Any, Final
+
+#: How deeply arrays and objects may nest in what a client sends (Jupyter messages nest a few levels).
+MAX_DEPTH: Final = 256
 
 
 class RawJSON(str):
@@ -17,3 +31,49 @@ class RawJSON(str):
     """
 
     __slots__ = ()
+
+
+class JSONError(ValueError):
+    """Text that is not JSON the relay takes; the message says why in one line."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise JSONError(f"{name} is not JSON")
+
+
+# Built once: json.loads with a keyword argument builds a new decoder (and scanner) on every call.
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+# A JSON string (the text is valid JSON by then, so this is linear), and everything but a bracket.
+_STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
+_STEP: Final = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def depth(text: str) -> int:
+    """How deeply arrays and objects nest in ``text``, valid JSON (counted in C loops, not per character)."""
+    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def loads(data: str | bytes | bytearray | memoryview, max_depth: int = MAX_DEPTH) -> Any:
+    """The value of JSON ``data`` (UTF-8 if bytes); :class:`JSONError` if it is not JSON or nests too deeply."""
+    if isinstance(data, str):
+        text = data
+    else:
+        try:
+            text = str(data, "utf-8")
+        except UnicodeDecodeError as error:
+            raise JSONError(f"not UTF-8 ({error.reason} at byte {error.start})") from None
+    too_deep = f"arrays and objects nested more than {max_depth} levels deep"
+    try:
+        value = _decode(text)
+    except RecursionError:
+        raise JSONError(too_deep) from None
+    except JSONError:
+        raise
+    except ValueError as error:
+        raise JSONError(str(error)) from None
+    # Fewer brackets than the bound cannot nest deeper than it: the usual case costs two counts.
+    if text.count("[") + text.count("{") > max_depth and depth(text) > max_depth:
+        raise JSONError(too_deep)
+    return value

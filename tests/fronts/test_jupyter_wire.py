@@ -102,3 +102,16 @@ def test_malformed_v1_frames_are_wire_errors(frame: bytes) -> None:
 def test_malformed_legacy_frames_are_wire_errors(frame: str | bytes) -> None:
     with pytest.raises(WireError):
         decode_legacy(frame)
+
+
+def test_deep_json_in_a_frame_is_a_wire_error() -> None:
+    """A part nested past the bound is a WireError naming the part, in either framing."""
+    parts = [b"shell", HEADER, b"{}", b"{}", b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"]
+    offsets = [8 * 7]
+    for part in parts:
+        offsets.append(offsets[-1] + len(part))
+    frame = struct.pack("<7Q", 6, *offsets) + b"".join(parts)
+    with pytest.raises(WireError, match="content is not JSON: arrays and objects nested"):
+        decode_v1(frame)
+    with pytest.raises(WireError, match="message is not JSON: arrays and objects nested"):
+        decode_legacy('{"channel": "shell", "content": ' + "[" * 300 + "]" * 300 + "}")

@@ -351,3 +351,12 @@ def test_duplicate_placeholder_uses_are_allowed() -> None:
     decoder.feed('51-["a",{"_placeholder":true,"num":0},[{"_placeholder":true,"num":0}]]')
     packet: Any = decoder.feed(b"q")
     assert packet.data == ["a", b"q", [b"q"]]
+
+
+def test_a_payload_nested_too_deeply_is_a_packet_error() -> None:
+    """JSON nested past the bound (even far past Python's recursion limit) is a clear PacketError."""
+    from kernel_relay.socketio.packet import PacketError, decode_text
+
+    for levels in (300, 100_000):
+        with pytest.raises(PacketError, match="nested more than 256 levels deep"):
+            decode_text('2["msg",' + "[" * levels + "]" * levels + "]")

@@ -14,11 +14,11 @@ The Jupyter kernel WebSocket's two wire formats, as pure functions (Jupyter Serv
 
 from __future__ import annotations
 
-import json
 import struct
 from itertools import pairwise
 from typing import Any, Final
 
+from ..jsontext import JSONError, loads
 from ..kernels import Frame
 from ..relay.payload import Outgoing, json_text
 
@@ -60,8 +60,8 @@ def legacy_frame(message: Outgoing) -> tuple[list[Frame], bool]:
 
 def _json_object(data: bytes | str, name: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
+        value = loads(data)
+    except JSONError as error:
         raise WireError(f"the {name} is not JSON: {error}") from None
     if not isinstance(value, dict):
         raise WireError(f"the {name} must be a JSON object")

@@ -33,7 +33,7 @@ from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 from ..engineio import Binary
-from ..jsontext import RawJSON
+from ..jsontext import JSONError, RawJSON, loads
 
 #: Largest number of binary attachments one packet may announce. The reference parser allows 10,
 #: which is too few for Jupyter messages carrying many buffers; each attachment is already bounded
@@ -130,14 +130,6 @@ def _dumps_key(key: str) -> str:
         if len(_KEYS) < 256 and len(key) <= 64:
             _KEYS[key] = encoded
     return encoded
-
-
-def _reject_constant(name: str) -> Any:
-    raise PacketError(f"{name} is not JSON")
-
-
-# Built once: json.loads with a keyword argument builds a new decoder (and scanner) on every call.
-_decode_json = json.JSONDecoder(parse_constant=_reject_constant).decode
 
 
 def _write_with_raw(value: Any, chunks: list[str]) -> None:
@@ -476,10 +468,8 @@ def decode_text(text: str, max_attachments: int = DEFAULT_MAX_ATTACHMENTS) -> tu
     data: Any = None
     if position < len(text):
         try:
-            data = _decode_json(text[position:])
-        except PacketError:
-            raise
-        except (ValueError, RecursionError) as error:
+            data = loads(text[position:])
+        except JSONError as error:
             raise PacketError(f"invalid JSON payload: {error}") from None
         if data is None:
             raise PacketError("a null payload is not allowed")
