@@ -190,6 +190,23 @@ class TokenAuth:
             return True
         return self.scoped.scope_of(candidates) or False
 
+    def principal(self, candidates: Sequence[str | None]) -> str:
+        """
+        Whom the presented tokens make their holder, as a name that is no secret, for what belongs to
+        the holder of a token (a Jupyter session): ``""`` with authentication off (anyone is anyone) or
+        no valid token, ``"relay"`` for the relay's token, else a digest of the first kernel token
+        presented (salted apart from the digests tokens are looked up by).
+        """
+        if self.token is None:
+            return ""
+        if self.check_any(candidates):
+            return "relay"
+        for candidate in candidates:
+            if candidate and self.scoped.scope_of([candidate]) is not None:
+                digest = hashlib.sha256(b"kernel-relay principal\0" + candidate.encode("utf-8"))
+                return "k" + digest.hexdigest()[:24]
+        return ""
+
 
 def _endpoint_fields(description: str) -> tuple[str, list[str], dict[str, str]]:
     """Split a Twisted endpoint description into its type, positional and keyword arguments."""

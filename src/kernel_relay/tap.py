@@ -664,6 +664,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_buffered_bytes=options["max-buffered-bytes"],
     )
 
+    kernels.add_observer(jupyter_front)  # its sessions' marks go with their kernel
     if fleet is not None:
         jupyter_front.share_marks(fleet)
 

@@ -117,15 +117,17 @@ async def test_mailboxes_tokens_and_marks(stores: list[FleetStore]) -> None:
     assert await b.read_mailbox("B", 1) == {"type": "kernel", "id": "k1"}
     await a.add_token("k1", b"\x01\x02", "read-only")
     assert await b.tokens("k1") == {b"\x01\x02": "read-only"}
-    await a.save_marks("k1", {"session": "7 {}", "short": "9 {}"}, 60)
-    await a.save_marks("k1", {"short": "9 {}"}, 0.1)
-    assert await b.mark("k1", "session") == "7 {}"
-    await a.unregister("k1")
-    assert await b.tokens("k1") == {}
-    # Each session's position expires on its own: the store keeps no unbounded set of them.
+    await a.save_marks("k1", {"session": "7 m1", "short": "9 m2"}, 60, 10)
+    await a.save_marks("k1", {"short": "9 m2"}, 0.1, 10)
+    assert await b.mark("k1", "session") == "7 m1"
+    # Each session's position expires on its own.
     await deferLater(reactor, 0.2, lambda: None)
     assert await b.mark("k1", "short") is None
-    assert await b.mark("k1", "session") == "7 {}"
+    assert await b.mark("k1", "session") == "7 m1"
+    await a.unregister("k1")
+    assert await b.tokens("k1") == {}
+    # The kernel's sessions' positions went with it.
+    assert await b.mark("k1", "session") is None
 
 
 @pytest_twisted.ensureDeferred
@@ -160,3 +162,13 @@ def test_redis_urls() -> None:
     for bad in ("http://x", "redis://", "redis://h/db", "redis://h:99999"):
         with pytest.raises(ValueError):
             RedisURL.parse(bad)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kernel_keeps_only_its_newest_marks(stores: list[FleetStore]) -> None:
+    """Past ``keep`` sessions of one kernel, the oldest mark is forgotten, key and all."""
+    a, _ = stores
+    for n in range(5):
+        await a.save_marks("k2", {f"s{n}": f"{n} m"}, 60, 3)
+    assert [await a.mark("k2", f"s{n}") for n in range(5)] == [None, None, "2 m", "3 m", "4 m"]
+    await a.unregister("k2")

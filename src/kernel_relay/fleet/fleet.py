@@ -35,7 +35,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..auth import Scope, TokenAuth
-from ..kernels import Frame, Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
+from ..kernels import Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
 from ..kernels.adoption import KernelGone, this_host
 from .numbering import SharedNumbering
 from .store import FleetStore, FleetUnavailable
@@ -46,6 +46,10 @@ log = Logger()
 COMMAND_GRACE: Final = 10.0
 #: How long the fleet remembers where a Jupyter session stopped (as the Jupyter front does).
 MARK_SECONDS: Final = 3600.0
+#: How many sessions of one kernel the fleet remembers (the oldest are forgotten first), and the longest
+#: session name or mark it keeps.
+MARKS_PER_KERNEL: Final = 1_000
+MARK_BYTES: Final = 512
 #: How long a reserved place in ``--max-kernels`` is held for a kernel that is starting.
 RESERVATION_SECONDS: Final = 300.0
 
@@ -717,21 +721,24 @@ class Fleet(Service):
 
     # -- SharedMarks: where Jupyter sessions stopped ------------------------------------------------------
 
-    def save(self, kernel_id: str, marks: Mapping[str, tuple[int, Frame]]) -> None:
+    def save(self, kernel_id: str, marks: Mapping[str, tuple[int, str | None]]) -> None:
+        """Each session's ``relay_seq`` and parent ``msg_id`` (ids only: a mark is a few hundred bytes)."""
         encoded = {
-            session: f"{seq} {bytes(parent).decode('utf-8', 'replace')}"
-            for session, (seq, parent) in marks.items()
+            session: f"{seq} {parent_id or ''}"[:MARK_BYTES]
+            for session, (seq, parent_id) in marks.items()
+            if len(session) <= MARK_BYTES
         }
-        self.store.save_marks(kernel_id, encoded, MARK_SECONDS).addErrback(lambda f: None)
+        d = self.store.save_marks(kernel_id, encoded, MARK_SECONDS, MARKS_PER_KERNEL)
+        d.addErrback(lambda f: None)
 
-    def load(self, kernel_id: str, session_id: str) -> Deferred[tuple[int, Frame] | None]:
-        def decoded(value: str | None) -> tuple[int, Frame] | None:
+    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]:
+        def decoded(value: str | None) -> tuple[int, str | None] | None:
             if not value:
                 return None
-            seq, _, parent = value.partition(" ")
-            return (int(seq), parent.encode("utf-8") or b"{}") if seq.isdigit() else None
+            seq, _, parent_id = value.partition(" ")
+            return (int(seq), parent_id or None) if seq.isdigit() else None
 
-        return self.store.mark(kernel_id, session_id).addCallback(decoded)
+        return self.store.mark(kernel_id, session_key).addCallback(decoded)
 
     def fleet_view(self) -> dict[str, Any]:
         """What /metrics and /api/health say of the fleet."""

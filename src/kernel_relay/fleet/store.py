@@ -11,7 +11,9 @@ Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
   being started, so that ``--max-kernels`` counts them.
 - ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only.
 - ``mailbox:<relay id>``: what other relays tell one relay (commands, replies, news of kernels and tokens).
-- ``mark:<id>:<session id>``: where a Jupyter session stopped reading (its last ``relay_seq``), for an hour.
+- ``mark:<id>:<session>``: where a Jupyter session stopped reading (its last ``relay_seq``), for an hour;
+  ``marks:<id>``: the kernel's sessions that have one, by expiry (at most ``keep``: the oldest go first), so
+  that they go with their kernel.
 - ``seq:<id>``, ``seen:<id>:<msg_id>``, ``journal:<id>``: the shared iopub numbering and the stream of
   numbered messages (see :mod:`.numbering`).
 
@@ -123,6 +125,32 @@ return 1
 _SET_OWNER: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return 1
+"""
+
+#: KEYS: the kernel's marks, the session's mark. ARGV: session, value, ttl (ms), most marks, mark prefix.
+_SAVE_MARK: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if over > 0 then
+  for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do
+    redis.call('DEL', ARGV[5] .. session)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+end
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+#: KEYS: the kernel's marks. ARGV: mark prefix. Forgets every mark of a kernel.
+_FORGET_MARKS: Final = """
+for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', ARGV[1] .. session) end
+redis.call('DEL', KEYS[1])
 return 1
 """
 
@@ -293,15 +321,20 @@ class FleetStore:
         )
 
     def unregister(self, kernel_id: str) -> Deferred[Any]:
-        """Forget a kernel that is gone: its record, tokens, numbering and stream."""
+        """Forget a kernel that is gone: its record, tokens, numbering, stream and sessions' marks."""
         d = self._call("SREM", key("kernels"), kernel_id)
-        return d.addCallback(
+        d.addCallback(
             lambda _: self._call(
                 "DEL",
                 key("kernel", kernel_id),
                 key("tokens", kernel_id),
                 key("seq", kernel_id),
                 key("journal", kernel_id),
+            )
+        )
+        return d.addCallback(
+            lambda _: self._script(
+                _FORGET_MARKS, [key("marks", kernel_id)], [key("mark", kernel_id, "")]
             )
         )
 
@@ -384,10 +417,20 @@ class FleetStore:
 
     # -- where Jupyter sessions stopped ------------------------------------------------------------------
 
-    def save_marks(self, kernel_id: str, marks: Mapping[str, str], ttl: float) -> Deferred[Any]:
-        """Each session's position in a key of its own, which expires on its own after ``ttl`` seconds."""
+    def save_marks(
+        self, kernel_id: str, marks: Mapping[str, str], ttl: float, keep: int
+    ) -> Deferred[Any]:
+        """
+        Each session's position in a key of its own, which expires on its own after ``ttl`` seconds; a
+        kernel keeps the ``keep`` newest.
+        """
+        index, prefix = key("marks", kernel_id), key("mark", kernel_id, "")
         calls = [
-            self._call("SET", key("mark", kernel_id, session), value, "PX", int(ttl * 1000))
+            self._script(
+                _SAVE_MARK,
+                [index, prefix + session],
+                [session, value, max(1, int(ttl * 1000)), keep, prefix],
+            )
             for session, value in marks.items()
         ]
         return DeferredList(calls, consumeErrors=True)

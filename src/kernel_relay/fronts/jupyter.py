@@ -20,6 +20,13 @@ use the relay's kernels unchanged.
   concerned. A session keeps its ZMQ identity towards the kernel, so a reply to a request of its last
   connection that comes after it is back reaches it (one that came while it was away is lost: ZeroMQ drops
   what it cannot route); a second connection of a session still connected gets an identity of its own.
+- A ``session_id`` is not a credential: it belongs to the principal that made it (the token it came with,
+  see :meth:`~kernel_relay.auth.TokenAuth.principal`). Another principal presenting it gets a session of its
+  own (another ZMQ identity, no mark of the owner's), so it sees neither the owner's replies nor its resume
+  point. A mark keeps only ids (session, principal, the parent's ``msg_id``): at most
+  :data:`MARKS_PER_KERNEL` per kernel and :data:`MAX_MARKS` in all, forgotten with their kernel. A
+  ``session_id`` that is not 1 to :data:`MAX_SESSION_ID` printable ASCII characters is refused (400) before
+  the upgrade.
 - A kernel that stops or dies is announced as ``dead`` on iopub (by the core), then the socket closes with
   code 1000 and the reason; a client that does not read what is sent to it is closed as a slow client once
   ``max_buffered_bytes`` wait for it (never a silent drop, and no rate limit drops output).
@@ -49,6 +56,7 @@ from ..auth import TOKEN_QUERY, token_from_authorization
 from ..http.connections import peer_host, trust_request_connection
 from ..http.jupyter_api import jupyter_error
 from ..http.origins import OriginPolicy
+from ..jsontext import JSONError, loads
 from ..kernels import DEFAULT_USERNAME, PROTOCOL_VERSION, Frame, Kernel, pack_json
 from ..relay.core import CHANNELS, ERROR, IOPUB, REPLAY_GAP, Refused, RelayCore
 from ..relay.journal import Resume
@@ -61,12 +69,23 @@ log = Logger()
 CHANNELS_PATH: Final = re.compile(r"^/api/kernels/(?P<kernel_id>[^/]+)/channels/?$")
 #: How long the front remembers where a disconnected session stopped reading.
 MARK_AGE: Final = 3600.0
-#: At most this many disconnected sessions are remembered (the oldest are forgotten first).
+#: At most this many disconnected sessions are remembered (the oldest are forgotten first)...
 MAX_MARKS: Final = 10_000
+#: ... and at most this many of one kernel.
+MARKS_PER_KERNEL: Final = 1_000
+#: The longest ``session_id`` taken (printable ASCII, no space): with the kernel id, the principal and the
+#: channels it makes a ZMQ identity, which ZeroMQ bounds at 255 bytes.
+MAX_SESSION_ID: Final = 128
+_SESSION_ID: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_SESSION_ID}}}")
+#: A parent header longer than this is not looked into for its ``msg_id`` (a real one is a few hundred bytes).
+MAX_PARENT_BYTES: Final = 64 * 1024
+#: The longest parent ``msg_id`` a mark keeps.
+MAX_MSG_ID: Final = 128
 #: Close codes: the kernel is gone (normal closure with a reason), the relay stops, a slow client.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
+CLOSE_INTERNAL_ERROR: Final = 1011
 _NO_RESUME: Final = Resume(None, False)
 
 
@@ -76,10 +95,13 @@ class SharedMarks(Protocol):
     a Jupyter client sends no ``since``, so its ``session_id`` is all another relay has to resume it by.
     """
 
-    def save(self, kernel_id: str, marks: Mapping[str, tuple[int, Frame]]) -> None:
-        """Where each of these sessions of a kernel is (its last ``relay_seq`` and that message's parent)."""
+    def save(self, kernel_id: str, marks: Mapping[str, tuple[int, str | None]]) -> None:
+        """
+        Where each of these sessions of a kernel is: its last ``relay_seq`` and the ``msg_id`` of that
+        message's parent. A session is named by its principal and its id (:attr:`_Admitted.session_key`).
+        """
 
-    def load(self, kernel_id: str, session_id: str) -> Deferred[tuple[int, Frame] | None]: ...
+    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]: ...
 
 
 #: How often the positions of connected sessions are saved for the fleet (a relay that dies loses at most
@@ -91,11 +113,28 @@ SHARE_WAIT: Final = 2.0
 
 @dataclass
 class _Mark:
-    """Where a disconnected session stopped: the last ``relay_seq`` sent, and that message's parent."""
+    """Where a disconnected session stopped: the last ``relay_seq`` sent, and its parent's ``msg_id``."""
 
     seq: int
-    parent: Frame
+    parent_id: str | None
     time: float
+
+
+def parent_frame(msg_id: str | None) -> Frame:
+    """The parent header of what the relay tells a session about the cell ``msg_id`` (``{}``: none)."""
+    return pack_json({"msg_id": msg_id}) if msg_id else b"{}"
+
+
+def msg_id_in(parent: Frame) -> str | None:
+    """The ``msg_id`` of a parent header, if it is a short string (nothing else of it is kept)."""
+    if not parent or len(parent) > MAX_PARENT_BYTES or parent == b"{}":
+        return None
+    try:
+        header = loads(parent)
+    except JSONError:
+        return None
+    msg_id = header.get("msg_id") if isinstance(header, dict) else None
+    return msg_id if isinstance(msg_id, str) and 0 < len(msg_id) <= MAX_MSG_ID else None
 
 
 def _is_websocket_upgrade(request: IRequest) -> bool:
@@ -185,7 +224,19 @@ class JupyterConnection(FramedWebSocketProtocol):
         return V1 if self.v1 else None
 
     def onOpen(self) -> None:
-        self._front.connection_open(self)
+        try:
+            self._front.connection_open(self)
+        except Exception:
+            self._failed("attaching it")
+
+    def _failed(self, doing: str) -> None:
+        """A bug met while ``doing`` something for this connection: it is closed whole, with a reason."""
+        log.failure(
+            "Internal error {doing} (Jupyter client {address}); closing it",
+            doing=doing,
+            address=self.address,
+        )
+        self.close_with(CLOSE_INTERNAL_ERROR, "internal error of the relay")
 
     def message_received(self, message: str | bytes) -> None:
         if self._closing:
@@ -200,11 +251,12 @@ class JupyterConnection(FramedWebSocketProtocol):
                 channel, decoded = decode_legacy(message)
         except WireError as error:
             self._front.core.metrics.error("malformed_packet")
-            log.info(
-                "Malformed frame from Jupyter client {address}: {error}",
-                address=self.address,
-                error=error,
-            )
+            if self._front.core.refusal_log.allow(self.address):
+                log.info(
+                    "Malformed frame from Jupyter client {address}: {error}",
+                    address=self.address,
+                    error=error,
+                )
             self.tell(kernel_id, IOPUB, ERROR, {"message": f"malformed frame: {error}"})
             return
         core = self._front.core
@@ -223,6 +275,8 @@ class JupyterConnection(FramedWebSocketProtocol):
             core.receive(self, kernel_id, channel, decoded)
         except Refused:
             pass
+        except Exception:
+            self._failed("relaying a message")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         super().onClose(wasClean, code, reason)
@@ -238,8 +292,14 @@ class _Admitted:
     channels: list[str]
     session_id: str
     address: str
+    principal: str = ""
     resume: Resume = _NO_RESUME
     resume_parent: Frame | None = None
+
+    @property
+    def session_key(self) -> str:
+        """The session as its marks know it: its principal's, so no other principal finds them."""
+        return f"{self.principal}/{self.session_id}"
 
     @property
     def client_id(self) -> str:
@@ -249,7 +309,8 @@ class _Admitted:
         """
         if not self.session_id:
             return f"jupyter:{uuid.uuid4().hex}"
-        return f"jupyter:{self.kernel.id}:{self.session_id}:{','.join(sorted(self.channels))}"
+        channels = ",".join(sorted(self.channels))
+        return f"jupyter:{self.kernel.id}:{self.principal}:{self.session_id}:{channels}"
 
 
 class _ChannelsFactory(WebSocketServerFactory):  # type: ignore[misc]
@@ -315,7 +376,9 @@ class JupyterFront:
         self._factory = _ChannelsFactory(self, reactor, max_payload)
         self._websocket = WebSocketResource(self._factory)  # type: ignore[no-untyped-call]
         self._connections: dict[str, JupyterConnection] = {}
-        self._marks: OrderedDict[tuple[str, str], _Mark] = OrderedDict()
+        # kernel id -> session key -> mark, oldest first.
+        self._marks: dict[str, OrderedDict[str, _Mark]] = {}
+        self._parent_seen: tuple[Frame, str | None] = (b"{}", None)
         self.shared_marks: SharedMarks | None = None
         """Set by the wiring in a fleet; the positions of sessions are then saved for every relay."""
         self._share = LoopingCall(self._share_marks)
@@ -331,10 +394,10 @@ class JupyterFront:
     def _share_marks(self) -> None:
         if self.shared_marks is None:
             return
-        changed: dict[str, dict[str, tuple[int, Frame]]] = {}
+        changed: dict[str, dict[str, tuple[int, str | None]]] = {}
         for connection in self._connections.values():
             admitted = connection.admitted
-            key = (admitted.kernel.id, admitted.session_id)
+            key = (admitted.kernel.id, admitted.session_key)
             if (
                 admitted.session_id
                 and connection.last_seq
@@ -343,10 +406,18 @@ class JupyterFront:
                 self._shared[key] = connection.last_seq
                 changed.setdefault(key[0], {})[key[1]] = (
                     connection.last_seq,
-                    connection.last_parent,
+                    self.msg_id_in(connection.last_parent),
                 )
         for kernel_id, marks in changed.items():
             self.shared_marks.save(kernel_id, marks)
+
+    def msg_id_in(self, parent: Frame) -> str | None:
+        """:func:`msg_id_in`, decoded once for the many sessions that last saw the same message."""
+        seen, msg_id = self._parent_seen
+        if parent is not seen:
+            msg_id = msg_id_in(parent)
+            self._parent_seen = (parent, msg_id)
+        return msg_id
 
     def resource(self) -> Resource:
         return _ChannelsResource(self)
@@ -425,12 +496,22 @@ class JupyterFront:
         if first_refusal is not None or kernel is None:
             refused = first_refusal or Refused("refused", 403)
             return jupyter_error(request, refused.code or 403, refused.message)
-        session_id = (query.get("session_id") or [""])[0][:128]
-        admitted = _Admitted(kernel, granted, session_id, address)
-        mark = self._marks.pop((kernel.id, session_id), None) if session_id else None
+        session_id = (query.get("session_id") or [""])[0]
+        if session_id and not _SESSION_ID.fullmatch(session_id):
+            log.info(
+                "Refused a kernel WebSocket from {address}: malformed session_id", address=address
+            )
+            return jupyter_error(
+                request,
+                400,
+                f"session_id must be 1 to {MAX_SESSION_ID} printable ASCII characters without spaces",
+            )
+        admitted = _Admitted(kernel, granted, session_id, address, self.core.principal(credentials))
+        marks = self._marks.get(kernel.id)
+        mark = marks.pop(admitted.session_key, None) if marks and session_id else None
         if mark is not None and self._clock.seconds() - mark.time <= MARK_AGE:
             admitted.resume = Resume(mark.seq, False)
-            admitted.resume_parent = mark.parent
+            admitted.resume_parent = parent_frame(mark.parent_id)
         trust_request_connection(request)
         self._factory.next = admitted
         result: bytes | int = self._websocket.render(request)
@@ -464,7 +545,7 @@ class JupyterFront:
                     connection.channels.add(channel)
                     self.core.attach(connection, kernel, channel, _NO_RESUME)
             start = self.core.last_seq(kernel.id)
-            asked = self.shared_marks.load(kernel.id, admitted.session_id)
+            asked = self.shared_marks.load(kernel.id, admitted.session_key)
             asked.addTimeout(SHARE_WAIT, self._clock)
             asked.addErrback(lambda failure: None)
             asked.addCallback(lambda found: self._join_iopub(connection, found, start))
@@ -478,7 +559,7 @@ class JupyterFront:
             connection.last_seq = admitted.resume.since
 
     def _join_iopub(
-        self, connection: JupyterConnection, found: tuple[int, Frame] | None, start: int
+        self, connection: JupyterConnection, found: tuple[int, str | None] | None, start: int
     ) -> None:
         """
         Attach a session's iopub once the fleet said where it stopped; a session new to the fleet gets what
@@ -492,7 +573,7 @@ class JupyterFront:
             return
         if found is not None:
             admitted.resume = Resume(found[0], False)
-            admitted.resume_parent = found[1]
+            admitted.resume_parent = parent_frame(found[1])
             connection.last_seq = found[0]
         elif start:
             admitted.resume = Resume(start, False)
@@ -507,23 +588,59 @@ class JupyterFront:
         kernel_id = admitted.kernel.id
         for channel in list(connection.channels):
             self.core.detach(connection, kernel_id, channel, "closed")
-        if admitted.session_id and IOPUB in connection.channels:
-            self._remember(kernel_id, admitted.session_id, connection)
-            self._shared.pop((kernel_id, admitted.session_id), None)
+        session_key = admitted.session_key
+        self._shared.pop((kernel_id, session_key), None)
+        # A kernel that stopped takes its marks with it (kernel_stopped): none is made for it after.
+        if admitted.session_id and IOPUB in connection.channels and self.core.has_kernel(kernel_id):
+            parent_id = self.msg_id_in(connection.last_parent)
+            self._remember(kernel_id, session_key, _Mark(connection.last_seq, parent_id, 0.0))
             if self.shared_marks is not None and connection.last_seq:
-                self.shared_marks.save(
-                    kernel_id, {admitted.session_id: (connection.last_seq, connection.last_parent)}
-                )
+                self.shared_marks.save(kernel_id, {session_key: (connection.last_seq, parent_id)})
 
-    def _remember(self, kernel_id: str, session_id: str, connection: JupyterConnection) -> None:
-        now = self._clock.seconds()
-        marks = self._marks
-        marks[(kernel_id, session_id)] = _Mark(connection.last_seq, connection.last_parent, now)
-        marks.move_to_end((kernel_id, session_id))
-        while marks and (
-            len(marks) > MAX_MARKS or now - next(iter(marks.values())).time > MARK_AGE
-        ):
+    def _remember(self, kernel_id: str, session_key: str, mark: _Mark) -> None:
+        now = mark.time = self._clock.seconds()
+        marks = self._marks.setdefault(kernel_id, OrderedDict())
+        marks[session_key] = mark
+        marks.move_to_end(session_key)
+        if len(marks) > MARKS_PER_KERNEL:
             marks.popitem(last=False)
+        total = 0
+        for kernel, kept in list(self._marks.items()):
+            while kept and now - next(iter(kept.values())).time > MARK_AGE:
+                kept.popitem(last=False)
+            if not kept:
+                del self._marks[kernel]
+            total += len(kept)
+        while total > MAX_MARKS:
+            # The oldest mark of all goes first.
+            oldest = min(self._marks.values(), key=lambda kept: next(iter(kept.values())).time)
+            oldest.popitem(last=False)
+            total -= 1
+            if not oldest:
+                self._marks = {k: v for k, v in self._marks.items() if v}
+
+    def marks_of(self, kernel_id: str) -> int:
+        """How many disconnected sessions of the kernel are remembered here."""
+        return len(self._marks.get(kernel_id, ()))
+
+    # -- KernelObserver: marks go with their kernel -----------------------------------------------------
+
+    def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        self._marks.pop(kernel.id, None)
+        for key in [key for key in self._shared if key[0] == kernel.id]:
+            del self._shared[key]
+
+    def kernel_started(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_restarting(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_restarted(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_ready(self, kernel: Kernel) -> None:
+        pass
 
 
 class _ChannelsResource(Resource):

@@ -45,6 +45,7 @@ from ..kernels import (
 )
 from ..metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
 from .journal import IopubJournal, Resume, with_sequence
+from .lograte import LogLimit
 from .payload import Outgoing
 
 log = Logger()
@@ -218,6 +219,8 @@ class RelayCore:
         self._limits = limits or RelayLimits()
         self._replay = replay or ReplayOptions()
         self.metrics = metrics or RelayMetrics()
+        self.refusal_log = LogLimit(clock, "refused messages")
+        """Bounds the lines each client's refused (or malformed) messages write to the log."""
         self._journals: dict[str, IopubJournal] = {}
         # kernel id -> channel -> client id -> client
         self._attached: dict[str, dict[str, dict[str, RelayClient]]] = {}
@@ -250,6 +253,10 @@ class RelayCore:
             for channel, clients in channels.items():
                 counts[channel] += len(clients)
         return counts
+
+    def principal(self, credentials: Sequence[str | None]) -> str:
+        """Whom ``credentials`` make their holder, as a name that is no secret (see ``TokenAuth.principal``)."""
+        return self._auth.principal(credentials)
 
     # -- clients -------------------------------------------------------------------------------------------
 
@@ -393,13 +400,14 @@ class RelayCore:
     ) -> NoReturn:
         """Tell the client why its message was not relayed (never drop it silently), then raise Refused."""
         self.metrics.error("refused_message")
-        log.warn(
-            "Refused a message from {address} on {channel} of kernel {kernel}: {reason}",
-            address=client.address,
-            channel=channel,
-            kernel=short_id(kernel_id),
-            reason=reason,
-        )
+        if self.refusal_log.allow(client.address):
+            log.warn(
+                "Refused a message from {address} on {channel} of kernel {kernel}: {reason}",
+                address=client.address,
+                channel=channel,
+                kernel=short_id(kernel_id),
+                reason=reason,
+            )
         client.tell(kernel_id, channel, ERROR, {"message": reason, "msg_id": _msg_id_of(message)})
         raise Refused(reason)
 
