@@ -129,7 +129,9 @@ def no_kernel_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def health(relay: Relay) -> dict[str, object]:
-    body: dict[str, object] = requests.get(f"{relay.url}/api/health", timeout=10).json()
+    body: dict[str, object] = requests.get(
+        f"{relay.url}/api/health", headers=AUTH, timeout=10
+    ).json()
     return body
 
 

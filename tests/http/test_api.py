@@ -177,3 +177,22 @@ def test_kernel_tokens_are_issued_for_running_kernels_only() -> None:
     )
     assert code == 201 and issued["access"] == "read-only" and issued["kernel_id"] == kernel_id
     assert api.call("POST", "/api/kernels/nope/tokens", headers=headers)[0] == 404
+
+
+def test_health_tells_a_caller_without_the_relays_token_only_that_it_is_up() -> None:
+    """Without the relay's token /api/health is {"status": "ok"}; with it, the version, kernels and fleet too."""
+    kernels = KernelRegistry(Clock(), processes=FakeProcesses([]))  # type: ignore[arg-type]
+    api = RelayAPI(kernels, auth=TokenAuth("secret"), fleet=lambda: {"relay": "fleet-id-1"})
+    stub = StubTreq(api.resource())
+
+    def health(**kwargs: Any) -> Any:
+        response = result_of(stub.get(URL + "/api/health", **kwargs))
+        return json.loads(result_of(stub.content(response)))
+
+    assert health() == {"status": "ok"}
+    assert health(headers={"Authorization": "Bearer wrong"}) == {"status": "ok"}
+    for full in (
+        health(headers={"Authorization": "Bearer secret"}),
+        health(params={"token": "secret"}),
+    ):
+        assert full["fleet"] == {"relay": "fleet-id-1"} and "version" in full

@@ -46,3 +46,25 @@ def test_the_connection_wrapper_leaves_no_reference_cycle(no_cyclic_gc: None) ->
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
+
+
+def test_the_access_log_shows_no_token() -> None:
+    """A request's ``token`` parameters, in its URI and its Referer, are written as ``***``."""
+    from twisted.web.http import Request
+    from twisted.web.test.requesthelper import DummyChannel
+
+    from kernel_relay.http.site import access_log_line, redact_tokens
+
+    assert redact_tokens(b"/a?x=1&token=s3cret&%74oken=s3cret&tokens=2") == (
+        b"/a?x=1&token=***&%74oken=***&tokens=2"
+    )
+    assert redact_tokens(b"/api/kernels") == b"/api/kernels"
+    request = Request(DummyChannel())
+    request.method, request.uri, request.clientproto = (
+        b"GET",
+        b"/api/kernels?token=s3cret",
+        b"HTTP/1.1",
+    )
+    request.requestHeaders.setRawHeaders(b"referer", [b"http://x/?token=s3cret"])
+    line = access_log_line("[t]", request)
+    assert "s3cret" not in line and "/api/kernels?token=***" in line and "?token=***" in line

@@ -6,7 +6,8 @@ The seed's contract is kept exactly: ``GET /spawn/<kernelSpecName>`` answers ``{
 Jupyter Server's kernel API (kernelspecs, kernels, interrupt, restart) is :mod:`.jupyter_api`'s. The guards of :mod:`.guards` stand in front of every route (origins,
 and with a token set, the token on every route but ``/api/health``; see :mod:`kernel_relay.auth`).
 
-``GET /api/health`` answers ``{"status": "ok", ...}`` while the relay serves; ``GET /metrics`` is the
+``GET /api/health`` answers ``{"status": "ok"}`` while the relay serves, and to a holder of the relay's token
+(or with authentication off) its version, uptime, kernels and fleet too; ``GET /metrics`` is the
 Prometheus text exposition of :class:`~kernel_relay.metrics.RelayMetrics`. ``max_kernels`` bounds the
 kernels running and starting: a spawn over it is the contract's 500 ``{"error": ...}``.
 """
@@ -28,7 +29,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import __version__
-from ..auth import ACCESS_LEVELS, FULL, TokenAuth
+from ..auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, TokenAuth, token_from_authorization
 from ..kernels import Kernel, KernelRegistry
 from ..metrics import RelayMetrics
 from .spawning import Spawner, TooManyKernels, error_text
@@ -89,6 +90,9 @@ class RelayAPI:
 
     @app.route("/api/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
+        if not self._holds_relay_token(request):
+            # Anyone may ask whether the relay is up; what it runs and its fleet are for its operators.
+            return json_body(request, 200, {"status": "ok"})
         return json_body(
             request,
             200,
@@ -100,6 +104,17 @@ class RelayAPI:
                 "pooled_kernels": self._kernels.pooled(),
                 **({"fleet": self._fleet()} if self._fleet is not None else {}),
             },
+        )
+
+    def _holds_relay_token(self, request: IRequest) -> bool:
+        """Whether the request presents the relay's token (always, with authentication off)."""
+        header = request.getHeader(b"authorization")
+        args: dict[bytes, list[bytes]] = request.args or {}  # type: ignore[attr-defined]
+        return self._auth.check_any(
+            [
+                token_from_authorization(header.decode("latin-1") if header else None),
+                *(value.decode("utf-8", "replace") for value in args.get(TOKEN_QUERY.encode(), [])),
+            ]
         )
 
     @app.route("/metrics", methods=["GET"])

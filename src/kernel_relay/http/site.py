@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
@@ -21,6 +21,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
+from ..auth import TOKEN_QUERY
 from ..twisted_internals import (
     HTTPChannelProtocol,
     fail_at_start,
@@ -41,6 +42,8 @@ from .guards import JSONRefusal
 from .hosts import HostPolicy
 
 log = Logger()
+
+TOKEN_QUERY_BYTES: Final = TOKEN_QUERY.encode("ascii")
 
 #: The Jupyter kernel WebSocket's path, served by ``channels`` (the Jupyter front), not by Klein.
 _CHANNELS = re.compile(rb"^/api/kernels/[^/]+/channels/?$")
@@ -189,6 +192,44 @@ class BoundedRequest(Request):
 SEND_LIMIT = 1024 * 1024
 
 
+def redact_tokens(uri: bytes) -> bytes:
+    """``uri`` with the value of each ``token`` query parameter replaced by ``***``: no log shows a token."""
+    path, question, query = uri.partition(b"?")
+    if not question:
+        return uri
+    fields = []
+    for field in query.split(b"&"):
+        name, equals, _ = field.partition(b"=")
+        if (
+            equals
+            and unquote_to_bytes(name.replace(b"+", b" ")).strip().lower() == TOKEN_QUERY_BYTES
+        ):
+            field = name + b"=***"
+        fields.append(field)
+    return path + b"?" + b"&".join(fields)
+
+
+class _RedactedRequest:
+    """A request as the access log sees it: its URI and referrer without tokens."""
+
+    def __init__(self, request: http.Request) -> None:
+        self._request = request
+        self.uri = redact_tokens(request.uri)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._request, name)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value: bytes | None = self._request.getHeader(name)
+        return redact_tokens(value) if value is not None and name.lower() == b"referer" else value
+
+
+def access_log_line(timestamp: str, request: http.Request) -> str:
+    """Twisted's combined log format, tokens redacted (see :func:`redact_tokens`)."""
+    line: str = http.combinedLogFormatter(timestamp, cast(http.Request, _RedactedRequest(request)))
+    return line
+
+
 class RelaySite(Site):
     """
     A Site that keeps quiet about every request unless an access log was asked for, refuses request
@@ -215,7 +256,13 @@ class RelaySite(Site):
         reactor: IReactorTime | None = None,
         limiter: ConnectionLimiter | None = None,
     ) -> None:
-        super().__init__(resource, logPath=logPath, timeout=timeout, reactor=reactor)
+        super().__init__(
+            resource,
+            logPath=logPath,
+            timeout=timeout,
+            logFormatter=access_log_line,
+            reactor=reactor,
+        )
         self.limiter = limiter
         # Timeouts are reported through the limiter's events; without one, only logged.
         self._events = ConnectionEvents(self.reactor)
