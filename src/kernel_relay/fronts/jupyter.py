@@ -13,9 +13,10 @@ use the relay's kernels unchanged.
   origin is checked; the relay never reads a cookie, so it needs no XSRF token.
 - Reconnect without loss: when a connection ends, the front notes the last ``relay_seq`` it sent for the
   connection's ``session_id``; a connection that comes back with that ``session_id`` gets the iopub messages
-  it missed, in order (bounded by the journal's ``--iopub-replay-*`` options, any number of sessions per
-  kernel, each mark kept :data:`MARK_AGE` seconds). What is no longer kept is told as an iopub ``stream``
-  message on ``stderr``, parented to the last cell the client saw, so a Jupyter client shows it in that cell.
+  it missed, in order (bounded by the journal's ``--iopub-replay-*`` options, up to
+  :data:`MARKS_PER_KERNEL` sessions per kernel, each mark kept :data:`MARK_AGE` seconds). What is no longer
+  kept is told as an iopub ``stream`` message on ``stderr``, parented to the last cell the client saw, so a
+  Jupyter client shows it in that cell.
   Errors the core tells (a refused message, an oversized one) come the same way, parented to the message
   concerned. A session keeps its ZMQ identity towards the kernel, so a reply to a request of its last
   connection that comes after it is back reaches it (one that came while it was away is lost: ZeroMQ drops
