@@ -244,9 +244,9 @@ def test_sessions_with_big_headers_leave_no_memory_once_their_kernel_stops(
 
 
 def log_events(relay: Relay) -> list[dict[str, Any]]:
-    """The relay's log events (``twist`` writes one JSON object a line)."""
+    """The relay's log events (``twist`` writes JSON text sequences: each event after a ``\\x1e``)."""
     events = []
-    for line in relay.output().splitlines():
+    for line in relay.output().split("\x1e"):
         try:
             event = json.loads(line)
         except ValueError:
