@@ -156,3 +156,12 @@ def test_resource_route_answers_404_for_what_is_not_served(tmp_path: Path) -> No
     assert reads == ["kernel.js", "kernel.css", "logo-64x64.png"]
     _, listing = api.call("GET", "/api/kernelspecs/python3")
     assert set(listing["resources"]) == {"logo-64x64", "logo-svg"}
+
+
+def test_a_body_nested_past_the_bound_is_a_400_not_a_500() -> None:
+    """JSON nested deeper than Python's recursion limit in a POST body is a clear 400 Jupyter error."""
+    api = API()
+    response = result_of(api.stub.post(URL + "/api/kernels", data=b"[" * 100_000 + b"]" * 100_000))
+    body = json.loads(result_of(api.stub.content(response)))
+    assert response.code == 400 and "nested more than 256 levels deep" in body["message"]
+    assert not api.processes.made("launch")

@@ -30,6 +30,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .. import __version__
 from ..auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, TokenAuth, token_from_authorization
+from ..jsontext import JSONError, loads
 from ..kernels import Kernel, KernelRegistry
 from ..metrics import RelayMetrics
 from .spawning import Spawner, TooManyKernels, error_text
@@ -159,8 +160,8 @@ class RelayAPI:
             return json_body(request, 404, {"error": f"no running kernel with id {kernel_id!r}"})
         content = request.content.read() if request.content is not None else b""
         try:
-            body = json.loads(content) if content.strip() else {}
-        except ValueError:
+            body = loads(content) if content.strip() else {}
+        except JSONError:
             body = None
         access = body.get("access", FULL) if isinstance(body, dict) else None
         if access not in ACCESS_LEVELS:

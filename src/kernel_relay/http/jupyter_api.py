@@ -18,7 +18,6 @@ for a process that runs its code with the relay's rights. The channels WebSocket
 
 from __future__ import annotations
 
-import json
 import mimetypes
 import os
 import re
@@ -41,6 +40,7 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from .. import __version__
+from ..jsontext import JSONError, loads
 from ..kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel, UnknownKernelSpec
 from .api import json_body
 from .spawning import Spawner, SpawnUnavailable, TooManyKernels, error_text
@@ -350,8 +350,8 @@ class JupyterAPI:
     def start(self, request: IRequest) -> Deferred[bytes] | bytes:
         content = request.content.read() if request.content is not None else b""
         try:
-            body = json.loads(content) if content.strip() else {}
-        except ValueError as error:
+            body = loads(content) if content.strip() else {}
+        except JSONError as error:
             return jupyter_error(request, 400, f"Invalid JSON in the request body: {error}")
         if not isinstance(body, dict):
             return jupyter_error(
