@@ -346,8 +346,7 @@ def test_twenty_thousand_refused_messages_write_a_bounded_log(guarded: Relay, ke
         return sum(
             event.get("count", 0)
             for event in log_events(guarded)
-            if "were not logged" in event.get("log_format", "")
-            and event.get("what") == "refused messages"
+            if "were not logged" in event.get("log_format", "") and event.get("what") == "refusals"
         )
 
     until(lambda: held_back() > 0, "the relay to say how many it did not log", 30)

@@ -499,9 +499,11 @@ class JupyterFront:
             return jupyter_error(request, refused.code or 403, refused.message)
         session_id = (query.get("session_id") or [""])[0]
         if session_id and not _SESSION_ID.fullmatch(session_id):
-            log.info(
-                "Refused a kernel WebSocket from {address}: malformed session_id", address=address
-            )
+            if self.core.refusal_log.allow(address):
+                log.info(
+                    "Refused a kernel WebSocket from {address}: malformed session_id",
+                    address=address,
+                )
             return jupyter_error(
                 request,
                 400,

@@ -219,7 +219,7 @@ class RelayCore:
         self._limits = limits or RelayLimits()
         self._replay = replay or ReplayOptions()
         self.metrics = metrics or RelayMetrics()
-        self.refusal_log = LogLimit(clock, "refused messages")
+        self.refusal_log = LogLimit(clock, "refusals")
         """Bounds the lines each client's refused (or malformed) messages write to the log."""
         self._journals: dict[str, IopubJournal] = {}
         # kernel id -> channel -> client id -> client
