@@ -43,16 +43,27 @@ def _reject_constant(name: str) -> Any:
 
 # Built once: json.loads with a keyword argument builds a new decoder (and scanner) on every call.
 _decode = json.JSONDecoder(parse_constant=_reject_constant).decode
-# A JSON string (the text is valid JSON by then, so this is linear), and everything but a bracket.
+# A JSON string (the text is valid JSON by then, so this is linear); what is left is ASCII, of which only the
+# brackets are kept, all as [ and ].
 _STRING: Final = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKET: Final = re.compile(r"[^\[\]{}]+")
-_STEP: Final = {"[": 1, "{": 1, "]": -1, "}": -1}
+_BRACKETS_ONLY: Final = {c: None for c in range(128) if chr(c) not in "[]{}"} | {
+    ord("{"): "[",
+    ord("}"): "]",
+}
+_STEP: Final = {"[": 1, "]": -1}
+#: Passes that each take away the innermost level, before the rest is counted bracket by bracket.
+_PASSES: Final = 8
 
 
 def depth(text: str) -> int:
-    """How deeply arrays and objects nest in ``text``, valid JSON (counted in C loops, not per character)."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
+    """How deeply arrays and objects nest in ``text``, valid JSON (in C loops, not per character)."""
+    brackets = _STRING.sub("", text).translate(_BRACKETS_ONLY)
+    # Usual JSON is wide and shallow: a few passes over a shrinking string take it all.
+    for level in range(_PASSES):
+        if not brackets:
+            return level
+        brackets = brackets.replace("[]", "")
+    return _PASSES + max(accumulate(map(_STEP.__getitem__, brackets)), default=0)
 
 
 def loads(data: str | bytes | bytearray | memoryview, max_depth: int = MAX_DEPTH) -> Any:
@@ -64,16 +75,19 @@ def loads(data: str | bytes | bytearray | memoryview, max_depth: int = MAX_DEPTH
             text = str(data, "utf-8")
         except UnicodeDecodeError as error:
             raise JSONError(f"not UTF-8 ({error.reason} at byte {error.start})") from None
-    too_deep = f"arrays and objects nested more than {max_depth} levels deep"
     try:
         value = _decode(text)
     except RecursionError:
-        raise JSONError(too_deep) from None
+        raise JSONError(_too_deep(max_depth)) from None
     except JSONError:
         raise
     except ValueError as error:
         raise JSONError(str(error)) from None
     # Fewer brackets than the bound cannot nest deeper than it: the usual case costs two counts.
     if text.count("[") + text.count("{") > max_depth and depth(text) > max_depth:
-        raise JSONError(too_deep)
+        raise JSONError(_too_deep(max_depth))
     return value
+
+
+def _too_deep(max_depth: int) -> str:
+    return f"arrays and objects nested more than {max_depth} levels deep"

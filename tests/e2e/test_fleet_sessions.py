@@ -78,8 +78,20 @@ def test_a_viewer_on_another_relay_takes_nothing_of_the_owners_session(
         headers=AUTH,
         timeout=10,
     ).json()["token"]
+    # B knows the token once it answers 403 (outside its scope) rather than 401 (unknown).
+    wait(
+        lambda: (
+            requests.get(
+                f"{b.url}/api/kernels", params={"token": viewer_token}, timeout=10
+            ).status_code
+            == 403
+        ),
+        10,
+        "B to honour A's kernel token",
+    )
     owner = JupyterWS(a.url, kernel_id, token=TOKEN)
-    other = JupyterWS(a.url, kernel_id, token=TOKEN)
+    # On B, so that B has seen the whole of each of its cells before the viewer connects there.
+    other = JupyterWS(b.url, kernel_id, token=TOKEN)
     try:
         owner.execute("print('read', flush=True)")
         leave(a, kernel_id, owner)
