@@ -89,7 +89,9 @@ def test_a_fleet_only_with_redis_and_before_the_kernels() -> None:
     from kernel_relay.fleet import Fleet
 
     assert Fleet not in [type(service) for service in children(service_tree("--port", "3458")[0])]
-    tree, _ = service_tree("--port", "3459", "--redis", "redis://:pw@127.0.0.1:6390/4")
+    tree, _ = service_tree(
+        "--port", "3459", "--redis", "redis://:pw@127.0.0.1:6390/4", "--fleet-secret", "s"
+    )
     kinds = [type(service) for service in children(tree)]
     assert kinds.index(Fleet) < kinds.index(KernelsService)
     fleet = next(service for service in children(tree) if isinstance(service, Fleet))

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import socket
@@ -25,6 +26,7 @@ from .demo import demo_resources
 from .engineio import EngineIOOptions
 from .fleet import Fleet, FleetStore, RedisURL
 from .fleet.numbering import stream_length
+from .fleet.secrets import FleetKeys
 from .fronts.jupyter import JupyterFront
 from .fronts.socketio import SocketIOFront
 from .http.api import RelayAPI
@@ -83,6 +85,19 @@ def _transports(text: str) -> tuple[str, ...]:
 _transports.coerceDoc = "A comma-separated subset of polling,websocket."  # type: ignore[attr-defined]
 
 
+def _refuse_to_start(reactor: Any, reason: str) -> None:
+    """Stop the relay, which must not run as it is (another fleet's secret), with a non-zero exit status."""
+    log.critical("{reason}", reason=reason)
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(os.EX_CONFIG)
+
+    reactor.addSystemEventTrigger("after", "shutdown", leave)
+    reactor.stop()
+
+
 def _redis_url(text: str) -> RedisURL:
     return RedisURL.parse(text)
 
@@ -91,6 +106,20 @@ _redis_url.coerceDoc = "A redis:// or rediss:// URL."  # type: ignore[attr-defin
 
 
 ENCRYPTION_POLICIES = ("auto", "required", "disabled")
+FLEET_SECRET_ENV = "KERNEL_RELAY_FLEET_SECRET"
+REDIS_PASSWORD_ENV = "KERNEL_RELAY_REDIS_PASSWORD"
+
+
+def _read_secret(option: str, path: str) -> str:
+    """A secret kept in a file (its first line), so that it is not on the command line (``ps``)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.readline().strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise usage.UsageError(f"--{option} {path}: {error}") from None
+    if not text:
+        raise usage.UsageError(f"--{option} {path}: the file is empty")
+    return text
 
 
 def _encryption(text: str) -> str:
@@ -219,9 +248,30 @@ class Options(usage.Options):
             None,
             "Join the fleet of relays that share this Redis: redis://[:password@]host[:port][/db], or "
             "rediss:// for TLS. Every relay of a fleet serves every kernel of it, and a relay's kernels "
-            "outlive it: another relay adopts them. Redis then holds the kernels' keys: protect it as you "
-            "would their connection files.",
+            "outlive it: another relay adopts them. The relays must share a secret (--fleet-secret or the "
+            "token); what Redis holds of the kernels' keys is sealed with it.",
             _redis_url,
+        ],
+        [
+            "redis-password-file",
+            None,
+            None,
+            f"Read the Redis password from this file (its first line), not from the URL; or set "
+            f"${REDIS_PASSWORD_ENV}.",
+        ],
+        [
+            "fleet-secret",
+            None,
+            None,
+            f"The secret the relays of a fleet share (they prove it before they act; Redis alone is not "
+            f"enough to join or to read the kernels' keys). Better: --fleet-secret-file or "
+            f"${FLEET_SECRET_ENV} (not seen in ps). Default: the token.",
+        ],
+        [
+            "fleet-secret-file",
+            None,
+            None,
+            "Read the fleet's secret from this file (its first line).",
         ],
         [
             "fleet-lease",
@@ -520,12 +570,42 @@ class Options(usage.Options):
                 f"${TOKEN_ENV} (twist kernel-relay --generate-token makes one), or pass --no-auth "
                 "if something else guards the relay."
             )
+        self._fleet_options()
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
         if self["max-message-size"] is not None:
             self["max-payload"] = self["max-message-size"]
         if self["ping-timeout"] >= self["ping-interval"] * 10:
             log.warn("--ping-timeout is much longer than --ping-interval; dead clients linger")
+
+    def _fleet_options(self) -> None:
+        """The fleet's secret and Redis password, from a file, the environment or (secret) the token."""
+        if self["fleet-secret-file"] is not None:
+            if self["fleet-secret"] is not None:
+                raise usage.UsageError("give --fleet-secret or --fleet-secret-file, not both")
+            self["fleet-secret"] = _read_secret("fleet-secret-file", self["fleet-secret-file"])
+        secret = self["fleet-secret"] or os.environ.get(FLEET_SECRET_ENV) or self["token"]
+        url: RedisURL | None = self["redis"]
+        if url is None:
+            return
+        if not secret or not secret.strip():
+            raise usage.UsageError(
+                f"a fleet (--redis) needs a secret its relays share: --fleet-secret-file, "
+                f"${FLEET_SECRET_ENV} or the token (--token or ${TOKEN_ENV}). Without one, anyone who "
+                "reaches Redis could act as a relay of the fleet."
+            )
+        self["fleet-secret"] = secret
+        password = None
+        if self["redis-password-file"] is not None:
+            password = _read_secret("redis-password-file", self["redis-password-file"])
+        elif url.password is None:
+            password = os.environ.get(REDIS_PASSWORD_ENV) or None
+        if password is not None:
+            if url.password is not None:
+                raise usage.UsageError(
+                    "give the Redis password in --redis or in --redis-password-file, not both"
+                )
+            self["redis"] = dataclasses.replace(url, password=password)
 
     def endpoints(self, ipv6_loopback: bool = False) -> list[str]:
         """
@@ -616,7 +696,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     fleet = None
     if options["redis"] is not None:
         fleet = Fleet(
-            FleetStore(options["redis"], reactor),
+            FleetStore(options["redis"], reactor, FleetKeys(options["fleet-secret"])),
             kernels,
             auth,
             reactor,
@@ -626,6 +706,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             keep=stream_length(options["iopub-replay-bytes"]),
         )
         metrics.watch_fleet(fleet.fleet_view)
+        fleet.env_allowed = EnvPolicy.from_option(options["kernel-env-allow"]).allowed
+        fleet.on_refused = lambda reason: _refuse_to_start(reactor, reason)
     socketio.on_event = metrics.error
     socketio.engine.on_event = metrics.error
     limiter = ConnectionLimiter(

@@ -10,14 +10,17 @@ from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
 
+from kernel_relay.fleet.secrets import FleetKeys
 from kernel_relay.fleet.store import FleetStore, FleetUnavailable, RedisURL
 from tests.redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]
 
+KEYS = FleetKeys("test-fleet-secret")
+
 
 async def connected(url: str) -> FleetStore:
-    store = FleetStore(RedisURL.parse(url), reactor)
+    store = FleetStore(RedisURL.parse(url), reactor, KEYS)
     store.connect()
     for _ in range(100):
         if store.up:
@@ -136,7 +139,7 @@ async def test_a_store_without_redis_fails_at_once_and_says_where(
 ) -> None:
     from tests.support import free_port
 
-    store = FleetStore(RedisURL.parse(f"redis://:secret@127.0.0.1:{free_port()}/3"), reactor)
+    store = FleetStore(RedisURL.parse(f"redis://:secret@127.0.0.1:{free_port()}/3"), reactor, KEYS)
     store.connect()
     try:
         assert not store.up

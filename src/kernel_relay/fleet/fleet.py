@@ -11,6 +11,8 @@ One relay's part in a fleet: relays started with the same ``--redis`` serve ever
 - When a relay's lease expires, the first relay to claim each of its kernels (one atomic script) rebuilds the
   kernel's manager from its record and manages it from then on; its clients, on any relay, carry on.
 - Kernel tokens are shared as digests; ``--max-kernels`` counts the fleet's kernels.
+- A relay acts only once it has shown it holds the fleet's secret (:meth:`FleetStore.join`); one with another
+  secret refuses to start. What Redis holds is sealed with it (see :mod:`.secrets`).
 
 What needs Redis fails with a clear error while Redis is away (a spawn, a command for another relay's kernel);
 what does not (serving the clients and kernels a relay has) goes on, and the relay catches up when Redis is
@@ -23,12 +25,12 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -36,7 +38,7 @@ from twisted.python.failure import Failure
 
 from ..auth import Scope, TokenAuth
 from ..kernels import Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
-from ..kernels.adoption import KernelGone, this_host
+from ..kernels.adoption import KernelGone, kernel_env, this_host
 from .numbering import SharedNumbering
 from .store import FleetStore, FleetUnavailable
 
@@ -52,6 +54,10 @@ MARKS_PER_KERNEL: Final = 1_000
 MARK_BYTES: Final = 512
 #: How long a reserved place in ``--max-kernels`` is held for a kernel that is starting.
 RESERVATION_SECONDS: Final = 300.0
+
+
+def _refused(reason: str) -> None:
+    log.critical("{reason}", reason=reason)
 
 
 def _now_iso() -> str:
@@ -108,6 +114,12 @@ class Fleet(Service):
         self._reading = False
         self.redis_up = False
         self.adopted = 0
+        self.joined = False
+        self._join_waiters: list[Deferred[None]] = []
+        self.env_allowed: frozenset[str] = frozenset()
+        """The names besides ``KERNEL_*`` that a kernel's ``env`` may set (``--kernel-env-allow``)."""
+        self.on_refused: Callable[[str], None] = _refused
+        """Called when Redis shows this relay holds another secret than the fleet's (tap: exit)."""
         kernels.owners = self
         kernels.add_observer(self)
         auth.scoped.on_issue = self._token_issued
@@ -123,6 +135,42 @@ class Fleet(Service):
             lease=self.lease,
         )
         self.store.connect()
+        self._clock.callLater(0, self._join)
+
+    def _join(self) -> None:
+        """Act only once Redis confirms this relay holds the fleet's secret; with another one, refuse."""
+        if self._leaving:
+            return
+
+        def proven(member: bool) -> None:
+            if self._leaving:
+                return
+            if not member:
+                self.on_refused(
+                    f"Refusing to join the fleet at {self.store.url}: its relays share another secret "
+                    "(the admin token or --fleet-secret). Give this relay the fleet's, or use another "
+                    "Redis database for another fleet."
+                )
+                return
+            self.joined = True
+            self._start_loops()
+            waiters, self._join_waiters = self._join_waiters, []
+            for waiting in waiters:
+                waiting.callback(None)
+
+        def unproven(failure: Failure) -> None:
+            if not failure.check(FleetUnavailable):  # type: ignore[no-untyped-call]
+                log.failure("joining the fleet failed", failure=failure)
+            waiters, self._join_waiters = self._join_waiters, []
+            for waiting in waiters:
+                waiting.errback(failure)
+            if not self._leaving:
+                # At once without a connection (no call goes out): the join follows Redis closely.
+                self._clock.callLater(0.1 if not self.store.up else 0.5, self._join)
+
+        self.store.join().addCallbacks(proven, unproven)
+
+    def _start_loops(self) -> None:
         # The lease on a timer of its own: a long sync (adoptions) must never let it lapse.
         self._renewal.start(self.lease / 3, now=True)
         self._tick.start(self.lease / 3, now=True)
@@ -166,6 +214,8 @@ class Fleet(Service):
         """
         if self._tick.running:
             self._tick.stop()
+        if not self.joined:
+            return succeed(None)  # it has nothing of the fleet's
         d: Deferred[Any] = self._sync()
 
         def decide(_: object) -> Deferred[Any]:
@@ -201,6 +251,13 @@ class Fleet(Service):
     # -- spawning (FleetCapacity) ----------------------------------------------------------------------
 
     def reserve(self, reservation: str, max_kernels: int | None) -> Deferred[bool]:
+        if not self.joined:
+            if not self.store.up:
+                return fail(FleetUnavailable(f"Redis at {self.store.url} cannot be reached"))
+            # Redis is up and the check of the secret under way: it takes a moment.
+            waiting: Deferred[None] = Deferred()
+            self._join_waiters.append(waiting)
+            return waiting.addCallback(lambda _: self.reserve(reservation, max_kernels))
         return self.store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
 
     def unreserve(self, reservation: str) -> None:
@@ -650,6 +707,8 @@ class Fleet(Service):
             self._records[kernel_id] = record
             about = json.loads(record.get("about", "{}"))
             env = json.loads(record.get("env", "{}")) if record.get("env") else None
+            # A restart here launches within this relay's policy, whatever the record says.
+            env = kernel_env(env, self.env_allowed) if env else None
             d = self._kernels.adopt(kernel_id, about, env)
             return d.addCallbacks(adopted, lost)
 

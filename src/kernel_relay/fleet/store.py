@@ -5,17 +5,23 @@ named here, and every operation that must be atomic across relays is one Lua scr
 
 Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
 
+- ``fleet``: the fleet secret's check value (see :mod:`.secrets`), set by the first relay to join.
 - ``relay:<relay id>``: a relay's lease (JSON about it), expiring unless it is renewed; ``relays``: their ids.
 - ``kernels``: the fleet's kernel ids; ``kernel:<id>``: one kernel's record (kernelspec, connection info
   **with its HMAC and Curve keys**, the provisioner's own info, the owner relay); ``pending``: the kernels
   being started, so that ``--max-kernels`` counts them.
-- ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only.
+- ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only, each under a keyed hash of it.
 - ``mailbox:<relay id>``: what other relays tell one relay (commands, replies, news of kernels and tokens).
 - ``mark:<id>:<session>``: where a Jupyter session stopped reading (its last ``relay_seq``), for an hour;
   ``marks:<id>``: the kernel's sessions that have one, by expiry (at most ``keep``: the oldest go first), so
   that they go with their kernel.
 - ``seq:<id>``, ``seen:<id>:<msg_id>``, ``journal:<id>``: the shared iopub numbering and the stream of
   numbered messages (see :mod:`.numbering`).
+
+Every value but a record's ``owner`` (which the scripts compare) is sealed with the fleet's secret (see
+:mod:`.secrets`) for its own key and field: the kernels' keys, ``env`` and token digests are unreadable in
+Redis, and a value written without the secret, or moved, is ignored (and logged) as if it were not there.
+Mailbox messages carry when they were sent and are opened once: an old or replayed one is ignored too.
 
 Redis is reached through txredisapi, which runs on the reactor. A call made while no connection is up fails at
 once with :class:`FleetUnavailable` instead of waiting in a queue to run, out of order, when Redis returns.
@@ -32,13 +38,22 @@ from urllib.parse import unquote, urlsplit
 import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from .secrets import SEALED, FleetKeys, Forged, ForgeryLog
 
 PREFIX: Final = "kernel-relay:"
 #: How long one Redis call may take before the fleet counts Redis as gone.
 REPLY_TIMEOUT: Final = 5
 #: The longest wait between two attempts to reconnect to Redis.
 MAX_RETRY_DELAY: Final = 2.0
+#: The fields of a kernel record kept in clear (the scripts compare them); the others are sealed.
+PLAIN_FIELDS: Final = frozenset({"owner"})
+#: How old a mailbox message may be (beyond any wait of a command; with room for clocks apart).
+MESSAGE_AGE: Final = 300.0
+
+log = Logger()
 
 
 class FleetUnavailable(Exception):
@@ -188,9 +203,13 @@ def _bytes(value: Any) -> bytes:
 class FleetStore:
     """The fleet's Redis: one connection for calls, one for this relay's mailbox (a blocking read)."""
 
-    def __init__(self, url: RedisURL, clock: IReactorTime) -> None:
+    def __init__(self, url: RedisURL, clock: IReactorTime, keys: FleetKeys) -> None:
         self.url = url
         self._clock = clock
+        self._keys = keys
+        self.forged = ForgeryLog(log, clock)
+        self._opened: dict[bytes, float] = {}
+        """The nonces of the mailbox messages opened lately, with when: each is acted on once."""
         self._calls: Any = None
         self._mailbox: Any = None
 
@@ -253,11 +272,19 @@ class FleetStore:
 
     # -- relays ---------------------------------------------------------------------------------------------
 
+    def join(self) -> Deferred[bool]:
+        """Whether this relay holds the fleet's secret: the check value in Redis is its own (or now is)."""
+        d = self._call("SET", key("fleet"), self._keys.check, "NX")
+        d.addCallback(lambda _: self._call("GET", key("fleet")))
+        return d.addCallback(lambda value: value is not None and self._keys.matches(_text(value)))
+
     def renew(self, relay_id: str, about: Mapping[str, Any], ttl: float) -> Deferred[Any]:
         """Keep this relay's lease for ``ttl`` seconds more (and be counted among the relays)."""
-        d = self._call(
-            "SET", key("relay", relay_id), json.dumps(dict(about)), "PX", int(ttl * 1000)
-        )
+        where = key("relay", relay_id)
+        lease = self._keys.seal(where, json.dumps(dict(about)).encode())
+        d = self._call("SET", where, lease, "PX", int(ttl * 1000))
+        # The check value again, should Redis have lost it (restarted empty).
+        d.addCallback(lambda _: self._call("SET", key("fleet"), self._keys.check, "NX"))
         return d.addCallback(lambda _: self._call("SADD", key("relays"), relay_id))
 
     def release(self, relay_id: str) -> Deferred[Any]:
@@ -281,7 +308,12 @@ class FleetStore:
                         self._call("SREM", key("relays"), name).addErrback(lambda f: None)
                     else:
                         try:
-                            alive[name] = json.loads(_text(value))
+                            about = self._keys.open(key("relay", name), _text(value))
+                        except Forged as error:
+                            self.forged(error)  # not a relay of this fleet: not counted
+                            continue
+                        try:
+                            alive[name] = json.loads(about)
                         except ValueError:
                             alive[name] = {}
                 return alive
@@ -313,7 +345,15 @@ class FleetStore:
         self, kernel_id: str, record: Mapping[str, str], reservation: str = ""
     ) -> Deferred[Any]:
         """Add a kernel (or update its record) and free its reservation."""
-        pairs = [item for pair in record.items() for item in pair]
+        where = key("kernel", kernel_id)
+        pairs = [
+            item
+            for name, value in record.items()
+            for item in (
+                name,
+                value if name in PLAIN_FIELDS else self._seal_field(where, name, value),
+            )
+        ]
         return self._script(
             _REGISTER,
             [key("kernels"), key("pending"), key("kernel", kernel_id)],
@@ -343,16 +383,31 @@ class FleetStore:
             lambda ids: {_text(i) for i in ids or ()}
         )
 
+    def _seal_field(self, where: str, name: str, value: str) -> str:
+        return self._keys.seal(f"{where}\x00{name}", value.encode("utf-8"))
+
     def kernel(self, kernel_id: str) -> Deferred[dict[str, str] | None]:
-        """A kernel's record, None when the fleet has no such kernel."""
+        """A kernel's record, None when the fleet has no such kernel (or its record is forged)."""
+        where = key("kernel", kernel_id)
 
         def record(value: Any) -> dict[str, str] | None:
             if not value:
                 return None
             if isinstance(value, dict):
-                return {_text(k): _text(v) for k, v in value.items()}
-            flat = list(value)
-            return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+                fields = {_text(k): _text(v) for k, v in value.items()}
+            else:
+                flat = list(value)
+                fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+            try:
+                return {
+                    name: value
+                    if name in PLAIN_FIELDS
+                    else self._keys.open(f"{where}\x00{name}", value).decode("utf-8")
+                    for name, value in fields.items()
+                }
+            except (Forged, UnicodeDecodeError) as error:
+                self.forged(Forged(str(error)))
+                return None
 
         return self._call("HGETALL", key("kernel", kernel_id)).addCallback(record)
 
@@ -375,18 +430,28 @@ class FleetStore:
     # -- tokens ---------------------------------------------------------------------------------------------
 
     def add_token(self, kernel_id: str, digest: bytes, access: str) -> Deferred[Any]:
-        return self._call("HSET", key("tokens", kernel_id), digest.hex(), access)
+        where = key("tokens", kernel_id)
+        name = self._keys.token_name(kernel_id, digest)
+        entry = self._keys.seal(f"{where}\x00{name}", json.dumps([digest.hex(), access]).encode())
+        return self._call("HSET", where, name, entry)
 
     def tokens(self, kernel_id: str) -> Deferred[dict[bytes, str]]:
+        where = key("tokens", kernel_id)
+
         def decoded(value: Any) -> dict[bytes, str]:
             flat = list(value.items()) if isinstance(value, dict) else list(value or ())
             if flat and not isinstance(flat[0], tuple):
                 flat = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
             found = {}
-            for digest, access in flat:
+            for name, entry in flat:
                 try:
-                    found[bytes.fromhex(_text(digest))] = _text(access)
-                except ValueError:
+                    digest, access = json.loads(
+                        self._keys.open(f"{where}\x00{_text(name)}", _text(entry))
+                    )
+                    found[bytes.fromhex(digest)] = str(access)
+                except Forged as error:
+                    self.forged(error)
+                except (ValueError, TypeError):
                     continue
             return found
 
@@ -397,23 +462,49 @@ class FleetStore:
     def post(self, relay_id: str, message: Mapping[str, Any], ttl: float) -> Deferred[Any]:
         """Leave a message for a relay (kept ``ttl`` seconds at most, should it never read it)."""
         box = key("mailbox", relay_id)
-        d = self._call("RPUSH", box, json.dumps(dict(message)))
+        letter = {"message": dict(message), "sent": self._clock.seconds()}
+        d = self._call("RPUSH", box, self._keys.seal(box, json.dumps(letter).encode()))
         return d.addCallback(lambda _: self._call("PEXPIRE", box, int(ttl * 1000)))
 
     def read_mailbox(self, relay_id: str, wait: int) -> Deferred[dict[str, Any] | None]:
-        """The next message for this relay, waiting up to ``wait`` seconds; None if none came."""
+        """
+        The next message for this relay, waiting up to ``wait`` seconds; None if none came, or if what came
+        is no message of a relay of this fleet (forged, old or seen before: logged).
+        """
+        box = key("mailbox", relay_id)
 
         def decoded(reply: Any) -> dict[str, Any] | None:
             if not reply:
                 return None
             try:
-                message = json.loads(_text(list(reply)[-1]))
-            except ValueError:
-                return None
-            return message if isinstance(message, dict) else None
+                return self._open_letter(box, _text(list(reply)[-1]))
+            except Forged as error:
+                self.forged(error)
+            except (ValueError, TypeError):
+                pass
+            return None
 
-        d = self._call("BLPOP", key("mailbox", relay_id), wait, handler=self._mailbox)
+        d = self._call("BLPOP", box, wait, handler=self._mailbox)
         return d.addCallback(decoded)
+
+    def _open_letter(self, box: str, value: str) -> dict[str, Any] | None:
+        now = self._clock.seconds()
+        letter = json.loads(self._keys.open(box, value))
+        if not isinstance(letter, dict) or not isinstance(letter.get("message"), dict):
+            return None
+        if abs(now - float(letter.get("sent", 0))) > MESSAGE_AGE:
+            raise Forged(f"a message in {box!r} is {now - float(letter['sent']):.0f}s old")
+        # Oldest first (in the order opened): forget those too old to be accepted again anyway.
+        for nonce, seen in list(self._opened.items()):
+            if now - seen <= 2 * MESSAGE_AGE:
+                break
+            del self._opened[nonce]
+        nonce = value.encode()[: len(SEALED) + 16]
+        if nonce in self._opened:
+            raise Forged(f"a message in {box!r} came again (replayed)")
+        self._opened[nonce] = now
+        message: dict[str, Any] = letter["message"]
+        return message
 
     # -- where Jupyter sessions stopped ------------------------------------------------------------------
 

@@ -6,18 +6,21 @@ for another relay to manage it, and rebuilding its manager from that record. Run
 A local kernel whose relay died is no child of the relay that adopts it, so jupyter_client's
 ``LocalProvisioner`` (which polls and signals its ``Popen``) is given an :class:`OrphanProcess` in its place:
 the same calls, made on the process id, which is checked against the process's start time so that a reused
-pid is never taken for the kernel.
+pid is never taken for the kernel. Before that, the process must be the kernel's: its start time is the one the
+record gives and its command line names the kernel's connection file, so that a record naming another process
+(a bug, or a forgery) never has that process adopted, signalled or killed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import KernelManager
@@ -27,6 +30,9 @@ from jupyter_core.utils import run_sync
 
 from ._errors import KernelLaunchError, UnknownKernelSpec
 from ._runtime import connection_dir
+
+#: What a client may set in a kernel's environment whatever the relay's options (as POST /api/kernels).
+KERNEL_ENV: Final = re.compile(r"KERNEL_[A-Za-z0-9_]{1,128}")
 
 
 class KernelGone(KernelLaunchError):
@@ -40,6 +46,34 @@ def this_host() -> str:
     except OSError:
         boot = ""
     return f"{socket.gethostname()}/{boot}"
+
+
+def kernel_env(env: Mapping[str, Any], allowed: frozenset[str] = frozenset()) -> dict[str, str]:
+    """The part of a kernel's recorded ``env`` that a restart may use: ``KERNEL_*`` and ``allowed`` names."""
+    return {
+        name: value
+        for name, value in env.items()
+        if (KERNEL_ENV.fullmatch(name) or name in allowed)
+        and isinstance(value, str)
+        and "\x00" not in value
+    }
+
+
+def command_line(pid: int) -> list[str]:
+    """A process's arguments (from /proc), empty when it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\x00") if part]
+
+
+def is_kernel_process(pid: int, started: str, kernel_id: str) -> bool:
+    """Whether ``pid`` is kernel ``kernel_id``'s process: started then, and run with its connection file."""
+    if start_time(pid) != started:
+        return False
+    name = f"kernel-{kernel_id}.json"
+    return any(part.endswith(name) for part in command_line(pid))
 
 
 def start_time(pid: int) -> str | None:
@@ -159,14 +193,15 @@ def rebuild(
                 "relay on that machine can manage its process"
             )
         pid = provisioner_info.get("pid")
-        if not isinstance(pid, int) or start_time(pid) is None:
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or start_time(pid) is None:
             raise KernelGone(f"kernel {kernel_id}'s process ({pid}) is gone")
         started = record.get("started")
-        if isinstance(started, str) and start_time(pid) != started:
-            raise KernelGone(f"kernel {kernel_id}'s process ({pid}) is gone (its pid was reused)")
-        provisioner.process = cast(
-            Any, OrphanProcess(pid, started if isinstance(started, str) else None)
-        )
+        if not isinstance(started, str) or not is_kernel_process(pid, started, kernel_id):
+            raise KernelGone(
+                f"kernel {kernel_id}'s process ({pid}) is gone: process {pid} is not that kernel "
+                "(its start time or command line differ)"
+            )
+        provisioner.process = cast(Any, OrphanProcess(pid, started))
         # Its ports are the kernel's: a restart must not pick new ones (its clients' sockets stay on these).
         provisioner.ports_cached = True
     manager.provisioner = provisioner
@@ -182,4 +217,13 @@ def rebuild(
     return manager
 
 
-__all__ = ["KernelGone", "OrphanProcess", "describe", "rebuild", "start_time", "this_host"]
+__all__ = [
+    "KernelGone",
+    "OrphanProcess",
+    "describe",
+    "is_kernel_process",
+    "kernel_env",
+    "rebuild",
+    "start_time",
+    "this_host",
+]
