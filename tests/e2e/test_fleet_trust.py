@@ -179,19 +179,21 @@ def test_a_forged_or_moved_record_is_ignored(
         ports = {
             f"{name}_port": free_port() for name in ("shell", "iopub", "stdin", "control", "hb")
         }
+        forged = str(uuid.uuid4())
+        connection = {
+            **ports,
+            "ip": "127.0.0.1",
+            "transport": "tcp",
+            "key": "forged",
+            "signature_scheme": "hmac-sha256",
+        }
+        provisioner = {"kernel_id": forged, "connection_info": connection, "ip": "127.0.0.1"}
         about = {
-            "connection": {
-                **ports,
-                "ip": "127.0.0.1",
-                "transport": "tcp",
-                "key": "forged",
-                "signature_scheme": "hmac-sha256",
-            },
-            "provisioner": {"pid": sleeper.pid, "pgid": sleeper.pid, "ip": "127.0.0.1"},
+            "connection": connection,
+            "provisioner": {**provisioner, "pid": sleeper.pid, "pgid": sleeper.pid},
             "host": this_host(),
             "started": start_time(sleeper.pid),
         }
-        forged = str(uuid.uuid4())
         record = [
             "spec",
             "python3",
@@ -208,13 +210,16 @@ def test_a_forged_or_moved_record_is_ignored(
         redis(redis_server, db, "HSET", f"kernel-relay:kernel:{moved}", *real)
         redis(redis_server, db, "SADD", "kernel-relay:kernels", forged, moved)
         time.sleep(4)  # more than two leases: time to learn and to adopt
-        assert ids(a) == {kernel_id}
-        assert health(a)["fleet"]["adopted"] == 0  # type: ignore[index]
-        assert any(FORGERY in line for line in log_lines(a))
+        served, adopted = ids(a), health(a)["fleet"]["adopted"]  # type: ignore[index]
+        assert a.shutdown(kernel_id).status_code == 200
     finally:
         a.stop()
         show("A", a)
+    # The relay stopped last: it shuts down every kernel it manages, so an adopted sleep would be killed.
     assert sleeper.poll() is None, "the relay killed a process that is no kernel"
+    assert served == {kernel_id}
+    assert adopted == 0
+    assert any(FORGERY in line for line in log_lines(a))
 
 
 def test_redis_holds_no_kernel_key_env_value_nor_token(
