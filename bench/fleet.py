@@ -225,7 +225,10 @@ def _case(
     messages: int,
 ) -> dict[str, Any]:
     """Start the case's relays, spawn the kernel on the first, measure, and stop it all again."""
-    fleet_args = ("--redis", redis.database(database)) if redis is not None else ()
+    fleet_args: tuple[str, ...] = ()
+    if redis is not None:
+        # A fleet needs a secret its relays share (no token here: the relays are on loopback).
+        fleet_args = ("--redis", redis.database(database), "--fleet-secret", "bench-fleet-secret")
     relays: list[RelayServer] = []
     kernel_id = None
     try:
