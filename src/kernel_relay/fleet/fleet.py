@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -114,8 +114,6 @@ class Fleet(Service):
         self._reading = False
         self.redis_up = False
         self.adopted = 0
-        self.joined = False
-        self._join_waiters: list[Deferred[None]] = []
         self.env_allowed: frozenset[str] = frozenset()
         """The names besides ``KERNEL_*`` that a kernel's ``env`` may set (``--kernel-env-allow``)."""
         self.on_refused: Callable[[str], None] = _refused
@@ -139,11 +137,11 @@ class Fleet(Service):
 
     def _join(self) -> None:
         """Act only once Redis confirms this relay holds the fleet's secret; with another one, refuse."""
-        if self._leaving:
+        if not self.running:
             return
 
         def proven(member: bool) -> None:
-            if self._leaving:
+            if not self.running:
                 return
             if not member:
                 self.on_refused(
@@ -152,19 +150,12 @@ class Fleet(Service):
                     "Redis database for another fleet."
                 )
                 return
-            self.joined = True
             self._start_loops()
-            waiters, self._join_waiters = self._join_waiters, []
-            for waiting in waiters:
-                waiting.callback(None)
 
         def unproven(failure: Failure) -> None:
             if not failure.check(FleetUnavailable):  # type: ignore[no-untyped-call]
                 log.failure("joining the fleet failed", failure=failure)
-            waiters, self._join_waiters = self._join_waiters, []
-            for waiting in waiters:
-                waiting.errback(failure)
-            if not self._leaving:
+            if self.running:
                 # At once without a connection (no call goes out): the join follows Redis closely.
                 self._clock.callLater(0.1 if not self.store.up else 0.5, self._join)
 
@@ -214,7 +205,7 @@ class Fleet(Service):
         """
         if self._tick.running:
             self._tick.stop()
-        if not self.joined:
+        if not self.store.member:
             return succeed(None)  # it has nothing of the fleet's
         d: Deferred[Any] = self._sync()
 
@@ -251,13 +242,6 @@ class Fleet(Service):
     # -- spawning (FleetCapacity) ----------------------------------------------------------------------
 
     def reserve(self, reservation: str, max_kernels: int | None) -> Deferred[bool]:
-        if not self.joined:
-            if not self.store.up:
-                return fail(FleetUnavailable(f"Redis at {self.store.url} cannot be reached"))
-            # Redis is up and the check of the secret under way: it takes a moment.
-            waiting: Deferred[None] = Deferred()
-            self._join_waiters.append(waiting)
-            return waiting.addCallback(lambda _: self.reserve(reservation, max_kernels))
         return self.store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
 
     def unreserve(self, reservation: str) -> None:

@@ -208,6 +208,8 @@ class FleetStore:
         self._clock = clock
         self._keys = keys
         self.forged = ForgeryLog(log, clock)
+        self.member = False
+        """Whether Redis showed this relay holds the fleet's secret (:meth:`join`)."""
         self._opened: dict[bytes, float] = {}
         """The nonces of the mailbox messages opened lately, with when: each is acted on once."""
         self._calls: Any = None
@@ -276,7 +278,12 @@ class FleetStore:
         """Whether this relay holds the fleet's secret: the check value in Redis is its own (or now is)."""
         d = self._call("SET", key("fleet"), self._keys.check, "NX")
         d.addCallback(lambda _: self._call("GET", key("fleet")))
-        return d.addCallback(lambda value: value is not None and self._keys.matches(_text(value)))
+
+        def checked(value: Any) -> bool:
+            self.member = value is not None and self._keys.matches(_text(value))
+            return self.member
+
+        return d.addCallback(checked)
 
     def renew(self, relay_id: str, about: Mapping[str, Any], ttl: float) -> Deferred[Any]:
         """Keep this relay's lease for ``ttl`` seconds more (and be counted among the relays)."""
@@ -328,7 +335,12 @@ class FleetStore:
     # -- kernels --------------------------------------------------------------------------------------------
 
     def reserve(self, reservation: str, max_kernels: int | None, ttl: float) -> Deferred[bool]:
-        """Hold a place for a kernel being started, unless the fleet runs ``max_kernels`` already."""
+        """
+        Hold a place for a kernel being started, unless the fleet runs ``max_kernels`` already; only once this
+        relay has shown it holds the fleet's secret.
+        """
+        if not self.member:
+            return self.join().addCallback(self._reserve_as_member, reservation, max_kernels, ttl)
         now = int(self._clock.seconds() * 1000)
         limit = -1 if max_kernels is None else max_kernels
         d = self._script(
@@ -337,6 +349,13 @@ class FleetStore:
             [reservation, now + int(ttl * 1000), now, limit],
         )
         return d.addCallback(lambda n: int(n) == 1)
+
+    def _reserve_as_member(
+        self, member: bool, reservation: str, max_kernels: int | None, ttl: float
+    ) -> Deferred[bool]:
+        if not member:
+            return fail(FleetUnavailable("this relay holds another secret than its fleet's"))
+        return self.reserve(reservation, max_kernels, ttl)
 
     def unreserve(self, reservation: str) -> Deferred[Any]:
         return self._call("HDEL", key("pending"), reservation)
