@@ -39,7 +39,7 @@ from .http.origins import OriginPolicy
 from .http.routes import KleinRoutes
 from .http.site import DEFAULT_MAX_BODY, Listener, RelayRoot, RelaySite
 from .http.spawning import Spawner
-from .kernels import KernelRegistry
+from .kernels import NETWORK_POLICIES, SANDBOX_POLICIES, KernelRegistry, Limits, SandboxPolicy
 from .kernels.culling import KernelCuller
 from .kernels.heartbeat import HeartbeatMonitor
 from .kernels.service import KernelsService
@@ -157,6 +157,28 @@ def _forwarded_header(text: str) -> str:
 _forwarded_header.coerceDoc = "x-forwarded-for or forwarded."  # type: ignore[attr-defined]
 
 
+def _choice(option: str, choices: Sequence[str]) -> Any:
+    def coerce(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"--{option} is one of {', '.join(choices)}")
+        return value
+
+    coerce.coerceDoc = f"One of {', '.join(choices)}."  # type: ignore[attr-defined]
+    return coerce
+
+
+def _kernel_limits(text: str) -> Limits:
+    return Limits().with_text(text)
+
+
+_kernel_limits.coerceDoc = (  # type: ignore[attr-defined]
+    "Comma-separated name=value: memory (RLIMIT_DATA per process, default a quarter of RAM), processes "
+    "(RLIMIT_NPROC, default 256, at most 1024), open_files (1024), file_size (1G), cpu_time (seconds, none), "
+    "tmp_size (its /tmp, 64M); 'none' lifts a limit. A kernelspec's metadata.kernel_relay.limits overrides."
+)
+
+
 class Options(usage.Options):
     synopsis = "[options] [port]"
     longdesc = (
@@ -215,6 +237,24 @@ class Options(usage.Options):
             "private directory, which only its user can enter).",
             _kernel_transport,
         ],
+        [
+            "kernel-sandbox",
+            None,
+            "auto",
+            "Sandbox (bubblewrap) around every local kernel: auto (wherever bwrap works; otherwise the kernel "
+            "runs unsandboxed, logged and shown in /api/kernels), required (a kernel that cannot be sandboxed "
+            "fails to start), or off.",
+            _choice("kernel-sandbox", SANDBOX_POLICIES),
+        ],
+        [
+            "kernel-network",
+            None,
+            "none",
+            "Network of a sandboxed kernel: none (its own namespace; channels on UNIX sockets), or host (the "
+            "machine's network, loopback services included: see README, Security).",
+            _choice("kernel-network", NETWORK_POLICIES),
+        ],
+        ["kernel-limits", None, "", "Limits of each sandboxed kernel.", _kernel_limits],
         [
             "kernel-env-allow",
             None,
@@ -670,6 +710,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         launch_timeout=options["launch-timeout"],
         encryption=options["kernel-encryption"],
         transport=options["kernel-transport"],
+        sandbox=SandboxPolicy(
+            options["kernel-sandbox"],
+            options["kernel-network"],
+            options["kernel-limits"] if isinstance(options["kernel-limits"], Limits) else Limits(),
+        ),
         # A fleet's kernels outlive their relay, for another relay to adopt them.
         independent=options["redis"] is not None,
     )

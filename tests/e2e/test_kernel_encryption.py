@@ -28,8 +28,9 @@ TEST_SPECS = {
     ),
 }
 
-encrypted = relay_fixture(env=TEST_SPECS)
-plain = relay_fixture("--kernel-encryption", "disabled")
+# The eavesdropper listens on TCP ports: the kernels keep the host's network (a sandboxed kernel has none).
+encrypted = relay_fixture("--kernel-network", "host", env=TEST_SPECS)
+plain = relay_fixture("--kernel-encryption", "disabled", "--kernel-network", "host")
 required = relay_fixture("--kernel-encryption", "required", env=TEST_SPECS)
 
 PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -127,7 +128,8 @@ def test_required_refuses_a_kernelspec_without_curve_with_a_clear_error(required
     assert seed.status_code == 500 and "--kernel-encryption" in seed.json()["error"]
 
 
-ipc = relay_fixture("--kernel-transport", "ipc")
+# Unsandboxed: a sandboxed kernel's sockets are in its own directory (tests/e2e/test_sandbox.py).
+ipc = relay_fixture("--kernel-transport", "ipc", "--kernel-sandbox", "off")
 
 
 def test_the_ipc_transport_puts_the_channels_on_sockets_in_the_private_directory(

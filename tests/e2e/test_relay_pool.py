@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -43,7 +44,14 @@ def kernel_processes(relay: Relay) -> set[int]:
     found = set()
     for child in psutil.Process(relay.process.pid).children(recursive=True):
         try:
-            if "ipykernel" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+            cmdline = child.cmdline()
+            # A sandboxed kernel's bwrap and sh name its connection file too: only the kernel counts.
+            wrapper = bool(cmdline) and os.path.basename(cmdline[0]) in ("bwrap", "sh")
+            if (
+                "ipykernel" in " ".join(cmdline)
+                and not wrapper
+                and child.status() != psutil.STATUS_ZOMBIE
+            ):
                 found.add(child.pid)
         except psutil.Error:
             continue

@@ -242,6 +242,8 @@ class JupyterAPI:
             "reachable": kernel.reachable,
             # Whether its ZeroMQ channels are CurveZMQ-encrypted (see --kernel-encryption).
             "encrypted": kernel.curve is not None,
+            # Whether it runs in the relay's sandbox (see --kernel-sandbox).
+            "sandboxed": kernel.sandboxed,
         }
 
     # -- discovery -------------------------------------------------------------------------------------

@@ -31,10 +31,13 @@ from ._messages import (
 )
 from ._observers import KernelObserver
 from ._registry import KernelRegistry, KernelSpecInfo
+from ._sandbox import NETWORK_POLICIES, SANDBOX_POLICIES, Limits, SandboxPolicy
 
 __all__ = [
     "DEFAULT_USERNAME",
+    "NETWORK_POLICIES",
     "PROTOCOL_VERSION",
+    "SANDBOX_POLICIES",
     "Frame",
     "InvalidMessage",
     "Kernel",
@@ -45,7 +48,9 @@ __all__ = [
     "KernelRegistry",
     "KernelShutdownError",
     "KernelSpecInfo",
+    "Limits",
     "MessageCallback",
+    "SandboxPolicy",
     "UnknownKernel",
     "UnknownKernelSpec",
     "message_json",

@@ -148,6 +148,8 @@ class Kernel:
         self.pid = pid
         """The local process id when the provisioner has one (tests and diagnostics only)."""
         self.connection_file = connection_file
+        self.sandboxed = connection_info.get("sandboxed") is True
+        """Whether it runs in the relay's sandbox (see ``_sandbox``): its relay says so in its connection info."""
         self.execution_state = "starting"
         self.reachable = True
         """False while the kernel does not answer its heartbeat (see :mod:`kernel_relay.kernels.heartbeat`)."""

@@ -17,6 +17,15 @@ from twisted.logger import Logger
 
 from ._errors import KernelLaunchError, KernelShutdownError, UnknownKernelSpec
 from ._runtime import connection_dir
+from ._sandbox import (
+    Box,
+    Sandbox,
+    SandboxedKernelManager,
+    SandboxPolicy,
+    environment,
+    scrubbed,
+    unavailable,
+)
 
 _log = Logger()
 
@@ -55,6 +64,7 @@ def launch(
     encryption: str = "disabled",
     transport: str = "tcp",
     independent: bool = False,
+    sandbox: SandboxPolicy | None = None,
 ) -> KernelManager:
     """
     Start a kernel through its provisioner; the manager returned owns the process. ``env`` is added to the
@@ -63,7 +73,10 @@ def launch(
     declares ``curve`` in ``metadata.supported_encryption``, ``required`` refuses a kernelspec that does not.
     ``transport`` ``ipc`` puts the kernel's channels on UNIX sockets beside its connection file, in the
     relay's private directory (only a local kernel can use it). An ``independent`` kernel does not exit
-    when the relay does (a fleet's kernels outlive their relay, to be adopted by another).
+    when the relay does (a fleet's kernels outlive their relay, to be adopted by another). ``sandbox`` says
+    whether and how a local kernel is sandboxed (see ``_sandbox``); a sandboxed kernel without the host's
+    network gets the ipc transport whatever ``transport`` says. The relay's own variables (``KERNEL_RELAY_*``)
+    never reach a kernel.
     """
     try:
         spec = ksm.get_kernel_spec(spec_name)
@@ -83,8 +96,18 @@ def launch(
         raise KernelLaunchError(
             f"cannot create the relay's connection-file directory: {exc}"
         ) from exc
+    contained = _sandbox_for(spec, spec_name, kernel_id, sandbox or SandboxPolicy(), independent)
     transport_options: dict[str, str] = {}
-    if transport == "ipc":
+    if contained is not None and contained.network == "none":
+        prefix = contained.box.ipc_prefix
+        if len(prefix.encode()) > IPC_PATH_LIMIT:
+            contained.box.remove()
+            raise KernelLaunchError(
+                f"a sandboxed kernel's channels need a shorter runtime directory than {runtime_dir!r} (UNIX "
+                "socket paths are limited): set JUPYTER_RUNTIME_DIR to a shorter path"
+            )
+        transport_options = {"transport": "ipc", "ip": prefix}
+    elif transport == "ipc":
         # UNIX socket paths are short (108 bytes): the sockets are named by the id's first block.
         prefix = os.path.join(runtime_dir, kernel_id.split("-", 1)[0])
         if len(prefix.encode()) > IPC_PATH_LIMIT:
@@ -93,7 +116,7 @@ def launch(
                 "paths are limited): set JUPYTER_RUNTIME_DIR to a shorter path, or use --kernel-transport tcp"
             )
         transport_options = {"transport": "ipc", "ip": prefix}
-    manager = KernelManager(
+    manager = SandboxedKernelManager(
         kernel_name=spec_name,
         kernel_spec_manager=ksm,
         kernel_id=kernel_id,
@@ -102,10 +125,12 @@ def launch(
         transport_encryption=encryption,
         **transport_options,
     )
+    manager.sandbox = contained
     try:
         options: dict[str, Any] = {"independent": True} if independent else {}
-        if env:
-            options["env"] = {**os.environ, **env}
+        options["env"] = (
+            environment(os.environ, env) if contained is not None else scrubbed(os.environ, env)
+        )
         manager.start_kernel(**options)
     except Exception as exc:
         _log.failure("kernel {spec_name} failed to start", spec_name=spec_name)
@@ -113,8 +138,53 @@ def launch(
             kill(manager)
         except Exception:
             _log.failure("cleaning up the failed kernel {spec_name} failed", spec_name=spec_name)
+        if contained is not None:
+            contained.box.remove()
         raise KernelLaunchError(f"could not start a {spec_name!r} kernel: {exc}") from exc
     return manager
+
+
+def _is_local(spec: Any) -> bool:
+    """Whether a kernelspec's kernels run here (jupyter_client's local provisioner), not on an ssh host."""
+    metadata = spec.metadata if isinstance(spec.metadata, dict) else {}
+    provisioner = metadata.get("kernel_provisioner")
+    name = provisioner.get("provisioner_name") if isinstance(provisioner, dict) else None
+    return name in (None, "local-provisioner")
+
+
+def _sandbox_for(
+    spec: Any, spec_name: str, kernel_id: str, policy: SandboxPolicy, independent: bool
+) -> Sandbox | None:
+    """The sandbox of a new kernel, or None (``off``, another provisioner's, or none possible in ``auto``)."""
+    if policy.mode == "off":
+        return None
+    if not _is_local(spec):
+        _log.info(
+            "kernel {kernel_id} ({spec_name!r}) runs where its provisioner starts it, outside the sandbox",
+            kernel_id=kernel_id,
+            spec_name=spec_name,
+        )
+        return None
+    reason = unavailable()
+    if reason is not None:
+        if policy.mode == "required":
+            raise KernelLaunchError(
+                f"cannot sandbox the {spec_name!r} kernel ({reason}), and --kernel-sandbox is required"
+            )
+        _log.warn(
+            "KERNEL {kernel_id} ({spec_name!r}) RUNS UNSANDBOXED: {reason}. It can read the relay's and "
+            "other kernels' files and reach the network; --kernel-sandbox required refuses to start it",
+            kernel_id=kernel_id,
+            spec_name=spec_name,
+            reason=reason,
+        )
+        return None
+    limits = policy.limits.for_spec(spec.metadata)
+    try:
+        box = Box.make(kernel_id)
+    except OSError as exc:
+        raise KernelLaunchError(f"cannot make the kernel's sandbox directory: {exc}") from exc
+    return Sandbox(box, limits, policy.network, independent)
 
 
 def declares_curve(metadata: Any) -> bool:
@@ -131,6 +201,7 @@ def connection_details(manager: KernelManager) -> tuple[dict[str, Any], int | No
     """Connection info, local pid (when there is one) and connection file of a started kernel."""
     info: dict[str, Any] = dict(manager.get_connection_info(session=False))
     pid = getattr(manager.provisioner, "pid", None)
+    info["sandboxed"] = bool(getattr(manager, "sandboxed", False))
     return info, pid if isinstance(pid, int) else None, str(manager.connection_file)
 
 
@@ -151,6 +222,14 @@ def stop(manager: KernelManager) -> None:
         kill(manager)
     if _is_alive(manager):
         raise KernelShutdownError(f"kernel {manager.kernel_id} could not be stopped")
+    _remove_box(manager)
+
+
+def _remove_box(manager: KernelManager) -> None:
+    """A stopped kernel's sandbox directory goes with it (its home is scratch space, said so in the README)."""
+    sandbox = getattr(manager, "sandbox", None)
+    if isinstance(sandbox, Sandbox):
+        sandbox.box.remove()
 
 
 def kill(manager: KernelManager) -> None:
@@ -166,6 +245,7 @@ def kill(manager: KernelManager) -> None:
     _remove_connection_file(manager)
     if _is_alive(manager):
         raise KernelShutdownError(f"kernel {manager.kernel_id} could not be killed")
+    _remove_box(manager)
 
 
 def interrupt(manager: KernelManager) -> None:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from . import _manager, adoption
 from ._kernel import Kernel
+from ._sandbox import SandboxPolicy
 from ._zmq import ZmqSocketOpener
 
 _log = Logger()
@@ -102,8 +103,10 @@ class JupyterProcesses:
         encryption: str = "disabled",
         transport: str = "tcp",
         independent: bool = False,
+        sandbox: SandboxPolicy | None = None,
     ) -> None:
         self._reactor = reactor
+        self._sandbox = sandbox or SandboxPolicy()
         self._ksm = kernel_spec_manager
         self._shutdown_timeout = shutdown_timeout
         self._encryption = encryption
@@ -127,6 +130,7 @@ class JupyterProcesses:
             self._encryption,
             self._transport,
             self._independent,
+            self._sandbox,
         )
 
     def connect(self, kernel_id: str, spec_name: str, manager: KernelManager) -> Kernel:

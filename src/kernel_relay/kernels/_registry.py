@@ -37,6 +37,7 @@ from ._pool import WarmPool
 from ._processes import JupyterProcesses, KernelProcesses, ManagedKernel, Watched
 from ._restart import Restarts
 from ._running import RunningKernels, unknown
+from ._sandbox import SandboxPolicy
 
 _log = Logger()
 
@@ -77,6 +78,7 @@ class KernelRegistry:
         encryption: str = "disabled",
         transport: str = "tcp",
         independent: bool = False,
+        sandbox: SandboxPolicy | None = None,
     ) -> None:
         self._reactor = reactor
         self._processes: KernelProcesses = (
@@ -89,6 +91,7 @@ class KernelRegistry:
                 encryption,
                 transport,
                 independent,
+                sandbox,
             )
         )
         self._observers = Observers()

@@ -19,10 +19,14 @@ from typing import Final
 from jupyter_core.paths import jupyter_runtime_dir
 from twisted.logger import Logger
 
+from ._errors import KernelLaunchError
+from ._sandbox import box_alive, boxes_dir
+
 _log = Logger()
 
 _OWN_DIR: Final = re.compile(r"kernel-relay-(?P<pid>[0-9]{1,10})")
 #: A connection file, or a UNIX socket of a kernel on the ipc transport (``<id's first block>-<port>``).
+_BOX: Final = re.compile(r"[0-9a-f]{8}")
 _OWN_FILE: Final = re.compile(r"kernel-[0-9a-f-]{36}\.json|[0-9a-f]{8}-[0-9]{1,5}")
 
 
@@ -53,13 +57,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _remove_stale_boxes() -> list[Path]:
+    """Sandbox directories (see ``_sandbox.Box``) whose sandbox no longer runs: its relay was killed."""
+    removed: list[Path] = []
+    try:
+        entries = list(boxes_dir().iterdir())
+    except (OSError, KernelLaunchError):
+        return removed
+    for entry in entries:
+        if _BOX.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            if not box_alive(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+                _log.info(
+                    "Removed {path}, the sandbox directory of a kernel that is gone",
+                    path=str(entry),
+                )
+    return removed
+
+
 def remove_stale() -> list[Path]:
     """
-    Remove the directories of relays that are gone (with only connection files in them); return them. A
-    directory with anything else in it is left as it is, and said so.
+    Remove the directories of relays that are gone (with only connection files in them), and the sandbox
+    directories of kernels that are gone; return them. A relay's directory with anything else in it is left
+    as it is, and said so.
     """
     runtime = Path(jupyter_runtime_dir())
-    removed: list[Path] = []
+    removed: list[Path] = _remove_stale_boxes()
     try:
         entries = list(runtime.iterdir())
     except OSError:

@@ -30,6 +30,7 @@ from jupyter_core.utils import run_sync
 
 from ._errors import KernelLaunchError, UnknownKernelSpec
 from ._runtime import connection_dir
+from ._sandbox import Sandbox, SandboxedKernelManager, environment, scrubbed
 
 #: What a client may set in a kernel's environment whatever the relay's options (as POST /api/kernels).
 KERNEL_ENV: Final = re.compile(r"KERNEL_[A-Za-z0-9_]{1,128}")
@@ -146,11 +147,16 @@ def describe(manager: KernelManager) -> dict[str, Any]:
     if manager.provisioner is not None:
         provisioner = _plain(dict(run_sync(manager.provisioner.get_provisioner_info)()))
     pid = provisioner.get("pid")
+    sandboxed = bool(getattr(manager, "sandboxed", False))
+    # Guests show it in their kernel model; an adopter relaunches it in the same sandbox.
+    connection["sandboxed"] = sandboxed
+    sandbox = getattr(manager, "sandbox", None)
     return {
         "connection": connection,
         "provisioner": provisioner,
         "host": this_host(),
         "started": start_time(pid) if isinstance(pid, int) else None,
+        "sandbox": sandbox.to_record() if sandboxed and isinstance(sandbox, Sandbox) else None,
     }
 
 
@@ -173,7 +179,7 @@ def rebuild(
     except NoSuchKernel:
         raise UnknownKernelSpec(f"no kernel spec named {spec_name!r} on this relay") from None
     provisioner_info = dict(record.get("provisioner") or {})
-    manager = KernelManager(
+    manager = SandboxedKernelManager(
         kernel_name=spec_name,
         kernel_spec_manager=ksm,
         kernel_id=kernel_id,
@@ -181,6 +187,14 @@ def rebuild(
         shutdown_wait_time=shutdown_timeout,
         transport_encryption=encryption,
     )
+    sandbox_record = record.get("sandbox")
+    if isinstance(sandbox_record, dict):
+        try:
+            manager.sandbox = Sandbox.from_record(sandbox_record, independent=True)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KernelLaunchError(
+                f"kernel {kernel_id}'s sandbox record is unreadable: {exc}"
+            ) from exc
     manager.load_connection_info(cast(Any, dict(record["connection"])))
     provisioner = KernelProvisionerFactory.instance(
         parent=manager.parent
@@ -209,8 +223,9 @@ def rebuild(
     manager._attempted_start = True
     # A restart launches again as the first launch did: independent of this relay, with the same extra env.
     launch_args: dict[str, Any] = {"independent": True}
-    if env:
-        launch_args["env"] = {**os.environ, **env}
+    launch_args["env"] = (
+        environment(os.environ, env) if manager.sandbox is not None else scrubbed(os.environ, env)
+    )
     manager._launch_args = cast(Any, launch_args)
     manager.write_connection_file()
     manager._connect_control_socket()

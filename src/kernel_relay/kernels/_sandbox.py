@@ -1,0 +1,608 @@
+# -*- test-case-name: tests.kernels.test_sandbox -*-
+"""
+The sandbox around every local kernel (``--kernel-sandbox``), built on bubblewrap (``bwrap``) and rlimits.
+
+A sandboxed kernel runs in its own PID, IPC, UTS and (unless ``--kernel-network host``) network namespaces,
+on an empty root where only the system's software (``/usr``, the ``/lib*`` and ``/bin`` links, a few
+files of ``/etc``) and the Python prefixes its argv needs are mounted read-only. It gets a private
+``/tmp`` (a size-bounded tmpfs), its own ``/proc`` and a writable home (``/home/kernel``, its working
+directory). Nothing of the relay's user is mounted: not its home, not its runtime directory, not another
+kernel's box. Its channels are UNIX sockets in a directory only it and the relay share (the kernel's *box*,
+see :class:`Box`); CurveZMQ stays on.
+
+When the relay is root, the kernel runs as a uid of its own (``setpriv`` after bwrap's mounts), so that
+``RLIMIT_NPROC``, which counts per uid, bounds each kernel alone, and no kernel can signal or read
+another's files. Otherwise bwrap makes a user namespace (the kernel keeps the relay's uid outside; since
+Linux 5.14 ``RLIMIT_NPROC`` counts per user namespace).
+
+Limits are rlimits set by ``prlimit`` inside the sandbox, so that bwrap itself is not bound by them. Memory
+is ``RLIMIT_DATA``, not ``RLIMIT_AS``: it counts what a kernel can write to (heap, private mappings),
+which is what exhausts a machine, and not the address space that threads and allocators reserve without
+using (glibc reserves 64 MiB per thread arena; numeric libraries reserve more), which ``RLIMIT_AS`` would
+count and so fail kernels that use little. Python turns the refusal into ``MemoryError``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+from jupyter_client.manager import KernelManager
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from twisted.logger import Logger
+
+from ._errors import KernelLaunchError
+
+_log = Logger()
+
+SANDBOX_POLICIES: Final = ("auto", "required", "off")
+NETWORK_POLICIES: Final = ("none", "host")
+
+#: The most processes (and threads) a kernel may have; RLIMIT_NPROC counts threads too.
+MAX_PROCESSES: Final = 1024
+#: Kernel uids are taken from [UID_BASE, UID_BASE + UID_SPAN): far above distributions' users, systemd's
+#: dynamic users and the usual subordinate-uid ranges.
+UID_BASE: Final = 1 << 30
+UID_SPAN: Final = 1 << 30
+
+#: Where a kernel's home (its working directory) is mounted inside its sandbox.
+SANDBOX_HOME: Final = "/home/kernel"
+#: The relay's environment variables a sandboxed kernel inherits (besides its kernelspec's and a client's).
+PASSED_ENV: Final = ("PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ")
+#: What of /etc a kernel may need: the dynamic loader, time zone, locale and TLS certificates, name lookup.
+_ETC: Final = (
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "fonts",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "locale.alias",
+    "locale.conf",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "resolv.conf",
+    "ssl",
+    "timezone",
+)
+_SIZE: Final = re.compile(r"(?P<number>[0-9]+)\s*(?P<unit>[KMGT]?)(?:I?B)?", re.IGNORECASE)
+_UNITS: Final = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes from ``512M``, ``2G``, ``1048576``; ``none`` (or ``off``, ``unlimited``) is no limit."""
+    text = text.strip()
+    if text.lower() in ("none", "off", "unlimited"):
+        return None
+    match = _SIZE.fullmatch(text)
+    if match is None or int(match["number"]) <= 0:
+        raise ValueError(f"{text!r} is not a size (such as 512M, 2G, or none)")
+    return int(match["number"]) * _UNITS[match["unit"].upper()]
+
+
+def _count(text: str) -> int | None:
+    text = text.strip()
+    if text.lower() in ("none", "off", "unlimited"):
+        return None
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is not a positive number")
+    return value
+
+
+def machine_memory() -> int:
+    """The machine's RAM in bytes (from /proc/meminfo), or 4 GiB when it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 4 << 30
+
+
+#: The limits' names (in --kernel-limits and kernelspec metadata), and how each is read.
+_LIMITS: Final = {
+    "memory": parse_size,
+    "processes": _count,
+    "open_files": _count,
+    "file_size": parse_size,
+    "cpu_time": _count,
+    "tmp_size": parse_size,
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One kernel's rlimits (None: unlimited) and the size of its private /tmp."""
+
+    memory: int | None = field(default_factory=lambda: machine_memory() // 4)
+    """RLIMIT_DATA of each of its processes, in bytes."""
+    processes: int | None = 256
+    """RLIMIT_NPROC: its processes and threads."""
+    open_files: int | None = 1024
+    file_size: int | None = 1 << 30
+    """RLIMIT_FSIZE: the largest file it may write, in bytes."""
+    cpu_time: int | None = None
+    """RLIMIT_CPU, in seconds of CPU time per process."""
+    tmp_size: int = 64 << 20
+    """Bytes its private /tmp (a tmpfs, so memory) may hold."""
+
+    def with_text(self, text: str) -> Limits:
+        """These limits changed by ``memory=2G,processes=128,...`` (the ``--kernel-limits`` option)."""
+        changes: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, sep, value = item.partition("=")
+            changes[name.strip().replace("-", "_")] = value if sep else ""
+        return self.with_values(changes)
+
+    def with_values(self, values: Mapping[str, Any]) -> Limits:
+        """These limits changed by ``values`` (names as the fields; sizes as text or bytes)."""
+        changes: dict[str, Any] = {}
+        for name, value in values.items():
+            parse = _LIMITS.get(name)
+            if parse is None:
+                raise ValueError(f"unknown kernel limit {name!r} (one of {', '.join(_LIMITS)})")
+            try:
+                parsed = parse(str(value))
+            except ValueError as error:
+                raise ValueError(f"kernel limit {name}: {error}") from None
+            if name == "processes" and (parsed is None or parsed > MAX_PROCESSES):
+                raise ValueError(f"kernel limit processes: at most {MAX_PROCESSES}")
+            if name == "tmp_size" and parsed is None:
+                raise ValueError("kernel limit tmp_size: a size is needed (a tmpfs is memory)")
+            changes[name] = parsed
+        return replace(self, **changes)
+
+    def for_spec(self, metadata: Any) -> Limits:
+        """These limits with a kernelspec's overrides (``metadata.kernel_relay.limits``) applied."""
+        ours = metadata.get("kernel_relay") if isinstance(metadata, dict) else None
+        overrides = ours.get("limits") if isinstance(ours, dict) else None
+        if not overrides:
+            return self
+        if not isinstance(overrides, dict):
+            raise KernelLaunchError("kernelspec metadata.kernel_relay.limits must be an object")
+        try:
+            return self.with_values(overrides)
+        except ValueError as error:
+            raise KernelLaunchError(f"kernelspec metadata.kernel_relay.limits: {error}") from None
+
+    def prlimit(self) -> list[str]:
+        """``prlimit`` options setting these limits (soft and hard alike, so a kernel cannot raise them)."""
+        values = {
+            "data": self.memory,
+            "nproc": self.processes,
+            "nofile": self.open_files,
+            "fsize": self.file_size,
+            "cpu": self.cpu_time,
+        }
+        return [f"--{name}={value}" for name, value in values.items() if value is not None]
+
+    def to_record(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _LIMITS}
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """The relay's sandbox options: ``--kernel-sandbox``, ``--kernel-network`` and ``--kernel-limits``."""
+
+    mode: str = "off"
+    network: str = "none"
+    limits: Limits = field(default_factory=Limits)
+
+
+_probed: dict[bool, str | None] = {}
+
+
+def unavailable() -> str | None:
+    """Why kernels cannot be sandboxed here (None when they can); tried once per relay, with a real bwrap."""
+    root = os.geteuid() == 0
+    if root in _probed:
+        return _probed[root]
+    reason: str | None = None
+    missing = [tool for tool in ("bwrap", "prlimit", "setpriv") if not shutil.which(tool)]
+    if missing:
+        reason = f"{' and '.join(missing)} not found (install bubblewrap and util-linux)"
+    else:
+        argv = [*_namespaces(root, "none"), "--ro-bind", "/", "/", "--proc", "/proc", "true"]
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=30, check=False)
+        except (OSError, subprocess.SubprocessError) as error:
+            reason = f"bwrap could not run: {error}"
+        else:
+            if done.returncode != 0:
+                message = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}"
+                reason = f"bwrap could not make namespaces here: {message}"
+    _probed[root] = reason
+    return reason
+
+
+def _namespaces(root: bool, network: str) -> list[str]:
+    argv = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    if network == "none":
+        argv.append("--unshare-net")
+    if not root:
+        argv.append("--unshare-user")
+    return argv
+
+
+def boxes_dir() -> Path:
+    """
+    The directory of kernels' boxes (0700, the relay's user's), made if missing. Not in the Jupyter runtime
+    directory: a UNIX socket's path holds 107 bytes, so it is short — ``/run/kernel-relay`` for root,
+    ``$XDG_RUNTIME_DIR/kernel-relay`` or ``/tmp/kernel-relay-<uid>`` otherwise — and shared by the relays of
+    one user (each box is one kernel's; see ``box_alive``).
+    """
+    uid = os.geteuid()
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if uid == 0 and os.access("/run", os.W_OK):
+        path = Path("/run/kernel-relay")
+    elif uid != 0 and runtime and os.path.isdir(runtime):
+        path = Path(runtime) / "kernel-relay"
+    else:
+        path = Path(f"/tmp/kernel-relay-{uid}")
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    found = path.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != uid:
+        raise KernelLaunchError(f"{path} is not a directory of the relay's user: remove it")
+    path.chmod(0o700)
+    return path
+
+
+def _uid_in_use(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        pass
+    wanted = f"Uid:\t{uid}\t"
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if wanted in (entry / "status").read_text():
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def kernel_uid(kernel_id: str) -> int:
+    """A uid for a kernel: derived from its id, and used by no account and no running process."""
+    digits = re.sub(r"[^0-9a-f]", "", kernel_id.lower()) or "0"
+    start = int(digits, 16) % UID_SPAN
+    for step in range(64):
+        uid = UID_BASE + (start + step) % UID_SPAN
+        if not _uid_in_use(uid):
+            return uid
+    raise KernelLaunchError("no free uid for a sandboxed kernel")
+
+
+@dataclass(frozen=True)
+class Box:
+    """
+    A kernel's directory, ``<boxes_dir()>/<first block of its id>/`` (the relay's):
+    ``channels/`` (the kernel's, shared with the relay: its UNIX sockets and its copy of its connection
+    file), ``home/`` (the kernel's working directory) and ``pid`` (the sandbox's process, so a later relay can tell a box of a dead kernel).
+    """
+
+    root: Path
+    uid: int | None
+    """The kernel's own uid when the relay is root; None: the relay's (in a user namespace)."""
+
+    @classmethod
+    def make(cls, kernel_id: str) -> Box:
+        root = boxes_dir() / kernel_id.split("-", 1)[0]
+        try:
+            root.mkdir(mode=0o700)
+        except FileExistsError:
+            raise KernelLaunchError(f"a sandbox directory {root} exists already") from None
+        uid = kernel_uid(kernel_id) if os.geteuid() == 0 else None
+        box = cls(root, uid)
+        for path in (box.channels, box.home):
+            path.mkdir(mode=0o700)
+            if uid is not None:
+                os.chown(path, uid, uid)
+        return box
+
+    @property
+    def channels(self) -> Path:
+        return self.root / "channels"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    def connection_file(self, relays: str) -> Path:
+        """The kernel's copy of the relay's connection file ``relays``: same name, in its channels directory."""
+        return self.channels / Path(relays).name
+
+    @property
+    def ipc_prefix(self) -> str:
+        """The ``ip`` of the kernel's connection info on the ipc transport."""
+        return str(self.channels / "k")
+
+    def to_record(self) -> dict[str, Any]:
+        return {"root": str(self.root), "uid": self.uid}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Box:
+        uid = record.get("uid")
+        return cls(Path(str(record["root"])), uid if isinstance(uid, int) else None)
+
+    def copy_connection_file(self, source: str) -> None:
+        """
+        The kernel's own copy of its connection file (the relay's is 0600, the relay's), in its channels
+        directory: ipykernel rewrites it as it likes. Written through one descriptor, never following a
+        link the kernel may have left in its place.
+        """
+        data = Path(source).read_bytes()
+        target = self.connection_file(source)
+        target.unlink(missing_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            if self.uid is not None:
+                os.fchown(file.fileno(), self.uid, self.uid)
+            file.write(data)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _python_prefixes(executable: str) -> list[str]:
+    """The installation prefixes an executable needs: its own, its symlinks' and a venv's base."""
+    found: list[str] = []
+    for path in dict.fromkeys([executable, os.path.realpath(executable)]):
+        prefix = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+        found.append(prefix)
+        try:
+            config = Path(prefix, "pyvenv.cfg").read_text()
+        except OSError:
+            continue
+        for line in config.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "home" and value.strip():
+                home = value.strip()
+                found.append(os.path.dirname(home))
+                found.append(os.path.dirname(os.path.realpath(home)))
+    return list(dict.fromkeys(found))
+
+
+def _is_system(path: str) -> bool:
+    return any(path == top or path.startswith(top + "/") for top in ("/usr", "/bin", "/lib"))
+
+
+def software_binds(argv: Sequence[str], env_path: str, resource_dir: str | None) -> list[str]:
+    """
+    Read-only mounts of what ``argv`` needs beyond the system's: its executable's prefix (a venv and its
+    base Python), and the kernelspec's resource directory. Never the relay user's home as a whole.
+    """
+    executable = shutil.which(argv[0], path=env_path) if argv else None
+    if executable is None:
+        raise KernelLaunchError(f"the kernel's program {argv[0] if argv else ''!r} was not found")
+    paths = [p for p in _python_prefixes(executable) if not _is_system(p)]
+    if resource_dir and any(resource_dir in arg for arg in argv):
+        paths.append(resource_dir)
+    home = os.path.expanduser("~")
+    binds: list[str] = []
+    for path in dict.fromkeys(paths):
+        if not os.path.isdir(path):
+            continue
+        if path == "/" or home == path or home.startswith(path.rstrip("/") + "/"):
+            raise KernelLaunchError(
+                f"the kernel's software lives in {path}, which would show the relay user's home to the "
+                "kernel: install it elsewhere (a venv outside the home), or start the relay with "
+                "--kernel-sandbox off"
+            )
+        binds += ["--ro-bind", path, path]
+    return binds
+
+
+def _system_binds() -> list[str]:
+    binds = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            binds += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            binds += ["--ro-bind", top, top]
+    for name in _ETC:
+        path = f"/etc/{name}"
+        if os.path.lexists(path):
+            binds += ["--ro-bind-try", path, path]
+    return binds
+
+
+def _parents(destinations: Sequence[str]) -> list[str]:
+    """
+    The directories above each mount, made traversable (bwrap would copy the mode of the host's: the
+    relay's home, 0700, would then stop the kernel's uid on its way to its own sockets).
+    """
+    made: list[str] = []
+    for destination in destinations:
+        parts = Path(destination).parent.parts[1:]
+        for depth in range(1, len(parts) + 1):
+            path = "/" + "/".join(parts[:depth])
+            if path not in made:
+                made.append(path)
+    return [arg for path in made for arg in ("--perms", "0755", "--dir", path)]
+
+
+def environment(relay_env: Mapping[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    """
+    A sandboxed kernel's environment: a few of the relay's (``PASSED_ENV``), a home of its own, and what a
+    client asked for; its kernelspec's ``env`` is added by jupyter_client.
+    """
+    env = {name: relay_env[name] for name in PASSED_ENV if name in relay_env}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(HOME=SANDBOX_HOME, TMPDIR="/tmp", USER="kernel", LOGNAME="kernel")
+    env.update(extra or {})
+    return env
+
+
+def scrubbed(relay_env: Mapping[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    """An unsandboxed kernel's environment: the relay's without its own variables, and a client's."""
+    env = {name: value for name, value in relay_env.items() if not name.startswith("KERNEL_RELAY_")}
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """How one kernel is sandboxed: its box, limits, network, and whether it outlives the relay."""
+
+    box: Box
+    limits: Limits
+    network: str
+    independent: bool
+
+    def command(
+        self, argv: Sequence[str], connection_file: str, env_path: str, resource_dir: str | None
+    ) -> list[str]:
+        """``argv`` run in this sandbox: bwrap, then ``prlimit`` and (as root) ``setpriv`` to the kernel's uid."""
+        box = self.box
+        root = box.uid is not None
+        inner = [
+            arg.replace(connection_file, str(box.connection_file(connection_file))) for arg in argv
+        ]
+        bwrap = [*_namespaces(root, self.network), "--hostname", "kernel"]
+        if not self.independent:
+            bwrap.append("--die-with-parent")
+        bwrap += _system_binds()
+        binds = software_binds(argv, env_path, resource_dir)
+        binds += ["--bind", str(box.channels), str(box.channels)]
+        binds += ["--bind", str(box.home), SANDBOX_HOME]
+        bwrap += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(self.limits.tmp_size),
+            "--tmpfs",
+            "/tmp",
+        ]
+        bwrap += _parents(binds[2::3]) + binds + ["--chdir", SANDBOX_HOME]
+        # ipykernel would take the sandbox's init (pid 1) for a dead parent; --die-with-parent does its job.
+        bwrap += ["--unsetenv", "JPY_PARENT_PID"]
+        bwrap += ["--", "prlimit", *self.limits.prlimit(), "--"]
+        if root:
+            bwrap += [
+                "setpriv",
+                f"--reuid={box.uid}",
+                f"--regid={box.uid}",
+                "--clear-groups",
+                "--no-new-privs",
+                "--bounding-set=-all",
+                "--inh-caps=-all",
+                "--",
+            ]
+        # SIGINT is how jupyter_client interrupts (to the whole process group): bwrap ignores it (the kernel
+        # sets its own handler), or an interrupt would end the sandbox.
+        return ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "kernel-sandbox", *bwrap, *inner]
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "box": self.box.to_record(),
+            "limits": self.limits.to_record(),
+            "network": self.network,
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any], independent: bool) -> Sandbox:
+        limits = Limits().with_values(
+            {k: ("none" if v is None else v) for k, v in dict(record.get("limits") or {}).items()}
+        )
+        return cls(
+            Box.from_record(record["box"]), limits, str(record.get("network", "none")), independent
+        )
+
+
+class SandboxedKernelManager(KernelManager):
+    """
+    A KernelManager whose local kernel is launched (and relaunched, on restart) in its ``sandbox``; a kernel
+    of another provisioner (an ssh host) is launched as that provisioner does.
+    """
+
+    sandbox: Sandbox | None = None
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None and isinstance(self.provisioner, LocalProvisioner)
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        if self.sandbox is not None and isinstance(self.provisioner, LocalProvisioner):
+            self.sandbox.box.copy_connection_file(self.connection_file)
+            env = kw.get("env") or {}
+            kernel_cmd = self.sandbox.command(
+                kernel_cmd,
+                self.connection_file,
+                env.get("PATH", os.defpath),
+                getattr(self.kernel_spec, "resource_dir", None),
+            )
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+        if self.sandbox is not None:
+            self._write_pid()
+
+    def _write_pid(self) -> None:
+        # adoption builds this class: imported here, not at the top
+        from .adoption import start_time
+
+        pid = getattr(self.provisioner, "pid", None)
+        if isinstance(pid, int) and self.sandbox is not None:
+            (self.sandbox.box.root / "pid").write_text(json.dumps([pid, start_time(pid)]))
+
+
+#: A box without a pid file is taken for one being launched (by any relay of the user) for this long.
+LAUNCH_GRACE: Final = 300.0
+
+
+def box_alive(root: Path) -> bool:
+    """
+    Whether a box's sandbox still runs (its pid file names a live process started when it says), or is
+    being started.
+    """
+    from .adoption import start_time
+
+    try:
+        pid, started = json.loads((root / "pid").read_text())
+    except FileNotFoundError:
+        try:
+            return time.time() - root.stat().st_mtime < LAUNCH_GRACE
+        except OSError:
+            return False
+    except (OSError, ValueError, TypeError):
+        return False
+    return isinstance(pid, int) and start_time(pid) is not None and start_time(pid) == started
+
+
+__all__ = [
+    "MAX_PROCESSES",
+    "NETWORK_POLICIES",
+    "SANDBOX_POLICIES",
+    "Box",
+    "Limits",
+    "Sandbox",
+    "SandboxPolicy",
+    "SandboxedKernelManager",
+    "box_alive",
+    "environment",
+    "parse_size",
+    "scrubbed",
+    "unavailable",
+]
