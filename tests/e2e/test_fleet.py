@@ -93,10 +93,20 @@ def kernel_processes(kernel_id: str) -> list[psutil.Process]:
     """Live kernel processes whose command line names this kernel's connection file."""
     found = []
     for process in psutil.process_iter(["cmdline", "status"]):
-        cmdline = " ".join(process.info["cmdline"] or ())
-        if f"kernel-{kernel_id}.json" in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+        argv = process.info["cmdline"] or []
+        cmdline = " ".join(argv)
+        if (
+            f"kernel-{kernel_id}.json" in cmdline
+            and not _sandbox_wrapper(argv)
+            and process.info["status"] != psutil.STATUS_ZOMBIE
+        ):
             found.append(process)
     return found
+
+
+def _sandbox_wrapper(argv: list[str]) -> bool:
+    """bwrap's processes around a sandboxed kernel name its connection file too: only the kernel counts."""
+    return bool(argv) and os.path.basename(argv[0]) in ("bwrap", "sh")
 
 
 @pytest.fixture(autouse=True)
@@ -108,9 +118,12 @@ def no_kernel_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         found = []
         for process in psutil.process_iter(["cmdline", "status"]):
             cmdline = process.info["cmdline"] or []
+            joined = " ".join(cmdline)
             if (
-                "ipykernel_launcher" in " ".join(cmdline)
-                and base in " ".join(cmdline)
+                "ipykernel_launcher" in joined
+                # A sandboxed kernel's copy of its connection file is in its box (see _sandbox.boxes_dir).
+                and (base in joined or "/kernel-relay/" in joined)
+                and not _sandbox_wrapper(cmdline)
                 and process.info["status"] != psutil.STATUS_ZOMBIE
             ):
                 found.append(process)

@@ -8,6 +8,7 @@ succeed there, so each test shows what the sandbox changes.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -396,3 +397,53 @@ def test_required_refuses_a_kernel_it_cannot_sandbox(tmp_path: Path) -> None:
         assert relay.kernels() == []
     finally:
         relay.stop(signal.SIGTERM)
+
+
+def test_a_sandboxed_kernel_is_adopted_after_its_relay_is_killed(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """
+    Relay B of a fleet adopts A's sandboxed kernel after A's SIGKILL: it stays sandboxed, keeps its files,
+    and B restarts it in the same sandbox.
+    """
+    from tests.e2e.test_fleet import AUTH, fleet_relay, health
+    from tests.e2e.test_relay_resume import wait
+
+    url = redis_server.database(7)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+    try:
+        started = requests.post(
+            f"{a.url}/api/kernels", json={"name": "python3"}, headers=AUTH, timeout=90
+        )
+        assert started.status_code == 201, started.text
+        assert started.json()["sandboxed"] is True
+        kernel_id = started.json()["id"]
+        wait(lambda: kernel_id in {k["id"] for k in b.kernels()}, 10, "B to list it")
+        out, reply = run(a, kernel_id, "open('left.txt', 'w').write('by A'); print('ok')")
+        assert (reply["status"], out) == ("ok", "ok\n")
+        b_model = {k["id"]: k for k in b.kernels()}[kernel_id]
+        assert b_model["sandboxed"] is True  # a guest's model says so too
+
+        os.kill(a.process.pid, signal.SIGKILL)
+        a.process.wait()
+        wait(lambda: health(b)["fleet"]["owned_kernels"] == 1, 20, "B to adopt the kernel")  # type: ignore[index]
+        out, reply = run(b, kernel_id, "print(open('left.txt').read())")
+        assert (reply["status"], out) == ("ok", "by A\n")
+
+        restarted = requests.post(
+            f"{b.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
+        )
+        assert restarted.status_code == 200, restarted.text
+        assert restarted.json()["sandboxed"] is True
+        out, reply = run(
+            b,
+            kernel_id,
+            "import os; print(open('left.txt').read(), os.path.exists('/proc/1/environ'))",
+        )
+        assert (reply["status"], out) == ("ok", "by A True\n")
+        deleted = requests.delete(f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
+        assert deleted.status_code == 204
+    finally:
+        a.stop()
+        b.stop()
