@@ -447,3 +447,84 @@ def test_a_sandboxed_kernel_is_adopted_after_its_relay_is_killed(
     finally:
         a.stop()
         b.stop()
+
+
+def _kernelspec(root: Path, name: str, **extra: Any) -> None:
+    spec = {
+        "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": name,
+        "language": "python",
+        "metadata": {"supported_encryption": ["curve"]},
+    }
+    for key, value in extra.items():
+        if key == "metadata":
+            spec["metadata"] = {**spec["metadata"], **value}  # type: ignore[dict-item]
+        else:
+            spec[key] = value
+    directory = root / "kernels" / name
+    directory.mkdir(parents=True)
+    (directory / "kernel.json").write_text(json.dumps(spec))
+
+
+@pytest.fixture(scope="module")
+def specs_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """A sandboxing relay with a message-interrupt kernelspec and one whose metadata lowers its memory limit."""
+    jupyter = tmp_path_factory.mktemp("jupyter")
+    _kernelspec(jupyter, "by-message", interrupt_mode="message")
+    _kernelspec(jupyter, "small", metadata={"kernel_relay": {"limits": {"memory": "192M"}}})
+    relay = Relay(
+        tmp_path_factory.mktemp("runtime"), token=TOKEN, env={"JUPYTER_PATH": str(jupyter)}
+    )
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def test_a_message_mode_kernel_is_interrupted_inside_the_sandbox(specs_relay: Relay) -> None:
+    """interrupt_mode message: the interrupt_request reaches the sandboxed kernel over its control socket."""
+    kernel = start(specs_relay, "by-message")
+    try:
+        assert kernel["sandboxed"] is True
+        client = JupyterWS(specs_relay.url, kernel["id"], token=TOKEN)
+        try:
+            msg_id = client.send(
+                "shell", "execute_request", {"code": "import time; time.sleep(60)"}
+            )
+            client.wait_for(
+                lambda m: (
+                    m["header"]["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "busy"
+                    and m["parent_header"].get("msg_id") == msg_id
+                )
+            )
+            response = requests.post(
+                f"{specs_relay.url}/api/kernels/{kernel['id']}/interrupt",
+                headers=specs_relay.headers,
+                timeout=30,
+            )
+            assert response.status_code == 204, response.text
+            reply = client.reply_to(msg_id, timeout=30)
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+        finally:
+            client.close()
+    finally:
+        requests.delete(
+            f"{specs_relay.url}/api/kernels/{kernel['id']}", headers=specs_relay.headers, timeout=60
+        )
+
+
+def test_a_kernelspec_lowers_its_own_memory_limit(specs_relay: Relay) -> None:
+    """metadata.kernel_relay.limits.memory 192M: 256 MiB fails there, and not in a kernel of the default limit."""
+    small, default = start(specs_relay, "small"), start(specs_relay, "by-message")
+    try:
+        code = ALLOCATE.replace("640", "256")
+        assert probe(specs_relay, small["id"], code) == "MemoryError"
+        assert probe(specs_relay, default["id"], code) == "allocated"
+    finally:
+        for kernel in (small, default):
+            requests.delete(
+                f"{specs_relay.url}/api/kernels/{kernel['id']}",
+                headers=specs_relay.headers,
+                timeout=60,
+            )
