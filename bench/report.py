@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.sandbox import markdown_lines as sandbox_lines
+
 TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server")
 LABELS = {
     "direct": "direct ZMQ",
@@ -335,6 +337,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
                 f"{'n/a' if per is None else f'{per:.3f}'} |"
             )
     lines += _fleet_lines(results)
+    lines += sandbox_lines(results)
     lines += _pooled_lines(results)
     idle = results.get("idle")
     if idle:

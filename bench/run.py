@@ -2,7 +2,8 @@
 ``python -m bench [--quick] [--only NAMES] [--out DIR] [--profile]``: run the scenarios side by side.
 
 Scenarios (``--only`` takes a comma-separated subset): ``round_trip``, ``flood``, ``large``,
-``fanout``, ``idle``, ``spawn``, and ``fleet_fanout`` (only when asked for: it needs ``redis-server``). Outputs in ``--out`` (default ``bench/results/``): ``results.json``,
+``fanout``, ``idle``, ``spawn``, ``sandbox`` (spawns and round trips with and without the kernel sandbox),
+and ``fleet_fanout`` (only when asked for: it needs ``redis-server``). Outputs in ``--out`` (default ``bench/results/``): ``results.json``,
 ``results.md`` (the ratio table) and ``*.png`` plots, plus the servers' logs.
 """
 
@@ -22,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, report, scenarios
+from bench import fleet, report, sandbox, scenarios
 from bench.clients import (
     BenchClient,
     DirectClient,
@@ -39,9 +40,9 @@ from bench.processes import (
     raise_fd_limit,
 )
 
-SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "fleet_fanout")
+SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "sandbox", "fleet_fanout")
 #: What runs without ``--only``: the fleet's fan-out needs a redis-server, which a developer may not have.
-DEFAULT_SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn")
+DEFAULT_SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "sandbox")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server", "forwarder")
 
@@ -385,6 +386,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 finally:
                     pool_relay.stop()
+        if "sandbox" in args.only:
+            run(
+                "sandbox",
+                sandbox.sandbox_cost,
+                logs,
+                sizes.spawn_repeats,
+                sizes.pooled_spawn_repeats,
+                sizes.round_trips,
+                sizes.round_trip_blocks,
+            )
         if "fleet_fanout" in args.only:
             run(
                 "fleet_fanout",

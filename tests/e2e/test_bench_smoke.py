@@ -71,6 +71,10 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
     assert set(SIDE_BY_SIDE) <= set(results["spawn"])
     assert results["spawn_pooled"]["relay_pooled"]["n"] == 2
     assert results["spawn_pooled"]["relay_pooled"]["median"] > 0
+    # The kernel sandbox's cost: each measure with it and without.
+    for measure in ("cold_spawn", "pooled_spawn", "round_trip_execute"):
+        assert set(results["sandbox"][measure]) == {"sandboxed", "off"}
+        assert results["sandbox"][measure]["sandboxed"]["median"] > 0
     # The fleet's fan-out needs a redis-server: it runs only when asked for.
     assert "fleet_fanout" not in results
 
@@ -90,6 +94,7 @@ def test_markdown_table_has_ratio_columns(bench_out: Path) -> None:
     assert "- execute, per request: kernel-relay " in table
     assert "- flood of 50, per message: kernel-relay " in table
     assert "## The Jupyter kernel WebSocket front (v1)" in table
+    assert "## The kernel sandbox" in table and "| spawn from a warm pool |" in table
 
 
 @pytest.mark.timeout(300)
