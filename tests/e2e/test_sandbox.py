@@ -472,6 +472,7 @@ def specs_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     jupyter = tmp_path_factory.mktemp("jupyter")
     _kernelspec(jupyter, "by-message", interrupt_mode="message")
     _kernelspec(jupyter, "small", metadata={"kernel_relay": {"limits": {"memory": "192M"}}})
+    _kernelspec(jupyter, "brief", metadata={"kernel_relay": {"limits": {"cpu_time": 3}}})
     relay = Relay(
         tmp_path_factory.mktemp("runtime"), token=TOKEN, env={"JUPYTER_PATH": str(jupyter)}
     )
@@ -528,3 +529,31 @@ def test_a_kernelspec_lowers_its_own_memory_limit(specs_relay: Relay) -> None:
                 headers=specs_relay.headers,
                 timeout=60,
             )
+
+
+def test_a_kernel_past_its_cpu_time_dies_alone(specs_relay: Relay) -> None:
+    """cpu_time 3: a busy loop kills that kernel, reported dead and gone; another kernel carries on."""
+    brief, other = start(specs_relay, "brief"), start(specs_relay, "by-message")
+    try:
+        client = JupyterWS(specs_relay.url, brief["id"], token=TOKEN)
+        try:
+            client.send("shell", "execute_request", {"code": "while True: pass"})
+            client.wait_for(
+                lambda m: (
+                    m["header"]["msg_type"] == "status"
+                    and m["content"]["execution_state"] == "dead"
+                ),
+                timeout=60,
+            )
+        finally:
+            client.close()
+        deadline = time.monotonic() + 30
+        while brief["id"] in {k["id"] for k in specs_relay.kernels()}:
+            assert time.monotonic() < deadline, "the kernel is still listed"
+            time.sleep(0.2)
+        out, reply = run(specs_relay, other["id"], "print(6 * 7)")
+        assert (reply["status"], out) == ("ok", "42\n")
+    finally:
+        requests.delete(
+            f"{specs_relay.url}/api/kernels/{other['id']}", headers=specs_relay.headers, timeout=60
+        )
