@@ -557,3 +557,25 @@ def test_a_kernel_past_its_cpu_time_dies_alone(specs_relay: Relay) -> None:
         requests.delete(
             f"{specs_relay.url}/api/kernels/{other['id']}", headers=specs_relay.headers, timeout=60
         )
+
+
+def test_the_operator_attaches_with_the_relays_connection_file(sandboxed: Relay) -> None:
+    """The relay's user runs code in a sandboxed kernel from its connection file (as jupyter console --existing)."""
+    from jupyter_client import BlockingKernelClient
+
+    kernel = start(sandboxed)
+    try:
+        (path,) = [f for f in sandboxed.connection_files() if kernel["id"] in f.name]
+        assert json.loads(path.read_text())["transport"] == "ipc"
+        client = BlockingKernelClient(connection_file=str(path))
+        client.load_connection_file()
+        client.start_channels()
+        try:
+            reply = client.execute_interactive("import os; print(os.getuid())", timeout=30)
+            assert reply["content"]["status"] == "ok"
+        finally:
+            client.stop_channels()
+    finally:
+        requests.delete(
+            f"{sandboxed.url}/api/kernels/{kernel['id']}", headers=sandboxed.headers, timeout=60
+        )
