@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 
 from kernel_relay.kernels import KernelLaunchError
+from kernel_relay.kernels._limits import MAX_PROCESSES, Limits, parse_size
 from kernel_relay.kernels._sandbox import (
-    MAX_PROCESSES,
     SANDBOX_HOME,
     Box,
-    Limits,
     Sandbox,
     environment,
-    parse_size,
     scrubbed,
     software_binds,
 )

@@ -21,6 +21,7 @@ from ._errors import (
     UnknownKernelSpec,
 )
 from ._kernel import Kernel, KernelClient, MessageCallback
+from ._limits import Limits
 from ._messages import (
     DEFAULT_USERNAME,
     PROTOCOL_VERSION,
@@ -31,7 +32,7 @@ from ._messages import (
 )
 from ._observers import KernelObserver
 from ._registry import KernelRegistry, KernelSpecInfo
-from ._sandbox import NETWORK_POLICIES, SANDBOX_POLICIES, Limits, SandboxPolicy
+from ._sandbox import NETWORK_POLICIES, SANDBOX_POLICIES, SandboxPolicy
 
 __all__ = [
     "DEFAULT_USERNAME",
