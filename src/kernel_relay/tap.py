@@ -39,7 +39,14 @@ from .http.origins import OriginPolicy
 from .http.routes import KleinRoutes
 from .http.site import DEFAULT_MAX_BODY, Listener, RelayRoot, RelaySite
 from .http.spawning import Spawner
-from .kernels import NETWORK_POLICIES, SANDBOX_POLICIES, KernelRegistry, Limits, SandboxPolicy
+from .kernels import (
+    NETWORK_POLICIES,
+    SANDBOX_POLICIES,
+    KernelRegistry,
+    Limits,
+    SandboxPolicy,
+    sandbox_unavailable,
+)
 from .kernels.culling import KernelCuller
 from .kernels.heartbeat import HeartbeatMonitor
 from .kernels.service import KernelsService
@@ -694,6 +701,36 @@ def connection_bounds(options: Options) -> ConnectionBounds:
     return ConnectionBounds(total, per_address, derived.max_probation)
 
 
+def kernel_sandbox(options: Options) -> SandboxPolicy:
+    """``--kernel-sandbox``, ``--kernel-network`` and ``--kernel-limits``; says at start if it cannot work here."""
+    limits = options["kernel-limits"]
+    policy = SandboxPolicy(
+        options["kernel-sandbox"],
+        options["kernel-network"],
+        limits if isinstance(limits, Limits) else Limits(),
+    )
+    if policy.mode != "off":
+        reason = sandbox_unavailable()
+        if reason is None:
+            log.info(
+                "Local kernels run sandboxed (bubblewrap; network {network}; limits {limits})",
+                network=policy.network,
+                limits=policy.limits.describe(),
+            )
+        elif policy.mode == "required":
+            log.error(
+                "No local kernel can start: {reason}, and --kernel-sandbox is required",
+                reason=reason,
+            )
+        else:
+            log.warn(
+                "LOCAL KERNELS RUN UNSANDBOXED: {reason}. Each can read the relay's and other kernels' "
+                "files and reach the network (README, Security)",
+                reason=reason,
+            )
+    return policy
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The relay's service tree for ``options``, on ``reactor`` (the global one by default; a test passes a
@@ -710,11 +747,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         launch_timeout=options["launch-timeout"],
         encryption=options["kernel-encryption"],
         transport=options["kernel-transport"],
-        sandbox=SandboxPolicy(
-            options["kernel-sandbox"],
-            options["kernel-network"],
-            options["kernel-limits"] if isinstance(options["kernel-limits"], Limits) else Limits(),
-        ),
+        sandbox=kernel_sandbox(options),
         # A fleet's kernels outlive their relay, for another relay to adopt them.
         independent=options["redis"] is not None,
     )

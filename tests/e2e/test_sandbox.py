@@ -582,3 +582,22 @@ def test_the_operator_attaches_with_the_relays_connection_file(sandboxed: Relay)
         requests.delete(
             f"{sandboxed.url}/api/kernels/{kernel['id']}", headers=sandboxed.headers, timeout=60
         )
+
+
+host_ipc = relay_fixture("--kernel-network", "host", "--kernel-transport", "ipc", token=TOKEN)
+
+
+def test_host_network_with_the_ipc_transport_puts_the_sockets_in_the_box(host_ipc: Relay) -> None:
+    """--kernel-network host with --kernel-transport ipc: the sockets are in the kernel's box, and it reaches loopback."""
+    kernel = start(host_ipc)
+    try:
+        assert kernel["sandboxed"] is True
+        (path,) = [f for f in host_ipc.connection_files() if kernel["id"] in f.name]
+        info = json.loads(path.read_text())
+        assert info["transport"] == "ipc" and info["ip"].endswith("/channels/k")
+        results = probe(host_ipc, kernel["id"], CONNECT.format(ports=[host_ipc.port]))
+        assert results == {str(host_ipc.port): "connected"}  # the opted-in risk, as documented
+    finally:
+        requests.delete(
+            f"{host_ipc.url}/api/kernels/{kernel['id']}", headers=host_ipc.headers, timeout=60
+        )

@@ -33,6 +33,7 @@ from ._messages import (
 from ._observers import KernelObserver
 from ._registry import KernelRegistry, KernelSpecInfo
 from ._sandbox import NETWORK_POLICIES, SANDBOX_POLICIES, SandboxPolicy
+from ._sandbox import unavailable as sandbox_unavailable
 
 __all__ = [
     "DEFAULT_USERNAME",
@@ -56,4 +57,5 @@ __all__ = [
     "UnknownKernelSpec",
     "message_json",
     "pack_json",
+    "sandbox_unavailable",
 ]

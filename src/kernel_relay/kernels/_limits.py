@@ -135,6 +135,18 @@ class Limits:
         }
         return [f"--{name}={value}" for name, value in values.items() if value is not None]
 
+    def describe(self) -> str:
+        """``memory=1.5G, processes=256, ...`` for the log."""
+
+        def shown(name: str, value: int | None) -> str:
+            if value is None:
+                return "none"
+            if name in ("memory", "file_size", "tmp_size"):
+                return f"{value / (1 << 20):.0f}M"
+            return str(value)
+
+        return ", ".join(f"{name}={shown(name, getattr(self, name))}" for name in _LIMITS)
+
     def to_record(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _LIMITS}
 

@@ -98,13 +98,14 @@ def launch(
         ) from exc
     contained = _sandbox_for(spec, spec_name, kernel_id, sandbox or SandboxPolicy(), independent)
     transport_options: dict[str, str] = {}
-    if contained is not None and contained.network == "none":
+    if contained is not None and (contained.network == "none" or transport == "ipc"):
+        # Without a network its channels can only be UNIX sockets; and only its box is shared with it.
         prefix = contained.box.ipc_prefix
         if len(prefix.encode()) > IPC_PATH_LIMIT:
             contained.box.remove()
             raise KernelLaunchError(
-                f"a sandboxed kernel's channels need a shorter runtime directory than {runtime_dir!r} (UNIX "
-                "socket paths are limited): set JUPYTER_RUNTIME_DIR to a shorter path"
+                f"a sandboxed kernel's sockets would be {prefix!r}, too long a path for a UNIX socket: "
+                "set XDG_RUNTIME_DIR to a shorter path"
             )
         transport_options = {"transport": "ipc", "ip": prefix}
     elif transport == "ipc":
