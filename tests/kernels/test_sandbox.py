@@ -91,6 +91,9 @@ def test_the_command_isolates_the_kernel(tmp_path: Path) -> None:
     """bwrap unshares the network, dies with the relay, drops to the kernel's uid, and sees its copy of the file."""
     command = _command(tmp_path, uid=1 << 30, network="none", independent=False)
     assert command[:3] == ["/bin/sh", "-c", 'trap "" INT; exec "$@"']
+    # bwrap, prlimit and setpriv by absolute path: never looked up on a kernel's PATH.
+    tools = [arg for arg in command if os.path.basename(arg) in ("bwrap", "prlimit", "setpriv")]
+    assert len(tools) == 3 and all(os.path.isabs(tool) for tool in tools), tools
     assert {"--unshare-pid", "--unshare-net", "--die-with-parent"} <= set(command)
     assert "--unshare-user" not in command
     assert f"--reuid={1 << 30}" in command and "--no-new-privs" in command

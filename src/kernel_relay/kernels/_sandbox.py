@@ -92,6 +92,9 @@ class SandboxPolicy:
 
 
 _probed: dict[bool, str | None] = {}
+#: The tools' absolute paths, found on the relay's PATH when it probes: never looked up on a kernel's PATH
+#: (a client may be allowed to set that), and all in /usr, which every sandbox sees.
+_TOOLS: dict[str, str] = {}
 
 
 def unavailable() -> str | None:
@@ -100,7 +103,11 @@ def unavailable() -> str | None:
     if root in _probed:
         return _probed[root]
     reason: str | None = None
-    missing = [tool for tool in ("bwrap", "prlimit", "setpriv") if not shutil.which(tool)]
+    for tool in ("bwrap", "prlimit", "setpriv"):
+        found = shutil.which(tool)
+        if found is not None:
+            _TOOLS[tool] = os.path.realpath(found)
+    missing = [tool for tool in ("bwrap", "prlimit", "setpriv") if tool not in _TOOLS]
     if missing:
         reason = f"{' and '.join(missing)} not found (install bubblewrap and util-linux)"
     else:
@@ -117,8 +124,18 @@ def unavailable() -> str | None:
     return reason
 
 
+def _tool(name: str) -> str:
+    return _TOOLS.get(name, name)
+
+
 def _namespaces(root: bool, network: str) -> list[str]:
-    argv = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    argv = [
+        _tool("bwrap"),
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+    ]
     if network == "none":
         argv.append("--unshare-net")
     if not root:
@@ -361,6 +378,9 @@ class Sandbox:
         self, argv: Sequence[str], connection_file: str, env_path: str, resource_dir: str | None
     ) -> list[str]:
         """``argv`` run in this sandbox: bwrap, then ``prlimit`` and (as root) ``setpriv`` to the kernel's uid."""
+        reason = unavailable()  # finds the tools (an adopter may not have looked yet)
+        if reason is not None:
+            raise KernelLaunchError(f"cannot start the kernel in its sandbox: {reason}")
         box = self.box
         root = box.uid is not None
         inner = [
@@ -386,10 +406,10 @@ class Sandbox:
         bwrap += _parents(binds[2::3]) + binds + ["--chdir", SANDBOX_HOME]
         # ipykernel would take the sandbox's init (pid 1) for a dead parent; --die-with-parent does its job.
         bwrap += ["--unsetenv", "JPY_PARENT_PID"]
-        bwrap += ["--", "prlimit", *self.limits.prlimit(), "--"]
+        bwrap += ["--", _tool("prlimit"), *self.limits.prlimit(), "--"]
         if root:
             bwrap += [
-                "setpriv",
+                _tool("setpriv"),
                 f"--reuid={box.uid}",
                 f"--regid={box.uid}",
                 "--clear-groups",
