@@ -102,9 +102,12 @@ def round_trip(relay: Relay) -> None:
 
 
 def kernel_process(relay: Relay, kernel_id: str) -> psutil.Process:
+    """The kernel's own process (not the sh and bwrap processes around a sandboxed kernel)."""
     for child in psutil.Process(relay.process.pid).children(recursive=True):
         try:
-            if kernel_id in " ".join(child.cmdline()):
+            cmdline = child.cmdline()
+            wrapper = bool(cmdline) and os.path.basename(cmdline[0]) in ("bwrap", "sh")
+            if kernel_id in " ".join(cmdline) and not wrapper:
                 return child
         except psutil.Error:
             continue
