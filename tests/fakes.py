@@ -122,6 +122,8 @@ class FakeKernel:
         self.reachable = True
         #: CurveZMQ keys of an encrypted kernel (None: its channels are not encrypted).
         self.curve: Any = None
+        #: Whether the kernel runs in the relay's sandbox (``--kernel-sandbox``).
+        self.sandboxed = False
         self.closed = False
         self.pid: int | None = None
         self.iopub_listeners: list[Callable[[KernelMessage], None]] = []
