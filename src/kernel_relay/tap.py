@@ -731,6 +731,11 @@ def kernel_sandbox(options: Options) -> SandboxPolicy:
     return policy
 
 
+def _freeze_what_lives() -> None:
+    gc.collect()
+    gc.freeze()
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     The relay's service tree for ``options``, on ``reactor`` (the global one by default; a test passes a
@@ -908,8 +913,10 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     for description in endpoints:
         Listener(description, serverFromString(reactor, description), site).setServiceParent(top)
     # Everything alive once the reactor runs (modules, the application) lives as long as the process:
-    # keep it out of the garbage collector's full collections, which would scan it again and again.
-    reactor.callWhenRunning(gc.freeze)
+    # keep it out of the garbage collector's full collections, which would scan it again and again. Only
+    # that: the garbage of the start is collected first (a frozen cycle is never freed), and connections,
+    # which come later, are freed by reference counting as they close (they leave no cycles).
+    reactor.callWhenRunning(_freeze_what_lives)
     log.info(
         "kernel-relay {version} listening on {endpoints} ({auth})",
         version=__version__,

@@ -35,6 +35,7 @@ from twisted.application.runner._runner import Runner as Runner
 from twisted.application.twist._options import TwistOptions as TwistOptions
 from twisted.application.twist._twist import Twist as Twist
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer, ITransport
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -88,6 +89,18 @@ def write_through(transport: object, data: bytes | memoryview) -> int:
             break  # would block, or the connection is lost: Twisted finds out by itself
         total += sent
     return total
+
+
+def drop_unsent(transport: object) -> None:
+    """
+    Let go of what a closed TCP (or UNIX) connection still held unsent: Twisted keeps its buffers after the
+    close, for as long as anything refers to the transport (a request in a reference cycle, say).
+    """
+    if isinstance(transport, tcp.Connection) and not transport.connected:
+        transport.dataBuffer = b""
+        transport.offset = 0
+        transport._tempDataBuffer = []
+        transport._tempDataLen = 0
 
 
 def set_send_limit(transport: object, limit: int) -> bool:
@@ -171,6 +184,53 @@ def negotiating_http_protocol(channel: HTTPChannel) -> HTTPChannelProtocol:
     return _GenericHTTPChannelProtocol(channel)
 
 
+def hold_requests(channel: HTTPChannel) -> None:
+    """
+    Stop ``channel`` reading its transport and parsing the requests it has read already, until
+    :func:`release_requests`.
+
+    twisted.web pauses a channel's transport when the transport's write buffer is full, but only between
+    requests: a request answered at once writes its response while it is handled, so the pause is skipped,
+    and the end of the request does not pause either; pipelined requests are then read and answered without
+    end. The parser is a ``LineReceiver``, whose loop stops at its ``paused`` flag.
+    """
+    channel.paused = True
+    producer = IPushProducer(channel.transport, None)
+    if producer is not None:
+        producer.pauseProducing()
+
+
+def release_requests(channel: HTTPChannel) -> None:
+    """
+    Undo :func:`hold_requests` but for the transport (twisted.web resumes it itself once its buffer has
+    drained and no request is being handled): parse what was read meanwhile.
+    """
+    if not channel.paused:
+        return
+    channel.paused = False
+    if channel._buffer and channel.transport is not None:
+        channel.dataReceived(b"")  # type: ignore[no-untyped-call]
+
+
+def forget_requests(channel: HTTPChannel) -> None:
+    """
+    Drop the requests a closed ``channel`` still lists (one unanswered when the connection closed): each
+    refers to the channel, which twisted.web leaves referring to it, a reference cycle that keeps both, and
+    their buffers, until a full collection.
+    """
+    for request in channel.requests:
+        forget_transport(request)
+    channel.requests = []
+
+
+def forget_transport(request: Any) -> None:
+    """
+    Drop a done request's reference to its connection's transport: a request may stay in a reference cycle
+    (Klein's recursive error handler closes over it) and would keep the transport, and what it buffered, too.
+    """
+    request.transport = None
+
+
 def fail_at_start(service: StreamServerEndpointService) -> None:
     """
     Make ``service`` raise from ``privilegedStartService`` when its endpoint cannot listen, instead of
@@ -211,6 +271,17 @@ def websocket_reader_idle(protocol: WebSocketProtocol) -> bool:
         and getattr(protocol, "current_frame", True) is None
         and getattr(protocol, "inside_message", True) is False
     )
+
+
+def release_websocket(protocol: WebSocketProtocol) -> None:
+    """
+    Break the reference cycle Autobahn leaves in a connection once it is closed: its ``is_closed`` Deferred
+    has fired with the protocol itself as its result. It is replaced by one fired with None, so that the
+    closed connection is freed by reference counting rather than at a full collection.
+    """
+    closed = getattr(protocol, "is_closed", None)
+    if _CLOSED == protocol.state and isinstance(closed, Deferred) and closed.called:
+        protocol.is_closed = succeed(None)
 
 
 def failed_for_peer_fault(protocol: WebSocketProtocol) -> bool:

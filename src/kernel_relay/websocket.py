@@ -32,6 +32,16 @@ drained. While paused, what the transport still holds plus what is queued here i
 slow clients. A client that reads, only a little slower than the server writes, keeps the buffer from
 ever draining completely but its backlog small, so it is not dropped.
 
+A peer that sends and never reads makes the relay owe it answers (Autobahn's pongs to its pings, the
+protocol's replies) that no bound of the protocol on top counts: a connection holding more than
+:data:`READ_PAUSE_BYTES` for its peer stops reading it (pauses its transport) until it holds less, so
+what a peer's own messages cost is bounded by that and one read. Reading resumes once the transport has
+drained, or as soon as a write finds the backlog back under the bound.
+
+A closed connection leaves no reference cycle (its queue, its session and Autobahn's own state are let
+go in :meth:`~FramedWebSocketProtocol.connectionLost`): reference counting frees it, and what it
+buffered, at once, rather than at the next full collection of the garbage collector.
+
 What this takes from Twisted's TCP connection and from Autobahn beyond their interfaces (the bytes Twisted
 holds, a send right now, the producer, Autobahn's state and frame reader) it takes through
 :mod:`kernel_relay.twisted_internals`, and nowhere else.
@@ -45,7 +55,9 @@ from typing import Final
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import twisted_internals as internals
@@ -64,6 +76,9 @@ LARGE_PAYLOAD = 1 << 20
 
 #: The pieces in which a large ``memoryview`` payload is streamed (copied only when the socket is full).
 STREAM_CHUNK = 1 << 20
+
+#: Bytes a connection may hold unsent for its peer and still read it (see the module doc).
+READ_PAUSE_BYTES = 1 << 18
 
 
 def parse_data_frame(data: bytes, offset: int, max_payload: int) -> tuple[str | bytes, int] | None:
@@ -193,6 +208,14 @@ class _WritePressure:
         self.paused = False
         self.unsent = 0
 
+    def release(self) -> None:
+        """Forget the connection (its ``drained``), which refers to this producer: no cycle outlives it."""
+        self._drained = _nothing
+
+
+def _nothing() -> None:
+    pass
+
 
 class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     """
@@ -207,7 +230,9 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def __init__(self, batcher: WriteBatcher) -> None:
         super().__init__()
         self._batcher = batcher
-        self._pressure = _WritePressure(self._stream_more)
+        self._pressure = _WritePressure(self._drained)
+        # Whether the transport was paused (stops reading) because the peer does not read.
+        self._reading_paused = False
         self._queued: list[Binary] = []
         self._queued_bytes = 0
         self._queued_large = False
@@ -323,6 +348,8 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         transport = self.transport
         if transport is None:
             return False
+        if self._reading_paused and self.unsent_bytes <= READ_PAUSE_BYTES:
+            self._resume_reading()
         sent = internals.write_through(transport, data)
         if sent == len(data):
             return True
@@ -331,6 +358,25 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._pressure.unsent += len(rest)
         transport.write(rest)
         return False
+
+    def _drained(self) -> None:
+        """The transport wrote out all it held: read the peer again, stream the rest of a payload."""
+        if self._reading_paused:
+            self._resume_reading()
+        self._stream_more()
+
+    def _pause_reading_if_behind(self) -> None:
+        """Stop reading a peer that does not read what it is owed (see the module doc)."""
+        producer = IPushProducer(self.transport, None)
+        if producer is not None and self.unsent_bytes > READ_PAUSE_BYTES:
+            self._reading_paused = True
+            producer.pauseProducing()
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.resumeProducing()
 
     def _stream_more(self) -> None:
         """Write the next chunks of the payload being streamed until the transport's buffer is full."""
@@ -376,6 +422,7 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def dataReceived(self, data: bytes) -> None:
         """Read whole data frames here while Autobahn has nothing buffered; it reads the rest."""
         offset = 0
+        read_all = False
         if internals.websocket_reader_idle(self):
             max_payload = self.factory.max_payload
             is_open = internals.websocket_open  # looked up once: it is asked after every frame
@@ -385,9 +432,12 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                     break
                 message, offset = parsed
                 self.message_received(message)
-            if offset == len(data):
-                return
-        super().dataReceived(data[offset:] if offset else data)
+            read_all = offset == len(data)
+        if not read_all:
+            super().dataReceived(data[offset:] if offset else data)
+        # What was read may have cost answers (Autobahn's pongs, the protocol's replies).
+        if self._pressure.paused and not self._reading_paused:
+            self._pause_reading_if_behind()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         """A message Autobahn read (see :meth:`dataReceived`)."""
@@ -403,3 +453,12 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.drop_queued()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """Closed: let go of what refers back to this connection, so that refcounting frees it now."""
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.drop_queued()
+            self._pressure.release()
+            internals.release_websocket(self)

@@ -68,3 +68,52 @@ def test_the_access_log_shows_no_token() -> None:
     request.requestHeaders.setRawHeaders(b"referer", [b"http://x/?token=s3cret"])
     line = access_log_line("[t]", request)
     assert "s3cret" not in line and "/api/kernels?token=***" in line and "?token=***" in line
+
+
+class Health(Resource):
+    isLeaf = True
+
+    def render_GET(self, request: object) -> bytes:
+        return b"x" * 1000
+
+
+class FillingTransport(TunableTransport):
+    """A StringTransport that, like Twisted's TCP connection, pauses its producer past 64 KiB held."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.pending += len(data)
+        if self.producer is not None and self.pending > 65536:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.pending = 0
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+def test_pipelined_requests_wait_while_their_responses_are_not_read() -> None:
+    """
+    1,000 pipelined requests read at once: the channel answers until 64 KiB of responses wait, then stops
+    reading and parsing; each drain of the transport lets it answer the next ones, until all are answered.
+    """
+    site = RelaySite(Health())
+    protocol = site.buildProtocol(None)
+    assert protocol is not None
+    transport = FillingTransport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n" * 1000)
+    answered = transport.value().count(b"HTTP/1.1 200")
+    assert transport.producerState == "paused"
+    assert 50 < answered < 80, answered
+    drains = 0
+    while transport.value().count(b"HTTP/1.1 200") < 1000:
+        transport.drain()
+        drains += 1
+        assert drains < 100, "the channel stopped answering"
+    assert transport.producerState == "producing"
+    protocol.connectionLost(Failure(ConnectionError("closed")))

@@ -40,13 +40,14 @@ class WebSocketTransport:
     name = "websocket"
 
     def __init__(self, connection: EngineIOWebSocketProtocol, codec: PacketCodec) -> None:
-        self._connection = connection
+        # None once the connection is lost: the session may outlive it, and must not keep it in memory.
+        self._connection: EngineIOWebSocketProtocol | None = connection
         self._codec = codec
         self._closed = False
 
     @property
     def writable(self) -> bool:
-        return not self._closed and self._connection.accepts_frames
+        return not self._closed and self._connection is not None and self._connection.accepts_frames
 
     @property
     def resumable(self) -> bool:
@@ -54,9 +55,12 @@ class WebSocketTransport:
 
     @property
     def buffered_bytes(self) -> int:
-        return self._connection.unsent_bytes
+        return 0 if self._connection is None else self._connection.unsent_bytes
 
     def send(self, packets: Sequence[Packet]) -> None:
+        connection = self._connection
+        if connection is None:
+            return
         parts: list[Binary] = []
         size = largest = 0
         data: Binary
@@ -75,7 +79,7 @@ class WebSocketTransport:
             size += len(header) + length
             if length > largest:
                 largest = length
-        self._connection.write_frames(parts, size, largest >= LARGE_PAYLOAD)
+        connection.write_frames(parts, size, largest >= LARGE_PAYLOAD)
 
     def finish(self, packets: Sequence[Packet]) -> None:
         self.send(packets)
@@ -85,7 +89,8 @@ class WebSocketTransport:
         if self._closed:
             return
         self._closed = True
-        self._connection.lose()
+        if self._connection is not None:
+            self._connection.lose()
 
     def discard(self) -> None:
         self.close()
@@ -94,15 +99,17 @@ class WebSocketTransport:
         if self._closed:
             return
         self._closed = True
-        self._connection.drop_queued()
-        self._connection.lose()
+        if self._connection is not None:
+            self._connection.drop_queued()
+            self._connection.lose()
 
     @property
     def connection(self) -> object | None:
-        return None if self._closed else self._connection.transport
+        return None if self._closed or self._connection is None else self._connection.transport
 
     def connection_lost(self) -> None:
         self._closed = True
+        self._connection = None
 
 
 Opener = Callable[[WebSocketTransport], EngineIOSession | None]

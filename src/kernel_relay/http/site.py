@@ -1,7 +1,8 @@
 """
 The HTTP site: the resource tree (:class:`RelayRoot`: the REST API, socket.io, the demo page, behind the Host
-guard), requests whose bodies are bounded as they arrive (:class:`BoundedRequest`), and the site and
-listeners that serve it (:class:`RelaySite`, :class:`Listener`).
+guard), requests whose bodies are bounded as they arrive (:class:`BoundedRequest`), connections that stop
+reading requests while their responses are not read (:class:`RelayChannel`), and the site and listeners that
+serve it (:class:`RelaySite`, :class:`Listener`).
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, Final, cast
 from urllib.parse import unquote_to_bytes
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IAddress, IReactorTime, ITCPTransport, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.iweb import IRequest
@@ -24,8 +27,14 @@ from twisted.web.server import Request, Site
 from ..auth import TOKEN_QUERY
 from ..twisted_internals import (
     HTTPChannelProtocol,
+    drop_unsent,
     fail_at_start,
+    forget_requests,
+    forget_transport,
+    hold_requests,
+    hook_connection_lost,
     negotiating_http_protocol,
+    release_requests,
     set_send_limit,
 )
 from .connections import (
@@ -188,6 +197,48 @@ class BoundedRequest(Request):
         transport.loseConnection()
 
 
+class RelayChannel(RequestDeadlineChannel):
+    """
+    The site's HTTP/1.1 channel: it reads no further request while the responses it wrote wait unsent
+    beyond the transport's buffer size (64 KiB), and leaves no reference cycle when its connection closes
+    (nor keeps what the connection held unsent).
+
+    A client may pipeline requests (``GET /api/health`` needs no token) and never read the answers.
+    twisted.web stops reading such a client only between two requests, and a request answered at once is
+    never between two (see :func:`~kernel_relay.twisted_internals.hold_requests`): the relay would read
+    and answer without end, its memory growing with every response. Here the transport telling the channel
+    that its buffer is full stops the reading and the parsing of requests at once, and its being drained
+    resumes them.
+    """
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()  # type: ignore[no-untyped-call]
+        hold_requests(self)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()  # type: ignore[no-untyped-call]
+        release_requests(self)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # The transport, not the channel: a WebSocket that takes the connection over leaves the channel
+        # unaware of the close, and its upgrade request unanswered.
+        if self.transport is not None:
+            hook_connection_lost(self.transport, partial(self._transport_closed, self.transport))
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        forget_transport(request)
+
+    def _transport_closed(self, transport: ITransport) -> None:
+        if self.transport is None:
+            # Taken over by a WebSocket: the channel was not told, and its timers would keep it (and the
+            # transport) until they fire.
+            self.connectionLost(connectionDone)
+        forget_requests(self)
+        drop_unsent(transport)
+
+
 #: Bytes the relay's connections hand the kernel's socket per write (Twisted's default is 128 KiB).
 SEND_LIMIT = 1024 * 1024
 
@@ -270,7 +321,7 @@ class RelaySite(Site):
     def protocol(self) -> HTTPChannelProtocol:
         events = self.limiter.events if self.limiter is not None else self._events
         return negotiating_http_protocol(
-            RequestDeadlineChannel(self.header_timeout, self.body_timeout, events)
+            RelayChannel(self.header_timeout, self.body_timeout, events)
         )
 
     def buildProtocol(self, addr: IAddress | None) -> HTTPChannelProtocol | None:

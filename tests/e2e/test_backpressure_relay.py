@@ -1,0 +1,210 @@
+"""
+Clients that send and never read, tried against a real relay on loopback: a WebSocket ping flood without a
+token (Engine.IO) or with a read-only token (the Jupyter kernel WebSocket), and pipelined HTTP requests
+without a token. The relay stops reading such a client once what it owes it passes a small bound, gives
+the memory back when the connection closes, and an authenticated client on the same relay keeps working.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+
+from tests.conftest import Relay, kernel_fixture, relay_fixture
+from tests.e2e.test_hardening_relay import TOKEN, rss, works
+
+pytestmark = pytest.mark.timeout(300)
+
+MiB = 1024 * 1024
+#: Seconds each flood lasts (the unbounded relay grew by hundreds of MB in this time).
+FLOOD_SECONDS = 8.0
+#: What a flood may add to the relay's RSS: the bounds (a few hundred KB) and the allocator's slack.
+MARGIN = 12 * MiB
+
+flooded = relay_fixture("--connect-timeout", "120", token=TOKEN, scope="function")
+flooded_kernel = kernel_fixture("flooded", scope="function")
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (final, masked with a zero key, so the payload reads as it is) of fewer than 126 bytes."""
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\x00\x00\x00\x00" + payload
+
+
+PING_FRAME = masked_frame(0x9, b"p" * 125)
+
+
+def non_reading_socket(port: int) -> socket.socket:
+    """A loopback connection with a tiny receive buffer, which the test reads only for a handshake."""
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    connection.settimeout(10)
+    connection.connect(("127.0.0.1", port))
+    return connection
+
+
+def upgraded(port: int, target: str) -> socket.socket:
+    """A WebSocket opened on ``target`` (path and query) whose frames the test never reads."""
+    connection = non_reading_socket(port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    connection.sendall(
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = connection.recv(1)
+        assert chunk, f"the relay closed the WebSocket to {target} during the handshake"
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 101"), answer
+    return connection
+
+
+def flood(connection: socket.socket, burst: bytes, seconds: float) -> int:
+    """Send ``burst`` over and over for ``seconds`` without reading (as far as the relay takes it); bytes sent."""
+    connection.setblocking(False)
+    sent = 0
+    pending = memoryview(burst)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            sent_now = connection.send(pending)
+        except BlockingIOError:
+            time.sleep(0.005)
+            continue
+        except OSError:
+            break  # closed by the relay
+        sent += sent_now
+        pending = pending[sent_now:] if sent_now < len(pending) else memoryview(burst)
+    return sent
+
+
+@contextmanager
+def peak_rss(relay: Relay) -> Iterator[Callable[[], int]]:
+    """Watch the relay's RSS while the block runs; yields a function giving the peak seen so far."""
+    peak = rss(relay)
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss(relay))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield lambda: peak
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def settled_rss(relay: Relay, target: int, seconds: float = 5.0) -> int:
+    """The relay's RSS once it is at most ``target`` or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    current = rss(relay)
+    while current > target and time.monotonic() < deadline:
+        time.sleep(0.2)
+        current = rss(relay)
+    return current
+
+
+def read_only_token(relay: Relay, kernel: str) -> str:
+    issued = requests.post(
+        f"{relay.url}/api/kernels/{kernel}/tokens",
+        json={"access": "read-only"},
+        headers=relay.headers,
+        timeout=10,
+    )
+    assert issued.status_code in (200, 201), issued.text
+    token: str = issued.json()["token"]
+    return token
+
+
+def flooded_then_closed(
+    relay: Relay, kernel: str, connect: Callable[[], socket.socket], what: str
+) -> None:
+    """Flood through ``connect()``'s connection; RSS stays within MARGIN, then comes back once it closes."""
+    works(relay, kernel)  # the relay's own first-use allocations are not the flood's
+    before = rss(relay)
+    with peak_rss(relay) as peak:
+        connection = connect()
+        sent = flood(connection, PING_FRAME * 64, FLOOD_SECONDS)
+        works(relay, kernel)
+        grown = peak() - before
+    connection.close()
+    after = settled_rss(relay, before + 4 * MiB)
+    print(
+        f"{what}: {sent / MiB:.1f} MiB of pings taken, relay RSS peak {grown / MiB:+.1f} MiB, "
+        f"{(after - before) / MiB:+.1f} MiB after the close"
+    )
+    assert grown < MARGIN, f"{what}: relay RSS grew by {grown / MiB:.0f} MiB"
+    assert after - before < 4 * MiB, (
+        f"{what}: {(after - before) / MiB:.0f} MiB kept after the close"
+    )
+
+
+def test_tokenless_engineio_ping_flood_is_bounded(flooded: Relay, flooded_kernel: str) -> None:
+    """A tokenless Engine.IO WebSocket sending control pings and never reading costs the relay a bounded few MB."""
+    flooded_then_closed(
+        flooded,
+        flooded_kernel,
+        lambda: upgraded(flooded.port, "/socket.io/?EIO=4&transport=websocket"),
+        "Engine.IO ping flood",
+    )
+
+
+def test_eio3_ping_packet_flood_is_bounded(flooded: Relay, flooded_kernel: str) -> None:
+    """A tokenless EIO 3 WebSocket sending ping packets (each answered by a pong) and never reading is bounded."""
+    packet = masked_frame(0x1, b"2" + b"p" * 120)
+    works(flooded, flooded_kernel)
+    before = rss(flooded)
+    with peak_rss(flooded) as peak:
+        connection = upgraded(flooded.port, "/socket.io/?EIO=3&transport=websocket")
+        sent = flood(connection, packet * 64, FLOOD_SECONDS)
+        works(flooded, flooded_kernel)
+        grown = peak() - before
+    connection.close()
+    print(f"EIO 3 ping packets: {sent / MiB:.1f} MiB taken, relay RSS peak {grown / MiB:+.1f} MiB")
+    assert grown < MARGIN, f"relay RSS grew by {grown / MiB:.0f} MiB"
+
+
+def test_read_only_jupyter_ping_flood_is_bounded(flooded: Relay, flooded_kernel: str) -> None:
+    """A read-only holder's Jupyter kernel WebSocket sending control pings and never reading is bounded."""
+    token = read_only_token(flooded, flooded_kernel)
+    flooded_then_closed(
+        flooded,
+        flooded_kernel,
+        lambda: upgraded(flooded.port, f"/api/kernels/{flooded_kernel}/channels?token={token}"),
+        "Jupyter ping flood",
+    )
+
+
+def test_tokenless_pipelined_requests_are_bounded(flooded: Relay, flooded_kernel: str) -> None:
+    """Pipelined GET /api/health from a tokenless client that never reads: the relay stops reading it."""
+    works(flooded, flooded_kernel)
+    before = rss(flooded)
+    request = f"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{flooded.port}\r\n\r\n".encode()
+    with peak_rss(flooded) as peak:
+        connection = non_reading_socket(flooded.port)
+        sent = flood(connection, request * 256, FLOOD_SECONDS)
+        began = time.monotonic()
+        works(flooded, flooded_kernel)
+        took = time.monotonic() - began
+        grown = peak() - before
+    connection.close()
+    after = settled_rss(flooded, before + 4 * MiB)
+    print(
+        f"pipelining: {sent / MiB:.1f} MiB of requests taken, relay RSS peak {grown / MiB:+.1f} MiB, "
+        f"{(after - before) / MiB:+.1f} MiB after the close; an execute took {took:.2f}s meanwhile"
+    )
+    assert grown < MARGIN, f"relay RSS grew by {grown / MiB:.0f} MiB"
+    assert after - before < 4 * MiB
