@@ -8,6 +8,7 @@ the memory back when the connection closes, and an authenticated client on the s
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import threading
@@ -208,3 +209,29 @@ def test_tokenless_pipelined_requests_are_bounded(flooded: Relay, flooded_kernel
     )
     assert grown < MARGIN, f"relay RSS grew by {grown / MiB:.0f} MiB"
     assert after - before < 4 * MiB
+
+
+def test_eio3_polling_pings_without_polls_are_bounded(flooded: Relay, flooded_kernel: str) -> None:
+    """An EIO 3 polling session POSTing pings (each owed a pong) and never GETting costs the relay a few MB."""
+    works(flooded, flooded_kernel)
+    base = f"{flooded.url}/socket.io/?EIO=3&transport=polling"
+    opened = requests.get(base, timeout=10)
+    length, _, rest = opened.text.partition(":")
+    sid = json.loads(rest[1 : int(length)])["sid"]
+    ping = "2" + "p" * 10_000
+    body = f"{len(ping)}:{ping}" * 50  # 500 KB of pings, each to be answered with its data
+    before = rss(flooded)
+    posted = 0
+    with peak_rss(flooded) as peak, requests.Session() as poster:
+        deadline = time.monotonic() + FLOOD_SECONDS
+        while time.monotonic() < deadline:
+            answer = poster.post(f"{base}&sid={sid}", data=body, timeout=10)
+            if answer.status_code != 200:
+                break
+            posted += len(body)
+        works(flooded, flooded_kernel)
+        grown = peak() - before
+    print(
+        f"EIO 3 polling pings: {posted / MiB:.0f} MiB posted, relay RSS peak {grown / MiB:+.1f} MiB"
+    )
+    assert grown < MARGIN, f"relay RSS grew by {grown / MiB:.0f} MiB"

@@ -219,6 +219,22 @@ def test_v3_client_ping_gets_pong_with_same_data_and_server_never_pings() -> Non
     assert sent == [Packet(T.PONG, "x")] * 4
 
 
+def test_v3_pings_without_a_poll_leave_one_pong_waiting() -> None:
+    """Pings while no poll waits (the client POSTs and never GETs) queue one pong, not one each."""
+    session, transport, _, _, _ = make(protocol=3)
+    for n in range(1000):
+        session.packet_received(transport, Packet(T.PING, f"{n}" * 100))
+    assert session.buffered_bytes == 100
+    transport.writable = True
+    session.transport_ready(transport)
+    assert transport.sent()[1:] == [Packet(T.PONG, "0" * 100)]
+    transport.writable = True
+    session.packet_received(transport, Packet(T.PING, "next"))
+    assert transport.sent()[2:] == [Packet(T.PONG, "next")], (
+        "a pong goes out again once one was sent"
+    )
+
+
 def test_v3_silent_client_is_closed_after_interval_plus_timeout() -> None:
     """With no packet for pingInterval + pingTimeout the session ends with "ping timeout"."""
     session, transport, handler, clock, _gone = make(protocol=3)

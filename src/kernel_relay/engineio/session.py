@@ -158,6 +158,7 @@ class EngineIOSession:
         self._state = _State.OPEN
         self._buffer: list[Packet] = []
         self._queued_bytes = 0
+        self._pong_queued = False
         self._probe: Transport | None = None
         self._paused = False
         self._ping_call: IDelayedCall | None = None
@@ -298,7 +299,11 @@ class EngineIOSession:
         elif kind is PacketType.CLOSE:
             self._terminate(TRANSPORT_CLOSE, _Ending.PEER)
         elif kind is PacketType.PING and self._client_pings:
-            self._queue(Packet(PacketType.PONG, packet.data))
+            # One pong waiting is answer enough: a client that pings without polling (or reading) must
+            # not pile up one, with its ping's data, per ping.
+            if not self._pong_queued:
+                self._pong_queued = True
+                self._queue(Packet(PacketType.PONG, packet.data))
             self._flush()
         elif kind is PacketType.PING:
             # In v4 only the server pings; a client ping is a protocol violation.
@@ -372,6 +377,7 @@ class EngineIOSession:
         self._queued_bytes += len(packet.data)
 
     def _take_buffer(self) -> list[Packet]:
+        self._pong_queued = False
         packets, self._buffer = self._buffer, []
         self._queued_bytes = 0
         return packets
