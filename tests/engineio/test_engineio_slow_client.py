@@ -1,5 +1,5 @@
-"""The slow-client limit on a live server: a WebSocket client that stops reading is dropped with
-"slow client" while another session (protocol 3 polling) carries on."""
+"""A live server and a WebSocket client that stops reading: the server stops reading it in turn, while
+another session (protocol 3 polling) carries on."""
 
 from __future__ import annotations
 
@@ -43,30 +43,36 @@ def v3_session(server: ServerProcess) -> str:
 
 
 @pytest.mark.parametrize("eio", ["3", "4"])
-def test_client_that_stops_reading_is_dropped(server: ServerProcess, eio: str) -> None:
-    """Echoes piling up unread beyond max_buffered_bytes close that session; another one lives on."""
+def test_client_that_stops_reading_stops_being_read(server: ServerProcess, eio: str) -> None:
+    """
+    A client that sends and never reads its echoes is no longer read once they wait unsent: what it
+    gets the server to hold stays far below max_buffered_bytes; another session lives on.
+
+    (Output the client does not cause, such as a kernel's, still ends in a "slow client" drop:
+    tests/e2e/test_limits_relay.py.)
+    """
     other = v3_session(server)
-    drops_before = server.output().count("slow client")
     address = f"ws://127.0.0.1:{server.port}/engine.io/?EIO={eio}&transport=websocket"
     slow = websocket.create_connection(
         address, timeout=30, sockopt=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)]
     )
     slow.recv()  # the open packet; after this the client reads nothing
-    message = "4" + "x" * 500_000
-    dropped = False
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not dropped:
+    message = ("4" + "x" * 500_000).encode()
+    frame = websocket.ABNF.create_frame(message, websocket.ABNF.OPCODE_TEXT).format()
+    slow.sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
         try:
-            slow.send(message)
-        except (OSError, websocket.WebSocketException):
-            dropped = True
-            break
-        dropped = server.output().count("slow client") > drops_before
-    while not dropped and time.monotonic() < deadline:
-        dropped = server.output().count("slow client") > drops_before
-        time.sleep(0.1)
-    slow.close(timeout=1)
-    assert server.output().count("slow client") > drops_before, "the drop is logged with its reason"
+            sent += slow.sock.send(frame[sent % len(frame) :])
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            break  # dropped
+    slow.sock.close()
+    # The socket buffers on both ends take a few MB; the server reads no further than its bound.
+    assert sent < 12 * LIMIT, f"the server read {sent} bytes from a client that reads nothing"
+    assert "slow client" not in server.output()
     # The other session still works: ping and message round trip over protocol 3 polling.
     base = f"{server.url}/engine.io/?EIO=3&transport=polling&b64=1&sid={other}"
     assert requests.post(base, data="1:26:4hello", timeout=30).text == "ok"
