@@ -22,6 +22,7 @@ from twisted.python import usage
 
 from . import __version__
 from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
+from .budget import BufferBudget
 from .demo import demo_resources
 from .engineio import EngineIOOptions
 from .fleet import Fleet, FleetStore, RedisURL
@@ -756,6 +757,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         # A fleet's kernels outlive their relay, for another relay to adopt them.
         independent=options["redis"] is not None,
     )
+    # One bound on what waits for every client, whichever front it came by.
+    budget = BufferBudget(options["max-total-buffered-bytes"])
     socketio = SocketIOServer(
         reactor,
         engineio_options=EngineIOOptions(
@@ -773,6 +776,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         connect_timeout=options["connect-timeout"],
         # With a token, / would be a namespace anyone may join without one: the relay has no use for it.
         main_namespace=not options["token"],
+        buffer_budget=budget,
     )
     auth = TokenAuth(options["token"])
     metrics = RelayMetrics()
@@ -804,7 +808,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     metrics.watch_load(
         lambda: limiter.open_connections,
         lambda: len(socketio.engine.sessions),
-        lambda: socketio.engine.buffered_bytes,
+        budget.measure,
     )
     relay = RelayCore(
         kernels,
@@ -827,6 +831,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         origins=origins,
         max_payload=options["max-payload"],
         max_buffered_bytes=options["max-buffered-bytes"],
+        budget=budget,
     )
 
     kernels.add_observer(jupyter_front)  # its sessions' marks go with their kernel

@@ -244,6 +244,12 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """One whole text (``str``) or binary (``bytes``) message from the peer."""
         raise NotImplementedError
 
+    def drained(self) -> None:
+        """
+        Everything handed to the connection went to its transport, and the transport's buffer is not full
+        (or just emptied): a protocol that holds more back until its peer reads (a replay) may send it now.
+        """
+
     def invalid_message(self, error: Exception) -> None:
         """A text message that is not UTF-8 reached :meth:`onMessage` (Autobahn validates it first)."""
         self._log.info("invalid WebSocket frame: {error}", error=error)
@@ -342,6 +348,8 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.write_queued()
         elif self._queued:
             self._batcher.add(self)
+        elif not self._pressure.paused and not everything:
+            self.drained()
 
     def _write(self, data: Binary) -> bool:
         """Write ``data``; True if the socket took all of it at once (nothing left with Twisted)."""
@@ -360,10 +368,13 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         return False
 
     def _drained(self) -> None:
-        """The transport wrote out all it held: read the peer again, stream the rest of a payload."""
+        """
+        The transport wrote out all it held: read the peer again, stream the rest of a payload, or tell
+        :meth:`drained`.
+        """
         if self._reading_paused:
             self._resume_reading()
-        self._stream_more()
+        self._transport_drained()
 
     def _pause_reading_if_behind(self) -> None:
         """Stop reading a peer that does not read what it is owed (see the module doc)."""
@@ -396,7 +407,16 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 self._stream = None
                 if self._queued:
                     self._batcher.add(self)
+                elif not self._pressure.paused:
+                    self.drained()
                 return
+
+    def _transport_drained(self) -> None:
+        """The transport's buffer emptied: stream on, or tell :meth:`drained` if nothing waits here."""
+        if self._stream is not None:
+            self._stream_more()
+        elif not self._queued and internals.websocket_open(self):
+            self.drained()
 
     def lose(self, code: int = 1000, reason: str | None = None) -> None:
         """Close politely (``code``, ``reason``) if the connection is open and keeps up, else drop it."""

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
+from ..budget import BufferBudget
 from ._web import WebRequest, web_request
 from .errors import ErrorCode, write_busy, write_error
 from .options import (
@@ -29,7 +30,7 @@ from .options import (
 )
 from .packets import SUPPORTED_PROTOCOLS, codec_for
 from .polling import PollingTransport
-from .session import SERVER_CLOSE, SLOW_CLIENT, EngineIOSession, Transport
+from .session import SERVER_CLOSE, EngineIOSession, Transport
 from .websocket import EngineIOWebSocketFactory, WebSocketTransport
 
 HandlerFactory = Callable[[EngineIOSession], SessionHandler]
@@ -152,7 +153,11 @@ class EngineIOServer:
     log = Logger()
 
     def __init__(
-        self, reactor: IReactorTime, options: EngineIOOptions, handler_factory: HandlerFactory
+        self,
+        reactor: IReactorTime,
+        options: EngineIOOptions,
+        handler_factory: HandlerFactory,
+        budget: BufferBudget | None = None,
     ) -> None:
         self._reactor = reactor
         self._options = options
@@ -164,7 +169,9 @@ class EngineIOServer:
         self._by_address: dict[str, dict[str, EngineIOSession]] = {}
         # Sessions over their address's bound, by sid: closed unless vouched for in time.
         self._probation: dict[str, IDelayedCall] = {}
-        self._total_buffered = 0
+        #: What waits for every session, against ``max_total_buffered_bytes``; an application may share it
+        #: with its other connections (see :mod:`kernel_relay.budget`).
+        self.budget = budget or BufferBudget(options.max_total_buffered_bytes)
         self._refusals_logged: dict[str, float] = {}
         self._resource: EngineIOResource | None = None
         #: Told of each network connection (a Twisted transport) that carries a vouched session,
@@ -203,8 +210,8 @@ class EngineIOServer:
 
     @property
     def buffered_bytes(self) -> int:
-        """What waits to go out to every session together, as last counted (for metrics)."""
-        return self._total_buffered
+        """What waits to go out to every holder of the budget together, as last counted (for metrics)."""
+        return self.budget.total
 
     def sessions_from(self, address: str) -> int:
         """How many sessions from ``address`` the server holds now."""
@@ -299,8 +306,8 @@ class EngineIOServer:
             sid, handshake, self._options, self._reactor, transport, self._forget
         )
         session.on_vouched = self._vouched
-        if self._options.max_total_buffered_bytes is not None:
-            session.on_buffered = self._buffered
+        if self.budget.limit is not None:
+            session.on_buffered = self.budget.report
         self._known[sid] = session
         of_address = self._by_address.setdefault(handshake.remote_address, {})
         of_address[sid] = session
@@ -336,8 +343,7 @@ class EngineIOServer:
             of_address.pop(session.sid, None)
             if not of_address:
                 self._by_address.pop(address, None)
-            self._total_buffered -= session.counted_bytes
-            session.counted_bytes = 0
+            self.budget.forget(session)
             call = self._probation.pop(session.sid, None)
             if call is not None and call.active():
                 call.cancel()
@@ -359,40 +365,6 @@ class EngineIOServer:
         """Tell ``on_vouched_connection`` of a connection that carries a vouched session."""
         if connection is not None and self.on_vouched_connection is not None:
             self.on_vouched_connection(connection)
-
-    def _buffered(self, session: EngineIOSession, buffered: int) -> None:
-        """A session's backlog after a send; over ``max_total_buffered_bytes``, shed the largest."""
-        self._total_buffered += buffered - session.counted_bytes
-        session.counted_bytes = buffered
-        limit = self._options.max_total_buffered_bytes
-        if limit is not None and self._total_buffered > limit:
-            self._shed(limit)
-
-    def _shed(self, limit: int) -> None:
-        # Transports drain without telling: count again before closing anyone.
-        total = 0
-        for session in self._known.values():
-            session.counted_bytes = 0 if session.closed else session.buffered_bytes
-            total += session.counted_bytes
-        self._total_buffered = total
-        if total <= limit:
-            return
-        largest = sorted(
-            (s for s in self._known.values() if not s.closed),
-            key=lambda s: s.counted_bytes,
-            reverse=True,
-        )
-        for session in largest:
-            if self._total_buffered <= limit:
-                break
-            self.log.warn(
-                "session {sid} closed: {buffered} bytes waiting to go out, the most of any while all "
-                "sessions together were over the limit of {limit} (slow client)",
-                sid=session.sid,
-                buffered=session.counted_bytes,
-                limit=limit,
-            )
-            session.abort(SLOW_CLIENT)
 
 
 class EngineIOResource(Resource):

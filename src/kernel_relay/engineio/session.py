@@ -145,10 +145,11 @@ class EngineIOSession:
         self.vouched = False
         #: Set by the server: told of a session once it is vouched for.
         self.on_vouched: Callable[[EngineIOSession], None] | None = None
-        #: ``buffered_bytes`` as last counted into the server's total (see ``on_buffered``).
-        self.counted_bytes = 0
         #: Set by the server: told of this session's ``buffered_bytes`` after each send.
         self.on_buffered: Callable[[EngineIOSession, int], None] | None = None
+        #: Set by the application: told when what was handed to the session has gone out (its WebSocket's
+        #: buffer drained, or a poll collected it), for one that holds more back until then (a replay).
+        self.on_drained: Callable[[EngineIOSession], None] | None = None
         self.close_reason: str | None = None
         self._options = options
         self._clock = clock
@@ -265,6 +266,17 @@ class EngineIOSession:
         """Close from the server side at once, dropping what is still queued (e.g. a slow client)."""
         self._terminate(reason, _Ending.ABORT)
 
+    def shed(self, limit: int) -> None:
+        """Close at once as a slow client: all sessions together hold more than ``limit`` bytes."""
+        self.log.warn(
+            "session {sid} closed: {buffered} bytes waiting to go out, the most of any while all "
+            "clients together were over the limit of {limit} (slow client)",
+            sid=self.sid,
+            buffered=self.buffered_bytes,
+            limit=limit,
+        )
+        self._terminate(SLOW_CLIENT, _Ending.ABORT)
+
     def vouch(self) -> None:
         """
         The application accepted this session (for socket.io: it joined a namespace). The server
@@ -334,6 +346,16 @@ class EngineIOSession:
         elif transport is self._transport:
             self._terminate(reason, _Ending.ABORT)
 
+    def transport_drained(self, transport: Transport) -> None:
+        """What ``transport`` was handed has gone out (its connection's buffer drained)."""
+        if (
+            transport is self._transport
+            and self._state is _OPEN
+            and not self._buffer
+            and self.on_drained is not None
+        ):
+            self.on_drained(self)
+
     def transport_ready(self, transport: Transport) -> None:
         """``transport`` became writable (a poll request arrived)."""
         if transport is not self._transport:
@@ -348,6 +370,7 @@ class EngineIOSession:
             self._noop_call = self._clock.callLater(PAUSED_POLL_DELAY, self._end_paused_poll)
         else:
             self._flush()
+            self.transport_drained(transport)
 
     def begin_upgrade(self, transport: Transport) -> bool:
         """Try ``transport`` (a fresh WebSocket) as the new transport; False if refused."""

@@ -167,6 +167,10 @@ class EngineIOWebSocketProtocol(FramedWebSocketProtocol):
         if self.session is None:
             self._adapter.close()
 
+    def drained(self) -> None:
+        if self.session is not None:
+            self.session.transport_drained(self._adapter)
+
     def invalid_message(self, error: Exception) -> None:
         if self.session is not None:
             self._log.info("invalid WebSocket frame: {error}", error=error)

@@ -54,6 +54,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 
 from ..auth import TOKEN_QUERY, token_from_authorization
+from ..budget import BufferBudget
 from ..http.connections import peer_host, trust_request_connection
 from ..http.jupyter_api import jupyter_error
 from ..http.origins import OriginPolicy
@@ -168,6 +169,10 @@ class JupyterConnection(FramedWebSocketProtocol):
     def backlog(self) -> int:
         return self.unsent_bytes
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self.unsent_bytes
+
     def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
         if self._closing:
             return
@@ -179,17 +184,41 @@ class JupyterConnection(FramedWebSocketProtocol):
         if message.seq:
             self.last_seq = message.seq
             self.last_parent = message.parts[1]
-        limit = self._front.max_buffered_bytes
+        front = self._front
+        unsent = self.unsent_bytes
+        limit = front.max_buffered_bytes
         # Only a peer that lets the socket fill up is slow: a burst queued within one turn is not.
-        if limit and self.falling_behind and self.unsent_bytes > limit:
-            self._front.core.metrics.error("slow_client")
+        if limit and self.falling_behind and unsent > limit:
+            front.core.metrics.error("slow_client")
             log.warn(
                 "Closing Jupyter client {address} of kernel {kernel}: {backlog} bytes wait for it (slow client)",
                 address=self.address,
                 kernel=kernel_id,
-                backlog=self.unsent_bytes,
+                backlog=unsent,
             )
             self.close_with(CLOSE_POLICY, f"slow client: more than {limit} bytes unread")
+        else:
+            front.budget.report(self, unsent)
+
+    def shed(self, limit: int) -> None:
+        """Close as a slow client: every client together has more than ``limit`` bytes waiting."""
+        self._front.core.metrics.error("slow_client")
+        log.warn(
+            "Closing Jupyter client {address} of kernel {kernel}: {backlog} bytes wait for it, the most of "
+            "any while all clients together were over the limit of {limit} (slow client)",
+            address=self.address,
+            kernel=self.admitted.kernel.id,
+            backlog=self.unsent_bytes,
+            limit=limit,
+        )
+        self.close_with(
+            CLOSE_POLICY, f"slow client: all clients together have over {limit} bytes unread"
+        )
+
+    def drained(self) -> None:
+        if not self._closing:
+            self._front.budget.report(self, self.unsent_bytes)
+            self._front.core.drained(self)
 
     def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
         if self._closing or IOPUB not in self.channels:
@@ -214,6 +243,7 @@ class JupyterConnection(FramedWebSocketProtocol):
         if self._closing:
             return
         self._closing = True
+        self._front.budget.forget(self)
         self._front.connection_lost(self)
         if self.transport is not None:
             # A client that does not read would get the close frame only after all it left unread: it
@@ -282,6 +312,7 @@ class JupyterConnection(FramedWebSocketProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         super().onClose(wasClean, code, reason)
         self._closing = True
+        self._front.budget.forget(self)
         self._front.connection_lost(self)
 
 
@@ -369,11 +400,14 @@ class JupyterFront:
         origins: OriginPolicy | None = None,
         max_payload: int = 16 * 1024 * 1024,
         max_buffered_bytes: int = 64 * 1024 * 1024,
+        budget: BufferBudget | None = None,
     ) -> None:
         self.core = core
         self._clock = reactor
         self._origins = origins or OriginPolicy.from_options([])
         self.max_buffered_bytes = max_buffered_bytes
+        #: What waits for every connection, against the relay's overall bound (shared with the other fronts).
+        self.budget = budget or BufferBudget(None)
         self._factory = _ChannelsFactory(self, reactor, max_payload)
         self._websocket = WebSocketResource(self._factory)  # type: ignore[no-untyped-call]
         self._connections: dict[str, JupyterConnection] = {}
@@ -553,13 +587,13 @@ class JupyterFront:
             asked.addErrback(lambda failure: None)
             asked.addCallback(lambda found: self._join_iopub(connection, found, start))
             return
+        if admitted.resume.since is not None:
+            connection.last_seq = admitted.resume.since  # the replay, if any, moves it on
         for channel in admitted.channels:
             connection.channels.add(channel)
             self.core.attach(
                 connection, kernel, channel, admitted.resume if channel == IOPUB else _NO_RESUME
             )
-        if admitted.resume.since is not None:
-            connection.last_seq = admitted.resume.since
 
     def _join_iopub(
         self, connection: JupyterConnection, found: tuple[int, str | None] | None, start: int

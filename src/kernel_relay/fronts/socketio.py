@@ -19,7 +19,7 @@ import re
 from typing import Any, Final
 
 from ..auth import token_from_auth_payload, token_from_authorization
-from ..engineio import SERVER_SHUTDOWN, SLOW_CLIENT
+from ..engineio import SERVER_SHUTDOWN, SLOW_CLIENT, EngineIOSession
 from ..relay.core import IOPUB, Refused, RelayCore
 from ..relay.journal import Resume, requested_resume
 from ..relay.payload import Outgoing, client_payload
@@ -70,6 +70,8 @@ class SocketIOClientOfCore:
         self._client = client
         self._last = last
         self.sockets: dict[tuple[str, str], Socket] = {}
+        # Bytes sent to sockets still connecting: they wait in the socket until its CONNECT reply.
+        self._connecting: dict[Socket, int] = {}
 
     @property
     def client_id(self) -> str:
@@ -80,13 +82,28 @@ class SocketIOClientOfCore:
         return self._client.handshake.remote_address
 
     @property
+    def session(self) -> object:
+        return self._client.session
+
+    @property
     def backlog(self) -> int:
-        return self._client.session.buffered_bytes
+        waiting = self._client.session.buffered_bytes
+        connecting = self._connecting
+        if connecting:
+            for socket in [s for s in connecting if not s.connecting]:
+                del connecting[socket]
+            waiting += sum(connecting.values())
+        return waiting
 
     def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
         socket = self.sockets.get((kernel_id, channel))
         if socket is not None:
-            socket.send_encoded(self._last.of(socket.namespace.name, message))
+            encoded = self._last.of(socket.namespace.name, message)
+            if socket.connecting:  # a replay handed out while the socket joins
+                self._connecting[socket] = self._connecting.get(socket, 0) + sum(
+                    len(part) for part in encoded
+                )
+            socket.send_encoded(encoded)
 
     def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
         socket = self.sockets.get((kernel_id, channel))
@@ -118,13 +135,26 @@ class SocketIOFront:
         self._socketio.close(reason)
 
     def _client_of(self, socket: Socket) -> SocketIOClientOfCore:
-        """The core's view of the socket's client, made when it joins its first kernel channel."""
+        """
+        The core's view of the socket's client, made when it joins its first kernel channel; the core hears
+        when its session drained (to hand on its replays) until :meth:`_forget`.
+        """
         client = self._clients.get(socket.client.sid)
         if client is None:
             client = self._clients[socket.client.sid] = SocketIOClientOfCore(
                 socket.client, self._last
             )
+            session = socket.client.session
+            if isinstance(session, EngineIOSession):
+                core = self._core
+                session.on_drained = lambda _: core.drained(client)
         return client
+
+    def _forget(self, client: SocketIOClientOfCore) -> None:
+        del self._clients[client.client_id]
+        session = client.session
+        if isinstance(session, EngineIOSession):
+            session.on_drained = None  # and with it the reference cycle through the closure
 
     def _connected(self, socket: Socket, auth: Any) -> None:
         channel, kernel_id = _channel_and_kernel(socket)
@@ -139,7 +169,7 @@ class SocketIOFront:
             kernel = self._core.admit(client, kernel_id, channel, credentials)
         except Refused as refusal:
             if not client.sockets:
-                del self._clients[client.client_id]
+                self._forget(client)
             data = None
             if refusal.code in _CODES_WITH_DATA:
                 data = {"code": refusal.code, "message": refusal.message}
@@ -157,7 +187,7 @@ class SocketIOFront:
             return
         del client.sockets[(kernel_id, channel)]
         if not client.sockets:
-            del self._clients[client.client_id]
+            self._forget(client)
         self._core.detach(client, kernel_id, channel, reason)
 
     def _received(self, socket: Socket, *args: Any) -> str | None:

@@ -47,6 +47,7 @@ from ..metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
 from .journal import IopubJournal, Resume, with_sequence
 from .lograte import LogLimit
 from .payload import Outgoing
+from .replay import ReplayStream
 
 log = Logger()
 
@@ -225,8 +226,9 @@ class RelayCore:
         # kernel id -> channel -> client id -> client
         self._attached: dict[str, dict[str, dict[str, RelayClient]]] = {}
         self._links: dict[tuple[str, str], _Link] = {}
-        # (kernel id, client id) -> live messages held back while the client's replay comes from the fleet
-        self._catching_up: dict[tuple[str, str], list[Outgoing]] = {}
+        # kernel id -> client id -> the client's replay under way, and the same by client id -> kernel id
+        self._replays: dict[str, dict[str, ReplayStream]] = {}
+        self._replays_of: dict[str, dict[str, ReplayStream]] = {}
         self.metrics.watch(lambda: len(kernels), self.clients_by_channel)
         kernels.add_observer(self)
 
@@ -315,9 +317,7 @@ class RelayCore:
         Attach an admitted client to a kernel's channel. A joining iopub client first gets what ``resume``
         asks for (the messages after ``since``, or the running cell's output so far).
         """
-        if channel == IOPUB:
-            self._replay_to(client, kernel, resume)
-        else:
+        if channel != IOPUB:
             key = (client.client_id, kernel.id)
             link = self._links.get(key)
             if link is None:
@@ -330,6 +330,9 @@ class RelayCore:
             channel=channel,
             kernel=short_id(kernel.id),
         )
+        if channel == IOPUB:
+            # Attached first: a client closed by what its replay costs is detached like any other.
+            self._replay_to(client, kernel, resume)
 
     def detach(self, client: RelayClient, kernel_id: str, channel: str, reason: str) -> None:
         """The client left a kernel's channel (or the core let it go); its ZMQ line closes with its last channel."""
@@ -339,7 +342,7 @@ class RelayCore:
             return
         del clients[client.client_id]
         if channel == IOPUB:
-            self._catching_up.pop((kernel_id, client.client_id), None)
+            self._end_replay(kernel_id, client.client_id)
         key = (client.client_id, kernel_id)
         link = self._links.get(key)
         if link is not None and channel in link.channels:
@@ -354,6 +357,14 @@ class RelayCore:
             kernel=short_id(kernel_id),
             reason=reason,
         )
+
+    def drained(self, client: RelayClient) -> None:
+        """What was sent to the client has gone out (its front's transport drained): hand on its replays."""
+        replays = self._replays_of.get(client.client_id)
+        if replays is not None:
+            for replay in list(replays.values()):
+                if replay.client is client:
+                    replay.feed()
 
     def receive(self, client: RelayClient, kernel_id: str, channel: str, message: Any) -> str:
         """
@@ -439,8 +450,28 @@ class RelayCore:
         if not clients:
             return
         self.metrics.relayed(TO_CLIENT, size)
+        replays = self._replays.get(kernel_id)
+        if replays:
+            self._deliver_live(kernel_id, clients, replays, outgoing, journal is not None)
+            return
         for client in list(clients.values()):
             client.deliver(kernel_id, IOPUB, outgoing)
+
+    def _deliver_live(
+        self,
+        kernel_id: str,
+        clients: dict[str, RelayClient],
+        replays: dict[str, ReplayStream],
+        outgoing: Outgoing,
+        kept: bool,
+    ) -> None:
+        """Deliver a live iopub message; a client whose replay is under way gets it in its turn."""
+        for client in list(clients.values()):
+            replay = replays.get(client.client_id)
+            if replay is not None and replay.client is client:
+                replay.live(outgoing, kept)
+            else:
+                client.deliver(kernel_id, IOPUB, outgoing)
 
     def _publish_numbered(
         self,
@@ -471,13 +502,12 @@ class RelayCore:
             if not clients:
                 return
             self.metrics.relayed(TO_CLIENT, size)
-            catching_up = self._catching_up
+            replays = self._replays.get(kernel_id)
+            if replays:
+                self._deliver_live(kernel_id, clients, replays, numbered, kernel_message)
+                return
             for client in list(clients.values()):
-                held = catching_up.get((kernel_id, client.client_id)) if catching_up else None
-                if held is not None:
-                    held.append(numbered)
-                else:
-                    client.deliver(kernel_id, IOPUB, numbered)
+                client.deliver(kernel_id, IOPUB, numbered)
 
         if isinstance(message, KernelMessage):
             self._numbering.number(kernel_id, message.msg_id, outgoing, ready)
@@ -523,28 +553,71 @@ class RelayCore:
             self._catch_up(client, kernel, journal, resume.since)
             return
         if resume.since is not None:
-            replay = journal.since(resume.since)
-            if replay.gap is not None:
+            if resume.since > journal.last_seq:
+                replay = journal.since(resume.since)
+                assert replay.gap is not None
                 self.metrics.error("replay_gap")
                 client.tell(kernel.id, IOPUB, REPLAY_GAP, {**replay.gap, "kernel_id": kernel.id})
-            messages = replay.messages
+                return
+            position = resume.since
         else:
-            messages = journal.current_execution()
-        self._send_replay(client, kernel, messages)
+            start = journal.execution_start()
+            if start is None:
+                return
+            position = start - 1
+        self._start_replay(client, kernel, journal, position).feed()
 
-    def _send_replay(
-        self, client: RelayClient, kernel: Kernel, messages: list[Outgoing], from_fleet: int = 0
+    def _start_replay(
+        self, client: RelayClient, kernel: Kernel, journal: IopubJournal, position: int
+    ) -> ReplayStream:
+        """A replay to the client from after ``position``, handed on as it drains (see :mod:`.replay`)."""
+        self._end_replay(kernel.id, client.client_id)
+        replay = ReplayStream(
+            client,
+            kernel.id,
+            journal,
+            position,
+            tell=self._tell_gap,
+            done=self._replay_done,
+        )
+        self._replays.setdefault(kernel.id, {})[client.client_id] = replay
+        self._replays_of.setdefault(client.client_id, {})[kernel.id] = replay
+        return replay
+
+    def _tell_gap(
+        self, client: RelayClient, kernel_id: str, event: str, details: dict[str, Any]
     ) -> None:
-        for message in messages:
-            client.deliver(kernel.id, IOPUB, message)
-        self.metrics.replayed(len(messages))
+        self.metrics.error("replay_gap")
+        client.tell(kernel_id, IOPUB, event, details)
+
+    def _replay_done(self, replay: ReplayStream) -> None:
+        self._end_replay(replay.kernel_id, replay.client.client_id, replay)
+        self.metrics.replayed(replay.count)
         log.info(
             "Replayed {count} iopub message(s) of kernel {kernel} to {address}{fleet}",
-            count=len(messages),
-            kernel=short_id(kernel.id),
-            address=client.address,
-            fleet=f" ({from_fleet} from the fleet)" if from_fleet else "",
+            count=replay.count,
+            kernel=short_id(replay.kernel_id),
+            address=replay.client.address,
+            fleet=f" ({replay.from_elsewhere} from the fleet)" if replay.from_elsewhere else "",
         )
+
+    def _end_replay(
+        self, kernel_id: str, client_id: str, replay: ReplayStream | None = None
+    ) -> ReplayStream | None:
+        """Forget the client's replay of the kernel (``replay`` only, if given); the one forgotten."""
+        replays = self._replays.get(kernel_id)
+        current = replays.get(client_id) if replays is not None else None
+        if current is None or (replay is not None and current is not replay):
+            return None
+        current.stop()
+        del replays[client_id]  # type: ignore[union-attr]
+        if not replays:
+            del self._replays[kernel_id]
+        of_client = self._replays_of[client_id]
+        del of_client[kernel_id]
+        if not of_client:
+            del self._replays_of[client_id]
+        return current
 
     def _catch_up(
         self, client: RelayClient, kernel: Kernel, journal: IopubJournal, since: int
@@ -555,9 +628,8 @@ class RelayCore:
         meanwhile, each once and in order.
         """
         assert self._numbering is not None
-        key = (kernel.id, client.client_id)
-        held: list[Outgoing] = []
-        self._catching_up[key] = held
+        replay = self._start_replay(client, kernel, journal, since)
+        replay.waiting = True  # live messages wait in it meanwhile
         # Where this relay's own journal takes over (nothing of its own yet: the stream gives all).
         first_local = journal.first_seq if journal.last_seq else sys.maxsize
 
@@ -574,9 +646,8 @@ class RelayCore:
             finish([], f"the fleet's stream could not be read: {failure.getErrorMessage()}")
 
         def finish(older: list[tuple[int, Outgoing]], problem: str | None) -> None:
-            if self._catching_up.get(key) is not held:
+            if replay.ended:
                 return  # the client left meanwhile
-            del self._catching_up[key]
             first = older[0][0] if older else min(first_local, journal.last_seq + 1)
             if first > since + 1:
                 self.metrics.error("replay_gap")
@@ -588,13 +659,10 @@ class RelayCore:
                     "kernel_id": kernel.id,
                 }
                 client.tell(kernel.id, IOPUB, REPLAY_GAP, gap)
-            messages = [with_sequence(m, seq) for seq, m in older]
-            if first_local != sys.maxsize:
-                messages += [m for m in journal.since(first_local - 1).messages if m.seq > since]
-            last = max(messages[-1].seq if messages else since, since)
-            # A relay's own message (a status) carries the latest number: it goes out after that one.
-            messages += [m for m in held if m.seq > last or (m.seq == last and m not in messages)]
-            self._send_replay(client, kernel, messages, len(older))
+            replay.start(
+                [with_sequence(m, seq) for seq, m in older],
+                first_local if first_local != sys.maxsize else journal.last_seq + 1,
+            )
 
         self._numbering.fetch(kernel.id, since).addCallbacks(fetched, failed)
 
@@ -695,6 +763,7 @@ class RelayCore:
     def _kernel_ended(self, kernel: Kernel, reason: str) -> None:
         if reason.startswith("died"):
             self.metrics.error("kernel_died")
+        self._cut_replays(kernel, reason)
         if reason == "shutdown" or reason.startswith("died"):
             status = relay_status(kernel, "dead", self._clock)
             journal = self._journals.get(kernel.id)
@@ -715,6 +784,27 @@ class RelayCore:
         if self._numbering is not None:
             self._numbering.forget(kernel.id)
         self._auth.scoped.revoke_kernel(kernel.id)
+
+    def _cut_replays(self, kernel: Kernel, reason: str) -> None:
+        """The kernel ended: its clients that were still replaying are told what they will not get."""
+        journal = self._journals.get(kernel.id)
+        for replay in list(self._replays.get(kernel.id, {}).values()):
+            self._end_replay(kernel.id, replay.client.client_id, replay)
+            last = journal.last_seq if journal is not None else replay.position
+            if last > replay.position:
+                self._tell_gap(
+                    replay.client,
+                    kernel.id,
+                    REPLAY_GAP,
+                    {
+                        "reason": "ended",
+                        "message": f"the replay was cut short (kernel {reason}): messages "
+                        f"{replay.position + 1} to {last} were not sent",
+                        "from": replay.position + 1,
+                        "to": last,
+                        "kernel_id": kernel.id,
+                    },
+                )
 
     def kernel_restarting(self, kernel: Kernel) -> None:
         self._publish_status(kernel, "restarting")

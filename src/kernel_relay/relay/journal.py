@@ -111,16 +111,48 @@ class IopubJournal:
                     "last_seq": self.last_seq,
                 },
             )
-        first = self.first_seq
-        gap = None
-        if seq + 1 < first:
-            gap = {
-                "reason": "expired",
-                "message": f"messages {seq + 1} to {first - 1} are no longer kept",
-                "from": seq + 1,
-                "to": first - 1,
-            }
+        gap = self.expired_after(seq)
         return Replay([entry.message for entry in self._entries if entry.seq > seq], gap)
+
+    def expired_after(self, seq: int) -> dict[str, Any] | None:
+        """What is no longer kept of the messages after ``seq`` (a replay_gap's details), or None."""
+        first = self.first_seq
+        if seq + 1 >= first:
+            return None
+        return {
+            "reason": "expired",
+            "message": f"messages {seq + 1} to {first - 1} are no longer kept",
+            "from": seq + 1,
+            "to": first - 1,
+        }
+
+    def after(self, seq: int) -> Outgoing | None:
+        """The oldest kept message numbered after ``seq`` (a replay's next), or None."""
+        self._expire()
+        entries = self._entries
+        if not entries or entries[-1].seq <= seq:
+            return None
+        low, high = 0, len(entries) - 1
+        guess = (
+            seq + 1 - entries[0].seq
+        )  # numbers are consecutive, except where a fleet's relay lacks some
+        if 0 <= guess <= high and entries[guess].seq == seq + 1:
+            return entries[guess].message
+        while low < high:
+            middle = (low + high) // 2
+            if entries[middle].seq <= seq:
+                low = middle + 1
+            else:
+                high = middle
+        return entries[low].message
+
+    def execution_start(self) -> int | None:
+        """The number of the most recent kept ``execute_input`` (where the running cell began), or None."""
+        self._expire()
+        for entry in reversed(self._entries):
+            if entry.msg_type == "execute_input":
+                return entry.seq
+        return None
 
     def current_execution(self) -> list[Outgoing]:
         """The kept messages from the most recent ``execute_input`` on: the running cell's output so far."""

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
+from ..budget import BufferBudget
 from ..engineio import SERVER_SHUTDOWN, EngineIOOptions, EngineIOServer
 from .client import Client, Socket
 from .interfaces import EngineSession
@@ -42,6 +43,7 @@ class SocketIOServer:
         connect_timeout: float = 45.0,
         max_attachments: int = DEFAULT_MAX_ATTACHMENTS,
         main_namespace: bool = True,
+        buffer_budget: BufferBudget | None = None,
     ) -> None:
         self._reactor = reactor
         self._connect_timeout = connect_timeout
@@ -53,7 +55,9 @@ class SocketIOServer:
         #: Told ``"malformed_packet"`` or ``"connect_timeout"`` when a client is closed for either.
         self.on_event: Callable[[str], None] | None = None
         self._max_payload = engineio_options.max_payload
-        self.engine = EngineIOServer(reactor, engineio_options, self.handle_session)
+        self.engine = EngineIOServer(
+            reactor, engineio_options, self.handle_session, budget=buffer_budget
+        )
         #: Does the server serve the main namespace ``/``?
         self.serves_main_namespace = main_namespace
         if main_namespace:
