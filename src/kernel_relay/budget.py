@@ -10,6 +10,7 @@ know the relay) and the fronts can be given the same one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -39,6 +40,8 @@ class BufferBudget:
         self._counted: dict[Holder, int] = {}
         self._total = 0
         self._shedding = False
+        #: Told how many counted bytes were let go when a holder is forgotten or shed (to give memory back).
+        self.on_released: Callable[[int], None] | None = None
 
     @property
     def total(self) -> int:
@@ -59,7 +62,11 @@ class BufferBudget:
 
     def forget(self, holder: Holder) -> None:
         """``holder`` is closed: what it held is no longer counted."""
-        self._total -= self._counted.pop(holder, 0)
+        held = self._counted.pop(holder, 0)
+        if held:
+            self._total -= held
+            if self.on_released is not None:
+                self.on_released(held)
 
     def measure(self) -> int:
         """Count every holder's backlog again now (they drain without telling) and return the total."""
@@ -88,5 +95,7 @@ class BufferBudget:
                     continue  # shed already, with another
                 self._total -= buffered
                 holder.shed(limit)
+                if self.on_released is not None:
+                    self.on_released(buffered)
         finally:
             self._shedding = False

@@ -51,6 +51,7 @@ from .kernels import (
 from .kernels.culling import KernelCuller
 from .kernels.heartbeat import HeartbeatMonitor
 from .kernels.service import KernelsService
+from .memory import MemoryGiveBack
 from .metrics import RelayMetrics
 from .relay.core import RelayCore, RelayLimits, ReplayOptions
 from .socketio import SocketIOServer
@@ -759,6 +760,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     )
     # One bound on what waits for every client, whichever front it came by.
     budget = BufferBudget(options["max-total-buffered-bytes"])
+    give_back = MemoryGiveBack(reactor)
+    budget.on_released = give_back.released
     socketio = SocketIOServer(
         reactor,
         engineio_options=EngineIOOptions(
@@ -848,6 +851,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             relay.stopping()
         front.close()
         jupyter_front.close()
+        give_back.stop()
 
     spawner = Spawner(kernels, metrics, options["max-kernels"], fleet=fleet)
     api = RelayAPI(
