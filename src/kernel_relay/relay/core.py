@@ -2,7 +2,8 @@
 The relay core: which client is attached to which kernel channel, and who receives which message.
 
 - iopub: every attached client receives every iopub message of the kernel, numbered and kept in the kernel's
-  journal (:mod:`.journal`) so a client that comes back gets what it missed.
+  journal (:mod:`.journal`) so a client that comes back gets what it missed, streamed from the journal as it
+  reads (:mod:`.replay`; a front calls :meth:`RelayCore.drained` when a client's transport drained).
 - shell, control, stdin: each client (one connection of a front, however many channels and kernels it uses)
   has its own ZMQ identity towards each kernel, so replies and ``input_request``\\ s reach exactly the client
   whose request caused them; an ``input_request`` whose client is not attached to stdin goes to every stdin
