@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from kernel_relay.relay.core import RelayCore, ReplayOptions
@@ -183,3 +184,53 @@ def test_a_replay_of_the_running_cell_is_streamed_too(
     assert client.backlog < REPLAY_WINDOW + LINE + 1000
     read_all(client)
     assert client.seqs() == list(range(6, 27))
+
+
+class FleetNumbering:
+    """Numbers like a fleet's shared counter (from ``start``); ``fetch`` waits for the test to answer."""
+
+    def __init__(self, start: int) -> None:
+        self.last = start - 1
+        self.fetches: list[tuple[int, Deferred[list[tuple[int, float, Outgoing]]]]] = []
+
+    def number(self, kernel_id: str, msg_id: str, message: Outgoing, ready: Any) -> None:
+        self.last += 1
+        ready(self.last)
+
+    def after(self, kernel_id: str, ready: Any) -> None:
+        ready(self.last)
+
+    def forget(self, kernel_id: str) -> None:
+        pass
+
+    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
+        fetched: Deferred[list[tuple[int, float, Outgoing]]] = Deferred()
+        self.fetches.append((since, fetched))
+        return fetched
+
+
+def test_a_fleet_catch_up_streams_the_stream_then_the_journal_then_what_came_meanwhile(
+    registry: FakeRegistry, kernel: FakeKernel
+) -> None:
+    """Resuming from before this relay's journal: the fleet's older messages, its own, and those of the wait, once each, in order."""
+    numbering = FleetNumbering(start=5)
+    core = RelayCore(registry, Clock(), numbering=numbering)  # type: ignore[arg-type]
+    registry.start(kernel)
+    publish_lines(kernel, 6)  # numbered 5 to 10 here
+    client = resumed(core, "a", 2)
+    [(since, fetched)] = numbering.fetches
+    assert since == 2 and client.outgoing == []
+    publish_lines(kernel, 2, "y")  # 11 and 12 come during the fetch
+    core.kernel_ready(kernel)  # a relay status, numbered 12 and kept nowhere
+    older = [
+        (seq, 0.0, Outgoing.of_kernel(kernel_message("stream", "iopub", content={"text": "o"})))
+        for seq in (3, 4, 5, 6)
+    ]
+    fetched.callback(older)
+    read_all(client)
+    assert client.seqs()[:-1] == list(range(3, 13))
+    status = json.loads(client.outgoing[-1].parts[3])
+    assert status == {"execution_state": "idle"} and seq_of(client.outgoing[-1]) == 12
+    assert client.events("replay_gap") == []
+    publish_lines(kernel, 1, "z")
+    assert client.seqs()[-1] == 13

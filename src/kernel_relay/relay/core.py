@@ -649,7 +649,12 @@ class RelayCore:
         def finish(older: list[tuple[int, Outgoing]], problem: str | None) -> None:
             if replay.ended:
                 return  # the client left meanwhile
-            first = older[0][0] if older else min(first_local, journal.last_seq + 1)
+            if older:
+                first = older[0][0]
+            elif first_local != sys.maxsize:
+                first = min(first_local, journal.last_seq + 1)
+            else:  # what this relay recorded during the fetch, if anything
+                first = journal.first_seq
             if first > since + 1:
                 self.metrics.error("replay_gap")
                 gap = {
@@ -660,9 +665,11 @@ class RelayCore:
                     "kernel_id": kernel.id,
                 }
                 client.tell(kernel.id, IOPUB, REPLAY_GAP, gap)
+            # The journal takes over where the stream's messages end (from first_local, or, with nothing of
+            # its own before the fetch, from what it recorded since): none twice, and the gap told once.
             replay.start(
                 [with_sequence(m, seq) for seq, m in older],
-                first_local if first_local != sys.maxsize else journal.last_seq + 1,
+                first_local if first_local != sys.maxsize else first,
             )
 
         self._numbering.fetch(kernel.id, since).addCallbacks(fetched, failed)
