@@ -283,8 +283,8 @@ class JupyterConnection(FramedWebSocketProtocol):
         except WireError as error:
             self._front.core.metrics.error("malformed_packet")
             if self._front.core.refusal_log.allow(self.address):
-                log.info(
-                    "Malformed frame from Jupyter client {address}: {error}",
+                log.warn(
+                    "Refused a malformed frame from Jupyter client {address}: {error}",
                     address=self.address,
                     error=error,
                 )

@@ -9,18 +9,24 @@ The Jupyter kernel WebSocket's two wire formats, as pure functions (Jupyter Serv
   sends a kernel's parts as they came and reads only what it must.
 - legacy (no subprotocol): a message without buffers is a text frame, the JSON of the message with its
   ``channel``; one with buffers is a binary frame: ``nbufs`` and ``nbufs`` offsets (unsigned 32-bit
-  big-endian), the message's JSON, then each buffer.
+  big-endian), the message's JSON, then each buffer. The relay writes what Jupyter Server writes: the
+  header's ``msg_id`` and ``msg_type`` also at the top (jupyter_server's gateway client and
+  jupyter-kernel-client read them there), and ``"buffers": []`` in a text frame. It reads what Jupyter
+  Server reads: a message without ``channel`` is for shell, a ``date`` given as a number (POSIX seconds, as
+  jupyter_server's gateway client writes it) is made an ISO 8601 string, other top-level keys are ignored.
 """
 
 from __future__ import annotations
 
+import json
 import struct
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any, Final
 
 from ..jsontext import JSONError, loads
 from ..kernels import Frame
-from ..relay.payload import Outgoing, json_text
+from ..relay.payload import Outgoing
 
 V1: Final = "v1.kernel.websocket.jupyter.org"
 #: The channels a client's message may name.
@@ -28,6 +34,7 @@ CHANNEL_NAMES: Final = frozenset({"shell", "control", "stdin", "iopub"})
 _PART_NAMES: Final = ("header", "parent_header", "metadata", "content")
 #: More buffers than this in one message is no Jupyter message (and would make the offset table huge).
 MAX_BUFFERS: Final = 1024
+_dumps: Final = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class WireError(ValueError):
@@ -45,9 +52,43 @@ def v1_frame(message: Outgoing) -> list[Frame]:
     return [struct.pack(f"<{count + 1}Q", count, *offsets), *pieces]
 
 
+def _legacy_json(message: Outgoing) -> str:
+    """
+    The message's JSON as Jupyter Server's legacy frames carry it: the four parts as they came, the header's
+    ``msg_id`` and ``msg_type`` beside them, ``channel``, and ``"buffers": []`` when the frame is text.
+    """
+    header, parent, metadata, content = message.texts()
+    try:
+        fields = loads(header)
+    except JSONError:
+        fields = {}
+    if not isinstance(fields, dict):
+        fields = {}
+    return "".join(
+        (
+            '{"header":',
+            header,
+            ',"msg_id":',
+            _dumps(str(fields.get("msg_id") or "")),
+            ',"msg_type":',
+            _dumps(str(fields.get("msg_type") or "")),
+            ',"parent_header":',
+            parent,
+            ',"metadata":',
+            metadata,
+            ',"content":',
+            content,
+            "" if message.buffers else ',"buffers":[]',
+            ',"channel":',
+            _dumps(message.channel),
+            "}",
+        )
+    )
+
+
 def legacy_frame(message: Outgoing) -> tuple[list[Frame], bool]:
     """``message`` in the legacy format: the frame's parts, and whether the frame is binary."""
-    text = json_text(message).encode("utf-8")
+    text = _legacy_json(message).encode("utf-8")
     if not message.buffers:
         return [text], False
     pieces: list[Frame] = [text, *message.buffers]
@@ -115,7 +156,24 @@ def decode_legacy(data: str | bytes) -> tuple[str, dict[str, Any]]:
         message = _json_object(pieces[0], "message")
         buffers = pieces[1:]
     channel = message.pop("channel", None)
-    if not isinstance(channel, str):
-        raise WireError('a legacy message names its channel in "channel"')
+    if channel is None:
+        channel = "shell"  # as Jupyter Server assumes
+    elif not isinstance(channel, str):
+        raise WireError('a legacy message names its channel in "channel", a string')
+    for part in ("header", "parent_header"):
+        _iso_date(message.get(part))
     message["buffers"] = buffers
     return channel, message
+
+
+def _iso_date(header: object) -> None:
+    """A header's numeric ``date`` (POSIX seconds) made the ISO 8601 string the protocol asks for."""
+    if not isinstance(header, dict):
+        return
+    date = header.get("date")
+    if isinstance(date, int | float) and not isinstance(date, bool):
+        try:
+            when = datetime.fromtimestamp(date, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise WireError(f"header.date {date!r} is no time") from None
+        header["date"] = when.isoformat().replace("+00:00", "Z")
