@@ -321,3 +321,46 @@ def test_every_socket_of_an_encrypted_kernel_is_a_curve_client(
 def test_a_kernel_without_keys_is_not_encrypted(kernel: Kernel, opener: FakeOpener) -> None:
     kernel.open_client(b"client", lambda message: None)
     assert kernel.curve is None and opener.curves == [None] * 4
+
+
+class ConnectingSocket(FakeSocket):
+    """A fake socket that tells when its handshake succeeded, as the relay's ZMQ dealers do."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.waiting: list[Any] = []
+
+    def when_connected(self, callback: Any) -> None:
+        self.waiting.append(callback)
+
+    def connect(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
+
+
+def test_a_clients_messages_wait_until_all_its_sockets_are_connected(
+    kernel: Kernel, opener: FakeOpener
+) -> None:
+    """A request sent before the client's stdin socket is connected reaches the kernel only after, in order."""
+    sockets: list[ConnectingSocket] = []
+
+    def dealer(url: str, identity: bytes, on_frames: FrameHandler, curve: Any = None) -> Any:
+        sockets.append(ConnectingSocket("dealer", url, identity, on_frames))
+        return sockets[-1]
+
+    opener.dealer = dealer  # type: ignore[method-assign]
+    client = kernel.open_client(b"early", lambda m: None)
+    first = client.send("shell", {"header": {"msg_type": "execute_request"}})
+    client.send("control", {"header": {"msg_type": "kernel_info_request"}})
+    shell, control, stdin = (
+        next(s for s in sockets if s.url.endswith(p)) for p in ("5001", "5004", "5003")
+    )
+    shell.connect()
+    control.connect()
+    assert shell.sent == [] and control.sent == []
+    stdin.connect()
+    assert len(shell.sent) == 1 and len(control.sent) == 1
+    assert first.encode() in shell.sent[0][2]
+    client.send("shell", {"header": {"msg_type": "kernel_info_request"}})
+    assert len(shell.sent) == 2

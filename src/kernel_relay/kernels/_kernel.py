@@ -42,6 +42,9 @@ HEARTBEAT_ID = b"kernel-relay-heartbeat-" + uuid.uuid4().hex[:12].encode()
 
 _log = Logger()
 
+#: At most this many messages of a client wait for its sockets to connect (ZeroMQ's own queue holds as many).
+MAX_HELD = 1000
+
 
 def _iso_now(clock: IReactorTime) -> str:
     stamp = datetime.fromtimestamp(clock.seconds(), UTC)
@@ -53,7 +56,13 @@ def _new_msg_id() -> str:
 
 
 class KernelClient:
-    """One client's shell, control and stdin connection to a kernel (see ``Kernel.open_client``)."""
+    """
+    One client's shell, control and stdin connection to a kernel (see ``Kernel.open_client``).
+
+    Its messages are held until all three sockets are connected: the kernel answers a request on shell
+    with an ``input_request`` on stdin, and its stdin ROUTER drops what it sends to an identity it does not
+    know yet.
+    """
 
     def __init__(self, kernel: Kernel, identity: bytes, on_message: MessageCallback) -> None:
         self.kernel = kernel
@@ -63,6 +72,8 @@ class KernelClient:
         self._sockets: dict[str, FrameSocket] = {}
         self.last_sent_bytes = 0
         """Size of the last message ``send`` sent: its JSON parts and buffers (for metrics)."""
+        self._connecting = set(CLIENT_CHANNELS)
+        self._held: list[tuple[str, list[Frame]]] | None = []
         try:
             for channel in CLIENT_CHANNELS:
                 self._sockets[channel] = kernel._opener.dealer(
@@ -71,6 +82,12 @@ class KernelClient:
                     partial(self._received, channel),
                     kernel.curve,
                 )
+            for channel, socket in list(self._sockets.items()):
+                when_connected = getattr(socket, "when_connected", None)
+                if when_connected is None:
+                    self._connected(channel)
+                else:
+                    when_connected(partial(self._connected, channel))
         except BaseException:
             self.close()
             raise
@@ -91,13 +108,42 @@ class KernelClient:
             now_iso=partial(_iso_now, self.kernel._clock),
             new_msg_id=_new_msg_id,
         )
-        try:
-            self._sockets[channel].send(encode_frames(built, self.kernel._signer))
-        except Exception as exc:
-            raise InvalidMessage(f"could not send to kernel {self.kernel.id}: {exc}") from exc
+        frames = encode_frames(built, self.kernel._signer)
+        if self._held is not None:
+            if len(self._held) >= MAX_HELD:
+                raise InvalidMessage(
+                    f"could not send to kernel {self.kernel.id}: {MAX_HELD} messages already wait for "
+                    "the connection to it"
+                )
+            self._held.append((channel, frames))
+        else:
+            try:
+                self._sockets[channel].send(frames)
+            except Exception as exc:
+                raise InvalidMessage(f"could not send to kernel {self.kernel.id}: {exc}") from exc
         self.last_sent_bytes = built.size
         self.kernel._touch()
         return built.msg_id
+
+    def _connected(self, channel: str) -> None:
+        """One socket is connected; once all are, what waited is sent, in order."""
+        self._connecting.discard(channel)
+        if self._connecting or self._held is None:
+            return
+        held, self._held = self._held, None
+        for held_channel, frames in held:
+            socket = self._sockets.get(held_channel)
+            if socket is None:
+                return  # closed meanwhile
+            try:
+                socket.send(frames)
+            except Exception as exc:
+                _log.warn(
+                    "A message to kernel {kernel_id} on {channel} was lost: {error}",
+                    kernel_id=self.kernel.id,
+                    channel=held_channel,
+                    error=exc,
+                )
 
     def close(self) -> None:
         """Close the sockets; replies still in flight are dropped. Idempotent."""
