@@ -28,6 +28,8 @@ use the relay's kernels unchanged.
   :data:`MARKS_PER_KERNEL` per kernel and :data:`MAX_MARKS` in all, forgotten with their kernel. A
   ``session_id`` that is not 1 to :data:`MAX_SESSION_ID` printable ASCII characters is refused (400) before
   the upgrade.
+- A restart a client asked for is told as Jupyter Server tells it: without the core's ``restarting`` status
+  (``@jupyterlab/services`` reads that as "the server restarted a dead kernel", and reconnects).
 - A kernel that stops or dies is announced as ``dead`` on iopub (by the core), then the socket closes with
   code 1000 and the reason; a client that does not read what is sent to it is closed as a slow client once
   ``max_buffered_bytes`` wait for it (never a silent drop, and no rate limit drops output).
@@ -60,7 +62,15 @@ from ..http.jupyter_api import jupyter_error
 from ..http.origins import OriginPolicy
 from ..jsontext import JSONError, loads
 from ..kernels import DEFAULT_USERNAME, PROTOCOL_VERSION, Frame, Kernel, pack_json
-from ..relay.core import CHANNELS, ERROR, IOPUB, REPLAY_GAP, Refused, RelayCore
+from ..relay.core import (
+    CHANNELS,
+    ERROR,
+    IOPUB,
+    REPLAY_GAP,
+    Refused,
+    RelayCore,
+    is_requested_restart,
+)
 from ..relay.journal import Resume
 from ..relay.payload import Outgoing
 from ..websocket import FramedWebSocketProtocol, WriteBatcher
@@ -175,6 +185,9 @@ class JupyterConnection(FramedWebSocketProtocol):
 
     def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
         if self._closing:
+            return
+        if channel == IOPUB and is_requested_restart(message):
+            self.last_seq = message.seq or self.last_seq
             return
         if self.v1:
             self.send_message(v1_frame(message), binary=True)

@@ -11,7 +11,8 @@ The relay core: which client is attached to which kernel channel, and who receiv
 - Admission: a client presents candidate tokens (see :mod:`kernel_relay.auth`); a kernel token opens only its
   kernel (read-only ones its iopub); a kernel takes at most ``max_clients_per_kernel`` clients.
 - Kernel events: a kernel that stops or dies is announced on iopub as ``dead`` and its clients are let go; a
-  restart is announced as ``restarting`` and ``starting``; a kernel that stops answering its heartbeat is told
+  restart is announced as ``restarting`` (marked as asked for: :func:`is_requested_restart`) and ``starting``;
+  a kernel that stops answering its heartbeat is told
   to every client of it.
 
 The core speaks to clients only through :class:`RelayClient` (deliver a message, tell an event, let go of a
@@ -156,7 +157,32 @@ def short_id(kernel_id: str) -> str:
     return kernel_id.split("-", 1)[0][:8]
 
 
-def relay_status(kernel: Kernel, execution_state: str, clock: IReactorTime) -> dict[str, Any]:
+#: The metadata of the relay's ``restarting`` status for a restart a client asked for (the relay never
+#: restarts a kernel by itself: one that dies is announced ``dead``).
+REQUESTED_RESTART: Final = {"kernel_relay": {"restart": "requested"}}
+_RESTARTING_CONTENT: Final = b'{"execution_state":"restarting"}'
+_REQUESTED_MARK: Final = b'"restart":"requested"'
+
+
+def is_requested_restart(message: Outgoing) -> bool:
+    """
+    Whether ``message`` is the relay's ``restarting`` status for a restart a client asked for: Jupyter Server
+    sends none for those, and its clients read ``restarting`` as "the server restarted a dead kernel".
+    """
+    content = message.parts[3]
+    return (
+        len(content) == len(_RESTARTING_CONTENT)
+        and bytes(content) == _RESTARTING_CONTENT
+        and _REQUESTED_MARK in bytes(message.parts[2])
+    )
+
+
+def relay_status(
+    kernel: Kernel,
+    execution_state: str,
+    clock: IReactorTime,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """
     An iopub ``status`` message made by the relay, for states the kernel cannot announce itself
     (``dead``, ``restarting``) or that its clients would miss while its sockets reconnect.
@@ -171,7 +197,7 @@ def relay_status(kernel: Kernel, execution_state: str, clock: IReactorTime) -> d
             "version": PROTOCOL_VERSION,
         },
         "parent_header": {},
-        "metadata": {},
+        "metadata": metadata or {},
         "content": {"execution_state": execution_state},
         "channel": IOPUB,
     }
@@ -815,7 +841,11 @@ class RelayCore:
                 )
 
     def kernel_restarting(self, kernel: Kernel) -> None:
-        self._publish_status(kernel, "restarting")
+        self.publish_iopub(
+            kernel.id,
+            relay_status(kernel, "restarting", self._clock, REQUESTED_RESTART),
+            STATUS_SIZE,
+        )
 
     def kernel_restarted(self, kernel: Kernel) -> None:
         self._publish_status(kernel, "starting")
