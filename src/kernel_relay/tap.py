@@ -38,6 +38,7 @@ from .http.hosts import HostPolicy
 from .http.jupyter_api import EnvPolicy, JupyterAPI, threaded_resource_reader
 from .http.origins import OriginPolicy
 from .http.routes import KleinRoutes
+from .http.sessions import SessionsAPI
 from .http.site import DEFAULT_MAX_BODY, Listener, RelayRoot, RelaySite
 from .http.spawning import Spawner
 from .kernels import (
@@ -868,7 +869,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         env_policy=EnvPolicy.from_option(options["kernel-env-allow"]),
         read_resource=threaded_resource_reader(reactor),
     )
-    routes = KleinRoutes([(jupyter_api.app, jupyter_api.resource()), (api.app, api.resource())])
+    sessions_api = SessionsAPI(kernels, jupyter_api)
+    routes = KleinRoutes(
+        [
+            (jupyter_api.app, jupyter_api.resource()),
+            (sessions_api.app, sessions_api.resource()),
+            (api.app, api.resource()),
+        ]
+    )
     site = RelaySite(
         RelayRoot(
             OriginGuard(

@@ -367,15 +367,6 @@ class JupyterAPI:
         if name is not None and not isinstance(name, str):
             return jupyter_error(request, 400, '"name" must be a kernelspec name (a string)')
 
-        def named(specs: list[KernelSpecInfo]) -> Deferred[Kernel]:
-            chosen = name or self._default(specs)
-            if chosen is None:
-                raise UnknownKernelSpec("no kernelspec is installed")
-            if all(spec.name != chosen for spec in specs):
-                shown = chosen if len(chosen) <= 80 else f"{chosen[:77]}..."
-                raise UnknownKernelSpec(f"No such kernel named {shown}")
-            return self._spawner.spawn(chosen, env)
-
         def started(kernel: Kernel) -> bytes:
             request.setHeader(b"Location", f"/api/kernels/{quote(kernel.id)}".encode("ascii"))
             return json_body(request, 201, self.model(kernel))
@@ -388,7 +379,24 @@ class JupyterAPI:
                 return jupyter_error(request, 503, error_text(failure))
             return jupyter_error(request, 500, error_text(failure))
 
-        return self._kernels.specs().addCallback(named).addCallbacks(started, failed)
+        return self.start_kernel(name, env).addCallbacks(started, failed)
+
+    def start_kernel(self, name: str | None, env: dict[str, str] | None = None) -> Deferred[Kernel]:
+        """
+        A new kernel of kernelspec ``name`` (None: the default), within ``--max-kernels`` (the sessions API
+        starts its kernels here too); fails with UnknownKernelSpec or the spawner's errors.
+        """
+
+        def named(specs: list[KernelSpecInfo]) -> Deferred[Kernel]:
+            chosen = name or self._default(specs)
+            if chosen is None:
+                raise UnknownKernelSpec("no kernelspec is installed")
+            if all(spec.name != chosen for spec in specs):
+                shown = chosen if len(chosen) <= 80 else f"{chosen[:77]}..."
+                raise UnknownKernelSpec(f"No such kernel named {shown}")
+            return self._spawner.spawn(chosen, env)
+
+        return self._kernels.specs().addCallback(named)
 
     @app.route("/api/kernels/<kernel_id>", methods=["GET"])
     def kernel(self, request: IRequest, kernel_id: str) -> bytes:
