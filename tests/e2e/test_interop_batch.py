@@ -1,5 +1,5 @@
 """
-Batch Jupyter clients, unchanged, through jupyter_server's ``GatewayKernelManager`` pointed at the relay (as
+Batch Jupyter clients, unchanged: jupyter-kernel-client, and through jupyter_server's ``GatewayKernelManager`` pointed at the relay (as
 they run against Kernel Gateway): nbclient and papermill execute a notebook of streams, display data and an
 error cell.
 
@@ -124,3 +124,20 @@ def test_papermill_runs_a_notebook_and_reports_its_error_cell(relay: Relay, tmp_
 def test_nbclient_with_a_token(token_relay: Relay) -> None:
     """With the relay's token configured, nbclient runs the notebook (fails: jupyter_server's bug)."""
     _run_nbclient(token_relay)
+
+
+def test_jupyter_kernel_client_executes_with_a_token(token_relay: Relay) -> None:
+    """jupyter-kernel-client starts a kernel, executes cells (output, result, error) and stops it."""
+    kernel_client = pytest.importorskip("jupyter_kernel_client")
+    with kernel_client.JupyterKernelClient(
+        server_url=token_relay.url, token=token_relay.token
+    ) as kernel:
+        reply = kernel.execute("print('hi'); 6 * 7", timeout=60)
+        assert reply["status"] == "ok"
+        assert [o["output_type"] for o in reply["outputs"]] == ["stream", "execute_result"]
+        assert reply["outputs"][0]["text"] == "hi\n"
+        assert reply["outputs"][1]["data"]["text/plain"] == "42"
+        reply = kernel.execute("1 / 0", timeout=60)
+        assert reply["status"] == "error"
+        assert [o["output_type"] for o in reply["outputs"]] == ["error"]
+    assert token_relay.kernels() == []
