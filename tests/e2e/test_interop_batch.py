@@ -1,7 +1,7 @@
 """
-Batch Jupyter clients, unchanged: jupyter-kernel-client, and through jupyter_server's ``GatewayKernelManager`` pointed at the relay (as
-they run against Kernel Gateway): nbclient and papermill execute a notebook of streams, display data and an
-error cell.
+Batch Jupyter clients, unchanged: jupyter-kernel-client, and through jupyter_server's ``GatewayKernelManager``
+pointed at the relay (as they run against Kernel Gateway) nbclient and papermill, executing a notebook of
+streams, display data and an error cell.
 
 With a token, jupyter_server's gateway client (2.x) sends it on its REST calls but opens the channels WebSocket
 with no credentials at all (``GatewayKernelClient.start_channels`` passes no header), and no setting of
