@@ -50,7 +50,12 @@ class FakeOpener:
         return self.sockets[-1]
 
     def dealer(
-        self, url: str, identity: bytes, on_frames: FrameHandler, curve: Any = None
+        self,
+        url: str,
+        identity: bytes,
+        on_frames: FrameHandler,
+        curve: Any = None,
+        watch: bool = False,
     ) -> FakeSocket:
         self.curves.append(curve)
         self.sockets.append(FakeSocket("dealer", url, identity, on_frames))
@@ -342,10 +347,13 @@ class ConnectingSocket(FakeSocket):
 def test_a_clients_messages_wait_until_all_its_sockets_are_connected(
     kernel: Kernel, opener: FakeOpener
 ) -> None:
-    """A request sent before the client's stdin socket is connected reaches the kernel only after, in order."""
+    """Requests sent before the client's stdin socket is connected reach the kernel only after, in order."""
     sockets: list[ConnectingSocket] = []
 
-    def dealer(url: str, identity: bytes, on_frames: FrameHandler, curve: Any = None) -> Any:
+    def dealer(
+        url: str, identity: bytes, on_frames: FrameHandler, curve: Any = None, watch: bool = False
+    ) -> Any:
+        assert watch == url.endswith("5003"), "only the stdin socket is watched"
         sockets.append(ConnectingSocket("dealer", url, identity, on_frames))
         return sockets[-1]
 

@@ -42,6 +42,7 @@ HEARTBEAT_ID = b"kernel-relay-heartbeat-" + uuid.uuid4().hex[:12].encode()
 
 _log = Logger()
 
+STDIN = "stdin"
 #: At most this many messages of a client wait for its sockets to connect (ZeroMQ's own queue holds as many).
 MAX_HELD = 1000
 
@@ -59,9 +60,9 @@ class KernelClient:
     """
     One client's shell, control and stdin connection to a kernel (see ``Kernel.open_client``).
 
-    Its messages are held until all three sockets are connected: the kernel answers a request on shell
-    with an ``input_request`` on stdin, and its stdin ROUTER drops what it sends to an identity it does not
-    know yet.
+    Its messages are held until its stdin socket is connected: the kernel answers a request on shell with
+    an ``input_request`` on stdin, and its stdin ROUTER drops what it sends to an identity it does not know
+    yet. (A reply on shell or control comes back over the connection its request came by.)
     """
 
     def __init__(self, kernel: Kernel, identity: bytes, on_message: MessageCallback) -> None:
@@ -72,7 +73,6 @@ class KernelClient:
         self._sockets: dict[str, FrameSocket] = {}
         self.last_sent_bytes = 0
         """Size of the last message ``send`` sent: its JSON parts and buffers (for metrics)."""
-        self._connecting = set(CLIENT_CHANNELS)
         self._held: list[tuple[str, list[Frame]]] | None = []
         try:
             for channel in CLIENT_CHANNELS:
@@ -81,13 +81,13 @@ class KernelClient:
                     identity,
                     partial(self._received, channel),
                     kernel.curve,
+                    watch=channel == STDIN,
                 )
-            for channel, socket in list(self._sockets.items()):
-                when_connected = getattr(socket, "when_connected", None)
-                if when_connected is None:
-                    self._connected(channel)
-                else:
-                    when_connected(partial(self._connected, channel))
+            when_connected = getattr(self._sockets[STDIN], "when_connected", None)
+            if when_connected is None:
+                self._connected()
+            else:
+                when_connected(self._connected)
         except BaseException:
             self.close()
             raise
@@ -125,10 +125,9 @@ class KernelClient:
         self.kernel._touch()
         return built.msg_id
 
-    def _connected(self, channel: str) -> None:
-        """One socket is connected; once all are, what waited is sent, in order."""
-        self._connecting.discard(channel)
-        if self._connecting or self._held is None:
+    def _connected(self) -> None:
+        """The stdin socket is connected: what waited is sent, in order."""
+        if self._held is None:
             return
         held, self._held = self._held, None
         for held_channel, frames in held:

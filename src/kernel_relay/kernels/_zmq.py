@@ -71,8 +71,14 @@ class SocketOpener(Protocol):
     ) -> FrameSocket: ...
 
     def dealer(
-        self, url: str, identity: bytes, on_frames: FrameHandler, curve: CurveKeys | None = None
-    ) -> FrameSocket: ...
+        self,
+        url: str,
+        identity: bytes,
+        on_frames: FrameHandler,
+        curve: CurveKeys | None = None,
+        watch: bool = False,
+    ) -> FrameSocket:
+        """A DEALER; with ``watch``, one that tells when the kernel knows it (``when_connected``)."""
 
 
 def channel_url(connection_info: dict[str, Any], channel: str) -> str:
@@ -301,21 +307,27 @@ class _Dealer(_BatchedReads, ZmqDealerConnection):  # type: ignore[misc]
         identity: bytes,
         on_frames: FrameHandler,
         curve: CurveKeys | None,
+        watch: bool = False,
     ) -> None:
         self._on_frames = on_frames
         super().__init__(factory, identity=identity)
-        self._watch = _HandshakeWatch(factory.reactor, self.socket)
+        # Monitoring costs two more ZMQ sockets until the handshake: only for the sockets that need it.
+        self._watch = _HandshakeWatch(factory.reactor, self.socket) if watch else None
         _connect(self, url, curve)
 
     def when_connected(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the kernel knows this socket (at once if it does already)."""
-        self._watch.when_connected(callback)
+        """Call ``callback`` once the kernel knows this socket (at once if it does, or is not watched)."""
+        if self._watch is None:
+            callback()
+        else:
+            self._watch.when_connected(callback)
 
     def messageReceived(self, message: list[Frame]) -> None:
         self._on_frames(message)
 
     def shutdown(self) -> None:
-        self._watch.stop()
+        if self._watch is not None:
+            self._watch.stop()
         super().shutdown()
 
 
@@ -370,9 +382,14 @@ class ZmqSocketOpener:
         return _Connection(_Sub(self._get_factory(), url, on_frames, curve))
 
     def dealer(
-        self, url: str, identity: bytes, on_frames: FrameHandler, curve: CurveKeys | None = None
+        self,
+        url: str,
+        identity: bytes,
+        on_frames: FrameHandler,
+        curve: CurveKeys | None = None,
+        watch: bool = False,
     ) -> FrameSocket:
-        return _Connection(_Dealer(self._get_factory(), url, identity, on_frames, curve))
+        return _Connection(_Dealer(self._get_factory(), url, identity, on_frames, curve, watch))
 
     def close(self) -> None:
         """Close every socket and terminate the context; a later open starts a fresh one."""
