@@ -35,8 +35,9 @@ class FakeSocket:
         assert not self.closed
         self.sent.append(list(frames))
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
         self.closed = True
+        self.linger = linger
 
 
 class FakeOpener:
@@ -372,3 +373,23 @@ def test_a_clients_messages_wait_until_all_its_sockets_are_connected(
     assert first.encode() in shell.sent[0][2]
     client.send("shell", {"header": {"msg_type": "kernel_info_request"}})
     assert len(shell.sent) == 2
+
+
+def test_a_client_that_leaves_before_its_stdin_connected_still_sends_its_requests(
+    kernel: Kernel, opener: FakeOpener
+) -> None:
+    """Requests held for the stdin socket go out when the client closes, with time to reach the kernel."""
+    sockets: list[ConnectingSocket] = []
+
+    def dealer(
+        url: str, identity: bytes, on_frames: FrameHandler, curve: Any = None, watch: bool = False
+    ) -> Any:
+        sockets.append(ConnectingSocket("dealer", url, identity, on_frames))
+        return sockets[-1]
+
+    opener.dealer = dealer  # type: ignore[method-assign]
+    client = kernel.open_client(b"leaving", lambda m: None)
+    client.send("shell", {"header": {"msg_type": "execute_request"}})
+    client.close()
+    shell = next(s for s in sockets if s.url.endswith("5001"))
+    assert len(shell.sent) == 1 and shell.closed and shell.linger > 0

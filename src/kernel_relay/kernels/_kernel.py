@@ -43,6 +43,8 @@ HEARTBEAT_ID = b"kernel-relay-heartbeat-" + uuid.uuid4().hex[:12].encode()
 _log = Logger()
 
 STDIN = "stdin"
+#: How long a closed client's last requests (sent as it closed) may take to reach the kernel.
+FLUSH_LINGER = 1.0
 #: At most this many messages of a client wait for its sockets to connect (ZeroMQ's own queue holds as many).
 MAX_HELD = 1000
 
@@ -145,10 +147,19 @@ class KernelClient:
                 )
 
     def close(self) -> None:
-        """Close the sockets; replies still in flight are dropped. Idempotent."""
+        """
+        Close the sockets; replies still in flight are dropped. Idempotent. What the client sent before its
+        stdin socket connected is sent now, and given :data:`FLUSH_LINGER` to reach the kernel.
+        """
+        if self._held:
+            self._connected()
+            linger = FLUSH_LINGER
+        else:
+            self._held = None
+            linger = 0.0
         sockets, self._sockets = self._sockets, {}
         for socket in sockets.values():
-            socket.close()
+            socket.close(linger)
         self.kernel._clients.discard(self)
 
     def _received(self, channel: str, frames: list[Frame]) -> None:

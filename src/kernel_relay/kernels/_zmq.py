@@ -60,7 +60,8 @@ class FrameSocket(Protocol):
 
     def send(self, frames: Sequence[Frame]) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, linger: float = 0.0) -> None:
+        """Close; with ``linger``, what was sent is still delivered for up to that many seconds."""
 
 
 class SocketOpener(Protocol):
@@ -350,9 +351,11 @@ class _Connection:
         else:
             watch(callback)
 
-    def close(self) -> None:
+    def close(self, linger: float = 0.0) -> None:
         connection, self._connection = self._connection, None
         if connection is not None and connection.socket is not None:
+            if linger:
+                connection.socket.set(zmq.LINGER, int(linger * 1000))
             connection.shutdown()
 
 
