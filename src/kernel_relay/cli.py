@@ -5,8 +5,11 @@ kernel-relay`` under another name, run by Twisted's own runner for ``twist`` wit
 help, logging as ``twist`` does. It knows how to start the process and nothing of the relay: the service,
 its options and its shutdown come from the ``kernel-relay`` plugin.
 
-Two things differ from ``twist``: the usage line names ``kernel-relay``, and a stop by ``SIGINT`` or
-``SIGTERM`` exits 0 (once every kernel is shut down) where ``twist`` ends by the same signal again.
+A few things differ from ``twist``: the usage line names ``kernel-relay``; a mistake on the command line is
+one line on stderr and exit status 2 (``twist`` prints its whole help and exits 64); the log is text unless
+``--log-format json`` (see :mod:`kernel_relay.logs`), whatever stdout is, at ``--log-level``; and a stop by
+``SIGINT`` or ``SIGTERM`` exits 0 (once every kernel is shut down) where ``twist`` ends by the same signal
+again.
 ``twist`` has no public API: its runner (``Twist``, ``TwistOptions``, ``Runner``) comes through
 :mod:`kernel_relay.twisted_internals`, and the tests of this script (``tests/e2e/test_console_script.py``)
 fail if a Twisted release changes it.
@@ -14,16 +17,20 @@ fail if a Twisted release changes it.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
+from typing import IO
 
+from twisted.logger import ILogObserver, LogLevel
 from twisted.python.usage import UsageError
 
+from .logs import observer
 from .twisted_internals import Runner, Twist, TwistOptions
 
 #: The ``twist`` plugin this script runs (``src/twisted/plugins/kernel_relay_plugin.py``).
 PLUGIN = "kernel-relay"
+#: The exit status of a mistake on the command line (as argparse's).
+USAGE_ERROR = 2
 
 
 class ConsoleOptions(TwistOptions):
@@ -44,10 +51,19 @@ class ConsoleScript(Twist):
         try:
             options.parseOptions([PLUGIN, *argv[1:]])
         except UsageError as error:
-            # The relay's usage, not twist's (whose options this command line cannot reach).
-            usage = getattr(options, "subOptions", None) or options
-            sys.stderr.write(f"Error: {error}\n\n{usage}\n")
-            sys.exit(os.EX_USAGE)
+            # One line: the help is 150 lines, and the mistake would scroll out of sight above it.
+            sys.stderr.write(
+                f"kernel-relay: error: {error} (kernel-relay --help lists the options)\n"
+            )
+            sys.exit(USAGE_ERROR)
+        relay = options.subOptions
+        log_format, level = relay.get("log-format") or "text", relay.get("log-level") or "info"
+
+        def log_observer(file: IO[str]) -> ILogObserver:
+            return observer(file, log_format, level)
+
+        options["fileLogObserverFactory"] = log_observer
+        options["logLevel"] = LogLevel.levelWithName(level)
         return options
 
     @staticmethod

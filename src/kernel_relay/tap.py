@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import re
 import socket
 import sys
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from twisted.python import usage
 from . import __version__
 from .auth import TOKEN_ENV, TokenAuth, exposed_endpoints, generate_token
 from .budget import BufferBudget
+from .command_line import SettingsOptions
 from .demo import demo_resources
 from .engineio import EngineIOOptions
 from .fleet import Fleet, FleetStore, RedisURL
@@ -52,6 +54,7 @@ from .kernels import (
 from .kernels.culling import KernelCuller
 from .kernels.heartbeat import HeartbeatMonitor
 from .kernels.service import KernelsService
+from .logs import FORMATS, LEVELS
 from .memory import MemoryGiveBack
 from .metrics import RelayMetrics
 from .relay.core import RelayCore, RelayLimits, ReplayOptions
@@ -65,7 +68,10 @@ TRANSPORTS = ("polling", "websocket")
 
 def _positive(kind: type[float] | type[int]) -> Any:
     def coerce(text: str) -> float | int:
-        value = kind(text)
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ValueError("not a whole number" if kind is int else "not a number") from None
         if value <= 0:
             raise ValueError(f"must be positive, not {text}")
         return value
@@ -75,7 +81,10 @@ def _positive(kind: type[float] | type[int]) -> Any:
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError("not a whole number") from None
     if value < 0:
         raise ValueError(f"must not be negative, not {text}")
     return value
@@ -189,7 +198,69 @@ _kernel_limits.coerceDoc = (  # type: ignore[attr-defined]
 )
 
 
-class Options(usage.Options):
+#: The options by topic, for ``--help`` and ``--generate-config`` (any other goes under "Other").
+TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Listening", ("port", "listen", "access-log", "no-demo")),
+    (
+        "Access",
+        ("token", "no-auth", "allow-origin", "allow-host", "trusted-proxy", "forwarded-header"),
+    ),
+    (
+        "Kernels",
+        (
+            "pool",
+            "max-kernels",
+            "launch-timeout",
+            "shutdown-timeout",
+            "kernel-env-allow",
+            "kernel-encryption",
+            "kernel-transport",
+            "heartbeat-interval",
+            "heartbeat-timeout",
+            "cull-idle-timeout",
+            "cull-interval",
+            "cull-connected",
+        ),
+    ),
+    ("Kernel sandbox", ("kernel-sandbox", "kernel-network", "kernel-limits")),
+    (
+        "Clients and limits",
+        (
+            "transports",
+            "ping-interval",
+            "ping-timeout",
+            "connect-timeout",
+            "no-eio3",
+            "max-payload",
+            "max-message-size",
+            "max-clients-per-kernel",
+            "max-buffered-bytes",
+            "max-total-buffered-bytes",
+            "max-connections",
+            "max-connections-per-address",
+            "max-sessions",
+            "max-sessions-per-address",
+            "header-timeout",
+            "body-timeout",
+            "iopub-replay-bytes",
+            "iopub-replay-age",
+        ),
+    ),
+    ("Logging", ("log-format", "log-level")),
+    (
+        "Fleet (several relays sharing kernels through Redis)",
+        (
+            "redis",
+            "redis-password-file",
+            "fleet-secret",
+            "fleet-secret-file",
+            "fleet-lease",
+        ),
+    ),
+)
+
+
+class Options(SettingsOptions):
     synopsis = "[options] [port]"
     longdesc = (
         "Relay Jupyter kernels to web clients over socket.io. GET /spawn/<kernelspec> starts a kernel, "
@@ -475,6 +546,22 @@ class Options(usage.Options):
             "Seconds between two looks for idle kernels.",
             _positive(float),
         ],
+        [
+            "log-format",
+            None,
+            "text",
+            "The log's format: text (for people), or json (one object a line; fields in "
+            "docs/operating.rst). kernel-relay only: twist takes its own --log-format before kernel-relay.",
+            _choice("log-format", FORMATS),
+        ],
+        [
+            "log-level",
+            None,
+            "info",
+            "The least level logged: debug, info, warn, error or critical. kernel-relay only (as "
+            "--log-format).",
+            _choice("log-level", LEVELS),
+        ],
     ]
 
     optFlags: Sequence[Sequence[Any]] = [
@@ -495,6 +582,44 @@ class Options(usage.Options):
             "Cull idle kernels even when clients are connected to them.",
         ],
     ]
+
+    topics = TOPICS
+    sizes = frozenset(
+        {
+            "max-payload",
+            "max-message-size",
+            "max-buffered-bytes",
+            "max-total-buffered-bytes",
+            "iopub-replay-bytes",
+        }
+    )
+    durations = frozenset(
+        {
+            "ping-interval",
+            "ping-timeout",
+            "connect-timeout",
+            "shutdown-timeout",
+            "launch-timeout",
+            "fleet-lease",
+            "header-timeout",
+            "body-timeout",
+            "iopub-replay-age",
+            "heartbeat-interval",
+            "heartbeat-timeout",
+            "cull-idle-timeout",
+            "cull-interval",
+        }
+    )
+    secrets = frozenset({"token", "fleet-secret"})
+    placeholders = {
+        "listen": "ENDPOINT",
+        "allow-origin": "ORIGIN",
+        "pool": "NAME=N",
+        "trusted-proxy": "ADDRESS",
+        "kernel-env-allow": "NAMES",
+        "kernel-limits": "NAME=VALUE,...",
+    }
+    together = (frozenset({"fleet-secret", "fleet-secret-file"}),)
 
     def __init__(self) -> None:
         super().__init__()
@@ -595,8 +720,6 @@ class Options(usage.Options):
             self["transports"] = _transports(self["transports"])
         if self["port"] is None and not self["listen"]:
             self["port"] = DEFAULT_PORT
-        if self["token"] is None:
-            self["token"] = os.environ.get(TOKEN_ENV) or None
         if self["token"] is not None and not self["token"].strip():
             raise usage.UsageError("--token must not be empty")
         if self["token"] is not None and self["no-auth"]:
@@ -935,9 +1058,33 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # which come later, are freed by reference counting as they close (they leave no cycles).
     reactor.callWhenRunning(_freeze_what_lives)
     log.info(
-        "kernel-relay {version} listening on {endpoints} ({auth})",
+        "kernel-relay {version} listening on {endpoints} ({auth}): open {urls}",
         version=__version__,
         endpoints=", ".join(endpoints),
         auth="token required" if auth.enabled else "no token: loopback only",
+        urls=", ".join(endpoint_urls(endpoints)),
     )
     return top
+
+
+def endpoint_urls(descriptions: Sequence[str], base: str = "/") -> list[str]:
+    """The URLs a user opens for these endpoints (one per address; a UNIX socket as ``unix:PATH``)."""
+    urls: list[str] = []
+    for description in descriptions:
+        kind, _, rest = description.partition(":")
+        fields = dict(part.split("=", 1) for part in re.split(r"(?<!\\):", rest)[1:] if "=" in part)
+        if kind == "unix":
+            url = f"unix:{rest.split(':', 1)[0]}"
+        elif kind in ("tcp", "tcp6", "ssl"):
+            host = fields.get("interface", "").replace("\\", "") or socket.gethostname()
+            if host in ("0.0.0.0", "::"):
+                host = socket.gethostname()
+            if ":" in host:
+                host = f"[{host}]"
+            scheme = "https" if kind == "ssl" else "http"
+            url = f"{scheme}://{host}:{rest.split(':', 1)[0]}{base}"
+        else:
+            url = description
+        if url not in urls:
+            urls.append(url)
+    return urls

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +14,6 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from twisted.logger import eventsFromJSONLogFile, formatEvent
 
 from tests.support import ServerProcess, free_port
 
@@ -25,19 +26,28 @@ def _installed() -> None:
     assert KERNEL_RELAY.exists(), f"{KERNEL_RELAY} is missing: reinstall the package (tox -r)"
 
 
-def start(runtime_dir: Path, *args: str, port: int) -> ServerProcess:
+def start(
+    runtime_dir: Path, *args: str, port: int, env: dict[str, str] | None = None
+) -> ServerProcess:
     """``kernel-relay ARGS`` as a child process listening on ``port``, its kernels' files in ``runtime_dir``."""
     runtime_dir.mkdir(parents=True, exist_ok=True)
     return ServerProcess(
         [str(KERNEL_RELAY), *args],
         port,
-        env={"JUPYTER_RUNTIME_DIR": str(runtime_dir), "KERNEL_RELAY_TOKEN": ""},
+        env={"JUPYTER_RUNTIME_DIR": str(runtime_dir), "KERNEL_RELAY_TOKEN": "", **(env or {})},
     )
 
 
+#: A line of the text log: time, level, [logger], message.
+TEXT_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\dT[\d:.]+Z (debug|info|warn|error|critical)\s+\[([^\]]+)\] (.*)$"
+)
+
+
 def logged(relay: ServerProcess) -> list[str]:
-    """The relay's log events, rendered: twist writes JSON records when its output is no terminal."""
-    return [formatEvent(event) for event in eventsFromJSONLogFile(io.StringIO(relay.output()))]
+    """The messages of the relay's log, which is text by default whatever its output is."""
+    matches = (TEXT_LINE.match(line) for line in relay.output().splitlines())
+    return [match.group(3) for match in matches if match]
 
 
 def wait_gone(pids: list[int], timeout: float = 15.0) -> list[int]:
@@ -130,7 +140,7 @@ def test_help_lists_the_relays_options() -> None:
 
 
 def test_version_and_usage_errors() -> None:
-    """``--version`` prints kernel-relay's version; a wrong option exits 64 with the relay's usage."""
+    """``--version`` prints kernel-relay's version; a wrong option is one line on stderr and exit status 2."""
     from kernel_relay import __version__
 
     version = subprocess.run(
@@ -141,6 +151,64 @@ def test_version_and_usage_errors() -> None:
     wrong = subprocess.run(
         [str(KERNEL_RELAY), "--no-such-option"], capture_output=True, text=True, timeout=60
     )
-    assert wrong.returncode == 64
-    assert "Error: option --no-such-option not recognized" in wrong.stderr
-    assert "Usage: kernel-relay [options] [port]" in wrong.stderr
+    assert wrong.returncode == 2
+    assert wrong.stderr == (
+        "kernel-relay: error: option --no-such-option not recognized "
+        "(kernel-relay --help lists the options)\n"
+    )
+    assert wrong.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--max-payload", "lots"], {}, "--max-payload 'lots': 'lots' is not a size"),
+        (["--ping-interval", "-5"], {}, "--ping-interval '-5': '-5' is not a duration"),
+        ([], {"KERNEL_RELAY_MAX_KERNELS": "0"}, "--max-kernels '0': must be positive, not 0"),
+        (["3000", "3001"], {}, "unexpected argument '3001'"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_exit_status_2(
+    argv: list[str], env: dict[str, str], message: str
+) -> None:
+    """A bad value, from the command line or the environment, is one line naming it (no help, no traceback)."""
+    result = subprocess.run(
+        [str(KERNEL_RELAY), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "KERNEL_RELAY_TOKEN": "", **env},
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr
+    assert "Parameter type enforcement failed" not in result.stderr
+
+
+def test_settings_from_the_environment_and_a_bare_port_before_the_options(tmp_path: Path) -> None:
+    """``KERNEL_RELAY_MAX_KERNELS=1 kernel-relay PORT --log-format json``: a second spawn is refused; JSON lines."""
+    port = free_port()
+    relay = start(
+        tmp_path / "runtime",
+        str(port),
+        "--log-format",
+        "json",
+        port=port,
+        env={"KERNEL_RELAY_MAX_KERNELS": "1", "KERNEL_RELAY_KERNEL_SANDBOX": "off"},
+    )
+    try:
+        first = requests.get(f"{relay.url}/spawn/python3", timeout=90)
+        assert first.status_code == 200, first.text
+        second = requests.get(f"{relay.url}/spawn/python3", timeout=90)
+        assert second.status_code == 500
+        assert "kernels" in second.json()["error"]
+    finally:
+        assert relay.stop() == 0, relay.output()[-3000:]
+    records = [json.loads(line) for line in relay.output().splitlines() if line.strip()]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert records[-1]["message"] == "Main loop terminated."
+    starting = [record["message"] for record in records if "starting on" in record["message"]]
+    assert (
+        starting == []
+    )  # Twisted's per-socket lines are left out: the relay's own line has the URLs
+    assert any(f"http://127.0.0.1:{port}/" in record["message"] for record in records)
