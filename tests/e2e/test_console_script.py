@@ -212,3 +212,62 @@ def test_settings_from_the_environment_and_a_bare_port_before_the_options(tmp_pa
         starting == []
     )  # Twisted's per-socket lines are left out: the relay's own line has the URLs
     assert any(f"http://127.0.0.1:{port}/" in record["message"] for record in records)
+
+
+def _crashing_kernelspec(root: Path) -> dict[str, str]:
+    """A kernelspec ``crasher`` whose kernel writes a traceback on stderr and exits: JUPYTER_PATH to find it."""
+    spec = root / "kernels" / "crasher"
+    spec.mkdir(parents=True)
+    code = "raise RuntimeError('boom from the kernel')"
+    spec.joinpath("kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-c", code, "{connection_file}"],
+                "display_name": "crasher",
+                "language": "python",
+            }
+        )
+    )
+    return {"JUPYTER_PATH": str(root)}
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_kernels_traceback_is_logged_as_lines_of_that_kernel(
+    tmp_path: Path, log_format: str
+) -> None:
+    """A kernel's stderr reaches the log as lines naming the kernel, in either format, never raw."""
+    port = free_port()
+    relay = start(
+        tmp_path / "runtime",
+        "--port",
+        str(port),
+        "--log-format",
+        log_format,
+        port=port,
+        env={
+            **_crashing_kernelspec(tmp_path / "jupyter"),
+            "KERNEL_RELAY_KERNEL_SANDBOX": "auto" if log_format == "text" else "off",
+        },
+    )
+    try:
+        response = requests.get(f"{relay.url}/spawn/crasher", timeout=90)
+        assert response.status_code == 500
+        deadline = time.monotonic() + 20
+        while "boom from the kernel" not in relay.output() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        assert relay.stop() == 0, relay.output()[-3000:]
+    output = relay.output().splitlines()
+    raw = [line for line in output if "boom from the kernel" in line]
+    assert raw, relay.output()[-3000:]
+    if log_format == "json":
+        records = [json.loads(line) for line in output]
+        ours = [record for record in records if record.get("stream") == "stderr"]
+        assert ours and all(len(record["kernel_id"]) == 36 for record in ours)
+        messages = [record["message"] for record in ours]
+    else:
+        messages = logged(relay)
+        assert all(TEXT_LINE.match(line) for line in output if line.strip())
+    kernel_lines = [m for m in messages if m.startswith("kernel ") and " stderr: " in m]
+    assert any(m.endswith("stderr: Traceback (most recent call last):") for m in kernel_lines)
+    assert any(m.endswith("stderr: RuntimeError: boom from the kernel") for m in kernel_lines)

@@ -16,6 +16,7 @@ from jupyter_client.manager import KernelManager
 from twisted.logger import Logger
 
 from ._errors import KernelLaunchError, KernelShutdownError, UnknownKernelSpec
+from ._output import capture, pipes
 from ._runtime import connection_dir
 from ._sandbox import (
     Box,
@@ -127,12 +128,21 @@ def launch(
         **transport_options,
     )
     manager.sandbox = contained
+    local = _is_local(spec)
     try:
         options: dict[str, Any] = {"independent": True} if independent else {}
         options["env"] = (
             environment(os.environ, env) if contained is not None else scrubbed(os.environ, env)
         )
+        if local and independent:
+            # Kept open with the manager: a restart starts the kernel again with the same arguments.
+            output = open(os.path.join(runtime_dir, f"kernel-{kernel_id}.log"), "ab")
+            options.update(stdout=output, stderr=output)
+        elif local:
+            options.update(pipes())
         manager.start_kernel(**options)
+        if local and not independent:
+            capture(kernel_id, getattr(manager.provisioner, "process", None))
     except Exception as exc:
         _log.failure("kernel {spec_name} failed to start", spec_name=spec_name)
         try:
@@ -271,12 +281,21 @@ def restart(manager: KernelManager) -> int | None:
     except Exception as exc:
         _log.failure("restarting kernel {kernel_id} failed", kernel_id=manager.kernel_id)
         raise KernelLaunchError(f"could not restart kernel {manager.kernel_id}: {exc}") from exc
+    process = getattr(manager.provisioner, "process", None)
+    if getattr(process, "stderr", None) is not None:  # started with pipes() again
+        capture(manager.kernel_id, process)
     pid = getattr(manager.provisioner, "pid", None)
     return pid if isinstance(pid, int) else None
 
 
 def _remove_connection_file(manager: KernelManager) -> None:
     path = manager.connection_file
+    output = os.path.splitext(path)[0] + ".log" if path else None
+    if output and os.path.exists(output):  # an independent kernel's output (see _output)
+        try:
+            os.remove(output)
+        except OSError:
+            _log.failure("could not remove the kernel's output file {path}", path=output)
     if path and os.path.exists(path):
         try:
             os.remove(path)
