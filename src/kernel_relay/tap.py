@@ -744,12 +744,32 @@ class Options(SettingsOptions):
                 "if something else guards the relay."
             )
         self._fleet_options()
+        self._kernelspecs()
         if self["heartbeat-timeout"] <= self["heartbeat-interval"]:
             raise usage.UsageError("--heartbeat-timeout must be longer than --heartbeat-interval")
         if self["max-message-size"] is not None:
             self["max-payload"] = self["max-message-size"]
         if self["ping-timeout"] >= self["ping-interval"] * 10:
             log.warn("--ping-timeout is much longer than --ping-interval; dead clients linger")
+
+    def _kernelspecs(self) -> None:
+        """Every kernelspec named in the settings is installed: a typo stops the relay here, not at its first use."""
+        if not self["pool"]:
+            return
+        from jupyter_client.kernelspec import KernelSpecManager
+
+        installed = set(KernelSpecManager().find_kernel_specs())
+        for name in self["pool"]:
+            if name not in installed:
+                raise usage.UsageError(
+                    f"--pool {name}={self['pool'][name]}: no kernelspec named {name!r} is installed "
+                    f"(installed: {', '.join(sorted(installed)) or 'none'}; jupyter kernelspec list)"
+                )
+        total = sum(self["pool"].values())
+        if self["max-kernels"] is not None and total > self["max-kernels"]:
+            raise usage.UsageError(
+                f"--pool keeps {total} kernels warm, more than --max-kernels {self['max-kernels']}"
+            )
 
     def _fleet_options(self) -> None:
         """The fleet's secret and Redis password, from a file, the environment or (secret) the token."""

@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from kernel_relay.kernels import KernelLaunchError, UnknownKernelSpec
-from kernel_relay.kernels._pool import MAX_BACKOFF, WarmPool
+from kernel_relay.kernels._pool import FAILING, MAX_BACKOFF, WarmPool
 from kernel_relay.kernels._processes import ManagedKernel
 from tests.fakes import FakeKernel, FakeProcesses, managed
 
@@ -130,3 +130,16 @@ def test_a_negative_size_is_refused() -> None:
     pool, _, _, _ = pool_of()
     with pytest.raises(ValueError):
         pool.keep_warm("python3", -1)
+
+
+def test_a_pool_failing_three_times_in_a_row_is_failing_until_a_success() -> None:
+    """failing() names a kernelspec after FAILING failures in a row, and forgets it once a start succeeds."""
+    pool, clock, launches, _ = pool_of()
+    pool.keep_warm("flaky", 1)
+    for _ in range(FAILING):
+        assert pool.failing() == {}
+        launches.fail(KernelLaunchError("boom"))
+        clock.advance(MAX_BACKOFF)
+    assert pool.failing() == {"flaky": FAILING}
+    launches.succeed()
+    assert pool.failing() == {}

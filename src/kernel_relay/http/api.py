@@ -6,8 +6,11 @@ The seed's contract is kept exactly: ``GET /spawn/<kernelSpecName>`` answers ``{
 Jupyter Server's kernel API (kernelspecs, kernels, interrupt, restart) is :mod:`.jupyter_api`'s. The guards of :mod:`.guards` stand in front of every route (origins,
 and with a token set, the token on every route but ``/api/health``; see :mod:`kernel_relay.auth`).
 
-``GET /api/health`` answers ``{"status": "ok"}`` while the relay serves, and to a holder of the relay's token
-(or with authentication off) its version, uptime, kernels and fleet too; ``GET /metrics`` is the
+``GET /api/health`` is liveness: 200 while the relay serves, ``{"status": "ok"}``, or ``"degraded"`` while a
+warm pool keeps failing to start kernels; ``GET /api/health/ready`` is readiness: 200 ``{"status": "ready"}``,
+or 503 ``{"status": "not ready"}`` while the relay cannot serve new work (its fleet's Redis unreachable). To
+a holder of the relay's token (or with authentication off) both say why (``reasons``), and the first its
+version, uptime, kernels and fleet too; ``GET /metrics`` is the
 Prometheus text exposition of :class:`~kernel_relay.metrics.RelayMetrics`. ``max_kernels`` bounds the
 kernels running and starting: a spawn over it is the contract's 500 ``{"error": ...}``.
 """
@@ -89,16 +92,40 @@ class RelayAPI:
 
         return self.spawner.spawn(spec_name).addCallbacks(started, failed)
 
+    def _degraded(self) -> list[str]:
+        return [
+            f"the warm pool of {name!r} failed to start a kernel {count} times in a row"
+            for name, count in sorted(self._kernels.failing_pools().items())
+        ]
+
+    def _not_ready(self) -> list[str]:
+        view = self._fleet() if self._fleet is not None else None
+        if view is not None and view.get("redis_up", True) is False:
+            return ["the fleet's Redis is unreachable: no kernel can be started or found"]
+        return []
+
+    @app.route("/api/health/ready", methods=["GET"])
+    def ready(self, request: IRequest) -> bytes:
+        reasons = self._not_ready()
+        body: JSONBody = {"status": "not ready" if reasons else "ready"}
+        if reasons and self._holds_relay_token(request):
+            body["reasons"] = reasons
+        return json_body(request, 503 if reasons else 200, body)
+
     @app.route("/api/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
+        degraded = self._degraded()
+        status = "degraded" if degraded else "ok"
         if not self._holds_relay_token(request):
             # Anyone may ask whether the relay is up; what it runs and its fleet are for its operators.
-            return json_body(request, 200, {"status": "ok"})
+            return json_body(request, 200, {"status": status})
         return json_body(
             request,
             200,
             {
-                "status": "ok",
+                "status": status,
+                **({"reasons": degraded} if degraded else {}),
+                "ready": not self._not_ready(),
                 "version": __version__,
                 "uptime_seconds": round(self._clock() - self._started_at, 3),
                 "kernels": len(self._kernels),

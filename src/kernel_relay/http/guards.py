@@ -51,7 +51,7 @@ class AuthGuard(Resource):
         self,
         wrapped: IResource,
         auth: TokenAuth,
-        open_paths: frozenset[bytes] = frozenset({b"/api/health"}),
+        open_paths: frozenset[bytes] = frozenset({b"/api/health", b"/api/health/ready"}),
         on_refused: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()

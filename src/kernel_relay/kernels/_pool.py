@@ -21,6 +21,9 @@ from ._processes import KernelProcesses, ManagedKernel, Watched, kill_quietly
 
 _log = Logger()
 
+#: Failures in a row after which a pool counts as failing (``/api/health`` says "degraded").
+FAILING = 3
+
 #: The longest wait, in seconds, between two attempts to refill a failing pool.
 MAX_BACKOFF = 60.0
 
@@ -52,6 +55,10 @@ class WarmPool:
             raise ValueError("a warm pool size cannot be negative")
         self._targets[spec_name] = count
         self._refill(spec_name)
+
+    def failing(self) -> dict[str, int]:
+        """The kernelspecs whose pool has failed to start a kernel ``FAILING`` times in a row, and how often."""
+        return {name: count for name, count in self._failures.items() if count >= FAILING}
 
     def pooled(self, spec_name: str | None = None) -> int:
         """Ready kernels waiting in the pools (of one kernelspec, or all)."""

@@ -263,6 +263,10 @@ class KernelRegistry:
         """Ready kernels waiting in the warm pools (of one kernelspec, or all)."""
         return self._pool.pooled(spec_name)
 
+    def failing_pools(self) -> dict[str, int]:
+        """The warm pools that keep failing to start kernels: kernelspec -> failures in a row."""
+        return self._pool.failing()
+
     # -- interrupt and restart ----------------------------------------------------------------
 
     def interrupt(self, kernel_id: str) -> Deferred[None]:
