@@ -65,12 +65,21 @@ SAMPLES: dict[str, tuple[list[str], list[str]]] = {
     "fleet-secret": (["secret-a", "secret-b"], []),
     "fleet-secret-file": (["FILE:secret-a", "FILE:secret-b"], []),
     "fleet-lease": (["1", "2"], []),
+    "base-url": (["/kernels/", "/relay/"], []),
+    "default-kernel": (["python3", "second"], []),
+    "allow-kernelspec": (["python3", "second"], []),
 }
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No setting from the developer's environment."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting from the developer's environment; a second kernelspec, ``second``, installed."""
+    spec = tmp_path / "jupyter" / "kernels" / "second"
+    spec.mkdir(parents=True)
+    spec.joinpath("kernel.json").write_text(
+        '{"argv": ["true"], "display_name": "2", "language": "x"}'
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     for name in Options().settings():
         monkeypatch.delenv(env_name(name), raising=False)
     monkeypatch.delenv("KERNEL_RELAY_CONFIG", raising=False)
@@ -335,3 +344,30 @@ def test_help_is_grouped_and_names_each_variable() -> None:
     for name in Options().settings():
         assert f"--{name}" in text and f"${env_name(name)}" in text
     assert "Parameter type" not in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--allow-kernelspec", "pyhton3"], "--allow-kernelspec pyhton3: no kernelspec named"),
+        (["--default-kernel", "nope"], "--default-kernel nope: no kernelspec named 'nope'"),
+        (
+            ["--allow-kernelspec", "second", "--pool", "python3=1"],
+            "--pool python3=1: 'python3' is not in --allow-kernelspec",
+        ),
+        (["--base-url", "http://host/kernels/"], "--base-url 'http://host/kernels/': it is a path"),
+        (["--base-url", "/a/../b/"], "must not contain . or .."),
+    ],
+)
+def test_kernelspecs_and_the_base_url_are_checked_at_start(argv: list[str], message: str) -> None:
+    """A kernelspec named in the settings that is not installed or not allowed, a bad base URL: refused."""
+    with pytest.raises(usage.UsageError) as caught:
+        parsed(*argv)
+    assert message in str(caught.value)
+
+
+def test_the_base_url_is_a_path_with_slashes_at_both_ends() -> None:
+    """kernels, /kernels and /kernels/ are all /kernels/; / stays /."""
+    for text in ("kernels", "/kernels", "/kernels/"):
+        assert parsed("--base-url", text)["base-url"] == "/kernels/"
+    assert parsed("--base-url", "/")["base-url"] == "/"

@@ -34,7 +34,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -175,6 +183,11 @@ class _RelayedCounters(Collector):
         yield size
 
 
+#: The methods the request metric names (another is "other": the method is the client's input).
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
 class RelayMetrics:
     """The counters the relay updates and the registry ``/metrics`` renders."""
 
@@ -210,6 +223,22 @@ class RelayMetrics:
         )
         for kind in ERROR_KINDS:
             self._errors.labels(kind)
+        self._requests = Histogram(
+            "http_request_duration_seconds",
+            "Seconds from a request's arrival to its end (a WebSocket's: its whole life), by method, "
+            "route and status, as Jupyter Server's.",
+            ["method", "handler", "status_code"],
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
+        )
+        # The process's and Python's own (process_*, python_info, python_gc_*), as every Prometheus client has.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
+
+    def request(self, method: str, handler: str, status: int, seconds: float) -> None:
+        """One HTTP request ended (``handler`` is a route template, never a raw path)."""
+        method = method if method in HTTP_METHODS else "other"
+        self._requests.labels(method, handler, str(status)).observe(seconds)
 
     def watch(
         self,

@@ -34,6 +34,7 @@ from .fronts.jupyter import JupyterFront
 from .fronts.socketio import SocketIOFront
 from .http.api import RelayAPI
 from .http.connections import ConnectionBounds, ConnectionLimiter, raise_open_file_limit
+from .http.entry import SiteEntry, base_url
 from .http.forwarded import HEADERS, TrustedProxies, parse_network
 from .http.guards import AuthGuard, OriginGuard
 from .http.hosts import HostPolicy
@@ -115,6 +116,13 @@ def _refuse_to_start(reactor: Any, reason: str) -> None:
 
     reactor.addSystemEventTrigger("after", "shutdown", leave)
     reactor.stop()
+
+
+def _base_url(text: str) -> str:
+    return base_url(text)
+
+
+_base_url.coerceDoc = ""  # type: ignore[attr-defined]
 
 
 def _redis_url(text: str) -> RedisURL:
@@ -200,7 +208,7 @@ _kernel_limits.coerceDoc = (  # type: ignore[attr-defined]
 
 #: The options by topic, for ``--help`` and ``--generate-config`` (any other goes under "Other").
 TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Listening", ("port", "listen", "access-log", "no-demo")),
+    ("Listening", ("port", "listen", "base-url", "access-log", "no-demo")),
     (
         "Access",
         ("token", "no-auth", "allow-origin", "allow-host", "trusted-proxy", "forwarded-header"),
@@ -208,6 +216,8 @@ TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "Kernels",
         (
+            "allow-kernelspec",
+            "default-kernel",
             "pool",
             "max-kernels",
             "launch-timeout",
@@ -547,6 +557,21 @@ class Options(SettingsOptions):
             _positive(float),
         ],
         [
+            "base-url",
+            None,
+            "/",
+            "Serve everything under this path (behind a proxy at https://host/kernels/: /kernels/): the "
+            "REST routes, the demo page, socket.io (path /kernels/socket.io/) and the Jupyter channels.",
+            _base_url,
+        ],
+        [
+            "default-kernel",
+            None,
+            None,
+            "The kernelspec POST /api/kernels starts when the request names none (and the default "
+            "that /api/kernelspecs gives). [default: python3 if allowed and installed, else the first]",
+        ],
+        [
             "log-format",
             None,
             "text",
@@ -617,6 +642,9 @@ class Options(SettingsOptions):
         "pool": "NAME=N",
         "trusted-proxy": "ADDRESS",
         "kernel-env-allow": "NAMES",
+        "allow-kernelspec": "NAME",
+        "default-kernel": "NAME",
+        "base-url": "PATH",
         "kernel-limits": "NAME=VALUE,...",
     }
     together = (frozenset({"fleet-secret", "fleet-secret-file"}),)
@@ -634,6 +662,7 @@ class Options(SettingsOptions):
         self["allow-host"] = []
         self["trusted-proxy"] = []
         self["pool"] = {}
+        self["allow-kernelspec"] = []
 
     def opt_pool(self, value: str) -> None:
         """Keep N started, ready kernels of kernelspec NAME for instant /spawn (NAME=N, repeatable)."""
@@ -648,6 +677,11 @@ class Options(SettingsOptions):
                 f"--pool takes NAME=N with N from 1 to {MAX_POOL} (e.g. --pool python3=2), not {value!r}"
             )
         self["pool"][name] = size
+
+    def opt_allow_kernelspec(self, name: str) -> None:
+        """Allow kernels of this kernelspec only (repeatable; by default every installed one): the others
+        are not listed, and starting one is refused with 403 (/spawn, POST /api/kernels)."""
+        self["allow-kernelspec"].append(name.strip())
 
     def opt_listen(self, description: str) -> None:
         """Listen on a Twisted endpoint (repeatable), e.g. tcp:3000:interface=0.0.0.0,
@@ -753,18 +787,31 @@ class Options(SettingsOptions):
             log.warn("--ping-timeout is much longer than --ping-interval; dead clients linger")
 
     def _kernelspecs(self) -> None:
-        """Every kernelspec named in the settings is installed: a typo stops the relay here, not at its first use."""
-        if not self["pool"]:
+        """Every kernelspec named in the settings is installed and allowed: a typo stops the relay here."""
+        named = [
+            *(f"--pool {name}={size}" for name, size in self["pool"].items()),
+            *(f"--allow-kernelspec {name}" for name in self["allow-kernelspec"]),
+            *([f"--default-kernel {self['default-kernel']}"] if self["default-kernel"] else []),
+        ]
+        if not named:
             return
         from jupyter_client.kernelspec import KernelSpecManager
 
         installed = set(KernelSpecManager().find_kernel_specs())
-        for name in self["pool"]:
+        allowed = set(self["allow-kernelspec"]) or installed
+        for setting in named:
+            name = (
+                setting.split(" ", 1)[1].rsplit("=", 1)[0]
+                if "--pool" in setting
+                else setting.split(" ", 1)[1]
+            )
             if name not in installed:
                 raise usage.UsageError(
-                    f"--pool {name}={self['pool'][name]}: no kernelspec named {name!r} is installed "
+                    f"{setting}: no kernelspec named {name!r} is installed "
                     f"(installed: {', '.join(sorted(installed)) or 'none'}; jupyter kernelspec list)"
                 )
+            if name not in allowed:
+                raise usage.UsageError(f"{setting}: {name!r} is not in --allow-kernelspec")
         total = sum(self["pool"].values())
         if self["max-kernels"] is not None and total > self["max-kernels"]:
             raise usage.UsageError(
@@ -997,7 +1044,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         jupyter_front.close()
         give_back.stop()
 
-    spawner = Spawner(kernels, metrics, options["max-kernels"], fleet=fleet)
+    spawner = Spawner(
+        kernels,
+        metrics,
+        options["max-kernels"],
+        fleet=fleet,
+        allowed=frozenset(options["allow-kernelspec"]) or None,
+    )
     api = RelayAPI(
         kernels,
         metrics=metrics,
@@ -1011,6 +1064,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         relay.client_count,
         env_policy=EnvPolicy.from_option(options["kernel-env-allow"]),
         read_resource=threaded_resource_reader(reactor),
+        default_spec=options["default-kernel"],
+        base_url=options["base-url"],
     )
     sessions_api = SessionsAPI(kernels, jupyter_api)
     routes = KleinRoutes(
@@ -1020,17 +1075,18 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             (api.app, api.resource()),
         ]
     )
-    site = RelaySite(
-        RelayRoot(
-            OriginGuard(
-                AuthGuard(routes, auth, on_refused=lambda: metrics.error("auth")),
-                origins,
-            ),
-            socketio.resource(),
-            demo=None if options["no-demo"] else demo_resources(),
-            hosts=HostPolicy.from_options(options["allow-host"], token_required=auth.enabled),
-            channels=jupyter_front.resource(),
+    root = RelayRoot(
+        OriginGuard(
+            AuthGuard(routes, auth, on_refused=lambda: metrics.error("auth")),
+            origins,
         ),
+        socketio.resource(),
+        demo=None if options["no-demo"] else demo_resources(),
+        hosts=HostPolicy.from_options(options["allow-host"], token_required=auth.enabled),
+        channels=jupyter_front.resource(),
+    )
+    site = RelaySite(
+        SiteEntry(root, base=options["base-url"], clock=reactor.seconds, observe=metrics.request),
         logPath=options["access-log"],
         reactor=reactor,
         limiter=limiter,
@@ -1082,7 +1138,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         version=__version__,
         endpoints=", ".join(endpoints),
         auth="token required" if auth.enabled else "no token: loopback only",
-        urls=", ".join(endpoint_urls(endpoints)),
+        urls=", ".join(endpoint_urls(endpoints, options["base-url"])),
     )
     return top
 

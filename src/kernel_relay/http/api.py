@@ -2,7 +2,8 @@
 The relay's own REST routes (Klein): the seed's contract, kernel tokens, health and metrics.
 
 The seed's contract is kept exactly: ``GET /spawn/<kernelSpecName>`` answers ``{"id": ...}``,
-``GET /shutdown/<id>`` answers ``{"id": ...}``, and any failure of either is HTTP 500 with ``{"error": ...}``.
+``GET /shutdown/<id>`` answers ``{"id": ...}``, and any failure of either is HTTP 500 with ``{"error": ...}``,
+but for a kernelspec outside ``--allow-kernelspec``: 403 with the same body, as on the Jupyter API.
 Jupyter Server's kernel API (kernelspecs, kernels, interrupt, restart) is :mod:`.jupyter_api`'s. The guards of :mod:`.guards` stand in front of every route (origins,
 and with a token set, the token on every route but ``/api/health``; see :mod:`kernel_relay.auth`).
 
@@ -36,7 +37,7 @@ from ..auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, TokenAuth, token_from_autho
 from ..jsontext import JSONError, loads
 from ..kernels import Kernel, KernelRegistry
 from ..metrics import RelayMetrics
-from .spawning import Spawner, TooManyKernels, error_text
+from .spawning import KernelspecNotAllowed, Spawner, TooManyKernels, error_text
 
 log = Logger()
 
@@ -88,6 +89,9 @@ class RelayAPI:
         def failed(failure: Failure) -> bytes:
             if failure.check(TooManyKernels):  # type: ignore[no-untyped-call]
                 request.setHeader(b"Retry-After", b"10")
+            if failure.check(KernelspecNotAllowed):  # type: ignore[no-untyped-call]
+                # The contract's body; the status says it is a refusal, as on the Jupyter API.
+                return json_body(request, 403, {"error": error_text(failure)})
             return json_body(request, 500, {"error": error_text(failure)})
 
         return self.spawner.spawn(spec_name).addCallbacks(started, failed)

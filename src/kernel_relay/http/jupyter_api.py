@@ -43,7 +43,13 @@ from .. import __version__
 from ..jsontext import JSONError, loads
 from ..kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel, UnknownKernelSpec
 from .api import json_body
-from .spawning import Spawner, SpawnUnavailable, TooManyKernels, error_text
+from .spawning import (
+    KernelspecNotAllowed,
+    Spawner,
+    SpawnUnavailable,
+    TooManyKernels,
+    error_text,
+)
 
 log = Logger()
 
@@ -169,7 +175,7 @@ def _read_here(directory: str, filename: str) -> Deferred[bytes | None]:
     return succeed(read_resource_file(directory, filename))
 
 
-def _resources(spec: KernelSpecInfo) -> dict[str, str]:
+def _resources(spec: KernelSpecInfo, root: str = "/") -> dict[str, str]:
     """The URLs of a kernelspec's logos and files, by Jupyter Server's resource names."""
     if not spec.resource_dir:
         return {}
@@ -177,7 +183,7 @@ def _resources(spec: KernelSpecInfo) -> dict[str, str]:
         names = sorted(os.listdir(spec.resource_dir))
     except OSError:
         return {}
-    base = f"/kernelspecs/{quote(spec.name)}/"
+    base = f"{root}kernelspecs/{quote(spec.name)}/"
     return {
         name.rsplit(".", 1)[0] if name.startswith("logo-") else name: base + quote(name)
         for name in names
@@ -185,7 +191,7 @@ def _resources(spec: KernelSpecInfo) -> dict[str, str]:
     }
 
 
-def spec_model(spec: KernelSpecInfo) -> dict[str, Any]:
+def spec_model(spec: KernelSpecInfo, root: str = "/") -> dict[str, Any]:
     """A kernelspec as ``GET /api/kernelspecs`` lists it."""
     kernel_json = dict(spec.spec)
     body: dict[str, Any] = {
@@ -196,7 +202,7 @@ def spec_model(spec: KernelSpecInfo) -> dict[str, Any]:
         "metadata": dict(kernel_json.get("metadata", {})),
         "interrupt_mode": kernel_json.get("interrupt_mode", "signal"),
     }
-    return {"name": spec.name, "spec": body, "resources": _resources(spec)}
+    return {"name": spec.name, "spec": body, "resources": _resources(spec, root)}
 
 
 class JupyterAPI:
@@ -219,7 +225,10 @@ class JupyterAPI:
         default_spec: str | None = None,
         clock: Callable[[], float] = time.time,
         read_resource: ResourceReader = _read_here,
+        base_url: str = "/",
     ) -> None:
+        self.base_url = base_url
+        """The relay's ``--base-url``, for the URLs it gives out (``Location``, kernelspec resources)."""
         self._kernels = kernels
         self._read_resource = read_resource
         self._spawner = spawner
@@ -268,8 +277,12 @@ class JupyterAPI:
             },
         )
 
+    def _allowed(self, specs: Iterable[KernelSpecInfo]) -> list[KernelSpecInfo]:
+        """The kernelspecs this relay may start (``--allow-kernelspec``): the only ones it shows."""
+        return [spec for spec in specs if self._spawner.allows(spec.name)]
+
     def _default(self, specs: Iterable[KernelSpecInfo]) -> str | None:
-        names = [spec.name for spec in specs]
+        names = [spec.name for spec in self._allowed(specs)]
         if self._default_spec in names:
             return self._default_spec
         if "python3" in names:
@@ -285,7 +298,9 @@ class JupyterAPI:
                 200,
                 {
                     "default": self._default(specs),
-                    "kernelspecs": {spec.name: spec_model(spec) for spec in specs},
+                    "kernelspecs": {
+                        spec.name: spec_model(spec, self.base_url) for spec in self._allowed(specs)
+                    },
                 },
             )
 
@@ -296,9 +311,9 @@ class JupyterAPI:
     @app.route("/api/kernelspecs/<name>", methods=["GET"])
     def kernelspec(self, request: IRequest, name: str) -> Deferred[bytes]:
         def found(specs: list[KernelSpecInfo]) -> bytes:
-            for spec in specs:
+            for spec in self._allowed(specs):
                 if spec.name == name:
-                    return json_body(request, 200, spec_model(spec))
+                    return json_body(request, 200, spec_model(spec, self.base_url))
             return jupyter_error(request, 404, f"Kernel spec {name} not found")
 
         return self._kernels.specs().addCallbacks(found, self._specs_failed, errbackArgs=(request,))
@@ -309,6 +324,7 @@ class JupyterAPI:
             return jupyter_error(request, 404, f"Kernel spec resource {name}/{filename} not found")
 
         def found(specs: list[KernelSpecInfo]) -> Deferred[bytes] | bytes:
+            specs = self._allowed(specs)
             spec = next((spec for spec in specs if spec.name == name), None)
             if spec is None or not spec.resource_dir or not RESOURCE_FILE.fullmatch(filename):
                 return missing()
@@ -368,12 +384,15 @@ class JupyterAPI:
             return jupyter_error(request, 400, '"name" must be a kernelspec name (a string)')
 
         def started(kernel: Kernel) -> bytes:
-            request.setHeader(b"Location", f"/api/kernels/{quote(kernel.id)}".encode("ascii"))
+            location = f"{self.base_url}api/kernels/{quote(kernel.id)}"
+            request.setHeader(b"Location", location.encode("ascii"))
             return json_body(request, 201, self.model(kernel))
 
         def failed(failure: Failure) -> bytes:
             if failure.check(UnknownKernelSpec):  # type: ignore[no-untyped-call]
                 return jupyter_error(request, 404, error_text(failure))
+            if failure.check(KernelspecNotAllowed):  # type: ignore[no-untyped-call]
+                return jupyter_error(request, 403, error_text(failure))
             if failure.check(TooManyKernels, SpawnUnavailable):  # type: ignore[no-untyped-call]
                 request.setHeader(b"Retry-After", b"10")
                 return jupyter_error(request, 503, error_text(failure))
@@ -384,11 +403,15 @@ class JupyterAPI:
     def start_kernel(self, name: str | None, env: dict[str, str] | None = None) -> Deferred[Kernel]:
         """
         A new kernel of kernelspec ``name`` (None: the default), within ``--max-kernels`` (the sessions API
-        starts its kernels here too); fails with UnknownKernelSpec or the spawner's errors.
+        starts its kernels here too); fails with UnknownKernelSpec, KernelspecNotAllowed (``--allow-kernelspec``)
+        or the spawner's errors.
         """
 
         def named(specs: list[KernelSpecInfo]) -> Deferred[Kernel]:
             chosen = name or self._default(specs)
+            if chosen is not None and not self._spawner.allows(chosen):
+                shown = chosen if len(chosen) <= 80 else f"{chosen[:77]}..."
+                raise KernelspecNotAllowed(f"the kernelspec {shown!r} is not allowed on this relay")
             if chosen is None:
                 raise UnknownKernelSpec("no kernelspec is installed")
             if all(spec.name != chosen for spec in specs):

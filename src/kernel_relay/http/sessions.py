@@ -39,7 +39,7 @@ from werkzeug.exceptions import HTTPException
 from ..kernels import Kernel, KernelRegistry, UnknownKernel, UnknownKernelSpec
 from .api import json_body
 from .jupyter_api import JupyterAPI, jupyter_error
-from .spawning import SpawnUnavailable, TooManyKernels, error_text
+from .spawning import KernelspecNotAllowed, SpawnUnavailable, TooManyKernels, error_text
 
 log = Logger()
 
@@ -262,13 +262,16 @@ class SessionsAPI:
         return stopping.addCallbacks(lambda _: None, failed)
 
     def _created(self, request: IRequest, session: Session) -> bytes:
-        request.setHeader(b"Location", f"/api/sessions/{quote(session.id)}".encode("ascii"))
+        location = f"{self._jupyter.base_url}api/sessions/{quote(session.id)}"
+        request.setHeader(b"Location", location.encode("ascii"))
         return json_body(request, 201, self.model(session))
 
     def _start_failed(self, failure: Failure, request: IRequest) -> bytes:
         if failure.check(UnknownKernelSpec):  # type: ignore[no-untyped-call]
             # Jupyter Server's answer to a kernel it cannot start for a session: 501.
             return jupyter_error(request, 501, error_text(failure), "kernel not found")
+        if failure.check(KernelspecNotAllowed):  # type: ignore[no-untyped-call]
+            return jupyter_error(request, 403, error_text(failure))
         if failure.check(TooManyKernels, SpawnUnavailable):  # type: ignore[no-untyped-call]
             request.setHeader(b"Retry-After", b"10")
             return jupyter_error(request, 503, error_text(failure))

@@ -24,6 +24,10 @@ class TooManyKernels(Exception):
     """The relay (or its fleet) runs or starts its maximum of kernels already."""
 
 
+class KernelspecNotAllowed(Exception):
+    """The kernelspec is not in the relay's ``--allow-kernelspec`` list."""
+
+
 class SpawnUnavailable(Exception):
     """A kernel cannot be started now: the fleet it belongs to cannot be reached."""
 
@@ -59,16 +63,30 @@ class Spawner:
         max_kernels: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         fleet: FleetCapacity | None = None,
+        allowed: frozenset[str] | None = None,
     ) -> None:
         self._kernels = kernels
+        self.allowed = allowed
+        """The kernelspecs that may be started (``--allow-kernelspec``); None: every installed one."""
         self.fleet = fleet
         self._metrics = metrics
         self.max_kernels = max_kernels
         self._clock = clock
         self._starting = 0
 
+    def allows(self, spec_name: str) -> bool:
+        """Whether kernels of this kernelspec may be started here."""
+        return self.allowed is None or spec_name in self.allowed
+
     def spawn(self, spec_name: str, env: Mapping[str, str] | None = None) -> Deferred[Kernel]:
         """A new kernel of ``spec_name``; fails with TooManyKernels, or the registry's error (logged)."""
+        if not self.allows(spec_name):
+            self._metrics.error("spawn")
+            shown = spec_name if len(spec_name) <= 80 else f"{spec_name[:77]}..."
+            log.warn("Refused to spawn a {spec_name!r} kernel: not allowed", spec_name=shown)
+            return fail(
+                KernelspecNotAllowed(f"the kernelspec {shown!r} is not allowed on this relay")
+            )
         limit = self.max_kernels
         if limit is not None and len(self._kernels) + self._starting >= limit:
             self._metrics.error("spawn")
