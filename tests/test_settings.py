@@ -371,3 +371,12 @@ def test_the_base_url_is_a_path_with_slashes_at_both_ends() -> None:
     for text in ("kernels", "/kernels", "/kernels/"):
         assert parsed("--base-url", text)["base-url"] == "/kernels/"
     assert parsed("--base-url", "/")["base-url"] == "/"
+
+
+def test_the_option_reference_is_generated_from_the_options() -> None:
+    """docs/options.rst is what Options().reference() writes: every option, its variable and file key."""
+    reference = Path(__file__).parent.parent / "docs" / "options.rst"
+    text = reference.read_text(encoding="utf-8")
+    assert text == Options().reference(), "regenerate docs/options.rst (command at its top)"
+    for name in Options().settings():
+        assert f"``{env_name(name)}``; file key ``{name}``" in text

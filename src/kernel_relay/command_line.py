@@ -30,6 +30,7 @@ from .settings import (
     render_config,
     render_help,
     split_command_line,
+    toml_value,
 )
 
 _QUIET_DOCS = ("Must be positive.", "Must not be negative.")
@@ -233,6 +234,41 @@ class SettingsOptions(usage.Options):
             "in the environment, as the variable shown beside it, or in a TOML file (--config).",
             self.documented(),
         )
+
+    def reference(self) -> str:
+        """``docs/options.rst``: every option by topic, with its variable, file key and default."""
+        lines = [
+            "Options",
+            "=======",
+            "",
+            ".. Generated from kernel_relay.tap.Options: do not edit. To regenerate:",
+            "   python -c 'from kernel_relay.tap import Options; print(Options().reference(), end=\"\")'"
+            " > docs/options.rst",
+            "",
+            "Every option of ``kernel-relay`` (and ``twist kernel-relay``). Each can also be set in the "
+            "environment, as its variable, or in a TOML file (``--config FILE`` or ``$KERNEL_RELAY_CONFIG``), "
+            "as its file key. The command line overrides the environment, which overrides the file, which "
+            "overrides the defaults. Sizes take units (``32MiB``, ``1GB``), durations too (``90s``, ``5m``).",
+        ]
+        for topic, items in self.documented():
+            lines += ["", topic, "-" * len(topic), ""]
+            for item in items:
+                setting = item.setting
+                value = "" if setting.kind == "flag" else f" {item.placeholder}"
+                lines += [f"``--{setting.name}{value}``", f"    {item.doc}", ""]
+                if setting.name in ACTIONS:
+                    lines.append("    Command line only.")
+                else:
+                    where = f"Variable ``{setting.variable}``; file key ``{setting.name}``"
+                    if setting.kind == "list":
+                        where += " (a list; the variable separates values with commas)"
+                    elif setting.kind == "flag":
+                        where += " (true or false)"
+                    if item.default not in (None, "", [], {}, ()):
+                        where += f"; default ``{toml_value(item.default)}``"
+                    lines.append(f"    {where}.")
+                lines.append("")
+        return "\n".join(lines).rstrip("\n") + "\n"
 
     def generated_config(self) -> str:
         """``--generate-config``'s file."""
