@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,8 +14,17 @@ import socketio
 
 from tests.conftest import Relay, relay_runtime_dir
 from tests.jupyter_ws import JupyterWS
+from tests.support import ServerProcess, free_port
 
 TOKEN = "deploy-token"
+
+
+class PrefixedRelay(Relay):
+    def kernels_under(self, base: str) -> list[dict[str, Any]]:
+        """GET <base>/api/kernels with the relay's token."""
+        response = requests.get(f"{self.url}{base}/api/kernels", headers=self.headers, timeout=10)
+        listed: list[dict[str, Any]] = response.json()
+        return listed
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +36,7 @@ def prefixed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     spec.joinpath("kernel.json").write_text(
         json.dumps({"argv": ["true"], "display_name": "Other", "language": "none"})
     )
-    relay = Relay(
+    relay = PrefixedRelay(
         relay_runtime_dir(tmp_path_factory),
         "--base-url",
         "/kernels/",
@@ -40,7 +51,9 @@ def prefixed(tmp_path_factory: pytest.TempPathFactory) -> Any:
         relay.stop()
 
 
-def test_the_seed_routes_and_the_jupyter_api_are_served_under_the_base_url(prefixed: Relay) -> None:
+def test_the_seed_routes_and_the_jupyter_api_are_served_under_the_base_url(
+    prefixed: PrefixedRelay,
+) -> None:
     """/kernels/spawn, /kernels/api/kernels and /kernels/ (the demo) answer; the same paths without it are 404."""
     base = f"{prefixed.url}/kernels"
     spawned = requests.get(f"{base}/spawn/python3", headers=prefixed.headers, timeout=90)
@@ -72,7 +85,7 @@ def test_the_seed_routes_and_the_jupyter_api_are_served_under_the_base_url(prefi
         requests.get(f"{base}/shutdown/{kernel_id}", headers=prefixed.headers, timeout=30)
 
 
-def test_both_websocket_paths_work_under_the_base_url(prefixed: Relay) -> None:
+def test_both_websocket_paths_work_under_the_base_url(prefixed: PrefixedRelay) -> None:
     """socket.io at /kernels/socket.io/ and the channels at /kernels/api/kernels/<id>/channels reach the kernel."""
     base = f"{prefixed.url}/kernels"
     kernel_id = requests.get(f"{base}/spawn/python3", headers=prefixed.headers, timeout=90).json()[
@@ -123,7 +136,7 @@ def test_both_websocket_paths_work_under_the_base_url(prefixed: Relay) -> None:
 
 
 def test_a_kernelspec_outside_the_allow_list_is_refused_with_403_on_both_apis(
-    prefixed: Relay,
+    prefixed: PrefixedRelay,
 ) -> None:
     """``other`` is installed but not allowed: not listed, /spawn 403 {"error"}, POST /api/kernels 403."""
     base = f"{prefixed.url}/kernels"
@@ -138,7 +151,7 @@ def test_a_kernelspec_outside_the_allow_list_is_refused_with_403_on_both_apis(
     assert requests.get(f"{base}/api/kernels", headers=prefixed.headers, timeout=10).json() == []
 
 
-def test_metrics_have_the_process_python_and_request_durations(prefixed: Relay) -> None:
+def test_metrics_have_the_process_python_and_request_durations(prefixed: PrefixedRelay) -> None:
     """/metrics has process_*, python_info and http_request_duration_seconds by route template."""
     base = f"{prefixed.url}/kernels"
     requests.get(f"{base}/api/kernels", headers=prefixed.headers, timeout=10)
@@ -149,3 +162,66 @@ def test_metrics_have_the_process_python_and_request_durations(prefixed: Relay) 
         in text
     )
     assert "kernel_relay_kernels_running" in text
+
+
+def _reply(ws: JupyterWS, msg_type: str) -> dict[str, Any]:
+    message = ws.recv(60)
+    while message is not None and message["header"]["msg_type"] != msg_type:
+        message = ws.recv(60)
+    assert message is not None, f"no {msg_type}"
+    return message
+
+
+def test_jupyter_server_with_a_gateway_url_under_the_base_url(
+    prefixed: PrefixedRelay, tmp_path: Path
+) -> None:
+    """Jupyter Server 2 with --gateway-url http://host/kernels/ starts, runs and stops a relay kernel."""
+    pytest.importorskip("jupyter_server")
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--allow-root",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        "--ServerApp.token=gw",
+        f"--ServerApp.root_dir={tmp_path}",
+        f"--gateway-url={prefixed.url}/kernels/",
+        f"--GatewayClient.auth_token={TOKEN}",
+    ]
+    env = {
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+    }
+    headers = {"Authorization": "token gw"}
+    with ServerProcess(argv, port, env=env) as server:
+        specs = requests.get(f"{server.url}/api/kernelspecs", headers=headers, timeout=30)
+        assert set(specs.json()["kernelspecs"]) == {"python3"}, specs.text
+        started = requests.post(f"{server.url}/api/kernels", json={}, headers=headers, timeout=90)
+        assert started.status_code == 201, started.text
+        kernel_id = started.json()["id"]
+        assert kernel_id in {kernel["id"] for kernel in prefixed.kernels_under("/kernels")}
+        ws = JupyterWS(server.url, kernel_id, token="gw", protocol="legacy")
+        try:
+            ws.send("shell", "execute_request", {"code": "6 * 7", "silent": False})
+            result = _reply(ws, "execute_result")
+            assert result["content"]["data"]["text/plain"] == "42"
+        finally:
+            ws.close()
+        stopped = requests.delete(
+            f"{server.url}/api/kernels/{kernel_id}", headers=headers, timeout=60
+        )
+        assert stopped.status_code == 204
+    assert kernel_id not in {kernel["id"] for kernel in prefixed.kernels_under("/kernels")}
+
+
+def test_jupyterlab_services_runs_its_scenario_under_the_base_url(prefixed: PrefixedRelay) -> None:
+    """@jupyterlab/services 7 (Node), given http://host/kernels/ as its base URL, runs the whole scenario."""
+    from tests.e2e.test_interop_jupyterlab_services import scenario
+
+    steps = {step["step"]: step for step in scenario(f"{prefixed.url}/kernels/", TOKEN, "v1")}
+    assert steps["execute"]["result"] == "42"
