@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_readiness_is_503_while_redis_is_down_and_200_after(
     try:
         assert requests.get(f"{relay.url}/api/health", timeout=10).status_code == 200
         not_ready = requests.get(f"{relay.url}/api/health/ready", timeout=10)
-        assert (not_ready.status_code, not_ready.json()) == (503, {"status": "not ready"})
+        assert (not_ready.status_code, not_ready.json()) == (503, {"ready": False})
         detailed = requests.get(f"{relay.url}/api/health/ready", headers=relay.headers, timeout=10)
         assert "Redis is unreachable" in detailed.json()["reasons"][0]
         redis = RedisServer(directory, port)
@@ -80,10 +81,40 @@ def test_readiness_is_503_while_redis_is_down_and_200_after(
         while requests.get(f"{relay.url}/api/health/ready", timeout=10).status_code != 200:
             assert time.monotonic() < deadline, relay.output()[-3000:]
             time.sleep(0.2)
-        assert requests.get(f"{relay.url}/api/health/ready", timeout=10).json() == {
-            "status": "ready"
-        }
+        assert requests.get(f"{relay.url}/api/health/ready", timeout=10).json() == {"ready": True}
     finally:
         relay.stop()
         if redis is not None:
             redis.stop()
+
+
+def test_a_pool_whose_kernels_keep_failing_makes_the_relay_degraded(tmp_path: Path) -> None:
+    """--pool of a kernelspec whose kernel dies at start: /api/health says degraded (still 200), and why."""
+    spec = tmp_path / "jupyter" / "kernels" / "crasher"
+    spec.mkdir(parents=True)
+    spec.joinpath("kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-c", "raise SystemExit(3)", "{connection_file}"],
+                "display_name": "crasher",
+                "language": "python",
+            }
+        )
+    )
+    relay = Relay(
+        tmp_path / "runtime",
+        "--pool",
+        "crasher=1",
+        env={"JUPYTER_PATH": str(tmp_path / "jupyter"), "KERNEL_RELAY_KERNEL_SANDBOX": "off"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while requests.get(f"{relay.url}/api/health", timeout=10).json()["status"] != "degraded":
+            assert time.monotonic() < deadline, relay.output()[-3000:]
+            time.sleep(0.5)
+        health = requests.get(f"{relay.url}/api/health", timeout=10)
+        assert health.status_code == 200
+        assert "warm pool of 'crasher'" in health.json()["reasons"][0]
+        assert requests.get(f"{relay.url}/api/health/ready", timeout=10).status_code == 200
+    finally:
+        relay.stop()

@@ -33,19 +33,20 @@ def test_a_fleet_relay_without_redis_is_alive_but_not_ready() -> None:
     """Redis down: /api/health 200, /api/health/ready 503 (the reason for the token's holder); then 200."""
     fleet = {"relay": "r1", "redis_up": False}
     api, _ = _api(fleet)
-    assert _get(api, "/api/health") == (200, {"status": "ok"})
-    assert _get(api, "/api/health/ready") == (503, {"status": "not ready"})
+    assert _get(api, "/api/health") == (200, {"status": "ok", "ready": False})
+    assert _get(api, "/api/health/ready") == (503, {"ready": False})
     code, body = _get(api, "/api/health/ready", headers=TOKEN)
     assert code == 503 and "Redis is unreachable" in body["reasons"][0]
     assert _get(api, "/api/health", headers=TOKEN)[1]["ready"] is False
     fleet["redis_up"] = True
-    assert _get(api, "/api/health/ready") == (200, {"status": "ready"})
+    assert _get(api, "/api/health/ready") == (200, {"ready": True})
+    assert _get(api, "/api/health") == (200, {"status": "ok"})
 
 
 def test_a_relay_without_a_fleet_is_ready() -> None:
     """Nothing to wait for: ready at once."""
     api, _ = _api()
-    assert _get(api, "/api/health/ready") == (200, {"status": "ready"})
+    assert _get(api, "/api/health/ready") == (200, {"ready": True})
 
 
 def test_a_pool_that_keeps_failing_makes_the_relay_degraded() -> None:

@@ -7,11 +7,12 @@ but for a kernelspec outside ``--allow-kernelspec``: 403 with the same body, as 
 Jupyter Server's kernel API (kernelspecs, kernels, interrupt, restart) is :mod:`.jupyter_api`'s. The guards of :mod:`.guards` stand in front of every route (origins,
 and with a token set, the token on every route but ``/api/health``; see :mod:`kernel_relay.auth`).
 
-``GET /api/health`` is liveness: 200 while the relay serves, ``{"status": "ok"}``, or ``"degraded"`` while a
-warm pool keeps failing to start kernels; ``GET /api/health/ready`` is readiness: 200 ``{"status": "ready"}``,
-or 503 ``{"status": "not ready"}`` while the relay cannot serve new work (its fleet's Redis unreachable). To
-a holder of the relay's token (or with authentication off) both say why (``reasons``), and the first its
-version, uptime, kernels and fleet too; ``GET /metrics`` is the
+``GET /api/health`` is liveness: 200 while the relay serves, ``{"status": "ok"}``, ``"degraded"`` while a
+warm pool keeps failing to start kernels, ``"starting"`` (and ``"ready": false``) while a fleet relay has not
+joined its fleet; ``GET /api/health/ready`` is readiness: 200 ``{"ready": true}``, or 503 ``{"ready": false}``
+while the relay cannot take new work (not joined yet, or its fleet's Redis unreachable). To a holder of the
+relay's token (or with authentication off) both say why (``reasons``), and the first its version, uptime,
+kernels and fleet too; ``GET /metrics`` is the
 Prometheus text exposition of :class:`~kernel_relay.metrics.RelayMetrics`. ``max_kernels`` bounds the
 kernels running and starting: a spawn over it is the contract's 500 ``{"error": ...}``.
 """
@@ -67,9 +68,11 @@ class RelayAPI:
         auth: TokenAuth | None = None,
         spawner: Spawner | None = None,
         fleet: Callable[[], dict[str, Any]] | None = None,
+        ready: Callable[[], bool] = lambda: True,
     ) -> None:
         self._kernels = kernels
         self._fleet = fleet
+        self._ready = ready
         self._auth = auth or TokenAuth()
         self.metrics = metrics or RelayMetrics()
         self._clock = clock
@@ -103,15 +106,20 @@ class RelayAPI:
         ]
 
     def _not_ready(self) -> list[str]:
+        """Why the relay cannot take new work now (none: it is ready)."""
+        reasons = []
+        if not self._ready():
+            reasons.append("the relay has not joined its fleet yet")
         view = self._fleet() if self._fleet is not None else None
         if view is not None and view.get("redis_up", True) is False:
-            return ["the fleet's Redis is unreachable: no kernel can be started or found"]
-        return []
+            reasons.append("the fleet's Redis is unreachable: no kernel can be started or found")
+        return reasons
 
     @app.route("/api/health/ready", methods=["GET"])
-    def ready(self, request: IRequest) -> bytes:
+    def readiness(self, request: IRequest) -> bytes:
+        """200 once the relay is ready for clients and spawns, 503 while it is not (why, to its operators)."""
         reasons = self._not_ready()
-        body: JSONBody = {"status": "not ready" if reasons else "ready"}
+        body: JSONBody = {"ready": not reasons}
         if reasons and self._holds_relay_token(request):
             body["reasons"] = reasons
         return json_body(request, 503 if reasons else 200, body)
@@ -119,17 +127,20 @@ class RelayAPI:
     @app.route("/api/health", methods=["GET"])
     def health(self, request: IRequest) -> bytes:
         degraded = self._degraded()
-        status = "degraded" if degraded else "ok"
+        not_ready = self._not_ready()
+        status = "starting" if not self._ready() else "degraded" if degraded else "ok"
         if not self._holds_relay_token(request):
             # Anyone may ask whether the relay is up; what it runs and its fleet are for its operators.
-            return json_body(request, 200, {"status": status})
+            return json_body(
+                request, 200, {"status": status, **({"ready": False} if not_ready else {})}
+            )
         return json_body(
             request,
             200,
             {
                 "status": status,
-                **({"reasons": degraded} if degraded else {}),
-                "ready": not self._not_ready(),
+                "ready": not not_ready,
+                **({"reasons": [*not_ready, *degraded]} if not_ready or degraded else {}),
                 "version": __version__,
                 "uptime_seconds": round(self._clock() - self._started_at, 3),
                 "kernels": len(self._kernels),
