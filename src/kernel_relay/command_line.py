@@ -58,6 +58,14 @@ def _with_units(
     return coerce_units
 
 
+def _with_unit(size: int) -> int | str:
+    """A byte size as people write it: ``16777216`` -> ``16MiB`` (when it is a whole number of one)."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return size
+
+
 class SettingsOptions(usage.Options):
     """``usage.Options`` reading the file and the environment too (see the module's docstring)."""
 
@@ -208,9 +216,10 @@ class SettingsOptions(usage.Options):
         extra = getattr(getattr(dispatch, "coerce", None), "coerceDoc", "")
         if extra and extra not in _QUIET_DOCS and extra not in doc:
             doc = f"{doc} {extra}"
-        return Documented(
-            setting, doc, self.defaults.get(setting.name), self._placeholder(setting.name)
-        )
+        default = self.defaults.get(setting.name)
+        if setting.name in self.sizes and isinstance(default, int) and default:
+            default = _with_unit(default)
+        return Documented(setting, doc, default, self._placeholder(setting.name))
 
     def _placeholder(self, name: str) -> str:
         if name in self.sizes:
