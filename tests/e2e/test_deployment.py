@@ -138,7 +138,7 @@ def test_both_websocket_paths_work_under_the_base_url(prefixed: PrefixedRelay) -
 def test_a_kernelspec_outside_the_allow_list_is_refused_with_403_on_both_apis(
     prefixed: PrefixedRelay,
 ) -> None:
-    """``other`` is installed but not allowed: not listed, /spawn 403 {"error"}, POST /api/kernels 403."""
+    """``other`` is installed but not allowed: not listed; /spawn 403 {"error"}; POST /api/kernels and /api/sessions 403."""
     base = f"{prefixed.url}/kernels"
     specs = requests.get(f"{base}/api/kernelspecs", headers=prefixed.headers, timeout=10).json()
     assert set(specs["kernelspecs"]) == {"python3"} and specs["default"] == "python3"
@@ -148,6 +148,13 @@ def test_a_kernelspec_outside_the_allow_list_is_refused_with_403_on_both_apis(
         f"{base}/api/kernels", json={"name": "other"}, headers=prefixed.headers, timeout=10
     )
     assert jupyter.status_code == 403 and "not allowed" in jupyter.json()["message"]
+    session = requests.post(
+        f"{base}/api/sessions",
+        json={"path": "a.ipynb", "type": "notebook", "name": "", "kernel": {"name": "other"}},
+        headers=prefixed.headers,
+        timeout=10,
+    )
+    assert session.status_code == 403 and "not allowed" in session.json()["message"]
     assert requests.get(f"{base}/api/kernels", headers=prefixed.headers, timeout=10).json() == []
 
 
