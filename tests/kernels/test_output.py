@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -38,3 +39,27 @@ def test_each_line_of_each_stream_is_an_event_of_its_kernel() -> None:
         "RuntimeError: boom",
     ]
     assert ("stdout", "x" * MAX_LINE) in ours and ("stdout", "x" * 10) in ours
+
+
+def test_one_thread_reads_the_output_of_every_kernel() -> None:
+    """However many kernels print, their output is read by one thread: a kernel costs the relay no thread."""
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    processes: list[Any] = []
+    try:
+        for n in range(6):
+            process: Any = subprocess.Popen([sys.executable, "-c", f"print('line {n}')"], **pipes())
+            capture(f"many-{n}", process)
+            processes.append(process)
+        for process in processes:
+            process.wait(30)
+        deadline = time.monotonic() + 10
+        while len([e for e in events if str(e.get("kernel_id", "")).startswith("many-")]) < 6:
+            assert time.monotonic() < deadline, events
+            time.sleep(0.02)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    readers = [t for t in threading.enumerate() if t.name.startswith("kernel-")]
+    assert [t.name for t in readers] == ["kernel-output"]
+    lines = sorted(e["line"] for e in events if str(e.get("kernel_id", "")).startswith("many-"))
+    assert lines == [f"line {n}" for n in range(6)]
