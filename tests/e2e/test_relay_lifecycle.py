@@ -150,10 +150,15 @@ def test_help_documents_every_option() -> None:
         "--allow-host",
     ):
         assert option in result.stdout, option
-    # Help texts are wrapped into one column: no gap of several spaces inside a sentence.
+    # Help texts are wrapped into one column under their option: no gap of several spaces in a sentence.
     lines = result.stdout.splitlines()
-    column = next(line.index("Without a token") for line in lines if "--allow-host=" in line)
-    for line in lines:
+    at = next(i for i, line in enumerate(lines) if line.lstrip().startswith("--allow-host "))
+    text = lines[at + 1]
+    column = len(text) - len(text.lstrip())
+    assert text[column:].startswith("Without a token"), text
+    described = [line for line in lines if len(line) - len(line.lstrip()) == column]
+    assert len(described) > 40
+    for line in described:
         assert not re.search(r"\S {2,}\S", line[column:]), line
 
 
