@@ -1057,6 +1057,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         auth=auth,
         spawner=spawner,
         fleet=fleet.fleet_view if fleet is not None else None,
+        ready=(lambda: fleet.ready) if fleet is not None else (lambda: True),
     )
     jupyter_api = JupyterAPI(
         kernels,

@@ -14,6 +14,13 @@ One relay's part in a fleet: relays started with the same ``--redis`` serve ever
 - A relay acts only once it has shown it holds the fleet's secret (:meth:`FleetStore.join`); one with another
   secret refuses to start. What Redis holds is sealed with it (see :mod:`.secrets`).
 
+Joining (:class:`Membership`): a relay is *joining* until its lease is written and it has read the fleet's
+kernels (in that order); only then is it *joined*: ready (``/api/health/ready``), and allowed to start kernels.
+A kernel it starts is registered before it is used, and every relay whose lease runs once it is registered is
+told, and answers once it serves the kernel (for a short while at most), before the spawn answers: a relay
+that joins later reads it from Redis, one that joined earlier hears of it, so a kernel started anywhere is
+usable everywhere as soon as its id is known.
+
 What needs Redis fails with a clear error while Redis is away (a spawn, a command for another relay's kernel);
 what does not (serving the clients and kernels a relay has) goes on, and the relay catches up when Redis is
 back, registering its kernels again should Redis have lost them.
@@ -27,10 +34,11 @@ import socket
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Final
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -54,6 +62,24 @@ MARKS_PER_KERNEL: Final = 1_000
 MARK_BYTES: Final = 512
 #: How long a reserved place in ``--max-kernels`` is held for a kernel that is starting.
 RESERVATION_SECONDS: Final = 300.0
+#: How long a spawn waits for the other relays to say they serve the new kernel (a frozen one is not waited
+#: for longer: it reads the kernel from Redis when it wakes).
+KNOWN_TIMEOUT: Final = 2.0
+#: How long a spawn asked of a relay that is joining its fleet waits for it to have joined.
+JOIN_WAIT: Final = 10.0
+#: How soon a relay that could not join yet tries again.
+JOIN_RETRY: Final = 0.1
+
+
+class Membership(Enum):
+    """Where this relay is in its life in the fleet."""
+
+    JOINING = "joining"
+    """Started: its lease is not written yet, or it has not read the fleet's kernels."""
+    JOINED = "joined"
+    """Ready: it holds a lease, serves the fleet's kernels and may start kernels of its own."""
+    LEAVING = "leaving"
+    """Stopping: it starts no kernel, and its lease is released."""
 
 
 def _refused(reason: str) -> None:
@@ -96,7 +122,8 @@ class Fleet(Service):
         """The fleet record of every kernel this relay serves, as last read (or written)."""
         self._registered: set[str] = set()
         """This relay's own kernels that are in the fleet's registry."""
-        self._loading: set[str] = set()
+        self._loading: dict[str, list[Deferred[None]]] = {}
+        """Kernels being read from Redis, and who waits for each."""
         self._missing: dict[str, float] = {}
         """Guests missing from the registry, since when."""
         self._adoptions: dict[str, Deferred[None]] = {}
@@ -109,7 +136,9 @@ class Fleet(Service):
         self._tick.clock = clock
         self._renewal = LoopingCall(self._renew)
         self._renewal.clock = clock
-        self._leaving = False
+        self.membership = Membership.JOINING
+        self._joining: list[Deferred[None]] = []
+        """Spawns waiting for this relay to have joined."""
         self._left: Deferred[None] = Deferred()
         self._reading = False
         self.redis_up = False
@@ -175,9 +204,12 @@ class Fleet(Service):
 
     def leave(self) -> Deferred[None]:
         """The kernels are stopped or handed over: release the lease and disconnect from Redis."""
-        if self._leaving:
+        if self.membership is Membership.LEAVING:
             return self._left
-        self._leaving = True
+        self.membership = Membership.LEAVING
+        waiting, self._joining = self._joining, []
+        for waiter in waiting:
+            waiter.errback(FleetUnavailable("this relay is leaving the fleet"))
         self._reading = False
         for loop in (self._tick, self._renewal):
             if loop.running:
@@ -241,8 +273,44 @@ class Fleet(Service):
 
     # -- spawning (FleetCapacity) ----------------------------------------------------------------------
 
+    @property
+    def ready(self) -> bool:
+        """Whether this relay has joined the fleet (and is not leaving it)."""
+        return self.membership is Membership.JOINED
+
     def reserve(self, reservation: str, max_kernels: int | None) -> Deferred[bool]:
-        return self.store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
+        """A place in ``--max-kernels``; a spawn asked while this relay joins waits for it to have joined."""
+        d = self._when_joined()
+        return d.addCallback(
+            lambda _: self.store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
+        )
+
+    def _when_joined(self) -> Deferred[None]:
+        if self.membership is Membership.JOINED:
+            return succeed(None)
+        if self.membership is Membership.LEAVING:
+            return fail(FleetUnavailable("this relay is leaving the fleet"))
+        waiter: Deferred[None] = Deferred()
+
+        def too_long() -> None:
+            if waiter in self._joining:
+                self._joining.remove(waiter)
+                waiter.errback(
+                    FleetUnavailable(
+                        f"this relay has not joined its fleet within {JOIN_WAIT:g}s (is Redis at "
+                        f"{self.store.url} up?): it starts kernels once it has"
+                    )
+                )
+
+        timer = self._clock.callLater(JOIN_WAIT, too_long)
+        self._joining.append(waiter)
+
+        def settled(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return waiter.addBoth(settled)
 
     def unreserve(self, reservation: str) -> None:
         self.store.unreserve(reservation).addErrback(lambda f: None)
@@ -268,10 +336,8 @@ class Fleet(Service):
             # Before the write: should its answer be lost, the kernel's stop still unregisters it.
             self._registered.add(kernel.id)
 
-            def registered(_: object) -> None:
-                self._broadcast({"type": "kernel", "id": kernel.id})
-
-            return self.store.register(kernel.id, record, reservation).addCallback(registered)
+            d = self.store.register(kernel.id, record, reservation)
+            return d.addCallback(lambda _: self._tell_known(kernel.id))
 
         return d.addCallback(write)
 
@@ -470,8 +536,52 @@ class Fleet(Service):
     # -- the mailbox -------------------------------------------------------------------------------------
 
     def _broadcast(self, message: dict[str, Any]) -> None:
-        for relay in list(self.others):
-            self.store.post(relay, message, self.lease * 2).addErrback(lambda f: None)
+        """Tell every relay whose lease runs now (read afresh: one that joined since the last sync too)."""
+
+        def post(relays: dict[str, dict[str, Any]]) -> None:
+            for relay in relays:
+                if relay != self.relay_id:
+                    self.store.post(relay, message, self.lease * 2).addErrback(lambda f: None)
+
+        self.store.relays().addCallbacks(post, lambda f: post(self.others))
+
+    def _tell_known(self, kernel_id: str) -> Deferred[None]:
+        """
+        Tell the other relays of a new kernel, and wait (:data:`KNOWN_TIMEOUT` at most) until each serves
+        it. The relays are read after the kernel is registered: one whose lease is written later reads the
+        kernel when it joins.
+        """
+
+        def ask(relays: dict[str, dict[str, Any]]) -> Deferred[Any]:
+            waits = []
+            for relay in relays:
+                if relay == self.relay_id:
+                    continue
+                request = uuid.uuid4().hex
+                done: Deferred[None] = Deferred()
+                timer = self._clock.callLater(KNOWN_TIMEOUT, lambda r=request: self._unanswered(r))
+                self._requests[request] = (done, timer)
+                message = {"type": "kernel", "id": kernel_id, "request": request}
+                message["from"] = self.relay_id
+                posted = self.store.post(relay, message, self.lease * 2)
+                posted.addErrback(self._unanswered_post, request)
+                waits.append(done)
+            return DeferredList(waits, consumeErrors=True)
+
+        d = self.store.relays().addCallback(ask)
+        d.addErrback(lambda f: None)  # registered: the others read it at their next sync
+        return d.addCallback(lambda _: None)
+
+    def _unanswered_post(self, failure: Failure, request: str) -> None:
+        self._unanswered(request)
+
+    def _unanswered(self, request: str) -> None:
+        pending = self._requests.pop(request, None)
+        if pending is not None:
+            done, timer = pending
+            if timer.active():
+                timer.cancel()
+            done.callback(None)
 
     def _read_mailbox(self) -> None:
         if not self._reading:
@@ -499,7 +609,15 @@ class Fleet(Service):
         kernel_id = str(message.get("id", ""))
         try:
             if kind == "kernel":
-                self._learn(kernel_id)
+                learnt = self._learn(kernel_id)
+                if message.get("request"):
+                    sender, request = str(message.get("from")), str(message.get("request"))
+                    reply = {"type": "reply", "request": request, "error": None}
+                    learnt.addBoth(
+                        lambda _: self.store.post(sender, reply, COMMAND_GRACE).addErrback(
+                            lambda f: None
+                        )
+                    )
             elif kind == "gone":
                 self._records.pop(kernel_id, None)
                 self._kernels.drop_guest(kernel_id, str(message.get("reason", "shutdown")))
@@ -523,9 +641,13 @@ class Fleet(Service):
 
     def _learn(self, kernel_id: str) -> Deferred[None]:
         """Serve a kernel of the fleet that this relay does not know yet, as a guest."""
-        if kernel_id in self._kernels or kernel_id in self._loading:
+        if kernel_id in self._kernels:
             return succeed(None)
-        self._loading.add(kernel_id)
+        if kernel_id in self._loading:
+            waiter: Deferred[None] = Deferred()
+            self._loading[kernel_id].append(waiter)
+            return waiter
+        self._loading[kernel_id] = []
 
         def loaded(record: dict[str, str] | None) -> Deferred[None] | None:
             if record is None or kernel_id in self._kernels:
@@ -545,7 +667,8 @@ class Fleet(Service):
             return self._load_tokens(kernel_id)
 
         def done(result: object) -> None:
-            self._loading.discard(kernel_id)
+            for waiter in self._loading.pop(kernel_id, []):
+                waiter.callback(None)
             if isinstance(result, Failure):
                 log.warn(
                     "could not load kernel {kernel}: {error}", kernel=kernel_id, error=result.value
@@ -563,6 +686,9 @@ class Fleet(Service):
 
         def done(result: object) -> object:
             self._syncing = False
+            if self.membership is Membership.JOINING and self.running:
+                # Joining waits for no lease period: spawns wait for it.
+                self._clock.callLater(JOIN_RETRY, self._sync)
             return result
 
         return d.addBoth(done)
@@ -581,6 +707,10 @@ class Fleet(Service):
     @inlineCallbacks
     def _sync_once(self) -> Any:
         try:
+            if self.membership is Membership.JOINING:
+                # The lease first: a relay that registers a kernel after this one has read the kernels
+                # finds this relay's lease, and tells it.
+                yield self.store.renew(self.relay_id, self._about(), self.lease)
             relays = yield self.store.relays()
             ids = yield self.store.kernel_ids()
         except FleetUnavailable as error:
@@ -643,8 +773,21 @@ class Fleet(Service):
                     yield self._adopt(kernel_id, owner).addErrback(lambda f: None)
         except FleetUnavailable:
             self.redis_up = False
+            return
         except Exception:
             log.failure("fleet sync failed")
+            return
+        if self.membership is Membership.JOINING:
+            self.membership = Membership.JOINED
+            waiting, self._joining = self._joining, []
+            for waiter in waiting:
+                waiter.callback(None)
+            log.info(
+                "Relay {relay} has joined the fleet: {relays} relay(s), {kernels} kernel(s)",
+                relay=self.relay_id,
+                relays=1 + len(self.others),
+                kernels=len(ids),
+            )
 
     @staticmethod
     def _may_adopt(record: dict[str, str]) -> bool:
@@ -787,6 +930,8 @@ class Fleet(Service):
         """What /metrics and /api/health say of the fleet."""
         return {
             "relay": self.relay_id,
+            "membership": self.membership.value,
+            "ready": self.ready,
             "redis_up": self.redis_up,
             "relays": 1 + len(self.others),
             "owned_kernels": len(self._kernels.owned()),
@@ -796,4 +941,4 @@ class Fleet(Service):
         }
 
 
-__all__ = ["Fleet"]
+__all__ = ["Fleet", "Membership"]
