@@ -67,3 +67,37 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+def redis_command(port: int, db: int, *args: str | bytes) -> object:
+    """One command on a fresh connection, its reply decoded from RESP (bulk strings as bytes)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        reader = conn.makefile("rb")
+
+        def send(*words: str | bytes) -> None:
+            parts = [w.encode() if isinstance(w, str) else w for w in words]
+            conn.sendall(
+                b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+            )
+
+        def read() -> object:
+            line = reader.readline()[:-2]
+            kind, rest = line[:1], line[1:]
+            if kind in (b"+", b"-"):
+                return rest.decode()
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                size = int(rest)
+                return None if size < 0 else reader.read(size + 2)[:-2]
+            if kind == b"*":
+                size = int(rest)
+                return None if size < 0 else [read() for _ in range(size)]
+            raise ValueError(f"not RESP: {line!r}")
+
+        send("SELECT", str(db))
+        read()
+        send(*args)
+        return read()

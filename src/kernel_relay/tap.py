@@ -985,6 +985,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             launch_timeout=options["launch-timeout"],
             shutdown_timeout=options["shutdown-timeout"],
             keep=stream_length(options["iopub-replay-bytes"]),
+            keep_bytes=options["iopub-replay-bytes"],
+            keep_seconds=options["iopub-replay-age"],
         )
         metrics.watch_fleet(fleet.fleet_view)
         fleet.env_allowed = EnvPolicy.from_option(options["kernel-env-allow"]).allowed

@@ -20,9 +20,11 @@ class ScriptedStore:
     def __init__(self) -> None:
         self.up = True
         self.calls: list[tuple[str, str, Deferred[int]]] = []
+        self.afters: list[int] = []
         self.bumps: list[tuple[str, int]] = []
 
     def number(self, kernel_id: str, msg_id: str, *args: Any) -> Deferred[int]:
+        self.afters.append(args[5] if len(args) > 5 else -9)
         if not self.up:
             return fail(FleetUnavailable("Redis is away"))
         d: Deferred[int] = Deferred()
@@ -137,3 +139,54 @@ def test_a_flood_keeps_few_calls_unanswered_and_loses_no_order() -> None:
         assert shared.in_flight <= MAX_IN_FLIGHT
     assert got == list(range(1, MAX_IN_FLIGHT * 3 + 1))
     assert shared.in_flight == 0
+
+
+def test_one_kernels_flood_never_holds_another_kernels_message_back() -> None:
+    """Kernel A floods 50,000 messages; kernel B's one message goes to Redis at once and is delivered on its answer."""
+    shared, store, got = numbering()
+    for n in range(50_000):
+        shared.number("A", f"a{n}", message("a"), lambda seq: None)
+    shared.number("B", "b", message("1 + 1"), lambda seq: got.append(("B", seq)))
+    [call] = [c for c in store.calls if c[0] == "B"]
+    call[2].callback(1)
+    assert got == [("B", 1)]
+
+
+def test_a_message_the_fleet_numbered_too_long_ago_gets_no_second_number() -> None:
+    """Redis refuses a late message (-1): the core gets None (a gap is told), and numbering goes on."""
+    from kernel_relay.fleet.numbering import TOO_LATE
+
+    shared, store, got = numbering()
+    shared.number("k", "a", message("a"), lambda seq: got.append(("a", seq)))
+    shared.number("k", "b", message("b"), lambda seq: got.append(("b", seq)))
+    store.calls[0][2].callback(TOO_LATE)
+    store.calls[1][2].callback(120)
+    assert got == [("a", None), ("b", 120)]
+    assert shared.too_late == 1 and shared.local_numbers == 0
+
+
+def test_each_submission_carries_the_relays_last_number_when_the_message_came() -> None:
+    """What Redis checks a late message against: the last number this relay had when the message came."""
+    store = ScriptedStore()
+    shared = SharedNumbering(store, Clock(), keep=100)  # type: ignore[arg-type]
+    shared.number("k", "a", message("a"), lambda seq: None)
+    store.calls[0][2].callback(7)
+    shared.number("k", "b", message("b"), lambda seq: None)
+    assert store.afters == [-1, 7]
+
+
+def test_a_relay_waits_for_the_owner_to_start_a_lost_numbering_again() -> None:
+    """Redis lost the kernel's numbering (-2: the owner starts it again): the relay asks again, then delivers."""
+    from kernel_relay.fleet.numbering import OWNER_FIRST, OWNER_RETRY
+
+    clock = Clock()
+    store = ScriptedStore()
+    shared = SharedNumbering(store, clock, keep=100, owns=lambda kernel_id: False)  # type: ignore[arg-type]
+    got: list[int | None] = []
+    shared.number("k", "a", message("a"), got.append)
+    store.calls[0][2].callback(OWNER_FIRST)
+    assert got == [] and len(store.calls) == 1
+    clock.advance(OWNER_RETRY)
+    assert len(store.calls) == 2
+    store.calls[1][2].callback(31)
+    assert got == [31] and shared.local_numbers == 0

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 
 from kernel_relay.fleet.secrets import FleetKeys
@@ -81,6 +81,22 @@ async def test_a_kernel_is_claimed_only_when_its_owners_lease_expired_and_only_o
     assert await a.claim("missing", "A", "B") is False
 
 
+def number(
+    store: FleetStore,
+    msg_id: str,
+    payload: bytes,
+    when: float,
+    *,
+    after: int = -1,
+    owner: bool = True,
+    keep: int = 100,
+    keep_bytes: int = 1 << 40,
+    keep_seconds: float = 1e9,
+) -> Deferred[int]:
+    """Kernel k's message numbered as a relay submits it (by default: the owner, with no number yet)."""
+    return store.number("k", msg_id, payload, when, keep, keep_bytes, keep_seconds, after, owner)
+
+
 @pytest_twisted.ensureDeferred
 async def test_each_message_is_numbered_once_however_many_relays_submit_it(
     stores: list[FleetStore],
@@ -88,17 +104,17 @@ async def test_each_message_is_numbered_once_however_many_relays_submit_it(
     a, b = stores
     numbers = await gatherResults(
         [
-            a.number("k", "m1", b"one", 1.0, 100, 30),
-            b.number("k", "m1", b"one", 1.0, 100, 30),
-            b.number("k", "m2", b"\xff\x00two", 2.0, 100, 30),
-            a.number("k", "m2", b"\xff\x00two", 2.0, 100, 30),
+            number(a, "m1", b"one", 1.0),
+            number(b, "m1", b"one", 1.0),
+            number(b, "m2", b"\xff\x00two", 2.0),
+            number(a, "m2", b"\xff\x00two", 2.0),
         ]
     )
     assert numbers == [1, 1, 2, 2]
     assert await a.stream_since("k", 0) == [(1, 1.0, b"one"), (2, 2.0, b"\xff\x00two")]
     assert await a.stream_since("k", 1) == [(2, 2.0, b"\xff\x00two")]
     assert await b.bump("k", 10) == 10
-    assert await a.number("k", "m3", b"three", 3.0, 100, 30) == 11
+    assert await number(a, "m3", b"three", 3.0) == 11
     assert await b.bump("k", 5) == 11  # never back
 
 
@@ -175,3 +191,45 @@ async def test_a_kernel_keeps_only_its_newest_marks(stores: list[FleetStore]) ->
         await a.save_marks("k2", {f"s{n}": f"{n} m"}, 60, 3)
     assert [await a.mark("k2", f"s{n}") for n in range(5)] == [None, None, "2 m", "3 m", "4 m"]
     await a.unregister("k2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kernels_stream_is_bounded_by_bytes_and_age_as_the_journal_is(
+    stores: list[FleetStore],
+) -> None:
+    """100 messages of 100 kB into a stream of 1 MB at most: it keeps about 1 MB, and drops what is too old."""
+    a, _ = stores
+    big = b"x" * 100_000
+    for n in range(100):
+        await number(a, f"m{n}", big, 1000.0 + n, keep_bytes=1_000_000, keep_seconds=50)
+    kept = await a.stream_since("k", 0)
+    assert 1 <= len(kept) <= 10
+    assert await a.stream_bytes("k") == len(kept) * len(big) <= 1_000_000
+    await number(a, "late", b"small", 2000.0, keep_bytes=1_000_000, keep_seconds=50)
+    assert [entry[0] for entry in await a.stream_since("k", 0)] == [101]  # the others are too old
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_keeps_its_number_as_long_as_the_stream_keeps_it_and_is_never_renumbered(
+    stores: list[FleetStore],
+) -> None:
+    """However late a relay submits a message: the same number while kept, a refusal (-1) once trimmed."""
+    a, b = stores
+    for n in range(20):
+        assert await number(a, f"m{n}", b"out", float(n), keep=10) == n + 1
+    # B, frozen since it had number 10 (say for minutes), submits m10 (numbered 11): still known.
+    assert await number(b, "m10", b"out", 10.0, after=10, keep=10) == 11
+    # B, frozen since number 3, submits m3: trimmed (the stream keeps 11..20): refused, not renumbered.
+    assert await number(b, "m3", b"out", 3.0, after=2, keep=10) == -1
+    assert await a.last_seq("k") == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_numbering_redis_lost_is_started_again_by_the_owner_only_past_its_last_number(
+    stores: list[FleetStore],
+) -> None:
+    """After Redis lost a kernel's numbering, a guest's submission waits (-2); the owner's goes on past its last."""
+    a, b = stores
+    assert await number(b, "m1", b"out", 1.0, after=57, owner=False) == -2
+    assert await number(a, "m1", b"out", 1.0, after=57) == 58
+    assert await number(b, "m1", b"out", 1.0, after=57, owner=False) == 58

@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 
 from ..auth import Scope, TokenAuth
 from ..kernels import Kernel, KernelLaunchError, KernelRegistry, UnknownKernel
-from ..kernels.adoption import KernelGone, kernel_env, this_host
+from ..kernels.adoption import KernelGone, kernel_env, start_time, this_host
 from .numbering import SharedNumbering
 from .store import FleetStore, FleetUnavailable
 
@@ -90,6 +90,16 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def _process_alive(about: Mapping[str, Any]) -> bool:
+    """Whether the relay a lease describes still runs (on this machine: its pid, checked by start time)."""
+    pid = about.get("pid")
+    if not isinstance(pid, int):
+        return True
+    now = start_time(pid)
+    started = about.get("started")
+    return now is not None and (not isinstance(started, str) or now == started)
+
+
 class Fleet(Service):
     """This relay's membership of a fleet; see the module docstring."""
 
@@ -104,6 +114,8 @@ class Fleet(Service):
         launch_timeout: float = 60.0,
         shutdown_timeout: float = 5.0,
         keep: int = 10_000,
+        keep_bytes: int = 8 * 1024 * 1024,
+        keep_seconds: float = 600.0,
         relay_id: str | None = None,
     ) -> None:
         self.store = store
@@ -117,7 +129,14 @@ class Fleet(Service):
             "shutdown": shutdown_timeout * 2 + COMMAND_GRACE,
             "restart": launch_timeout + shutdown_timeout * 2 + COMMAND_GRACE,
         }
-        self.numbering = SharedNumbering(store, clock, keep=keep)
+        self.numbering = SharedNumbering(
+            store,
+            clock,
+            keep=keep,
+            keep_bytes=keep_bytes,
+            keep_seconds=keep_seconds,
+            owns=kernels.owns,
+        )
         self._records: dict[str, dict[str, str]] = {}
         """The fleet record of every kernel this relay serves, as last read (or written)."""
         self._registered: set[str] = set()
@@ -244,18 +263,26 @@ class Fleet(Service):
         def decide(_: object) -> Deferred[Any]:
             here = this_host()
             if self.redis_up and any(
-                about.get("machine") == here for about in self.others.values()
+                about.get("machine") == here and _process_alive(about)
+                for about in self.others.values()
             ):
-                # Another relay on this machine can adopt every kernel of this one (local or not).
+                # Another live relay on this machine can adopt every kernel of this one (local or not).
                 self._handing_off = True
                 left = self.store.release(self.relay_id)
                 left.addCallback(
                     lambda _: self._broadcast({"type": "leaving", "from": self.relay_id})
                 )
                 return left
+            # The last relay here: every kernel it may manage whose owner is not alive is taken over (a
+            # relay killed a moment ago still has a lease), so that it stops with this relay's own.
             for kernel_id, record in list(self._records.items()):
-                if self._kernels.is_guest(kernel_id) and self._may_adopt(record):
-                    self._adopt(kernel_id, record.get("owner", "")).addErrback(
+                owner = record.get("owner", "")
+                if (
+                    self._kernels.is_guest(kernel_id)
+                    and self._may_adopt(record)
+                    and not self._owner_alive(owner)
+                ):
+                    self._adopt(kernel_id, owner, force=True).addErrback(
                         lambda f: log.warn(
                             "could not adopt a kernel before stopping: {e}", e=f.value
                         )
@@ -753,9 +780,15 @@ class Fleet(Service):
                     # Tokens come by mailbox at once; this catches any message this relay missed.
                     yield self._load_tokens(kernel_id)
             now = self._clock.seconds()
-            for kernel_id in list(self._records):
+            for kernel_id, record in list(self._records.items()):
                 if kernel_id in ids or not self._kernels.is_guest(kernel_id):
                     self._missing.pop(kernel_id, None)
+                elif not self._owner_alive(record.get("owner", "")):
+                    # Redis lost it (it restarted empty) and its owner is gone too: put it back as this
+                    # relay knows it, so that it is adopted (or found dead) like any kernel of a gone relay.
+                    self._missing.pop(kernel_id, None)
+                    yield self._restore(kernel_id, record)
+                    ids.add(kernel_id)
                 elif now - self._missing.setdefault(kernel_id, now) > 2 * self.lease:
                     # Gone without a word (its end was told while this relay could not hear), and not
                     # registered again by its owner (as it would be had Redis only lost it).
@@ -767,10 +800,12 @@ class Fleet(Service):
                 if (
                     kernel_id in ids
                     and self._kernels.is_guest(kernel_id)
-                    and owner not in relays
+                    and not self._owner_alive(owner)
                     and self._may_adopt(record)
                 ):
-                    yield self._adopt(kernel_id, owner).addErrback(lambda f: None)
+                    # A relay of this machine whose process is gone need not wait for its lease to end.
+                    force = owner in relays
+                    yield self._adopt(kernel_id, owner, force=force).addErrback(lambda f: None)
         except FleetUnavailable:
             self.redis_up = False
             return
@@ -799,6 +834,34 @@ class Fleet(Service):
         local = "pid" in (about.get("provisioner") or {})
         return not local or about.get("host") == this_host()
 
+    def _owner_alive(self, owner: str) -> bool:
+        """Whether a relay holds a lease and, when it runs on this machine, its process runs."""
+        if owner == self.relay_id:
+            return True
+        about = self.others.get(owner)
+        if about is None:
+            return False
+        return about.get("machine") != this_host() or _process_alive(about)
+
+    def _restore(self, kernel_id: str, record: dict[str, str]) -> Deferred[None]:
+        """Register a guest again as this relay last read it, with the tokens it knows (Redis lost them)."""
+        log.warn(
+            "Kernel {kernel} of relay {owner} was missing from the fleet's Redis and its owner is gone: "
+            "registering it again",
+            kernel=kernel_id,
+            owner=record.get("owner"),
+        )
+        tokens = self._auth.scoped.digests(kernel_id)
+
+        def add_tokens(_: object) -> Deferred[Any]:
+            return DeferredList(
+                [self.store.add_token(kernel_id, d, s.access) for d, s in tokens.items()],
+                consumeErrors=True,
+            )
+
+        d = self.store.register(kernel_id, record).addCallback(add_tokens)
+        return d.addCallback(lambda _: None)
+
     def _register_again(self, kernel: Kernel) -> Deferred[None]:
         """Redis lost this relay's kernel (it restarted empty): put it back, with its tokens."""
         log.warn(
@@ -815,8 +878,11 @@ class Fleet(Service):
         env = json.loads(self._records.get(kernel.id, {}).get("env") or "null")
         return self.register(kernel, "", env).addCallback(share_tokens)
 
-    def _adopt(self, kernel_id: str, owner: str) -> Deferred[None]:
-        """Take over a guest whose owner's lease has expired, unless another relay is first."""
+    def _adopt(self, kernel_id: str, owner: str, *, force: bool = False) -> Deferred[None]:
+        """
+        Take over a guest whose owner's lease has expired, unless another relay is first; ``force``: whose
+        owner is known dead (a relay of this machine whose process is gone), lease or not.
+        """
         if kernel_id in self._adoptions:
             return self._adoptions[kernel_id]
 
@@ -881,7 +947,8 @@ class Fleet(Service):
             )
             return d.addErrback(lambda f: None)
 
-        d: Deferred[Any] = self.store.claim(kernel_id, owner, self.relay_id).addCallback(claimed)
+        claim = self.store.take_over if force else self.store.claim
+        d: Deferred[Any] = claim(kernel_id, owner, self.relay_id).addCallback(claimed)
 
         finished = False
 
@@ -899,6 +966,7 @@ class Fleet(Service):
     def _about(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
+            "started": start_time(os.getpid()),
             "host": socket.gethostname(),
             "machine": this_host(),
             "kernels": len(self._kernels.owned()),
@@ -938,6 +1006,7 @@ class Fleet(Service):
             "guest_kernels": len(self._kernels) - len(self._kernels.owned()),
             "adopted": self.adopted,
             "local_numbers": self.numbering.local_numbers,
+            "too_late": self.numbering.too_late,
         }
 
 

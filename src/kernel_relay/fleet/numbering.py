@@ -5,10 +5,23 @@ message to Redis, which numbers it once (by its ``msg_id``, however many relays 
 kernel's stream. So a message has the same number on every relay, and a client may resume anywhere.
 
 Numbers reach the core in the order messages came from the kernel, per kernel, whatever the order of Redis's
-answers. While Redis cannot be reached, a relay numbers on by itself from the last number it gave (its own
-clients see no gap and no repeat); once Redis is back it first moves the fleet's numbering past its own, so no
-number is ever given twice by this relay. Messages numbered that way are not in the fleet's stream: a client
-that resumes on another relay across them is told of a gap.
+answers; each kernel has its own queue and its own few calls in flight, so one kernel's flood never holds
+another kernel's messages back.
+
+**One number per message, one message per number.** Redis remembers the ``msg_id`` of every message its
+stream still keeps (not for a while: for as long as the stream holds it, whatever the pauses), and the number
+the stream's oldest message had before it went (the *floor*). Each submission carries the last number the
+relay had given out for the kernel when the message arrived: a message that came after number ``n`` was
+numbered above ``n`` if at all, so if ``n`` is at or past the floor its ``msg_id`` is known, and otherwise
+Redis refuses to number it: the relay tells its clients it cannot place it (a ``replay_gap``) rather than give
+it a second number. When Redis has lost a kernel's numbering (it restarted empty), only the kernel's owner
+starts it again, from past its own last number; other relays wait for it (a few seconds at most).
+
+While Redis cannot be reached, a relay numbers on by itself from the last number it gave (its own clients see
+no gap and no repeat); once Redis is back it first moves the fleet's numbering past its own, so no number is
+ever given twice by this relay. Messages numbered that way are not in the fleet's stream: a client that
+resumes on another relay across them is told of a gap. (Relays that number alone number alike as long as they
+had the same last number: Redis's numbers are dense.)
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from typing import Final
+from typing import Final, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -27,12 +40,16 @@ from .store import FleetStore
 
 log = Logger()
 
-#: How long Redis remembers a msg_id it numbered: relays receive one message within milliseconds of each
-#: other, so this only needs to outlast the slowest relay's lag.
-REMEMBER_SECONDS: Final = 30
 _MAGIC: Final = b"KR1"
-#: The most numbering calls a relay has unanswered at once (see ``SharedNumbering._send``).
+#: The most numbering calls a relay has unanswered at once for one kernel (see ``SharedNumbering._send``).
 MAX_IN_FLIGHT: Final = 64
+#: What Redis answers for a message it will not number: the relay knew too little (its stream has moved past
+#: what the relay had seen), or only the kernel's owner may start its numbering again.
+TOO_LATE: Final = -1
+OWNER_FIRST: Final = -2
+#: How long a relay waits for a kernel's owner to start its numbering again, and how often it asks.
+OWNER_WAIT: Final = 10.0
+OWNER_RETRY: Final = 0.2
 
 
 def stream_length(replay_bytes: int) -> int:
@@ -65,40 +82,68 @@ def unpack(data: bytes, channel: str = "iopub") -> Outgoing:
     return Outgoing(parts, pieces[4:], channel)
 
 
-Ready = Callable[[int], None]
+Ready = Callable[[int | None], None]
+"""Gets a message's number, or None: the fleet numbered it, too long ago for this relay to know how."""
 
 
 class _Pending:
-    __slots__ = ("failed", "ready", "seq")
+    __slots__ = ("after", "failed", "late", "msg_id", "payload", "ready", "seq", "when")
 
-    def __init__(self, ready: Ready) -> None:
+    def __init__(self, ready: Ready, msg_id: str = "", payload: bytes = b"", when: float = 0) -> None:
         self.ready = ready
+        self.msg_id = msg_id
+        self.payload = payload
+        self.when = when
+        self.after = -1
+        """The relay's last number for the kernel when the message came (-1: none yet)."""
         self.seq: int | None = None
         self.failed = False
+        self.late = False
 
 
 class SharedNumbering:
     """Numbers iopub messages through Redis, handing each number to its ``ready`` in the kernel's order."""
 
-    def __init__(self, store: FleetStore, clock: IReactorTime, *, keep: int) -> None:
+    def __init__(
+        self,
+        store: FleetStore,
+        clock: IReactorTime,
+        *,
+        keep: int,
+        keep_bytes: int = 1 << 62,
+        keep_seconds: float = 1e12,
+        owns: Callable[[str], bool] = lambda kernel_id: True,
+    ) -> None:
         self._store = store
         self._clock = clock
         self.keep = keep
-        """How many messages each kernel's stream keeps (about)."""
+        """How many messages each kernel's stream keeps (at most), as well as ``keep_bytes`` and
+        ``keep_seconds`` worth (``--iopub-replay-bytes/-age``, as the relay's own journal)."""
+        self.keep_bytes = keep_bytes
+        self.keep_seconds = keep_seconds
+        self._owns = owns
         self._queues: dict[str, deque[_Pending]] = {}
         self._last: dict[str, int] = {}
         self._diverged: set[str] = set()
-        self._unsent: deque[tuple[str, str, bytes, float, _Pending]] = deque()
+        self._unsent: dict[str, deque[_Pending]] = {}
+        self._flying: dict[str, int] = {}
         self._sending = False
         self.in_flight = 0
         """Numbering calls sent and not answered yet."""
         self.local_numbers = 0
         """Numbers given out by this relay alone, while Redis was away (a metric)."""
+        self.too_late = 0
+        """Messages the fleet numbered too long before this relay submitted them (a metric)."""
 
     def number(self, kernel_id: str, msg_id: str, message: Outgoing, ready: Ready) -> None:
         """Number a kernel's message; ``ready`` gets its ``relay_seq``, after every earlier one's."""
-        pending = _Pending(ready)
-        self._queues.setdefault(kernel_id, deque()).append(pending)
+        pending = _Pending(ready, msg_id, pack(message), self._clock.seconds())
+        queue = self._queues.setdefault(kernel_id, deque())
+        pending.after = self._last.get(kernel_id, -1)
+        if queue:
+            # Numbers given before it that this relay has not had yet: the last one it will have had.
+            pending.after = max(pending.after, self._expected(queue))
+        queue.append(pending)
         if kernel_id in self._diverged and self._store.up:
             self._diverged.discard(kernel_id)
             last = self._last.get(kernel_id, 0)
@@ -108,39 +153,77 @@ class SharedNumbering:
                 kernel=kernel_id,
                 last=last,
             )
-        self._unsent.append((kernel_id, msg_id, pack(message), self._clock.seconds(), pending))
+        self._unsent.setdefault(kernel_id, deque()).append(pending)
         self._send()
+
+    def _expected(self, queue: deque[_Pending]) -> int:
+        """What ``after`` the newest message of ``queue`` gives the next one: its own, when it has none yet."""
+        newest = queue[-1]
+        return newest.seq if newest.seq else newest.after
 
     def _send(self) -> None:
         """
-        Send what waits, keeping at most :data:`MAX_IN_FLIGHT` calls unanswered: under a flood the relay's
-        delivery of each answer (to every client) paces the calls, so that none waits behind thousands of
-        others long enough to time out while Redis is well.
+        Send what waits, keeping at most :data:`MAX_IN_FLIGHT` calls unanswered per kernel: under a flood
+        the relay's delivery of each answer (to every client) paces the calls, so that none waits behind
+        thousands of others long enough to time out while Redis is well, and each kernel's calls go out
+        beside the flooding one's, never behind its backlog.
         """
         if self._sending:
             return
         self._sending = True
         try:
-            while self._unsent and self.in_flight < MAX_IN_FLIGHT:
-                kernel_id, msg_id, payload, when, pending = self._unsent.popleft()
-                self.in_flight += 1
-                d = self._store.number(
-                    kernel_id, msg_id, payload, when, self.keep, REMEMBER_SECONDS
-                )
-                d.addCallbacks(
-                    self._answered,
-                    lambda failure, k=kernel_id, p=pending: self._answered(None, k, p),
-                    callbackArgs=(kernel_id, pending),
-                )
+            for kernel_id in list(self._unsent):
+                unsent = self._unsent[kernel_id]
+                while unsent and self._flying.get(kernel_id, 0) < MAX_IN_FLIGHT:
+                    self._submit(kernel_id, unsent.popleft())
+                if not unsent:
+                    del self._unsent[kernel_id]
         finally:
             self._sending = False
 
+    def _submit(self, kernel_id: str, pending: _Pending) -> None:
+        self.in_flight += 1
+        self._flying[kernel_id] = self._flying.get(kernel_id, 0) + 1
+        d = self._store.number(
+            kernel_id,
+            pending.msg_id,
+            pending.payload,
+            pending.when,
+            self.keep,
+            self.keep_bytes,
+            self.keep_seconds,
+            pending.after,
+            self._owns(kernel_id),
+        )
+        d.addCallbacks(
+            self._answered,
+            lambda failure, k=kernel_id, p=pending: self._answered(None, k, p),
+            callbackArgs=(kernel_id, pending),
+        )
+
     def _answered(self, seq: int | None, kernel_id: str, pending: _Pending) -> None:
         self.in_flight -= 1
-        self._settle(kernel_id, pending, seq)
+        flying = self._flying.get(kernel_id, 1) - 1
+        if flying:
+            self._flying[kernel_id] = flying
+        else:
+            self._flying.pop(kernel_id, None)
+        if seq == OWNER_FIRST and self._clock.seconds() - pending.when < OWNER_WAIT:
+            # Redis lost the kernel's numbering; its owner starts it again, then this message is known.
+            self._clock.callLater(OWNER_RETRY, self._retry, kernel_id, pending)
+        else:
+            if seq == TOO_LATE:
+                pending.late = True
+                seq = None
+            self._settle(kernel_id, pending, None if seq is not None and seq < 0 else seq)
         self._send()
 
-    def after(self, kernel_id: str, ready: Ready) -> None:
+    def _retry(self, kernel_id: str, pending: _Pending) -> None:
+        if pending in self._queues.get(kernel_id, ()):
+            self._unsent.setdefault(kernel_id, deque()).append(pending)
+            self._send()
+
+    def after(self, kernel_id: str, ready: Callable[[int], None]) -> None:
         """
         ``ready`` gets the kernel's latest number once every message before is numbered: for what the relay
         says itself (a status), which takes no number of its own, so that no relay's stream has a hole.
@@ -149,8 +232,9 @@ class SharedNumbering:
         if not queue:
             ready(self._last.get(kernel_id, 0))
             return
-        pending = _Pending(ready)
+        pending = _Pending(cast(Ready, ready))  # never None: it takes the latest number
         pending.seq = 0
+        pending.after = self._expected(queue)
         queue.append(pending)
 
     def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
@@ -171,6 +255,7 @@ class SharedNumbering:
 
     def forget(self, kernel_id: str) -> None:
         self._queues.pop(kernel_id, None)
+        self._unsent.pop(kernel_id, None)
         self._last.pop(kernel_id, None)
         self._diverged.discard(kernel_id)
 
@@ -180,9 +265,19 @@ class SharedNumbering:
         else:
             pending.seq = seq
         queue = self._queues.get(kernel_id)
-        while queue and (queue[0].seq is not None or queue[0].failed):
+        while queue and (queue[0].seq is not None or queue[0].failed or queue[0].late):
             head = queue.popleft()
             last = self._last.get(kernel_id, 0)
+            if head.late:
+                # Numbered by the fleet when this relay could not know how: not given a second number.
+                self.too_late += 1
+                log.warn(
+                    "A message of kernel {kernel} came to this relay after the fleet's stream had "
+                    "moved past it: its clients are told of a gap",
+                    kernel=kernel_id,
+                )
+                self._deliver(kernel_id, head, None)
+                continue
             if head.failed or (head.seq is not None and 0 < head.seq <= last):
                 # Redis is away (or numbered behind what this relay gave alone): number on locally.
                 number = last + 1
@@ -201,14 +296,15 @@ class SharedNumbering:
                 assert head.seq is not None
                 number = head.seq
             self._last[kernel_id] = max(last, number)
-            try:
-                head.ready(number)
-            except Exception:
-                log.failure(
-                    "delivering a numbered message of kernel {kernel} failed", kernel=kernel_id
-                )
+            self._deliver(kernel_id, head, number)
         if queue is not None and not queue:
             self._queues.pop(kernel_id, None)
 
+    def _deliver(self, kernel_id: str, head: _Pending, number: int | None) -> None:
+        try:
+            head.ready(number)
+        except Exception:
+            log.failure("delivering a numbered message of kernel {kernel} failed", kernel=kernel_id)
 
-__all__ = ["SharedNumbering", "pack", "stream_length", "unpack"]
+
+__all__ = ["OWNER_FIRST", "TOO_LATE", "SharedNumbering", "pack", "stream_length", "unpack"]

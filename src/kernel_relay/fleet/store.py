@@ -15,8 +15,9 @@ Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
 - ``mark:<id>:<session>``: where a Jupyter session stopped reading (its last ``relay_seq``), for an hour;
   ``marks:<id>``: the kernel's sessions that have one, by expiry (at most ``keep``: the oldest go first), so
   that they go with their kernel.
-- ``seq:<id>``, ``seen:<id>:<msg_id>``, ``journal:<id>``: the shared iopub numbering and the stream of
-  numbered messages (see :mod:`.numbering`).
+- ``seq:<id>``, ``seen:<id>`` (msg_id to number, for every message the stream keeps), ``journal:<id>``,
+  ``window:<id>`` (its bytes, and the number of the last message trimmed): the shared iopub numbering and the
+  stream of numbered messages, trimmed by count, bytes and age (see :mod:`.numbering`).
 
 Every value but a record's ``owner`` (which the scripts compare) is sealed with the fleet's secret (see
 :mod:`.secrets`) for its own key and field: the kernels' keys, ``env`` and token digests are unreadable in
@@ -136,6 +137,14 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[2])
 return 1
 """
 
+#: KEYS: kernel record. ARGV: the old owner, the new owner. As ``_CLAIM``, whatever the old owner's lease: for
+#: an owner known dead (its process is gone) whose lease has not run out yet.
+_TAKE_OVER: Final = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return 1
+"""
+
 #: KEYS: kernel record. ARGV: owner.
 _SET_OWNER: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -169,14 +178,45 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-#: KEYS: seq, seen, journal. ARGV: payload, time (s), max entries, seconds a msg_id stays known.
-#: Numbers one iopub message for the whole fleet, once however many relays submit it.
+#: KEYS: seq, seen, journal, window. ARGV: msg_id, payload, time (s), most entries, most bytes, longest age
+#: (s), the submitter's last number for the kernel (-1: none yet), whether the submitter owns the kernel.
+#: Numbers one iopub message for the whole fleet, once however many relays submit it, whenever they do:
+#: ``seen`` knows the msg_id of every message the stream keeps, ``window``'s floor is the number of the
+#: last message trimmed, and a submitter whose last number is below it may be late for a message already
+#: numbered and trimmed: refused (-1). A kernel whose numbering Redis lost is started again by its owner
+#: only, past its own last number (-2 for the others, who ask again). The stream is trimmed oldest first to
+#: the entries, bytes and age given (one entry, the newest, is always kept).
 _NUMBER: Final = """
-local known = redis.call('GET', KEYS[2])
+local known = redis.call('HGET', KEYS[2], ARGV[1])
 if known then return tonumber(known) end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('SET', KEYS[2], seq, 'EX', ARGV[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '0-' .. seq, 'm', ARGV[1], 't', ARGV[2])
+local after = tonumber(ARGV[7])
+local current = redis.call('GET', KEYS[1])
+if not current then
+  if ARGV[8] ~= '1' then return -2 end
+  current = 0
+else
+  current = tonumber(current)
+  local floor = tonumber(redis.call('HGET', KEYS[4], 'floor') or '0')
+  if after >= 0 and after < floor then return -1 end
+end
+local seq = math.max(current, after) + 1
+redis.call('SET', KEYS[1], seq)
+redis.call('HSET', KEYS[2], ARGV[1], seq)
+redis.call('XADD', KEYS[3], '0-' .. seq, 'm', ARGV[2], 't', ARGV[3], 'i', ARGV[1])
+local size = redis.call('HINCRBY', KEYS[4], 'bytes', #ARGV[2])
+local now, most, most_bytes, age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local count = redis.call('XLEN', KEYS[3])
+while count > 1 do
+  local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+  local fields = {}
+  for i = 1, #oldest[2], 2 do fields[oldest[2][i]] = oldest[2][i + 1] end
+  if count <= most and size <= most_bytes and now - tonumber(fields['t'] or now) <= age then break end
+  redis.call('XDEL', KEYS[3], oldest[1])
+  if fields['i'] then redis.call('HDEL', KEYS[2], fields['i']) end
+  size = redis.call('HINCRBY', KEYS[4], 'bytes', -#(fields['m'] or ''))
+  redis.call('HSET', KEYS[4], 'floor', string.sub(oldest[1], 3))
+  count = count - 1
+end
 return seq
 """
 
@@ -389,6 +429,8 @@ class FleetStore:
                 key("tokens", kernel_id),
                 key("seq", kernel_id),
                 key("journal", kernel_id),
+                key("seen", kernel_id),
+                key("window", kernel_id),
             )
         )
         return d.addCallback(
@@ -440,6 +482,11 @@ class FleetStore:
         d = self._script(
             _CLAIM, [key("kernel", kernel_id), key("relay", old_owner)], [old_owner, new_owner]
         )
+        return d.addCallback(lambda n: int(n) == 1)
+
+    def take_over(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
+        """Take over a kernel whose owner is known dead, its lease or not; False if another relay was first."""
+        d = self._script(_TAKE_OVER, [key("kernel", kernel_id)], [old_owner, new_owner])
         return d.addCallback(lambda n: int(n) == 1)
 
     def set_owner(self, kernel_id: str, owner: str) -> Deferred[Any]:
@@ -552,15 +599,47 @@ class FleetStore:
     # -- iopub numbering ------------------------------------------------------------------------------------
 
     def number(
-        self, kernel_id: str, msg_id: str, payload: bytes, when: float, keep: int, remember: int
+        self,
+        kernel_id: str,
+        msg_id: str,
+        payload: bytes,
+        when: float,
+        keep: int,
+        keep_bytes: int,
+        keep_seconds: float,
+        after: int,
+        owner: bool,
     ) -> Deferred[int]:
-        """The fleet's ``relay_seq`` of a kernel's iopub message, numbered (and kept) once for all relays."""
+        """
+        The fleet's ``relay_seq`` of a kernel's iopub message, numbered (and kept) once for all relays; -1
+        when the submitter may be too late to tell, -2 when the kernel's owner must start its numbering
+        again first (see ``_NUMBER``).
+        """
         d = self._script(
             _NUMBER,
-            [key("seq", kernel_id), key("seen", kernel_id, msg_id), key("journal", kernel_id)],
-            [payload, f"{when:.3f}", keep, remember],
+            [
+                key("seq", kernel_id),
+                key("seen", kernel_id),
+                key("journal", kernel_id),
+                key("window", kernel_id),
+            ],
+            [
+                msg_id,
+                payload,
+                f"{when:.3f}",
+                keep,
+                keep_bytes,
+                f"{keep_seconds:.3f}",
+                after,
+                "1" if owner else "0",
+            ],
         )
         return d.addCallback(int)
+
+    def stream_bytes(self, kernel_id: str) -> Deferred[int]:
+        """The bytes of messages a kernel's stream keeps (as counted when they were added)."""
+        d = self._call("HGET", key("window", kernel_id), "bytes")
+        return d.addCallback(lambda v: int(v or 0))
 
     def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
         """Move the fleet's numbering of a kernel past ``seq`` (given out while Redis was away)."""

@@ -104,8 +104,9 @@ class IopubNumbering(Protocol):
     """
 
     def number(
-        self, kernel_id: str, msg_id: str, message: Outgoing, ready: Callable[[int], None]
-    ) -> None: ...
+        self, kernel_id: str, msg_id: str, message: Outgoing, ready: Callable[[int | None], None]
+    ) -> None:
+        """``ready`` gets the message's number, or None: the fleet cannot place it on this relay."""
 
     def after(self, kernel_id: str, ready: Callable[[int], None]) -> None:
         """``ready`` gets the latest number once every message given before is numbered."""
@@ -517,9 +518,12 @@ class RelayCore:
             else Outgoing.of_dict(message)
         )
 
-        def ready(seq: int) -> None:
+        def ready(seq: int | None) -> None:
             if self._journals.get(kernel_id) is not journal:
                 return  # the kernel ended meanwhile
+            if seq is None:
+                self._unplaced(kernel_id, journal)
+                return
             numbered = (
                 journal.record(outgoing, size, msg_type, seq)
                 if kernel_message
@@ -540,6 +544,19 @@ class RelayCore:
             self._numbering.number(kernel_id, message.msg_id, outgoing, ready)
         else:
             self._numbering.after(kernel_id, ready)
+
+    def _unplaced(self, kernel_id: str, journal: IopubJournal) -> None:
+        """A kernel's message the fleet numbered too long ago for this relay: its clients hear of a gap."""
+        self.metrics.error("replay_gap")
+        gap = {
+            "reason": "fleet",
+            "message": "a message of the kernel reached this relay after the fleet's stream had moved "
+            "past it: it is not delivered here",
+            "last_seq": journal.last_seq,
+            "kernel_id": kernel_id,
+        }
+        for client in list(self._attached.get(kernel_id, {}).get(IOPUB, {}).values()):
+            client.tell(kernel_id, IOPUB, REPLAY_GAP, gap)
 
     def _replay_to(self, client: RelayClient, kernel: Kernel, resume: Resume) -> None:
         for reason in resume.ignored:
