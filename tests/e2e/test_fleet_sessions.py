@@ -103,8 +103,9 @@ def test_a_viewer_on_another_relay_takes_nothing_of_the_owners_session(
             assert not [m for m in viewer.received if m["parent_header"].get("msg_id") == missed]
         finally:
             leave(b, kernel_id, viewer)
+        # The owner's and the viewer's, apart (``other``'s own may be there too, once shared).
         marks = redis_keys(redis_server, "kernel-relay:mark:*")
-        assert len(marks) == 2 and all(f"/{owner.session_id}" in key for key in marks), marks
+        assert len([key for key in marks if f"/{owner.session_id}" in key]) == 2, marks
         back = JupyterWS(b.url, kernel_id, token=TOKEN, session_id=owner.session_id)
         try:
             back.idle_after(live)

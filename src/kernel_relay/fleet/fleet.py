@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import Enum
@@ -151,6 +152,9 @@ class Fleet(Service):
         self.others: dict[str, dict[str, Any]] = {}
         """The other relays whose lease runs, as of the last renewal."""
         self._requests: dict[str, tuple[Deferred[None], IDelayedCall]] = {}
+        self._unregistering: set[Deferred[Any]] = set()
+        self._held_marks: dict[str, OrderedDict[str, tuple[str, float]]] = {}
+        """The marks this relay saved, by kernel and session (with when): saved again should Redis lose them."""
         self._tick = LoopingCall(self._sync)
         self._tick.clock = clock
         self._renewal = LoopingCall(self._renew)
@@ -238,7 +242,9 @@ class Fleet(Service):
             if timer.active():
                 timer.cancel()
             done.errback(KernelLaunchError("the relay is stopping"))
-        d = self.store.release(self.relay_id) if self.store.up else succeed(None)
+        d: Deferred[Any] = DeferredList(list(self._unregistering), consumeErrors=True)
+        if self.store.up:
+            d.addCallback(lambda _: self.store.release(self.relay_id))
         d.addErrback(lambda f: None)
         d.addBoth(lambda _: self.store.disconnect())
         d.addBoth(lambda _: self._left.callback(None))
@@ -521,6 +527,7 @@ class Fleet(Service):
 
     def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
         self._records.pop(kernel.id, None)
+        self._held_marks.pop(kernel.id, None)
         if kernel.id not in self._registered:
             return
         self._registered.discard(kernel.id)
@@ -528,6 +535,14 @@ class Fleet(Service):
         d.addCallback(
             lambda _: self._broadcast({"type": "gone", "id": kernel.id, "reason": reason})
         )
+        # The relay leaves Redis only once the ends of its kernels are written there.
+        self._unregistering.add(d)
+
+        def written(result: object) -> object:
+            self._unregistering.discard(d)
+            return result
+
+        d.addBoth(written)
         d.addErrback(
             lambda f: log.warn(
                 "Kernel {kernel} ended but Redis could not be told: {error}",
@@ -750,8 +765,10 @@ class Fleet(Service):
         except Exception:
             log.failure("fleet sync failed")
             return
+        lost = False
         if not self.redis_up:
             log.info("The fleet's Redis at {url} answers", url=str(self.store.url))
+            lost = self.membership is not Membership.JOINING
         self.redis_up = True
         self.others = {relay: about for relay, about in relays.items() if relay != self.relay_id}
         try:
@@ -759,6 +776,7 @@ class Fleet(Service):
                 if kernel.id not in self._registered:
                     continue
                 if kernel.id not in ids:
+                    lost = True
                     yield self._register_again(kernel)
                     continue
                 owner = yield self.store.owner(kernel.id)
@@ -787,6 +805,7 @@ class Fleet(Service):
                     # Redis lost it (it restarted empty) and its owner is gone too: put it back as this
                     # relay knows it, so that it is adopted (or found dead) like any kernel of a gone relay.
                     self._missing.pop(kernel_id, None)
+                    lost = True
                     yield self._restore(kernel_id, record)
                     ids.add(kernel_id)
                 elif now - self._missing.setdefault(kernel_id, now) > 2 * self.lease:
@@ -812,6 +831,8 @@ class Fleet(Service):
         except Exception:
             log.failure("fleet sync failed")
             return
+        if lost:
+            self._save_held_marks()
         if self.membership is Membership.JOINING:
             self.membership = Membership.JOINED
             waiting, self._joining = self._joining, []
@@ -982,8 +1003,24 @@ class Fleet(Service):
             for session, (seq, parent_id) in marks.items()
             if len(session) <= MARK_BYTES
         }
+        held = self._held_marks.setdefault(kernel_id, OrderedDict())
+        now = self._clock.seconds()
+        for session, value in encoded.items():
+            held.pop(session, None)
+            held[session] = (value, now)
+        while len(held) > MARKS_PER_KERNEL:
+            held.popitem(last=False)
         d = self.store.save_marks(kernel_id, encoded, MARK_SECONDS, MARKS_PER_KERNEL)
         d.addErrback(lambda f: None)
+
+    def _save_held_marks(self) -> None:
+        """Redis lost what it held (it restarted empty): save again the marks this relay saved, unexpired."""
+        now = self._clock.seconds()
+        for kernel_id, held in list(self._held_marks.items()):
+            fresh = {s: v for s, (v, when) in held.items() if now - when < MARK_SECONDS}
+            if fresh:
+                d = self.store.save_marks(kernel_id, fresh, MARK_SECONDS, MARKS_PER_KERNEL)
+                d.addErrback(lambda f: None)
 
     def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]:
         def decoded(value: str | None) -> tuple[int, str | None] | None:

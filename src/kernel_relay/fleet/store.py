@@ -153,11 +153,19 @@ return 1
 """
 
 #: KEYS: the kernel's marks, the session's mark. ARGV: session, value, ttl (ms), most marks, mark prefix.
+#: A mark is ``<relay_seq> <parent msg_id>``: the freshest wins (a relay's late save never moves it back).
 _SAVE_MARK: Final = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[3])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+local old = redis.call('GET', KEYS[2])
+local old_seq = old and tonumber(string.match(old, '^%d+')) or nil
+local new_seq = tonumber(string.match(ARGV[2], '^%d+'))
+if old_seq and new_seq and old_seq > new_seq then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])

@@ -582,14 +582,10 @@ class JupyterFront:
             # or when it stops answering pings.
             connection.client_id = f"{connection.client_id}:{uuid.uuid4().hex[:8]}"
         self._connections[connection.client_id] = connection
-        if (
-            self.shared_marks is not None
-            and admitted.session_id
-            and admitted.resume.since is None
-            and IOPUB in admitted.channels
-        ):
-            # Not known here: it may have read on another relay of the fleet. Its other channels work at
-            # once; iopub joins once the fleet has said (what comes meanwhile waits in the journal).
+        if self.shared_marks is not None and admitted.session_id and IOPUB in admitted.channels:
+            # Not known here, or known from an earlier visit: it may have read on another relay of the
+            # fleet since (the fresher mark wins). Its other channels work at once; iopub joins once the
+            # fleet has said (what comes meanwhile waits in the journal).
             for channel in admitted.channels:
                 if channel != IOPUB:
                     connection.channels.add(channel)
@@ -621,10 +617,13 @@ class JupyterFront:
         if not self.core.has_kernel(admitted.kernel.id):
             connection.close_with(CLOSE_NORMAL, f"kernel {admitted.kernel.id} is no longer running")
             return
-        if found is not None:
+        here = admitted.resume.since
+        if found is not None and (here is None or found[0] > here):
             admitted.resume = Resume(found[0], False)
             admitted.resume_parent = parent_frame(found[1])
             connection.last_seq = found[0]
+        elif here is not None:
+            connection.last_seq = here
         elif start:
             admitted.resume = Resume(start, False)
         connection.channels.add(IOPUB)
