@@ -400,6 +400,10 @@ class Run:
         return {
             "minutes": minutes,
             "faults": self.faults,
+            "kernels": len(self.kernels),
+            "lines_seen": sum(sum(seen.lines.values()) for seen in self.seen.values()),
+            "jupyter_reconnects": sum(len(seen.repeat_seconds) for seen in self.seen.values()),
+            "gaps_told": sum(seen.gaps for seen in self.seen.values()),
             "lost_without_notice": lost,
             "sio_repeats": repeats,
             "jupyter_repeat_seconds_max": round(jupyter_max, 3),

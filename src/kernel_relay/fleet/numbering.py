@@ -89,7 +89,9 @@ Ready = Callable[[int | None], None]
 class _Pending:
     __slots__ = ("after", "failed", "late", "msg_id", "payload", "ready", "seq", "when")
 
-    def __init__(self, ready: Ready, msg_id: str = "", payload: bytes = b"", when: float = 0) -> None:
+    def __init__(
+        self, ready: Ready, msg_id: str = "", payload: bytes = b"", when: float = 0
+    ) -> None:
         self.ready = ready
         self.msg_id = msg_id
         self.payload = payload
