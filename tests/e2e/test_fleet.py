@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,22 +116,40 @@ def no_kernel_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     base = str(tmp_path_factory.getbasetemp())
 
     def ours() -> list[psutil.Process]:
+        # A sandboxed kernel's copy of its connection file is in its box (see _sandbox.boxes_dir), shared by
+        # every relay of the machine: it is ours only if one of this run's relays wrote its connection file
+        # (other test runs and benchmarks run at the same time, and their kernels are theirs).
+        known.update(path.name for path in Path(base).rglob("kernel-*.json"))
         found = []
         for process in psutil.process_iter(["cmdline", "status"]):
             cmdline = process.info["cmdline"] or []
             joined = " ".join(cmdline)
+            boxed = "/kernel-relay/" in joined and any(Path(part).name in known for part in cmdline)
             if (
                 "ipykernel_launcher" in joined
-                # A sandboxed kernel's copy of its connection file is in its box (see _sandbox.boxes_dir).
-                and (base in joined or "/kernel-relay/" in joined)
+                and (base in joined or boxed)
                 and not _sandbox_wrapper(cmdline)
                 and process.info["status"] != psutil.STATUS_ZOMBIE
             ):
                 found.append(process)
         return found
 
+    known: set[str] = set()
+    watching = threading.Event()
+
+    def watch() -> None:
+        # A relay removes its connection files as it stops: the names are gathered while the test runs.
+        while not watching.wait(0.5):
+            known.update(path.name for path in Path(base).rglob("kernel-*.json"))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     before = {process.pid for process in ours()}
-    yield
+    try:
+        yield
+    finally:
+        watching.set()
+        watcher.join()
     deadline = time.monotonic() + 15
     left = [p for p in ours() if p.pid not in before]
     while left and time.monotonic() < deadline:
