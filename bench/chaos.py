@@ -105,7 +105,10 @@ class Relay:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
-                if requests.get(f"{self.url}/api/health/ready", timeout=2).status_code == 200:
+                answer = requests.get(f"{self.url}/api/health/ready", timeout=2).status_code
+                if answer == 404:  # a relay from before readiness: up is all it can say
+                    answer = requests.get(f"{self.url}/api/health", timeout=2).status_code
+                if answer == 200:
                     return True
             except requests.RequestException:
                 pass
