@@ -82,7 +82,7 @@ class Redis:
 class Relay:
     """One ``twist kernel-relay`` of the fleet, its log in the run's directory."""
 
-    def __init__(self, base: Path, redis: Redis, name: str) -> None:
+    def __init__(self, base: Path, redis: Redis, name: str, *extra: str) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -91,7 +91,7 @@ class Relay:
         self.log = (base / f"{name}.log").open("wb")
         argv = [sys.executable, "-m", "twisted", "kernel-relay", "--port", str(self.port)]
         argv += ["--token", TOKEN, "--redis", f"redis://127.0.0.1:{redis.port}/0"]
-        argv += ["--fleet-lease", str(LEASE)]
+        argv += ["--fleet-lease", str(LEASE), *extra]
         self.process = subprocess.Popen(
             argv,
             stdout=self.log,
@@ -149,11 +149,12 @@ class Seen:
 class Run:
     """The fleet, the kernels, the watchers and the tallies of one seeded run."""
 
-    def __init__(self, base: Path, seed: int) -> None:
+    def __init__(self, base: Path, seed: int, extra: tuple[str, ...] = ()) -> None:
         self.base = base
+        self.extra = extra
         self.random = random.Random(seed)
         self.redis = Redis(base)
-        self.relays = [Relay(base, self.redis, f"relay{n}") for n in range(3)]
+        self.relays = [Relay(base, self.redis, f"relay{n}", *extra) for n in range(3)]
         self.count = 3
         for relay in self.relays:
             relay.ready()
@@ -243,7 +244,7 @@ class Run:
                 relay.stop()
             self.relays.remove(relay)
             time.sleep(self.random.uniform(0.5, 3))
-            fresh = Relay(self.base, self.redis, f"relay{self.count}")
+            fresh = Relay(self.base, self.redis, f"relay{self.count}", *self.extra)
             self.count += 1
             self.relays.append(fresh)
             fresh.ready()
@@ -391,11 +392,14 @@ class Run:
     def report(self, minutes: float, left: list[int]) -> dict[str, Any]:
         lost = repeats = false_deaths = 0
         jupyter_max = 0.0
-        for (who, _), seen in self.seen.items():
+        holes: list[str] = []
+        for (who, kernel_id), seen in self.seen.items():
             false_deaths += len(seen.told_dead)
             if seen.lines:
                 hole = set(range(min(seen.lines), max(seen.lines) + 1)) - set(seen.lines)
-                lost += 0 if seen.gaps else len(hole)
+                if hole and not seen.gaps:
+                    lost += len(hole)
+                    holes.append(f"{who} {kernel_id[:8]}: {sorted(hole)[:5]}")
             if who.startswith("sio"):
                 repeats += sum(count - 1 for count in seen.lines.values())
             else:
@@ -413,6 +417,7 @@ class Run:
             "two_numbers": sum(1 for seqs in self.numbers.values() if len(seqs) > 1),
             "false_deaths": false_deaths,
             "kernels_left": len(left),
+            "holes": holes[:10],
         }
 
 
@@ -441,10 +446,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--log-dir", type=Path, default=None)
+    parser.add_argument(
+        "--kernel-sandbox",
+        default="auto",
+        help="the relays' --kernel-sandbox (auto, required, off)",
+    )
     args = parser.parse_args(argv)
     base = args.log_dir or Path(tempfile.mkdtemp(prefix="chaos-"))
     base.mkdir(parents=True, exist_ok=True)
-    run = Run(base, args.seed)
+    run = Run(base, args.seed, ("--kernel-sandbox", args.kernel_sandbox))
     try:
         result = run.run(args.minutes)
     finally:
