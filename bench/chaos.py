@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = args.log_dir or Path(tempfile.mkdtemp(prefix="chaos-"))
     base.mkdir(parents=True, exist_ok=True)
-    run = Run(base, args.seed, ("--kernel-sandbox", args.kernel_sandbox))
+    extra = ("--kernel-sandbox", args.kernel_sandbox) if args.kernel_sandbox else ()
+    run = Run(base, args.seed, extra)
     try:
         result = run.run(args.minutes)
     finally:
