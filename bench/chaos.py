@@ -173,16 +173,20 @@ class Run:
         return [relay for relay in self.relays if relay.alive]
 
     def spawn(self) -> None:
-        for relay in self.random.sample(self.live(), len(self.live())):
-            try:
-                response = requests.get(f"{relay.url}/spawn/python3", headers=AUTH, timeout=90)
-            except requests.RequestException:
-                continue
-            if response.status_code == 200:
-                kernel_id = response.json()["id"]
-                self.kernels[kernel_id] = self.start_loop(relay, kernel_id)
-                self.watch(kernel_id)
-                return
+        """A kernel on some live relay, printing, watched (asked again for up to a minute)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for relay in self.random.sample(self.live(), len(self.live())):
+                try:
+                    response = requests.get(f"{relay.url}/spawn/python3", headers=AUTH, timeout=90)
+                except requests.RequestException:
+                    continue
+                if response.status_code == 200:
+                    kernel_id = response.json()["id"]
+                    self.kernels[kernel_id] = self.start_loop(relay, kernel_id)
+                    self.watch(kernel_id)
+                    return
+            time.sleep(1)
 
     def start_loop(self, relay: Relay, kernel_id: str) -> str:
         ws = websocket.create_connection(
@@ -432,7 +436,8 @@ def kernel_processes(kernel_id: str) -> list[psutil.Process]:
 
 def bad(result: dict[str, Any]) -> bool:
     return bool(
-        result["lost_without_notice"]
+        not result["lines_seen"]
+        or result["lost_without_notice"]
         or result["sio_repeats"]
         or result["jupyter_repeat_seconds_max"] > 0.5
         or result["two_numbers"]
