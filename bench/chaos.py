@@ -397,12 +397,14 @@ class Run:
         lost = repeats = false_deaths = 0
         jupyter_max = 0.0
         holes: list[str] = []
+        lost_by: dict[str, int] = {}
         for (who, kernel_id), seen in self.seen.items():
             false_deaths += len(seen.told_dead)
             if seen.lines:
                 hole = set(range(min(seen.lines), max(seen.lines) + 1)) - set(seen.lines)
                 if hole and not seen.gaps:
                     lost += len(hole)
+                    lost_by[who] = lost_by.get(who, 0) + len(hole)
                     holes.append(f"{who} {kernel_id[:8]}: {sorted(hole)[:5]}")
             if who.startswith("sio"):
                 repeats += sum(count - 1 for count in seen.lines.values())
@@ -416,6 +418,7 @@ class Run:
             "jupyter_reconnects": sum(len(seen.repeat_seconds) for seen in self.seen.values()),
             "gaps_told": sum(seen.gaps for seen in self.seen.values()),
             "lost_without_notice": lost,
+            "lost_by": lost_by,
             "sio_repeats": repeats,
             "jupyter_repeat_seconds_max": round(jupyter_max, 3),
             "two_numbers": sum(1 for seqs in self.numbers.values() if len(seqs) > 1),
