@@ -42,6 +42,7 @@ def test_two_minutes_of_chaos_lose_repeat_and_orphan_nothing(tmp_path: Path) -> 
     assert result["false_deaths"] == 0
     assert result["kernels_left"] == 0
     if result["lost_by"].get("jupyter"):
-        # Known (issue 30): a Jupyter session's mark counts what its relay wrote, not what the client got,
-        # so a relay killed with output in its send buffers loses those lines for the session.
+        # Known, cause not pinned yet (issue 30): a Jupyter session that resumes by its session_id can
+        # still miss lines without a notice, e.g. when its mark is not in Redis at that moment (a restart
+        # before the relays saved their marks again) and it is taken for a new session.
         pytest.xfail(f"{result['lost_by']['jupyter']} Jupyter lines lost without notice")
