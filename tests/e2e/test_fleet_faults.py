@@ -315,10 +315,8 @@ def test_a_relay_frozen_longer_than_any_dedupe_life_gives_no_message_a_second_nu
         ]
         repeated = len(in_stream) - len(set(in_stream))
         assert repeated == 0, f"{repeated} extra copies in the fleet's stream"
-        seqs_a = [int(m["metadata"]["relay_seq"]) for m in on_a.received()]
         ids_a = [m["header"]["msg_id"] for m in on_a.received()]
         assert len(ids_a) == len(set(ids_a)), "A's client got repeats"
-        assert seqs_a == sorted(seqs_a)
     finally:
         for client in (on_a, on_b):
             if client is not None:
