@@ -41,10 +41,12 @@ from typing import Any, Final
 
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from traitlets import default
 from twisted.logger import Logger
 
 from ._errors import KernelLaunchError
 from ._limits import Limits
+from ._zmq import manager_context
 
 _log = Logger()
 
@@ -446,6 +448,11 @@ class SandboxedKernelManager(KernelManager):
     """
 
     sandbox: Sandbox | None = None
+
+    @default("context")
+    def _context_default(self) -> Any:
+        # One context for all the relay's managers, not one (and two threads) each; never destroyed by one.
+        return manager_context()
 
     @property
     def sandboxed(self) -> bool:

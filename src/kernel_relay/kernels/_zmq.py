@@ -3,11 +3,21 @@ Thin txzmq adapters: sockets that hand whole multipart frame lists to a callback
 
 This is the only module that touches ZMQ. ``Kernel`` talks to the ``SocketOpener`` protocol so
 tests can replace real sockets with in-memory fakes.
+
+A relay has a fixed few ZeroMQ contexts whatever its number of kernels, each with one I/O and one reaper
+thread: one per ``ZmqSocketOpener`` (the reactor's sockets), and :func:`manager_context`, which every
+jupyter_client ``KernelManager`` of the relay shares for the control socket it keeps for a polite shutdown
+(by default each manager would make a context, and two threads, of its own). Each context may hold as many
+sockets as the process may open files (:func:`new_context`); past that, opening one fails with
+:class:`SocketsExhausted`.
 """
 
 from __future__ import annotations
 
+import errno
+import resource
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,6 +63,52 @@ _send: Callable[[Any, Frame, int], Any] = zmq.backend.Socket.send
 #: heartbeat, not here).
 HANDSHAKE_WAIT = 5.0
 _HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
+
+class SocketsExhausted(ConnectionError):
+    """No ZeroMQ socket can be opened: the context's socket limit or the process's file limit is reached."""
+
+
+def file_limit() -> int | None:
+    """The process's soft limit of open files, or None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def new_context() -> zmq.Context[Any]:
+    """
+    A ZeroMQ context (one I/O thread) that may hold as many sockets as the process may open files (each
+    socket needs at least one), within what libzmq's poller supports; pyzmq's default would be 1,023.
+    """
+    context: zmq.Context[Any] = zmq.Context()
+    ceiling = int(context.get(zmq.SOCKET_LIMIT))
+    files = file_limit()
+    context.set(zmq.MAX_SOCKETS, ceiling if files is None else max(1, min(files, ceiling)))
+    return context
+
+
+_manager_context: zmq.Context[Any] | None = None
+_manager_context_lock = threading.Lock()
+
+
+def manager_context() -> zmq.Context[Any]:
+    """
+    The one context of every jupyter_client ``KernelManager`` in this process (see the module doc); made
+    when first needed (from a worker thread, hence the lock) and kept for the process's life.
+    """
+    global _manager_context
+    with _manager_context_lock:
+        if _manager_context is None or _manager_context.closed:
+            _manager_context = new_context()
+        return _manager_context
+
+
+def _exhausted(error: zmq.ZMQError) -> SocketsExhausted:
+    return SocketsExhausted(
+        f"the relay cannot open another ZeroMQ socket ({error}): it has reached its limit of open files "
+        f"({file_limit() or 'unlimited'}) or of sockets; raise it (ulimit -n) or run fewer kernels and "
+        "clients"
+    )
 
 
 class FrameSocket(Protocol):
@@ -374,6 +430,9 @@ class ZmqSocketOpener:
     def _get_factory(self) -> ZmqFactory:
         if self._factory is None:
             factory = ZmqFactory()
+            # txzmq made a context of its own: replaced, before any socket, by one as large as the file limit.
+            factory.context.term()
+            factory.context = new_context()
             factory.reactor = self._reactor
             factory.lingerPeriod = 0
             self._factory = factory
@@ -382,7 +441,10 @@ class ZmqSocketOpener:
     def subscriber(
         self, url: str, on_frames: FrameHandler, curve: CurveKeys | None = None
     ) -> FrameSocket:
-        return _Connection(_Sub(self._get_factory(), url, on_frames, curve))
+        try:
+            return _Connection(_Sub(self._get_factory(), url, on_frames, curve))
+        except zmq.ZMQError as error:
+            raise (_exhausted(error) if error.errno == errno.EMFILE else error) from error
 
     def dealer(
         self,
@@ -392,7 +454,10 @@ class ZmqSocketOpener:
         curve: CurveKeys | None = None,
         watch: bool = False,
     ) -> FrameSocket:
-        return _Connection(_Dealer(self._get_factory(), url, identity, on_frames, curve, watch))
+        try:
+            return _Connection(_Dealer(self._get_factory(), url, identity, on_frames, curve, watch))
+        except zmq.ZMQError as error:
+            raise (_exhausted(error) if error.errno == errno.EMFILE else error) from error
 
     def close(self) -> None:
         """Close every socket and terminate the context; a later open starts a fresh one."""
