@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.sandbox import markdown_lines as sandbox_lines
+from bench.scale import markdown_lines as scale_lines
 
 TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server")
 LABELS = {
@@ -338,6 +339,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             )
     lines += _fleet_lines(results)
     lines += sandbox_lines(results)
+    lines += scale_lines(results)
     lines += _pooled_lines(results)
     idle = results.get("idle")
     if idle:

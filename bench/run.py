@@ -3,7 +3,8 @@
 
 Scenarios (``--only`` takes a comma-separated subset): ``round_trip``, ``flood``, ``large``,
 ``fanout``, ``idle``, ``spawn``, ``sandbox`` (spawns and round trips with and without the kernel sandbox),
-and ``fleet_fanout`` (only when asked for: it needs ``redis-server``). Outputs in ``--out`` (default ``bench/results/``): ``results.json``,
+and ``fleet_fanout`` (only when asked for: it needs ``redis-server``), and ``scale`` (only when asked for: hundreds of
+kernels, see :mod:`bench.scale`). Outputs in ``--out`` (default ``bench/results/``): ``results.json``,
 ``results.md`` (the ratio table) and ``*.png`` plots, plus the servers' logs.
 """
 
@@ -23,7 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import fleet, report, sandbox, scenarios
+from bench import fleet, report, sandbox, scale, scenarios
 from bench.clients import (
     BenchClient,
     DirectClient,
@@ -40,7 +41,17 @@ from bench.processes import (
     raise_fd_limit,
 )
 
-SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "sandbox", "fleet_fanout")
+SCENARIOS = (
+    "round_trip",
+    "flood",
+    "large",
+    "fanout",
+    "idle",
+    "spawn",
+    "sandbox",
+    "fleet_fanout",
+    "scale",
+)
 #: What runs without ``--only``: the fleet's fan-out needs a redis-server, which a developer may not have.
 DEFAULT_SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "sandbox")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -404,6 +415,8 @@ def main(argv: list[str] | None = None) -> int:
                 sizes.fleet_clients,
                 sizes.fleet_messages,
             )
+        if "scale" in args.only:
+            run("scale", scale.scale, logs, scale.sizes(args.quick))
     finally:
         for cleanup in reversed(cleanups):
             try:

@@ -146,6 +146,36 @@ def test_the_fleet_fanout_runs_one_relay_and_two_on_a_real_redis(tmp_path: Path)
     assert "| two relays, one Redis | 2 | 10 |" in table
 
 
+@pytest.mark.timeout(300)
+def test_the_scale_scenario_measures_footprint_spawns_and_the_grid(tmp_path: Path) -> None:
+    """``--only scale`` (quick) reports the relay's footprint with and without the sandbox, concurrent spawns
+    and every grid cell of every target, and results.md has its tables."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "scale", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    scale = json.loads((tmp_path / "results.json").read_text())["results"]["scale"]
+    for mode in ("off", "sandboxed"):
+        rows = scale["footprint"][mode]["rows"]
+        assert [row["kernels"] for row in rows] == [0, 2]
+        assert all(row["fds"] > 0 and row["rss"] > 0 for row in rows)
+        assert scale["footprint"][mode]["per_kernel"] is not None
+    assert scale["concurrent_spawns"]["2"]["ready"] == 2
+    assert scale["concurrent_spawns"]["2"]["failures"] == 0
+    assert set(scale["grid"]) == {"relay", "relay_jupyter", "jupyter_server", "direct"}
+    for cells in scale["grid"].values():
+        assert set(cells) == {"1+1 2x10", "print_1kb 2x10"}
+        assert all(0 < cell["replies"] <= cell["requests"] for cell in cells.values())
+    table = (tmp_path / "results.md").read_text()
+    assert "## Scale: the relay's footprint" in table
+    assert "## Scale: K kernels x R execute requests/s" in table
+    assert "First cell with errors or dropped connections:" in table
+
+
 def test_a_relay_loss_is_reported_with_where_it_happened() -> None:
     """A flood the relay lost messages of gets a line saying how many were lost inside the relay."""
     from bench.report import _relay_loss_lines
