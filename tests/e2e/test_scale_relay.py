@@ -9,9 +9,10 @@ from tests.conftest import Relay, relay_fixture
 
 relay = relay_fixture("--kernel-sandbox", "off")
 
-#: What a kernel may cost the relay in file descriptors: its iopub and heartbeat sockets, the control socket
-#: jupyter_client keeps for its shutdown, each a ZeroMQ mailbox and a TCP connection, and the process's pipes.
-FDS_PER_KERNEL = 10
+#: What a kernel may cost the relay in file descriptors: its iopub and heartbeat sockets, each a ZeroMQ mailbox
+#: and a TCP connection (jupyter_client's control socket is closed between uses), the pipe of its stdout and
+#: of its stderr, and one to spare.
+FDS_PER_KERNEL = 7
 
 
 def _threads(pid: int) -> int:

@@ -143,6 +143,9 @@ def launch(
         manager.start_kernel(**options)
         if local and not independent:
             capture(kernel_id, getattr(manager.provisioner, "process", None))
+        # jupyter_client keeps a control socket open for a polite shutdown, and opens one again when it
+        # needs it: closed, an idle kernel costs the relay only its own iopub and heartbeat sockets.
+        manager._close_control_socket()
     except Exception as exc:
         _log.failure("kernel {spec_name} failed to start", spec_name=spec_name)
         try:
