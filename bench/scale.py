@@ -34,6 +34,7 @@ CELLS = {"1+1": "1+1", "print_1kb": "print('x' * 1000)"}
 @dataclass(frozen=True)
 class ScaleSizes:
     footprint_kernels: tuple[int, ...]
+    footprint_modes: tuple[str, ...]
     idle_seconds: float
     concurrent: tuple[int, ...]
     grid_kernels: tuple[int, ...]
@@ -44,6 +45,7 @@ class ScaleSizes:
 
 FULL = ScaleSizes(
     footprint_kernels=(0, 50, 100, 200),
+    footprint_modes=tuple(MODES),
     idle_seconds=10.0,
     concurrent=(20, 50),
     grid_kernels=(1, 8, 16, 32, 64),
@@ -53,6 +55,7 @@ FULL = ScaleSizes(
 )
 QUICK = ScaleSizes(
     footprint_kernels=(0, 2),
+    footprint_modes=tuple(MODES),
     idle_seconds=1.0,
     concurrent=(2,),
     grid_kernels=(2,),
@@ -72,7 +75,8 @@ def sizes(quick: bool) -> ScaleSizes:
             continue
         if isinstance(value, tuple):
             items = [item.strip() for item in given.split(",") if item.strip()]
-            changes[name] = tuple(item if name == "grid_targets" else int(item) for item in items)
+            named = name in ("grid_targets", "footprint_modes")
+            changes[name] = tuple(item if named else int(item) for item in items)
         else:
             changes[name] = float(given)
     return replace(base, **changes)
@@ -101,10 +105,13 @@ def _idle_cpu(pid: int, seconds: float) -> float:
     return (cpu_seconds(pid) - before) / seconds
 
 
-def footprint(logs: Path, counts: tuple[int, ...], idle_seconds: float) -> dict[str, Any]:
+def footprint(
+    logs: Path, counts: tuple[int, ...], idle_seconds: float, modes: tuple[str, ...]
+) -> dict[str, Any]:
     """Per mode, the relay at each count of kernels: threads, fds, RSS, idle CPU and the last spawn's time."""
     results: dict[str, Any] = {}
-    for mode, options in MODES.items():
+    for mode in modes:
+        options = MODES[mode]
         relay = RelayServer(logs, *options, name=f"relay-scale-{mode}")
         rows: list[dict[str, Any]] = []
         kernels: list[str] = []
@@ -383,7 +390,9 @@ def _ms(value: float | None) -> str:
 def scale(logs: Path, sizes: ScaleSizes) -> dict[str, Any]:
     """The footprint, concurrent spawns and the grid, one after the other."""
     return {
-        "footprint": footprint(logs, sizes.footprint_kernels, sizes.idle_seconds),
+        "footprint": footprint(
+            logs, sizes.footprint_kernels, sizes.idle_seconds, sizes.footprint_modes
+        ),
         "concurrent_spawns": concurrent_spawns(logs, sizes.concurrent),
         "grid": grid(logs, sizes),
     }
