@@ -11,16 +11,15 @@ import base64
 import json
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import requests
 
 from tests.conftest import Relay, kernel_fixture, relay_fixture
-from tests.e2e.test_hardening_relay import TOKEN, rss, works
+from tests.e2e.test_hardening_relay import TOKEN, works
+from tests.relay_memory import peak_rss, read_only_token, rss, settled_rss
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -85,49 +84,6 @@ def flood(connection: socket.socket, burst: bytes, seconds: float) -> int:
         sent += sent_now
         pending = pending[sent_now:] if sent_now < len(pending) else memoryview(burst)
     return sent
-
-
-@contextmanager
-def peak_rss(relay: Relay) -> Iterator[Callable[[], int]]:
-    """Watch the relay's RSS while the block runs; yields a function giving the peak seen so far."""
-    peak = rss(relay)
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, rss(relay))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield lambda: peak
-    finally:
-        stop.set()
-        watcher.join()
-
-
-def settled_rss(relay: Relay, target: int, seconds: float = 5.0) -> int:
-    """The relay's RSS once it is at most ``target`` or ``seconds`` have passed."""
-    deadline = time.monotonic() + seconds
-    current = rss(relay)
-    while current > target and time.monotonic() < deadline:
-        time.sleep(0.2)
-        current = rss(relay)
-    return current
-
-
-def read_only_token(relay: Relay, kernel: str) -> str:
-    issued = requests.post(
-        f"{relay.url}/api/kernels/{kernel}/tokens",
-        json={"access": "read-only"},
-        headers=relay.headers,
-        timeout=10,
-    )
-    assert issued.status_code in (200, 201), issued.text
-    token: str = issued.json()["token"]
-    return token
 
 
 def flooded_then_closed(

@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
-import psutil
 import pytest
-import requests
 import websocket
 
 from tests.conftest import Relay, relay_fixture
 from tests.jupyter_ws import V1
 from tests.kernel_client import RelayKernelClient
+from tests.relay_memory import counter, peak_rss, read_only_token, rss, settled_rss
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,36 +26,6 @@ MiB = 1024 * 1024
 #: What a relay's resident memory may grow by beyond its bounds (allocator slack, the kernel's messages in
 #: flight, Twisted's copy of a transport's buffer as it writes).
 MARGIN = 48 * MiB
-
-
-def rss(relay: Relay) -> int:
-    return int(psutil.Process(relay.process.pid).memory_info().rss)
-
-
-@contextmanager
-def peak_rss(relay: Relay, gauge: list[float] | None = None) -> Iterator[Callable[[], int]]:
-    """
-    The relay's highest resident memory while the block runs, sampled every 50 ms; with ``gauge``, the highest
-    kernel_relay_buffered_bytes too, in ``gauge[0]``.
-    """
-    peak = rss(relay)
-    stop = threading.Event()
-
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, rss(relay))
-            if gauge is not None:
-                gauge[0] = max(gauge[0], counter(relay, "kernel_relay_buffered_bytes"))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
-        yield lambda: peak
-    finally:
-        stop.set()
-        watcher.join()
 
 
 def works(relay: Relay, kernel_id: str) -> float:
@@ -72,18 +38,6 @@ def works(relay: Relay, kernel_id: str) -> float:
         return time.monotonic() - began
     finally:
         client.close()
-
-
-def read_only_token(relay: Relay, kernel_id: str) -> str:
-    issued = requests.post(
-        f"{relay.url}/api/kernels/{kernel_id}/tokens",
-        json={"access": "read-only"},
-        headers=relay.headers,
-        timeout=10,
-    )
-    assert issued.status_code in (200, 201), issued.text
-    token: str = issued.json()["token"]
-    return token
 
 
 def jupyter_viewer(
@@ -109,24 +63,6 @@ def socketio_viewer(relay: Relay, kernel_id: str, token: str, since: int) -> web
     assert viewer.recv().startswith("0{")
     viewer.send(f"40/iopub/{kernel_id},{json.dumps({'token': token, 'since': since})}")
     return viewer
-
-
-def counter(relay: Relay, name: str) -> float:
-    metrics = requests.get(f"{relay.url}/metrics", headers=relay.headers, timeout=10).text
-    for line in metrics.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
-def settled_rss(relay: Relay, target: int, seconds: float = 20) -> int:
-    """The relay's resident memory once it fell to ``target`` or ``seconds`` passed."""
-    deadline = time.monotonic() + seconds
-    now = rss(relay)
-    while now > target and time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = rss(relay)
-    return now
 
 
 def close_all(connections: list[websocket.WebSocket]) -> None:
