@@ -276,15 +276,21 @@ class Run:
         lines = [int(t) for t in message["content"]["text"].split() if t.isdigit()]
         return lines[-1] if len(lines) == 1 else None
 
+    def next_relay(self) -> Relay | None:
+        """A live relay chosen at random for a watcher's next connection; None (after a pause) while none lives."""
+        relays = self.live()
+        if not relays:
+            time.sleep(0.5)
+            return None
+        return self.random.choice(relays)
+
     def sio_watcher(self, who: str, kernel_id: str) -> None:
         since: int | None = None
         seen = self.seen.setdefault((who, kernel_id), Seen())
         while not self.stop.is_set() and kernel_id not in self.killed:
-            relays = self.live()
-            if not relays:
-                time.sleep(0.5)
+            relay = self.next_relay()
+            if relay is None:
                 continue
-            relay = self.random.choice(relays)
             client = socketio.Client(reconnection=False)
             namespace = f"/iopub/{kernel_id}"
 
@@ -322,11 +328,9 @@ class Run:
         session = uuid.uuid4().hex
         seen = self.seen.setdefault((who, kernel_id), Seen())
         while not self.stop.is_set() and kernel_id not in self.killed:
-            relays = self.live()
-            if not relays:
-                time.sleep(0.5)
+            relay = self.next_relay()
+            if relay is None:
                 continue
-            relay = self.random.choice(relays)
             url = (
                 f"ws://127.0.0.1:{relay.port}/api/kernels/{kernel_id}/channels?session_id={session}"
             )
