@@ -202,7 +202,8 @@ def _kernel_limits(text: str) -> Limits:
 _kernel_limits.coerceDoc = (  # type: ignore[attr-defined]
     "Comma-separated name=value: memory (RLIMIT_DATA per process, default a quarter of RAM), processes "
     "(RLIMIT_NPROC, default 256, at most 1024), open_files (1024), file_size (1G), cpu_time (seconds, none), "
-    "tmp_size (its /tmp, 64M); 'none' lifts a limit. A kernelspec's metadata.kernel_relay.limits overrides."
+    "tmp_size (its /tmp, 64M), home_size (its working directory, 1G; as root); 'none' lifts a limit. A "
+    "kernelspec's metadata.kernel_relay.limits overrides."
 )
 
 

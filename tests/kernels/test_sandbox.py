@@ -45,6 +45,8 @@ def test_limits_from_the_option_and_a_kernelspec() -> None:
     spec = limits.for_spec({"kernel_relay": {"limits": {"memory": "2G", "open_files": 64}}})
     assert (spec.memory, spec.open_files, spec.processes) == (2 << 30, 64, 128)
     assert limits.for_spec({"debugger": True}) is limits
+    assert Limits().with_text("home_size=64M").home_size == 64 << 20
+    assert Limits().with_text("home_size=none").home_size is None
     with pytest.raises(ValueError, match="at most"):
         Limits().with_text(f"processes={MAX_PROCESSES + 1}")
     with pytest.raises(ValueError, match="unknown kernel limit"):
@@ -59,6 +61,7 @@ def test_the_default_memory_limit_is_a_quarter_of_the_machine() -> None:
     limits = Limits()
     assert limits.memory == total // 4
     assert limits.processes is not None and limits.processes <= MAX_PROCESSES
+    assert limits.home_size == 1 << 30
     assert "--data=" + str(total // 4) in limits.prlimit()
 
 

@@ -66,6 +66,7 @@ _LIMITS: Final = {
     "file_size": parse_size,
     "cpu_time": _count,
     "tmp_size": parse_size,
+    "home_size": parse_size,
 }
 
 
@@ -84,6 +85,8 @@ class Limits:
     """RLIMIT_CPU, in seconds of CPU time per process."""
     tmp_size: int = 64 << 20
     """Bytes its private /tmp (a tmpfs, so memory) may hold."""
+    home_size: int | None = 1 << 30
+    """Bytes its working directory (a tmpfs of its own, as root) may hold; None: unbounded."""
 
     def with_text(self, text: str) -> Limits:
         """These limits changed by ``memory=2G,processes=128,...`` (the ``--kernel-limits`` option)."""
@@ -141,7 +144,7 @@ class Limits:
         def shown(name: str, value: int | None) -> str:
             if value is None:
                 return "none"
-            if name in ("memory", "file_size", "tmp_size"):
+            if name in ("memory", "file_size", "tmp_size", "home_size"):
                 return f"{value / (1 << 20):.0f}M"
             return str(value)
 

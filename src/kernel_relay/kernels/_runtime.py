@@ -19,8 +19,8 @@ from typing import Final
 from jupyter_core.paths import jupyter_runtime_dir
 from twisted.logger import Logger
 
+from ._boxes import box_alive, boxes_dir, remove_box
 from ._errors import KernelLaunchError
-from ._sandbox import box_alive, boxes_dir
 
 _log = Logger()
 
@@ -67,7 +67,7 @@ def _remove_stale_boxes() -> list[Path]:
     for entry in entries:
         if _BOX.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
             if not box_alive(entry):
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_box(entry)
                 removed.append(entry)
                 _log.info(
                     "Removed {path}, the sandbox directory of a kernel that is gone",

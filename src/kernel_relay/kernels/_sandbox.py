@@ -8,7 +8,7 @@ files of ``/etc``) and the Python prefixes its argv needs are mounted read-only.
 ``/tmp`` (a size-bounded tmpfs), its own ``/proc`` and a writable home (``/home/kernel``, its working
 directory). Nothing of the relay's user is mounted: not its home, not its runtime directory, not another
 kernel's box. Its channels are UNIX sockets in a directory only it and the relay share (the kernel's *box*,
-see :class:`Box`); CurveZMQ stays on.
+see ``_boxes``, which also bounds the home's size); CurveZMQ stays on.
 
 When the relay is root, the kernel runs as a uid of its own (``setpriv`` after bwrap's mounts), so that
 ``RLIMIT_NPROC``, which counts per uid, bounds each kernel alone, and no kernel can signal or read
@@ -26,14 +26,9 @@ the sandbox's init for a dead parent.
 
 from __future__ import annotations
 
-import json
 import os
-import pwd
-import re
 import shutil
-import stat
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +39,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from traitlets import default
 from twisted.logger import Logger
 
+from ._boxes import Box, box_alive, mount_home
 from ._errors import KernelLaunchError
 from ._limits import Limits
 from ._zmq import manager_context
@@ -52,11 +48,6 @@ _log = Logger()
 
 SANDBOX_POLICIES: Final = ("auto", "required", "off")
 NETWORK_POLICIES: Final = ("none", "host")
-
-#: Kernel uids are taken from [UID_BASE, UID_BASE + UID_SPAN): far above distributions' users, systemd's
-#: dynamic users and the usual subordinate-uid ranges.
-UID_BASE: Final = 1 << 30
-UID_SPAN: Final = 1 << 30
 
 #: Where a kernel's home (its working directory) is mounted inside its sandbox.
 SANDBOX_HOME: Final = "/home/kernel"
@@ -143,131 +134,6 @@ def _namespaces(root: bool, network: str) -> list[str]:
     if not root:
         argv.append("--unshare-user")
     return argv
-
-
-def boxes_dir() -> Path:
-    """
-    The directory of kernels' boxes (0700, the relay's user's), made if missing. Not in the Jupyter runtime
-    directory: a UNIX socket's path holds 107 bytes, so it is short — ``/run/kernel-relay`` for root,
-    ``$XDG_RUNTIME_DIR/kernel-relay`` or ``/tmp/kernel-relay-<uid>`` otherwise — and shared by the relays of
-    one user (each box is one kernel's; see ``box_alive``).
-    """
-    uid = os.geteuid()
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if uid == 0 and os.access("/run", os.W_OK):
-        path = Path("/run/kernel-relay")
-    elif uid != 0 and runtime and os.path.isdir(runtime):
-        path = Path(runtime) / "kernel-relay"
-    else:
-        path = Path(f"/tmp/kernel-relay-{uid}")
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    found = path.lstat()
-    if not stat.S_ISDIR(found.st_mode) or found.st_uid != uid:
-        raise KernelLaunchError(f"{path} is not a directory of the relay's user: remove it")
-    path.chmod(0o700)
-    return path
-
-
-def _uid_in_use(uid: int) -> bool:
-    try:
-        pwd.getpwuid(uid)
-        return True
-    except KeyError:
-        pass
-    wanted = f"Uid:\t{uid}\t"
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if wanted in (entry / "status").read_text():
-                    return True
-            except OSError:
-                continue
-    return False
-
-
-def kernel_uid(kernel_id: str) -> int:
-    """A uid for a kernel: derived from its id, and used by no account and no running process."""
-    digits = re.sub(r"[^0-9a-f]", "", kernel_id.lower()) or "0"
-    start = int(digits, 16) % UID_SPAN
-    for step in range(64):
-        uid = UID_BASE + (start + step) % UID_SPAN
-        if not _uid_in_use(uid):
-            return uid
-    raise KernelLaunchError("no free uid for a sandboxed kernel")
-
-
-@dataclass(frozen=True)
-class Box:
-    """
-    A kernel's directory, ``<boxes_dir()>/<first block of its id>/`` (the relay's):
-    ``channels/`` (the kernel's, shared with the relay: its UNIX sockets and its copy of its connection
-    file), ``home/`` (the kernel's working directory) and ``pid`` (the sandbox's process, so a later relay can tell a box of a dead kernel).
-    """
-
-    root: Path
-    uid: int | None
-    """The kernel's own uid when the relay is root; None: the relay's (in a user namespace)."""
-
-    @classmethod
-    def make(cls, kernel_id: str) -> Box:
-        root = boxes_dir() / kernel_id.split("-", 1)[0]
-        try:
-            root.mkdir(mode=0o700)
-        except FileExistsError:
-            raise KernelLaunchError(f"a sandbox directory {root} exists already") from None
-        uid = kernel_uid(kernel_id) if os.geteuid() == 0 else None
-        box = cls(root, uid)
-        for path in (box.channels, box.home):
-            path.mkdir(mode=0o700)
-            if uid is not None:
-                os.chown(path, uid, uid)
-        return box
-
-    @property
-    def channels(self) -> Path:
-        return self.root / "channels"
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    def connection_file(self, relays: str) -> Path:
-        """The kernel's copy of the relay's connection file ``relays``: same name, in its channels directory."""
-        return self.channels / Path(relays).name
-
-    @property
-    def ipc_prefix(self) -> str:
-        """The ``ip`` of the kernel's connection info on the ipc transport."""
-        return str(self.channels / "k")
-
-    def to_record(self) -> dict[str, Any]:
-        return {"root": str(self.root), "uid": self.uid}
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Box:
-        uid = record.get("uid")
-        return cls(Path(str(record["root"])), uid if isinstance(uid, int) else None)
-
-    def copy_connection_file(self, source: str) -> None:
-        """
-        The kernel's own copy of its connection file (the relay's is 0600, the relay's), in its channels
-        directory: ipykernel rewrites it as it likes. Written through one descriptor, never following a
-        link the kernel may have left in its place.
-        """
-        data = Path(source).read_bytes()
-        target = self.connection_file(source)
-        target.unlink(missing_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            if self.uid is not None:
-                os.fchown(file.fileno(), self.uid, self.uid)
-            file.write(data)
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _python_prefixes(executable: str) -> list[str]:
@@ -384,32 +250,12 @@ class Sandbox:
         if reason is not None:
             raise KernelLaunchError(f"cannot start the kernel in its sandbox: {reason}")
         box = self.box
-        root = box.uid is not None
         inner = [
             arg.replace(connection_file, str(box.connection_file(connection_file))) for arg in argv
         ]
-        bwrap = [*_namespaces(root, self.network), "--hostname", "kernel"]
-        if not self.independent:
-            bwrap.append("--die-with-parent")
-        bwrap += _system_binds()
-        binds = software_binds(argv, env_path, resource_dir)
-        binds += ["--bind", str(box.channels), str(box.channels)]
-        binds += ["--bind", str(box.home), SANDBOX_HOME]
-        bwrap += [
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--size",
-            str(self.limits.tmp_size),
-            "--tmpfs",
-            "/tmp",
-        ]
-        bwrap += _parents(binds[2::3]) + binds + ["--chdir", SANDBOX_HOME]
-        # ipykernel would take the sandbox's init (pid 1) for a dead parent; --die-with-parent does its job.
-        bwrap += ["--unsetenv", "JPY_PARENT_PID"]
+        bwrap = self._bwrap(software_binds(argv, env_path, resource_dir))
         bwrap += ["--", _tool("prlimit"), *self.limits.prlimit(), "--"]
-        if root:
+        if box.uid is not None:
             bwrap += [
                 _tool("setpriv"),
                 f"--reuid={box.uid}",
@@ -423,6 +269,21 @@ class Sandbox:
         # SIGINT is how jupyter_client interrupts (to the whole process group): bwrap ignores it (the kernel
         # sets its own handler), or an interrupt would end the sandbox.
         return ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "kernel-sandbox", *bwrap, *inner]
+
+    def _bwrap(self, software: list[str]) -> list[str]:
+        """bwrap's options: namespaces, the system's and ``software``'s mounts, the box's, /tmp and /proc."""
+        box = self.box
+        bwrap = [*_namespaces(box.uid is not None, self.network), "--hostname", "kernel"]
+        if not self.independent:
+            bwrap.append("--die-with-parent")
+        bwrap += _system_binds()
+        binds = [*software, "--bind", str(box.channels), str(box.channels)]
+        binds += ["--bind", str(box.home), SANDBOX_HOME]
+        bwrap += ["--proc", "/proc", "--dev", "/dev"]
+        bwrap += ["--size", str(self.limits.tmp_size), "--tmpfs", "/tmp"]
+        bwrap += _parents(binds[2::3]) + binds + ["--chdir", SANDBOX_HOME]
+        # ipykernel would take the sandbox's init (pid 1) for a dead parent; --die-with-parent does its job.
+        return [*bwrap, "--unsetenv", "JPY_PARENT_PID"]
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -460,7 +321,9 @@ class SandboxedKernelManager(KernelManager):
 
     async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
         if self.sandbox is not None and isinstance(self.provisioner, LocalProvisioner):
-            self.sandbox.box.copy_connection_file(self.connection_file)
+            box = self.sandbox.box
+            mount_home(box.home, self.sandbox.limits.home_size, box.uid)
+            box.copy_connection_file(self.connection_file)
             env = kw.get("env") or {}
             kernel_cmd = self.sandbox.command(
                 kernel_cmd,
@@ -473,35 +336,9 @@ class SandboxedKernelManager(KernelManager):
             self._write_pid()
 
     def _write_pid(self) -> None:
-        # adoption builds this class: imported here, not at the top
-        from .adoption import start_time
-
         pid = getattr(self.provisioner, "pid", None)
         if isinstance(pid, int) and self.sandbox is not None:
-            (self.sandbox.box.root / "pid").write_text(json.dumps([pid, start_time(pid)]))
-
-
-#: A box without a pid file is taken for one being launched (by any relay of the user) for this long.
-LAUNCH_GRACE: Final = 300.0
-
-
-def box_alive(root: Path) -> bool:
-    """
-    Whether a box's sandbox still runs (its pid file names a live process started when it says), or is
-    being started.
-    """
-    from .adoption import start_time
-
-    try:
-        pid, started = json.loads((root / "pid").read_text())
-    except FileNotFoundError:
-        try:
-            return time.time() - root.stat().st_mtime < LAUNCH_GRACE
-        except OSError:
-            return False
-    except (OSError, ValueError, TypeError):
-        return False
-    return isinstance(pid, int) and start_time(pid) is not None and start_time(pid) == started
+            self.sandbox.box.write_pid(pid)
 
 
 __all__ = [
