@@ -9,6 +9,7 @@ each option's variable. :class:`kernel_relay.tap.Options` says which options are
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,6 +35,15 @@ from .settings import (
 )
 
 _QUIET_DOCS = ("Must be positive.", "Must not be negative.")
+
+#: What reStructuredText would read as markup in a help text (``*`` in ``https://*.example.com``, a
+#: trailing ``_`` as a reference): escaped in ``docs/options.rst``, whose build treats warnings as errors.
+_RST_MARKUP = re.compile(r"([\\*`|]|_(?![A-Za-z0-9]))")
+
+
+def _rst_text(text: str) -> str:
+    """A plain help text as reStructuredText that shows it as it is."""
+    return _RST_MARKUP.sub(r"\\\1", text)
 
 
 def _named(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -264,7 +274,7 @@ class SettingsOptions(usage.Options):
             for item in items:
                 setting = item.setting
                 value = "" if setting.kind == "flag" else f" {item.placeholder}"
-                lines += [f"``--{setting.name}{value}``", f"    {item.doc}", ""]
+                lines += [f"``--{setting.name}{value}``", f"    {_rst_text(item.doc)}", ""]
                 if setting.name in ACTIONS:
                     lines.append("    Command line only.")
                 else:

@@ -274,9 +274,10 @@ TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 class Options(SettingsOptions):
     synopsis = "[options] [port]"
     longdesc = (
-        "Relay Jupyter kernels to web clients over socket.io. GET /spawn/<kernelspec> starts a kernel, "
-        "GET /shutdown/<id> stops it, and socket.io namespaces /shell/<id>, /stdin/<id>, /iopub/<id> and "
-        "/control/<id> carry its messages as 'msg' events. The relay runs code for whoever reaches it: "
+        "Relay Jupyter kernels to web clients over socket.io and Jupyter Server's kernel API. GET "
+        "/spawn/<kernelspec> starts a kernel, GET /shutdown/<id> stops it, and socket.io namespaces "
+        "/shell/<id>, /stdin/<id>, /iopub/<id> and /control/<id> carry its messages as 'msg' events; "
+        "JupyterLab and other Jupyter clients use /api/kernels. The relay runs code for whoever reaches it: "
         "--port listens on loopback only; use --listen for anything else."
     )
 
@@ -343,7 +344,7 @@ class Options(SettingsOptions):
             None,
             "none",
             "Network of a sandboxed kernel: none (its own namespace; channels on UNIX sockets), or host (the "
-            "machine's network, loopback services included: see README, Security).",
+            "machine's network, loopback services included: see docs/security.rst).",
             _choice("kernel-network", NETWORK_POLICIES),
         ],
         ["kernel-limits", None, "", "Limits of each sandboxed kernel.", _kernel_limits],
@@ -431,7 +432,7 @@ class Options(SettingsOptions):
             "max-clients-per-kernel",
             None,
             None,
-            "Most socket.io clients connected to one kernel (further connects are refused)",
+            "Most clients (socket.io or Jupyter WebSocket) connected to one kernel (further connects are refused)",
             _positive(int),
         ],
         [
@@ -919,7 +920,7 @@ def kernel_sandbox(options: Options) -> SandboxPolicy:
         else:
             log.warn(
                 "LOCAL KERNELS RUN UNSANDBOXED: {reason}. Each can read the relay's and other kernels' "
-                "files and reach the network (README, Security)",
+                "files and reach the network (docs/security.rst)",
                 reason=reason,
             )
     return policy
