@@ -1,77 +1,145 @@
 """
-The README's client examples, taken from README.rst as written and run as a user would paste them, against
-a real relay: the python-socketio script, the Node socket.io-client script and the REST API's curl lines.
-Only the relay's address is substituted (and, in the curl lines, the example kernel id by a real one).
+The client examples of README.rst and docs/, taken from the files as written and run as a user would paste
+them, against a real relay: each is the code block after a label ``.. _example-<name>:``. Only the relay's
+address (and token, and in the curl lines the example kernel id) is substituted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Relay
+from tests.conftest import Relay, relay_fixture
 from tests.support import ROOT, ensure_node_modules, node_available
 
 README = ROOT / "README.rst"
+DOCS = ROOT / "docs"
+JUPYTER_NODE = ROOT / "tests" / "jupyter-node"
 
-#: Where the examples' programs expect the relay, and the curl lines' form of it.
+#: Where the examples expect the relay, and the curl lines' form of it.
 EXAMPLE_URL = "http://localhost:3000"
 EXAMPLE_HOST = "localhost:3000"
+EXAMPLE_LOOPBACK = "127.0.0.1:3000"
+#: The token of the examples that need one.
+EXAMPLE_TOKEN = "SECRET"
 
-#: The paragraphs whose literal block (``::``) is each example.
-PYTHON_MARKER = "Python (``python-socketio``)"
-NODE_MARKER = "Node (``socket.io-client``"
-SPAWN_MARKER = "``GET /spawn/<kernelSpecName>``"
-INTERRUPT_MARKER = "``POST /api/kernels/<id>/interrupt``"
-SHUTDOWN_MARKER = "``GET /shutdown/<id>``"
+#: Every example label, with the file that holds it; a new example needs a test here.
+EXAMPLES = {
+    "example-readme-socketio": README,
+    "example-readme-jupyter": README,
+    "example-socketio-python": DOCS / "socketio.rst",
+    "example-socketio-node": DOCS / "socketio.rst",
+    "example-rest-spawn": DOCS / "rest.rst",
+    "example-rest-interrupt": DOCS / "rest.rst",
+    "example-rest-shutdown": DOCS / "rest.rst",
+    "example-jupyterlab-services": DOCS / "jupyter.rst",
+    "example-papermill": DOCS / "jupyter.rst",
+}
+
+_LABEL = re.compile(r"^\.\. _(example-[a-z0-9-]+):\s*$", re.MULTILINE)
+
+token_relay = relay_fixture(token=EXAMPLE_TOKEN)
 
 
-def literal_block(marker: str) -> str:
-    """The literal block after the paragraph of README.rst that starts with ``marker``, dedented."""
-    lines = README.read_text(encoding="utf-8").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.lstrip().startswith(marker)]
-    assert len(starts) == 1, f"README.rst should have one paragraph starting {marker!r}"
-    colon = next(i for i in range(starts[0], len(lines)) if lines[i].rstrip().endswith("::"))
-    indent = len(lines[colon]) - len(lines[colon].lstrip())
+def code_block(label: str) -> str:
+    """The literal block (``::`` or ``.. code-block::``) after the label ``.. _<label>:``, dedented."""
+    lines = EXAMPLES[label].read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.strip() == f".. _{label}:"]
+    assert len(starts) == 1, f"{EXAMPLES[label].name} should have one label {label!r}"
+    colon = next(
+        i
+        for i in range(starts[0], len(lines))
+        if lines[i].rstrip().endswith("::") or lines[i].lstrip().startswith(".. code-block::")
+    )
+    opener = lines[colon].lstrip()
+    indent = len(lines[colon]) - len(opener)
     block: list[str] = []
     for line in lines[colon + 1 :]:
-        if line.strip() and len(line) - len(line.lstrip()) <= indent:
+        stripped = line.strip()
+        if stripped and len(line) - len(line.lstrip()) <= indent:
             break
+        if opener.startswith(".. ") and not any(block) and stripped.startswith(":"):
+            continue  # a directive's option
         block.append(line)
-    text = textwrap.dedent("\n".join(block)).strip("\n")
-    assert text, f"no literal block after {marker!r}"
+    body = [line for line in block if line.strip()]
+    depth = min(len(line) - len(line.lstrip()) for line in body) if body else 0
+    text = "\n".join(line[depth:] for line in block).strip("\n")
+    assert text, f"no code block after {label!r}"
     return text + "\n"
 
 
 def at_relay(source: str, relay: Relay) -> str:
-    """The example with the relay's URL for the one it names."""
-    assert EXAMPLE_URL in source, f"the example no longer names {EXAMPLE_URL}"
-    return source.replace(EXAMPLE_URL, relay.url)
+    """The example with the relay's address (and token) for the ones it names."""
+    named = [example for example in (EXAMPLE_URL, EXAMPLE_LOOPBACK) if example in source]
+    assert named, "the example no longer names the relay's address"
+    source = source.replace(EXAMPLE_URL, relay.url)
+    source = source.replace(EXAMPLE_LOOPBACK, f"127.0.0.1:{relay.port}")
+    return source.replace(EXAMPLE_TOKEN, relay.token) if relay.token else source
 
 
 def kernel_ids(relay: Relay) -> set[object]:
     return {kernel["id"] for kernel in relay.kernels()}
 
 
-def test_the_python_example_prints_the_result_and_exits(relay: Relay, tmp_path: Path) -> None:
-    """The python-socketio script prints the cell's result and the reply, exits 0 and stops its kernel."""
-    script = tmp_path / "example.py"
-    script.write_text(at_relay(literal_block(PYTHON_MARKER), relay))
-    before = kernel_ids(relay)
+def run_python(label: str, relay: Relay, tmp_path: Path) -> list[str]:
+    """Run a Python example against the relay; the lines it printed, once it exited 0."""
+    script = tmp_path / f"{label}.py"
+    script.write_text(at_relay(code_block(label), relay))
     result = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=90, cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    return result.stdout.splitlines()
+
+
+def run_node(label: str, relay: Relay, tmp_path: Path, node_modules: Path) -> list[str]:
+    """Run a Node example against the relay; the lines it printed, once it exited 0 by itself."""
+    script = tmp_path / f"{label}.js"
+    script.write_text(at_relay(code_block(label), relay))
+    # A script that does not end by itself fails here, on the timeout.
+    result = subprocess.run(
+        ["node", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=tmp_path,
+        env={**os.environ, "NODE_PATH": str(node_modules)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout.splitlines()
+
+
+def test_every_example_label_is_run_here() -> None:
+    """Every ``example-*`` label of README.rst and docs/ is one of the examples these tests run."""
+    found: dict[str, Path] = {}
+    for path in [README, *sorted(DOCS.glob("*.rst"))]:
+        for label in _LABEL.findall(path.read_text(encoding="utf-8")):
+            assert label not in found, f"{label} is in both {found[label]} and {path}"
+            found[label] = path
+    assert found == EXAMPLES
+
+
+@pytest.mark.parametrize("label", ["example-readme-socketio", "example-readme-jupyter"])
+def test_the_readme_examples_print_the_answer(relay: Relay, tmp_path: Path, label: str) -> None:
+    """The README's socket.io and Jupyter examples print the cell's result, exit 0 and stop their kernel."""
+    before = kernel_ids(relay)
+    assert run_python(label, relay, tmp_path) == ["42"]
+    assert kernel_ids(relay) == before
+
+
+def test_the_python_example_prints_the_result_and_exits(relay: Relay, tmp_path: Path) -> None:
+    """The python-socketio script prints the cell's result and the reply, exits 0 and stops its kernel."""
+    before = kernel_ids(relay)
+    lines = run_python("example-socketio-python", relay, tmp_path)
     assert "iopub execute_input {'code': '1+1', 'execution_count': 1}" in lines
     assert (
         "iopub execute_result {'data': {'text/plain': '2'}, 'metadata': {}, 'execution_count': 1}"
@@ -85,21 +153,9 @@ def test_the_python_example_prints_the_result_and_exits(relay: Relay, tmp_path: 
 @pytest.mark.skipif(not node_available(), reason="needs node and npm")
 def test_the_node_example_prints_the_result_and_exits(relay: Relay, tmp_path: Path) -> None:
     """The socket.io-client script prints the cell's result and the reply, then exits by itself."""
-    node_modules = ensure_node_modules() / "node_modules"
-    script = tmp_path / "example.js"
-    script.write_text(at_relay(literal_block(NODE_MARKER), relay))
     before = kernel_ids(relay)
-    # A script that does not end by itself fails here, on the timeout.
-    result = subprocess.run(
-        ["node", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-        env={**os.environ, "NODE_PATH": str(node_modules)},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    node_modules = ensure_node_modules() / "node_modules"
+    lines = run_node("example-socketio-node", relay, tmp_path, node_modules)
     assert (
         "execute_result { data: { 'text/plain': '2' }, metadata: {}, execution_count: 1 }" in lines
     )
@@ -108,15 +164,43 @@ def test_the_node_example_prints_the_result_and_exits(relay: Relay, tmp_path: Pa
     assert kernel_ids(relay) == before
 
 
-def curl_example(marker: str) -> tuple[list[str], str]:
+@pytest.mark.skipif(not node_available(), reason="needs node and npm")
+def test_the_jupyterlab_services_example_runs_a_cell(token_relay: Relay, tmp_path: Path) -> None:
+    """The @jupyterlab/services script prints the cell's stream and result, then stops its kernel."""
+    before = kernel_ids(token_relay)
+    node_modules = ensure_node_modules(JUPYTER_NODE) / "node_modules"
+    lines = run_node("example-jupyterlab-services", token_relay, tmp_path, node_modules)
+    assert any(line.startswith("stream") and "hello" in line for line in lines), lines
+    assert any(line.startswith("execute_result") and "'42'" in line for line in lines), lines
+    assert kernel_ids(token_relay) == before
+
+
+def test_the_papermill_example_executes_a_notebook(relay: Relay, tmp_path: Path) -> None:
+    """The papermill lines run a notebook at the relay through GatewayKernelManager and write its outputs."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("papermill")
+    pytest.importorskip("jupyter_server.gateway.managers")
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    notebook = new_notebook(cells=[new_code_cell("6*7")])
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nbformat.write(notebook, tmp_path / "in.ipynb")
+    before = kernel_ids(relay)
+    run_python("example-papermill", relay, tmp_path)
+    (cell,) = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells
+    assert [output["data"]["text/plain"] for output in cell.outputs] == ["42"]
+    assert kernel_ids(relay) == before
+
+
+def curl_example(label: str) -> tuple[list[str], str]:
     """The ``$ curl ...`` line of an example block, as arguments, and the output line after it."""
-    command, output = literal_block(marker).splitlines()[:2]
+    command, output = code_block(label).splitlines()[:2]
     assert command.startswith("$ curl "), command
     return shlex.split(command.removeprefix("$ ")), output
 
 
 def curl(argv: list[str], relay: Relay, replace: dict[str, str]) -> str:
-    """Run a README curl line against the relay; its output."""
+    """Run a documented curl line against the relay; its output."""
     arguments = []
     for argument in argv:
         argument = argument.replace(EXAMPLE_HOST, f"127.0.0.1:{relay.port}")
@@ -130,16 +214,16 @@ def curl(argv: list[str], relay: Relay, replace: dict[str, str]) -> str:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 def test_the_rest_examples_answer_as_shown(relay: Relay) -> None:
-    """The REST API section's curl lines spawn, interrupt and shut down a kernel, answering as shown."""
-    spawn, spawned = curl_example(SPAWN_MARKER)
+    """The REST API page's curl lines spawn, interrupt and shut down a kernel, answering as shown."""
+    spawn, spawned = curl_example("example-rest-spawn")
     example_id = json.loads(spawned)["id"]
     answer = curl(spawn, relay, {})
     kernel_id = json.loads(answer)["id"]
     uuid.UUID(kernel_id)
     assert answer == spawned.replace(example_id, kernel_id)
     assert kernel_id in kernel_ids(relay)
-    for marker in (INTERRUPT_MARKER, SHUTDOWN_MARKER):
-        command, shown = curl_example(marker)
-        assert example_id in " ".join(command), f"the {marker} example names another kernel"
+    for label in ("example-rest-interrupt", "example-rest-shutdown"):
+        command, shown = curl_example(label)
+        assert example_id in " ".join(command), f"the {label} example names another kernel"
         assert curl(command, relay, {example_id: kernel_id}) == shown.replace(example_id, kernel_id)
     assert kernel_id not in kernel_ids(relay)
