@@ -119,7 +119,7 @@ def _relay_loss_lines(results: dict[str, Any]) -> list[str]:
 
 #: The relay's round-trip median over the forwarder's. The issue's target, ≤ 1.15 x direct ZMQ, is within
 #: the noise of the forwarder alone on a 2-core VM (1.04-1.16 x direct over six full runs), so what the
-#: relay's own code adds is held to this bound instead (see the README's "Benchmarks").
+#: relay's own code adds is held to this bound instead (see docs/benchmarks.rst).
 FLOOR_TARGET = 1.15
 
 

@@ -17,9 +17,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import socketio
 
 from tests.conftest import Relay, relay_fixture
-from tests.support import ROOT, ensure_node_modules, node_available
+from tests.support import ROOT, ServerProcess, ensure_node_modules, free_port, node_available
 
 README = ROOT / "README.rst"
 DOCS = ROOT / "docs"
@@ -43,6 +44,7 @@ EXAMPLES = {
     "example-rest-shutdown": DOCS / "rest.rst",
     "example-jupyterlab-services": DOCS / "jupyter.rst",
     "example-papermill": DOCS / "jupyter.rst",
+    "example-socketio-server": DOCS / "socketio-server.rst",
 }
 
 _LABEL = re.compile(r"^\.\. _(example-[a-z0-9-]+):\s*$", re.MULTILINE)
@@ -227,3 +229,23 @@ def test_the_rest_examples_answer_as_shown(relay: Relay) -> None:
         assert example_id in " ".join(command), f"the {label} example names another kernel"
         assert curl(command, relay, {example_id: kernel_id}) == shown.replace(example_id, kernel_id)
     assert kernel_id not in kernel_ids(relay)
+
+
+def test_the_socketio_server_example_serves_a_room(tmp_path: Path) -> None:
+    """The socket.io library's example program refuses a wrong token, and acks and broadcasts "say"."""
+    port = free_port()
+    script = tmp_path / "server.py"
+    source = code_block("example-socketio-server")
+    assert "listenTCP(8000," in source
+    script.write_text(source.replace("listenTCP(8000,", f"listenTCP({port},"))
+    with ServerProcess([sys.executable, str(script)], port):
+        url = f"http://127.0.0.1:{port}"
+        with socketio.SimpleClient() as stranger:
+            with pytest.raises(socketio.exceptions.ConnectionError):
+                stranger.connect(
+                    url, namespace="/room/lobby", auth={"token": "wrong"}, wait_timeout=10
+                )
+        with socketio.SimpleClient() as member:
+            member.connect(url, namespace="/room/lobby", auth={"token": "secret"}, wait_timeout=10)
+            assert member.call("say", "hello", timeout=10) == "delivered"
+            assert member.receive(timeout=10) == ["said", "hello"]
