@@ -418,8 +418,9 @@ class Options(SettingsOptions):
             "token",
             None,
             None,
-            f"Require this token on every REST route (but /api/health) and namespace connect; "
-            f"default: ${TOKEN_ENV}. Needed to listen beyond loopback.",
+            "Require this token on every REST route (but /api/health and /api/health/ready), "
+            f"socket.io namespace connect and Jupyter kernel WebSocket; default: ${TOKEN_ENV}. Needed "
+            "to listen beyond loopback.",
         ],
         [
             "max-kernels",
@@ -440,7 +441,8 @@ class Options(SettingsOptions):
             None,
             None,
             "Largest message in bytes, both ways: sets --max-payload for clients, and kernel messages "
-            "over it are not forwarded (clients get an 'error' event instead)",
+            "over it are not forwarded (their clients are told instead: an 'error' event on socket.io, "
+            "a stderr stream message on the Jupyter WebSocket)",
             _positive(int),
         ],
         [
@@ -519,7 +521,7 @@ class Options(SettingsOptions):
             None,
             8 * 1024 * 1024,
             "Most bytes of recent iopub messages kept per kernel for clients that reconnect "
-            "(CONNECT auth {since: N}); 0 keeps none.",
+            "(socket.io's CONNECT auth {since: N}, a Jupyter client's session_id); 0 keeps none.",
             _non_negative_int,
         ],
         [
