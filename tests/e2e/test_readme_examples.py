@@ -42,6 +42,7 @@ EXAMPLES = {
     "example-rest-spawn": DOCS / "rest.rst",
     "example-rest-interrupt": DOCS / "rest.rst",
     "example-rest-shutdown": DOCS / "rest.rst",
+    "example-jupyter-curl": DOCS / "jupyter.rst",
     "example-jupyterlab-services": DOCS / "jupyter.rst",
     "example-papermill": DOCS / "jupyter.rst",
     "example-socketio-server": DOCS / "socketio-server.rst",
@@ -249,3 +250,23 @@ def test_the_socketio_server_example_serves_a_room(tmp_path: Path) -> None:
             member.connect(url, namespace="/room/lobby", auth={"token": "secret"}, wait_timeout=10)
             assert member.call("say", "hello", timeout=10) == "delivered"
             assert member.receive(timeout=10) == ["said", "hello"]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
+def test_the_kernel_api_examples_answer_as_shown(token_relay: Relay) -> None:
+    """The kernel API's curl lines start a kernel (its model as shown), interrupt it and delete it."""
+    lines = code_block("example-jupyter-curl").splitlines()
+    commands = [
+        shlex.split(line.removeprefix("$ ")) for line in lines if line.startswith("$ curl ")
+    ]
+    assert len(commands) == 3 and lines[0].startswith("$ ") and not lines[1].startswith("$ ")
+    shown = json.loads(lines[1])
+    token = {EXAMPLE_TOKEN: token_relay.token or ""}
+    model = json.loads(curl(commands[0], token_relay, token))
+    assert model.keys() == shown.keys()
+    assert model["name"] == shown["name"]
+    kernel_id = model["id"]
+    assert kernel_id in kernel_ids(token_relay)
+    for command in commands[1:]:
+        assert curl(command, token_relay, {**token, shown["id"]: kernel_id}) == ""
+    assert kernel_id not in kernel_ids(token_relay)
