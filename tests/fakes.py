@@ -165,6 +165,21 @@ class FakeKernel:
         for listener in list(self.iopub_listeners):
             listener(message)
 
+    def answer(
+        self,
+        msg_id: str,
+        msg_type: str,
+        channel: str = "shell",
+        content: dict[str, Any] | None = None,
+    ) -> None:
+        """The kernel answers the request ``msg_id`` on the client line that sent it."""
+        (line,) = [
+            line
+            for line in self.clients
+            if any(sent.get("header", {}).get("msg_id") == msg_id for _, sent in line.sent)
+        ]
+        line.deliver(kernel_message(msg_type, channel, parent=msg_id, content=content))
+
 
 class FakeRegistry:
     """The kernels the relay runs, and the observers told when they start and stop."""
@@ -179,6 +194,9 @@ class FakeRegistry:
 
     def __len__(self) -> int:
         return len(self._kernels)
+
+    def __contains__(self, kernel_id: object) -> bool:
+        return kernel_id in self._kernels
 
     def kernels(self) -> list[FakeKernel]:
         return list(self._kernels.values())
