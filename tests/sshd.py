@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import starts_processes
+
 HOST = "127.0.0.2"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -58,6 +60,7 @@ def keygen(path: Path) -> str:
 
 
 @dataclass
+@starts_processes
 class SSHServer:
     """A running sshd, the files a client needs to log in, and a key it does not accept."""
 
@@ -122,6 +125,7 @@ def _config(directory: Path, port: int, host_key: Path, extra: list[str]) -> str
     )
 
 
+@starts_processes
 def start_sshd(directory: Path) -> SSHServer:
     """Generate the keys and config in ``directory`` and start sshd; it listens when this returns."""
     require_openssh()

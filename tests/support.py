@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
@@ -41,6 +42,18 @@ def wait_for_port(
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout}s")
+
+
+_T = TypeVar("_T")
+
+
+def starts_processes(thing: _T) -> _T:
+    """
+    Tag a class, function or fixture function that starts the relay, kernels, sshd, Node or Chromium: a test
+    that uses one, directly or through its fixtures, is marked ``e2e`` (see ``tests/conftest.py``).
+    """
+    thing.starts_processes = True  # type: ignore[attr-defined]
+    return thing
 
 
 class ServerProcess:
@@ -114,6 +127,7 @@ def node_available() -> bool:
     return shutil.which("node") is not None and shutil.which("npm") is not None
 
 
+@starts_processes
 def ensure_node_modules(directory: Path = NODE_DIR) -> Path:
     """
     Install a folder's Node test clients (from its package-lock.json) unless they are up to date; return
@@ -131,6 +145,7 @@ def ensure_node_modules(directory: Path = NODE_DIR) -> Path:
     return directory
 
 
+@starts_processes
 def run_node(script: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run ``tests/node/<script>`` with Node and return its completed process (output as text)."""
     ensure_node_modules()
@@ -147,6 +162,7 @@ def run_node(script: str, *args: str, timeout: float = 60.0) -> subprocess.Compl
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+@starts_processes
 def headless_chromium(url: str, *flags: str) -> list[str]:
     """The command that loads ``url`` in a headless Chromium and prints its DOM once the page has loaded."""
     return [

@@ -17,6 +17,9 @@ import requests
 
 from tests.support import ServerProcess, free_port
 
+#: The relay, started as its console script (by ServerProcess, which the conftest does not count).
+pytestmark = pytest.mark.e2e
+
 #: The script pip installed beside the interpreter from ``[project.scripts]``.
 KERNEL_RELAY = Path(sys.executable).with_name("kernel-relay")
 

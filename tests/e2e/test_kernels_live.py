@@ -29,6 +29,9 @@ from kernel_relay.kernels import (
     UnknownKernelSpec,
 )
 
+#: Real kernels, through the real registry (no relay process, so the conftest cannot tell by itself).
+pytestmark = pytest.mark.e2e
+
 FIXTURES = Path(__file__).resolve().parents[1] / "provisioner"
 SITE = str(FIXTURES / "site")
 JUPYTER_DIR = str(FIXTURES / "jupyter")

@@ -24,6 +24,7 @@ from tests.jupyter_ws import JupyterWS
 from tests.redis_server import RedisServer, redis_server, require_redis
 
 pytestmark = [
+    pytest.mark.e2e,  # a fleet's relays too, found through other test modules
     pytest.mark.timeout(240),
     pytest.mark.skipif(not shutil.which("bwrap"), reason="bubblewrap (bwrap) is not installed"),
 ]
