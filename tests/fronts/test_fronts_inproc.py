@@ -6,15 +6,39 @@ v1 subprotocol and its legacy JSON protocol, with fake kernels and a memory cloc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from tests.fakes import kernel_message
-from tests.inproc import FRONTS, InProcessRelay, JupyterPeer, PeerFactory, SocketIOPeer, relay_seq
+from tests.inproc import (
+    FRONTS,
+    InProcessRelay,
+    JupyterPeer,
+    Peer,
+    PeerFactory,
+    SocketIOPeer,
+    relay_seq,
+)
 from tests.inproc_clients import jupyter_message
 
 ADMIN = "admin-token-for-the-inproc-tests"
 
 fronts = pytest.mark.parametrize("front", list(FRONTS.values()), ids=list(FRONTS))
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """The relay's log, as lines, while the test runs."""
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
 
 
 def stream(text: str) -> object:
@@ -25,6 +49,11 @@ def texts(messages: list[dict[str, object]]) -> list[object]:
     return [m["content"]["text"] for m in messages if m["header"]["msg_type"] == "stream"]  # type: ignore[index]
 
 
+def other_front(relay: InProcessRelay, peer: Peer) -> Peer:
+    """A client of the same kernel by the other front than ``peer``'s."""
+    return SocketIOPeer(relay) if isinstance(peer, JupyterPeer) else JupyterPeer(relay)
+
+
 # -- routing ----------------------------------------------------------------------------------------------
 
 
@@ -33,7 +62,7 @@ def test_iopub_reaches_every_client(front: PeerFactory) -> None:
     """An iopub message reaches every client of the kernel, numbered, whichever front the others came by."""
     relay = InProcessRelay()
     first, second = front(relay), front(relay)
-    other = SocketIOPeer(relay) if isinstance(first, JupyterPeer) else JupyterPeer(relay)
+    other = other_front(relay, first)
     relay.kernel().publish(stream("hello"))
     relay.flush()
     for peer in (first, second, other):
@@ -46,13 +75,14 @@ def test_a_reply_reaches_only_its_requester(front: PeerFactory) -> None:
     """The kernel's reply to one client's request goes to that client alone, not to another of the kernel."""
     relay = InProcessRelay()
     asker, other = front(relay), front(relay)
+    third = other_front(relay, asker)
     request = jupyter_message("execute_request", {"code": "1"})
     asker.send("shell", request)
     relay.kernel().answer(request["header"]["msg_id"], "execute_reply", "shell")
     relay.flush()
     replies = asker.got("shell")
     assert [m["parent_header"]["msg_id"] for m in replies] == [request["header"]["msg_id"]]
-    assert other.got("shell") == []
+    assert other.got("shell") == third.got("shell") == []
 
 
 @fronts
@@ -141,8 +171,10 @@ def test_an_oversized_kernel_message_is_told_not_sent(front: PeerFactory) -> Non
 
 
 @fronts
-def test_a_slow_client_is_disconnected_and_others_are_not(front: PeerFactory) -> None:
-    """A client that stops reading is disconnected as a slow client; one that reads gets every message."""
+def test_a_slow_client_is_disconnected_and_others_are_not(
+    front: PeerFactory, log_lines: list[str]
+) -> None:
+    """A client that stops reading is disconnected as a slow client, saying so; one that reads gets all."""
     relay = InProcessRelay("--max-buffered-bytes", "300000")
     slow, fast = front(relay), front(relay)
     slow.client.reading = False
@@ -158,6 +190,10 @@ def test_a_slow_client_is_disconnected_and_others_are_not(front: PeerFactory) ->
     assert len(texts(slow.got("iopub"))) < 60
     # Counted once per client on the Jupyter front, once per namespace on socket.io's (noted in issue #31).
     assert relay.metric('kernel_relay_errors_total{kind="slow_client"}') >= 1
+    # The reason is logged with the bytes waiting: the client itself is cut off, as it reads nothing.
+    assert any(
+        "over the limit of 300000" in line or "bytes wait for it" in line for line in log_lines
+    )
 
 
 # -- resume -----------------------------------------------------------------------------------------------
