@@ -25,6 +25,7 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from kernel_relay import tap
 from kernel_relay.http.site import Listener, RelaySite
+from kernel_relay.relay.core import RelayCore
 from tests.fakes import FakeKernel, FakeRegistry, result_of
 from tests.inproc_clients import (
     JupyterClient,
@@ -103,6 +104,12 @@ class InProcessRelay:
 
     def kernel(self, kernel_id: str = "k1") -> FakeKernel:
         return self.registry.get(kernel_id)
+
+    @property
+    def core(self) -> RelayCore:
+        """The relay core the fronts serve (it watches the registry's kernels)."""
+        (core,) = [o for o in self.registry.observers if isinstance(o, RelayCore)]
+        return core
 
     def connect(self, client: WebSocketClient) -> WebSocketClient:
         """Connect ``client`` to the site from a loopback address of its own, and let them talk."""

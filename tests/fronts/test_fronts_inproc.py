@@ -266,3 +266,16 @@ def test_a_restart_is_told(front: PeerFactory) -> None:
     expected = ["starting"] if isinstance(peer, JupyterPeer) else ["restarting", "starting"]
     assert states == expected
     assert not peer.gone
+
+
+@fronts
+def test_a_kernel_that_stops_answering_is_told(front: PeerFactory) -> None:
+    """A kernel silent on its heartbeat is told to its clients as an error naming it; they stay connected."""
+    relay = InProcessRelay()
+    peer = front(relay)
+    relay.core.kernel_unreachable(relay.kernel(), 30.0)  # what the heartbeat monitor calls
+    relay.flush()
+    errors = peer.told("error")
+    assert errors and all(error["code"] == "kernel_unreachable" for error in errors), errors
+    assert "has not answered its heartbeat for 30s" in str(errors[0]["message"])
+    assert not peer.gone
