@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kernel_relay.socketio.attachments import deconstruct, reconstruct
 from kernel_relay.socketio.packet import (
     DEFAULT_MAX_ATTACHMENTS,
     MAX_ACK_ID,
@@ -17,9 +18,7 @@ from kernel_relay.socketio.packet import (
     PacketError,
     PacketType,
     decode_text,
-    deconstruct,
     encode_packet,
-    reconstruct,
 )
 
 # --- encoding -------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from kernel_relay.socketio import (
     SocketIOServer,
 )
 from kernel_relay.socketio import namespace as namespace_module
-from kernel_relay.socketio.client import MAX_QUEUED_BEFORE_CONNECT
+from kernel_relay.socketio.socket import MAX_QUEUED_BEFORE_CONNECT
 
 
 class FakeSession:

@@ -65,11 +65,12 @@ server-side disconnect and spares the client's other namespaces).
 """
 
 from ..jsontext import RawJSON
-from .client import Client, Socket
+from .client import Client
 from .errors import AckTimeout, ConnectionRefused, Disconnected
 from .namespace import Namespace, NamespaceGroup
 from .packet import EncodedPacket, encode_event
 from .server import SocketIOServer
+from .socket import Socket
 
 __all__ = [
     "AckTimeout",

@@ -26,3 +26,7 @@ class AckTimeout(Exception):
 
 class Disconnected(Exception):
     """The socket was disconnected (or never connected) before the client acknowledged an event."""
+
+
+class PacketError(ValueError):
+    """A message that is not a valid socket.io packet (or arrives when it cannot be accepted)."""

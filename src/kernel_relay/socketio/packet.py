@@ -6,10 +6,11 @@ No I/O and no reactor here, so every rule of the wire format can be tested with 
 
 A packet travels as one text message, ``<type>[<n>-][<namespace>,][<ack id>][<JSON payload>]``,
 followed by ``n`` binary messages (attachments) for the two binary types. Binary values inside the
-payload are replaced by ``{"_placeholder":true,"num":i}`` objects pointing at attachment ``i``.
+payload are replaced by ``{"_placeholder":true,"num":i}`` objects pointing at attachment ``i``
+(:mod:`.attachments`); the JSON text itself is written by :mod:`.json_writer`.
 
 Decoding is strict because every message comes from an untrusted peer: anything the grammar does not
-allow raises :class:`PacketError`, and the caller is expected to drop the connection.
+allow raises :class:`~.errors.PacketError`, and the caller is expected to drop the connection.
 
 Protocol 4 differs in meaning, not in grammar: type 4 is ``ERROR`` (a string or object, where protocol
 5 has CONNECT_ERROR with ``{"message", "data"}``), CONNECT packets carry no payload, and a client's
@@ -24,7 +25,6 @@ that the text is one valid JSON value (it is not checked).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from enum import IntEnum
@@ -33,7 +33,10 @@ from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qsl
 
 from ..engineio import Binary
-from ..jsontext import JSONError, RawJSON, loads
+from ..jsontext import JSONError, loads
+from .attachments import deconstruct_payload, reconstruct
+from .errors import PacketError
+from .json_writer import dumps, escape_non_ascii, write_with_raw
 
 #: Largest number of binary attachments one packet may announce. The reference parser allows 10,
 #: which is too few for Jupyter messages carrying many buffers; each attachment is already bounded
@@ -65,10 +68,6 @@ class PacketType(IntEnum):
     BINARY_ACK = 6
 
 
-class PacketError(ValueError):
-    """A message that is not a valid socket.io packet (or arrives when it cannot be accepted)."""
-
-
 class Packet(NamedTuple):
     """
     One socket.io packet (an immutable tuple: one is made for every event sent or received).
@@ -92,214 +91,6 @@ _BINARY_ACK = PacketType.BINARY_ACK
 _WITH_PAYLOAD = frozenset({_EVENT, _ACK, _BINARY_EVENT, _BINARY_ACK})
 _TYPES = tuple(PacketType)  # by wire digit
 _DIGITS_OF = {packet_type: str(int(packet_type)) for packet_type in PacketType}
-#: Values that JSON writes without recursion and that are never binary.
-_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-# Built once: json.dumps with options builds a new encoder on every call (a few us per packet).
-_encode_compact = json.JSONEncoder(
-    separators=(",", ":"), ensure_ascii=False, allow_nan=False
-).encode
-_encode_ascii = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
-
-
-def _dumps(value: Any) -> str:
-    """Compact JSON as the reference sends it, kept valid UTF-8 even with lone surrogates."""
-    text = _encode_compact(value)
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            # A lone surrogate (from a "\ud800" escape a client sent) cannot go out as UTF-8 text;
-            # escaping everything keeps the value identical for the JSON reader on the other side.
-            text = _encode_ascii(value)
-    return text
-
-
-_KEYS: dict[str, str] = {}
-
-
-def _dumps_key(key: str) -> str:
-    """
-    A short string (a dict key, an event name) as JSON; the few of a relay's messages are encoded
-    once, not per message.
-    """
-    encoded = _KEYS.get(key)
-    if encoded is None:
-        encoded = _dumps(key)
-        if len(_KEYS) < 256 and len(key) <= 64:
-            _KEYS[key] = encoded
-    return encoded
-
-
-def _write_with_raw(value: Any, chunks: list[str]) -> None:
-    # Values that need no recursion (the RawJSON parts of a kernel message, strings, numbers) are
-    # handled in the loops themselves: this runs for every message to every namespace.
-    kind = type(value)
-    if kind is RawJSON or isinstance(value, RawJSON):
-        chunks.append(value)
-    elif kind is list or kind is tuple or isinstance(value, (list, tuple)):
-        chunks.append("[")
-        for index, item in enumerate(value):
-            if index:
-                chunks.append(",")
-            if type(item) is RawJSON:
-                chunks.append(item)
-            elif type(item) is str:
-                chunks.append(_dumps_key(item))
-            else:
-                _write_with_raw(item, chunks)
-        chunks.append("]")
-    elif kind is dict or isinstance(value, dict):
-        chunks.append("{")
-        for index, (key, item) in enumerate(value.items()):
-            if index:
-                chunks.append(",")
-            # json's own rules for keys (str, or int/float/bool/None written as strings).
-            chunks.append(_dumps_key(key) if isinstance(key, str) else _dumps({key: 0})[1:-3])
-            chunks.append(":")
-            if type(item) is RawJSON:
-                chunks.append(item)
-            else:
-                _write_with_raw(item, chunks)
-        chunks.append("}")
-    else:
-        chunks.append(_dumps(value))
-
-
-def deconstruct(data: Any) -> tuple[Any, list[Binary]]:
-    """
-    Replace each binary value in ``data`` by a placeholder; return the new payload and attachments.
-
-    Containers without binary values inside are returned as they are (no copy), so the common case
-    of a plain JSON payload costs one walk and no allocation.
-    """
-    result, attachments, _ = _deconstruct(data)
-    return result, attachments
-
-
-def _deconstruct(data: Any) -> tuple[Any, list[Binary], bool]:
-    """:func:`deconstruct`, also telling whether a :class:`RawJSON` value is inside."""
-    if type(data) is list:
-        # An event's arguments are mostly plain values and RawJSON: one look at each, no walk.
-        raw = False
-        for item in data:
-            kind = type(item)
-            if kind is RawJSON:
-                raw = True
-            elif kind not in _SCALARS:
-                break
-        else:
-            return data, [], raw
-    walker = _Deconstruction()
-    return walker.walk(data), walker.attachments, walker.raw
-
-
-class _Deconstruction:
-    """
-    One walk of :func:`_deconstruct`. A class rather than a closure that calls itself: such a
-    closure is a reference cycle, which keeps the attachments (a kernel's 10 MB buffer among them)
-    alive until the cyclic garbage collector happens to run.
-    """
-
-    __slots__ = ("attachments", "raw")
-
-    def __init__(self) -> None:
-        self.attachments: list[Binary] = []
-        self.raw = False
-
-    def walk(self, value: Any) -> Any:
-        kind = type(value)
-        if kind is RawJSON:
-            self.raw = True
-            return value
-        if kind in _SCALARS:
-            return value
-        if isinstance(value, str):
-            if isinstance(value, RawJSON):
-                self.raw = True
-            return value
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            # A memoryview (a kernel's large buffer) goes out as it is: no copy.
-            attachments = self.attachments
-            attachments.append(bytes(value) if isinstance(value, bytearray) else value)
-            return {"_placeholder": True, "num": len(attachments) - 1}
-        if isinstance(value, (list, tuple)):
-            copy: list[Any] | None = None
-            for index, item in enumerate(value):
-                replaced = self.walk(item)
-                if replaced is not item:
-                    if copy is None:
-                        copy = list(value)
-                    copy[index] = replaced
-            return value if copy is None else copy
-        if isinstance(value, dict):
-            changed: dict[Any, Any] | None = None
-            for key, item in value.items():
-                if type(item) is RawJSON:
-                    self.raw = True
-                    continue
-                replaced = self.walk(item)
-                if replaced is not item:
-                    if changed is None:
-                        changed = dict(value)
-                    changed[key] = replaced
-            return value if changed is None else changed
-        return value
-
-
-def reconstruct(data: Any, attachments: list[bytes]) -> Any:
-    """
-    Put ``attachments`` back where their placeholders are; every attachment must be referenced.
-
-    Raises :class:`PacketError` for a placeholder whose ``num`` is not an index of ``attachments``
-    and for attachments no placeholder refers to.
-    """
-    walker = _Reconstruction(attachments)
-    result = walker.walk(data)
-    if not all(walker.used):
-        raise PacketError("an attachment is not referenced by any placeholder")
-    return result
-
-
-class _Reconstruction:
-    """One walk of :func:`reconstruct` (a class for the reason given at :class:`_Deconstruction`)."""
-
-    __slots__ = ("attachments", "used")
-
-    def __init__(self, attachments: list[bytes]) -> None:
-        self.attachments = attachments
-        self.used = [False] * len(attachments)
-
-    def walk(self, value: Any) -> Any:
-        if isinstance(value, list):
-            for index, item in enumerate(value):
-                if isinstance(item, (list, dict)):
-                    value[index] = self.walk(item)
-            return value
-        if isinstance(value, dict):
-            if value.get("_placeholder") is True:
-                num = value.get("num")
-                if type(num) is not int or not 0 <= num < len(self.attachments):
-                    raise PacketError(f"placeholder refers to no attachment: {num!r}")
-                self.used[num] = True
-                return self.attachments[num]
-            for key, item in value.items():
-                if isinstance(item, (list, dict)):
-                    value[key] = self.walk(item)
-            return value
-        return value
-
-
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if code > 0xFFFF:
-        code -= 0x10000
-        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
-    return f"\\u{code:04x}"
 
 
 def _data_offset(text: str) -> int:
@@ -327,7 +118,7 @@ def ascii_packet(text: str) -> str:
     JSON value is unchanged. Cached, because a broadcast hands the same text to every such client.
     """
     start = _data_offset(text)
-    return text[:start] + _NON_ASCII.sub(_escape_char, text[start:])
+    return text[:start] + escape_non_ascii(text[start:])
 
 
 def encode_packet(packet: Packet) -> list[str | Binary]:
@@ -341,7 +132,7 @@ def encode_packet(packet: Packet) -> list[str | Binary]:
     attachments: list[Binary] = []
     raw = False
     if data is not None and packet_type in _WITH_PAYLOAD:
-        data, attachments, raw = _deconstruct(data)
+        data, attachments, raw = deconstruct_payload(data)
         if attachments:
             packet_type = (
                 _BINARY_ACK if packet_type is _ACK or packet_type is _BINARY_ACK else _BINARY_EVENT
@@ -361,9 +152,9 @@ def encode_packet(packet: Packet) -> list[str | Binary]:
     if data is not None:
         if raw:
             # Straight into parts: a large RawJSON (a 10 MB kernel output) is copied once, by the join.
-            _write_with_raw(data, parts)
+            write_with_raw(data, parts)
         else:
-            parts.append(_dumps(data))
+            parts.append(dumps(data))
     messages: list[str | Binary] = ["".join(parts)]
     messages.extend(attachments)
     return messages

@@ -13,10 +13,11 @@ from twisted.web.resource import IResource
 
 from ..budget import BufferBudget
 from ..engineio import SERVER_SHUTDOWN, EngineIOOptions, EngineIOServer
-from .client import Client, Socket
+from .client import Client
 from .interfaces import EngineSession
 from .namespace import Namespace, NamespaceGroup, check_namespace_name
 from .packet import DEFAULT_MAX_ATTACHMENTS
+from .socket import Socket
 
 log = Logger()
 
