@@ -3,14 +3,11 @@ Fast WebSocket server connections on Autobahn, for any protocol over WebSocket (
 Jupyter kernel WebSocket): framing, batched writes, back-pressure. A protocol subclasses
 :class:`FramedWebSocketProtocol` and implements :meth:`~FramedWebSocketProtocol.message_received`.
 
-Data frames are framed here rather than by Autobahn's ``sendMessage``: a server's frames are
-unmasked and we never fragment or compress, so a frame is a 2-10 byte header (RFC 6455 section
-5.2) and the payload. All the frames of one flush leave in a single transport write, and a large
-payload is copied once (Autobahn copied it into its frame, then Twisted again behind the small
-frames before it). Autobahn still does the handshake, pings and closes, and reads every frame that
-is not a whole, final, masked text or binary frame of an allowed size, with valid UTF-8 if text
-(:func:`parse_data_frame`): those, what clients send nearly always, are read here, at a fraction
-of the Python work per frame.
+Data frames are framed here (:mod:`kernel_relay.websocket_frames`) rather than by Autobahn's
+``sendMessage``. All the frames of one flush leave in a single transport write, and a large payload is
+copied once (Autobahn copied it into its frame, then Twisted again behind the small frames before it).
+Autobahn still does the handshake, pings and closes, and reads every frame that
+:func:`~kernel_relay.websocket_frames.parse_data_frame` leaves to it.
 
 Writes are batched per reactor turn: frames queued while handling a turn's events (a burst of kernel
 messages, a broadcast to every client) leave at the start of the next turn, in one write per
@@ -49,9 +46,7 @@ holds, a send right now, the producer, Autobahn's state and frame reader) it tak
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
-from typing import Final
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -61,14 +56,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import twisted_internals as internals
+from .websocket_frames import FINAL_BINARY, FINAL_TEXT, frame_header, parse_data_frame
 
 Binary = bytes | memoryview
-
-# First header byte of a final (unfragmented) text or binary frame.
-FINAL_TEXT: Final = 0x81
-FINAL_BINARY: Final = 0x82
-_LENGTH_16 = struct.Struct("!BBH")
-_LENGTH_64 = struct.Struct("!BBQ")
 
 
 #: Payloads at least this big are written alone rather than joined with other frames.
@@ -79,61 +69,6 @@ STREAM_CHUNK = 1 << 20
 
 #: Bytes a connection may hold unsent for its peer and still read it (see the module doc).
 READ_PAUSE_BYTES = 1 << 18
-
-
-def parse_data_frame(data: bytes, offset: int, max_payload: int) -> tuple[str | bytes, int] | None:
-    """
-    The message of the complete client data frame at ``offset`` and where the next frame starts; None
-    unless the frame is final, unfragmented, uncompressed, masked, text or binary, no bigger than
-    ``max_payload`` (0: no limit), minimally encoded and, if text, valid UTF-8. Autobahn reads any
-    other frame, and fails the connection for those that break the protocol.
-    """
-    end = len(data)
-    if end - offset < 6:
-        return None
-    first, second = data[offset], data[offset + 1]
-    if (first != FINAL_TEXT and first != FINAL_BINARY) or not second & 0x80:
-        return None
-    size = second & 0x7F
-    start = offset + 2
-    if size == 126:
-        size = int.from_bytes(data[start : start + 2], "big")
-        start += 2
-        if size < 126:
-            return None
-    elif size == 127:
-        size = int.from_bytes(data[start : start + 8], "big")
-        start += 8
-        if size < 0x10000 or size >> 63:
-            return None
-    if max_payload and size > max_payload:
-        return None
-    mask = data[start : start + 4]
-    start += 4
-    stop = start + size
-    if stop > end:  # the frame (mask included) has not all arrived
-        return None
-    masked = data[start:stop]
-    key = (mask * (size // 4 + 1))[:size]
-    payload = (int.from_bytes(masked, "little") ^ int.from_bytes(key, "little")).to_bytes(
-        size, "little"
-    )
-    if first == FINAL_BINARY:
-        return payload, stop
-    try:
-        return payload.decode("utf-8"), stop
-    except UnicodeDecodeError:
-        return None
-
-
-def frame_header(first_byte: int, size: int) -> bytes:
-    """The header of an unmasked frame carrying ``size`` payload bytes (RFC 6455 section 5.2)."""
-    if size < 126:
-        return bytes((first_byte, size))
-    if size < 0x10000:
-        return _LENGTH_16.pack(first_byte, 126, size)
-    return _LENGTH_64.pack(first_byte, 127, size)
-
 
 #: Frames handed over after this many seconds without any go out at once instead of at the end of the
 #: reactor turn (see :meth:`WriteBatcher.frames_handed`).

@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kernel_relay.engineio.packets import PacketType, codec_for
-from kernel_relay.socketio.packet import Packet, RawJSON, ascii_packet, encode_packet
+from kernel_relay.jsontext import RawJSON
+from kernel_relay.socketio.packet import Packet, ascii_packet, encode_packet
 from kernel_relay.socketio.packet import PacketType as SocketIOType
 
 json_values = st.recursive(

@@ -23,13 +23,8 @@ from kernel_relay.engineio.websocket import (
     EngineIOWebSocketProtocol,
     WebSocketTransport,
 )
-from kernel_relay.websocket import (
-    LARGE_PAYLOAD,
-    QUIET_PERIOD,
-    STREAM_CHUNK,
-    frame_header,
-    parse_data_frame,
-)
+from kernel_relay.websocket import LARGE_PAYLOAD, QUIET_PERIOD, STREAM_CHUNK
+from kernel_relay.websocket_frames import frame_header, parse_data_frame
 
 
 @pytest.mark.parametrize(

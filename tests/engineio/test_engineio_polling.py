@@ -15,7 +15,7 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from kernel_relay.engineio import EngineIOOptions, EngineIOServer, EngineIOSession
 from kernel_relay.engineio.errors import ErrorCode
-from kernel_relay.engineio.server import RequestFacts, check_request
+from kernel_relay.engineio.request_checks import RequestFacts, check_request
 from kernel_relay.http.origins import OriginPolicy
 
 

@@ -55,6 +55,15 @@ new_packet_unchecked = tuple.__new__
 Binary = bytes | memoryview
 
 
+def as_binary(data: object) -> Binary:
+    """Message data other than ``str`` or ``bytes``: a flat byte view as it is, anything else copied."""
+    if isinstance(data, memoryview) and data.ndim == 1 and data.format == "B":
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
+
+
 _DIGIT = {packet_type: str(int(packet_type)) for packet_type in PacketType}
 _DIGIT_BYTES = {packet_type: digit.encode() for packet_type, digit in _DIGIT.items()}
 

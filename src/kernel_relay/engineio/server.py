@@ -1,37 +1,28 @@
 """
-The Engine.IO server: session registry, request checks, and the twisted.web resource serving both
+The Engine.IO server: the registry of sessions and their bounds (per address, in all, probation for
+sessions nobody vouched for yet), and the one twisted.web resource (:mod:`.resource`) serving both
 transports on one path.
 
-Every request is checked (origin, transport, protocol version, session id, method) before any
-transport sees it, so a transport only deals with requests that belong to one of its sessions.
+Every request is checked (:mod:`.request_checks`: origin, transport, protocol version, session id,
+method) before any transport sees it, so a transport only deals with requests that belong to one of its
+sessions.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
-from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
+from twisted.web.resource import IResource
 
 from ..budget import BufferBudget
-from ._web import WebRequest, web_request
-from .errors import ErrorCode, write_busy, write_error
-from .options import (
-    HANDSHAKE_HEADERS,
-    EngineIOOptions,
-    HandshakeInfo,
-    SessionHandler,
-)
-from .packets import SUPPORTED_PROTOCOLS, codec_for
-from .polling import PollingTransport
-from .session import SERVER_CLOSE, EngineIOSession, Transport
-from .websocket import EngineIOWebSocketFactory, WebSocketTransport
+from .options import EngineIOOptions, HandshakeInfo, SessionHandler
+from .resource import EngineIOResource
+from .session import SERVER_CLOSE, EngineIOSession
+from .transport import Transport
 
 HandlerFactory = Callable[[EngineIOSession], SessionHandler]
 
@@ -45,102 +36,6 @@ REFUSAL_LOG_INTERVAL = 10.0
 SESSION_PROBATION = 5.0
 #: Sessions on probation at once; a newer one closes the oldest.
 MAX_SESSIONS_ON_PROBATION = 16
-
-
-@dataclass(frozen=True)
-class RequestFacts:
-    """The parts of an HTTP request that decide whether Engine.IO serves it."""
-
-    method: str
-    query: Mapping[str, str]
-    is_upgrade: bool
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """A request that passed the checks: its protocol and, unless it is a handshake, its session."""
-
-    protocol: int
-    transport: str
-    session: EngineIOSession | None
-
-
-def check_request(
-    facts: RequestFacts,
-    options: EngineIOOptions,
-    lookup: Callable[[str], EngineIOSession | None],
-) -> Accepted | ErrorCode:
-    """Accept or refuse a request (origin excepted), in the reference server's order of checks."""
-    transport = facts.query.get("transport")
-    if transport is None or transport not in options.transports:
-        return ErrorCode.UNKNOWN_TRANSPORT
-    eio = facts.query.get("EIO", "")
-    protocol = int(eio) if eio.isdigit() and len(eio) < 3 else -1
-    if protocol not in SUPPORTED_PROTOCOLS or (protocol == 3 and not options.allow_eio3):
-        return ErrorCode.UNSUPPORTED_PROTOCOL_VERSION
-    if "j" in facts.query and transport == "polling":
-        # JSONP polling is not served (see kernel_relay.engineio.polling).
-        return ErrorCode.BAD_REQUEST
-    if facts.is_upgrade != (transport == "websocket"):
-        return ErrorCode.BAD_REQUEST
-    sid = facts.query.get("sid")
-    if sid is None:
-        if facts.method != "GET":
-            return ErrorCode.BAD_HANDSHAKE_METHOD
-        return Accepted(protocol, transport, None)
-    session = lookup(sid)
-    if session is None:
-        return ErrorCode.UNKNOWN_SID
-    if session.protocol != protocol:
-        return ErrorCode.BAD_REQUEST
-    # Like the reference server, a WebSocket for a known session that cannot take it over (already
-    # upgraded, upgrading, closing) is accepted and then closed at once, not refused here.
-    if not facts.is_upgrade and (
-        session.transport_name != transport or facts.method not in ("GET", "POST")
-    ):
-        return ErrorCode.BAD_REQUEST
-    return Accepted(protocol, transport, session)
-
-
-def _header(request: WebRequest, name: bytes) -> str | None:
-    value = request.getHeader(name)
-    return None if value is None else value.decode("latin-1")
-
-
-def _is_websocket_upgrade(request: WebRequest) -> bool:
-    upgrade = (_header(request, b"upgrade") or "").lower()
-    return "websocket" in [token.strip() for token in upgrade.split(",")]
-
-
-def _query(request: WebRequest) -> dict[str, str]:
-    args: dict[bytes, list[bytes]] = request.args or {}
-    return {
-        key.decode("utf-8", "replace"): values[0].decode("utf-8", "replace")
-        for key, values in args.items()
-        if values
-    }
-
-
-def _remote_address(request: WebRequest) -> str:
-    return str(getattr(request.getClientAddress(), "host", ""))
-
-
-def _handshake_info(
-    request: WebRequest, query: Mapping[str, str], accepted: Accepted
-) -> HandshakeInfo:
-    headers = {
-        name: ", ".join(v.decode("latin-1") for v in values)
-        for raw, values in request.requestHeaders.getAllRawHeaders()
-        if (name := raw.decode("latin-1").lower()) in HANDSHAKE_HEADERS
-    }
-    return HandshakeInfo(
-        remote_address=_remote_address(request),
-        query=MappingProxyType(dict(query)),
-        headers=MappingProxyType(headers),
-        secure=bool(request.isSecure()),
-        transport=accepted.transport,
-        protocol=accepted.protocol,
-    )
 
 
 class EngineIOServer:
@@ -365,121 +260,3 @@ class EngineIOServer:
         """Tell ``on_vouched_connection`` of a connection that carries a vouched session."""
         if connection is not None and self.on_vouched_connection is not None:
             self.on_vouched_connection(connection)
-
-
-class EngineIOResource(Resource):
-    """Serves long-polling requests and WebSocket upgrades of one :class:`EngineIOServer`."""
-
-    isLeaf = True
-    log = Logger()
-
-    def __init__(self, server: EngineIOServer) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
-        self._server = server
-        options = server.options
-        self._ws_factory: EngineIOWebSocketFactory | None = None
-        self._ws_resource: WebSocketResource | None = None
-        if "websocket" in options.transports:
-            self._ws_factory = EngineIOWebSocketFactory(server.reactor, options.max_payload)
-            self._ws_resource = WebSocketResource(self._ws_factory)  # type: ignore[no-untyped-call]
-
-    def render(self, request: IRequest) -> bytes | int:
-        web = web_request(request)
-        try:
-            return self._render(web)
-        except Exception:
-            self.log.failure("Engine.IO request failed")
-            if getattr(web, "startedWriting", False):
-                return b""
-            web.setResponseCode(500)
-            return b""
-
-    def _render(self, request: WebRequest) -> bytes | int:
-        options = self._server.options
-        origin = _header(request, b"origin")
-        host = _header(request, b"host")
-        secure = bool(request.isSecure())
-        if not options.origins.is_allowed(origin, host, secure):
-            self.log.info("request from refused origin {origin}", origin=origin)
-            return write_error(request, ErrorCode.FORBIDDEN)
-        is_upgrade = _is_websocket_upgrade(request)
-        method = (request.method or b"").decode("latin-1").upper()
-        if not is_upgrade:
-            for name, value in options.origins.cors_headers(
-                origin, host, secure, echo_any=True
-            ).items():
-                request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
-        if method == "OPTIONS" and not is_upgrade:
-            request.setResponseCode(204)
-            request.setHeader(b"access-control-allow-methods", b"GET, POST, OPTIONS")
-            request.setHeader(b"access-control-allow-headers", b"authorization, content-type")
-            return b""
-        query = _query(request)
-        facts = RequestFacts(method=method, query=query, is_upgrade=is_upgrade)
-        verdict = check_request(facts, options, self._server.lookup)
-        if isinstance(verdict, ErrorCode):
-            self.log.debug("request refused: {code}", code=verdict.name)
-            return write_error(request, verdict)
-        if is_upgrade:
-            return self._render_websocket(request, query, verdict)
-        session = verdict.session
-        if session is None:
-            refusal = self._server.admit(_remote_address(request))
-            if refusal is not None:
-                return write_busy(request, refusal)
-            return self._handshake_polling(request, query, verdict)
-        if session.vouched:
-            self._server.vouch_connection(getattr(request, "transport", None))
-        transport = session.transport
-        if not isinstance(transport, PollingTransport):
-            return write_error(request, ErrorCode.BAD_REQUEST)
-        if method == "GET":
-            return transport.handle_get(request)
-        return transport.handle_post(request)
-
-    def _handshake_polling(
-        self, request: WebRequest, query: Mapping[str, str], accepted: Accepted
-    ) -> bytes | int:
-        options = self._server.options
-        transport = PollingTransport(
-            codec_for(accepted.protocol),
-            options.max_payload,
-            # Protocol 3 clients without XHR2 ask for base64 with b64 (any value, as the reference).
-            binary="b64" not in query,
-        )
-        session = self._server.new_session(_handshake_info(request, query, accepted), transport)
-        transport.session = session
-        result = transport.handle_get(request)
-        self._server.start_handler(session)
-        return result
-
-    def _render_websocket(
-        self, request: WebRequest, query: Mapping[str, str], accepted: Accepted
-    ) -> bytes | int:
-        assert self._ws_factory is not None and self._ws_resource is not None
-        server = self._server
-        wanted = accepted.session
-        if wanted is None:
-            refusal = server.admit(_remote_address(request))
-            if refusal is not None:
-                return write_busy(request, refusal)
-            handshake = _handshake_info(request, query, accepted)
-
-            def open_session(adapter: WebSocketTransport) -> EngineIOSession | None:
-                session = server.new_session(handshake, adapter)
-                server.start_handler(session)
-                return session
-
-            self._ws_factory.prepare(open_session, codec_for(accepted.protocol), new_session=True)
-        else:
-            sid = wanted.sid
-
-            def join_session(adapter: WebSocketTransport) -> EngineIOSession | None:
-                session = server.lookup(sid)
-                if session is None or not session.begin_upgrade(adapter):
-                    return None
-                return session
-
-            self._ws_factory.prepare(join_session, codec_for(accepted.protocol))
-        result: bytes | int = self._ws_resource.render(request)  # type: ignore[no-untyped-call]
-        return result

@@ -8,23 +8,26 @@ The session never touches a socket. It talks to its transports through the small
 Lifecycle: ``open`` → (``closing``: closed for the application, but a polling client may still
 collect its last packets and the close packet) → ``gone`` (removed from the server).
 
-Heartbeat: in protocol 4 the server pings every ``ping_interval`` and waits ``ping_timeout`` for the
-pong. In protocol 3 the client pings and the server answers each ping with a pong carrying the same
-data; the server closes a session that sent nothing for ``ping_interval + ping_timeout``.
+Heartbeat (:mod:`.heartbeat`): in protocol 4 the server pings, in protocol 3 the client does and the
+session answers each ping with a pong carrying the same data. The transports are reached through the
+:class:`~.transport.Transport` interface.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import Enum
-from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from ._timers import cancel
+from .heartbeat import Heartbeat
 from .options import EngineIOOptions, HandshakeInfo, SessionHandler
-from .packets import Binary, Packet, PacketType, new_packet_unchecked
+from .packets import Binary, Packet, PacketType, as_binary, new_packet_unchecked
+from .transport import Transport
+from .upgrade import Upgrade
 
 # Reasons given to SessionHandler.session_closed (the server gives two more: see .server).
 TRANSPORT_CLOSE = "transport close"
@@ -33,61 +36,6 @@ PING_TIMEOUT = "ping timeout"
 SERVER_CLOSE = "server close"
 PARSE_ERROR = "parse error"
 SLOW_CLIENT = "slow client"
-
-PROBE = "probe"
-
-# Seconds a poll that arrives during an upgrade waits before it is answered with a noop.
-PAUSED_POLL_DELAY = 0.1
-
-
-class Transport(Protocol):
-    """What a session needs from a transport (HTTP long-polling or one WebSocket connection)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def writable(self) -> bool:
-        """Can ``send`` deliver packets now (a poll is pending, or the WebSocket is open)?"""
-        ...
-
-    @property
-    def resumable(self) -> bool:
-        """Might ``writable`` become true again later (a polling client's next request)?"""
-        ...
-
-    def send(self, packets: Sequence[Packet]) -> None:
-        """Deliver ``packets`` in order; only called while ``writable``."""
-        ...
-
-    def finish(self, packets: Sequence[Packet]) -> None:
-        """Deliver ``packets``, then signal the close as this transport does; while ``writable``."""
-        ...
-
-    def close(self) -> None:
-        """The session is done with this transport: release it (idempotent)."""
-        ...
-
-    @property
-    def connection(self) -> object | None:
-        """The network connection (a Twisted transport) carrying this transport now, if any."""
-        ...
-
-    def discard(self) -> None:
-        """Another transport took over: refuse whatever is still waiting here, then release."""
-        ...
-
-    def abort(self) -> None:
-        """
-        The session ends at once: drop what was handed over but not yet written, signal the close if
-        that can go out now, then release (a slow client's backlog is never written).
-        """
-        ...
-
-    @property
-    def buffered_bytes(self) -> int:
-        """Bytes handed to the connection that it could not write to the network yet."""
-        ...
 
 
 class _State(Enum):
@@ -99,15 +47,6 @@ class _State(Enum):
 # Looked up for every message; an enum member costs more to fetch from its class than a global.
 _OPEN = _State.OPEN
 _MESSAGE = PacketType.MESSAGE
-
-
-def _binary(data: object) -> Binary:
-    """Message data other than ``str`` or ``bytes``: a flat byte view as it is, anything else copied."""
-    if isinstance(data, memoryview) and data.ndim == 1 and data.format == "B":
-        return data
-    if isinstance(data, bytes | bytearray | memoryview):
-        return bytes(data)
-    raise TypeError(f"message data must be str or bytes, not {type(data).__name__}")
 
 
 class _Ending(Enum):
@@ -138,8 +77,6 @@ class EngineIOSession:
         self.sid = sid
         self.handshake = handshake
         self.protocol = handshake.protocol
-        #: Protocol 3: the client pings, the server answers (else the server pings).
-        self._client_pings = self.protocol < 4
         self.upgraded = False
         #: Has the application accepted this session (see :meth:`vouch`)?
         self.vouched = False
@@ -160,33 +97,14 @@ class EngineIOSession:
         self._buffer: list[Packet] = []
         self._queued_bytes = 0
         self._pong_queued = False
-        self._probe: Transport | None = None
-        self._paused = False
-        self._ping_call: IDelayedCall | None = None
-        self._pong_deadline: IDelayedCall | None = None
-        self._upgrade_call: IDelayedCall | None = None
+        self._upgrade: Upgrade | None = None
         self._linger_call: IDelayedCall | None = None
-        self._noop_call: IDelayedCall | None = None
-        self._silence_call: IDelayedCall | None = None
         self._farewell_close = True
-        upgrades = (
-            ["websocket"]
-            if transport.name == "polling" and "websocket" in options.transports
-            else []
+        self._heartbeat = Heartbeat(
+            clock, options, self.protocol < 4, self._send_ping, self._heartbeat_lost
         )
-        handshake_data: dict[str, object] = {
-            "sid": sid,
-            "upgrades": upgrades,
-            "pingInterval": round(options.ping_interval * 1000),
-            "pingTimeout": round(options.ping_timeout * 1000),
-        }
-        if self.protocol >= 4:
-            handshake_data["maxPayload"] = options.max_payload
-        self._queue(Packet(PacketType.OPEN, json.dumps(handshake_data, separators=(",", ":"))))
-        if self._client_pings:
-            self._expect_heartbeat()
-        else:
-            self._schedule_ping()
+        self._queue(_open_packet(sid, self.protocol, options, transport.name))
+        self._heartbeat.start()
         self._flush()
 
     # -- application API -------------------------------------------------------------------------
@@ -211,7 +129,7 @@ class EngineIOSession:
 
     @property
     def upgrading(self) -> bool:
-        return self._probe is not None
+        return self._upgrade is not None
 
     @property
     def buffered_bytes(self) -> int:
@@ -239,7 +157,7 @@ class EngineIOSession:
         for data in messages:
             kind = type(data)
             if kind is not str and kind is not bytes:
-                data = _binary(data)
+                data = as_binary(data)
             self._queue(new_packet_unchecked(Packet, (_MESSAGE, data)))
         self._flush()
         limit = self._options.max_buffered_bytes
@@ -292,25 +210,25 @@ class EngineIOSession:
 
     def packet_received(self, transport: Transport, packet: Packet) -> None:
         """A well-formed packet arrived on ``transport`` (the current one or an upgrade probe)."""
-        if transport is self._probe:
-            if self._client_pings and self._state is _OPEN:
-                self._expect_heartbeat()
-            self._probe_packet(transport, packet)
+        if self._upgrade is not None and transport is self._upgrade.probe:
+            if self._state is _OPEN:
+                self._heartbeat.heard()
+            self._probe_packet(self._upgrade, packet)
             return
         if transport is not self._transport or self._state is not _OPEN:
             self.log.debug("packet on session {sid} ignored", sid=self.sid)
             return
         kind = packet.type
-        if self._client_pings:
-            self._expect_heartbeat()
+        heartbeat = self._heartbeat
+        heartbeat.heard()
         if kind is _MESSAGE:
             # The codecs decode what peers send into str or bytes, never a view.
             self._deliver(packet.data)  # type: ignore[arg-type]
-        elif kind is PacketType.PONG and not self._client_pings:
-            self._pong_received()
+        elif kind is PacketType.PONG and not heartbeat.client_pings:
+            heartbeat.pong_received()
         elif kind is PacketType.CLOSE:
             self._terminate(TRANSPORT_CLOSE, _Ending.PEER)
-        elif kind is PacketType.PING and self._client_pings:
+        elif kind is PacketType.PING and heartbeat.client_pings:
             # One pong waiting is answer enough: a client that pings without polling (or reading) must
             # not pile up one, with its ping's data, per ping.
             if not self._pong_queued:
@@ -326,14 +244,14 @@ class EngineIOSession:
 
     def decode_failed(self, transport: Transport) -> None:
         """``transport`` received something that is not a packet."""
-        if transport is self._probe:
+        if self._upgrade is not None and transport is self._upgrade.probe:
             self._abort_upgrade("invalid packet on probe")
         elif transport is self._transport:
             self._terminate(PARSE_ERROR, _Ending.ABORT)
 
     def transport_error(self, transport: Transport, why: str) -> None:
         """``transport`` misbehaved (overlapping polls, bad content type, ...)."""
-        if transport is self._probe:
+        if self._upgrade is not None and transport is self._upgrade.probe:
             self._abort_upgrade(why)
         elif transport is self._transport:
             self.log.info("transport error on session {sid}: {why}", sid=self.sid, why=why)
@@ -341,7 +259,7 @@ class EngineIOSession:
 
     def transport_lost(self, transport: Transport, reason: str = TRANSPORT_CLOSE) -> None:
         """``transport``'s connection is gone."""
-        if transport is self._probe:
+        if self._upgrade is not None and transport is self._upgrade.probe:
             self._abort_upgrade("probe transport closed")
         elif transport is self._transport:
             self._terminate(reason, _Ending.ABORT)
@@ -362,25 +280,20 @@ class EngineIOSession:
             return
         if self._state is _State.CLOSING:
             self._deliver_farewell()
-        elif self._paused:
-            # Upgrade under way; a well-behaved client does not poll now. Like the reference server,
-            # end such a poll with a noop only after a moment, so an upgrade packet already on its
-            # way wins (the poll is then refused like any poll after the upgrade).
-            self._cancel("_noop_call")
-            self._noop_call = self._clock.callLater(PAUSED_POLL_DELAY, self._end_paused_poll)
+        elif self._upgrade is not None and self._upgrade.paused:
+            self._upgrade.polled(transport)
         else:
             self._flush()
             self.transport_drained(transport)
 
     def begin_upgrade(self, transport: Transport) -> bool:
         """Try ``transport`` (a fresh WebSocket) as the new transport; False if refused."""
-        if self._state is not _OPEN or self.upgraded or self._probe is not None:
+        if self._state is not _OPEN or self.upgraded or self._upgrade is not None:
             return False
         if self._transport.name == transport.name:
             return False
-        self._probe = transport
-        self._upgrade_call = self._clock.callLater(
-            self._options.upgrade_timeout, self._abort_upgrade, "upgrade timeout"
+        self._upgrade = Upgrade(
+            transport, self._clock, self._options.upgrade_timeout, self._abort_upgrade
         )
         return True
 
@@ -406,88 +319,51 @@ class EngineIOSession:
         return packets
 
     def _flush(self) -> None:
-        if self._state is not _OPEN or self._paused or not self._buffer:
+        if self._state is not _OPEN or not self._buffer:
+            return
+        if self._upgrade is not None and self._upgrade.paused:
             return
         if not self._transport.writable:
             return
         self._transport.send(self._take_buffer())
 
-    def _expect_heartbeat(self) -> None:
-        """Protocol 3: (re)start the wait for the client's next packet."""
-        self._cancel("_silence_call")
-        self._silence_call = self._clock.callLater(
-            self._options.ping_interval + self._options.ping_timeout, self._client_silent
-        )
-
-    def _client_silent(self) -> None:
-        self._silence_call = None
-        self.log.info("session {sid}: no ping from the client in time", sid=self.sid)
-        self._terminate(PING_TIMEOUT, _Ending.ABORT)
-
-    def _schedule_ping(self) -> None:
-        self._cancel("_ping_call")
-        self._ping_call = self._clock.callLater(self._options.ping_interval, self._send_ping)
-
-    def _send_ping(self) -> None:
-        self._ping_call = None
+    def _send_ping(self) -> bool:
+        """Queue the heartbeat's ping (protocol 4); False if the session is no longer open."""
         if self._state is not _OPEN:
-            return
+            return False
         self._queue(Packet(PacketType.PING))
-        self._cancel("_pong_deadline")
-        self._pong_deadline = self._clock.callLater(
-            self._options.ping_timeout, self._ping_timed_out
-        )
         self._flush()
+        return True
 
-    def _ping_timed_out(self) -> None:
-        self._pong_deadline = None
-        self.log.info("session {sid}: no pong within the ping timeout", sid=self.sid)
+    def _heartbeat_lost(self, why: str) -> None:
+        self.log.info("session {sid}: {why}", sid=self.sid, why=why)
         self._terminate(PING_TIMEOUT, _Ending.ABORT)
 
-    def _pong_received(self) -> None:
-        self._cancel("_pong_deadline")
-        self._schedule_ping()
-
-    def _probe_packet(self, probe: Transport, packet: Packet) -> None:
-        if packet.type is PacketType.PING and packet.data == PROBE:
-            probe.send([Packet(PacketType.PONG, PROBE)])
-            self._paused = True
-            if self._transport.writable:
-                self._transport.send([Packet(PacketType.NOOP)])
+    def _probe_packet(self, upgrade: Upgrade, packet: Packet) -> None:
+        if upgrade.is_probe(packet):
+            upgrade.probed(self._transport)
         elif packet.type is PacketType.UPGRADE:
-            self._complete_upgrade(probe)
+            self._complete_upgrade(upgrade)
         else:
             self._abort_upgrade(f"unexpected {packet.type.name} packet on probe")
 
-    def _end_paused_poll(self) -> None:
-        self._noop_call = None
-        if self._paused and self._state is _OPEN and self._transport.writable:
-            self._transport.send([Packet(PacketType.NOOP)])
-
-    def _complete_upgrade(self, probe: Transport) -> None:
-        self._cancel("_upgrade_call")
-        self._cancel("_noop_call")
-        old = self._transport
-        self._probe = None
-        self._paused = False
-        self._transport = probe
+    def _complete_upgrade(self, upgrade: Upgrade) -> None:
+        upgrade.stop()
+        old, self._transport, self._upgrade = self._transport, upgrade.probe, None
         self.upgraded = True
         old.discard()
         if self.vouched and self.on_vouched is not None:
             self.on_vouched(self)  # the new connection carries a vouched session too
-        self.log.debug("session {sid} upgraded to {name}", sid=self.sid, name=probe.name)
+        self.log.debug("session {sid} upgraded to {name}", sid=self.sid, name=upgrade.probe.name)
         self._flush()
 
     def _abort_upgrade(self, why: str) -> None:
-        probe = self._probe
-        if probe is None:
+        upgrade, self._upgrade = self._upgrade, None
+        if upgrade is None:
             return
         self.log.info("upgrade of session {sid} abandoned: {why}", sid=self.sid, why=why)
-        self._cancel("_upgrade_call")
-        self._cancel("_noop_call")
-        self._probe = None
-        self._paused = False
-        probe.close()
+        upgrade.stop()
+        upgrade.probe.close()
         self._flush()
 
     def _terminate(self, reason: str, ending: _Ending) -> None:
@@ -495,9 +371,7 @@ class EngineIOSession:
             return
         self._state = _State.CLOSING
         self.close_reason = reason
-        self._cancel("_ping_call")
-        self._cancel("_pong_deadline")
-        self._cancel("_silence_call")
+        self._heartbeat.stop()
         self._abort_upgrade("session closed")
         self.log.debug("session {sid} closed: {reason}", sid=self.sid, reason=reason)
         handler, self._handler = self._handler, None
@@ -543,7 +417,22 @@ class EngineIOSession:
             self.log.failure("cleanup of session {sid} failed", sid=self.sid)
 
     def _cancel(self, attribute: str) -> None:
-        call: IDelayedCall | None = getattr(self, attribute)
+        call = getattr(self, attribute)
         setattr(self, attribute, None)
-        if call is not None and call.active():
-            call.cancel()
+        cancel(call)
+
+
+def _open_packet(sid: str, protocol: int, options: EngineIOOptions, transport_name: str) -> Packet:
+    """The handshake's OPEN packet: the sid, the upgrades offered, the heartbeat, the payload bound (v4)."""
+    upgrades = (
+        ["websocket"] if transport_name == "polling" and "websocket" in options.transports else []
+    )
+    handshake_data: dict[str, object] = {
+        "sid": sid,
+        "upgrades": upgrades,
+        "pingInterval": round(options.ping_interval * 1000),
+        "pingTimeout": round(options.ping_timeout * 1000),
+    }
+    if protocol >= 4:
+        handshake_data["maxPayload"] = options.max_payload
+    return Packet(PacketType.OPEN, json.dumps(handshake_data, separators=(",", ":")))

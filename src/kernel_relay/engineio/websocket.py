@@ -19,14 +19,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IAddress, IReactorTime
 
 from .. import twisted_internals as internals
-from ..websocket import (
-    FINAL_BINARY,
-    FINAL_TEXT,
-    LARGE_PAYLOAD,
-    FramedWebSocketProtocol,
-    WriteBatcher,
-    frame_header,
-)
+from ..websocket import LARGE_PAYLOAD, FramedWebSocketProtocol, WriteBatcher
+from ..websocket_frames import FINAL_BINARY, FINAL_TEXT, frame_header
 from .packets import Binary, Packet, PacketCodec, PacketDecodeError, codec_for, text_frame_parts
 from .session import TRANSPORT_CLOSE, TRANSPORT_ERROR, EngineIOSession
 
