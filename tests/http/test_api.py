@@ -11,7 +11,8 @@ from twisted.internet.task import Clock
 from kernel_relay.auth import TokenAuth
 from kernel_relay.http.api import RelayAPI
 from kernel_relay.http.guards import AuthGuard
-from kernel_relay.http.jupyter_api import JupyterAPI, ResourceReader
+from kernel_relay.http.jupyter_api import JupyterAPI
+from kernel_relay.http.kernelspecs import ResourceReader
 from kernel_relay.http.routes import KleinRoutes
 from kernel_relay.kernels import KernelRegistry
 from tests.fakes import FakeProcesses, result_of

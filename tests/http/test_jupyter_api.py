@@ -9,7 +9,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from kernel_relay.http.jupyter_api import BadEnvironment, EnvPolicy, read_resource_file
+from kernel_relay.http.jupyter_api import BadEnvironment, EnvPolicy
+from kernel_relay.http.kernelspecs import read_resource_file
 from tests.fakes import result_of
 from tests.http.test_api import API, URL
 

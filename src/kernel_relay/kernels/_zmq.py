@@ -1,8 +1,9 @@
 """
 Thin txzmq adapters: sockets that hand whole multipart frame lists to a callback.
 
-This is the only module that touches ZMQ. ``Kernel`` talks to the ``SocketOpener`` protocol so
-tests can replace real sockets with in-memory fakes.
+This module (with :mod:`._zmq_handshake`, which watches a socket's handshake) is the only one that
+touches ZMQ sockets. ``Kernel`` talks to the ``SocketOpener`` protocol so tests can replace real
+sockets with in-memory fakes.
 
 A relay has a fixed few ZeroMQ contexts whatever its number of kernels, each with one I/O and one reaper
 thread: one per ``ZmqSocketOpener`` (the reactor's sockets), and :func:`manager_context`, which every
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import resource
-import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,9 +24,8 @@ from typing import Any, Protocol
 
 import zmq
 import zmq.backend
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from txzmq import (
     ZmqDealerConnection,
     ZmqEndpoint,
@@ -36,6 +35,7 @@ from txzmq import (
 )
 
 from ._messages import Frame
+from ._zmq_handshake import HandshakeWatch
 
 FrameHandler = Callable[[list[Frame]], None]
 
@@ -57,12 +57,6 @@ _NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
 # pyzmq's Cython send, without the Python layer over it (which only adds routing ids and groups).
 _send: Callable[[Any, Frame, int], Any] = zmq.backend.Socket.send
-
-#: A socket whose handshake has not succeeded after this long is deemed connected anyway: ZeroMQ queues
-#: what is sent to it, as it did before the relay waited (a kernel that stopped answering is told by the
-#: heartbeat, not here).
-HANDSHAKE_WAIT = 5.0
-_HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 
 
 class SocketsExhausted(ConnectionError):
@@ -271,86 +265,6 @@ class _Sub(_BatchedReads, ZmqSubConnection):  # type: ignore[misc]
         self._on_frames(message)
 
 
-class _HandshakeWatch:
-    """
-    Reads a socket's monitor until its ZMTP (or CurveZMQ) handshake with the kernel succeeded, then calls
-    back and stops monitoring: from then on the kernel's ROUTER knows the socket's identity and routes to it
-    (before, it drops what it sends to that identity). Costs nothing once connected.
-    """
-
-    def __init__(self, reactor: Any, socket: Any) -> None:
-        self._reactor = reactor
-        self._socket = socket
-        self._monitor: Any = socket.get_monitor_socket(_HANDSHAKE_SUCCEEDED)
-        self._callbacks: list[Callable[[], None]] | None = []
-        reactor.addReader(self)
-        self._timeout: IDelayedCall | None = reactor.callLater(HANDSHAKE_WAIT, self._waited)
-        self._first: IDelayedCall | None = reactor.callLater(0, self.doRead)
-
-    @property
-    def done(self) -> bool:
-        return self._callbacks is None
-
-    def when_connected(self, callback: Callable[[], None]) -> None:
-        if self._callbacks is None:
-            callback()
-        else:
-            self._callbacks.append(callback)
-
-    def fileno(self) -> int:
-        return int(self._monitor.getsockopt(zmq.FD)) if self._monitor is not None else -1
-
-    def logPrefix(self) -> str:
-        return "zmq-handshake"
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.stop()
-
-    def doRead(self) -> None:
-        self._first = None
-        while self._monitor is not None:
-            try:
-                frames = self._monitor.recv_multipart(_NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:
-                break
-            if struct.unpack_from("=H", frames[0])[0] == _HANDSHAKE_SUCCEEDED:
-                break
-        self._connected()
-
-    def _waited(self) -> None:
-        self._timeout = None
-        _log.warn(
-            "A ZMQ socket to a kernel did not complete its handshake in {wait}s; sending anyway",
-            wait=HANDSHAKE_WAIT,
-        )
-        self._connected()
-
-    def _connected(self) -> None:
-        callbacks, self._callbacks = self._callbacks, None
-        self.stop()
-        for callback in callbacks or ():
-            callback()
-
-    def stop(self) -> None:
-        """Stop monitoring (idempotent); callbacks not yet called are forgotten."""
-        for call in (self._timeout, self._first):
-            if call is not None and call.active():
-                call.cancel()
-        self._timeout = self._first = None
-        monitor, self._monitor = self._monitor, None
-        if monitor is None:
-            return
-        self._reactor.removeReader(self)
-        try:
-            if not self._socket.closed:
-                self._socket.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        monitor.close(linger=0)
-
-
 class _Dealer(_BatchedReads, ZmqDealerConnection):  # type: ignore[misc]
     """
     A DEALER socket with a fixed routing identity, so the kernel's ROUTER knows who we are; it tells when
@@ -369,7 +283,7 @@ class _Dealer(_BatchedReads, ZmqDealerConnection):  # type: ignore[misc]
         self._on_frames = on_frames
         super().__init__(factory, identity=identity)
         # Monitoring costs two more ZMQ sockets until the handshake: only for the sockets that need it.
-        self._watch = _HandshakeWatch(factory.reactor, self.socket) if watch else None
+        self._watch = HandshakeWatch(factory.reactor, self.socket) if watch else None
         _connect(self, url, curve)
 
     def when_connected(self, callback: Callable[[], None]) -> None:
