@@ -79,16 +79,7 @@ def launch(
     network gets the ipc transport whatever ``transport`` says. The relay's own variables (``KERNEL_RELAY_*``)
     never reach a kernel.
     """
-    try:
-        spec = ksm.get_kernel_spec(spec_name)
-    except NoSuchKernel:
-        raise UnknownKernelSpec(f"no kernel spec named {spec_name!r}") from None
-    if encryption == "required" and not declares_curve(spec.metadata):
-        raise KernelLaunchError(
-            f"the {spec_name!r} kernelspec does not declare CurveZMQ support (metadata.supported_encryption "
-            "has no 'curve'), and --kernel-encryption is required: start the relay with "
-            "--kernel-encryption auto to let it run unencrypted"
-        )
+    spec = _checked_spec(ksm, spec_name, encryption)
     # Named like Jupyter Server's, in the relay's own directory (see _runtime), so operators can find (and
     # `jupyter console --existing`) a relay's kernel by its id.
     try:
@@ -98,26 +89,7 @@ def launch(
             f"cannot create the relay's connection-file directory: {exc}"
         ) from exc
     contained = _sandbox_for(spec, spec_name, kernel_id, sandbox or SandboxPolicy(), independent)
-    transport_options: dict[str, str] = {}
-    if contained is not None and (contained.network == "none" or transport == "ipc"):
-        # Without a network its channels can only be UNIX sockets; and only its box is shared with it.
-        prefix = contained.box.ipc_prefix
-        if len(prefix.encode()) > IPC_PATH_LIMIT:
-            contained.box.remove()
-            raise KernelLaunchError(
-                f"a sandboxed kernel's sockets would be {prefix!r}, too long a path for a UNIX socket: "
-                "set XDG_RUNTIME_DIR to a shorter path"
-            )
-        transport_options = {"transport": "ipc", "ip": prefix}
-    elif transport == "ipc":
-        # UNIX socket paths are short (108 bytes): the sockets are named by the id's first block.
-        prefix = os.path.join(runtime_dir, kernel_id.split("-", 1)[0])
-        if len(prefix.encode()) > IPC_PATH_LIMIT:
-            raise KernelLaunchError(
-                f"the ipc transport needs a shorter runtime directory than {runtime_dir!r} (UNIX socket "
-                "paths are limited): set JUPYTER_RUNTIME_DIR to a shorter path, or use --kernel-transport tcp"
-            )
-        transport_options = {"transport": "ipc", "ip": prefix}
+    transport_options = _transport_options(contained, transport, runtime_dir, kernel_id)
     manager = SandboxedKernelManager(
         kernel_name=spec_name,
         kernel_spec_manager=ksm,
@@ -128,24 +100,8 @@ def launch(
         **transport_options,
     )
     manager.sandbox = contained
-    local = _is_local(spec)
     try:
-        options: dict[str, Any] = {"independent": True} if independent else {}
-        options["env"] = (
-            environment(os.environ, env) if contained is not None else scrubbed(os.environ, env)
-        )
-        if local and independent:
-            # Kept open with the manager: a restart starts the kernel again with the same arguments.
-            output = open(os.path.join(runtime_dir, f"kernel-{kernel_id}.log"), "ab")
-            options.update(stdout=output, stderr=output)
-        elif local:
-            options.update(pipes())
-        manager.start_kernel(**options)
-        if local and not independent:
-            capture(kernel_id, getattr(manager.provisioner, "process", None))
-        # jupyter_client keeps a control socket open for a polite shutdown, and opens one again when it
-        # needs it: closed, an idle kernel costs the relay only its own iopub and heartbeat sockets.
-        manager._close_control_socket()
+        _start(manager, spec, kernel_id, runtime_dir, env, independent)
     except Exception as exc:
         _log.failure("kernel {spec_name} failed to start", spec_name=spec_name)
         try:
@@ -156,6 +112,75 @@ def launch(
             contained.box.remove()
         raise KernelLaunchError(f"could not start a {spec_name!r} kernel: {exc}") from exc
     return manager
+
+
+def _checked_spec(ksm: KernelSpecManager, spec_name: str, encryption: str) -> Any:
+    """The kernelspec ``spec_name``, refused when ``encryption`` is required and it does not declare curve."""
+    try:
+        spec = ksm.get_kernel_spec(spec_name)
+    except NoSuchKernel:
+        raise UnknownKernelSpec(f"no kernel spec named {spec_name!r}") from None
+    if encryption == "required" and not declares_curve(spec.metadata):
+        raise KernelLaunchError(
+            f"the {spec_name!r} kernelspec does not declare CurveZMQ support (metadata.supported_encryption "
+            "has no 'curve'), and --kernel-encryption is required: start the relay with "
+            "--kernel-encryption auto to let it run unencrypted"
+        )
+    return spec
+
+
+def _transport_options(
+    contained: Sandbox | None, transport: str, runtime_dir: str, kernel_id: str
+) -> dict[str, str]:
+    """The kernel manager's ``transport`` and ``ip`` for UNIX sockets, or nothing for tcp's defaults."""
+    if contained is not None and (contained.network == "none" or transport == "ipc"):
+        # Without a network its channels can only be UNIX sockets; and only its box is shared with it.
+        prefix = contained.box.ipc_prefix
+        if len(prefix.encode()) > IPC_PATH_LIMIT:
+            contained.box.remove()
+            raise KernelLaunchError(
+                f"a sandboxed kernel's sockets would be {prefix!r}, too long a path for a UNIX socket: "
+                "set XDG_RUNTIME_DIR to a shorter path"
+            )
+        return {"transport": "ipc", "ip": prefix}
+    if transport == "ipc":
+        # UNIX socket paths are short (108 bytes): the sockets are named by the id's first block.
+        prefix = os.path.join(runtime_dir, kernel_id.split("-", 1)[0])
+        if len(prefix.encode()) > IPC_PATH_LIMIT:
+            raise KernelLaunchError(
+                f"the ipc transport needs a shorter runtime directory than {runtime_dir!r} (UNIX socket "
+                "paths are limited): set JUPYTER_RUNTIME_DIR to a shorter path, or use --kernel-transport tcp"
+            )
+        return {"transport": "ipc", "ip": prefix}
+    return {}
+
+
+def _start(
+    manager: SandboxedKernelManager,
+    spec: Any,
+    kernel_id: str,
+    runtime_dir: str,
+    env: Mapping[str, str] | None,
+    independent: bool,
+) -> None:
+    """Start the kernel: its environment, where its output goes; then close the control socket."""
+    local = _is_local(spec)
+    options: dict[str, Any] = {"independent": True} if independent else {}
+    options["env"] = (
+        environment(os.environ, env) if manager.sandbox is not None else scrubbed(os.environ, env)
+    )
+    if local and independent:
+        # Kept open with the manager: a restart starts the kernel again with the same arguments.
+        output = open(os.path.join(runtime_dir, f"kernel-{kernel_id}.log"), "ab")
+        options.update(stdout=output, stderr=output)
+    elif local:
+        options.update(pipes())
+    manager.start_kernel(**options)
+    if local and not independent:
+        capture(kernel_id, getattr(manager.provisioner, "process", None))
+    # jupyter_client keeps a control socket open for a polite shutdown, and opens one again when it
+    # needs it: closed, an idle kernel costs the relay only its own iopub and heartbeat sockets.
+    manager._close_control_socket()
 
 
 def _is_local(spec: Any) -> bool:

@@ -86,7 +86,6 @@ import json
 import os
 import posixpath
 import signal
-import socket
 import time
 from typing import Any, cast
 
@@ -98,20 +97,15 @@ from twisted.logger import Logger
 
 from ._errors import KernelLaunchError
 from ._ssh_commands import (
-    CLEANUP_SCRIPT,
-    FREE_PORTS_PY,
     LAUNCH_SCRIPT,
-    PREPARE_SCRIPT,
-    SIGNAL_SCRIPT,
     SSH_FAILED,
     SSHTarget,
     launch_arguments,
-    parse_prepared,
-    parse_state,
     remote_argv,
     remote_environment,
 )
-from ._ssh_session import KernelSession, SSHCommandError, run_remote
+from ._ssh_host import ask, prepare, remove_connection_file, resolve
+from ._ssh_session import KernelSession, SSHCommandError
 
 _log = Logger()
 
@@ -184,22 +178,8 @@ class SSHProvisioner(KernelProvisionerBase):
         extra_arguments = list(kwargs.pop("extra_arguments", None) or [])
         if self.remote_directory is None or self._address is None:
             # The first start; a restart keeps the ports (and the key and file) of the first.
-            address = self.kernel_ip or _resolve(target)
-            output = run_remote(
-                target,
-                "prepare the kernel's directory and ports",
-                PREPARE_SCRIPT,
-                self.remote_dir,
-                self.python,
-                address,
-                FREE_PORTS_PY,
-            )
-            try:
-                directory, ports = parse_prepared(output)
-            except ValueError as exc:
-                raise SSHCommandError(
-                    f"could not prepare the kernel on {target.name}: {exc}"
-                ) from None
+            address = self.kernel_ip or resolve(target)
+            directory, ports = prepare(target, self.remote_dir, self.python, address)
             self._address, self.remote_directory = address, directory
             for name, port in zip(PORT_NAMES, ports, strict=True):
                 setattr(km, name, port)
@@ -324,10 +304,8 @@ class SSHProvisioner(KernelProvisionerBase):
             return
         self._file_written = False
         try:
-            run_remote(
+            remove_connection_file(
                 self._target(),
-                "remove the kernel's connection file",
-                CLEANUP_SCRIPT,
                 self.remote_connection_file,
                 self.remote_directory or posixpath.dirname(self.remote_connection_file),
             )
@@ -407,20 +385,7 @@ class SSHProvisioner(KernelProvisionerBase):
     def _ask(self, doing: str, signal_name: str) -> bool:
         """Run SIGNAL_SCRIPT for the kernel: is it alive (after the signal, if one is named)?"""
         assert self.remote_pid is not None and self.remote_connection_file is not None
-        output = run_remote(
-            self._target(),
-            doing,
-            SIGNAL_SCRIPT,
-            str(self.remote_pid),
-            self.remote_connection_file,
-            signal_name,
-        )
-        state = parse_state(output)
-        if state is None:
-            raise SSHCommandError(
-                f"could not {doing} on {self._target().name}: unexpected answer {output[-200:]!r}"
-            )
-        return state
+        return ask(self._target(), doing, self.remote_pid, self.remote_connection_file, signal_name)
 
     async def _end(self, signum: int) -> None:
         """Terminate or kill; when the host cannot be told, drop the connection (which ends ipykernel)."""
@@ -449,16 +414,6 @@ class SSHProvisioner(KernelProvisionerBase):
         session, self._session = self._session, None
         if session is not None:
             session.close()
-
-
-def _resolve(target: SSHTarget) -> str:
-    """The host's address, as this machine resolves it (IPv4 first: the relay's sockets speak IPv4)."""
-    try:
-        found = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise SSHCommandError(f"could not resolve the kernel host {target.host!r}: {exc}") from None
-    found.sort(key=lambda entry: entry[0] != socket.AF_INET)
-    return str(found[0][4][0])
 
 
 def _provide_curve_keys(km: Any) -> None:
