@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -216,20 +214,3 @@ def test_an_unreachable_kernel_is_told_on_every_channel(
         "iopub",
         "shell",
     ]
-
-
-def test_the_core_imports_no_wire_format() -> None:
-    """No module of the relay core imports socket.io, Engine.IO, HTTP or a front."""
-    package = Path(__file__).resolve().parents[2] / "src" / "kernel_relay" / "relay"
-    forbidden = ("socketio", "engineio", "http", "fronts", "klein", "autobahn", "twisted.web")
-    for module in package.glob("*.py"):
-        for node in ast.walk(ast.parse(module.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names = [node.module or ""]
-            for name in names:
-                parts = name.split(".")
-                assert not any(part in forbidden for part in parts), f"{module.name} imports {name}"
-                assert not name.startswith(forbidden), f"{module.name} imports {name}"
