@@ -4,7 +4,7 @@ needs of the others, as small Protocols, so that none imports another one to nam
 
 - :class:`EngineSession`: what the layer needs of an Engine.IO session (``EngineIOSession`` provides it).
 - :class:`NamespaceMember`: what a :class:`~.namespace.Namespace` needs of the sockets joined to it
-  (:class:`~.client.Socket` provides it).
+  (:class:`~.socket.Socket` provides it).
 - :class:`ClientHost`: what a :class:`~.client.Client` needs of the server that made it
   (:class:`~.server.SocketIOServer` provides it).
 

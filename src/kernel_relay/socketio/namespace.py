@@ -4,7 +4,7 @@ exact name or a pattern; a :class:`Namespace` is one concrete name that clients 
 
 This module knows a socket only as a :class:`~.interfaces.NamespaceMember`: a :class:`Namespace` is
 generic in the type of its members (``Namespace[Socket]`` for the server's), and the handlers' first
-argument, the :class:`~.client.Socket`, is typed ``Any`` here.
+argument, the :class:`~.socket.Socket`, is typed ``Any`` here.
 """
 
 from __future__ import annotations
