@@ -220,7 +220,8 @@ class EngineIOSession:
             return
         kind = packet.type
         heartbeat = self._heartbeat
-        heartbeat.heard()
+        if heartbeat.client_pings:
+            heartbeat.heard()
         if kind is _MESSAGE:
             # The codecs decode what peers send into str or bytes, never a view.
             self._deliver(packet.data)  # type: ignore[arg-type]
