@@ -210,9 +210,10 @@ class EngineIOSession:
 
     def packet_received(self, transport: Transport, packet: Packet) -> None:
         """A well-formed packet arrived on ``transport`` (the current one or an upgrade probe)."""
-        if self._upgrade is not None and transport is self._upgrade.probe:
+        if self._is_probe(transport):
             if self._state is _OPEN:
                 self._heartbeat.heard()
+            assert self._upgrade is not None
             self._probe_packet(self._upgrade, packet)
             return
         if transport is not self._transport or self._state is not _OPEN:
@@ -245,14 +246,14 @@ class EngineIOSession:
 
     def decode_failed(self, transport: Transport) -> None:
         """``transport`` received something that is not a packet."""
-        if self._upgrade is not None and transport is self._upgrade.probe:
+        if self._is_probe(transport):
             self._abort_upgrade("invalid packet on probe")
         elif transport is self._transport:
             self._terminate(PARSE_ERROR, _Ending.ABORT)
 
     def transport_error(self, transport: Transport, why: str) -> None:
         """``transport`` misbehaved (overlapping polls, bad content type, ...)."""
-        if self._upgrade is not None and transport is self._upgrade.probe:
+        if self._is_probe(transport):
             self._abort_upgrade(why)
         elif transport is self._transport:
             self.log.info("transport error on session {sid}: {why}", sid=self.sid, why=why)
@@ -260,7 +261,7 @@ class EngineIOSession:
 
     def transport_lost(self, transport: Transport, reason: str = TRANSPORT_CLOSE) -> None:
         """``transport``'s connection is gone."""
-        if self._upgrade is not None and transport is self._upgrade.probe:
+        if self._is_probe(transport):
             self._abort_upgrade("probe transport closed")
         elif transport is self._transport:
             self._terminate(reason, _Ending.ABORT)
@@ -339,6 +340,10 @@ class EngineIOSession:
     def _heartbeat_lost(self, why: str) -> None:
         self.log.info("session {sid}: {why}", sid=self.sid, why=why)
         self._terminate(PING_TIMEOUT, _Ending.ABORT)
+
+    def _is_probe(self, transport: Transport) -> bool:
+        """Is ``transport`` the one an upgrade under way tries?"""
+        return self._upgrade is not None and transport is self._upgrade.probe
 
     def _probe_packet(self, upgrade: Upgrade, packet: Packet) -> None:
         if upgrade.is_probe(packet):
