@@ -37,8 +37,8 @@ from .. import __version__
 from ..auth import ACCESS_LEVELS, FULL, TOKEN_QUERY, TokenAuth, token_from_authorization
 from ..jsontext import JSONError, loads
 from ..kernels import Kernel, KernelRegistry
+from ..kernels.spawning import KernelspecNotAllowed, Spawner, TooManyKernels, error_text
 from ..metrics import RelayMetrics
-from .spawning import KernelspecNotAllowed, Spawner, TooManyKernels, error_text
 
 log = Logger()
 

@@ -37,6 +37,13 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..jsontext import JSONError, loads
 from ..kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel, UnknownKernelSpec
+from ..kernels.spawning import (
+    KernelspecNotAllowed,
+    Spawner,
+    SpawnUnavailable,
+    TooManyKernels,
+    error_text,
+)
 from .api import json_body
 from .kernelspecs import (
     RESOURCE_FILE,
@@ -47,13 +54,6 @@ from .kernelspecs import (
 
 # Re-exported for the wiring (tap), which imports it from here.
 from .kernelspecs import threaded_resource_reader as threaded_resource_reader
-from .spawning import (
-    KernelspecNotAllowed,
-    Spawner,
-    SpawnUnavailable,
-    TooManyKernels,
-    error_text,
-)
 
 log = Logger()
 

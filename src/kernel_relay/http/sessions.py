@@ -37,9 +37,9 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 
 from ..kernels import Kernel, KernelRegistry, UnknownKernel, UnknownKernelSpec
+from ..kernels.spawning import KernelspecNotAllowed, SpawnUnavailable, TooManyKernels, error_text
 from .api import json_body
 from .jupyter_api import JupyterAPI, jupyter_error
-from .spawning import KernelspecNotAllowed, SpawnUnavailable, TooManyKernels, error_text
 
 log = Logger()
 

@@ -1,6 +1,8 @@
 """
-Starting kernels for the REST routes: the seed's ``/spawn`` and Jupyter's ``POST /api/kernels`` share one
-``--max-kernels`` bound (kernels running and starting), one metric and one log line.
+The start policy: whether a kernel may start, and starting it. Every way in (the seed's ``/spawn``,
+Jupyter's ``POST /api/kernels`` and ``/api/sessions``) shares one ``--allow-kernelspec`` list, one
+``--max-kernels`` bound (kernels running and starting, over the whole fleet when there is one), one metric
+and one log line. It knows no HTTP: the routes turn its errors into answers.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from twisted.internet.defer import Deferred, fail
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..kernels import Kernel, KernelRegistry
 from ..metrics import RelayMetrics
+from ._kernel import Kernel
+from ._registry import KernelRegistry
 
 log = Logger()
 
@@ -159,7 +162,7 @@ class Spawner:
         def unavailable(failure: Failure) -> Failure:
             if failure.check(TooManyKernels, SpawnUnavailable):  # type: ignore[no-untyped-call]
                 return failure
-            return Failure(SpawnUnavailable(f"cannot start a kernel: {error_text(failure)}"))
+            return Failure(SpawnUnavailable(f"cannot start a kernel: {error_text(failure)}"))  # type: ignore[no-untyped-call]
 
         d = fleet.reserve(reservation, limit)
         d.addErrback(unavailable)
