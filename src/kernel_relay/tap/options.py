@@ -112,7 +112,8 @@ class Options(SettingsOptions):
         self["allow-kernelspec"] = []
 
     def opt_pool(self, value: str) -> None:
-        """Keep N started, ready kernels of kernelspec NAME for instant /spawn (NAME=N, repeatable)."""
+        """Keep N started, ready kernels of kernelspec NAME for instant starts (NAME=N, repeatable): /spawn,
+        and POST /api/kernels or /api/sessions when they set no env."""
         name, sep, count = value.partition("=")
         name = name.strip()
         try:
@@ -127,7 +128,8 @@ class Options(SettingsOptions):
 
     def opt_allow_kernelspec(self, name: str) -> None:
         """Allow kernels of this kernelspec only (repeatable; by default every installed one): the others
-        are not listed, and starting one is refused with 403 (/spawn, POST /api/kernels)."""
+        are not listed, and starting one is refused with 403 (/spawn, POST /api/kernels, POST
+        /api/sessions)."""
         self["allow-kernelspec"].append(name.strip())
 
     def opt_listen(self, description: str) -> None:

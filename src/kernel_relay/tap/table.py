@@ -104,27 +104,40 @@ PARAMETERS: Sequence[Sequence[Any]] = [
         "unless --listen is given]",
         usage.portCoerce,
     ],
-    ["ping-interval", None, 25.0, "Seconds between Engine.IO heartbeats.", positive(float)],
+    [
+        "ping-interval",
+        None,
+        25.0,
+        "Seconds between Engine.IO heartbeats (socket.io clients).",
+        positive(float),
+    ],
     [
         "ping-timeout",
         None,
         20.0,
-        "Seconds a client may take to answer a heartbeat before it is dropped.",
+        "Seconds a socket.io client may take to answer a heartbeat before it is dropped.",
         positive(float),
     ],
     [
         "max-payload",
         None,
         16 * 1024 * 1024,
-        "Largest message, in bytes, a client may send in one packet or polling request.",
+        "Largest message, in bytes, a client may send: a socket.io packet or polling request, or a "
+        "Jupyter WebSocket message.",
         positive(int),
     ],
-    ["transports", None, ",".join(TRANSPORTS), "Engine.IO transports to offer.", transport_names],
+    [
+        "transports",
+        None,
+        ",".join(TRANSPORTS),
+        "Engine.IO transports to offer socket.io clients (Jupyter clients use a WebSocket).",
+        transport_names,
+    ],
     [
         "connect-timeout",
         None,
         45.0,
-        "Seconds a client may stay connected without joining a namespace.",
+        "Seconds a socket.io client may stay connected without joining a kernel's namespace.",
         positive(float),
     ],
     [
@@ -167,7 +180,7 @@ PARAMETERS: Sequence[Sequence[Any]] = [
         None,
         None,
         "Comma-separated environment variables a client may set for a kernel it starts with POST "
-        "/api/kernels, besides KERNEL_* (which are always allowed).",
+        "/api/kernels (its env), besides KERNEL_* (which are always allowed).",
     ],
     [
         "shutdown-timeout",
@@ -180,7 +193,7 @@ PARAMETERS: Sequence[Sequence[Any]] = [
         "launch-timeout",
         None,
         60.0,
-        "Seconds a new kernel gets to become ready before the spawn fails.",
+        "Seconds a new kernel gets to become ready before its start fails.",
         positive(float),
     ],
     [
@@ -240,7 +253,8 @@ PARAMETERS: Sequence[Sequence[Any]] = [
         "max-kernels",
         None,
         None,
-        "Most kernels running at once (spawns over it fail)",
+        "Most kernels running or starting at once, over every relay of a fleet; a start over it is "
+        "refused (/spawn, POST /api/kernels, POST /api/sessions).",
         positive(int),
     ],
     [
@@ -305,15 +319,16 @@ PARAMETERS: Sequence[Sequence[Any]] = [
         "max-sessions",
         None,
         None,
-        "Most Engine.IO sessions at once. When full, the oldest session that joined no kernel "
-        "namespace is closed for a new one. [default: --max-connections]",
+        "Most Engine.IO sessions (socket.io clients) at once. When full, the oldest session that "
+        "joined no kernel namespace is closed for a new one. [default: --max-connections]",
         positive(int),
     ],
     [
         "max-sessions-per-address",
         None,
         None,
-        "Most Engine.IO sessions from one client address. [default: --max-connections-per-address]",
+        "Most Engine.IO sessions (socket.io clients) from one client address. [default: "
+        "--max-connections-per-address]",
         positive(int),
     ],
     [

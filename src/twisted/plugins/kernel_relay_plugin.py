@@ -5,6 +5,6 @@ from twisted.application.service import ServiceMaker
 kernelRelay = ServiceMaker(
     "kernel-relay",
     "kernel_relay.tap",
-    "Relay Jupyter kernels to web clients over socket.io",
+    "Relay Jupyter kernels to web clients over socket.io and Jupyter's kernel WebSocket",
     "kernel-relay",
 )
