@@ -28,16 +28,14 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from kernel_relay.auth import TokenAuth
 from kernel_relay.http.connections import (
-    ABORT_GRACE,
-    IDLE_TIMEOUT,
     PROBATION_TIMEOUT,
     UNIX_HOST,
-    ConnectionBounds,
     ConnectionLimiter,
     Refusal,
     peer_host,
-    raise_open_file_limit,
 )
+from kernel_relay.http.deadlines import ABORT_GRACE, IDLE_TIMEOUT
+from kernel_relay.http.file_limit import ConnectionBounds, raise_open_file_limit
 from kernel_relay.http.forwarded import TrustedProxies
 from kernel_relay.http.guards import AuthGuard
 from kernel_relay.http.site import RelaySite
@@ -379,6 +377,7 @@ def test_the_connection_hook_leaves_no_reference_cycle(no_cyclic_gc: None) -> No
                 (
                     "kernel_relay.tap",
                     "kernel_relay.http.connections",
+                    "kernel_relay.http.deadlines",
                     "kernel_relay.twisted_internals",
                 )
             )

@@ -37,16 +37,8 @@ from ..twisted_internals import (
     release_requests,
     set_send_limit,
 )
-from .connections import (
-    BODY_TIMEOUT,
-    HEADER_TIMEOUT,
-    IDLE_TIMEOUT,
-    ConnectionEvents,
-    ConnectionLimiter,
-    Refusal,
-    RequestDeadlineChannel,
-    peer_host,
-)
+from .connections import ConnectionEvents, ConnectionLimiter, Refusal, peer_host
+from .deadlines import BODY_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT, RequestDeadlineChannel
 from .guards import JSONRefusal
 from .hosts import HostPolicy
 

@@ -15,7 +15,8 @@ from ..budget import BufferBudget
 from ..engineio import EngineIOOptions
 from ..fronts.jupyter import JupyterFront
 from ..fronts.socketio import SocketIOFront
-from ..http.connections import ConnectionBounds, ConnectionLimiter, raise_open_file_limit
+from ..http.connections import ConnectionLimiter
+from ..http.file_limit import ConnectionBounds, raise_open_file_limit
 from ..http.forwarded import TrustedProxies
 from ..http.origins import OriginPolicy
 from ..kernels import KernelRegistry
