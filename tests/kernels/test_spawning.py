@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 
-from kernel_relay.http.spawning import (
+from kernel_relay.kernels.spawning import (
     KernelspecNotAllowed,
     Spawner,
     SpawnUnavailable,
