@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..txredisapi_internals import connected, set_reconnect_delays
 from .secrets import SEALED, FleetKeys, Forged, ForgeryLog
 
 PREFIX: Final = "kernel-relay:"
@@ -286,8 +287,7 @@ class FleetStore:
             replyTimeout=reply_timeout,
             convertNumbers=False,
         )
-        handler._factory.maxDelay = MAX_RETRY_DELAY
-        handler._factory.initialDelay = 0.2
+        set_reconnect_delays(handler, 0.2, MAX_RETRY_DELAY)
         return handler
 
     def disconnect(self) -> Deferred[Any]:
@@ -298,17 +298,17 @@ class FleetStore:
     @property
     def up(self) -> bool:
         """Whether the connection for calls is open now."""
-        return self._calls is not None and bool(self._calls._factory.pool)
+        return self._calls is not None and connected(self._calls)
 
     def _call(self, *command: Any, handler: Any = None) -> Deferred[Any]:
         handler = handler or self._calls
-        if handler is None or not handler._factory.pool:
+        if handler is None or not connected(handler):
             return fail(FleetUnavailable(f"Redis at {self.url} cannot be reached"))
         d: Deferred[Any] = handler.execute_command(*command)
         return d.addErrback(self._unavailable)
 
     def _script(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
-        if self._calls is None or not self._calls._factory.pool:
+        if self._calls is None or not connected(self._calls):
             return fail(FleetUnavailable(f"Redis at {self.url} cannot be reached"))
         d: Deferred[Any] = self._calls.eval(script, list(keys), list(args))
         return d.addErrback(self._unavailable)

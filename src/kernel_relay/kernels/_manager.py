@@ -15,6 +15,7 @@ from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from jupyter_client.manager import KernelManager
 from twisted.logger import Logger
 
+from ..jupyter_client_internals import close_control_socket
 from ._errors import KernelLaunchError, KernelShutdownError, UnknownKernelSpec
 from ._output import capture, pipes
 from ._runtime import connection_dir
@@ -180,7 +181,7 @@ def _start(
         capture(kernel_id, getattr(manager.provisioner, "process", None))
     # jupyter_client keeps a control socket open for a polite shutdown, and opens one again when it
     # needs it: closed, an idle kernel costs the relay only its own iopub and heartbeat sockets.
-    manager._close_control_socket()
+    close_control_socket(manager)
 
 
 def _is_local(spec: Any) -> bool:

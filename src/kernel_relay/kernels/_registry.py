@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..jupyter_client_internals import close_control_socket
 from ._deathwatch import DeathWatch
 from ._errors import KernelLaunchError, UnknownKernelSpec
 from ._guests import Guests, KernelOwners
@@ -181,7 +182,7 @@ class KernelRegistry:
             return
         kernel, manager = self._running.release(kernel_id)
         try:
-            manager._close_control_socket()
+            close_control_socket(manager)
         except Exception:
             _log.failure("closing kernel {kernel_id}'s control socket failed", kernel_id=kernel_id)
         self._guests.put(kernel)

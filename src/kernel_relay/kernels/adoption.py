@@ -28,6 +28,7 @@ from jupyter_client.provisioning.factory import KernelProvisionerFactory
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
 from jupyter_core.utils import run_sync
 
+from ..jupyter_client_internals import connect_control_socket, mark_started
 from ._errors import KernelLaunchError, UnknownKernelSpec
 from ._runtime import connection_dir
 from ._sandbox import Sandbox, SandboxedKernelManager, environment, scrubbed
@@ -219,16 +220,15 @@ def rebuild(
         # Its ports are the kernel's: a restart must not pick new ones (its clients' sockets stay on these).
         provisioner.ports_cached = True
     manager.provisioner = provisioner
-    # As after start_kernel: each later call (shutdown, restart) gets a fresh ``ready`` future.
-    manager._attempted_start = True
-    # A restart launches again as the first launch did: independent of this relay, with the same extra env.
+    # As after start_kernel: each later call (shutdown, restart) gets a fresh ``ready`` future, and a restart
+    # launches again as the first launch did: independent of this relay, with the same extra env.
     launch_args: dict[str, Any] = {"independent": True}
     launch_args["env"] = (
         environment(os.environ, env) if manager.sandbox is not None else scrubbed(os.environ, env)
     )
-    manager._launch_args = cast(Any, launch_args)
+    mark_started(manager, launch_args)
     manager.write_connection_file()
-    manager._connect_control_socket()
+    connect_control_socket(manager)
     return manager
 
 

@@ -95,6 +95,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Bool, Float, Integer, Unicode
 from twisted.logger import Logger
 
+from ..jupyter_client_internals import encryption_policy, kernelspec_supports_curve
 from ._errors import KernelLaunchError
 from ._ssh_commands import (
     LAUNCH_SCRIPT,
@@ -422,12 +423,10 @@ def _provide_curve_keys(km: Any) -> None:
     ``transport_encryption`` policy is ``auto`` and the kernelspec declares ``curve``, or ``required``;
     a restart keeps the keys it has.
     """
-    policy_of = getattr(km, "_transport_encryption_policy", None)
-    policy = policy_of() if callable(policy_of) else "disabled"
+    policy = encryption_policy(km)
     if policy not in ("auto", "required") or getattr(km, "curve_publickey", None) is not None:
         return
-    supports = getattr(km, "_kernel_supports_curve_encryption", None)
-    if policy == "required" or (callable(supports) and supports()):
+    if policy == "required" or kernelspec_supports_curve(km):
         km.curve_publickey, km.curve_secretkey = zmq.curve_keypair()
 
 
