@@ -42,7 +42,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     site = build_site(options, reactor, routes, auth, metrics, clients, fronts)
     top = MultiService()
     services = [
-        *([fleet.service] if fleet.service is not None else []),
+        *fleet.services,
         *kernel_services(
             options,
             reactor,

@@ -47,8 +47,8 @@ def _nothing() -> Deferred[None]:
 class FleetParts:
     """What the other layers take from the fleet; the defaults are a relay's that has none."""
 
-    #: The service, put before the kernels' (it stops after them, so that their ends still reach Redis).
-    service: IService | None = None
+    #: Its service, put before the kernels' (it stops after them, so that their ends still reach Redis).
+    services: tuple[IService, ...] = ()
     numbering: IopubNumbering | None = None
     capacity: FleetCapacity | None = None
     marks: SharedMarks | None = None
@@ -82,7 +82,7 @@ def build_fleet(
     fleet.env_allowed = EnvPolicy.from_option(options["kernel-env-allow"]).allowed
     fleet.on_refused = lambda reason: refuse_to_start(reactor, reason)
     return FleetParts(
-        service=fleet,
+        services=(fleet,),
         numbering=fleet.numbering,
         capacity=fleet,
         marks=fleet,
