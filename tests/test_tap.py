@@ -131,3 +131,24 @@ def test_trusted_proxies_reach_the_sites_limiter_and_bad_ones_are_usage_errors()
     for bad in (["--trusted-proxy", "proxy.example.org"], ["--forwarded-header", "x-real-ip"]):
         with pytest.raises(usage.UsageError):
             Options().parseOptions(bad)
+
+
+def test_help_that_names_socketio_names_the_jupyter_front_too() -> None:
+    """An option's help that names socket.io or Engine.IO also says what Jupyter clients get, unless the option is socket.io's alone."""
+    socketio_only = {
+        "transports",
+        "ping-interval",
+        "ping-timeout",
+        "connect-timeout",
+        "no-eio3",
+        "max-sessions",
+        "max-sessions-per-address",
+    }
+    options = Options()
+    for name, doc in options.docs.items():
+        if name in socketio_only or not isinstance(doc, str):
+            continue
+        if "socket.io" in doc or "Engine.IO" in doc:
+            assert "Jupyter" in doc, f"--{name}: {doc}"
+    for name in socketio_only:
+        assert "socket.io" in options.docs[name] or "Engine.IO" in options.docs[name], name
