@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
-from unittest import mock
+from typing import Any, cast
 
 from treq.testing import StubTreq
 from twisted.application.service import IServiceCollection
@@ -25,6 +24,7 @@ from twisted.test.iosim import FakeTransport, IOPump, connect
 
 from kernel_relay import tap
 from kernel_relay.http.site import Listener, RelaySite
+from kernel_relay.kernels import KernelRegistry
 from kernel_relay.relay.core import RelayCore
 from tests.fakes import FakeKernel, FakeRegistry, result_of
 from tests.inproc_clients import (
@@ -46,13 +46,11 @@ def relay_site(
     The site ``tap.makeService`` builds for ``argv`` on ``reactor``, with ``kernels`` in place of the kernel
     registry (nothing is started: no kernel, no listener, no timer of the services).
 
-    The one place that knows how ``tap`` builds: when ``tap`` has a builder of the site from a registry,
-    call it here instead of patching.
+    The one place that knows how ``tap`` builds: ``tap.relay_tree`` over the fake registry.
     """
     options = tap.Options()
     options.parseOptions(["--port", str(PORT), *argv])
-    with mock.patch.object(tap, "KernelRegistry", lambda *args, **kwargs: kernels):
-        tree = tap.makeService(options, reactor)
+    tree = tap.relay_tree(options, reactor, lambda *_: cast(KernelRegistry, kernels))
     (site,) = {
         service.factory for service in IServiceCollection(tree) if isinstance(service, Listener)
     }

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 
 from ..auth import TokenAuth
+from ..kernels import KernelRegistry
 from ..metrics import RelayMetrics
 from ..relay.core import RelayCore
 from .clients import Clients, Fronts, build_clients, build_core, build_fronts
@@ -30,10 +31,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     if reactor is None:
         from twisted.internet import reactor
+    return relay_tree(options, reactor, build_kernels)
+
+
+def relay_tree(
+    options: Options, reactor: Any, kernels_of: Callable[[Options, Any], KernelRegistry]
+) -> IService:
+    """The service tree over the kernel registry ``kernels_of`` builds (a test's fakes, for one)."""
     auth = TokenAuth(options["token"])
     metrics = RelayMetrics()
     clients = build_clients(options, reactor, metrics)
-    kernels = build_kernels(options, reactor)
+    kernels = kernels_of(options, reactor)
     fleet = build_fleet(options, reactor, kernels, auth, metrics)
     relay = build_core(options, reactor, kernels, auth, metrics, fleet)
     fronts = build_fronts(options, reactor, relay, clients, kernels, fleet)
@@ -83,4 +91,4 @@ def _freeze_what_lives() -> None:
     gc.freeze()
 
 
-__all__ = ["Options", "makeService"]
+__all__ = ["Options", "makeService", "relay_tree"]
