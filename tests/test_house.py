@@ -27,17 +27,14 @@ MAX_FUNCTION_LINES = 60
 # fail for an entry that no longer offends), and never add one.
 MODULES_OVER_THE_LIMIT = frozenset(
     {
-        "kernel_relay/tap.py",
         "kernel_relay/fleet/fleet.py",
         "kernel_relay/fleet/store.py",
         "kernel_relay/relay/core.py",
         "kernel_relay/fronts/jupyter.py",
-        "kernel_relay/http/connections.py",
     }
 )
 FUNCTIONS_OVER_THE_LIMIT = frozenset(
     {
-        "kernel_relay/tap.py::makeService",
         "kernel_relay/fleet/fleet.py::Fleet.__init__",
         "kernel_relay/fleet/fleet.py::Fleet._adopt",
         "kernel_relay/fleet/fleet.py::Fleet._sync_once",
@@ -209,6 +206,8 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
             "kernel_relay.metrics",
             "kernel_relay.settings",
             "kernel_relay.twisted_internals",
+            "kernel_relay.jupyter_client_internals",
+            "kernel_relay.txredisapi_internals",
             "kernel_relay.websocket_frames",
         ),
         LAYERS,
@@ -280,7 +279,7 @@ def test_the_import_allow_list_names_only_todays_violations() -> None:
 
 
 def test_only_the_plugin_imports_the_wiring() -> None:
-    """tap is imported by no module of the package (the Twisted plugin loads it lazily), command_line only by tap."""
+    """tap is imported by no module outside it (the Twisted plugin loads it lazily), command_line only by tap."""
     importers = {
         _dotted(name)[0]: {
             target
@@ -290,8 +289,7 @@ def test_only_the_plugin_imports_the_wiring() -> None:
         for name, path in _modules()
     }
     wiring = {module: targets for module, targets in importers.items() if targets}
-    assert set(wiring) <= {"kernel_relay.tap", "kernel_relay.command_line"}
-    assert all(not _matches(t, "kernel_relay.tap") for t in wiring.get("kernel_relay.tap", ()))
+    assert wiring and all(_matches(module, "kernel_relay.tap") for module in wiring), wiring
 
 
 @pytest.mark.parametrize(
