@@ -206,7 +206,9 @@ class Kernel:
         self.connection_file = connection_file
         self.sandboxed = connection_info.get("sandboxed") is True
         """Whether it runs in the relay's sandbox (see ``_sandbox``): its relay says so in its connection info."""
-        self.execution_state = "starting"
+        self._state = "starting"
+        self._busy: dict[str | None, str] = {}
+        """The request each line of the kernel is busy with: its shell, a subshell, control (see ``_lane``)."""
         self.reachable = True
         """False while the kernel does not answer its heartbeat (see :mod:`kernel_relay.kernels.heartbeat`)."""
         self.rejected_messages = 0
@@ -222,6 +224,17 @@ class Kernel:
         self._iopub: FrameSocket | None = opener.subscriber(
             channel_url(connection_info, "iopub"), self._iopub_received, self.curve
         )
+
+    @property
+    def execution_state(self) -> str:
+        """The kernel's ``status``: ``busy`` while any of its lines (shell, subshells, control) runs a request."""
+        return self._state
+
+    @execution_state.setter
+    def execution_state(self, state: str) -> None:
+        # Set from outside (started, restarting, dead): what the old process was busy with is over.
+        self._busy.clear()
+        self._state = state
 
     def __repr__(self) -> str:
         return f"<Kernel {self.id} {self.spec_name} {self.execution_state}>"
@@ -358,11 +371,54 @@ class Kernel:
         if message is None or self._closed:
             return
         if message.msg_type == "status":
-            state = message.content.get("execution_state")
-            if isinstance(state, str):
-                self.execution_state = state
+            self._follow_status(message)
         for listener in list(self._iopub_listeners):
             try:
                 listener(message)
             except Exception:
                 _log.failure("iopub listener failed for kernel {kernel_id}", kernel_id=self.id)
+
+    def _follow_status(self, message: KernelMessage) -> None:
+        """
+        ``busy``/``idle`` per line of the kernel: with subshells (protocol 5.5) and control requests, one
+        request's ``idle`` comes while another still runs, and the kernel is idle only once none does.
+        """
+        state = message.content.get("execution_state")
+        if not isinstance(state, str):
+            return
+        parent = message.parent_header
+        msg_id = parent.get("msg_id")
+        if state not in ("busy", "idle") or not isinstance(msg_id, str):
+            self.execution_state = state
+            return
+        lane = _lane(parent)
+        if state == "busy":
+            self._busy[lane] = (
+                msg_id  # each line runs one request at a time: this one replaces any other
+            )
+        elif self._busy.get(lane) == msg_id:
+            del self._busy[lane]
+        self._state = "busy" if self._busy else "idle"
+
+
+#: Requests ipykernel answers beside the shell (on its control thread), so their busy and idle overlap a cell's.
+_CONTROL_REQUESTS = frozenset(
+    {
+        "debug_request",
+        "interrupt_request",
+        "shutdown_request",
+        "usage_request",
+        "kernel_info_request",
+        "create_subshell_request",
+        "delete_subshell_request",
+        "list_subshell_request",
+    }
+)
+
+
+def _lane(parent: Mapping[str, Any]) -> str | None:
+    """The line of the kernel a request runs on: control, a subshell (by id), or the shell (None)."""
+    if parent.get("msg_type") in _CONTROL_REQUESTS:
+        return "control"
+    subshell = parent.get("subshell_id")
+    return subshell if isinstance(subshell, str) else None
