@@ -132,7 +132,9 @@ def test_iopub_welcome_after_a_restart_is_resumed_like_any_message_and_is_no_cel
     try:
         first, _ = client.execute("1")
         for watcher in (stayed, leaving):
-            _wait(lambda w=watcher: _idle_after(w.received(), first), "the watchers to see the cell")
+            _wait(
+                lambda w=watcher: _idle_after(w.received(), first), "the watchers to see the cell"
+            )
         since = _seqs(leaving.received())[-1]
         leaving.close()
         restarted = requests.post(f"{relay.url}/api/kernels/{kernel_id}/restart", timeout=90)
