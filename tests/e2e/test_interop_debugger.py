@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any, Protocol
 
 import pytest
@@ -127,8 +128,11 @@ def _variables(debugger: Debugger, reference: int) -> dict[str, str]:
     return {variable["name"]: variable["value"] for variable in found}
 
 
-def debug_a_cell(front: Front) -> Message:
-    """Break in a cell, read its frame and variables, continue; the ``stopped`` event it saw."""
+def debug_a_cell(front: Front, state: Callable[[], str]) -> Message:
+    """
+    Break in a cell, read its frame and variables, continue; the ``stopped`` event it saw. ``state`` is
+    the kernel's execution state as the relay's REST API tells it.
+    """
     debugger = Debugger(front)
     capabilities = debugger.ask(
         "initialize",
@@ -167,6 +171,8 @@ def debug_a_cell(front: Front) -> Message:
     assert variables.get("x") == "41" and "y" not in variables, variables
     # The cell waits at its breakpoint: control still answers, and its execute_reply has not come.
     assert not any(m["parent_header"].get("msg_id") == cell for m in front.replies())
+    # The debugger's requests went busy and idle on control; the stopped cell keeps the kernel busy.
+    assert state() == "busy"
 
     debugger.ask("continue", threadId=thread)
     front.iopub(_event("continued"))
@@ -182,6 +188,13 @@ def debug_a_cell(front: Front) -> Message:
     replies = [m["parent_header"].get("msg_id") for m in front.replies()]
     assert sorted(replies) == sorted([*debugger.reply_ids, cell])
     return stopped
+
+
+def _state(relay: Relay, kernel_id: str) -> str:
+    response = requests.get(f"{relay.url}/api/kernels/{kernel_id}", timeout=10)
+    response.raise_for_status()
+    state: str = response.json()["execution_state"]
+    return state
 
 
 def _jupyter(relay: Relay, kernel_id: str, protocol: str) -> Front:
@@ -205,7 +218,7 @@ def test_the_debugger_stops_shows_variables_and_continues(relay: Relay, wire: st
     else:
         asker, bystander = _jupyter(relay, kernel_id, wire), _socketio(relay, kernel_id)
     try:
-        stopped = debug_a_cell(asker)
+        stopped = debug_a_cell(asker, partial(_state, relay, kernel_id))
         seen = bystander.iopub(_event("stopped"))
         assert seen["content"] == stopped["content"]
         bystander.iopub(_event("terminated"))
@@ -261,7 +274,7 @@ def test_the_debugger_works_through_jupyter_server_with_gateway_url(
         JupyterWS(gateway_client, kernel_id, protocol="legacy", token=GATEWAY_TOKEN)
     )
     try:
-        debug_a_cell(front)
+        debug_a_cell(front, partial(_state, relay, kernel_id))
     finally:
         front.close()
         requests.delete(f"{gateway_client}/api/kernels/{kernel_id}", headers=headers, timeout=60)

@@ -99,6 +99,40 @@ def test_a_kernel_stays_busy_while_a_subshell_runs_a_cell(relay: Relay) -> None:
         relay.shutdown(kernel_id)
 
 
+def test_the_culler_spares_a_kernel_whose_subshell_runs_a_silent_cell(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A cell that prints nothing for longer than --cull-idle-timeout in a subshell, after the main
+    shell's cell finished, is left to finish: the kernel is busy, not idle."""
+    with Relay(
+        tmp_path_factory.mktemp("runtime"),
+        "--cull-idle-timeout",
+        "4",
+        "--cull-interval",
+        "0.5",
+        "--cull-connected",
+    ) as culling:
+        kernel_id = culling.spawn()
+        client = JupyterWS(culling.url, kernel_id)
+        try:
+            created = client.send("control", "create_subshell_request", {})
+            subshell = client.reply_to(created)["content"].get("subshell_id")
+            if subshell is None:
+                pytest.skip("the kernel does not support subshells (ipykernel 7 does)")
+            silent = "import time\nprint('started', flush=True)\ntime.sleep(12)\n'done'"
+            slow = _run_in(client, silent, subshell)
+            _started(client, slow)
+            fast = _run_in(client, "'fast'", None)
+            client.reply_to(fast, 30)
+            client.idle_after(fast)
+            reply = client.reply_to(slow, 60)
+            assert reply["content"]["status"] == "ok"
+            assert "Culling kernel {kernel_id}" not in culling.output()
+        finally:
+            client.close()
+            culling.shutdown(kernel_id)
+
+
 def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
