@@ -4,7 +4,7 @@
 No sockets and no kernel: a signed iopub ``stream`` message (and a 1 MB ``display_data``) goes through
 ``decode_frames`` (HMAC check and parse), the relay's packet building and the socket.io encoder, as
 ``Kernel._iopub_received`` and ``Namespace.emit`` run them. Prints microseconds per message (best of 5); the encoder from dicts, and with the payload the
-relay sends (``payload.client_payload``: one text joined from the kernel's own JSON parts, for a message
+relay sends (``fronts.socketio_forms.client_payload``: one text joined from the kernel's own JSON parts, for a message
 without buffers and of moderate size).
 """
 
@@ -51,9 +51,13 @@ def main() -> None:
         ),
     }
     try:
-        from kernel_relay.relay.payload import Outgoing, client_payload
+        from kernel_relay.fronts.socketio_forms import client_payload
+        from kernel_relay.relay.payload import Outgoing
     except ImportError:  # an older tree
-        client_payload = None  # type: ignore[assignment]
+        try:
+            from kernel_relay.relay.payload import Outgoing, client_payload  # type: ignore[attr-defined,no-redef]
+        except ImportError:
+            client_payload = None  # type: ignore[assignment]
     for name, (frames, count) in cases.items():
         decode = best(lambda frames=frames: decode_frames(frames, "iopub", sign), count)
         _, message = decode_frames(frames, "iopub", sign)

@@ -14,10 +14,13 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
+from kernel_relay.fronts.event_words import details_of, event_name
+from kernel_relay.fronts.socketio_forms import Payload, client_payload
 from kernel_relay.kernels import KernelMessage, UnknownKernel
 from kernel_relay.kernels._messages import Frame
 from kernel_relay.kernels._processes import ManagedKernel
-from kernel_relay.relay.payload import Outgoing, Payload, client_payload
+from kernel_relay.relay.events import ClientEvent
+from kernel_relay.relay.payload import Outgoing
 
 _T = TypeVar("_T")
 
@@ -377,15 +380,18 @@ class RecordingClient:
         #: What the core delivered, and the same as the socket.io front would send it.
         self.outgoing: list[Outgoing] = []
         self.delivered: list[tuple[str, str, Payload]] = []
+        #: What the core told, as the socket.io front words it: (kernel id, channel, event, details).
         self.told: list[tuple[str, str, str, dict[str, Any]]] = []
+        self.events_told: list[ClientEvent] = []
         self.let_go_of: list[tuple[str, str, str]] = []
 
     def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
         self.outgoing.append(message)
         self.delivered.append((kernel_id, channel, client_payload(message)))
 
-    def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
-        self.told.append((kernel_id, channel, event, details))
+    def tell(self, kernel_id: str, channel: str, event: ClientEvent) -> None:
+        self.events_told.append(event)
+        self.told.append((kernel_id, channel, event_name(event), details_of(event, kernel_id)))
 
     def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
         self.let_go_of.append((kernel_id, channel, reason))

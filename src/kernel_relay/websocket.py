@@ -148,6 +148,12 @@ class _WritePressure:
         self._drained = _nothing
 
 
+def asks_for_websocket(upgrade: bytes | str | None) -> bool:
+    """Whether a request's ``Upgrade`` header (``upgrade``, None when absent) asks for WebSocket."""
+    text = upgrade.decode("latin-1") if isinstance(upgrade, bytes) else upgrade or ""
+    return "websocket" in [token.strip() for token in text.lower().split(",")]
+
+
 def _nothing() -> None:
     pass
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from kernel_relay.fronts.jupyter import MARKS_PER_KERNEL, JupyterFront, _Admitted
+from kernel_relay.fronts.jupyter import MARKS_PER_KERNEL, JupyterFront
+from kernel_relay.fronts.jupyter_request import Admitted
 
 
 class FakeCore:
@@ -25,7 +26,7 @@ class FakeCore:
 
 def disconnect(front: JupyterFront, kernel_id: str, session_id: str, parent: bytes) -> None:
     """A connection of ``session_id`` that read up to seq 7, whose last message had ``parent``, ends."""
-    admitted = _Admitted(SimpleNamespace(id=kernel_id), ["iopub"], session_id, "127.0.0.1", "p")  # type: ignore[arg-type]
+    admitted = Admitted(SimpleNamespace(id=kernel_id), ["iopub"], session_id, "127.0.0.1", "p")  # type: ignore[arg-type]
     connection = SimpleNamespace(
         client_id=f"c-{kernel_id}-{session_id}",
         admitted=admitted,
@@ -45,12 +46,15 @@ def test_a_mark_keeps_the_parents_msg_id_only_and_marks_are_bounded_per_kernel()
     disconnect(
         front, "k1", "big", b'{"msg_id": "cell-2", "padding": "' + b"x" * 1024 * 1024 + b'"}'
     )
-    assert [(m.seq, m.parent_id) for m in front._marks["k1"].values()] == [(7, "cell-1"), (7, None)]
+    assert [(m.seq, m.parent_id) for m in front.sessions._marks["k1"].values()] == [
+        (7, "cell-1"),
+        (7, None),
+    ]
     for n in range(1, MARKS_PER_KERNEL + 5):
         disconnect(front, "k1", f"s{n}", b"{}")
     disconnect(front, "k2", "s0", b"{}")
     assert front.marks_of("k1") == MARKS_PER_KERNEL and front.marks_of("k2") == 1
-    assert "p/s0" not in front._marks["k1"], "the oldest went first"
+    assert "p/s0" not in front.sessions._marks["k1"], "the oldest went first"
 
 
 def test_marks_go_with_their_kernel_and_none_is_made_after() -> None:

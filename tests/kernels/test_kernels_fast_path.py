@@ -11,10 +11,11 @@ from jupyter_client.session import Session
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from kernel_relay.fronts.socketio_forms import client_payload
 from kernel_relay.jsontext import RawJSON
 from kernel_relay.kernels._messages import MessageRejected, decode_frames
 from kernel_relay.kernels._zmq import READ_BATCH, ZmqSocketOpener
-from kernel_relay.relay.payload import Outgoing, client_payload
+from kernel_relay.relay.payload import Outgoing
 
 
 async def _until(condition: object, timeout: float = 30.0) -> None:

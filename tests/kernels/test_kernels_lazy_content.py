@@ -8,13 +8,14 @@ import uuid
 import pytest
 from jupyter_client.session import Session
 
+from kernel_relay.fronts.socketio_forms import client_payload
 from kernel_relay.kernels._messages import (
     LAZY_CONTENT_BYTES,
     KernelMessage,
     MessageRejected,
     decode_frames,
 )
-from kernel_relay.relay.payload import Outgoing, client_payload
+from kernel_relay.relay.payload import Outgoing
 
 SESSION = Session(key=uuid.uuid4().hex.encode())
 

@@ -9,13 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
+from kernel_relay.fronts.socketio_forms import json_text
+from kernel_relay.relay.events import ReplayAhead, ReplayExpired
 from kernel_relay.relay.journal import (
     ENTRY_OVERHEAD,
     IopubJournal,
     splice_seq,
     with_sequence,
 )
-from kernel_relay.relay.payload import Outgoing, json_text
+from kernel_relay.relay.payload import Outgoing
 from tests.fakes import kernel_message
 
 
@@ -24,8 +26,10 @@ def decoded(message: Outgoing) -> dict[str, Any]:
     return value
 
 
-def stream(n: int) -> dict[str, Any]:
-    return {"header": {"msg_type": "stream"}, "metadata": {}, "content": {"text": f"{n}\n"}}
+def stream(n: int) -> Outgoing:
+    return Outgoing.of_dict(
+        {"header": {"msg_type": "stream"}, "metadata": {}, "content": {"text": f"{n}\n"}}
+    )
 
 
 def texts(messages: list[Outgoing]) -> list[str]:
@@ -51,7 +55,7 @@ def test_the_byte_bound_drops_the_oldest_and_reports_the_gap() -> None:
     assert journal.first_seq == 4
     replay = journal.since(1)
     assert replay.gap is not None
-    assert (replay.gap["reason"], replay.gap["from"], replay.gap["to"]) == ("expired", 2, 3)
+    assert replay.gap == ReplayExpired(2, 3)
     assert texts(replay.messages) == ["3\n", "4\n", "5\n"]
 
 
@@ -65,12 +69,7 @@ def test_the_age_bound_expires_old_messages() -> None:
     clock.advance(3)
     assert len(journal) == 1
     assert texts(journal.since(0).messages) == ["1\n"]
-    assert journal.since(0).gap == {
-        "reason": "expired",
-        "message": "messages 1 to 1 are no longer kept",
-        "from": 1,
-        "to": 1,
-    }
+    assert journal.since(0).gap == ReplayExpired(1, 1)
 
 
 def test_a_sequence_ahead_of_the_relay_is_explained() -> None:
@@ -79,18 +78,16 @@ def test_a_sequence_ahead_of_the_relay_is_explained() -> None:
     journal.record(stream(0), 10, "stream")
     replay = journal.since(40)
     assert replay.messages == []
-    assert (
-        replay.gap is not None and replay.gap["reason"] == "ahead" and replay.gap["last_seq"] == 1
-    )
+    assert replay.gap == ReplayAhead(40, 1)
 
 
 def test_current_execution_starts_at_the_last_execute_input() -> None:
     """The running cell's output so far: from the most recent execute_input on."""
     journal = IopubJournal(Clock(), max_bytes=10_000, max_age=60)
     journal.record(stream(0), 10, "stream")
-    journal.record({"header": {}, "metadata": {}, "content": {"code": "a"}}, 10, "execute_input")
+    journal.record(Outgoing.of_dict({"content": {"code": "a"}}), 10, "execute_input")
     journal.record(stream(1), 10, "stream")
-    journal.record({"header": {}, "metadata": {}, "content": {"code": "b"}}, 10, "execute_input")
+    journal.record(Outgoing.of_dict({"content": {"code": "b"}}), 10, "execute_input")
     journal.record(stream(2), 10, "stream")
     current = journal.current_execution()
     assert [decoded(m)["metadata"]["relay_seq"] for m in current] == [4, 5]
@@ -119,9 +116,9 @@ def test_splice_equals_parse_and_update(metadata: dict[str, Any], seq: int, pad:
 def test_with_sequence_splices_the_metadata_and_never_touches_the_content() -> None:
     """A kernel's message keeps its content bytes (the same object); a relay-made dict gets the key too."""
     message = kernel_message("stream", "iopub", content={"text": "x"})
-    numbered = with_sequence(message, 7)
+    numbered = with_sequence(Outgoing.of_kernel(message), 7)
     assert numbered.parts[3] is message.raw_parts[3]
     assert json.loads(numbered.parts[2]) == {**message.metadata, "relay_seq": 7}
-    made = with_sequence({"metadata": {"b": 2}, "content": {"c": 3}}, 8)
+    made = with_sequence(Outgoing.of_dict({"metadata": {"b": 2}, "content": {"c": 3}}), 8)
     assert decoded(made)["metadata"] == {"b": 2, "relay_seq": 8}
     assert decoded(made)["content"] == {"c": 3}

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from ..websocket import asks_for_websocket
 from ._web import WebRequest
 from .errors import ErrorCode
 from .options import HANDSHAKE_HEADERS, EngineIOOptions, HandshakeInfo
@@ -81,8 +82,7 @@ def header(request: WebRequest, name: bytes) -> str | None:
 
 
 def is_websocket_upgrade(request: WebRequest) -> bool:
-    upgrade = (header(request, b"upgrade") or "").lower()
-    return "websocket" in [token.strip() for token in upgrade.split(",")]
+    return asks_for_websocket(request.getHeader(b"upgrade"))
 
 
 def query_of(request: WebRequest) -> dict[str, str]:

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import json
 import struct
-from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any, Final
 
 from ..jsontext import JSONError, loads
-from ..kernels import Frame
+from ..kernels import Frame, iso_date
 from ..relay.payload import Outgoing
 
 V1: Final = "v1.kernel.websocket.jupyter.org"
-#: The channels a client's message may name.
-CHANNEL_NAMES: Final = frozenset({"shell", "control", "stdin", "iopub"})
 _PART_NAMES: Final = ("header", "parent_header", "metadata", "content")
 #: More buffers than this in one message is no Jupyter message (and would make the offset table huge).
 MAX_BUFFERS: Final = 1024
@@ -173,7 +170,6 @@ def _iso_date(header: object) -> None:
     date = header.get("date")
     if isinstance(date, int | float) and not isinstance(date, bool):
         try:
-            when = datetime.fromtimestamp(date, UTC)
+            header["date"] = iso_date(date)
         except (OverflowError, OSError, ValueError):
             raise WireError(f"header.date {date!r} is no time") from None
-        header["date"] = when.isoformat().replace("+00:00", "Z")

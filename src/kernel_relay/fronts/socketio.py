@@ -5,7 +5,8 @@ The socket.io front: each kernel channel as a socket.io namespace, translated in
   is stdin too, as enchannel-socketio-backend 0.1.0 names it); Jupyter messages travel as the event
   ``"msg"`` both ways, acknowledged with the ``msg_id`` the relay sent, or ``null`` when refused.
 - One socket.io client (one Engine.IO session, however many namespaces it joins) is one client of the core.
-- The core's events become ``"error"`` and ``"replay_gap"`` events; a client the core lets go is
+- The core's events (:mod:`kernel_relay.relay.events`) become ``"error"`` and ``"replay_gap"`` events
+  (:mod:`.event_words`); a client the core lets go is
   disconnected from the namespace. Tokens come from the CONNECT auth payload, the handshake query or its
   ``Authorization`` header; a resuming iopub client's ``since``/``replay`` from the auth payload or, for
   socket.io 1.x/2.x, the namespace query.
@@ -20,21 +21,54 @@ from typing import Any, Final
 
 from ..auth import token_from_auth_payload, token_from_authorization
 from ..engineio import SERVER_SHUTDOWN, SLOW_CLIENT, EngineIOSession
-from ..relay.core import IOPUB, Refused, RelayCore
-from ..relay.journal import Resume, requested_resume
-from ..relay.payload import Outgoing, client_payload
+from ..kernels import CHANNELS, IOPUB, STDIN
+from ..relay.client import msg_id_of
+from ..relay.core import Refused, RelayCore
+from ..relay.events import ClientEvent
+from ..relay.journal import Resume
+from ..relay.payload import Outgoing
 from ..socketio import Client as SocketIOClient
 from ..socketio import ConnectionRefused, EncodedPacket, Socket, SocketIOServer, encode_event
+from .event_words import details_of, event_name
+from .socketio_forms import client_payload, requested_resume
 
 # enchannel-socketio-backend 0.1.0, the original's client, joins /stdio/<id> for the stdin channel.
-CHANNEL_ALIASES: Final = {"stdio": "stdin"}
+CHANNEL_ALIASES: Final = {"stdio": STDIN}
 NAMESPACE_PATTERN: Final = re.compile(
-    r"/(?P<channel>shell|stdin|stdio|iopub|control)/(?P<kernel_id>[^/]+)"
+    rf"/(?P<channel>{'|'.join((*CHANNELS, *CHANNEL_ALIASES))})/(?P<kernel_id>[^/]+)"
 )
 MESSAGE_EVENT: Final = "msg"
 #: Refusals that say more than their message carry it as data, for socket.io 1.x/2.x (they see only that).
 _CODES_WITH_DATA: Final = frozenset({401, 403, 429})
+#: What a 401 adds for a socket.io client: where its token goes.
+TOKEN_HINT: Final = ': connect with auth {"token": "<token>"}'
 _NO_RESUME: Final = Resume(None, False)
+
+
+def _json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bytes | bytearray):
+        return "binary data"
+    return type(value).__name__
+
+
+def _unusable(args: tuple[Any, ...]) -> str | None:
+    """Why the arguments of a ``"msg"`` event are no Jupyter message, or None."""
+    if len(args) != 1:
+        return f'a "msg" event takes exactly one argument, a Jupyter message object; it had {len(args)}'
+    if not isinstance(args[0], dict):
+        return f'the argument of a "msg" event must be a Jupyter message object, not {_json_kind(args[0])}'
+    return None
 
 
 def _channel_and_kernel(socket: Socket) -> tuple[str, str]:
@@ -105,10 +139,10 @@ class SocketIOClientOfCore:
                 )
             socket.send_encoded(encoded)
 
-    def tell(self, kernel_id: str, channel: str, event: str, details: dict[str, Any]) -> None:
+    def tell(self, kernel_id: str, channel: str, event: ClientEvent) -> None:
         socket = self.sockets.get((kernel_id, channel))
         if socket is not None:
-            socket.emit(event, details)
+            socket.emit(event_name(event), details_of(event, kernel_id))
 
     def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
         socket = self.sockets.get((kernel_id, channel))
@@ -170,10 +204,11 @@ class SocketIOFront:
         except Refused as refusal:
             if not client.sockets:
                 self._forget(client)
+            message = refusal.message + (TOKEN_HINT if refusal.code == 401 else "")
             data = None
             if refusal.code in _CODES_WITH_DATA:
-                data = {"code": refusal.code, "message": refusal.message}
-            raise ConnectionRefused(refusal.message, data) from None
+                data = {"code": refusal.code, "message": message}
+            raise ConnectionRefused(message, data) from None
         resume = requested_resume(auth, handshake.query.items()) if channel == IOPUB else _NO_RESUME
         client.sockets[(kernel.id, channel)] = socket
         self._core.attach(client, kernel, channel, resume)
@@ -196,15 +231,12 @@ class SocketIOFront:
         client = self._client_of(socket)
         message = args[0] if len(args) == 1 else None
         try:
-            if channel != IOPUB and len(args) != 1:
-                self._core.refuse(
-                    client,
-                    kernel_id,
-                    channel,
-                    f'a "msg" event takes exactly one argument, a Jupyter message object; it had {len(args)}',
-                    message,
-                )
-            return self._core.receive(client, kernel_id, channel, message)
+            problem = _unusable(args) if channel != IOPUB else None
+            if problem is not None:
+                self._core.refuse(client, kernel_id, channel, problem, None)
+            return self._core.receive(
+                client, kernel_id, channel, message if isinstance(message, dict) else {}
+            )
         except Refused:
             return None
 
@@ -217,7 +249,7 @@ class SocketIOFront:
                 kernel_id,
                 channel,
                 f'unknown event {event!r}: the relay takes only "msg" events (a Jupyter message each)',
-                args[0] if args else None,
+                msg_id_of(args[0]) if args else None,
             )
         except Refused:
             pass

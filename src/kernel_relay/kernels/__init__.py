@@ -23,11 +23,17 @@ from ._errors import (
 from ._kernel import Kernel, KernelClient, MessageCallback
 from ._limits import Limits
 from ._messages import (
+    CHANNELS,
+    CLIENT_CHANNELS,
+    CONTROL,
     DEFAULT_USERNAME,
+    IOPUB,
     PROTOCOL_VERSION,
+    SHELL,
+    STDIN,
     Frame,
     KernelMessage,
-    message_json,
+    iso_date,
     pack_json,
 )
 from ._observers import KernelObserver
@@ -36,10 +42,16 @@ from ._sandbox import NETWORK_POLICIES, SANDBOX_POLICIES, SandboxPolicy
 from ._sandbox import unavailable as sandbox_unavailable
 
 __all__ = [
+    "CHANNELS",
+    "CLIENT_CHANNELS",
+    "CONTROL",
     "DEFAULT_USERNAME",
+    "IOPUB",
     "NETWORK_POLICIES",
     "PROTOCOL_VERSION",
     "SANDBOX_POLICIES",
+    "SHELL",
+    "STDIN",
     "Frame",
     "InvalidMessage",
     "Kernel",
@@ -55,7 +67,7 @@ __all__ = [
     "SandboxPolicy",
     "UnknownKernel",
     "UnknownKernelSpec",
-    "message_json",
+    "iso_date",
     "pack_json",
     "sandbox_unavailable",
 ]

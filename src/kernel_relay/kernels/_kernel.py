@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -23,6 +22,7 @@ from twisted.logger import Logger
 from ._errors import InvalidMessage, UnknownKernel
 from ._messages import (
     CLIENT_CHANNELS,
+    STDIN,
     Frame,
     KernelMessage,
     MessageRejected,
@@ -30,6 +30,7 @@ from ._messages import (
     build_client_message,
     decode_frames,
     encode_frames,
+    iso_date,
     session_signer,
 )
 from ._zmq import CurveKeys, FrameSocket, SocketOpener, channel_url
@@ -42,7 +43,6 @@ HEARTBEAT_ID = b"kernel-relay-heartbeat-" + uuid.uuid4().hex[:12].encode()
 
 _log = Logger()
 
-STDIN = "stdin"
 #: How long a closed client's last requests (sent as it closed) may take to reach the kernel.
 FLUSH_LINGER = 1.0
 #: At most this many messages of a client wait for its sockets to connect (ZeroMQ's own queue holds as many).
@@ -50,8 +50,7 @@ MAX_HELD = 1000
 
 
 def _iso_now(clock: IReactorTime) -> str:
-    stamp = datetime.fromtimestamp(clock.seconds(), UTC)
-    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso_date(clock.seconds())
 
 
 def _new_msg_id() -> str:

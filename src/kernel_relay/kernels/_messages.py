@@ -13,15 +13,30 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from hmac import HMAC
-from typing import Any
+from typing import Any, Final
 
 from ._errors import InvalidMessage
 
 DELIMITER = b"<IDS|MSG>"
 PROTOCOL_VERSION = "5.3"
 DEFAULT_USERNAME = "kernel-relay"
-CLIENT_CHANNELS = ("shell", "control", "stdin")
+#: A kernel's channels, named once for every layer.
+SHELL: Final = "shell"
+CONTROL: Final = "control"
+STDIN: Final = "stdin"
+IOPUB: Final = "iopub"
+#: The channels a client sends on, and every channel (in the order metrics list them).
+CLIENT_CHANNELS: Final = (SHELL, CONTROL, STDIN)
+CHANNELS: Final = (SHELL, STDIN, IOPUB, CONTROL)
+
+
+def iso_date(seconds: float) -> str:
+    """POSIX ``seconds`` as the ISO 8601 date the Jupyter protocol writes: UTC, microseconds, ``Z``."""
+    stamp = datetime.fromtimestamp(seconds, UTC)
+    return stamp.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
 
 #: A ZMQ frame as received: ``bytes``, or for a large one a read-only view of ZMQ's own message
 #: (see ``ZERO_COPY_BYTES`` in ``_zmq``), which is passed on to clients without being copied.
@@ -196,37 +211,6 @@ class KernelMessage:
 _encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
-_CHANNEL_JSON = {channel: _encode_json(channel) for channel in (*CLIENT_CHANNELS, "iopub", "")}
-
-
-def _channel_json(channel: str) -> str:
-    text = _CHANNEL_JSON.get(channel)
-    return text if text is not None else _encode_json(channel)
-
-
-def message_json(texts: tuple[str, str, str, str], channel: str) -> str:
-    """
-    A message without buffers as clients see it, joined from the JSON text of its four parts (header,
-    parent_header, metadata, content), nothing parsed or encoded again.
-    """
-    header, parent, metadata, content = texts
-    return "".join(
-        (
-            '{"header":',
-            header,
-            ',"parent_header":',
-            parent,
-            ',"metadata":',
-            metadata,
-            ',"content":',
-            content,
-            ',"channel":',
-            _channel_json(channel),
-            "}",
-        )
-    )
-
-
 def pack_json(value: Any) -> bytes:
     """Strict JSON (no NaN, no non-JSON types, valid UTF-8) so a kernel never sees something odd."""
     return _encode_json(value).encode("utf-8")
@@ -274,24 +258,17 @@ def _text(data: Frame, name: str) -> str:
         raise MessageRejected(f"{name} is not JSON: {exc}") from None
 
 
-def decode_frames(
-    frames: Sequence[Frame], channel: str, sign: Signer | None
-) -> tuple[list[bytes], KernelMessage]:
-    """
-    Verify and parse one multipart message; returns (routing identities, message).
-
-    Raises MessageRejected with the reason when the message is malformed or its signature is wrong.
-    ``sign`` is None only for kernels that run without a key (signing disabled).
-    """
-    if not isinstance(frames, list | tuple):
-        frames = list(frames)
+def _signed_parts(
+    frames: Sequence[Frame], sign: Signer | None
+) -> tuple[int, tuple[Frame, Frame, Frame, Frame]]:
+    """Where the delimiter is, and the four JSON parts after it, their signature checked."""
     try:
         split = frames.index(DELIMITER)
     except ValueError:
         raise MessageRejected("no <IDS|MSG> delimiter") from None
     if len(frames) < split + 6:
         raise MessageRejected(f"only {len(frames) - split - 1} frames after the delimiter, need 5")
-    header_raw, parent_raw, metadata_raw, content_raw = raw = (
+    raw = (
         _frame(frames[split + 2]),
         _frame(frames[split + 3]),
         _frame(frames[split + 4]),
@@ -303,27 +280,52 @@ def decode_frames(
             signature if type(signature) is bytes else bytes(signature), sign(raw)
         ):
             raise MessageRejected("bad signature")
+    return split, raw
+
+
+def _part_texts(raw: tuple[Frame, Frame, Frame, Frame]) -> tuple[str, str, str, str]:
+    """The four parts as text; MessageRejected naming the first that is not UTF-8."""
     try:
-        texts = (
-            str(header_raw, "utf-8"),
-            str(parent_raw, "utf-8"),
-            str(metadata_raw, "utf-8"),
-            str(content_raw, "utf-8"),
+        return (
+            str(raw[0], "utf-8"),
+            str(raw[1], "utf-8"),
+            str(raw[2], "utf-8"),
+            str(raw[3], "utf-8"),
         )
     except UnicodeDecodeError:
         for part, name in zip(raw, _PART_NAMES, strict=True):
             _text(part, name)  # raises MessageRejected naming the part
         raise
-    header = _json_object(texts[0], "header")
-    parent_header = _json_object(texts[1], "parent_header")
-    metadata = _json_object(texts[2], "metadata")
-    content: dict[str, Any] | None = None
-    if len(content_raw) <= LAZY_CONTENT_BYTES:
-        content = _json_object(texts[3], "content")
-    elif not (texts[3].lstrip()[:1] == "{" and texts[3].rstrip()[-1:] == "}"):
+
+
+def _lazy_content(texts: tuple[str, str, str, str], size: int) -> dict[str, Any] | None:
+    """The content parsed, or None when it is large enough to be parsed only if someone reads it."""
+    if size <= LAZY_CONTENT_BYTES:
+        return _json_object(texts[3], "content")
+    if not (texts[3].lstrip()[:1] == "{" and texts[3].rstrip()[-1:] == "}"):
         # Signed by the kernel, the only party holding the key: checked for UTF-8 and for being
         # an object here, parsed only if someone reads it (see KernelMessage.content).
         raise MessageRejected("content is not a JSON object")
+    return None
+
+
+def decode_frames(
+    frames: Sequence[Frame], channel: str, sign: Signer | None
+) -> tuple[list[bytes], KernelMessage]:
+    """
+    Verify and parse one multipart message; returns (routing identities, message).
+
+    Raises MessageRejected with the reason when the message is malformed or its signature is wrong.
+    ``sign`` is None only for kernels that run without a key (signing disabled).
+    """
+    if not isinstance(frames, list | tuple):
+        frames = list(frames)
+    split, raw = _signed_parts(frames, sign)
+    texts = _part_texts(raw)
+    header = _json_object(texts[0], "header")
+    parent_header = _json_object(texts[1], "parent_header")
+    metadata = _json_object(texts[2], "metadata")
+    content = _lazy_content(texts, len(raw[3]))
     if type(header.get("msg_type")) is not str:
         raise MessageRejected("header.msg_type is missing")
     message = KernelMessage(
@@ -381,6 +383,37 @@ def _pack_part(name: str, part: dict[str, Any]) -> bytes:
         raise InvalidMessage(f"{name} cannot be encoded as JSON: {exc}") from None
 
 
+def _client_header(
+    message: Mapping[str, Any],
+    session_id: str,
+    now_iso: Callable[[], str],
+    new_msg_id: Callable[[], str],
+) -> dict[str, Any]:
+    """A client's header with every field a kernel needs; InvalidMessage for one that is wrong."""
+    if message.get("header") is None:
+        raise InvalidMessage("the message has no header (header.msg_type is required)")
+    header = _optional_dict(message, "header")
+    msg_type = header.get("msg_type")
+    if not isinstance(msg_type, str) or not msg_type:
+        raise InvalidMessage("header.msg_type must be a non-empty string")
+    # A client that sends whole headers (most do) costs no default: each is made only when missing.
+    for key, default in (
+        ("msg_id", new_msg_id),
+        ("session", session_id),
+        ("username", DEFAULT_USERNAME),
+        ("date", now_iso),
+        ("version", PROTOCOL_VERSION),
+    ):
+        value = header.get(key)
+        if value is None:
+            header[key] = default if isinstance(default, str) else default()
+        elif not isinstance(value, str):
+            raise InvalidMessage(f"header.{key} must be a string, not {type(value).__name__}")
+    if not header["msg_id"]:
+        raise InvalidMessage("header.msg_id must not be empty")
+    return header
+
+
 def build_client_message(
     channel: str,
     message: Any,
@@ -405,27 +438,7 @@ def build_client_message(
         )
     if type(message) is not dict and not isinstance(message, Mapping):
         raise InvalidMessage(f"a message must be an object, not {type(message).__name__}")
-    if message.get("header") is None:
-        raise InvalidMessage("the message has no header (header.msg_type is required)")
-    header = _optional_dict(message, "header")
-    msg_type = header.get("msg_type")
-    if not isinstance(msg_type, str) or not msg_type:
-        raise InvalidMessage("header.msg_type must be a non-empty string")
-    # A client that sends whole headers (most do) costs no default: each is made only when missing.
-    for key, default in (
-        ("msg_id", new_msg_id),
-        ("session", session_id),
-        ("username", DEFAULT_USERNAME),
-        ("date", now_iso),
-        ("version", PROTOCOL_VERSION),
-    ):
-        value = header.get(key)
-        if value is None:
-            header[key] = default if isinstance(default, str) else default()
-        elif not isinstance(value, str):
-            raise InvalidMessage(f"header.{key} must be a string, not {type(value).__name__}")
-    if not header["msg_id"]:
-        raise InvalidMessage("header.msg_id must not be empty")
+    header = _client_header(message, session_id, now_iso, new_msg_id)
     parent_header = _optional_dict(message, "parent_header")
     metadata = _optional_dict(message, "metadata")
     content = _optional_dict(message, "content")

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from twisted.internet.interfaces import IReactorTime
 
-from ..kernels import KernelMessage
+from .events import ReplayAhead, ReplayExpired
 from .payload import Outgoing
 
 SEQ_KEY = "relay_seq"
@@ -48,7 +47,7 @@ class Replay:
     """What a resuming client gets: the buffered messages after its sequence, and what could not be had."""
 
     messages: list[Outgoing]
-    gap: dict[str, Any] | None
+    gap: ReplayAhead | ReplayExpired | None
 
 
 class IopubJournal:
@@ -77,7 +76,7 @@ class IopubJournal:
 
     def record(
         self,
-        message: dict[str, Any] | KernelMessage | Outgoing,
+        message: Outgoing,
         size: int,
         msg_type: str,
         seq: int | None = None,
@@ -102,29 +101,16 @@ class IopubJournal:
         """Every kept message after ``seq``; ``gap`` says what is missing, or why ``seq`` makes no sense."""
         self._expire()
         if seq > self.last_seq:
-            return Replay(
-                [],
-                {
-                    "reason": "ahead",
-                    "message": f"sequence {seq} was never sent: this relay's sequence for the kernel is at "
-                    f"{self.last_seq} (numbers start again at 1 when the relay restarts)",
-                    "last_seq": self.last_seq,
-                },
-            )
+            return Replay([], ReplayAhead(seq, self.last_seq))
         gap = self.expired_after(seq)
         return Replay([entry.message for entry in self._entries if entry.seq > seq], gap)
 
-    def expired_after(self, seq: int) -> dict[str, Any] | None:
-        """What is no longer kept of the messages after ``seq`` (a replay_gap's details), or None."""
+    def expired_after(self, seq: int) -> ReplayExpired | None:
+        """What is no longer kept of the messages after ``seq``, or None."""
         first = self.first_seq
         if seq + 1 >= first:
             return None
-        return {
-            "reason": "expired",
-            "message": f"messages {seq + 1} to {first - 1} are no longer kept",
-            "from": seq + 1,
-            "to": first - 1,
-        }
+        return ReplayExpired(seq + 1, first - 1)
 
     def after(self, seq: int) -> Outgoing | None:
         """The oldest kept message numbered after ``seq`` (a replay's next), or None."""
@@ -173,15 +159,9 @@ class IopubJournal:
             self._bytes -= entries.popleft().size
 
 
-def with_sequence(message: dict[str, Any] | KernelMessage | Outgoing, seq: int) -> Outgoing:
+def with_sequence(message: Outgoing, seq: int) -> Outgoing:
     """``message`` as sent, its metadata carrying ``relay_seq`` (spliced into the kernel's metadata JSON)."""
-    if isinstance(message, Outgoing):
-        outgoing = message
-    elif isinstance(message, KernelMessage):
-        outgoing = Outgoing.of_kernel(message)
-    else:
-        outgoing = Outgoing.of_dict(message)
-    return outgoing.numbered(splice_seq(outgoing.parts[2], seq), seq)
+    return message.numbered(splice_seq(message.parts[2], seq), seq)
 
 
 def splice_seq(metadata_json: bytes | memoryview | str, seq: int) -> bytes:
@@ -207,34 +187,3 @@ class Resume(NamedTuple):
     since: int | None
     execution: bool
     ignored: tuple[str, ...] = ()
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
-def requested_resume(auth: Any, query: Iterable[tuple[str, str]] = ()) -> Resume:
-    """
-    What a client asked for: ``{"since": N}`` and/or ``{"replay": "execution"}`` in its CONNECT auth payload
-    (socket.io 1.x/2.x: the namespace query, ``?since=N&replay=execution``). An unusable value is left out,
-    and ``ignored`` says why, for the client to be told.
-    """
-    fields: dict[str, Any] = dict(query)
-    if isinstance(auth, dict):
-        fields.update(auth)
-    ignored: list[str] = []
-    since = fields.get("since")
-    if isinstance(since, str) and since.strip().isdigit():
-        since = int(since)
-    if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
-        ignored.append(
-            f'"since" was ignored: it must be a relay_seq (a whole number from 0), not {_shown(since)}'
-        )
-        since = None
-    replay = fields.get("replay")
-    if replay is not None and replay != "execution":
-        ignored.append(
-            f'"replay" was ignored: the only replay is "execution", not {_shown(replay)}'
-        )
-    return Resume(since, replay == "execution", tuple(ignored))

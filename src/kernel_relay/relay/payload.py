@@ -1,27 +1,16 @@
 """
 :class:`Outgoing`, a message on its way from a kernel (or the relay) to clients, in the one form every front
 can send without parsing: the JSON of its four parts as the kernel signed them, its buffers, its channel.
-
-- The Jupyter kernel WebSocket (v1) sends the parts as they are: offsets and bytes, nothing decoded.
-- socket.io and the Jupyter legacy protocol send JSON text: :func:`client_payload` joins the parts into one
-  :class:`~kernel_relay.jsontext.RawJSON` text (a message without buffers, with a content within
-  :data:`JOIN_LIMIT`), or leaves a dict of ``RawJSON`` parts (buffers must travel as binary attachments, and
-  joining a large content into one more text would cost a copy of it). Neither re-encodes the kernel's JSON.
+Messages become ``Outgoing`` where they enter the core (:meth:`Outgoing.of_kernel`, :meth:`Outgoing.of_dict`);
+each front makes its own wire form from the parts only when it sends (``kernel_relay.fronts``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
-from ..jsontext import RawJSON
-from ..kernels import Frame, KernelMessage, message_json, pack_json
-
-#: A content longer than this is not joined into the message's text (that would copy it once more).
-JOIN_LIMIT: Final = 64 * 1024
-
-Payload = RawJSON | dict[str, Any]
-"""What a socket.io ``"msg"`` event carries: a message's whole JSON text, or a dict (see the module doc)."""
+from ..kernels import Frame, KernelMessage, pack_json
 
 Parts = tuple[Frame, Frame, Frame, Frame]
 
@@ -65,30 +54,3 @@ class Outgoing:
         """This message with ``metadata`` (JSON that carries ``seq``) for its own."""
         parts = self.parts
         return Outgoing((parts[0], parts[1], metadata, parts[3]), self.buffers, self.channel, seq)
-
-
-def is_one_text(message: Outgoing) -> bool:
-    """Whether :func:`client_payload` makes ``message`` one text: no buffers, a content within the limit."""
-    return not message.buffers and len(message.parts[3]) <= JOIN_LIMIT
-
-
-def json_text(message: Outgoing) -> str:
-    """The message without its buffers as one JSON object text, ``channel`` included, joined from its parts."""
-    return message_json(message.texts(), message.channel)
-
-
-def client_payload(message: Outgoing) -> Payload:
-    """``message`` as a socket.io ``"msg"`` argument (see the module doc)."""
-    if is_one_text(message):
-        return RawJSON(json_text(message))
-    header, parent, metadata, content = (RawJSON(text) for text in message.texts())
-    payload: dict[str, Any] = {
-        "header": header,
-        "parent_header": parent,
-        "metadata": metadata,
-        "content": content,
-    }
-    if message.buffers:
-        payload["buffers"] = list(message.buffers)
-    payload["channel"] = message.channel
-    return payload

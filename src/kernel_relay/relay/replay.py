@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Final
 
+from ..kernels import IOPUB
+from .client import RelayClient
+from .events import ReplayGap
 from .journal import IopubJournal
 from .payload import Outgoing
-
-if TYPE_CHECKING:
-    from .core import RelayClient
 
 #: A replaying client is handed more of its replay while less than this waits to go out to it.
 REPLAY_WINDOW: Final = 256 * 1024
@@ -43,7 +43,7 @@ class ReplayStream:
         journal: IopubJournal,
         position: int,
         *,
-        tell: Callable[[RelayClient, str, str, dict[str, Any]], None],
+        tell: Callable[[RelayClient, str, ReplayGap], None],
         done: Callable[[ReplayStream], None],
         older: Iterable[Outgoing] = (),
         journal_from: int = 0,
@@ -102,7 +102,7 @@ class ReplayStream:
                     self._done(self)
                     return
                 self.count += 1
-                client.deliver(kernel_id, "iopub", message)
+                client.deliver(kernel_id, IOPUB, message)
         finally:
             self._feeding = False
 
@@ -120,10 +120,8 @@ class ReplayStream:
         position = max(self.position, self._journal_from - 1)
         gap = journal.expired_after(position)
         if gap is not None:
-            self._tell(
-                self.client, self.kernel_id, "replay_gap", {**gap, "kernel_id": self.kernel_id}
-            )
-            position = gap["to"]
+            self._tell(self.client, self.kernel_id, gap)
+            position = gap.last
         self.position = position
         kept = journal.after(position)
         if kept is None:

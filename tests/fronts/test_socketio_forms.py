@@ -8,10 +8,11 @@ import pytest
 from jupyter_client.session import Session
 from twisted.internet.task import Clock
 
+from kernel_relay.fronts.socketio_forms import JOIN_LIMIT, Payload, client_payload
 from kernel_relay.kernels import KernelMessage
 from kernel_relay.kernels._messages import decode_frames
 from kernel_relay.relay.journal import IopubJournal, with_sequence
-from kernel_relay.relay.payload import JOIN_LIMIT, Outgoing, Payload, client_payload
+from kernel_relay.relay.payload import Outgoing
 from kernel_relay.socketio import RawJSON
 from kernel_relay.socketio.packet import Packet, PacketType, encode_packet
 
@@ -82,14 +83,18 @@ def test_a_message_built_from_dicts_is_encoded_once() -> None:
 def test_the_journal_numbers_a_kernel_message_in_its_metadata_and_keeps_the_text() -> None:
     """relay_seq is spliced into each message's own metadata; a message with buffers too."""
     journal = IopubJournal(Clock(), max_bytes=1 << 20, max_age=60)
-    first = journal.record(signed(b'{"text": "1"}'), 100, "stream")
-    second = journal.record(signed(b'{"text": "2"}', metadata=b"{}"), 100, "stream")
+    first = journal.record(Outgoing.of_kernel(signed(b'{"text": "1"}')), 100, "stream")
+    second = journal.record(
+        Outgoing.of_kernel(signed(b'{"text": "2"}', metadata=b"{}")), 100, "stream"
+    )
     assert [json.loads(client_payload(p))["metadata"] for p in (first, second)] == [
         {"relay_seq": 1, "m": [1, 2]},
         {"relay_seq": 2},
     ]
     assert journal.since(1).messages == [second]
-    numbered = client_payload(with_sequence(signed(b'{"text": "3"}', b"buffer"), 9))
+    numbered = client_payload(
+        with_sequence(Outgoing.of_kernel(signed(b'{"text": "3"}', b"buffer")), 9)
+    )
     assert isinstance(numbered, dict)
     assert json.loads(numbered["metadata"]) == {"relay_seq": 9, "m": [1, 2]}
 

@@ -1,0 +1,26 @@
+"""
+Where the sessions of a fleet stopped reading (:class:`SharedMarks`): declared here, below the fronts that
+use it and the fleet that keeps it, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+
+class SharedMarks(Protocol):
+    """
+    Where the sessions of a fleet stopped reading, kept where every relay finds them (``kernel_relay.fleet``):
+    a Jupyter client sends no ``since``, so its ``session_id`` is all another relay has to resume it by.
+    """
+
+    def save(self, kernel_id: str, marks: Mapping[str, tuple[int, str | None]]) -> None:
+        """
+        Where each of these sessions of a kernel is: its last ``relay_seq`` and the ``msg_id`` of that
+        message's parent. A session is named by its principal and its id (a Jupyter session's key).
+        """
+
+    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]: ...
