@@ -140,6 +140,33 @@ def test_admission_needs_a_valid_token(registry: FakeRegistry, kernel: FakeKerne
     assert core.admit(client, KERNEL, "shell", ["secret"]) is kernel
 
 
+def test_the_core_says_which_channels_a_principal_may_use(
+    registry: FakeRegistry, kernel: FakeKernel
+) -> None:
+    """A full token opens every channel, a read-only one iopub only, another kernel's token and none nothing."""
+    auth = TokenAuth("secret")
+    core = RelayCore(registry, Clock(), auth=auth, limits=RelayLimits(max_clients_per_kernel=1))  # type: ignore[arg-type]
+    registry.start(kernel)
+    viewer = auth.scoped.issue(KERNEL, "read-only")
+    other = auth.scoped.issue("k2-0000", "full")
+    assert core.allowed_channels("a", KERNEL, ["secret"]) == (
+        kernel,
+        ("iopub", "shell", "control", "stdin"),
+    )
+    assert core.allowed_channels("a", KERNEL, [viewer]) == (kernel, ("iopub",))
+    refusals = {}
+    for name, credentials in (("none", [None]), ("other", [other])):
+        with pytest.raises(Refused) as refused:
+            core.allowed_channels("a", KERNEL, credentials)
+        refusals[name] = refused.value.code
+    assert refusals == {"none": 401, "other": 403}
+    attached_client = RecordingClient("x")
+    core.attach(attached_client, kernel, "iopub", NO_RESUME)  # type: ignore[arg-type]
+    with pytest.raises(Refused) as full:
+        core.allowed_channels("a", KERNEL, ["secret"])
+    assert full.value.code == 429
+
+
 def test_unknown_kernel_and_full_kernel_are_refused(
     registry: FakeRegistry, kernel: FakeKernel
 ) -> None:
