@@ -22,6 +22,7 @@ from ..auth import TOKEN_QUERY, token_from_authorization
 from ..http.connections import peer_host
 from ..http.jupyter_api import jupyter_error
 from ..http.origins import OriginPolicy
+from ..http.site import CHANNELS_PATH
 from ..kernels import Frame, Kernel
 from ..relay.core import Refused, RelayCore
 from ..relay.journal import Resume
@@ -29,7 +30,6 @@ from ..websocket import asks_for_websocket
 
 log = Logger()
 
-CHANNELS_PATH: Final = re.compile(r"^/api/kernels/(?P<kernel_id>[^/]+)/channels/?$")
 #: The longest ``session_id`` taken (printable ASCII, no space): with the kernel id, the principal and the
 #: channels it makes a ZMQ identity, which ZeroMQ bounds at 255 bytes.
 MAX_SESSION_ID: Final = 128
@@ -78,7 +78,7 @@ def _query(request: IRequest) -> dict[str, list[str]]:
 
 def _refused_upgrade(request: IRequest, origins: OriginPolicy) -> bytes | None:
     """The error for a request that is no channels WebSocket upgrade from an allowed origin, or None."""
-    if CHANNELS_PATH.match(request.path.decode("utf-8", "replace")) is None:
+    if CHANNELS_PATH.match(request.path) is None:
         return jupyter_error(request, 404, "Not found")
     if request.method != b"GET" or not asks_for_websocket(request.getHeader(b"upgrade")):
         request.setHeader(b"Allow", b"GET")
@@ -104,8 +104,9 @@ def check_request(request: IRequest, core: RelayCore, origins: OriginPolicy) -> 
     refused = _refused_upgrade(request, origins)
     if refused is not None:
         return refused
-    match = CHANNELS_PATH.match(request.path.decode("utf-8", "replace"))
+    match = CHANNELS_PATH.match(request.path)
     assert match is not None
+    kernel_id = match.group("kernel_id").decode("utf-8", "replace")
     query = _query(request)
     header = request.getHeader(b"authorization")
     credentials = [
@@ -114,7 +115,7 @@ def check_request(request: IRequest, core: RelayCore, origins: OriginPolicy) -> 
     ]
     address = peer_host(request.getClientAddress())
     try:
-        kernel, channels = core.allowed_channels(address, match.group("kernel_id"), credentials)
+        kernel, channels = core.allowed_channels(address, kernel_id, credentials)
     except Refused as refusal:
         hint = TOKEN_HINT if refusal.code == 401 else ""
         return jupyter_error(request, refusal.code or 403, refusal.message + hint)

@@ -24,7 +24,7 @@ from itertools import pairwise
 from typing import Any, Final
 
 from ..jsontext import JSONError, loads
-from ..kernels import Frame, iso_date
+from ..kernels import SHELL, Frame, iso_date
 from ..relay.payload import Outgoing
 
 V1: Final = "v1.kernel.websocket.jupyter.org"
@@ -154,7 +154,7 @@ def decode_legacy(data: str | bytes) -> tuple[str, dict[str, Any]]:
         buffers = pieces[1:]
     channel = message.pop("channel", None)
     if channel is None:
-        channel = "shell"  # as Jupyter Server assumes
+        channel = SHELL  # as Jupyter Server assumes
     elif not isinstance(channel, str):
         raise WireError('a legacy message names its channel in "channel", a string')
     for part in ("header", "parent_header"):

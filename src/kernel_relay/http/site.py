@@ -47,7 +47,7 @@ log = Logger()
 TOKEN_QUERY_BYTES: Final = TOKEN_QUERY.encode("ascii")
 
 #: The Jupyter kernel WebSocket's path, served by ``channels`` (the Jupyter front), not by Klein.
-_CHANNELS = re.compile(rb"^/api/kernels/[^/]+/channels/?$")
+CHANNELS_PATH = re.compile(rb"^/api/kernels/(?P<kernel_id>[^/]+)/channels/?$")
 
 
 class RelayRoot(Resource):
@@ -85,7 +85,7 @@ class RelayRoot(Resource):
     def getChild(self, path: bytes, request: IRequest) -> IResource:
         # Give the segment back so the API sees the whole path.
         request.postpath.insert(0, request.prepath.pop())  # type: ignore[attr-defined]
-        if self._channels is not None and _CHANNELS.match(request.path):
+        if self._channels is not None and CHANNELS_PATH.match(request.path):
             return self._channels
         return self._api
 

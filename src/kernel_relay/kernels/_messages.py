@@ -169,24 +169,13 @@ class KernelMessage:
     def parent_msg_id(self) -> str:
         return str(self.parent_header.get("msg_id", ""))
 
-    def json_texts(self) -> tuple[str, str, str, str]:
-        """The JSON text of header, parent_header, metadata and content: the kernel's own when known."""
-        if self._texts is not None:
-            return self._texts
-        if self.raw_parts is _EMPTY_PARTS:
-            return (
-                _encode_json(self.header),
-                _encode_json(self.parent_header),
-                _encode_json(self.metadata),
-                _encode_json(self.content),
-            )
-        header, parent, metadata, content = (str(part, "utf-8") for part in self.raw_parts)
-        return header, parent, metadata, content
-
     def json_parts(self) -> tuple[Frame, Frame, Frame, Frame]:
         """The JSON bytes of the four parts: the kernel's own (``raw_parts``), else encoded from the dicts."""
         if self.raw_parts is _EMPTY_PARTS:
-            header, parent, metadata, content = (text.encode() for text in self.json_texts())
+            header, parent, metadata, content = (
+                pack_json(part)
+                for part in (self.header, self.parent_header, self.metadata, self.content)
+            )
             return header, parent, metadata, content
         return self.raw_parts
 

@@ -2,8 +2,8 @@
 Resumable iopub: every iopub message a kernel's clients receive carries a sequence number, and recent ones
 are kept so a client that reconnects gets exactly what it missed.
 
-- Numbers are per kernel and per relay process, from 1, in ``metadata.relay_seq``: a plain client ignores
-  an unknown metadata key, and the message keeps the one-argument ``"msg"`` event every client expects.
+- Numbers are per kernel and per relay process (or per fleet, see :mod:`.numbering`), from 1, in
+  ``metadata.relay_seq``: a plain client ignores an unknown metadata key, and the message keeps its form.
 - :class:`IopubJournal` keeps the messages of one kernel, bounded by bytes and by age (a pure structure on
   an injected clock), as :class:`~.payload.Outgoing` parts: each front makes its own form only when it sends.
 - :func:`with_sequence` writes the number into a message's metadata JSON: the metadata object is spliced,
@@ -182,7 +182,10 @@ def splice_seq(metadata_json: bytes | memoryview | str, seq: int) -> bytes:
 
 
 class Resume(NamedTuple):
-    """What a joining iopub client asked for, and why any option it sent was not usable."""
+    """
+    What a joining iopub client asked for (each front reads it from its own protocol), and why any option it
+    sent was not usable.
+    """
 
     since: int | None
     execution: bool
