@@ -217,6 +217,18 @@ def test_a_stopped_kernel_is_announced_dead_and_its_clients_let_go(
     assert core.client_count(KERNEL) == 0
 
 
+def test_the_relays_own_statuses_are_dated_in_utc_ending_in_z(
+    core: RelayCore, registry: FakeRegistry
+) -> None:
+    """A status the relay makes carries an ISO 8601 date ending in Z, like every other date it writes."""
+    watcher = attached(core, "a", "iopub")
+    core.kernel_restarted(registry.get(KERNEL))  # type: ignore[arg-type]
+    [(_, _, status)] = watcher.delivered
+    message = json.loads(status) if isinstance(status, str) else status
+    assert message["content"] == {"execution_state": "starting"}
+    assert message["header"]["date"].endswith("Z") and "+00:00" not in message["header"]["date"]
+
+
 def test_oversized_kernel_messages_are_told_not_forwarded(
     registry: FakeRegistry, kernel: FakeKernel
 ) -> None:
