@@ -276,17 +276,24 @@ class RelayCore:
         journal = self._journals.get(kernel_id)
         if journal is None:
             self._to_iopub(kernel_id, message, kind[1], False)
+        else:
+            self._numbering.place(kernel_id, journal, message, kind, self._placed)
+
+    def _placed(
+        self,
+        kernel_id: str,
+        journal: IopubJournal,
+        size: int,
+        numbered: Outgoing | None,
+        kept: bool,
+    ) -> None:
+        """An iopub message is numbered: deliver it (unless its kernel ended meanwhile)."""
+        if self._journals.get(kernel_id) is not journal:
             return
-
-        def ready(numbered: Outgoing | None, kept: bool) -> None:
-            if self._journals.get(kernel_id) is not journal:
-                return  # the kernel ended meanwhile
-            if numbered is None:
-                self._unplaced(kernel_id, journal)
-            else:
-                self._to_iopub(kernel_id, numbered, kind[1], kept)
-
-        self._numbering.place(kernel_id, journal, message, kind, ready)
+        if numbered is None:
+            self._unplaced(kernel_id, journal)
+        else:
+            self._to_iopub(kernel_id, numbered, size, kept)
 
     def _to_iopub(self, kernel_id: str, message: Outgoing, size: int, kept: bool) -> None:
         clients = self._attached.get(kernel_id, {}).get(IOPUB)
@@ -310,10 +317,9 @@ class RelayCore:
 
     # -- kernel messages ---------------------------------------------------------------------------------
 
-    def _too_big(self, kernel: Kernel, message: KernelMessage) -> MessageTooBig | None:
-        """What clients are told of a kernel's message over the size limit (counted and logged), or None."""
+    def _too_big(self, kernel: Kernel, message: KernelMessage, size: int) -> MessageTooBig | None:
+        """What clients are told of a kernel's message (of ``size`` bytes) over the size limit, or None."""
         limit = self._limits.max_message_size
-        size = message.size
         if limit is None or size <= limit:
             return None
         self.metrics.error("oversized_message")
@@ -336,11 +342,12 @@ class RelayCore:
         )
 
         def forward(message: KernelMessage) -> None:
-            too_big = self._too_big(kernel, message)
+            size = message.size
+            too_big = self._too_big(kernel, message, size)
             if too_big is not None:
                 self._tell_all(kernel.id, too_big, IOPUB)
                 return
-            kind = (message.msg_id, message.size, message.msg_type)
+            kind = (message.msg_id, size, message.msg_type)
             self.publish_iopub(kernel.id, Outgoing.of_kernel(message), kind)
 
         kernel.add_iopub_listener(forward)

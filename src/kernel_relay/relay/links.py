@@ -37,7 +37,7 @@ class Links:
         self,
         metrics: RelayMetrics,
         clients_on: Callable[[str, str], list[RelayClient]],
-        too_big: Callable[[Kernel, KernelMessage], MessageTooBig | None],
+        too_big: Callable[[Kernel, KernelMessage, int], MessageTooBig | None],
     ) -> None:
         self._metrics = metrics
         self._clients_on = clients_on
@@ -103,12 +103,13 @@ class Links:
                 channel=channel,
             )
             return
-        too_big = self._too_big(kernel, message)
+        size = message.size
+        too_big = self._too_big(kernel, message, size)
         if too_big is not None:
             for recipient in recipients:
                 recipient.tell(kernel.id, channel, too_big)
             return
-        self._metrics.relayed(TO_CLIENT, message.size)
+        self._metrics.relayed(TO_CLIENT, size)
         outgoing = Outgoing.of_kernel(message)
         for recipient in recipients:
             recipient.deliver(kernel.id, channel, outgoing)

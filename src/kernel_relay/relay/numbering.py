@@ -22,8 +22,11 @@ from .journal import IopubJournal, with_sequence
 from .payload import Outgoing
 from .status import STATUS_SIZE
 
-Placed = Callable[[Outgoing | None, bool], None]
-"""Gets a placed message, numbered (None: the fleet cannot place it on this relay), and whether it is kept."""
+Placed = Callable[[str, IopubJournal, int, Outgoing | None, bool], None]
+"""
+Gets a placed message's kernel id, journal and size (as given to :meth:`Numbering.place`), the message numbered
+(None: the fleet cannot place it on this relay), and whether it is kept.
+"""
 
 
 class IopubNumbering(Protocol):
@@ -83,7 +86,7 @@ class LocalNumbering:
         ready: Placed,
     ) -> None:
         _, size, msg_type = kind
-        ready(journal.record(message, size, msg_type), True)
+        ready(kernel_id, journal, size, journal.record(message, size, msg_type), True)
 
     def place_now(self, journal: IopubJournal, message: Outgoing) -> tuple[Outgoing, bool]:
         return journal.record(message, STATUS_SIZE, "status"), True
@@ -117,11 +120,15 @@ class FleetNumbering:
     ) -> None:
         msg_id, size, msg_type = kind
         if msg_id is None:
-            self._shared.after(kernel_id, lambda seq: ready(with_sequence(message, seq), False))
+            self._shared.after(
+                kernel_id,
+                lambda seq: ready(kernel_id, journal, size, with_sequence(message, seq), False),
+            )
             return
 
         def numbered(seq: int | None) -> None:
-            ready(None if seq is None else journal.record(message, size, msg_type, seq), True)
+            kept = None if seq is None else journal.record(message, size, msg_type, seq)
+            ready(kernel_id, journal, size, kept, True)
 
         self._shared.number(kernel_id, msg_id, message, numbered)
 

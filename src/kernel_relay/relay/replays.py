@@ -92,8 +92,12 @@ class Replays:
     ) -> None:
         """Deliver a live iopub message; a client whose replay is under way gets it in its turn."""
         replays = self._by_kernel.get(kernel_id)
+        if not replays:
+            for client in list(clients.values()):
+                client.deliver(kernel_id, IOPUB, message)
+            return
         for client in list(clients.values()):
-            replay = replays.get(client.client_id) if replays else None
+            replay = replays.get(client.client_id)
             if replay is not None and replay.client is client:
                 replay.live(message, kept)
             else:
