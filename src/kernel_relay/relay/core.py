@@ -304,9 +304,8 @@ class RelayCore:
 
     def _unplaced(self, kernel_id: str, journal: IopubJournal) -> None:
         """A kernel's message the fleet numbered too long ago for this relay: its clients hear of a gap."""
-        gap = MessageUnplaced(journal.last_seq)
-        for client in list(self._attached.get(kernel_id, {}).get(IOPUB, {}).values()):
-            self._replays.tell_gap(client, kernel_id, gap)
+        self.metrics.error("replay_gap")
+        self._tell_all(kernel_id, MessageUnplaced(journal.last_seq), IOPUB)
 
     def _tell_all(self, kernel_id: str, event: ClientEvent, channel: str | None = None) -> None:
         """Tell every client of the kernel (on ``channel``, or on each channel it uses)."""
