@@ -44,7 +44,7 @@ from .jupyter_connection import CLOSE_GOING_AWAY, CLOSE_NORMAL, JupyterConnectio
 from .jupyter_request import NO_RESUME, Admitted, check_request
 from .jupyter_sessions import MARKS_PER_KERNEL, JupyterSessions, Reading, parent_frame
 
-__all__ = ["MARKS_PER_KERNEL", "JupyterFront", "SharedMarks"]
+__all__ = ["MARKS_PER_KERNEL", "JupyterFront"]
 
 
 class _ChannelsFactory(WebSocketServerFactory):  # type: ignore[misc]

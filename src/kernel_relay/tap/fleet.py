@@ -20,12 +20,12 @@ from ..auth import TokenAuth
 from ..fleet import Fleet, FleetStore
 from ..fleet.numbering import stream_length
 from ..fleet.secrets import FleetKeys
-from ..fronts.jupyter import SharedMarks
 from ..http.jupyter_api import EnvPolicy
 from ..kernels import KernelRegistry
 from ..kernels.spawning import FleetCapacity
 from ..metrics import RelayMetrics
 from ..relay.core import IopubNumbering
+from ..relay.marks import SharedMarks
 from .options import Options
 
 log = Logger(namespace="kernel_relay.tap")
