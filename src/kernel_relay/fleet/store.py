@@ -31,25 +31,18 @@ once with :class:`FleetUnavailable` instead of waiting in a queue to run, out of
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
-import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
-from ..txredisapi_internals import connected, set_reconnect_delays
+from . import scripts
+from .connection import FleetUnavailable, RedisConnection, RedisURL, as_bytes, key, text
+from .records import KernelRecord
 from .secrets import SEALED, FleetKeys, Forged, ForgeryLog
 
-PREFIX: Final = "kernel-relay:"
-#: How long one Redis call may take before the fleet counts Redis as gone.
-REPLY_TIMEOUT: Final = 5
-#: The longest wait between two attempts to reconnect to Redis.
-MAX_RETRY_DELAY: Final = 2.0
 #: The fields of a kernel record kept in clear (the scripts compare them); the others are sealed.
 PLAIN_FIELDS: Final = frozenset({"owner"})
 #: How old a mailbox message may be (beyond any wait of a command; with room for clocks apart).
@@ -58,202 +51,11 @@ MESSAGE_AGE: Final = 300.0
 log = Logger()
 
 
-class FleetUnavailable(Exception):
-    """Redis cannot be reached (or did not answer): what needs the fleet cannot be done now."""
-
-
-@dataclass(frozen=True)
-class RedisURL:
-    """Where the fleet's Redis is: ``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` for TLS."""
-
-    host: str
-    port: int = 6379
-    db: int = 0
-    password: str | None = None
-    username: str | None = None
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> RedisURL:
-        """The URL's parts; ValueError says what is wrong with it."""
-        parts = urlsplit(text.strip())
-        if parts.scheme not in ("redis", "rediss"):
-            raise ValueError(f"{text!r} is not a redis:// or rediss:// URL")
-        if not parts.hostname:
-            raise ValueError(f"{text!r} names no host")
-        try:
-            port = parts.port or 6379
-        except ValueError:
-            raise ValueError(f"{text!r} has an invalid port") from None
-        path = parts.path.strip("/")
-        if path and not path.isdigit():
-            raise ValueError(f"{text!r}: the path is a database number, not {path!r}")
-        return cls(
-            host=parts.hostname,
-            port=port,
-            db=int(path or 0),
-            password=unquote(parts.password) if parts.password else None,
-            username=unquote(parts.username) if parts.username else None,
-            tls=parts.scheme == "rediss",
-        )
-
-    def __str__(self) -> str:
-        """The URL without its password, for logs."""
-        scheme = "rediss" if self.tls else "redis"
-        secret = ":***@" if self.password else ""
-        return f"{scheme}://{self.username or ''}{secret}{self.host}:{self.port}/{self.db}"
-
-
-# -- scripts: each runs atomically in Redis --------------------------------------------------------------
-
-#: KEYS: kernels, pending. ARGV: reservation, expiry (ms since the epoch), now (ms), max kernels.
-_RESERVE: Final = """
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[2], all[i]) end
-end
-local limit = tonumber(ARGV[4])
-if limit >= 0 and redis.call('SCARD', KEYS[1]) + redis.call('HLEN', KEYS[2]) >= limit then
-  return 0
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
-
-#: KEYS: kernels, pending, kernel record. ARGV: kernel id, reservation, then field, value pairs.
-_REGISTER: Final = """
-redis.call('HDEL', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
-
-#: KEYS: kernel record, the old owner's lease. ARGV: the old owner, the new owner.
-#: The kernel passes to the new owner only if the old one still owns it and its lease has expired.
-_CLAIM: Final = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[2])
-return 1
-"""
-
-#: KEYS: kernel record. ARGV: the old owner, the new owner. As ``_CLAIM``, whatever the old owner's lease: for
-#: an owner known dead (its process is gone) whose lease has not run out yet.
-_TAKE_OVER: Final = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[2])
-return 1
-"""
-
-#: KEYS: kernel record. ARGV: owner.
-_SET_OWNER: Final = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1])
-return 1
-"""
-
-#: KEYS: the kernel's marks, the session's mark. ARGV: session, value, ttl (ms), most marks, mark prefix.
-#: A mark is ``<relay_seq> <parent msg_id>``: the freshest wins (a relay's late save never moves it back).
-_SAVE_MARK: Final = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[3])
-local old = redis.call('GET', KEYS[2])
-local old_seq = old and tonumber(string.match(old, '^%d+')) or nil
-local new_seq = tonumber(string.match(ARGV[2], '^%d+'))
-if old_seq and new_seq and old_seq > new_seq then
-  redis.call('PEXPIRE', KEYS[2], ttl)
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
-end
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
-if over > 0 then
-  for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do
-    redis.call('DEL', ARGV[5] .. session)
-  end
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
-end
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
-return 1
-"""
-
-#: KEYS: the kernel's marks. ARGV: mark prefix. Forgets every mark of a kernel.
-_FORGET_MARKS: Final = """
-for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', ARGV[1] .. session) end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-#: KEYS: seq, seen, journal, window. ARGV: msg_id, payload, time (s), most entries, most bytes, longest age
-#: (s), the submitter's last number for the kernel (-1: none yet), whether the submitter owns the kernel.
-#: Numbers one iopub message for the whole fleet, once however many relays submit it, whenever they do:
-#: ``seen`` knows the msg_id of every message the stream keeps, ``window``'s floor is the number of the
-#: last message trimmed, and a submitter whose last number is below it may be late for a message already
-#: numbered and trimmed: refused (-1). A kernel whose numbering Redis lost is started again by its owner
-#: only, past its own last number (-2 for the others, who ask again). The stream is trimmed oldest first to
-#: the entries, bytes and age given (one entry, the newest, is always kept).
-_NUMBER: Final = """
-local known = redis.call('HGET', KEYS[2], ARGV[1])
-if known then return tonumber(known) end
-local after = tonumber(ARGV[7])
-local current = redis.call('GET', KEYS[1])
-if not current then
-  if ARGV[8] ~= '1' then return -2 end
-  current = 0
-else
-  current = tonumber(current)
-  local floor = tonumber(redis.call('HGET', KEYS[4], 'floor') or '0')
-  if after >= 0 and after < floor then return -1 end
-end
-local seq = math.max(current, after) + 1
-redis.call('SET', KEYS[1], seq)
-redis.call('HSET', KEYS[2], ARGV[1], seq)
-redis.call('XADD', KEYS[3], '0-' .. seq, 'm', ARGV[2], 't', ARGV[3], 'i', ARGV[1])
-local size = redis.call('HINCRBY', KEYS[4], 'bytes', #ARGV[2])
-local now, most, most_bytes, age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local count = redis.call('XLEN', KEYS[3])
-while count > 1 do
-  local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
-  local fields = {}
-  for i = 1, #oldest[2], 2 do fields[oldest[2][i]] = oldest[2][i + 1] end
-  if count <= most and size <= most_bytes and now - tonumber(fields['t'] or now) <= age then break end
-  redis.call('XDEL', KEYS[3], oldest[1])
-  if fields['i'] then redis.call('HDEL', KEYS[2], fields['i']) end
-  size = redis.call('HINCRBY', KEYS[4], 'bytes', -#(fields['m'] or ''))
-  redis.call('HSET', KEYS[4], 'floor', string.sub(oldest[1], 3))
-  count = count - 1
-end
-return seq
-"""
-
-#: KEYS: seq. ARGV: a number this relay gave out itself (while Redis was away): the fleet's goes past it.
-_BUMP: Final = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[1]) end
-return current
-"""
-
-
-def key(*parts: str) -> str:
-    return PREFIX + ":".join(parts)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _bytes(value: Any) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
-
-
-class FleetStore:
-    """The fleet's Redis: one connection for calls, one for this relay's mailbox (a blocking read)."""
+class FleetStore(RedisConnection):
+    """The fleet's shared state in Redis; see the module docstring."""
 
     def __init__(self, url: RedisURL, clock: IReactorTime, keys: FleetKeys) -> None:
-        self.url = url
+        super().__init__(url)
         self._clock = clock
         self._keys = keys
         self.forged = ForgeryLog(log, clock)
@@ -261,64 +63,6 @@ class FleetStore:
         """Whether Redis showed this relay holds the fleet's secret (:meth:`join`)."""
         self._opened: dict[bytes, float] = {}
         """The nonces of the mailbox messages opened lately, with when: each is acted on once."""
-        self._calls: Any = None
-        self._mailbox: Any = None
-
-    def connect(self) -> None:
-        """Start connecting (and reconnecting whenever a connection is lost)."""
-        self._calls = self._connection(REPLY_TIMEOUT)
-        # Its reads block for a second at most: a connection silent for longer is dead.
-        self._mailbox = self._connection(REPLY_TIMEOUT + 1)
-
-    def _connection(self, reply_timeout: float | None) -> Any:
-        tls: Any = False
-        if self.url.tls:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            tls = optionsForClientTLS(self.url.host)
-        handler = txredisapi.lazyConnection(
-            host=self.url.host,
-            port=self.url.port,
-            dbid=self.url.db or None,
-            password=self.url.password,
-            username=self.url.username,
-            ssl_context_factory=tls,
-            connectTimeout=REPLY_TIMEOUT,
-            replyTimeout=reply_timeout,
-            convertNumbers=False,
-        )
-        set_reconnect_delays(handler, 0.2, MAX_RETRY_DELAY)
-        return handler
-
-    def disconnect(self) -> Deferred[Any]:
-        handlers = [h for h in (self._calls, self._mailbox) if h is not None]
-        self._calls = self._mailbox = None
-        return DeferredList([h.disconnect() for h in handlers], consumeErrors=True)
-
-    @property
-    def up(self) -> bool:
-        """Whether the connection for calls is open now."""
-        return self._calls is not None and connected(self._calls)
-
-    def _call(self, *command: Any, handler: Any = None) -> Deferred[Any]:
-        handler = handler or self._calls
-        if handler is None or not connected(handler):
-            return fail(FleetUnavailable(f"Redis at {self.url} cannot be reached"))
-        d: Deferred[Any] = handler.execute_command(*command)
-        return d.addErrback(self._unavailable)
-
-    def _script(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Deferred[Any]:
-        if self._calls is None or not connected(self._calls):
-            return fail(FleetUnavailable(f"Redis at {self.url} cannot be reached"))
-        d: Deferred[Any] = self._calls.eval(script, list(keys), list(args))
-        return d.addErrback(self._unavailable)
-
-    def _unavailable(self, failure: Failure) -> Failure:
-        if failure.check(txredisapi.ConnectionError, txredisapi.TimeoutError):  # type: ignore[no-untyped-call]
-            raise FleetUnavailable(f"Redis at {self.url}: {failure.value}")
-        if failure.check(txredisapi.ResponseError):  # type: ignore[no-untyped-call]
-            raise FleetUnavailable(f"Redis at {self.url} refused a command: {failure.value}")
-        return failure
 
     # -- relays ---------------------------------------------------------------------------------------------
 
@@ -328,7 +72,7 @@ class FleetStore:
         d.addCallback(lambda _: self._call("GET", key("fleet")))
 
         def checked(value: Any) -> bool:
-            self.member = value is not None and self._keys.matches(_text(value))
+            self.member = value is not None and self._keys.matches(text(value))
             return self.member
 
         return d.addCallback(checked)
@@ -351,7 +95,7 @@ class FleetStore:
         """The relays whose lease runs, by id, with what each says of itself; the others are forgotten."""
 
         def leases(ids: Any) -> Deferred[dict[str, dict[str, Any]]]:
-            names = sorted(_text(i) for i in ids or ())
+            names = sorted(text(i) for i in ids or ())
             if not names:
                 return succeed({})
             d = self._call("MGET", *[key("relay", name) for name in names])
@@ -363,7 +107,7 @@ class FleetStore:
                         self._call("SREM", key("relays"), name).addErrback(lambda f: None)
                     else:
                         try:
-                            about = self._keys.open(key("relay", name), _text(value))
+                            about = self._keys.open(key("relay", name), text(value))
                         except Forged as error:
                             self.forged(error)  # not a relay of this fleet: not counted
                             continue
@@ -392,7 +136,7 @@ class FleetStore:
         now = int(self._clock.seconds() * 1000)
         limit = -1 if max_kernels is None else max_kernels
         d = self._script(
-            _RESERVE,
+            scripts.RESERVE,
             [key("kernels"), key("pending")],
             [reservation, now + int(ttl * 1000), now, limit],
         )
@@ -422,7 +166,7 @@ class FleetStore:
             )
         ]
         return self._script(
-            _REGISTER,
+            scripts.REGISTER,
             [key("kernels"), key("pending"), key("kernel", kernel_id)],
             [kernel_id, reservation, *pairs],
         )
@@ -443,13 +187,13 @@ class FleetStore:
         )
         return d.addCallback(
             lambda _: self._script(
-                _FORGET_MARKS, [key("marks", kernel_id)], [key("mark", kernel_id, "")]
+                scripts.FORGET_MARKS, [key("marks", kernel_id)], [key("mark", kernel_id, "")]
             )
         )
 
     def kernel_ids(self) -> Deferred[set[str]]:
         return self._call("SMEMBERS", key("kernels")).addCallback(
-            lambda ids: {_text(i) for i in ids or ()}
+            lambda ids: {text(i) for i in ids or ()}
         )
 
     def _seal_field(self, where: str, name: str, value: str) -> str:
@@ -463,10 +207,10 @@ class FleetStore:
             if not value:
                 return None
             if isinstance(value, dict):
-                fields = {_text(k): _text(v) for k, v in value.items()}
+                fields = {text(k): text(v) for k, v in value.items()}
             else:
                 flat = list(value)
-                fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+                fields = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
             try:
                 return {
                     name: value
@@ -480,26 +224,45 @@ class FleetStore:
 
         return self._call("HGETALL", key("kernel", kernel_id)).addCallback(record)
 
+    def record(self, kernel_id: str) -> Deferred[KernelRecord | None]:
+        """A kernel's record, typed; None when there is none (or it is forged, or unreadable: logged)."""
+
+        def decoded(fields: dict[str, str] | None) -> KernelRecord | None:
+            record = None if fields is None else KernelRecord.decode(fields)
+            if fields is not None and record is None:
+                log.warn("kernel {kernel}'s record in the fleet is unreadable", kernel=kernel_id)
+            return record
+
+        return self.kernel(kernel_id).addCallback(decoded)
+
+    def put_record(
+        self, kernel_id: str, record: KernelRecord, reservation: str = ""
+    ) -> Deferred[Any]:
+        """Add a kernel (or update its record) and free its reservation."""
+        return self.register(kernel_id, record.encode(), reservation)
+
     def owner(self, kernel_id: str) -> Deferred[str | None]:
         return self._call("HGET", key("kernel", kernel_id), "owner").addCallback(
-            lambda value: None if value is None else _text(value)
+            lambda value: None if value is None else text(value)
         )
 
     def claim(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
         """Take over a kernel whose owner's lease has expired; False if another relay was first."""
         d = self._script(
-            _CLAIM, [key("kernel", kernel_id), key("relay", old_owner)], [old_owner, new_owner]
+            scripts.CLAIM,
+            [key("kernel", kernel_id), key("relay", old_owner)],
+            [old_owner, new_owner],
         )
         return d.addCallback(lambda n: int(n) == 1)
 
     def take_over(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
         """Take over a kernel whose owner is known dead, its lease or not; False if another relay was first."""
-        d = self._script(_TAKE_OVER, [key("kernel", kernel_id)], [old_owner, new_owner])
+        d = self._script(scripts.TAKE_OVER, [key("kernel", kernel_id)], [old_owner, new_owner])
         return d.addCallback(lambda n: int(n) == 1)
 
     def set_owner(self, kernel_id: str, owner: str) -> Deferred[Any]:
         """Name a kernel's owner (a claim given back); nothing if the kernel is gone meanwhile."""
-        return self._script(_SET_OWNER, [key("kernel", kernel_id)], [owner])
+        return self._script(scripts.SET_OWNER, [key("kernel", kernel_id)], [owner])
 
     # -- tokens ---------------------------------------------------------------------------------------------
 
@@ -520,7 +283,7 @@ class FleetStore:
             for name, entry in flat:
                 try:
                     digest, access = json.loads(
-                        self._keys.open(f"{where}\x00{_text(name)}", _text(entry))
+                        self._keys.open(f"{where}\x00{text(name)}", text(entry))
                     )
                     found[bytes.fromhex(digest)] = str(access)
                 except Forged as error:
@@ -551,7 +314,7 @@ class FleetStore:
             if not reply:
                 return None
             try:
-                return self._open_letter(box, _text(list(reply)[-1]))
+                return self._open_letter(box, text(list(reply)[-1]))
             except Forged as error:
                 self.forged(error)
             except (ValueError, TypeError):
@@ -592,7 +355,7 @@ class FleetStore:
         index, prefix = key("marks", kernel_id), key("mark", kernel_id, "")
         calls = [
             self._script(
-                _SAVE_MARK,
+                scripts.SAVE_MARK,
                 [index, prefix + session],
                 [session, value, max(1, int(ttl * 1000)), keep, prefix],
             )
@@ -602,7 +365,7 @@ class FleetStore:
 
     def mark(self, kernel_id: str, session_id: str) -> Deferred[str | None]:
         d = self._call("GET", key("mark", kernel_id, session_id))
-        return d.addCallback(lambda value: None if value is None else _text(value))
+        return d.addCallback(lambda value: None if value is None else text(value))
 
     # -- iopub numbering ------------------------------------------------------------------------------------
 
@@ -621,10 +384,10 @@ class FleetStore:
         """
         The fleet's ``relay_seq`` of a kernel's iopub message, numbered (and kept) once for all relays; -1
         when the submitter may be too late to tell, -2 when the kernel's owner must start its numbering
-        again first (see ``_NUMBER``).
+        again first (see ``scripts.NUMBER``).
         """
         d = self._script(
-            _NUMBER,
+            scripts.NUMBER,
             [
                 key("seq", kernel_id),
                 key("seen", kernel_id),
@@ -651,7 +414,7 @@ class FleetStore:
 
     def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
         """Move the fleet's numbering of a kernel past ``seq`` (given out while Redis was away)."""
-        return self._script(_BUMP, [key("seq", kernel_id)], [seq]).addCallback(int)
+        return self._script(scripts.BUMP, [key("seq", kernel_id)], [seq]).addCallback(int)
 
     def last_seq(self, kernel_id: str) -> Deferred[int]:
         return self._call("GET", key("seq", kernel_id)).addCallback(lambda v: int(v or 0))
@@ -663,10 +426,10 @@ class FleetStore:
             found = []
             for entry_id, fields in reply or ():
                 flat = list(fields)
-                values = {_text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-                number = int(_text(entry_id).split("-", 1)[1])
+                values = {text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+                number = int(text(entry_id).split("-", 1)[1])
                 found.append(
-                    (number, float(_text(values.get("t", "0"))), _bytes(values.get("m", b"")))
+                    (number, float(text(values.get("t", "0"))), as_bytes(values.get("m", b"")))
                 )
             return found
 
@@ -674,4 +437,4 @@ class FleetStore:
         return d.addCallback(entries)
 
 
-__all__ = ["FleetStore", "FleetUnavailable", "RedisURL"]
+__all__ = ["FleetStore", "FleetUnavailable", "RedisURL", "key"]

@@ -84,8 +84,8 @@ def build_fleet(
     return FleetParts(
         services=(fleet,),
         numbering=fleet.numbering,
-        capacity=fleet,
-        marks=fleet,
+        capacity=fleet.spawning,
+        marks=fleet.marks,
         view=fleet.fleet_view,
         ready=lambda: fleet.ready,
         hand_off=fleet.hand_off,

@@ -1,0 +1,196 @@
+# -*- test-case-name: tests.fleet.test_fleet -*-
+"""
+This relay's own kernels in the fleet: registered before they are used (every relay whose lease runs is told,
+and answers once it serves the kernel, for :data:`KNOWN_TIMEOUT` at most), their record kept naming their
+process, unregistered when they end, registered again when Redis lost them, and served as guests from the
+moment another relay adopted them (this relay's lease lapsed meanwhile: a pause, a partition).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from ..kernels import Kernel, KernelRegistry
+from .mailbox import Mailbox
+from .marks import FleetMarks
+from .records import KernelRecord, now_iso
+from .state import FleetState
+from .store import FleetStore
+from .tokens import TokenSharing
+
+log = Logger()
+
+#: How long a spawn waits for the other relays to say they serve the new kernel (a frozen one is not waited
+#: for longer: it reads the kernel from Redis when it wakes).
+KNOWN_TIMEOUT: Final = 2.0
+
+
+class OwnKernels:
+    """Keeps this relay's kernels in the fleet's registry; a ``KernelObserver``."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        kernels: KernelRegistry,
+        state: FleetState,
+        tokens: TokenSharing,
+        marks: FleetMarks,
+        mailbox: Mailbox,
+    ) -> None:
+        self._store = store
+        self._kernels = kernels
+        self._state = state
+        self._tokens = tokens
+        self._marks = marks
+        self._mailbox = mailbox
+        self.unregistering: set[Deferred[Any]] = set()
+        """Ends of kernels being written to Redis: the relay leaves only once they are."""
+        kernels.add_observer(self)
+
+    def register(
+        self, kernel: Kernel, reservation: str, env: Mapping[str, str] | None = None
+    ) -> Deferred[None]:
+        """Put a kernel this relay started in the registry, and tell the other relays."""
+
+        def write(about: dict[str, Any]) -> Deferred[None]:
+            record = KernelRecord(
+                owner=self._state.relay_id,
+                spec=kernel.spec_name,
+                created=now_iso(),
+                about=about,
+                env=dict(env) if env else None,
+            )
+            self._state.records[kernel.id] = record
+            # Before the write: should its answer be lost, the kernel's stop still unregisters it.
+            self._state.registered.add(kernel.id)
+            d = self._store.put_record(kernel.id, record, reservation)
+            return d.addCallback(lambda _: self._tell_known(kernel.id))
+
+        return self._kernels.describe(kernel.id).addCallback(write)
+
+    def _tell_known(self, kernel_id: str) -> Deferred[None]:
+        """
+        Tell the other relays of a new kernel, and wait until each serves it. The relays are read after the
+        kernel is registered: one whose lease is written later reads the kernel when it joins.
+        """
+
+        def ask(relays: dict[str, dict[str, Any]]) -> Deferred[Any]:
+            message = {"type": "kernel", "id": kernel_id}
+            ttl = self._state.lease * 2
+            waits = [
+                self._mailbox.request(relay, message, KNOWN_TIMEOUT, ttl)
+                for relay in relays
+                if relay != self._state.relay_id
+            ]
+            return DeferredList(waits, consumeErrors=True)
+
+        d = self._store.relays().addCallback(ask)
+        d.addErrback(lambda f: None)  # registered: the others read it at their next sync
+        return d.addCallback(lambda _: None)
+
+    def check(self, ids: set[str]) -> Deferred[bool]:
+        """Register again the kernels Redis lost, and demote those another relay took over; whether any was lost."""
+        return Deferred.fromCoroutine(self._check(ids))
+
+    async def _check(self, ids: set[str]) -> bool:
+        lost = False
+        for kernel in self._kernels.owned():
+            if kernel.id not in self._state.registered:
+                continue
+            if kernel.id not in ids:
+                lost = True
+                await self._register_again(kernel)
+                continue
+            owner = await self._store.owner(kernel.id)
+            if owner and owner != self._state.relay_id:
+                self._demote(kernel.id, owner)
+        return lost
+
+    def _demote(self, kernel_id: str, owner: str) -> None:
+        """This relay's lease lapsed and another adopted the kernel: one manager only, this one serves it."""
+        log.warn(
+            "Relay {owner} took kernel {kernel} over while this relay's lease lapsed",
+            owner=owner,
+            kernel=kernel_id,
+        )
+        self._state.registered.discard(kernel_id)
+        record = self._state.records.get(kernel_id) or KernelRecord(owner=owner)
+        self._state.records[kernel_id] = record.owned_by(owner)
+        self._kernels.demote(kernel_id)
+
+    def _register_again(self, kernel: Kernel) -> Deferred[None]:
+        """Redis lost this relay's kernel (it restarted empty): put it back, with its tokens."""
+        log.warn(
+            "Kernel {kernel} was missing from the fleet's Redis: registering it again",
+            kernel=kernel.id,
+        )
+        self._state.registered.discard(kernel.id)
+        record = self._state.records.get(kernel.id)
+        d = self.register(kernel, "", record.env if record is not None else None)
+        return d.addCallback(lambda _: self._tokens.share_again(kernel.id))
+
+    # -- KernelObserver ---------------------------------------------------------------------------------
+
+    def kernel_started(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_stopped(self, kernel: Kernel, reason: str) -> None:
+        self._state.records.pop(kernel.id, None)
+        self._marks.forget(kernel.id)
+        if kernel.id not in self._state.registered:
+            return
+        self._state.registered.discard(kernel.id)
+        message = {"type": "gone", "id": kernel.id, "reason": reason}
+        d = self._store.unregister(kernel.id)
+        d.addCallback(
+            lambda _: self._mailbox.broadcast(message, self._state.lease * 2, self._state.others)
+        )
+        # The relay leaves Redis only once the ends of its kernels are written there.
+        self.unregistering.add(d)
+
+        def written(result: object) -> object:
+            self.unregistering.discard(d)
+            return result
+
+        d.addBoth(written)
+        d.addErrback(
+            lambda f: log.warn(
+                "Kernel {kernel} ended but Redis could not be told: {error}",
+                kernel=kernel.id,
+                error=f.value,
+            )
+        )
+
+    def kernel_restarting(self, kernel: Kernel) -> None:
+        pass
+
+    def kernel_restarted(self, kernel: Kernel) -> None:
+        """A restart runs a new process: the record must name it, or whoever adopts the kernel finds it gone."""
+        if kernel.id not in self._state.registered or not self._kernels.owns(kernel.id):
+            return
+        record = self._state.records.get(kernel.id) or KernelRecord(
+            owner=self._state.relay_id, spec=kernel.spec_name
+        )
+
+        def write(about: dict[str, Any]) -> Deferred[Any]:
+            self._state.records[kernel.id] = record.describing(about)
+            return self._store.put_record(kernel.id, record.describing(about))
+
+        d = self._kernels.describe(kernel.id).addCallback(write)
+        d.addErrback(
+            lambda f: log.warn(
+                "Kernel {kernel} restarted but its record in Redis still names the old process: {error}",
+                kernel=kernel.id,
+                error=f.value,
+            )
+        )
+
+    def kernel_ready(self, kernel: Kernel) -> None:
+        pass
+
+
+__all__ = ["KNOWN_TIMEOUT", "OwnKernels"]

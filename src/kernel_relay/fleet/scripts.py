@@ -1,0 +1,150 @@
+"""
+The Lua scripts of the fleet's store (:mod:`.store`): each runs atomically in Redis, so that what must not
+race between relays (a reservation, a claim, a number) is decided in one step.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: KEYS: kernels, pending. ARGV: reservation, expiry (ms since the epoch), now (ms), max kernels.
+RESERVE: Final = """
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[2], all[i]) end
+end
+local limit = tonumber(ARGV[4])
+if limit >= 0 and redis.call('SCARD', KEYS[1]) + redis.call('HLEN', KEYS[2]) >= limit then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+#: KEYS: kernels, pending, kernel record. ARGV: kernel id, reservation, then field, value pairs.
+REGISTER: Final = """
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+#: KEYS: kernel record, the old owner's lease. ARGV: the old owner, the new owner.
+#: The kernel passes to the new owner only if the old one still owns it and its lease has expired.
+CLAIM: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return 1
+"""
+
+#: KEYS: kernel record. ARGV: the old owner, the new owner. As ``CLAIM``, whatever the old owner's lease: for
+#: an owner known dead (its process is gone) whose lease has not run out yet.
+TAKE_OVER: Final = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+return 1
+"""
+
+#: KEYS: kernel record. ARGV: owner.
+SET_OWNER: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[1])
+return 1
+"""
+
+#: KEYS: the kernel's marks, the session's mark. ARGV: session, value, ttl (ms), most marks, mark prefix.
+#: A mark is ``<relay_seq> <parent msg_id>``: the freshest wins (a relay's late save never moves it back).
+SAVE_MARK: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+local old = redis.call('GET', KEYS[2])
+local old_seq = old and tonumber(string.match(old, '^%d+')) or nil
+local new_seq = tonumber(string.match(ARGV[2], '^%d+'))
+if old_seq and new_seq and old_seq > new_seq then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
+end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if over > 0 then
+  for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do
+    redis.call('DEL', ARGV[5] .. session)
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
+end
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+#: KEYS: the kernel's marks. ARGV: mark prefix. Forgets every mark of a kernel.
+FORGET_MARKS: Final = """
+for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', ARGV[1] .. session) end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+#: KEYS: seq, seen, journal, window. ARGV: msg_id, payload, time (s), most entries, most bytes, longest age
+#: (s), the submitter's last number for the kernel (-1: none yet), whether the submitter owns the kernel.
+#: Numbers one iopub message for the whole fleet, once however many relays submit it, whenever they do:
+#: ``seen`` knows the msg_id of every message the stream keeps, ``window``'s floor is the number of the
+#: last message trimmed, and a submitter whose last number is below it may be late for a message already
+#: numbered and trimmed: refused (-1). A kernel whose numbering Redis lost is started again by its owner
+#: only, past its own last number (-2 for the others, who ask again). The stream is trimmed oldest first to
+#: the entries, bytes and age given (one entry, the newest, is always kept).
+NUMBER: Final = """
+local known = redis.call('HGET', KEYS[2], ARGV[1])
+if known then return tonumber(known) end
+local after = tonumber(ARGV[7])
+local current = redis.call('GET', KEYS[1])
+if not current then
+  if ARGV[8] ~= '1' then return -2 end
+  current = 0
+else
+  current = tonumber(current)
+  local floor = tonumber(redis.call('HGET', KEYS[4], 'floor') or '0')
+  if after >= 0 and after < floor then return -1 end
+end
+local seq = math.max(current, after) + 1
+redis.call('SET', KEYS[1], seq)
+redis.call('HSET', KEYS[2], ARGV[1], seq)
+redis.call('XADD', KEYS[3], '0-' .. seq, 'm', ARGV[2], 't', ARGV[3], 'i', ARGV[1])
+local size = redis.call('HINCRBY', KEYS[4], 'bytes', #ARGV[2])
+local now, most, most_bytes, age = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local count = redis.call('XLEN', KEYS[3])
+while count > 1 do
+  local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)[1]
+  local fields = {}
+  for i = 1, #oldest[2], 2 do fields[oldest[2][i]] = oldest[2][i + 1] end
+  if count <= most and size <= most_bytes and now - tonumber(fields['t'] or now) <= age then break end
+  redis.call('XDEL', KEYS[3], oldest[1])
+  if fields['i'] then redis.call('HDEL', KEYS[2], fields['i']) end
+  size = redis.call('HINCRBY', KEYS[4], 'bytes', -#(fields['m'] or ''))
+  redis.call('HSET', KEYS[4], 'floor', string.sub(oldest[1], 3))
+  count = count - 1
+end
+return seq
+"""
+
+#: KEYS: seq. ARGV: a number this relay gave out itself (while Redis was away): the fleet's goes past it.
+BUMP: Final = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[1]) end
+return current
+"""
+
+__all__ = [
+    "BUMP",
+    "CLAIM",
+    "FORGET_MARKS",
+    "NUMBER",
+    "REGISTER",
+    "RESERVE",
+    "SAVE_MARK",
+    "SET_OWNER",
+    "TAKE_OVER",
+]
