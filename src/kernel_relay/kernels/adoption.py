@@ -161,6 +161,32 @@ def describe(manager: KernelManager) -> dict[str, Any]:
     }
 
 
+def _take_process(
+    provisioner: LocalProvisioner,
+    kernel_id: str,
+    record: Mapping[str, Any],
+    provisioner_info: Mapping[str, Any],
+) -> None:
+    """Give a local kernel's provisioner its process, once it is shown to be that kernel's, on this machine."""
+    if record.get("host") != this_host():
+        raise KernelLaunchError(
+            f"kernel {kernel_id} is a local kernel of another machine ({record.get('host')}): only a "
+            "relay on that machine can manage its process"
+        )
+    pid = provisioner_info.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or start_time(pid) is None:
+        raise KernelGone(f"kernel {kernel_id}'s process ({pid}) is gone")
+    started = record.get("started")
+    if not isinstance(started, str) or not is_kernel_process(pid, started, kernel_id):
+        raise KernelGone(
+            f"kernel {kernel_id}'s process ({pid}) is gone: process {pid} is not that kernel "
+            "(its start time or command line differ)"
+        )
+    provisioner.process = cast(Any, OrphanProcess(pid, started))
+    # Its ports are the kernel's: a restart must not pick new ones (its clients' sockets stay on these).
+    provisioner.ports_cached = True
+
+
 def rebuild(
     ksm: KernelSpecManager,
     spec_name: str,
@@ -202,23 +228,7 @@ def rebuild(
     ).create_provisioner_instance(kernel_id, spec, parent=manager)
     run_sync(provisioner.load_provisioner_info)(provisioner_info)
     if isinstance(provisioner, LocalProvisioner):
-        if record.get("host") != this_host():
-            raise KernelLaunchError(
-                f"kernel {kernel_id} is a local kernel of another machine ({record.get('host')}): only a "
-                "relay on that machine can manage its process"
-            )
-        pid = provisioner_info.get("pid")
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or start_time(pid) is None:
-            raise KernelGone(f"kernel {kernel_id}'s process ({pid}) is gone")
-        started = record.get("started")
-        if not isinstance(started, str) or not is_kernel_process(pid, started, kernel_id):
-            raise KernelGone(
-                f"kernel {kernel_id}'s process ({pid}) is gone: process {pid} is not that kernel "
-                "(its start time or command line differ)"
-            )
-        provisioner.process = cast(Any, OrphanProcess(pid, started))
-        # Its ports are the kernel's: a restart must not pick new ones (its clients' sockets stay on these).
-        provisioner.ports_cached = True
+        _take_process(provisioner, kernel_id, record, provisioner_info)
     manager.provisioner = provisioner
     # As after start_kernel: each later call (shutdown, restart) gets a fresh ``ready`` future, and a restart
     # launches again as the first launch did: independent of this relay, with the same extra env.
