@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock
@@ -9,6 +12,7 @@ from twisted.internet.testing import MemoryReactorClock
 from kernel_relay.auth import TokenAuth
 from kernel_relay.fleet import Fleet
 from kernel_relay.fleet.capacity import JOIN_WAIT
+from kernel_relay.fleet.ledger import Ledger
 from kernel_relay.fleet.state import Membership
 from kernel_relay.fleet.store import FleetUnavailable
 from kernel_relay.kernels import KernelLaunchError
@@ -28,6 +32,8 @@ class Cluster:
         self.relays: dict[str, Fleet] = {}
         self.kernels: dict[str, FleetKernels] = {}
         self.clocks: dict[str, MemoryReactorClock] = {}
+        self.disk = Path(tempfile.mkdtemp(prefix="fleet-ledger-"))
+        """The machine's list of the fleet's kernels (see ``fleet.ledger``)."""
 
     def start(self, name: str) -> Fleet:
         clock = MemoryReactorClock()
@@ -40,6 +46,9 @@ class Cluster:
             clock,
             lease=LEASE,
             relay_id=name,
+            ledger=Ledger(
+                self.disk, runs=lambda kernel_id, about: kernel_id in self.machine.running
+            ),
         )
         self.relays[name], self.kernels[name], self.clocks[name] = fleet, kernels, clock
         fleet.startService()
@@ -78,6 +87,7 @@ class Cluster:
         for fleet in self.relays.values():
             fleet.leave()
             fleet.stopService()
+        shutil.rmtree(self.disk, ignore_errors=True)
 
 
 def test_a_relay_is_ready_only_once_it_has_joined_and_spawns_wait_for_it() -> None:
@@ -243,4 +253,35 @@ def test_tokens_issued_on_one_relay_work_on_the_others() -> None:
         scoped = cluster.relays[name].tokens._auth.scoped
         assert scoped.scope_of([token]) is not None
     assert late.ready
+    cluster.stop_all()
+
+
+def test_a_kernel_whose_relay_and_record_are_both_gone_is_found_again() -> None:
+    """A relay killed just before Redis restarts empty leaves a kernel no relay knows: the next relay of its machine adopts it."""
+    cluster = Cluster()
+    cluster.start("A")
+    cluster.spawn("A", "k1")
+    cluster.freeze("A")  # killed: it never runs again
+    cluster.redis.restart_empty()
+    cluster.start("B")
+    cluster.advance(LEASE)
+    assert cluster.kernels["B"].owns("k1") and cluster.owner("k1") == "B"
+    cluster.kernels["B"].stopped("k1")
+    cluster.advance(0.5)
+    assert "k1" not in cluster.redis.kernels and not list(cluster.disk.iterdir())
+    cluster.stop_all()
+
+
+def test_a_listed_kernel_whose_process_is_gone_is_forgotten() -> None:
+    """A kernel listed on disk whose owner and process are both gone is not registered again, and leaves the list."""
+    cluster = Cluster()
+    cluster.start("A")
+    cluster.spawn("A", "k1")
+    cluster.freeze("A")
+    cluster.machine.running.discard("k1")
+    cluster.redis.restart_empty()
+    cluster.start("B")
+    cluster.advance(LEASE)
+    assert "k1" not in cluster.redis.kernels and "k1" not in cluster.kernels["B"]
+    assert not list(cluster.disk.iterdir())
     cluster.stop_all()

@@ -47,6 +47,7 @@ from ..auth import TokenAuth
 from ..kernels import KernelLaunchError, KernelRegistry
 from .capacity import FleetSpawning
 from .guests import FleetGuests
+from .ledger import Ledger, ledger_dir
 from .mailbox import Mailbox
 from .marks import FleetMarks
 from .numbering import SharedNumbering
@@ -83,6 +84,7 @@ class Fleet(Service):
         keep_bytes: int = 8 * 1024 * 1024,
         keep_seconds: float = 600.0,
         relay_id: str | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.store = store
         self.relay_id = relay_id or uuid.uuid4().hex
@@ -102,8 +104,13 @@ class Fleet(Service):
         self.tokens = TokenSharing(store, auth, self.mailbox, self.state)
         self.marks = FleetMarks(store, clock)
         """Where Jupyter sessions stopped (the Jupyter front's ``SharedMarks``)."""
-        self.guests = FleetGuests(store, kernels, self.state, self.tokens, self.mailbox, clock)
-        self.own = OwnKernels(store, kernels, self.state, self.tokens, self.marks, self.mailbox)
+        ledger = ledger or Ledger(ledger_dir(str(store.url)))
+        self.guests = FleetGuests(
+            store, kernels, self.state, self.tokens, self.mailbox, clock, ledger
+        )
+        self.own = OwnKernels(
+            store, kernels, self.state, self.tokens, self.marks, self.mailbox, ledger
+        )
         self.owners = FleetOwners(
             store,
             kernels,
@@ -288,6 +295,7 @@ class Fleet(Service):
         self.state.others = {r: about for r, about in relays.items() if r != self.relay_id}
         try:
             lost = await self.own.check(ids) or lost
+            lost = await self.guests.recover(ids) or lost
             await self._learn(ids)
             lost = await self.guests.check_missing(ids) or lost
             await self._adopt_orphans(ids, relays)

@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 
 from ..kernels import KernelRegistry
 from ..kernels.adoption import KernelGone, kernel_env
+from .ledger import Ledger
 from .mailbox import Mailbox
 from .records import KernelRecord
 from .state import FleetState
@@ -39,8 +40,10 @@ class FleetGuests:
         tokens: TokenSharing,
         mailbox: Mailbox,
         clock: IReactorTime,
+        ledger: Ledger,
     ) -> None:
         self._store = store
+        self._ledger = ledger
         self._kernels = kernels
         self._state = state
         self._tokens = tokens
@@ -131,6 +134,33 @@ class FleetGuests:
         d = self._store.put_record(kernel_id, record)
         return d.addCallback(lambda _: self._tokens.restore(kernel_id))
 
+    def recover(self, ids: set[str]) -> Deferred[bool]:
+        """
+        The kernels of this machine that Redis lost (missing from ``ids``) and that no live relay manages:
+        registered again, to be adopted; forgotten when their process is gone. Whether any was registered.
+        """
+        return Deferred.fromCoroutine(self._recover(ids))
+
+    async def _recover(self, ids: set[str]) -> bool:
+        lost = False
+        known = _Known(ids, self._kernels)
+        for kernel_id, record in self._ledger.entries(known).items():
+            if record.owner == self._state.relay_id or self._state.owner_alive(record.owner):
+                continue  # a live owner registers its kernels again itself
+            if not self._ledger.runs(kernel_id, record.about):
+                self._ledger.remove(kernel_id)
+                continue
+            log.warn(
+                "Kernel {kernel} of relay {owner}, gone, was missing from the fleet's Redis: registering it "
+                "again from this machine's list",
+                kernel=kernel_id,
+                owner=record.owner,
+            )
+            await self._store.put_record(kernel_id, record)
+            ids.add(kernel_id)
+            lost = True
+        return lost
+
     # -- adopting -----------------------------------------------------------------------------------------
 
     def orphans(self, ids: Iterable[str] | None = None) -> list[tuple[str, str]]:
@@ -206,11 +236,13 @@ class FleetGuests:
         mine = record.owned_by(self._state.relay_id)
         self._state.records[kernel_id] = mine
         about = await self._kernels.describe(kernel_id)
+        self._ledger.write(kernel_id, mine.describing(about))
         await self._store.put_record(kernel_id, mine.describing(about))
 
     async def _died(self, kernel_id: str, reason: str) -> None:
         """Its process is gone (it died with its relay, or since): its clients are told it died."""
         log.warn("Could not adopt kernel {kernel}: {error}", kernel=kernel_id, error=reason)
+        self._ledger.remove(kernel_id)
         self.drop(kernel_id, reason)
         message: dict[str, Any] = {"type": "gone", "id": kernel_id, "reason": reason}
         try:
@@ -218,6 +250,17 @@ class FleetGuests:
         except Exception:
             return
         self._mailbox.broadcast(message, self._state.lease * 2, self._state.others)
+
+
+class _Known:
+    """The kernels Redis lists or this relay serves (without copying either)."""
+
+    def __init__(self, ids: set[str], kernels: KernelRegistry) -> None:
+        self._ids = ids
+        self._kernels = kernels
+
+    def __contains__(self, kernel_id: object) -> bool:
+        return kernel_id in self._ids or kernel_id in self._kernels
 
 
 __all__ = ["FleetGuests"]

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from ..kernels import Kernel, KernelRegistry
+from .ledger import Ledger
 from .mailbox import Mailbox
 from .marks import FleetMarks
 from .records import KernelRecord, now_iso
@@ -40,8 +41,10 @@ class OwnKernels:
         tokens: TokenSharing,
         marks: FleetMarks,
         mailbox: Mailbox,
+        ledger: Ledger,
     ) -> None:
         self._store = store
+        self._ledger = ledger
         self._kernels = kernels
         self._state = state
         self._tokens = tokens
@@ -67,6 +70,7 @@ class OwnKernels:
             self._state.records[kernel.id] = record
             # Before the write: should its answer be lost, the kernel's stop still unregisters it.
             self._state.registered.add(kernel.id)
+            self._ledger.write(kernel.id, record)
             d = self._store.put_record(kernel.id, record, reservation)
             return d.addCallback(lambda _: self._tell_known(kernel.id))
 
@@ -143,6 +147,7 @@ class OwnKernels:
         self._marks.forget(kernel.id)
         if kernel.id not in self._state.registered:
             return
+        self._ledger.remove(kernel.id)
         self._state.registered.discard(kernel.id)
         message = {"type": "gone", "id": kernel.id, "reason": reason}
         d = self._store.unregister(kernel.id)
@@ -178,6 +183,7 @@ class OwnKernels:
 
         def write(about: dict[str, Any]) -> Deferred[Any]:
             self._state.records[kernel.id] = record.describing(about)
+            self._ledger.write(kernel.id, record.describing(about))
             return self._store.put_record(kernel.id, record.describing(about))
 
         d = self._kernels.describe(kernel.id).addCallback(write)
