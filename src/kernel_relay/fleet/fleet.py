@@ -124,13 +124,16 @@ class Fleet(Service):
         """The fleet's share in each start (the spawner's ``FleetCapacity``)."""
         kernels.owners = self.owners
         self._syncing = False
-        self._tick = LoopingCall(self._sync)
-        self._tick.clock = clock
-        self._renewal = LoopingCall(self._renew)
-        self._renewal.clock = clock
+        self._tick = self._every(self._sync)
+        self._renewal = self._every(self._renew)
         self._left: Deferred[None] = Deferred()
         self.on_refused: Callable[[str], None] = _refused
         """Called when Redis shows this relay holds another secret than the fleet's (tap: exit)."""
+
+    def _every(self, work: Callable[[], Deferred[None]]) -> LoopingCall:
+        loop = LoopingCall(work)
+        loop.clock = self._clock
+        return loop
 
     # -- what others read ----------------------------------------------------------------------------
 
