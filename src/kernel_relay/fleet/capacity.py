@@ -44,10 +44,11 @@ class FleetSpawning:
 
     def reserve(self, reservation: str, max_kernels: int | None) -> Deferred[bool]:
         """A place in ``--max-kernels``; a spawn asked while this relay joins waits for it to have joined."""
-        d = self._when_joined()
-        return d.addCallback(
-            lambda _: self._store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
-        )
+        return Deferred.fromCoroutine(self._reserve(reservation, max_kernels))
+
+    async def _reserve(self, reservation: str, max_kernels: int | None) -> bool:
+        await self._when_joined()
+        return await self._store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
 
     def unreserve(self, reservation: str) -> None:
         self._store.unreserve(reservation).addErrback(lambda f: None)

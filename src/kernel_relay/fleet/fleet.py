@@ -28,6 +28,8 @@ what does not (serving the clients and kernels a relay has) goes on, and the rel
 back, registering its kernels again should Redis have lost them.
 
 This module is the service: it joins, keeps the lease, runs the sync that keeps the parts in step, and leaves.
+The parts share one :class:`.state.FleetState`; a flow of more than one step is a coroutine (``async def``,
+run with ``Deferred.fromCoroutine``), and what other layers call returns a Deferred.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..auth import TokenAuth
 from ..kernels import KernelLaunchError, KernelRegistry
@@ -198,43 +199,42 @@ class Fleet(Service):
 
     def _join(self) -> None:
         """Act only once Redis confirms this relay holds the fleet's secret; with another one, refuse."""
-        if not self.running:
-            return
+        if self.running:
+            Deferred.fromCoroutine(self._prove())
 
-        def proven(member: bool) -> None:
-            if not self.running:
-                return
-            if not member:
-                self.on_refused(
-                    f"Refusing to join the fleet at {self.store.url}: its relays share another secret "
-                    "(the admin token or --fleet-secret). Give this relay the fleet's, or use another "
-                    "Redis database for another fleet."
-                )
-                return
-            # The lease on a timer of its own: a long sync (adoptions) must never let it lapse.
-            self._renewal.start(self.lease / 3, now=True)
-            self._tick.start(self.lease / 3, now=True)
-            self.mailbox.start()
-
-        def unproven(failure: Failure) -> None:
-            if not failure.check(FleetUnavailable):  # type: ignore[no-untyped-call]
-                log.failure("joining the fleet failed", failure=failure)
+    async def _prove(self) -> None:
+        try:
+            member = await self.store.join()
+        except Exception as error:
+            if not isinstance(error, FleetUnavailable):
+                log.failure("joining the fleet failed")
             if self.running:
                 # At once without a connection (no call goes out): the join follows Redis closely.
                 self._clock.callLater(0.1 if not self.store.up else 0.5, self._join)
-
-        self.store.join().addCallbacks(proven, unproven)
+            return
+        if not self.running:
+            return
+        if not member:
+            self.on_refused(
+                f"Refusing to join the fleet at {self.store.url}: its relays share another secret "
+                "(the admin token or --fleet-secret). Give this relay the fleet's, or use another "
+                "Redis database for another fleet."
+            )
+            return
+        # The lease on a timer of its own: a long sync (adoptions) must never let it lapse.
+        self._renewal.start(self.lease / 3, now=True)
+        self._tick.start(self.lease / 3, now=True)
+        self.mailbox.start()
 
     def _renew(self) -> Deferred[None]:
-        d = self._renewal_now()
+        return Deferred.fromCoroutine(self._renew_lease())
 
-        def failed(failure: Failure) -> None:
+    async def _renew_lease(self) -> None:
+        try:
+            await self._renewal_now()
+        except Exception as error:
             if self.redis_up:
-                log.warn(
-                    "Could not renew this relay's lease: {error}", error=failure.getErrorMessage()
-                )
-
-        return d.addCallbacks(lambda _: None, failed)
+                log.warn("Could not renew this relay's lease: {error}", error=error)
 
     # -- the mailbox ---------------------------------------------------------------------------------
 
@@ -243,13 +243,7 @@ class Fleet(Service):
         kind = message.get("type")
         kernel_id = str(message.get("id", ""))
         if kind == "kernel":
-            learnt = self.guests.learn(kernel_id)
-            if message.get("request"):
-                learnt.addBoth(
-                    lambda _: self.mailbox.reply(message, COMMAND_GRACE, error=None).addErrback(
-                        lambda f: None
-                    )
-                )
+            Deferred.fromCoroutine(self._serve(message))
         elif kind == "gone":
             self.guests.drop(kernel_id, str(message.get("reason", "shutdown")))
         elif kind == "token":
@@ -260,6 +254,12 @@ class Fleet(Service):
             self._clock.callLater(0, self._sync)
         elif kind == "command":
             self.owners.command(message)
+
+    async def _serve(self, message: dict[str, Any]) -> None:
+        """Another relay started a kernel: serve it, and say so if asked."""
+        await self.guests.learn(str(message.get("id", "")))
+        if message.get("request"):
+            await self.mailbox.reply(message, COMMAND_GRACE, error=None).addErrback(lambda f: None)
 
     # -- keeping in step -----------------------------------------------------------------------------
 
@@ -404,13 +404,20 @@ class Fleet(Service):
         for loop in (self._tick, self._renewal):
             if loop.running:
                 loop.stop()
-        d: Deferred[Any] = DeferredList(list(self.own.unregistering), consumeErrors=True)
-        if self.store.up:
-            d.addCallback(lambda _: self.store.release(self.relay_id))
-        d.addErrback(lambda f: None)
-        d.addBoth(lambda _: self.store.disconnect())
-        d.addBoth(lambda _: self._left.callback(None))
+        Deferred.fromCoroutine(self._release())
         return self._left
+
+    async def _release(self) -> None:
+        await DeferredList(list(self.own.unregistering), consumeErrors=True)
+        try:
+            if self.store.up:
+                await self.store.release(self.relay_id)
+        except Exception:
+            pass
+        try:
+            await self.store.disconnect()
+        finally:
+            self._left.callback(None)
 
 
 __all__ = ["Fleet", "Membership"]

@@ -15,7 +15,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..kernels import KernelRegistry
 from ..kernels.adoption import KernelGone, kernel_env
@@ -64,46 +63,43 @@ class FleetGuests:
         """Serve a kernel of the fleet that this relay does not know yet, as a guest."""
         if kernel_id in self._kernels:
             return succeed(None)
+        waiter: Deferred[None] = Deferred()
         if kernel_id in self._loading:
-            waiter: Deferred[None] = Deferred()
             self._loading[kernel_id].append(waiter)
             return waiter
-        self._loading[kernel_id] = []
+        self._loading[kernel_id] = [waiter]
+        Deferred.fromCoroutine(self._load(kernel_id))
+        return waiter
 
-        def done(result: object) -> None:
-            for waiter in self._loading.pop(kernel_id, []):
-                waiter.callback(None)
-            if isinstance(result, Failure):
-                log.warn(
-                    "could not load kernel {kernel}: {error}", kernel=kernel_id, error=result.value
-                )
+    async def _load(self, kernel_id: str) -> None:
+        try:
+            record = await self._store.record(kernel_id)
+            if record is not None and kernel_id not in self._kernels:
+                await self._serve(kernel_id, record)
+        except Exception as error:
+            log.warn("could not load kernel {kernel}: {error}", kernel=kernel_id, error=error)
+        for waiter in self._loading.pop(kernel_id, []):
+            waiter.callback(None)
 
-        return self._store.record(kernel_id).addCallback(self._serve, kernel_id).addBoth(done)
-
-    def _serve(self, record: KernelRecord | None, kernel_id: str) -> Deferred[None] | None:
-        if record is None or kernel_id in self._kernels:
-            return None
+    async def _serve(self, kernel_id: str, record: KernelRecord) -> None:
         if record.connection is None:
             log.warn("kernel {kernel} has no connection info in the fleet", kernel=kernel_id)
-            return None
+            return
         self._state.records[kernel_id] = record
         self._kernels.add_guest(kernel_id, record.spec, record.connection)
         log.info("Serving kernel {kernel} of relay {owner}", kernel=kernel_id, owner=record.owner)
-        return self._tokens.load(kernel_id)
+        await self._tokens.load(kernel_id)
 
     def drop(self, kernel_id: str, reason: str) -> None:
         """A guest's end is told: its clients hear ``reason``."""
         self._state.records.pop(kernel_id, None)
         self._kernels.drop_guest(kernel_id, reason)
 
-    def check_missing(self, ids: set[str]) -> Deferred[bool]:
+    async def check_missing(self, ids: set[str]) -> bool:
         """
         Of the guests missing from Redis's ``ids``: put back those whose owner is gone (Redis lost them),
         drop those missing for long whose owner lives. Whether Redis lost any.
         """
-        return Deferred.fromCoroutine(self._check_missing(ids))
-
-    async def _check_missing(self, ids: set[str]) -> bool:
         lost = False
         now = self._clock.seconds()
         for kernel_id, record in list(self._state.records.items()):
@@ -123,7 +119,7 @@ class FleetGuests:
                 self.drop(kernel_id, "shutdown")
         return lost
 
-    def _restore(self, kernel_id: str, record: KernelRecord) -> Deferred[None]:
+    async def _restore(self, kernel_id: str, record: KernelRecord) -> None:
         """Register a guest again as this relay last read it, with the tokens it knows (Redis lost them)."""
         log.warn(
             "Kernel {kernel} of relay {owner} was missing from the fleet's Redis and its owner is gone: "
@@ -131,17 +127,14 @@ class FleetGuests:
             kernel=kernel_id,
             owner=record.owner,
         )
-        d = self._store.put_record(kernel_id, record)
-        return d.addCallback(lambda _: self._tokens.restore(kernel_id))
+        await self._store.put_record(kernel_id, record)
+        await self._tokens.restore(kernel_id)
 
-    def recover(self, ids: set[str]) -> Deferred[bool]:
+    async def recover(self, ids: set[str]) -> bool:
         """
         The kernels of this machine that Redis lost (missing from ``ids``) and that no live relay manages:
         registered again, to be adopted; forgotten when their process is gone. Whether any was registered.
         """
-        return Deferred.fromCoroutine(self._recover(ids))
-
-    async def _recover(self, ids: set[str]) -> bool:
         lost = False
         known = _Known(ids, self._kernels)
         for kernel_id, record in self._ledger.entries(known).items():

@@ -58,49 +58,46 @@ class OwnKernels:
         self, kernel: Kernel, reservation: str, env: Mapping[str, str] | None = None
     ) -> Deferred[None]:
         """Put a kernel this relay started in the registry, and tell the other relays."""
+        return Deferred.fromCoroutine(self._register(kernel, reservation, env))
 
-        def write(about: dict[str, Any]) -> Deferred[None]:
-            record = KernelRecord(
-                owner=self._state.relay_id,
-                spec=kernel.spec_name,
-                created=now_iso(),
-                about=about,
-                env=dict(env) if env else None,
-            )
-            self._state.records[kernel.id] = record
-            # Before the write: should its answer be lost, the kernel's stop still unregisters it.
-            self._state.registered.add(kernel.id)
-            self._ledger.write(kernel.id, record)
-            d = self._store.put_record(kernel.id, record, reservation)
-            return d.addCallback(lambda _: self._tell_known(kernel.id))
+    async def _register(
+        self, kernel: Kernel, reservation: str, env: Mapping[str, str] | None
+    ) -> None:
+        about = await self._kernels.describe(kernel.id)
+        record = KernelRecord(
+            owner=self._state.relay_id,
+            spec=kernel.spec_name,
+            created=now_iso(),
+            about=about,
+            env=dict(env) if env else None,
+        )
+        self._state.records[kernel.id] = record
+        # Before the write: should its answer be lost, the kernel's stop still unregisters it.
+        self._state.registered.add(kernel.id)
+        self._ledger.write(kernel.id, record)
+        await self._store.put_record(kernel.id, record, reservation)
+        await self._tell_known(kernel.id)
 
-        return self._kernels.describe(kernel.id).addCallback(write)
-
-    def _tell_known(self, kernel_id: str) -> Deferred[None]:
+    async def _tell_known(self, kernel_id: str) -> None:
         """
         Tell the other relays of a new kernel, and wait until each serves it. The relays are read after the
         kernel is registered: one whose lease is written later reads the kernel when it joins.
         """
+        try:
+            relays = await self._store.relays()
+        except Exception:
+            return  # registered: the others read it at their next sync
+        message = {"type": "kernel", "id": kernel_id}
+        ttl = self._state.lease * 2
+        waits = [
+            self._mailbox.request(relay, message, KNOWN_TIMEOUT, ttl)
+            for relay in relays
+            if relay != self._state.relay_id
+        ]
+        await DeferredList(waits, consumeErrors=True)
 
-        def ask(relays: dict[str, dict[str, Any]]) -> Deferred[Any]:
-            message = {"type": "kernel", "id": kernel_id}
-            ttl = self._state.lease * 2
-            waits = [
-                self._mailbox.request(relay, message, KNOWN_TIMEOUT, ttl)
-                for relay in relays
-                if relay != self._state.relay_id
-            ]
-            return DeferredList(waits, consumeErrors=True)
-
-        d = self._store.relays().addCallback(ask)
-        d.addErrback(lambda f: None)  # registered: the others read it at their next sync
-        return d.addCallback(lambda _: None)
-
-    def check(self, ids: set[str]) -> Deferred[bool]:
+    async def check(self, ids: set[str]) -> bool:
         """Register again the kernels Redis lost, and demote those another relay took over; whether any was lost."""
-        return Deferred.fromCoroutine(self._check(ids))
-
-    async def _check(self, ids: set[str]) -> bool:
         lost = False
         for kernel in self._kernels.owned():
             if kernel.id not in self._state.registered:
@@ -126,7 +123,7 @@ class OwnKernels:
         self._state.records[kernel_id] = record.owned_by(owner)
         self._kernels.demote(kernel_id)
 
-    def _register_again(self, kernel: Kernel) -> Deferred[None]:
+    async def _register_again(self, kernel: Kernel) -> None:
         """Redis lost this relay's kernel (it restarted empty): put it back, with its tokens."""
         log.warn(
             "Kernel {kernel} was missing from the fleet's Redis: registering it again",
@@ -134,8 +131,8 @@ class OwnKernels:
         )
         self._state.registered.discard(kernel.id)
         record = self._state.records.get(kernel.id)
-        d = self.register(kernel, "", record.env if record is not None else None)
-        return d.addCallback(lambda _: self._tokens.share_again(kernel.id))
+        await self._register(kernel, "", record.env if record is not None else None)
+        self._tokens.share_again(kernel.id)
 
     # -- KernelObserver ---------------------------------------------------------------------------------
 
@@ -147,53 +144,50 @@ class OwnKernels:
         self._marks.forget(kernel.id)
         if kernel.id not in self._state.registered:
             return
-        self._ledger.remove(kernel.id)
         self._state.registered.discard(kernel.id)
-        message = {"type": "gone", "id": kernel.id, "reason": reason}
-        d = self._store.unregister(kernel.id)
-        d.addCallback(
-            lambda _: self._mailbox.broadcast(message, self._state.lease * 2, self._state.others)
-        )
+        self._ledger.remove(kernel.id)
         # The relay leaves Redis only once the ends of its kernels are written there.
-        self.unregistering.add(d)
+        d = Deferred.fromCoroutine(self._unregister(kernel.id, reason))
+        if not d.called:
+            self.unregistering.add(d)
+            d.addBoth(lambda _: self.unregistering.discard(d))
 
-        def written(result: object) -> object:
-            self.unregistering.discard(d)
-            return result
-
-        d.addBoth(written)
-        d.addErrback(
-            lambda f: log.warn(
+    async def _unregister(self, kernel_id: str, reason: str) -> None:
+        try:
+            await self._store.unregister(kernel_id)
+        except Exception as error:
+            log.warn(
                 "Kernel {kernel} ended but Redis could not be told: {error}",
-                kernel=kernel.id,
-                error=f.value,
+                kernel=kernel_id,
+                error=error,
             )
-        )
+            return
+        message = {"type": "gone", "id": kernel_id, "reason": reason}
+        self._mailbox.broadcast(message, self._state.lease * 2, self._state.others)
 
     def kernel_restarting(self, kernel: Kernel) -> None:
         pass
 
     def kernel_restarted(self, kernel: Kernel) -> None:
         """A restart runs a new process: the record must name it, or whoever adopts the kernel finds it gone."""
-        if kernel.id not in self._state.registered or not self._kernels.owns(kernel.id):
-            return
+        if kernel.id in self._state.registered and self._kernels.owns(kernel.id):
+            Deferred.fromCoroutine(self._describe_again(kernel))
+
+    async def _describe_again(self, kernel: Kernel) -> None:
         record = self._state.records.get(kernel.id) or KernelRecord(
             owner=self._state.relay_id, spec=kernel.spec_name
         )
-
-        def write(about: dict[str, Any]) -> Deferred[Any]:
-            self._state.records[kernel.id] = record.describing(about)
-            self._ledger.write(kernel.id, record.describing(about))
-            return self._store.put_record(kernel.id, record.describing(about))
-
-        d = self._kernels.describe(kernel.id).addCallback(write)
-        d.addErrback(
-            lambda f: log.warn(
+        try:
+            record = record.describing(await self._kernels.describe(kernel.id))
+            self._state.records[kernel.id] = record
+            self._ledger.write(kernel.id, record)
+            await self._store.put_record(kernel.id, record)
+        except Exception as error:
+            log.warn(
                 "Kernel {kernel} restarted but its record in Redis still names the old process: {error}",
                 kernel=kernel.id,
-                error=f.value,
+                error=error,
             )
-        )
 
     def kernel_ready(self, kernel: Kernel) -> None:
         pass

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..kernels import KernelLaunchError, KernelRegistry, UnknownKernel
 from .guests import FleetGuests
-from .mailbox import Mailbox, NoReply
+from .mailbox import Mailbox, NoReply, Unreachable
 from .state import FleetState
 from .store import FleetStore
 
@@ -90,60 +89,55 @@ class FleetOwners:
 
     def _post_command(self, kernel_id: str, op: str, owner: str) -> Deferred[None]:
         """Ask the owner through its mailbox; the answer comes to this relay's."""
+        return Deferred.fromCoroutine(self._command_owner(kernel_id, op, owner))
+
+    async def _command_owner(self, kernel_id: str, op: str, owner: str) -> None:
         message = {"type": "command", "op": op, "id": kernel_id}
-
-        def failed(failure: Failure) -> None:
-            if failure.check(NoReply):  # type: ignore[no-untyped-call]
-                raise KernelLaunchError(
-                    f"the relay that manages kernel {kernel_id} did not answer the {op} within "
-                    f"{self.timeouts[op]:g}s"
-                )
-            if failure.check(KernelLaunchError):  # type: ignore[no-untyped-call]
-                failure.raiseException()
+        try:
+            reply = await self._mailbox.request(owner, message, self.timeouts[op])
+        except NoReply:
             raise KernelLaunchError(
-                f"cannot reach the relay that manages kernel {kernel_id}: {failure.value}"
-            )
-
-        d = self._mailbox.request(owner, message, self.timeouts[op])
-        return d.addCallbacks(self._answered, failed)
-
-    @staticmethod
-    def _answered(reply: dict[str, Any]) -> None:
-        error = reply.get("error")
-        if error is None:
+                f"the relay that manages kernel {kernel_id} did not answer the {op} within "
+                f"{self.timeouts[op]:g}s"
+            ) from None
+        except Unreachable as error:
+            raise KernelLaunchError(
+                f"cannot reach the relay that manages kernel {kernel_id}: {error}"
+            ) from None
+        refusal = reply.get("error")
+        if refusal is None:
             return
         if reply.get("unknown"):
-            raise UnknownKernel(str(error))
-        raise KernelLaunchError(str(error))
+            raise UnknownKernel(str(refusal))
+        raise KernelLaunchError(str(refusal))
 
     def command(self, message: dict[str, Any]) -> None:
         """Another relay asks this one to act on one of its kernels; the answer goes to its mailbox."""
+        Deferred.fromCoroutine(self._answer(message))
+
+    async def _answer(self, message: dict[str, Any]) -> None:
         kernel_id, op = str(message.get("id")), str(message.get("op"))
         sender = str(message.get("from"))
-        if op not in self.timeouts or not self._kernels.owns(kernel_id):
-            d: Deferred[Any] = fail(
-                UnknownKernel(f"relay {self._state.relay_id} does not manage kernel {kernel_id}")
-            )
-        else:
+        error: str | None = None
+        unknown = False
+        try:
+            if op not in self.timeouts or not self._kernels.owns(kernel_id):
+                raise UnknownKernel(
+                    f"relay {self._state.relay_id} does not manage kernel {kernel_id}"
+                )
             log.info(
                 "{op} of kernel {kernel} asked by relay {sender}",
                 op=op,
                 kernel=kernel_id,
                 sender=sender,
             )
-            d = self._act(kernel_id, op)
-
-        def answer(result: object) -> None:
-            error = result.getErrorMessage() if isinstance(result, Failure) else None
-            unknown = isinstance(result, Failure) and result.check(UnknownKernel) is not None  # type: ignore[no-untyped-call]
-            posted = self._mailbox.reply(message, COMMAND_GRACE, error=error, unknown=unknown)
-            posted.addErrback(
-                lambda f: log.warn(
-                    "could not answer relay {sender}: {error}", sender=sender, error=f.value
-                )
-            )
-
-        d.addBoth(answer)
+            await self._act(kernel_id, op)
+        except Exception as failure:
+            error, unknown = str(failure), isinstance(failure, UnknownKernel)
+        try:
+            await self._mailbox.reply(message, COMMAND_GRACE, error=error, unknown=unknown)
+        except Exception as lost:
+            log.warn("could not answer relay {sender}: {error}", sender=sender, error=lost)
 
 
 __all__ = ["COMMAND_GRACE", "FleetOwners"]

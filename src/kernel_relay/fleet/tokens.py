@@ -33,23 +33,25 @@ class TokenSharing:
 
     def issued(self, digest: bytes, scope: Scope) -> None:
         """A token was issued here: into Redis, then to every relay whose lease runs."""
+        Deferred.fromCoroutine(self._share(digest, scope))
+
+    async def _share(self, digest: bytes, scope: Scope) -> None:
+        try:
+            await self._store.add_token(scope.kernel_id, digest, scope.access)
+        except Exception as error:
+            log.warn(
+                "A token of kernel {kernel} works on this relay only: {error}",
+                kernel=scope.kernel_id,
+                error=error,
+            )
+            return
         message = {
             "type": "token",
             "id": scope.kernel_id,
             "digest": digest.hex(),
             "access": scope.access,
         }
-        d = self._store.add_token(scope.kernel_id, digest, scope.access)
-        d.addCallback(
-            lambda _: self._mailbox.broadcast(message, self._state.lease * 2, self._state.others)
-        )
-        d.addErrback(
-            lambda f: log.warn(
-                "A token of kernel {kernel} works on this relay only: {error}",
-                kernel=scope.kernel_id,
-                error=f.value,
-            )
-        )
+        self._mailbox.broadcast(message, self._state.lease * 2, self._state.others)
 
     def heard(self, message: dict[str, Any]) -> None:
         """Another relay issued a token (a ``token`` message)."""
