@@ -285,3 +285,16 @@ def test_a_listed_kernel_whose_process_is_gone_is_forgotten() -> None:
     assert "k1" not in cluster.redis.kernels and "k1" not in cluster.kernels["B"]
     assert not list(cluster.disk.iterdir())
     cluster.stop_all()
+
+
+def test_the_marks_a_relay_saved_are_saved_again_when_redis_restarts_empty() -> None:
+    """A Jupyter session's mark saved through a relay is back in Redis after Redis restarts empty."""
+    cluster = Cluster()
+    a = cluster.start("A")
+    cluster.spawn("A", "k1")
+    a.marks.save("k1", {"the-session": (5, "parent")})
+    cluster.redis.restart_empty()
+    cluster.advance(LEASE)
+    assert cluster.redis.marks["k1"] == {"the-session": "5 parent"}
+    assert result_of(a.marks.load("k1", "the-session")) == (5, "parent")
+    cluster.stop_all()

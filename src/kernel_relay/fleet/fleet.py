@@ -291,14 +291,18 @@ class Fleet(Service):
         except Exception:
             log.failure("fleet sync failed")
             return
-        lost = self.state.link is Link.DOWN and self.state.membership is not Membership.JOINING
+        back = self.state.link is Link.DOWN and self.state.membership is not Membership.JOINING
         if not self.redis_up:
             log.info("The fleet's Redis at {url} answers", url=str(self.store.url))
         self.state.link = Link.UP
         self.state.others = {r: about for r, about in relays.items() if r != self.relay_id}
+        if back or self.own.lost(ids):
+            # Before anything that waits (registering again tells the other relays): the sessions that
+            # reconnect meanwhile find their marks.
+            self.marks.save_again()
         try:
-            lost = await self.own.check(ids) or lost
-            lost = await self.guests.recover(ids) or lost
+            await self.own.check(ids)
+            lost = await self.guests.recover(ids)
             await self._learn(ids)
             lost = await self.guests.check_missing(ids) or lost
             await self._adopt_orphans(ids, relays)

@@ -96,20 +96,23 @@ class OwnKernels:
         ]
         await DeferredList(waits, consumeErrors=True)
 
-    async def check(self, ids: set[str]) -> bool:
-        """Register again the kernels Redis lost, and demote those another relay took over; whether any was lost."""
-        lost = False
+    def lost(self, ids: set[str]) -> bool:
+        """Whether Redis lost any of this relay's kernels (it restarted empty)."""
+        return any(
+            k.id in self._state.registered and k.id not in ids for k in self._kernels.owned()
+        )
+
+    async def check(self, ids: set[str]) -> None:
+        """Register again the kernels Redis lost, and demote those another relay took over."""
         for kernel in self._kernels.owned():
             if kernel.id not in self._state.registered:
                 continue
             if kernel.id not in ids:
-                lost = True
                 await self._register_again(kernel)
                 continue
             owner = await self._store.owner(kernel.id)
             if owner and owner != self._state.relay_id:
                 self._demote(kernel.id, owner)
-        return lost
 
     def _demote(self, kernel_id: str, owner: str) -> None:
         """This relay's lease lapsed and another adopted the kernel: one manager only, this one serves it."""
