@@ -264,7 +264,7 @@ def test_a_kernel_whose_relay_and_record_are_both_gone_is_found_again() -> None:
     cluster.freeze("A")  # killed: it never runs again
     cluster.redis.restart_empty()
     cluster.start("B")
-    cluster.advance(LEASE)
+    cluster.advance(LEASE * 3)
     assert cluster.kernels["B"].owns("k1") and cluster.owner("k1") == "B"
     cluster.kernels["B"].stopped("k1")
     cluster.advance(0.5)
@@ -297,4 +297,21 @@ def test_the_marks_a_relay_saved_are_saved_again_when_redis_restarts_empty() -> 
     cluster.advance(LEASE)
     assert cluster.redis.marks["k1"] == {"the-session": "5 parent"}
     assert result_of(a.marks.load("k1", "the-session")) == (5, "parent")
+    cluster.stop_all()
+
+
+def test_a_live_owner_slower_to_see_redis_back_keeps_its_kernel() -> None:
+    """Redis restarts empty and the owner reconnects a moment after another relay: that relay does not take the live owner's kernel."""
+    cluster = Cluster()
+    cluster.start("A")
+    cluster.start("B")
+    cluster.spawn("A", "k1")
+    cluster.freeze("A")  # its connection comes back later than B's
+    cluster.redis.restart_empty()
+    cluster.advance(1.5)
+    cluster.thaw("A")
+    cluster.advance(LEASE * 3)
+    assert cluster.owner("k1") == "A" and cluster.kernels["A"].owns("k1")
+    assert cluster.kernels["A"].demoted == [] and cluster.relays["B"].guests.adopted == 0
+    assert cluster.kernels["B"].is_guest("k1") and cluster.kernels["B"].dropped == []
     cluster.stop_all()

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 
 from ..kernels import KernelRegistry
 from ..kernels.adoption import KernelGone, kernel_env
+from .connection import MAX_RETRY_DELAY
 from .ledger import Ledger
 from .mailbox import Mailbox
 from .records import KernelRecord
@@ -52,10 +53,20 @@ class FleetGuests:
         """Kernels being read from Redis, and who waits for each."""
         self._missing: dict[str, float] = {}
         """Guests missing from the registry, since when."""
+        self._unlisted: dict[str, float] = {}
+        """Kernels of this machine's list missing from the registry, their owner gone, since when."""
         self._adoptions: dict[str, Deferred[None]] = {}
         self.adopted = 0
         self.env_allowed: frozenset[str] = frozenset()
         """The names besides ``KERNEL_*`` that a kernel's ``env`` may set (``--kernel-env-allow``)."""
+
+    @property
+    def grace(self) -> float:
+        """
+        How long a kernel Redis lost, whose owner has no lease, is left for its owner to register again:
+        a live owner may reconnect to Redis later than this relay, and then renews its lease.
+        """
+        return self._state.lease + MAX_RETRY_DELAY
 
     # -- serving ------------------------------------------------------------------------------------------
 
@@ -107,7 +118,10 @@ class FleetGuests:
                 self._missing.pop(kernel_id, None)
             elif not self._state.owner_alive(record.owner):
                 # Redis lost it (it restarted empty) and its owner is gone too: put it back as this relay
-                # knows it, so that it is adopted (or found dead) like any kernel of a gone relay.
+                # knows it, so that it is adopted (or found dead) like any kernel of a gone relay. Not at
+                # once: a live owner that reconnects later than this relay renews its lease meanwhile.
+                if now - self._missing.setdefault(kernel_id, now) <= self.grace:
+                    continue
                 self._missing.pop(kernel_id, None)
                 lost = True
                 await self._restore(kernel_id, record)
@@ -136,13 +150,18 @@ class FleetGuests:
         registered again, to be adopted; forgotten when their process is gone. Whether any was registered.
         """
         lost = False
+        now = self._clock.seconds()
         known = _Known(ids, self._kernels)
-        for kernel_id, record in self._ledger.entries(known).items():
+        unlisted = self._ledger.entries(known)
+        self._unlisted = {k: since for k, since in self._unlisted.items() if k in unlisted}
+        for kernel_id, record in unlisted.items():
             if record.owner == self._state.relay_id or self._state.owner_alive(record.owner):
                 continue  # a live owner registers its kernels again itself
             if not self._ledger.runs(kernel_id, record.about):
                 self._ledger.remove(kernel_id)
                 continue
+            if now - self._unlisted.setdefault(kernel_id, now) <= self.grace:
+                continue  # as for a guest: its owner may only be slower to see Redis back
             log.warn(
                 "Kernel {kernel} of relay {owner}, gone, was missing from the fleet's Redis: registering it "
                 "again from this machine's list",
