@@ -207,4 +207,16 @@ def no_cyclic_gc() -> Iterator[None]:
         gc.enable()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """
+    Under ``pytest -n N --dist loadgroup`` a test file runs whole on one worker, so that its module-scoped
+    relays and kernels start once and its tests run in their order; a file marked
+    ``xdist_group("serial")`` (memory and pace measurements) shares one worker with the others so marked.
+    """
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+
 __all__ = ["ROOT", "Relay", "kernel_fixture", "relay_fixture"]

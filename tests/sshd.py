@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests import support
 from tests.support import starts_processes
 
 HOST = "127.0.0.2"
@@ -43,9 +44,8 @@ def require_openssh() -> None:
 
 
 def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+    """A free port on ``host`` (127.0.0.2 by default), from this test worker's own block of ports."""
+    return support.free_port(host)
 
 
 def keygen(path: Path) -> str:

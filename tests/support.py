@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,11 +20,42 @@ ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "tests" / "node"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+#: Test servers' ports come from below Linux's ephemeral range (32768 and up), where the kernels' ports and
+#: every outgoing connection's are picked: a port handed out here is not also the kernel's next port.
+_PORTS_LOW, _PORTS_HIGH = 10000, 32000
+
+
+def _worker_ports() -> Iterator[int]:
+    """
+    This pytest-xdist worker's own block of the test ports (all of them without xdist), from a random
+    start so that test runs of other checkouts on the same machine seldom probe the same ports first.
+    """
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), index + 1)
+    size = (_PORTS_HIGH - _PORTS_LOW) // count
+    low = _PORTS_LOW + index * size
+    start = random.randrange(size)
+    while True:
+        for offset in range(size):
+            yield low + (start + offset) % size
+
+
+_ports = _worker_ports()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """
+    A TCP port on ``host`` that nothing listens on right now, from this worker's block, where each port
+    comes round again only after all the others: parallel workers (``pytest -n``) are never given one port.
+    """
+    for port in _ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable: the ports repeat")
 
 
 def wait_for_port(
@@ -128,20 +161,23 @@ def node_available() -> bool:
 
 
 @starts_processes
-def ensure_node_modules(directory: Path = NODE_DIR) -> Path:
+def ensure_node_modules(directory: Path = NODE_DIR, env: dict[str, str] | None = None) -> Path:
     """
     Install a folder's Node test clients (from its package-lock.json) unless they are up to date; return
-    the folder (tests/node by default).
+    the folder (tests/node by default). One test worker at a time: two ``npm ci`` in one folder break it.
     """
     installed = directory / "node_modules" / ".package-lock.json"
     lock = directory / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=directory,
-            check=True,
-            timeout=600,
-        )
+    with (directory / ".npm-ci.lock").open("w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=directory,
+                check=True,
+                env={**os.environ, **(env or {})},
+                timeout=600,
+            )
     return directory
 
 

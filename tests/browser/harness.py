@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.support import ROOT, ensure_node_modules
 
 BROWSER_DIR = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"
@@ -56,17 +56,7 @@ def require_chromium() -> None:
 
 def ensure_browser_modules() -> Path:
     """``npm ci`` this folder (from its package-lock.json) unless node_modules is already up to date."""
-    installed = BROWSER_DIR / "node_modules" / ".package-lock.json"
-    lock = BROWSER_DIR / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=BROWSER_DIR,
-            check=True,
-            env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"},
-            timeout=600,
-        )
-    return BROWSER_DIR
+    return ensure_node_modules(BROWSER_DIR, {"PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
 
 
 def run_script(
