@@ -19,7 +19,8 @@ from tests.jupyter_ws import V1
 from tests.kernel_client import RelayKernelClient
 from tests.relay_memory import counter, peak_rss, read_only_token, rss, settled_rss
 
-pytestmark = pytest.mark.timeout(300)
+#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("serial")]
 
 TOKEN = "budget-" + "t" * 30
 MiB = 1024 * 1024

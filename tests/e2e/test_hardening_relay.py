@@ -20,7 +20,8 @@ import websocket
 from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
 
-pytestmark = pytest.mark.timeout(300)
+#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("serial")]
 
 TOKEN = "hardening-" + "t" * 30
 MiB = 1024 * 1024

@@ -20,7 +20,8 @@ import websocket
 from tests.conftest import Relay, relay_fixture
 from tests.jupyter_ws import JupyterWS, new_message
 
-pytestmark = pytest.mark.timeout(300)
+#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("serial")]
 
 TOKEN = "sessions-token-" + "s" * 30
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -17,7 +17,8 @@ import websocket
 from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
 
-pytestmark = pytest.mark.timeout(240)
+#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("serial")]
 
 MAX_MESSAGE = 200_000
 
