@@ -164,6 +164,8 @@ def test_slow_client_is_dropped_and_others_lose_nothing(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """An iopub client that stops reading is dropped as "slow client"; a reading client gets every byte."""
+    # 2 MB/s for 6 s: three times the slow client's bound, and a pace the reading client keeps up with
+    # on a loaded machine (at 5 MB/s, beside three test workers, it was dropped as slow too).
     chunk, count = 100_000, 120
     with Relay(tmp_path_factory.mktemp("runtime"), "--max-buffered-bytes", "4000000") as relay:
         kernel_id = relay.spawn()
@@ -181,7 +183,7 @@ def test_slow_client_is_dropped_and_others_lose_nothing(
                 "execute_request",
                 {
                     "code": f"import time\nfor i in range({count}):\n"
-                    f"    print('y' * {chunk}, flush=True); time.sleep(0.02)",
+                    f"    print('y' * {chunk}, flush=True); time.sleep(0.05)",
                     "silent": False,
                 },
             )
