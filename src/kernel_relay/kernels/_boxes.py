@@ -218,6 +218,14 @@ class Box:
 
         (self.root / "pid").write_text(json.dumps([pid, start_time(pid)]))
 
+    def launching(self) -> None:
+        """
+        Taken for a box being launched (``box_alive``) until the next ``write_pid``: a restart's gap, when the
+        old kernel has exited, is no stale box for another relay that starts.
+        """
+        (self.root / "pid").unlink(missing_ok=True)
+        os.utime(self.root)
+
     def remove(self) -> None:
         remove_box(self.root)
 

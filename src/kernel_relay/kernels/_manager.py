@@ -305,6 +305,9 @@ def restart(manager: KernelManager) -> int | None:
     Stop the kernel politely (as ``stop``) and start it again on the same ports, key and connection file,
     so every ZMQ socket connected to it reconnects on its own; returns the new local pid, if any.
     """
+    sandbox = getattr(manager, "sandbox", None)
+    if isinstance(sandbox, Sandbox):
+        sandbox.box.launching()
     try:
         manager.restart_kernel(now=False)
     except Exception as exc:
