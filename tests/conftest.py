@@ -11,6 +11,7 @@ so with ``pytestmark = pytest.mark.e2e``.
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import os
 import shutil
@@ -207,16 +208,18 @@ def no_cyclic_gc() -> Iterator[None]:
         gc.enable()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.fixture(scope="module")
+def one_at_a_time(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """
-    Under ``pytest -n N --dist loadgroup`` a test file runs whole on one worker, so that its module-scoped
-    relays and kernels start once and its tests run in their order; a file marked
-    ``xdist_group("serial")`` (memory and pace measurements) shares one worker with the others so marked.
+    Held by a test file that measures a relay's memory, for all its tests: under ``pytest -n`` no two such
+    files run beside each other (the workers of one run share the lock file).
     """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    with (root / "one-at-a-time.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 __all__ = ["ROOT", "Relay", "kernel_fixture", "relay_fixture"]

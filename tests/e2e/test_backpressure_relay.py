@@ -21,8 +21,8 @@ from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.e2e.test_hardening_relay import TOKEN, works
 from tests.relay_memory import peak_rss, read_only_token, rss, settled_rss
 
-#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("serial")]
+#: The relay's memory measured: under `pytest -n` not beside another such file (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_at_a_time")]
 
 MiB = 1024 * 1024
 #: Seconds each flood lasts (the unbounded relay grew by hundreds of MB in this time).

@@ -19,8 +19,8 @@ from tests.jupyter_ws import V1
 from tests.kernel_client import RelayKernelClient
 from tests.relay_memory import counter, peak_rss, read_only_token, rss, settled_rss
 
-#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("serial")]
+#: The relay's memory measured: under `pytest -n` not beside another such file (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_at_a_time")]
 
 TOKEN = "budget-" + "t" * 30
 MiB = 1024 * 1024

@@ -20,8 +20,8 @@ import websocket
 from tests.conftest import Relay, relay_fixture
 from tests.jupyter_ws import JupyterWS, new_message
 
-#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
-pytestmark = [pytest.mark.timeout(300), pytest.mark.xdist_group("serial")]
+#: The relay's memory measured: under `pytest -n` not beside another such file (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_at_a_time")]
 
 TOKEN = "sessions-token-" + "s" * 30
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -17,8 +17,8 @@ import websocket
 from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
 
-#: The relay's memory measured: under `pytest -n` on the one worker of the "serial" group (tests/conftest.py).
-pytestmark = [pytest.mark.timeout(240), pytest.mark.xdist_group("serial")]
+#: The relay's memory measured: under `pytest -n` not beside another such file (tests/conftest.py).
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("one_at_a_time")]
 
 MAX_MESSAGE = 200_000
 
