@@ -85,7 +85,9 @@ def test_a_kernel_spawned_on_one_relay_is_usable_at_once_on_a_relay_just_started
         return "connected"
 
     def model() -> int:
-        return requests.get(f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=30).status_code
+        return requests.get(
+            f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=30
+        ).status_code
 
     def interrupt() -> int:
         return requests.post(

@@ -47,7 +47,7 @@ class FleetSpawning:
         return Deferred.fromCoroutine(self._reserve(reservation, max_kernels))
 
     async def _reserve(self, reservation: str, max_kernels: int | None) -> bool:
-        await self._when_joined()
+        await self.when_joined()
         return await self._store.reserve(reservation, max_kernels, RESERVATION_SECONDS)
 
     def unreserve(self, reservation: str) -> None:
@@ -70,7 +70,8 @@ class FleetSpawning:
         for waiter in waiting:
             waiter.errback(FleetUnavailable("this relay is leaving the fleet"))
 
-    def _when_joined(self) -> Deferred[None]:
+    def when_joined(self, within: float = JOIN_WAIT) -> Deferred[None]:
+        """Fires once this relay has joined; fails with FleetUnavailable after ``within`` seconds, or as it leaves."""
         if self._state.membership is Membership.JOINED:
             return succeed(None)
         if self._state.stopping:
@@ -82,12 +83,12 @@ class FleetSpawning:
                 self._joining.remove(waiter)
                 waiter.errback(
                     FleetUnavailable(
-                        f"this relay has not joined its fleet within {JOIN_WAIT:g}s (is Redis at "
+                        f"this relay has not joined its fleet within {within:g}s (is Redis at "
                         f"{self._store.url} up?): it starts kernels once it has"
                     )
                 )
 
-        timer = self._clock.callLater(JOIN_WAIT, too_long)
+        timer = self._clock.callLater(within, too_long)
         self._joining.append(waiter)
 
         def settled(result: object) -> object:

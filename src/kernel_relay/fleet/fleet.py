@@ -21,7 +21,9 @@ fleet's kernels (in that order); only then is it *joined*: ready (``/api/health/
 kernels. A kernel it starts is registered before it is used, and every relay whose lease runs once it is
 registered is told, and answers once it serves the kernel (for a short while at most), before the spawn
 answers (:mod:`.owned`): a relay that joins later reads it from Redis, one that joined earlier hears of it,
-so a kernel started anywhere is usable everywhere as soon as its id is known.
+so a kernel started anywhere is usable everywhere as soon as its id is known; and a kernel id a client
+names that a relay does not know is read from Redis before it is refused (:meth:`Fleet.find`), once the
+relay has joined, so even a relay started a moment ago serves it.
 
 What needs Redis fails with a clear error while Redis is away (a spawn, a command for another relay's kernel);
 what does not (serving the clients and kernels a relay has) goes on, and the relay catches up when Redis is
@@ -45,7 +47,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..auth import TokenAuth
-from ..kernels import KernelLaunchError, KernelRegistry
+from ..kernels import LOOKUP_WAIT, KernelLaunchError, KernelRegistry
 from .capacity import FleetSpawning
 from .guests import FleetGuests
 from .ledger import Ledger, ledger_dir
@@ -124,6 +126,7 @@ class Fleet(Service):
         self.spawning = FleetSpawning(store, self.state, self.own, clock)
         """The fleet's share in each start (the spawner's ``FleetCapacity``)."""
         kernels.owners = self.owners
+        kernels.lookup = self.find
         self._syncing = False
         self._tick = self._every(self._sync)
         self._renewal = self._every(self._renew)
@@ -260,6 +263,17 @@ class Fleet(Service):
         await self.guests.learn(str(message.get("id", "")))
         if message.get("request"):
             await self.mailbox.reply(message, COMMAND_GRACE, error=None).addErrback(lambda f: None)
+
+    def find(self, kernel_id: str) -> Deferred[None]:
+        """
+        A kernel a client names that this relay does not know: read from Redis (and served), once this
+        relay has joined (a relay that joins reads every kernel: it may have started just now).
+        """
+        return Deferred.fromCoroutine(self._find(kernel_id))
+
+    async def _find(self, kernel_id: str) -> None:
+        await self.spawning.when_joined(LOOKUP_WAIT)
+        await self.guests.learn(kernel_id)
 
     # -- keeping in step -----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from ..budget import BufferBudget
 from ..http.connections import trust_request_connection
@@ -41,7 +42,7 @@ from ..relay.marks import SharedMarks
 from ..relay.payload import Outgoing
 from ..websocket import WriteBatcher
 from .jupyter_connection import CLOSE_GOING_AWAY, CLOSE_NORMAL, JupyterConnection
-from .jupyter_request import NO_RESUME, Admitted, check_request
+from .jupyter_request import NO_RESUME, Admitted, check_request, kernel_named
 from .jupyter_sessions import MARKS_PER_KERNEL, JupyterSessions, Reading, parent_frame
 
 __all__ = ["MARKS_PER_KERNEL", "JupyterFront"]
@@ -135,7 +136,26 @@ class JupyterFront:
         )
 
     def render(self, request: IRequest) -> bytes | int:
-        """Check the request (:func:`.jupyter_request.check_request`), then upgrade it."""
+        """
+        Check the request (:func:`.jupyter_request.check_request`), then upgrade it; a kernel this relay
+        does not know (of its fleet, say) is looked up first.
+        """
+        kernel_id = kernel_named(request)
+        waiting = self.core.find_kernel(kernel_id) if kernel_id is not None else None
+        if waiting is None:
+            return self._upgrade(request)
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)  # type: ignore[attr-defined]
+        waiting.addCallback(lambda _: None if gone else self._upgrade_late(request))
+        return NOT_DONE_YET
+
+    def _upgrade_late(self, request: IRequest) -> None:
+        answer = self._upgrade(request)
+        if isinstance(answer, bytes):
+            request.write(answer)
+            request.finish()
+
+    def _upgrade(self, request: IRequest) -> bytes | int:
         admitted = check_request(request, self.core, self._origins)
         if isinstance(admitted, bytes):
             return admitted

@@ -99,14 +99,19 @@ def _refused_upgrade(request: IRequest, origins: OriginPolicy) -> bytes | None:
     return None
 
 
+def kernel_named(request: IRequest) -> str | None:
+    """The kernel id a channels request names (None for another path)."""
+    match = CHANNELS_PATH.match(request.path)
+    return match.group("kernel_id").decode("utf-8", "replace") if match is not None else None
+
+
 def check_request(request: IRequest, core: RelayCore, origins: OriginPolicy) -> Admitted | bytes:
     """What the request may open (see the module doc), or the error to answer it with."""
     refused = _refused_upgrade(request, origins)
     if refused is not None:
         return refused
-    match = CHANNELS_PATH.match(request.path)
-    assert match is not None
-    kernel_id = match.group("kernel_id").decode("utf-8", "replace")
+    kernel_id = kernel_named(request)
+    assert kernel_id is not None
     query = _query(request)
     header = request.getHeader(b"authorization")
     credentials = [

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any, Final
 
+from twisted.internet.defer import Deferred
+
 from ..auth import token_from_auth_payload, token_from_authorization
 from ..engineio import SERVER_SHUTDOWN, SLOW_CLIENT, EngineIOSession
 from ..kernels import CHANNELS, IOPUB, STDIN
@@ -190,8 +192,18 @@ class SocketIOFront:
         if isinstance(session, EngineIOSession):
             session.on_drained = None  # and with it the reference cycle through the closure
 
-    def _connected(self, socket: Socket, auth: Any) -> None:
+    def _connected(self, socket: Socket, auth: Any) -> Deferred[None] | None:
         channel, kernel_id = _channel_and_kernel(socket)
+        waiting = self._core.find_kernel(kernel_id)
+        if waiting is None:
+            self._admit(socket, auth, channel, kernel_id)
+            return None
+        # A kernel this relay has not heard of yet (of its fleet, say): looked up before it is refused.
+        return waiting.addCallback(
+            lambda _: self._admit(socket, auth, channel, kernel_id) if socket.connecting else None
+        )
+
+    def _admit(self, socket: Socket, auth: Any, channel: str, kernel_id: str) -> None:
         client = self._client_of(socket)
         handshake = socket.client.handshake
         credentials = (

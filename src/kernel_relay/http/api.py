@@ -39,6 +39,7 @@ from ..jsontext import JSONError, loads
 from ..kernels import Kernel, KernelRegistry
 from ..kernels.spawning import KernelspecNotAllowed, Spawner, TooManyKernels, error_text
 from ..metrics import RelayMetrics
+from .lookup import kernel_found_first
 
 log = Logger()
 
@@ -169,6 +170,7 @@ class RelayAPI:
         return body
 
     @app.route("/shutdown/<path:kernel_id>", methods=["GET"])
+    @kernel_found_first
     def shutdown(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
         _refuse_head(request)
 
@@ -187,6 +189,7 @@ class RelayAPI:
         return self._kernels.shutdown(kernel_id).addCallbacks(stopped, failed)
 
     @app.route("/api/kernels/<kernel_id>/tokens", methods=["POST"])
+    @kernel_found_first
     def issue_token(self, request: IRequest, kernel_id: str) -> bytes:
         """A new token limited to this kernel: ``{"access": "full"}`` (default) or ``"read-only"``."""
         if not self._auth.enabled:

@@ -54,6 +54,7 @@ from .kernelspecs import (
 
 # Re-exported for the wiring (tap), which imports it from here.
 from .kernelspecs import threaded_resource_reader as threaded_resource_reader
+from .lookup import kernel_found_first
 
 log = Logger()
 
@@ -339,6 +340,7 @@ class JupyterAPI:
         return self._kernels.specs().addCallback(named)
 
     @app.route("/api/kernels/<kernel_id>", methods=["GET"])
+    @kernel_found_first
     def kernel(self, request: IRequest, kernel_id: str) -> bytes:
         try:
             kernel = self._kernels.get(kernel_id)
@@ -347,6 +349,7 @@ class JupyterAPI:
         return json_body(request, 200, self.model(kernel))
 
     @app.route("/api/kernels/<kernel_id>", methods=["DELETE"])
+    @kernel_found_first
     def shutdown(self, request: IRequest, kernel_id: str) -> Deferred[bytes] | bytes:
         if kernel_id not in self._kernels:
             return self._no_kernel(request, kernel_id)
@@ -360,6 +363,7 @@ class JupyterAPI:
         )
 
     @app.route("/api/kernels/<kernel_id>/interrupt", methods=["POST"])
+    @kernel_found_first
     def interrupt(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
         """Interrupt the running cell: SIGINT or an ``interrupt_request``, as the kernelspec says."""
 
@@ -372,6 +376,7 @@ class JupyterAPI:
         )
 
     @app.route("/api/kernels/<kernel_id>/restart", methods=["POST"])
+    @kernel_found_first
     def restart(self, request: IRequest, kernel_id: str) -> Deferred[bytes]:
         """Restart in place and answer once the kernel is ready again; clients stay connected."""
         return self._kernels.restart(kernel_id).addCallbacks(

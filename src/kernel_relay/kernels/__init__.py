@@ -37,7 +37,7 @@ from ._messages import (
     pack_json,
 )
 from ._observers import KernelObserver
-from ._registry import KernelRegistry, KernelSpecInfo
+from ._registry import LOOKUP_WAIT, KernelRegistry, KernelSpecInfo
 from ._sandbox import NETWORK_POLICIES, SANDBOX_POLICIES, SandboxPolicy
 from ._sandbox import unavailable as sandbox_unavailable
 
@@ -47,6 +47,7 @@ __all__ = [
     "CONTROL",
     "DEFAULT_USERNAME",
     "IOPUB",
+    "LOOKUP_WAIT",
     "NETWORK_POLICIES",
     "PROTOCOL_VERSION",
     "SANDBOX_POLICIES",

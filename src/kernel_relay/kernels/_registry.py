@@ -17,9 +17,9 @@ in the reactor's thread pool; the reactor thread only does bookkeeping and ZMQ I
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from jupyter_client.kernelspec import KernelSpecManager
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -45,6 +45,9 @@ _log = Logger()
 #: What Jupyter allows a kernelspec's name (its directory's name) to be: anything else names none, and is
 #: refused before it reaches a log line or a thread.
 _SPEC_NAME = re.compile(r"[A-Za-z0-9._-]{1,255}")
+
+#: How long a client naming a kernel this relay does not know waits, at most, for its fleet to look it up.
+LOOKUP_WAIT: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class KernelRegistry:
         self._guests = Guests(self._observers)
         self.owners: KernelOwners | None = None
         """Who acts on guest kernels (the fleet); None without one."""
+        self.lookup: Callable[[str], Deferred[None]] | None = None
+        """Looks up a kernel this relay does not know in its fleet, to serve it (:meth:`find`); None without one."""
         self._watch = DeathWatch(
             reactor,
             self._processes,
@@ -152,6 +157,27 @@ class KernelRegistry:
 
     def __contains__(self, kernel_id: object) -> bool:
         return kernel_id in self._running or kernel_id in self._guests
+
+    def find(self, kernel_id: str) -> Deferred[None] | None:
+        """
+        Before a client naming ``kernel_id`` is refused: None when there is nothing to wait for (the kernel
+        is known here, or there is no fleet); else a Deferred that fires once the fleet has looked it up
+        (then served here if it runs anywhere), within :data:`LOOKUP_WAIT`. A kernel started on another
+        relay is known here only once this relay has heard of it or read it (it may be joining its fleet).
+        """
+        if self.lookup is None or kernel_id in self:
+            return None
+        done: Deferred[None] = Deferred()
+
+        def settle(_: object = None) -> None:
+            if not done.called:
+                done.callback(None)
+            if timer.active():
+                timer.cancel()
+
+        timer = self._reactor.callLater(LOOKUP_WAIT, settle)
+        self.lookup(kernel_id).addBoth(settle)  # a failed lookup (Redis away) is the fleet's to log
+        return done
 
     # -- guests (a fleet's kernels that another relay manages) ----------------------------------------
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -120,6 +121,10 @@ class RelayCore:
     def has_kernel(self, kernel_id: str) -> bool:
         """Whether the kernel runs (a front checks again once a slow handshake is over)."""
         return kernel_id in self._kernels
+
+    def find_kernel(self, kernel_id: str) -> Deferred[None] | None:
+        """Before a client of an unknown kernel is refused: see :meth:`KernelRegistry.find`."""
+        return self._kernels.find(kernel_id)
 
     def last_seq(self, kernel_id: str) -> int:
         """The latest ``relay_seq`` of the kernel's iopub here (0 before any)."""
