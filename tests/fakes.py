@@ -194,9 +194,17 @@ class FakeRegistry:
         self.holding = False
         """While True, a shutdown is recorded but not done: it waits in ``held`` until the test fires it."""
         self.held: list[Deferred[None]] = []
+        self.lookup: Callable[[str], Deferred[None]] | None = None
+        """Stands for a fleet's look-up of a kernel this relay does not know (``KernelRegistry.find``)."""
 
     def __len__(self) -> int:
         return len(self._kernels)
+
+    def find(self, kernel_id: str) -> Deferred[None] | None:
+        """As ``KernelRegistry.find``, without its bound: the test fires what ``lookup`` returned."""
+        if self.lookup is None or kernel_id in self._kernels:
+            return None
+        return self.lookup(kernel_id)
 
     def __contains__(self, kernel_id: object) -> bool:
         return kernel_id in self._kernels

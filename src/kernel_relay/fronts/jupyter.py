@@ -151,7 +151,8 @@ class JupyterFront:
 
     def _upgrade_late(self, request: IRequest) -> None:
         answer = self._upgrade(request)
-        if isinstance(answer, bytes):
+        if isinstance(answer, bytes):  # refused: as render would have answered it
+            request.setHeader(b"Content-Length", b"%d" % len(answer))
             request.write(answer)
             request.finish()
 
