@@ -15,7 +15,7 @@ from kernel_relay.fleet.capacity import JOIN_WAIT
 from kernel_relay.fleet.ledger import Ledger
 from kernel_relay.fleet.state import Membership
 from kernel_relay.fleet.store import FleetUnavailable
-from kernel_relay.kernels import KernelLaunchError
+from kernel_relay.kernels import LOOKUP_WAIT, KernelLaunchError
 from tests.fakes import failure_of, result_of
 
 from .fakes import FakeRedis, FakeStore, FleetKernels, Machine
@@ -314,4 +314,26 @@ def test_a_live_owner_slower_to_see_redis_back_keeps_its_kernel() -> None:
     assert cluster.owner("k1") == "A" and cluster.kernels["A"].owns("k1")
     assert cluster.kernels["A"].demoted == [] and cluster.relays["B"].guests.adopted == 0
     assert cluster.kernels["B"].is_guest("k1") and cluster.kernels["B"].dropped == []
+    cluster.stop_all()
+
+
+def test_a_relay_still_joining_finds_a_kernel_another_relay_started_once_it_has_joined() -> None:
+    """A kernel id a client names is looked up once the relay has joined: served if registered, else not;
+    while Redis stays away, the look-up gives up after LOOKUP_WAIT."""
+    cluster = Cluster()
+    cluster.start("A")
+    cluster.spawn("A", "k1")
+    cluster.redis.up = False
+    b = cluster.start("B")
+    assert b.membership is Membership.JOINING
+    given_up = b.find("k1")
+    cluster.advance(LOOKUP_WAIT + 0.5)
+    failure_of(given_up, FleetUnavailable)
+    found, unknown = b.find("k1"), b.find("nope")
+    assert not found.called and not unknown.called
+    cluster.redis.up = True
+    cluster.advance(1)
+    assert result_of(found) is None and result_of(unknown) is None
+    assert cluster.kernels["B"].is_guest("k1") and "nope" not in cluster.kernels["B"]
+    assert cluster.kernels["B"].lookup == b.find  # type: ignore[attr-defined]
     cluster.stop_all()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from kernel_relay.kernels import (
+    LOOKUP_WAIT,
+    Kernel,
     KernelLaunchError,
     KernelRegistry,
     KernelSpecInfo,
@@ -207,3 +210,37 @@ def test_a_start_with_an_environment_launches_a_new_kernel_with_it_and_leaves_th
     assert result_of(started) is kernel and kernel is not warm
     assert processes.envs[kernel.id] == {"KERNEL_USERNAME": "ada"} and processes.envs[warm.id] == {}
     assert registry.pooled("python3") == 1
+
+
+def test_an_unknown_kernel_is_looked_up_in_the_fleet_within_a_bound() -> None:
+    """find waits for nothing without a fleet or for a known kernel; else for the fleet's look-up, at most
+    LOOKUP_WAIT, however long the look-up takes."""
+    registry, clock, processes, _ = registry_of()
+    assert registry.find("k9") is None
+    asked: list[Deferred[None]] = []
+
+    def lookup(kernel_id: str) -> Deferred[None]:
+        asked.append(Deferred())
+        return asked[-1]
+
+    registry.lookup = lookup
+    kernel = registry.start("python3")
+    assert registry.find(result_of_ready(processes, kernel)) is None
+    answered = registry.find("k9")
+    assert answered is not None and not answered.called
+    asked[0].callback(None)
+    assert result_of(answered) is None
+    slow = registry.find("k9")
+    assert slow is not None
+    clock.advance(LOOKUP_WAIT - 0.1)
+    assert not slow.called
+    clock.advance(0.1)
+    assert result_of(slow) is None
+    asked[1].callback(None)  # a late answer is no error
+    assert result_of(slow) is None
+
+
+def result_of_ready(processes: FakeProcesses, started: Deferred[Kernel]) -> str:
+    """The id of the kernel ``started`` hands out once its process is ready."""
+    ready(processes)
+    return result_of(started).id
