@@ -337,3 +337,17 @@ def test_a_relay_still_joining_finds_a_kernel_another_relay_started_once_it_has_
     assert cluster.kernels["B"].is_guest("k1") and "nope" not in cluster.kernels["B"]
     assert cluster.kernels["B"].lookup == b.find  # type: ignore[attr-defined]
     cluster.stop_all()
+
+
+def test_a_relay_whose_redis_is_away_looks_nothing_up() -> None:
+    """A joined relay that lost Redis answers a look-up at once, without asking Redis (nor logging a warning)."""
+    cluster = Cluster()
+    a = cluster.start("A")
+    cluster.redis.up = False
+    cluster.advance(LEASE)
+    assert not a.redis_up
+    asked: list[str] = []
+    store = cluster.store("A")
+    store.record = lambda kernel_id: asked.append(kernel_id)  # type: ignore[method-assign,assignment,func-returns-value,return-value]
+    assert result_of(a.find("k1")) is None and asked == []
+    cluster.stop_all()

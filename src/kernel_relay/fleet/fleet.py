@@ -273,7 +273,8 @@ class Fleet(Service):
 
     async def _find(self, kernel_id: str) -> None:
         await self.spawning.when_joined(LOOKUP_WAIT)
-        await self.guests.learn(kernel_id)
+        if self.redis_up:  # away: refused at once, and no warning per client in the log
+            await self.guests.learn(kernel_id)
 
     # -- keeping in step -----------------------------------------------------------------------------
 
