@@ -107,8 +107,12 @@ class JupyterWS:
         """The next message (with ``channel`` and ``buffers``), or None at the timeout."""
         self.ws.settimeout(timeout)
         try:
-            opcode, data = self.ws.recv_data()
+            # Control frames too: the relay's keep-alive pings would otherwise keep one recv_data() from
+            # ever timing out, and a wait_for(timeout) would outlast its timeout.
+            opcode, data = self.ws.recv_data(control_frame=True)
         except websocket.WebSocketTimeoutException:
+            return None
+        if opcode in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
             return None
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             raise ConnectionError(f"closed: {data!r}")
