@@ -108,7 +108,7 @@ def test_the_env_policy_allows_named_variables_only() -> None:
 def test_times_always_carry_microseconds_as_the_gateway_client_parses_them() -> None:
     from datetime import UTC, datetime
 
-    from kernel_relay.http.jupyter_api import iso
+    from kernel_relay.kernels import iso_date as iso
 
     for stamp in (0.0, 1796219234.0, 1796219234.5):
         parsed = datetime.strptime(iso(stamp), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -7,17 +7,18 @@ read and written. The store seals and opens the fields; this module gives them t
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
+from ..kernels import iso_date
 from ..kernels.adoption import this_host
 
 
 def now_iso() -> str:
     """When a record is created, as the relay writes dates everywhere (UTC, ending in ``Z``)."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return iso_date(time.time())
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -36,7 +35,14 @@ from werkzeug.exceptions import HTTPException
 
 from .. import __version__
 from ..jsontext import JSONError, loads
-from ..kernels import Kernel, KernelRegistry, KernelSpecInfo, UnknownKernel, UnknownKernelSpec
+from ..kernels import (
+    Kernel,
+    KernelRegistry,
+    KernelSpecInfo,
+    UnknownKernel,
+    UnknownKernelSpec,
+    iso_date,
+)
 from ..kernels.spawning import (
     KernelspecNotAllowed,
     Spawner,
@@ -109,15 +115,6 @@ class EnvPolicy:
         return " and " + ", ".join(sorted(self.allowed))
 
 
-def iso(timestamp: float) -> str:
-    """
-    A POSIX time as Jupyter Server writes it: ISO 8601, UTC, always with microseconds and ``Z`` (Jupyter
-    Server's gateway client parses it with ``%Y-%m-%dT%H:%M:%S.%fZ``: a time on a whole second must not
-    lose its fraction, as ``isoformat`` would drop it).
-    """
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def jupyter_error(request: IRequest, code: int, message: str, reason: str | None = None) -> bytes:
     """An error as Jupyter Server's API handlers write it."""
     return json_body(request, code, {"message": message, "reason": reason})
@@ -163,7 +160,7 @@ class JupyterAPI:
         return {
             "id": kernel.id,
             "name": kernel.spec_name,
-            "last_activity": iso(kernel.last_activity),
+            "last_activity": iso_date(kernel.last_activity),
             "execution_state": kernel.execution_state,
             "connections": self._clients_of(kernel.id),
             "reachable": kernel.reachable,
@@ -188,8 +185,8 @@ class JupyterAPI:
             request,
             200,
             {
-                "started": iso(self._started),
-                "last_activity": iso(last),
+                "started": iso_date(self._started),
+                "last_activity": iso_date(last),
                 "kernels": len(kernels),
                 "connections": sum(self._clients_of(kernel.id) for kernel in kernels),
             },
