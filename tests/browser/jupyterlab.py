@@ -32,6 +32,13 @@ from tests.support import ROOT, free_port
 #: make the server fetch from the internet.
 NOTIFICATION_SETTINGS = {"fetchNews": "false", "checkForUpdates": False}
 
+#: jupyter-server-nbmodel (in the interop extra, for #33's tests) enables itself on install, and its lab
+#: extension then runs cells through its server-side client, which fails behind ``--gateway-url``
+#: (``POST /api/kernels/<id>/execute`` -> 404 without the server part, a 500 with it): the test is of
+#: JupyterLab as it comes.
+DISABLED_SERVER_EXTENSIONS = ("jupyter_server_nbmodel",)
+DISABLED_LAB_EXTENSIONS = ("@datalayer/jupyter-server-nbmodel",)
+
 #: Environment variables of these prefixes configure Jupyter (paths, tokens, the gateway client); the
 #: server gets none of the user's.
 SCRUBBED_PREFIXES = ("JUPYTER", "JPY_", "IPYTHON")
@@ -71,6 +78,8 @@ def jupyterlab_argv(
         "--ServerApp.terminals_enabled=False",
         # An extension manager that never asks PyPI.
         "--LabApp.extension_manager=readonly",
+        # JupyterLab as it comes (see DISABLED_LAB_EXTENSIONS).
+        *(f"--ServerApp.jpserver_extensions={name}=False" for name in DISABLED_SERVER_EXTENSIONS),
     ]
     if os.geteuid() == 0:
         # Containers and CI run tests as root, which Jupyter Server refuses without this.
@@ -85,7 +94,10 @@ NBMODEL_LAB = "@datalayer/jupyter-server-nbmodel"
 
 
 def private_dirs(tmp_path: Path) -> dict[str, Path]:
-    """Fresh root, runtime, config, data, settings and workspaces dirs; the settings silence the news."""
+    """
+    Fresh root, runtime, config, data, settings and workspaces dirs; the settings silence the news, the
+    page config disables ``DISABLED_LAB_EXTENSIONS``.
+    """
     base = tmp_path / "jupyterlab"
     dirs = {
         name: base / name
@@ -93,6 +105,12 @@ def private_dirs(tmp_path: Path) -> dict[str, Path]:
     }
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
+    page_config = dirs["config"] / "labconfig"
+    page_config.mkdir(parents=True, exist_ok=True)
+    (page_config / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": dict.fromkeys(DISABLED_LAB_EXTENSIONS, True)}),
+        encoding="utf-8",
+    )
     notification = dirs["settings"] / "@jupyterlab" / "apputils-extension"
     notification.mkdir(parents=True, exist_ok=True)
     (notification / "notification.jupyterlab-settings").write_text(
