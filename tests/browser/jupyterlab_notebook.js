@@ -41,15 +41,16 @@ function failedPath(screenshot) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-// JupyterLab's modal dialogs: "Select Kernel" is accepted with its default (the notebook's kernel); any
-// other dialog (say "Error Starting Kernel") means the run has failed, and its text is the reason.
+// JupyterLab's modal dialogs: "Select Kernel" is accepted with its default (the notebook's kernel), and so
+// is one whose title matches a RegExp in observed.acceptDialogs (a step that expects it); any other dialog
+// (say "Error Starting Kernel") means the run has failed, and its text is the reason.
 async function handleDialogs(page, observed) {
   const dialog = page.locator(".jp-Dialog").first();
   if (!(await dialog.isVisible().catch(() => false))) return;
   const header = ((await dialog.locator(".jp-Dialog-header").textContent().catch(() => "")) || "").trim();
   const body = ((await dialog.locator(".jp-Dialog-body").innerText().catch(() => "")) || "").trim();
   observed.dialogs.push(`${header}: ${body}`.slice(0, 2000));
-  if (/select kernel/i.test(header)) {
+  if (/select kernel/i.test(header) || (observed.acceptDialogs || []).some((title) => title.test(header))) {
     await dialog.locator(".jp-Dialog-footer .jp-mod-accept").click();
     await dialog.waitFor({ state: "detached", timeout: 10000 }).catch(() => {});
     return;
@@ -101,7 +102,9 @@ async function kernelStatus(panel) {
     .catch(() => null);
 }
 
-async function run(page, options, observed) {
+// Opens a new notebook from the launcher's options.kernel card and waits for its kernel to be idle;
+// returns its panel.
+async function openNotebook(page, options, observed) {
   const stepTimeout = options.timeout;
   const response = await page.goto(options.url, { timeout: stepTimeout });
   observed.page_status = response ? response.status() : null;
@@ -127,13 +130,18 @@ async function run(page, options, observed) {
   const idle = panel.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
   await waitVisible(page, idle, "the new notebook's kernel to be idle", observed, stepTimeout);
   observed.notebook = ((await page.locator(".lm-DockPanel-tabBar .lm-mod-current .lm-TabBar-tabLabel").first().textContent().catch(() => "")) || "").trim();
+  return panel;
+}
 
-  const cell = panel.locator(".jp-Notebook .jp-CodeCell").first();
+// Types `code` into the notebook's code cell number `index` (from 0; Shift+Enter on the last cell adds
+// the next), runs it, and waits for an output showing `expect`, its execution count and idle.
+async function runCell(page, panel, index, code, expect, observed, stepTimeout) {
+  const cell = panel.locator(".jp-Notebook .jp-CodeCell").nth(index);
   const editor = cell.locator(".cm-content");
-  await waitVisible(page, editor, "the first cell's editor", observed, stepTimeout);
+  await waitVisible(page, editor, `the editor of cell ${index + 1}`, observed, stepTimeout);
   await editor.click();
   // insertText, not typing key by key: CodeMirror would auto-close brackets and auto-indent lines.
-  await page.keyboard.insertText(options.code);
+  await page.keyboard.insertText(code);
   observed.typed = await editor.innerText();
   await page.keyboard.press("Shift+Enter");
 
@@ -145,30 +153,38 @@ async function run(page, options, observed) {
     throw new Error(`${error.message}; the prompt shows ${JSON.stringify(shown)}`);
   });
 
-  const output = cell.locator(".jp-OutputArea-output", { hasText: options.expect });
-  await waitVisible(page, output, `the cell's output to show ${JSON.stringify(options.expect)}`, observed, stepTimeout);
+  const output = cell.locator(".jp-OutputArea-output", { hasText: expect });
+  await waitVisible(page, output, `the cell's output to show ${JSON.stringify(expect)}`, observed, stepTimeout);
   observed.output = (await cell.locator(".jp-OutputArea").innerText()).trim();
   // The reply ends the execution: the prompt gets its execution count, and the kernel goes back to idle.
   const counted = cell.locator(".jp-InputPrompt", { hasText: /\[\d+\]/ });
   await waitVisible(page, counted, "the cell's execution count (the execute_reply)", observed, stepTimeout);
   observed.prompt = (await prompt.innerText()).trim();
+  const idle = panel.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
   await waitVisible(page, idle, "the kernel to be idle after the cell ran", observed, stepTimeout);
+}
+
+async function run(page, options, observed) {
+  const panel = await openNotebook(page, options, observed);
+  await runCell(page, panel, 0, options.code, options.expect, observed, options.timeout);
   observed.kernel_status = await kernelStatus(panel);
   await page.screenshot({ path: options.screenshot });
   observed.screenshot = options.screenshot;
 }
 
-async function main() {
+// Runs `scenario(page, options, observed)` in a fresh headless Chromium under options.timeout, prints
+// `observed` as one JSON line and exits 0 if it succeeded; else 1, with a screenshot at PATH-failed.png.
+async function drive(name, argv, scenario) {
   let options;
   try {
-    options = parseArgs(process.argv.slice(2));
+    options = parseArgs(argv);
   } catch (error) {
-    console.error(`jupyterlab_notebook.js: ${error.message}`);
+    console.error(`${name}: ${error.message}`);
     process.exit(2);
   }
   // A last resort should the browser itself hang (the run's own timeout covers the steps).
   setTimeout(() => {
-    console.error("jupyterlab_notebook.js: the browser did not finish; exiting");
+    console.error(`${name}: the browser did not finish; exiting`);
     process.exit(1);
   }, options.timeout + 60000).unref();
   const observed = { ok: false, output: null, kernel_status: null, dialogs: [], http_errors: [] };
@@ -188,7 +204,7 @@ async function main() {
       );
     });
     try {
-      await Promise.race([run(page, options, observed), overall]);
+      await Promise.race([scenario(page, options, observed), overall]);
       observed.ok = true;
       delete observed.step;
     } finally {
@@ -215,16 +231,21 @@ async function main() {
         (error) => { observed.screenshot_error = String(error.message || error); },
       );
     }
-    console.error(`jupyterlab_notebook.js failed: ${observed.error}`);
+    console.error(`${name} failed: ${observed.error}`);
   }
   await close();
   // Leave no screenshot of an earlier run that says otherwise.
   fs.rmSync(observed.ok ? failedPath(options.screenshot) : options.screenshot, { force: true });
+  delete observed.acceptDialogs;
   process.stdout.write(`${JSON.stringify(observed)}\n`);
   process.exit(observed.ok ? 0 : 1);
 }
 
-main().catch((error) => {
-  console.error(error);
-  process.exit(1);
-});
+module.exports = { drive, openNotebook, runCell, waitVisible, handleDialogs, kernelStatus, sleep, POLL };
+
+if (require.main === module) {
+  drive("jupyterlab_notebook.js", process.argv.slice(2), run).catch((error) => {
+    console.error(error);
+    process.exit(1);
+  });
+}

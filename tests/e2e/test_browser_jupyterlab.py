@@ -56,3 +56,28 @@ def test_jupyterlab_runs_a_cell_on_a_relay_kernel(relay: Relay, tmp_path: Path) 
     # JupyterLab's server shuts its kernels down when it stops.
     assert relay.kernels() == []
     assert screenshot.is_file()
+
+
+def test_jupyterlab_restart_is_no_death_and_a_death_is_shown(relay: Relay, tmp_path: Path) -> None:
+    """Kernel > Restart Kernel… shows no "appears to have died" dialog; a kernel that exits is told dead."""
+    require_chromium()
+    require(_has_jupyterlab(), "jupyterlab is required (the interop extra)")
+    screenshot = artifact("jupyterlab-relay-restart.png")
+    with jupyterlab_with_gateway(relay.url, TOKEN, tmp_path) as lab_url:
+        result = run_script(
+            "jupyterlab_restart.js", "--url", lab_url, "--screenshot", str(screenshot), timeout=200
+        )
+    # The script fails on any dialog but the confirmation ("Kernel Restarting" among them) until the death.
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    restart, death = report["restart"], report["death"]
+    # A fresh kernel ("x" is gone), back to idle, one reconnection, no status the page reads as a crash.
+    assert restart["output"] == "False 42", report
+    assert "restarting" in restart["statuses"] and restart["statuses"][-1] == "idle", report
+    assert [d.split(":")[0] for d in restart["dialogs"]] == ["Restart Kernel?"], report
+    assert restart["kernel_websockets_opened"] == 1, report
+    assert "restarting" not in restart["received"], report
+    # The relay restarts no kernel by itself: a death is told as such (dead), and JupyterLab stops trying.
+    assert "dead" in death["received"], report
+    assert death["dialogs"] == [] and death["kernel_websockets_opened"] == 0, report
+    assert death["statuses"][-1] == "disconnected" and "Disconnected" in death["status_bar"], report
