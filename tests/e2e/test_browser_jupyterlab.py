@@ -1,7 +1,8 @@
 """
 JupyterLab 4, started with ``--gateway-url`` at the relay, in headless Chromium: open a notebook, run a cell,
 see its output. JupyterLab's own server relays the browser's kernel traffic to the relay in the legacy
-protocol (the browser speaks v1 to it), so this is the path every Jupyter gateway user takes.
+protocol (the browser speaks v1 to it), so this is the path every Jupyter gateway user takes. Then, in a
+second notebook session, a restart from JupyterLab's Kernel menu and a kernel that dies (issue #34's point 4).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def test_jupyterlab_restart_is_no_death_and_a_death_is_shown(relay: Relay, tmp_p
     assert restart["kernel_websockets_opened"] == 1, report
     assert "restarting" not in restart["received"], report
     # The relay restarts no kernel by itself: a death is told as such (dead), and JupyterLab stops trying.
+    # JupyterLab shows "Disconnected" even without the dead status (its server closes the page's socket once
+    # the kernel is gone from the relay's list), so the status on the page's socket is what is checked.
     assert "dead" in death["received"], report
     assert death["dialogs"] == [] and death["kernel_websockets_opened"] == 0, report
     assert death["statuses"][-1] == "disconnected" and "Disconnected" in death["status_bar"], report
