@@ -89,10 +89,6 @@ def jupyterlab_argv(
     return argv
 
 
-NBMODEL_SERVER = "jupyter_server_nbmodel"
-NBMODEL_LAB = "@datalayer/jupyter-server-nbmodel"
-
-
 def private_dirs(tmp_path: Path) -> dict[str, Path]:
     """
     Fresh root, runtime, config, data, settings and workspaces dirs; the settings silence the news, the
@@ -115,16 +111,6 @@ def private_dirs(tmp_path: Path) -> dict[str, Path]:
     notification.mkdir(parents=True, exist_ok=True)
     (notification / "notification.jupyterlab-settings").write_text(
         json.dumps(NOTIFICATION_SETTINGS), encoding="utf-8"
-    )
-    # jupyter-server-nbmodel (the interop extra's reference for the execute API) would run cells through
-    # its own REST handlers in this server, not through the gateway's WebSocket this test is about.
-    (dirs["config"] / "jupyter_server_config.json").write_text(
-        json.dumps({"ServerApp": {"jpserver_extensions": {NBMODEL_SERVER: False}}}),
-        encoding="utf-8",
-    )
-    (dirs["config"] / "labconfig").mkdir(exist_ok=True)
-    (dirs["config"] / "labconfig" / "page_config.json").write_text(
-        json.dumps({"disabledExtensions": {NBMODEL_LAB: True}}), encoding="utf-8"
     )
     return dirs
 
