@@ -23,8 +23,21 @@ log = Logger()
 
 #: REST routes a full kernel token may use: they name the kernel they act on.
 _KERNEL_ROUTES = re.compile(
-    r"^/(?:shutdown/(?P<a>[^/]+)|api/kernels/(?P<b>[^/]+)(?:/interrupt|/restart)?)$"
+    r"^/(?:shutdown/(?P<a>[^/]+)|api/kernels/(?P<b>[^/]+)"
+    r"(?:/interrupt|/restart|/execute|/input|/requests(?:/[^/]+)?)?)$"
 )
+#: The kernel routes a read-only kernel token may use too (with GET): its kernel's requests, read back.
+_READ_ROUTES = re.compile(r"^/api/kernels/[^/]+/(?:execute|requests(?:/[^/]+)?)$")
+
+
+def _scope_allows(scope: Scope, method: bytes, path: str) -> bool:
+    """Whether a kernel token's scope covers this REST request."""
+    named = kernel_of_route(path)
+    if named is None:
+        return False
+    if scope.allows_kernel_route(named):
+        return True
+    return method == b"GET" and scope.kernel_id == named and bool(_READ_ROUTES.match(path))
 
 
 def kernel_of_route(path: str) -> str | None:
@@ -71,8 +84,8 @@ class AuthGuard(Resource):
             ]
             grant = self._auth.grant(candidates)
             if isinstance(grant, Scope):
-                named = kernel_of_route(request.path.decode("utf-8", "replace"))
-                if named is None or not grant.allows_kernel_route(named):
+                path = request.path.decode("utf-8", "replace")
+                if not _scope_allows(grant, request.method, path):
                     if self._on_refused is not None:
                         self._on_refused()
                     return json_body(

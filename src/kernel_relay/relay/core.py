@@ -37,6 +37,7 @@ from .admission import Admission
 from .client import Refused, RelayClient, msg_id_of, short_id
 from .events import ClientEvent, KernelUnreachable, MessageRefused, MessageTooBig, MessageUnplaced
 from .journal import IopubJournal, Resume
+from .ledger import LedgerOptions, RequestLedger
 from .links import Links
 from .lograte import LogLimit
 from .numbering import FleetNumbering, IopubNumbering, LocalNumbering, Numbering
@@ -88,6 +89,7 @@ class RelayCore:
         metrics: RelayMetrics | None = None,
         replay: ReplayOptions | None = None,
         numbering: IopubNumbering | None = None,
+        ledger: LedgerOptions | None = None,
     ) -> None:
         self._kernels = kernels
         self._numbering: Numbering = (
@@ -103,7 +105,9 @@ class RelayCore:
         self._journals: dict[str, IopubJournal] = {}
         # kernel id -> channel -> client id -> client
         self._attached: dict[str, dict[str, dict[str, RelayClient]]] = {}
-        self._links = Links(self.metrics, self._clients_on, self._too_big)
+        self.ledger = RequestLedger(clock, ledger)
+        """Every execute_request sent through the core, readable again by its msg_id (:mod:`.ledger`)."""
+        self._links = Links(self.metrics, self._clients_on, self._too_big, self.ledger.observe)
         self._replays = Replays(self._numbering, self.metrics, clock, self._replay.max_age)
         self._admission = Admission(
             kernels,
@@ -248,6 +252,7 @@ class RelayCore:
         except InvalidMessage as error:
             self.refuse(client, kernel_id, channel, str(error), msg_id_of(message))
         self.metrics.relayed(TO_KERNEL, line.last_sent_bytes)
+        self.ledger.sent(kernel_id, channel, message, msg_id)
         return msg_id
 
     def refuse(
@@ -349,8 +354,10 @@ class RelayCore:
             size = message.size
             too_big = self._too_big(kernel, message, size)
             if too_big is not None:
+                self.ledger.lost(kernel.id, message)
                 self._tell_all(kernel.id, too_big, IOPUB)
                 return
+            self.ledger.observe(kernel.id, message)
             kind = (message.msg_id, size, message.msg_type)
             self.publish_iopub(kernel.id, Outgoing.of_kernel(message), kind)
 
@@ -364,6 +371,7 @@ class RelayCore:
         if reason.startswith("died"):
             self.metrics.error("kernel_died")
         journal = self._journals.get(kernel.id)
+        self.ledger.kernel_ended(kernel.id, reason)
         self._replays.cut(kernel.id, journal, reason)
         if reason == "shutdown" or reason.startswith("died"):
             status = relay_status(kernel, "dead", self._clock)
@@ -383,6 +391,7 @@ class RelayCore:
         self._auth.scoped.revoke_kernel(kernel.id)
 
     def kernel_restarting(self, kernel: Kernel) -> None:
+        self.ledger.kernel_ended(kernel.id, "restarting")
         self.publish_iopub(
             kernel.id, relay_status(kernel, "restarting", self._clock, REQUESTED_RESTART)
         )

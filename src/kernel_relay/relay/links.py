@@ -38,8 +38,10 @@ class Links:
         metrics: RelayMetrics,
         clients_on: Callable[[str, str], list[RelayClient]],
         too_big: Callable[[Kernel, KernelMessage, int], MessageTooBig | None],
+        observe: Callable[[str, KernelMessage], None] | None = None,
     ) -> None:
         self._metrics = metrics
+        self._observe = observe
         self._clients_on = clients_on
         self._too_big = too_big
         self._links: dict[tuple[str, str], _Link] = {}
@@ -76,6 +78,8 @@ class Links:
         key = (client.client_id, kernel.id)
 
         def deliver(message: KernelMessage) -> None:
+            if self._observe is not None:
+                self._observe(kernel.id, message)
             link = self._links.get(key)
             channel = message.channel
             if link is not None and channel in link.channels:

@@ -10,6 +10,8 @@ from typing import Any
 
 from ..auth import TokenAuth
 from ..demo import demo_resources
+from ..fronts.execute import ExecuteFront
+from ..fronts.execute_routes import ExecuteAPI
 from ..http.api import RelayAPI
 from ..http.entry import SiteEntry
 from ..http.guards import AuthGuard, OriginGuard
@@ -37,7 +39,7 @@ def build_routes(
     auth: TokenAuth,
     fleet: FleetParts,
 ) -> KleinRoutes:
-    """The REST routes: Jupyter Server's kernel and session APIs, then the seed's and the relay's own."""
+    """The REST routes: the execute API, Jupyter Server's kernel and session APIs, the seed's and the relay's own."""
     api = RelayAPI(
         kernels, metrics=metrics, auth=auth, spawner=spawner, fleet=fleet.view, ready=fleet.ready
     )
@@ -51,8 +53,10 @@ def build_routes(
         base_url=options["base-url"],
     )
     sessions_api = SessionsAPI(kernels, jupyter_api)
+    execute_api = ExecuteAPI(ExecuteFront(relay, kernels), reactor, options["base-url"])
     return KleinRoutes(
         [
+            (execute_api.app, execute_api.resource()),
             (jupyter_api.app, jupyter_api.resource()),
             (sessions_api.app, sessions_api.resource()),
             (api.app, api.resource()),

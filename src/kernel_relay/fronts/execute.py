@@ -1,0 +1,128 @@
+"""
+The execute front: code sent over REST (:mod:`.execute_routes`) runs as a client of the core like any
+other, so the kernel runs it in the order it came among every front's requests, and the core's ledger
+(:mod:`kernel_relay.relay.ledger`) keeps what it answers.
+
+Each kernel has one REST client here, with its own line to the kernel (shell and stdin); it is attached only
+while a request it sent is live, so a kernel run over REST alone is not held busy by it (the culler counts
+clients).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from twisted.logger import Logger
+
+from ..kernels import SHELL, STDIN, KernelRegistry
+from ..relay.client import Refused, short_id
+from ..relay.core import RelayCore
+from ..relay.events import ClientEvent, MessageRefused
+from ..relay.journal import Resume
+from ..relay.payload import Outgoing
+
+log = Logger()
+
+_NO_RESUME = Resume(None, False)
+
+
+class RestClient:
+    """The core's client for one kernel's REST requests; what the kernel answers is read from the ledger."""
+
+    backlog = 0
+
+    def __init__(self, front: ExecuteFront, kernel_id: str) -> None:
+        self.client_id = f"rest:{kernel_id}"
+        self.address = "REST"
+        self._front = front
+        self.live: set[str] = set()
+        """The requests it sent that have not ended."""
+
+    def deliver(self, kernel_id: str, channel: str, message: Outgoing) -> None:
+        """Replies and ``input_request``\\ s: the ledger saw them on their way here."""
+
+    def tell(self, kernel_id: str, channel: str, event: ClientEvent) -> None:
+        if isinstance(event, MessageRefused):
+            log.info(
+                "A REST request to kernel {kernel} was refused: {reason}",
+                kernel=short_id(kernel_id),
+                reason=event.reason,
+            )
+
+    def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
+        self._front.forget(kernel_id, self)
+
+
+class ExecuteFront:
+    """Sends REST requests (code, answers to ``input()``) to kernels through the core."""
+
+    def __init__(self, core: RelayCore, kernels: KernelRegistry) -> None:
+        self.core = core
+        self._kernels = kernels
+        self._clients: dict[str, RestClient] = {}
+
+    def submit(self, kernel_id: str, code: str, metadata: dict[str, Any]) -> str:
+        """Send ``code`` to the kernel; its request's ``msg_id``. UnknownKernel or Refused say why not."""
+        client = self._client(kernel_id)
+        message = {
+            "header": {"msg_type": "execute_request", "msg_id": uuid.uuid4().hex},
+            "metadata": metadata,
+            "content": {
+                "code": code,
+                "silent": False,
+                "store_history": True,
+                "user_expressions": {},
+                "allow_stdin": True,
+                "stop_on_error": True,
+            },
+        }
+        try:
+            msg_id = self.core.receive(client, kernel_id, SHELL, message)
+        except Refused:
+            self._release(kernel_id, client)
+            raise
+        client.live.add(msg_id)
+        self._watch(kernel_id, client, msg_id)
+        return msg_id
+
+    def answer_input(self, kernel_id: str, value: str) -> None:
+        """Answer the kernel's pending ``input()`` (the kernel takes the first answer)."""
+        client = self._client(kernel_id)
+        message = {"header": {"msg_type": "input_reply"}, "content": {"value": value}}
+        try:
+            self.core.receive(client, kernel_id, STDIN, message)
+        finally:
+            self._release(kernel_id, client)
+
+    def forget(self, kernel_id: str, client: RestClient) -> None:
+        """The core let the client go (its kernel ended)."""
+        if self._clients.get(kernel_id) is client:
+            del self._clients[kernel_id]
+
+    def _client(self, kernel_id: str) -> RestClient:
+        kernel = self._kernels.get(kernel_id)
+        client = self._clients.get(kernel_id)
+        if client is None:
+            client = self._clients[kernel_id] = RestClient(self, kernel_id)
+            for channel in (SHELL, STDIN):
+                self.core.attach(client, kernel, channel, _NO_RESUME)
+        return client
+
+    def _watch(self, kernel_id: str, client: RestClient, msg_id: str) -> None:
+        """Once the request ends, the client lets go of the kernel if it has no other live request."""
+        request = self.core.ledger.get(kernel_id, msg_id)
+        if request is None or not request.live:
+            client.live.discard(msg_id)
+            self._release(kernel_id, client)
+            return
+        self.core.ledger.changed(kernel_id, msg_id).addCallback(
+            lambda _: self._watch(kernel_id, client, msg_id)
+        )
+
+    def _release(self, kernel_id: str, client: RestClient) -> None:
+        if client.live or self._clients.get(kernel_id) is not client:
+            return
+        del self._clients[kernel_id]
+        for channel in (SHELL, STDIN):
+            self.core.detach(client, kernel_id, channel, "no request runs")

@@ -1,0 +1,235 @@
+"""
+The execute API, jupyter-server-nbmodel's contract over the relay's kernels (Klein):
+
+- ``POST /api/kernels/<id>/execute`` ``{"code", "metadata"?}``: 202, ``Location`` of the request;
+- ``GET /api/kernels/<id>/requests/<msg_id>``: 202 while queued or running (the outputs so far), 300 while it
+  waits for ``input()`` (the prompt, and ``Location`` of ``POST /api/kernels/<id>/input`` ``{"input"}``),
+  200 with the result (nbformat outputs as a JSON string, ``execution_count``, ``status``), 500 when it ended
+  without one (its kernel died or restarted). ``?wait=N`` holds the answer until the request needs the
+  client (finished, waiting for input) or N seconds (at most :data:`MAX_WAIT`) passed;
+- ``GET /api/kernels/<id>/requests``: the kernel's recent requests; ``GET /api/kernels/<id>/execute``: its live
+  ones (nbmodel's list).
+
+Every ``execute_request`` is a request here, whichever front sent it: its ``msg_id`` is its id. Unlike nbmodel,
+a result is not forgotten once read: the ledger keeps it for its time. ``outputs_dropped`` says how many
+outputs are no longer kept. Read-only kernel tokens may read requests, not send code or input (the guards).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+from urllib.parse import quote
+
+from klein import Klein
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+
+from ..http.api import json_body
+from ..http.jupyter_api import jupyter_error
+from ..jsontext import JSONError, loads
+from ..kernels import UnknownKernel
+from ..relay.client import Refused
+from ..relay.ledger import COMPLETE, INPUT, QUEUED, RUNNING, Execution
+from .execute import ExecuteFront
+
+#: The longest ``?wait=`` honoured, in seconds (a longer one waits this long).
+MAX_WAIT: Final = 60.0
+_WAITING: Final = frozenset({QUEUED, RUNNING})
+
+
+class ExecuteAPI:
+    """The execute routes over an :class:`ExecuteFront` and its core's ledger."""
+
+    app = Klein()
+
+    def __init__(self, front: ExecuteFront, clock: IReactorTime, base_url: str = "/") -> None:
+        self._front = front
+        self._ledger = front.core.ledger
+        self._clock = clock
+        self.base_url = base_url
+
+    def resource(self) -> IResource:
+        return self.app.resource()  # type: ignore[no-any-return]
+
+    # -- sending -------------------------------------------------------------------------------------------
+
+    @app.route("/api/kernels/<kernel_id>/execute", methods=["POST"])
+    def execute(self, request: IRequest, kernel_id: str) -> bytes:
+        body = _json_object(request)
+        if isinstance(body, str):
+            return jupyter_error(request, 400, body)
+        code, metadata = body.get("code"), body.get("metadata", {})
+        if not isinstance(code, str) or not isinstance(metadata, dict):
+            message = 'The body must be {"code": "<code>", "metadata": {...}} (metadata optional)'
+            return jupyter_error(request, 400, message)
+        try:
+            msg_id = self._front.submit(kernel_id, code, metadata)
+        except UnknownKernel:
+            return jupyter_error(request, 404, f"Kernel does not exist: {kernel_id}")
+        except Refused as refused:
+            return jupyter_error(request, refused.code or 409, refused.message)
+        location = self._url(kernel_id, f"requests/{quote(msg_id)}")
+        request.setHeader(b"Location", location.encode("ascii"))
+        request.setHeader(b"Access-Control-Expose-Headers", b"Location")
+        found = self._ledger.get(kernel_id, msg_id)
+        answer = self._model(found) if found is not None else {"request_id": msg_id}
+        return json_body(request, 202, {**answer, "request_status": QUEUED, "pending": True})
+
+    @app.route("/api/kernels/<kernel_id>/input", methods=["POST"])
+    def answer_input(self, request: IRequest, kernel_id: str) -> bytes:
+        body = _json_object(request)
+        value = body.get("input") if isinstance(body, dict) else None
+        if not isinstance(value, str):
+            return jupyter_error(request, 400, 'The body must be {"input": "<text>"}')
+        try:
+            self._front.answer_input(kernel_id, value)
+        except UnknownKernel:
+            return jupyter_error(request, 404, f"Kernel does not exist: {kernel_id}")
+        except Refused as refused:
+            return jupyter_error(request, refused.code or 409, refused.message)
+        request.setResponseCode(201)
+        return b""
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    @app.route("/api/kernels/<kernel_id>/requests", methods=["GET"])
+    def recent(self, request: IRequest, kernel_id: str) -> bytes:
+        listed = [self._model(found) for found in self._ledger.recent(kernel_id)]
+        return json_body(request, 200, {"kernel_id": kernel_id, "requests": listed})
+
+    @app.route("/api/kernels/<kernel_id>/execute", methods=["GET"])
+    def live(self, request: IRequest, kernel_id: str) -> bytes:
+        listed = [self._model(found) for found in self._ledger.recent(kernel_id) if found.live]
+        return json_body(request, 200, {"kernel_id": kernel_id, "requests": listed})
+
+    @app.route("/api/kernels/<kernel_id>/requests/<msg_id>", methods=["GET"])
+    def one(self, request: IRequest, kernel_id: str, msg_id: str) -> bytes | Deferred[bytes]:
+        found = self._ledger.get(kernel_id, msg_id)
+        if found is None:
+            return jupyter_error(
+                request, 404, f"Execution request {msg_id} of kernel {kernel_id} is not kept"
+            )
+        wait = _wait_of(request)
+        if wait is None:
+            return jupyter_error(
+                request, 400, f"wait must be a number of seconds (at most {MAX_WAIT:g})"
+            )
+        if wait <= 0 or found.state not in _WAITING:
+            return self._answer(request, found)
+        return self._long_poll(request, kernel_id, msg_id, wait)
+
+    def _long_poll(
+        self, request: IRequest, kernel_id: str, msg_id: str, wait: float
+    ) -> Deferred[bytes]:
+        """The answer once the request needs its client, or ``wait`` passed; no answer if the client went."""
+        done: Deferred[bytes] = Deferred()
+        pending: list[Deferred[None]] = []
+
+        def settle() -> None:
+            if timer.active():
+                timer.cancel()
+            found = self._ledger.get(kernel_id, msg_id)
+            if found is None:
+                done.callback(
+                    jupyter_error(request, 404, f"Execution request {msg_id} is no longer kept")
+                )
+            else:
+                done.callback(self._answer(request, found))
+
+        def changed(_: object) -> None:
+            found = self._ledger.get(kernel_id, msg_id)
+            if found is not None and found.state in _WAITING:
+                listen()
+            else:
+                settle()
+
+        def listen() -> None:
+            waiter = self._ledger.changed(kernel_id, msg_id)
+            pending[:] = [waiter]
+            waiter.addCallbacks(changed, lambda failure: failure.trap(CancelledError))
+
+        def stop(_: object) -> None:
+            for waiter in pending:
+                waiter.cancel()
+
+        def timed_out() -> None:
+            stop(None)
+            settle()
+
+        timer = self._clock.callLater(wait, timed_out)
+
+        def gone(failure: Failure) -> None:
+            if timer.active():
+                timer.cancel()
+            stop(None)
+
+        request.notifyFinish().addErrback(gone)  # type: ignore[attr-defined]
+        listen()
+        return done
+
+    # -- answers -------------------------------------------------------------------------------------------
+
+    def _url(self, kernel_id: str, tail: str) -> str:
+        return f"{self.base_url}api/kernels/{quote(kernel_id)}/{tail}"
+
+    def _model(self, found: Execution) -> dict[str, Any]:
+        """The request as nbmodel answers it, and what the relay adds (``outputs_dropped``, ``msg_id``)."""
+        metadata = found.metadata
+        model: dict[str, Any] = {
+            "request_id": found.msg_id,
+            "kernel_id": found.kernel_id,
+            "request_url": self._url(found.kernel_id, f"requests/{quote(found.msg_id)}"),
+            "cell_id": metadata.get("cell_id"),
+            "document_path": metadata.get("document_path"),
+            "pending": found.live,
+            "request_status": found.state if found.live else COMPLETE,
+            "status": found.status,
+            "execution_count": found.execution_count,
+            "outputs": json.dumps(found.outputs.items),
+            "outputs_dropped": found.outputs.dropped,
+        }
+        if found.state == INPUT and found.input_request is not None:
+            model["input_request"] = dict(found.input_request)
+        if found.ended is not None:
+            model["error"] = found.ended
+        return model
+
+    def _answer(self, request: IRequest, found: Execution) -> bytes:
+        model = self._model(found)
+        if found.ended is not None:
+            return json_body(request, 500, model)
+        if found.state == INPUT:
+            location = self._url(found.kernel_id, "input")
+            request.setHeader(b"Location", location.encode("ascii"))
+            request.setHeader(b"Access-Control-Expose-Headers", b"Location")
+            return json_body(request, 300, model)
+        return json_body(request, 202 if found.live else 200, model)
+
+
+def _json_object(request: IRequest) -> dict[str, Any] | str:
+    """The request's body as a JSON object, or why it is not one."""
+    content = request.content.read() if request.content is not None else b""
+    try:
+        body = loads(content) if content.strip() else None
+    except JSONError as error:
+        return f"Invalid JSON in the request body: {error}"
+    return body if isinstance(body, dict) else "The body must be a JSON object"
+
+
+def _wait_of(request: IRequest) -> float | None:
+    """``?wait=N`` in seconds, bounded by MAX_WAIT (0 without it), or None when it is not a number."""
+    args: dict[bytes, list[bytes]] = request.args or {}  # type: ignore[attr-defined]
+    values = args.get(b"wait")
+    if not values:
+        return 0.0
+    try:
+        wait = float(values[-1])
+    except ValueError:
+        return None
+    if wait != wait or wait < 0:
+        return None
+    return min(wait, MAX_WAIT)
