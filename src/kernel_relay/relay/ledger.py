@@ -68,6 +68,8 @@ class Execution:
     ended: str | None = None
     """Why the request ended without a reply (its kernel died, restarted, stopped)."""
     finished: float | None = None
+    inferred: bool = False
+    """Whether its status was read from its ``idle`` and outputs, no ``execute_reply`` seen yet."""
     version: int = 0
 
     @property
@@ -170,17 +172,22 @@ class RequestLedger:
     def observe(self, kernel_id: str, message: KernelMessage) -> None:
         """A kernel's message on any channel: it counts if its parent is a known request."""
         request = self._requests.get((kernel_id, message.parent_msg_id))
-        if request is None or not request.live:
+        if request is None:
             return
         msg_type = message.msg_type
+        if not request.live:
+            if request.inferred and msg_type == "execute_reply":
+                self._replied(request, message.content)  # the reply after the idle it was read from
+                self._touch(request)
+            return
         if msg_type in OUTPUT_TYPES:
             self._output(request, message)
         elif msg_type == "execute_input":
             count = message.content.get("execution_count")
             request.execution_count = count if isinstance(count, int) else None
             request.state = RUNNING
-        elif msg_type == "status" and message.content.get("execution_state") == "busy":
-            request.state = RUNNING
+        elif msg_type == "status":
+            self._status(request, message.content.get("execution_state"))
         elif msg_type == "input_request":
             content = message.content
             request.input_request = {
@@ -229,7 +236,23 @@ class RequestLedger:
         if self._bytes > self.options.max_bytes:
             self._trim()
 
+    def _status(self, request: Execution, state: object) -> None:
+        """
+        ``busy``: it runs. ``idle``: it ended; its reply may never come here (its client went and its line
+        closed), so its status is read from its outputs until the reply, if any, says.
+        """
+        if state == "busy":
+            request.state = RUNNING
+        elif state == "idle":
+            errors = any(output["output_type"] == "error" for output in request.outputs.items)
+            request.status = "error" if errors else "ok"
+            request.state = COMPLETE
+            request.inferred = True
+            request.input_request = None
+            request.finished = self._clock.seconds()
+
     def _replied(self, request: Execution, content: dict[str, Any]) -> None:
+        request.inferred = False
         status = content.get("status")
         request.status = status if isinstance(status, str) else "error"
         count = content.get("execution_count")
