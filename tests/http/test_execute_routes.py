@@ -1,0 +1,167 @@
+"""The execute API's routes in process (StubTreq) over the relay core and a fake kernel: statuses, long-poll, tokens."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from treq.testing import StubTreq
+from twisted.internet.task import Clock
+
+from kernel_relay.auth import TokenAuth
+from kernel_relay.fronts.execute import ExecuteFront
+from kernel_relay.fronts.execute_routes import MAX_WAIT, ExecuteAPI
+from kernel_relay.http.guards import AuthGuard
+from kernel_relay.http.routes import KleinRoutes
+from kernel_relay.relay.core import RelayCore
+from tests.fakes import FakeKernel, FakeRegistry, kernel_message, result_of
+
+URL = "http://127.0.0.1:3000"
+KERNEL = "k1-0000"
+TOKEN = "execute-routes-token-0123456789"
+
+
+class Routes:
+    """The execute routes behind the token guard, over a core with one fake kernel."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.kernel = FakeKernel(KERNEL)
+        registry = FakeRegistry()
+        self.auth = TokenAuth(TOKEN)
+        self.core = RelayCore(registry, self.clock, auth=self.auth)  # type: ignore[arg-type]
+        registry.start(self.kernel)
+        api = ExecuteAPI(ExecuteFront(self.core, registry), self.clock)  # type: ignore[arg-type]
+        self.stub = StubTreq(AuthGuard(KleinRoutes([(api.app, api.resource())]), self.auth))
+
+    def call(
+        self, method: str, path: str, token: str = TOKEN, body: Any = None
+    ) -> tuple[int, dict[str, str], Any]:
+        pending = self.stub.request(
+            method,
+            URL + path,
+            headers={"Authorization": f"Bearer {token}"},
+            data=json.dumps(body).encode() if body is not None else None,
+        )
+        return self.answer(pending)
+
+    def answer(self, pending: Any) -> tuple[int, dict[str, str], Any]:
+        self.stub.flush()
+        response = result_of(pending)
+        headers = {k.decode(): v[0].decode() for k, v in response.headers.getAllRawHeaders()}
+        content = result_of(self.stub.content(response))
+        return response.code, headers, json.loads(content) if content else None
+
+    def kernel_says(self, msg_type: str, channel: str, parent: str, **content: Any) -> None:
+        message = kernel_message(msg_type, channel, parent, content)
+        if channel == "iopub":
+            self.kernel.publish(message)
+        else:
+            self.kernel.clients[-1].deliver(message)
+
+
+def submitted(routes: Routes, code: str = "print(1)") -> str:
+    status, headers, body = routes.call(
+        "POST", f"/api/kernels/{KERNEL}/execute", body={"code": code}
+    )
+    assert status == 202 and body["pending"] is True and body["request_status"] == "queued"
+    assert headers["Location"] == f"/api/kernels/{KERNEL}/requests/{body['request_id']}"
+    sent = routes.kernel.clients[-1].sent[-1]
+    assert sent[0] == "shell" and sent[1]["content"]["code"] == code
+    return str(body["request_id"])
+
+
+def test_a_request_answers_202_then_300_for_input_then_200_with_its_outputs() -> None:
+    """The contract's statuses in order: pending, waiting for input (with Location), done with nbformat outputs."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    path = f"/api/kernels/{KERNEL}/requests/{msg_id}"
+    assert routes.call("GET", path)[0] == 202
+    routes.kernel_says("input_request", "stdin", msg_id, prompt="who? ", password=False)
+    status, headers, body = routes.call("GET", path)
+    assert status == 300 and headers["Location"] == f"/api/kernels/{KERNEL}/input"
+    assert body["input_request"] == {"prompt": "who? ", "password": False}
+    assert routes.call("POST", f"/api/kernels/{KERNEL}/input", body={"input": "ada"})[0] == 201
+    assert routes.kernel.clients[-1].sent[-1][1]["content"] == {"value": "ada"}
+    routes.kernel_says("stream", "iopub", msg_id, name="stdout", text="hi ada\n")
+    routes.kernel_says("execute_reply", "shell", msg_id, status="ok", execution_count=3)
+    status, _, body = routes.call("GET", path)
+    assert status == 200 and body["status"] == "ok" and body["execution_count"] == 3
+    assert json.loads(body["outputs"]) == [
+        {"output_type": "stream", "name": "stdout", "text": "hi ada\n"}
+    ]
+    assert body["outputs_dropped"] == 0
+    listed = routes.call("GET", f"/api/kernels/{KERNEL}/requests")[2]
+    assert [request["request_id"] for request in listed["requests"]] == [msg_id]
+
+
+def test_a_kernel_that_dies_mid_request_answers_500() -> None:
+    """A request whose kernel restarts or dies ends with 500 and the reason, never pending forever."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    routes.core.kernel_restarting(routes.kernel)  # type: ignore[arg-type]
+    status, _, body = routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")
+    assert status == 500 and body["error"] == "kernel restarting"
+
+
+def test_long_poll_answers_at_the_end_or_after_wait_and_forgets_a_client_that_went() -> None:
+    """?wait= answers when the request ends, or after N seconds (bounded); a client gone leaves no wait."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    path = URL + f"/api/kernels/{KERNEL}/requests/{msg_id}?wait=30"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    pending = routes.stub.get(path, headers=headers)
+    answered: list[object] = []
+    pending.addCallback(lambda response: answered.append(response) or response)
+    routes.kernel_says("stream", "iopub", msg_id, name="stdout", text="x")
+    routes.stub.flush()
+    assert answered == []  # an output alone does not end the wait
+    routes.kernel_says("execute_reply", "shell", msg_id, status="ok", execution_count=1)
+    assert routes.answer(pending)[0] == 200
+    other = submitted(routes)
+    timed = routes.stub.get(
+        URL + f"/api/kernels/{KERNEL}/requests/{other}?wait=9999", headers=headers
+    )
+    timed.addCallback(lambda response: answered.append(response) or response)
+    routes.clock.advance(MAX_WAIT - 1)
+    routes.stub.flush()
+    assert len(answered) == 1
+    routes.clock.advance(1)
+    assert routes.answer(timed)[0] == 202
+    gone = routes.stub.get(URL + f"/api/kernels/{KERNEL}/requests/{other}?wait=30", headers=headers)
+    gone.addErrback(lambda failure: None)
+    routes.stub.flush()
+    assert routes.core.ledger.waiting() == 2  # the front's own watch of its request, and this wait
+    gone.cancel()
+    routes.stub.flush()
+    assert routes.core.ledger.waiting() == 1
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{other}?wait=soon")[0] == 400
+
+
+def test_bad_bodies_and_unknown_things_are_clear_errors() -> None:
+    """A body that is not the contract's is 400, an unknown kernel or request 404."""
+    routes = Routes()
+    assert routes.call("POST", f"/api/kernels/{KERNEL}/execute", body={"code": 1})[0] == 400
+    assert routes.call("POST", f"/api/kernels/{KERNEL}/execute", body=[1])[0] == 400
+    assert routes.call("POST", "/api/kernels/nope/execute", body={"code": "1"})[0] == 404
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/nope")[0] == 404
+    assert routes.call("POST", f"/api/kernels/{KERNEL}/input", body={})[0] == 400
+
+
+def test_a_read_only_kernel_token_reads_but_does_not_send() -> None:
+    """Read-only: GET the requests and the list; POST execute and input are refused 403."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    reader = routes.auth.scoped.issue(KERNEL, "read-only")
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}", token=reader)[0] == 202
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests", token=reader)[0] == 200
+    assert (
+        routes.call("POST", f"/api/kernels/{KERNEL}/execute", token=reader, body={"code": "1"})[0]
+        == 403
+    )
+    assert (
+        routes.call("POST", f"/api/kernels/{KERNEL}/input", token=reader, body={"input": "x"})[0]
+        == 403
+    )
+    other = routes.auth.scoped.issue("k2-0000", "full")
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests", token=other)[0] == 403
