@@ -175,6 +175,17 @@ def relay_seq(message: Message) -> int:
     return int(_metadata(message)["relay_seq"])
 
 
+def is_state_told(message: Message) -> bool:
+    """Whether ``message`` is the kernel's state the relay tells a joining iopub client first (its mark)."""
+    marks = _metadata(message).get("kernel_relay")
+    return isinstance(marks, dict) and marks.get("state") == "current"
+
+
+def without_state(messages: list[Message]) -> list[Message]:
+    """What a peer got, less the states it was told on joining (tests of the state read them apart)."""
+    return [message for message in messages if not is_state_told(message)]
+
+
 class SocketIOPeer:
     """A socket.io client joined to ``channels`` of one kernel (one namespace each)."""
 
@@ -205,7 +216,10 @@ class SocketIOPeer:
         self.relay.flush()
 
     def got(self, channel: str) -> list[Message]:
-        return list(self.client.got(self._namespace(channel), "msg"))
+        return without_state(list(self.client.got(self._namespace(channel), "msg")))
+
+    def states_told(self) -> list[Message]:
+        return [m for m in self.client.got(self._namespace("iopub"), "msg") if is_state_told(m)]
 
     def told(self, event: str) -> list[Message]:
         return [details for name in self.client.events for details in self.client.got(name, event)]
@@ -258,7 +272,14 @@ class JupyterPeer:
         self.relay.flush()
 
     def got(self, channel: str) -> list[Message]:
-        return [m for m in self.client.on(channel) if "kernel_relay" not in _metadata(m)]
+        return without_state(
+            [m for m in self.client.on(channel) if "kernel_relay" not in _metadata(m)]
+        )
+
+    def states_told(self) -> list[Message]:
+        return [
+            m for m in self.client.on("iopub") if is_state_told(m)
+        ]  # got() leaves out relay marks
 
     def told(self, event: str) -> list[Message]:
         told = [_metadata(m).get("kernel_relay") for m in self.client.on("iopub")]

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import Relay, kernel_fixture, relay_fixture
+from tests.jupyter_ws import JupyterWS
 from tests.kernel_client import RelayKernelClient
 from tests.support import ServerProcess, free_port
 
@@ -268,3 +269,29 @@ def test_a_read_only_token_reads_requests_but_sends_no_code(relay: Relay, kernel
         timeout=10,
     )
     assert no_input.status_code == 403
+
+
+@pytest.mark.parametrize("protocol", ["v1", "legacy"])
+def test_a_jupyter_client_joining_a_busy_kernel_is_told_busy_first(
+    relay: Relay, kernel_id: str, protocol: str
+) -> None:
+    """A Jupyter WebSocket client that connects while a cell runs gets ``busy`` on iopub before anything else."""
+    location = submit(relay.url, kernel_id, "import time; time.sleep(3)", TOKEN)
+    deadline = time.monotonic() + 30
+    while (
+        requests.get(f"{relay.url}{location}", headers=_headers(TOKEN), timeout=10).json()[
+            "request_status"
+        ]
+        != "running"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client = JupyterWS(relay.url, kernel_id, protocol=protocol, token=TOKEN)
+    try:
+        first = client.recv(timeout=10)
+    finally:
+        client.close()
+    assert first is not None and first["channel"] == "iopub"
+    assert first["header"]["msg_type"] == "status"
+    assert first["content"] == {"execution_state": "busy"}
+    assert poll(relay.url, location, TOKEN, None)[0] == 200

@@ -23,6 +23,7 @@ class IopubWatcher:
 
     def __init__(self, url: str, kernel_id: str, auth: dict[str, Any] | None = None) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.states: list[dict[str, Any]] = []
         self.gaps: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         namespace = f"/iopub/{kernel_id}"
@@ -35,7 +36,10 @@ class IopubWatcher:
 
     def _message(self, message: dict[str, Any]) -> None:
         with self._lock:
-            self.messages.append(message)
+            if message["metadata"].get("kernel_relay", {}).get("state") == "current":
+                self.states.append(message)  # the kernel's state, told first: no message of its own
+            else:
+                self.messages.append(message)
 
     def received(self) -> list[dict[str, Any]]:
         """The messages so far (a copy: the client's thread may still add one after a disconnect)."""

@@ -6,6 +6,7 @@ v1 subprotocol and its legacy JSON protocol, with fake kernels and a memory cloc
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -279,3 +280,18 @@ def test_a_kernel_that_stops_answering_is_told(front: PeerFactory) -> None:
     assert errors and all(error["code"] == "kernel_unreachable" for error in errors), errors
     assert "has not answered its heartbeat for 30s" in str(errors[0]["message"])
     assert not peer.gone
+
+
+@fronts
+def test_a_client_joining_a_busy_kernel_is_told_busy_first(front: PeerFactory) -> None:
+    """The kernel's state is the first iopub message a joining client gets, on either front (no "Unknown")."""
+    relay = InProcessRelay()
+    relay.kernel().execution_state = "busy"
+    peer = front(relay)
+    relay.kernel().publish(stream("after"))
+    relay.flush()
+    [state] = peer.states_told()
+    assert state["content"] == {"execution_state": "busy"} or json.loads(state["content"]) == {
+        "execution_state": "busy"
+    }
+    assert texts(peer.got("iopub")) == ["after"]

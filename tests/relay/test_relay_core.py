@@ -48,8 +48,36 @@ def attached(
     client = RecordingClient(client_id)
     for channel in channels:
         kernel = core.admit(client, KERNEL, channel, [None])
+        before = len(client.outgoing)
         core.attach(client, kernel, channel, resume)  # type: ignore[arg-type]
+        if channel == "iopub":
+            # The kernel's state comes first (its own test below): the other tests count what follows.
+            told = client.outgoing.pop(before)
+            client.delivered.pop(before)
+            assert b'"msg_type":"status"' in bytes(told.parts[0])
+            assert b'"state":"current"' in bytes(told.parts[2])
     return client
+
+
+def test_a_joining_iopub_client_is_told_the_kernels_state_first(
+    core: RelayCore, kernel: FakeKernel
+) -> None:
+    """Before any replay or live message, a new iopub client gets a status with the kernel's current state."""
+    kernel.publish(kernel_message("stream", "iopub", content={"text": "before"}))
+    kernel.execution_state = "busy"
+    client = RecordingClient("late")
+    admitted = core.admit(client, KERNEL, "iopub", [None])
+    core.attach(client, admitted, "iopub", Resume(0, False))  # type: ignore[arg-type]
+    first = (
+        json.loads(client.delivered[0][2])
+        if isinstance(client.delivered[0][2], str)
+        else client.delivered[0][2]
+    )
+    assert first["header"]["msg_type"] == "status"
+    assert first["content"] == {"execution_state": "busy"} or json.loads(first["content"]) == {
+        "execution_state": "busy"
+    }
+    assert len(client.delivered) == 2  # then the replay of what it missed
 
 
 def test_every_iopub_client_gets_every_iopub_message_numbered(
@@ -197,7 +225,7 @@ def test_a_client_with_a_backlog_gets_no_replay(core: RelayCore, kernel: FakeKer
     client = RecordingClient("a")
     client.backlog = REPLAY_BACKLOG
     core.attach(client, core.admit(client, KERNEL, "iopub", [None]), "iopub", Resume(0, False))  # type: ignore[arg-type]
-    assert client.delivered == []
+    assert len(client.outgoing) == 1  # its kernel's state only
     [gap] = client.events("replay_gap")
     assert gap["reason"] == "backlog" and gap["last_seq"] == 1
 

@@ -73,6 +73,9 @@ def resumed(core: RelayCore, client_id: str, since: int) -> DrainingClient:
     client = DrainingClient(client_id, core)
     kernel = core.admit(client, KERNEL, "iopub", [None])
     core.attach(client, kernel, "iopub", Resume(since, False))
+    # The kernel's state, told first and not numbered (tests/relay/test_relay_core.py reads it).
+    state = client.outgoing.pop(0)
+    assert state.seq == since and b'"state":"current"' in bytes(state.parts[2])
     return client
 
 
@@ -181,6 +184,7 @@ def test_a_replay_of_the_running_cell_is_streamed_too(
     publish_lines(kernel, 20)
     client = DrainingClient("a", core)
     core.attach(client, core.admit(client, KERNEL, "iopub", [None]), "iopub", Resume(None, True))  # type: ignore[arg-type]
+    assert client.outgoing.pop(0).seq == 0  # its kernel's state: it has read nothing yet
     assert client.backlog < REPLAY_WINDOW + LINE + 1000
     read_all(client)
     assert client.seqs() == list(range(6, 27))

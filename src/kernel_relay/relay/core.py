@@ -43,7 +43,7 @@ from .lograte import LogLimit
 from .numbering import FleetNumbering, IopubNumbering, LocalNumbering, Numbering
 from .payload import Outgoing
 from .replays import REPLAY_BACKLOG, Replays
-from .status import REQUESTED_RESTART, STATUS_SIZE, relay_status
+from .status import REQUESTED_RESTART, STATUS_SIZE, current_state, relay_status
 
 __all__ = [
     "CHANNELS",
@@ -184,8 +184,9 @@ class RelayCore:
 
     def attach(self, client: RelayClient, kernel: Kernel, channel: str, resume: Resume) -> None:
         """
-        Attach an admitted client to a kernel's channel. A joining iopub client first gets what ``resume``
-        asks for (the messages after ``since``, or the running cell's output so far).
+        Attach an admitted client to a kernel's channel. A joining iopub client is first told the kernel's
+        state (:func:`.status.current_state`), then gets what ``resume`` asks for (the messages after
+        ``since``, or the running cell's output so far).
         """
         if channel != IOPUB:
             self._links.join(client, kernel, channel)
@@ -197,6 +198,16 @@ class RelayCore:
             kernel=short_id(kernel.id),
         )
         if channel == IOPUB:
+            # The kernel's state before anything else: no client is left to guess it ("Unknown").
+            # The number it has read up to: its since, none before a replay of the cell, else the latest.
+            seq = (
+                resume.since
+                if resume.since is not None
+                else 0
+                if resume.execution
+                else self.last_seq(kernel.id)
+            )
+            client.deliver(kernel.id, IOPUB, current_state(kernel, self._clock, seq))
             # Attached first: a client closed by what its replay costs is detached like any other.
             self._replays.resume(client, kernel.id, self._journals.get(kernel.id), resume)
 

@@ -58,3 +58,24 @@ def relay_status(
             "channel": IOPUB,
         }
     )
+
+
+#: The metadata mark of the state a joining iopub client is told first (:func:`current_state`).
+CURRENT_STATE: Final = {"state": "current"}
+
+
+def current_state(kernel: Kernel, clock: IReactorTime, seq: int) -> Outgoing:
+    """
+    The kernel's state as a ``status`` for one joining iopub client, before anything else (no client is left
+    with "Unknown"). It is kept in no journal; it carries ``relay_seq`` ``seq``, the number the client has
+    already read up to (so a client that keeps the last number it saw resumes right), and the mark
+    ``metadata.kernel_relay.state``.
+    """
+    message = relay_status(
+        kernel,
+        kernel.execution_state,
+        clock,
+        {"relay_seq": seq, "kernel_relay": CURRENT_STATE},
+    )
+    message.seq = seq
+    return message
