@@ -40,6 +40,7 @@ from bench.processes import (
     RelayServer,
     raise_fd_limit,
 )
+from bench.rest import RestExecuteClient
 
 SCENARIOS = (
     "round_trip",
@@ -334,6 +335,20 @@ def main(argv: list[str] | None = None) -> int:
                     sizes.round_trip_blocks,
                     servers,
                 )
+        if "round_trip" in args.only and "relay" in factories and relay is not None:
+            # The execute API (REST, long-poll) beside the WebSocket fronts, on the relay's kernel.
+            rest = {"relay_rest": lambda _: RestExecuteClient(relay.port, relay_kernel)}
+            execute = {"code": "pass", "silent": False}
+            run(
+                "round_trip_execute_rest",
+                scenarios.round_trip,
+                {**factories, **rest},
+                "execute_request",
+                execute,
+                sizes.round_trips,
+                sizes.round_trip_blocks,
+                servers,
+            )
         if "flood" in args.only:
             run(
                 "flood",
