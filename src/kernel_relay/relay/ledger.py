@@ -244,7 +244,7 @@ class RequestLedger:
         if state == "busy":
             request.state = RUNNING
         elif state == "idle":
-            errors = any(output["output_type"] == "error" for output in request.outputs.items)
+            errors = request.outputs.has_error
             request.status = "error" if errors else "ok"
             request.state = COMPLETE
             request.inferred = True

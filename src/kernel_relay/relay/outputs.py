@@ -49,10 +49,20 @@ def _display_id(content: dict[str, Any]) -> str | None:
 class Outputs:
     """The outputs kept of one request, their bytes (as the kernel sent them), and how many were dropped."""
 
-    __slots__ = ("_clear_pending", "_display_ids", "_sizes", "dropped", "items", "size")
+    __slots__ = (
+        "_clear_pending",
+        "_display_ids",
+        "_outputs",
+        "_sizes",
+        "_texts",
+        "dropped",
+        "size",
+    )
 
     def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
+        self._outputs: list[dict[str, Any]] = []
+        self._texts: list[list[str]] = []
+        """Each stream output's pieces, joined only when read (a flood of lines is not copied again each time)."""
         self._sizes: list[int] = []
         self._display_ids: list[str | None] = []
         self._clear_pending = False
@@ -74,34 +84,53 @@ class Outputs:
         if self._clear_pending:
             self._clear()
         output = nbformat_output(msg_type, content)
-        last = self.items[-1] if self.items else None
+        last = self._outputs[-1] if self._outputs else None
         if (
             msg_type == "stream"
             and last is not None
             and last["output_type"] == "stream"
             and last["name"] == output["name"]
         ):
-            last["text"] += output["text"]
+            self._texts[-1].append(output["text"])
             self._sizes[-1] += size
         else:
-            self.items.append(output)
+            self._outputs.append(output)
+            self._texts.append([output["text"]] if msg_type == "stream" else [])
             self._sizes.append(size)
             self._display_ids.append(_display_id(content))
         self.size += size
 
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """The outputs kept, in nbformat's form (a new list: a reader may keep it)."""
+        return [
+            {**output, "text": "".join(texts)} if output["output_type"] == "stream" else output
+            for output, texts in zip(self._outputs, self._texts, strict=True)
+        ]
+
     def drop_until(self, target: int) -> int:
         """Drop the oldest outputs until at most ``target`` bytes are kept; the bytes freed."""
         freed = 0
-        while self.items and self.size - freed > max(target, 0):
+        while self._outputs and self.size - freed > max(target, 0):
             freed += self._sizes.pop(0)
-            self.items.pop(0)
+            self._outputs.pop(0)
+            self._texts.pop(0)
             self._display_ids.pop(0)
             self.dropped += 1
         self.size -= freed
         return freed
 
+    @property
+    def has_error(self) -> bool:
+        """Whether an ``error`` output is kept (a request's status when its reply was not seen)."""
+        return any(output["output_type"] == "error" for output in self._outputs)
+
+    def __len__(self) -> int:
+        return len(self._outputs)
+
     def _clear(self) -> None:
-        self.items.clear()
+        self._outputs.clear()
+        self._texts.clear()
         self._sizes.clear()
         self._display_ids.clear()
         self.size = 0
@@ -111,7 +140,7 @@ class Outputs:
         display_id = _display_id(content)
         for index, known in enumerate(self._display_ids):
             if display_id is not None and known == display_id:
-                self.items[index]["data"] = dict(content.get("data") or {})
-                self.items[index]["metadata"] = dict(content.get("metadata") or {})
+                self._outputs[index]["data"] = dict(content.get("data") or {})
+                self._outputs[index]["metadata"] = dict(content.get("metadata") or {})
                 self.size += size - self._sizes[index]
                 self._sizes[index] = size
