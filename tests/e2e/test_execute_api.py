@@ -295,3 +295,22 @@ def test_a_jupyter_client_joining_a_busy_kernel_is_told_busy_first(
     assert first["header"]["msg_type"] == "status"
     assert first["content"] == {"execution_state": "busy"}
     assert poll(relay.url, location, TOKEN, None)[0] == 200
+
+
+def test_input_of_a_socketio_cell_is_answered_over_rest(relay: Relay, kernel_id: str) -> None:
+    """A socket.io cell waiting for input() reads 300 over REST; the answer POSTed there reaches the kernel."""
+    client = RelayKernelClient(relay.url, kernel_id, auth={"token": TOKEN})
+    try:
+        msg_id = client.send(
+            "shell",
+            "execute_request",
+            {"code": "name = input('who? '); print('hi ' + name)", "allow_stdin": True},
+        )
+        status, body = poll(relay.url, f"/api/kernels/{kernel_id}/requests/{msg_id}", TOKEN, "bo")
+        assert client.received["stdin"], "the asker got the input_request too"
+    finally:
+        client.close()
+    assert status == 200 and body["status"] == "ok"
+    assert json.loads(body["outputs"]) == [
+        {"output_type": "stream", "name": "stdout", "text": "hi bo\n"}
+    ]

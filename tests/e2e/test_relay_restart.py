@@ -33,7 +33,9 @@ def relay_statuses(client: RelayKernelClient) -> list[str]:
     return [
         m["content"]["execution_state"]
         for m in client.received["iopub"]
-        if m["header"]["msg_type"] == "status" and m["header"].get("username") == "kernel-relay"
+        if m["header"]["msg_type"] == "status"
+        and m["header"].get("username") == "kernel-relay"
+        and "state" not in m["metadata"].get("kernel_relay", {})  # the state told on joining
     ]
 
 

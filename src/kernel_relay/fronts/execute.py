@@ -20,6 +20,7 @@ from ..relay.client import Refused, short_id
 from ..relay.core import RelayCore
 from ..relay.events import ClientEvent, MessageRefused
 from ..relay.journal import Resume
+from ..relay.ledger import INPUT
 from ..relay.payload import Outgoing
 
 log = Logger()
@@ -89,11 +90,18 @@ class ExecuteFront:
     def answer_input(self, kernel_id: str, value: str) -> None:
         """Answer the kernel's pending ``input()`` (the kernel takes the first answer)."""
         client = self._client(kernel_id)
+        asking = [r.msg_id for r in self.core.ledger.recent(kernel_id) if r.state == INPUT]
         message = {"header": {"msg_type": "input_reply"}, "content": {"value": value}}
         try:
             self.core.receive(client, kernel_id, STDIN, message)
-        finally:
+        except Refused:
             self._release(kernel_id, client)
+            raise
+        # Its line stays open while the requests it answered run (closing it at once could drop the answer).
+        for msg_id in asking:
+            client.live.add(msg_id)
+            self._watch(kernel_id, client, msg_id)
+        self._release(kernel_id, client)
 
     def forget(self, kernel_id: str, client: RestClient) -> None:
         """The core let the client go (its kernel ended)."""
