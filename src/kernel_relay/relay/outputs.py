@@ -83,19 +83,19 @@ class Outputs:
             return
         if self._clear_pending:
             self._clear()
-        output = nbformat_output(msg_type, content)
         last = self._outputs[-1] if self._outputs else None
         if (
             msg_type == "stream"
             and last is not None
             and last["output_type"] == "stream"
-            and last["name"] == output["name"]
+            and last["name"] == content.get("name", "stdout")
         ):
-            self._texts[-1].append(output["text"])
+            self._texts[-1].append(str(content.get("text", "")))  # the hot path of a printing loop
             self._sizes[-1] += size
         else:
+            output = nbformat_output(msg_type, content)
             self._outputs.append(output)
-            self._texts.append([output["text"]] if msg_type == "stream" else [])
+            self._texts.append([output.pop("text")] if msg_type == "stream" else [])
             self._sizes.append(size)
             self._display_ids.append(_display_id(content))
         self.size += size
