@@ -314,3 +314,19 @@ def test_input_of_a_socketio_cell_is_answered_over_rest(relay: Relay, kernel_id:
     assert json.loads(body["outputs"]) == [
         {"output_type": "stream", "name": "stdout", "text": "hi bo\n"}
     ]
+
+
+def test_a_restart_ends_a_running_request_with_a_clear_status(relay: Relay) -> None:
+    """A request running when its kernel restarts answers 500 saying so, not pending forever."""
+    kernel = relay.spawn()
+    try:
+        location = submit(relay.url, kernel, "import time; time.sleep(60)", TOKEN)
+        restarted = requests.post(
+            f"{relay.url}/api/kernels/{kernel}/restart", headers=_headers(TOKEN), timeout=90
+        )
+        assert restarted.status_code == 200, restarted.text
+        status, body = poll(relay.url, location, TOKEN, None)
+        assert status == 500 and body["error"] == "kernel restarting"
+        assert body["pending"] is False
+    finally:
+        relay.shutdown(kernel)
