@@ -307,6 +307,9 @@ def test_input_of_a_socketio_cell_is_answered_over_rest(relay: Relay, kernel_id:
             {"code": "name = input('who? '); print('hi ' + name)", "allow_stdin": True},
         )
         status, body = poll(relay.url, f"/api/kernels/{kernel_id}/requests/{msg_id}", TOKEN, "bo")
+        deadline = time.monotonic() + 10  # the client reads on a thread of its own
+        while not client.received["stdin"] and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert client.received["stdin"], "the asker got the input_request too"
     finally:
         client.close()
