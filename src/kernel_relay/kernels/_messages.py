@@ -257,19 +257,16 @@ def _signed_parts(
         raise MessageRejected("no <IDS|MSG> delimiter") from None
     if len(frames) < split + 6:
         raise MessageRejected(f"only {len(frames) - split - 1} frames after the delimiter, need 5")
-    raw = (
-        _frame(frames[split + 2]),
-        _frame(frames[split + 3]),
-        _frame(frames[split + 4]),
-        _frame(frames[split + 5]),
-    )
+    raw = tuple(frames[split + 2 : split + 6])
+    if not (type(raw[0]) is type(raw[1]) is type(raw[2]) is type(raw[3]) is bytes):
+        raw = tuple(map(_frame, raw))
     if sign is not None:
         signature = frames[split + 1]
         if not hmac.compare_digest(
             signature if type(signature) is bytes else bytes(signature), sign(raw)
         ):
             raise MessageRejected("bad signature")
-    return split, raw
+    return split, raw  # type: ignore[return-value]
 
 
 def _part_texts(raw: tuple[Frame, Frame, Frame, Frame]) -> tuple[str, str, str, str]:
@@ -307,28 +304,22 @@ def decode_frames(
     Raises MessageRejected with the reason when the message is malformed or its signature is wrong.
     ``sign`` is None only for kernels that run without a key (signing disabled).
     """
-    if not isinstance(frames, list | tuple):
+    if type(frames) is not list and type(frames) is not tuple:
         frames = list(frames)
     split, raw = _signed_parts(frames, sign)
     texts = _part_texts(raw)
     header = _json_object(texts[0], "header")
-    parent_header = _json_object(texts[1], "parent_header")
-    metadata = _json_object(texts[2], "metadata")
-    content = _lazy_content(texts, len(raw[3]))
     if type(header.get("msg_type")) is not str:
         raise MessageRejected("header.msg_type is missing")
-    message = KernelMessage(
-        header,
-        parent_header,
-        metadata,
-        content,
-        [_frame(f) for f in frames[split + 6 :]] if len(frames) > split + 6 else [],
-        channel,
-        raw,
-        texts,
-    )
-    identities = [f if type(f) is bytes else bytes(f) for f in frames[:split]]
-    return identities, message
+    # An empty part (most metadata, a status's parent at start-up) is not worth the scanner.
+    parent_header = {} if raw[1] == b"{}" else _json_object(texts[1], "parent_header")
+    metadata = {} if raw[2] == b"{}" else _json_object(texts[2], "metadata")
+    content = _lazy_content(texts, len(raw[3]))
+    buffers = [_frame(f) for f in frames[split + 6 :]] if len(frames) > split + 6 else []
+    message = KernelMessage(header, parent_header, metadata, content, buffers, channel, raw, texts)
+    if split == 0:
+        return [], message
+    return [f if type(f) is bytes else bytes(f) for f in frames[:split]], message
 
 
 def encode_frames(
@@ -433,7 +424,7 @@ def build_client_message(
     content = _optional_dict(message, "content")
     if not buffers and message.get("buffers") is not None:
         buffers = message["buffers"]
-    binary = _buffer_list(buffers) if buffers or type(buffers) is not list else []
+    binary = _buffer_list(buffers) if buffers or type(buffers) not in (list, tuple) else []
     return KernelMessage(
         header=header,
         parent_header=parent_header,
