@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from hmac import HMAC
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, Final
 
 from ._errors import InvalidMessage
@@ -196,13 +197,22 @@ class KernelMessage:
         return result
 
 
-# One encoder for every message: json.dumps with options builds a new encoder on each call.
-_encode_json = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# Its C encoder made once (``encode`` makes one per call); with no table of the containers being encoded
+# (an error midway would leave it stale), a cycle ends in RecursionError.
+_encode_chunks: Callable[[Any, int], Sequence[str]] = (
+    c_make_encoder(None, _encoder.default, encode_basestring, None, ":", ",", False, False, False)
+    if c_make_encoder is not None
+    else lambda value, _level: (_encoder.encode(value),)
+)
 
 
 def pack_json(value: Any) -> bytes:
     """Strict JSON (no NaN, no non-JSON types, valid UTF-8) so a kernel never sees something odd."""
-    return _encode_json(value).encode("utf-8")
+    try:
+        return "".join(_encode_chunks(value, 0)).encode("utf-8")
+    except RecursionError:
+        raise ValueError("the value nests too deeply or contains itself") from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -311,7 +321,6 @@ def decode_frames(
     header = _json_object(texts[0], "header")
     if type(header.get("msg_type")) is not str:
         raise MessageRejected("header.msg_type is missing")
-    # An empty part (most metadata, a status's parent at start-up) is not worth the scanner.
     parent_header = {} if raw[1] == b"{}" else _json_object(texts[1], "parent_header")
     metadata = {} if raw[2] == b"{}" else _json_object(texts[2], "metadata")
     content = _lazy_content(texts, len(raw[3]))
