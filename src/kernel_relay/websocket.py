@@ -363,7 +363,14 @@ class FramedWebSocketProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         """Close politely (``code``, ``reason``) if the connection is open and keeps up, else drop it."""
         self.write_queued(everything=True)
         if internals.websocket_open(self) and not self._pressure.paused:
-            self.sendClose(code, reason)
+            # Not sendClose: Autobahn takes only 1000 and 3000-4999 there, and a server also closes with
+            # RFC 6455's 1001 (going away), 1008 (policy), 1011 (internal error) and 1013 (try again later).
+            reason_bytes = None
+            if reason is not None:  # at most 123 bytes, never cut inside a character
+                reason_bytes = (
+                    reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+                )
+            self.sendCloseFrame(code, reason_bytes)
         elif not internals.websocket_closed(self) and self.transport is not None:
             # A close frame would wait behind everything the peer does not read: cut it off.
             internals.abort_connection(self.transport)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
+from kernel_relay.fronts.jupyter import CLOSE_TRY_AGAIN_LATER
+from kernel_relay.kernels import SocketsExhausted
 from tests.fakes import kernel_message
 from tests.inproc import (
     FRONTS,
@@ -140,6 +142,31 @@ def test_one_client_too_many_for_a_kernel_is_refused(front: PeerFactory) -> None
     relay.kernel().publish(stream("still here"))
     relay.flush()
     assert texts(first.got("iopub")) == ["still here"]
+
+
+@fronts
+def test_a_client_the_relay_has_no_socket_for_is_refused_and_others_go_on(
+    front: PeerFactory,
+) -> None:
+    """With no ZeroMQ socket left, a new client is refused saying so (not left hanging); the first goes on."""
+    relay = InProcessRelay()
+    first = front(relay, channels=("iopub", "shell"))
+    kernel = relay.kernel()
+
+    def exhausted(identity: bytes, deliver: object) -> None:
+        raise SocketsExhausted("no ZeroMQ socket left (test)")
+
+    kernel.open_client = exhausted  # type: ignore[method-assign,assignment]
+    second = front(relay, channels=("iopub", "shell"))
+    if isinstance(second, JupyterPeer):  # refused after its upgrade: closed "try again later"
+        assert second.client.close_code == CLOSE_TRY_AGAIN_LATER
+        assert "no ZeroMQ socket left" in str(second.client.close_reason)
+    else:
+        assert second.refusal is not None and "no ZeroMQ socket left" in second.refusal
+    kernel.publish(stream("still here"))
+    relay.flush()
+    assert texts(first.got("iopub")) == ["still here"]
+    assert relay.metric('kernel_relay_errors_total{kind="sockets_exhausted"}') >= 1
 
 
 # -- limits -----------------------------------------------------------------------------------------------

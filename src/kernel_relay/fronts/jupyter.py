@@ -36,6 +36,7 @@ from ..budget import BufferBudget
 from ..http.connections import trust_request_connection
 from ..http.origins import OriginPolicy
 from ..kernels import DEFAULT_USERNAME, IOPUB, PROTOCOL_VERSION, Frame, Kernel, iso_date, pack_json
+from ..relay.client import Refused
 from ..relay.core import RelayCore
 from ..relay.journal import Resume
 from ..relay.marks import SharedMarks
@@ -44,6 +45,9 @@ from ..websocket import WriteBatcher
 from .jupyter_connection import CLOSE_GOING_AWAY, CLOSE_NORMAL, JupyterConnection
 from .jupyter_request import NO_RESUME, Admitted, check_request, kernel_named
 from .jupyter_sessions import MARKS_PER_KERNEL, JupyterSessions, Reading, parent_frame
+
+#: The close code of a connection the relay cannot serve for now (RFC 6455's "Try Again Later").
+CLOSE_TRY_AGAIN_LATER = 1013
 
 __all__ = ["MARKS_PER_KERNEL", "JupyterFront"]
 
@@ -189,8 +193,8 @@ class JupyterFront:
             # fleet since (the fresher mark wins). Its other channels work at once; iopub joins once the
             # fleet has said (what comes meanwhile waits in the journal).
             for channel in admitted.channels:
-                if channel != IOPUB:
-                    self._attach(connection, kernel, channel, NO_RESUME)
+                if channel != IOPUB and not self._attach(connection, kernel, channel, NO_RESUME):
+                    return
             start = self.core.last_seq(kernel.id)
             asked = self.sessions.load(kernel.id, admitted.session_key)
             asked.addCallback(lambda found: self._join_iopub(connection, found, start))
@@ -198,15 +202,21 @@ class JupyterFront:
         if admitted.resume.since is not None:
             connection.last_seq = admitted.resume.since  # the replay, if any, moves it on
         for channel in admitted.channels:
-            self._attach(
-                connection, kernel, channel, admitted.resume if channel == IOPUB else NO_RESUME
-            )
+            resume = admitted.resume if channel == IOPUB else NO_RESUME
+            if not self._attach(connection, kernel, channel, resume):
+                return
 
     def _attach(
         self, connection: JupyterConnection, kernel: Kernel, channel: str, resume: Resume
-    ) -> None:
+    ) -> bool:
+        """Whether the core attached the connection; if not (no ZeroMQ socket left), it is closed saying so."""
         connection.channels.add(channel)
-        self.core.attach(connection, kernel, channel, resume)
+        try:
+            self.core.attach(connection, kernel, channel, resume)
+        except Refused as refusal:
+            connection.close_with(CLOSE_TRY_AGAIN_LATER, refusal.message)
+            return False
+        return True
 
     def _join_iopub(
         self, connection: JupyterConnection, found: tuple[int, str | None] | None, start: int

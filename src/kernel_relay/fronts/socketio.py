@@ -41,7 +41,7 @@ NAMESPACE_PATTERN: Final = re.compile(
 )
 MESSAGE_EVENT: Final = "msg"
 #: Refusals that say more than their message carry it as data, for socket.io 1.x/2.x (they see only that).
-_CODES_WITH_DATA: Final = frozenset({401, 403, 429})
+_CODES_WITH_DATA: Final = frozenset({401, 403, 429, 503})
 #: What a 401 adds for a socket.io client: where its token goes.
 TOKEN_HINT: Final = ': connect with auth {"token": "<token>"}'
 _NO_RESUME: Final = Resume(None, False)
@@ -214,16 +214,24 @@ class SocketIOFront:
         try:
             kernel = self._core.admit(client, kernel_id, channel, credentials)
         except Refused as refusal:
-            if not client.sockets:
-                self._forget(client)
-            message = refusal.message + (TOKEN_HINT if refusal.code == 401 else "")
-            data = None
-            if refusal.code in _CODES_WITH_DATA:
-                data = {"code": refusal.code, "message": message}
-            raise ConnectionRefused(message, data) from None
+            raise self._refused(client, refusal) from None
         resume = requested_resume(auth, handshake.query.items()) if channel == IOPUB else _NO_RESUME
         client.sockets[(kernel.id, channel)] = socket
-        self._core.attach(client, kernel, channel, resume)
+        try:
+            self._core.attach(client, kernel, channel, resume)
+        except Refused as refusal:
+            del client.sockets[(kernel.id, channel)]
+            raise self._refused(client, refusal) from None
+
+    def _refused(self, client: SocketIOClientOfCore, refusal: Refused) -> ConnectionRefused:
+        """The CONNECT_ERROR a refusal of the core becomes; a client left with no namespace is forgotten."""
+        if not client.sockets:
+            self._forget(client)
+        message = refusal.message + (TOKEN_HINT if refusal.code == 401 else "")
+        data = None
+        if refusal.code in _CODES_WITH_DATA:
+            data = {"code": refusal.code, "message": message}
+        return ConnectionRefused(message, data)
 
     def _disconnected(self, socket: Socket, reason: str) -> None:
         if reason == SLOW_CLIENT:

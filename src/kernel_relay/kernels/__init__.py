@@ -40,6 +40,7 @@ from ._observers import KernelObserver
 from ._registry import LOOKUP_WAIT, KernelRegistry, KernelSpecInfo
 from ._sandbox import NETWORK_POLICIES, SANDBOX_POLICIES, SandboxPolicy
 from ._sandbox import unavailable as sandbox_unavailable
+from ._zmq import SocketsExhausted
 
 __all__ = [
     "CHANNELS",
@@ -66,6 +67,7 @@ __all__ = [
     "Limits",
     "MessageCallback",
     "SandboxPolicy",
+    "SocketsExhausted",
     "UnknownKernel",
     "UnknownKernelSpec",
     "iso_date",

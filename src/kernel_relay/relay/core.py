@@ -31,7 +31,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ..auth import TokenAuth
-from ..kernels import CHANNELS, IOPUB, InvalidMessage, Kernel, KernelMessage, KernelRegistry
+from ..kernels import (
+    CHANNELS,
+    IOPUB,
+    InvalidMessage,
+    Kernel,
+    KernelMessage,
+    KernelRegistry,
+    SocketsExhausted,
+)
 from ..metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
 from .admission import Admission
 from .client import Refused, RelayClient, msg_id_of, short_id
@@ -186,10 +194,18 @@ class RelayCore:
         """
         Attach an admitted client to a kernel's channel. A joining iopub client is first told the kernel's
         state (:func:`.status.current_state`), then gets what ``resume`` asks for (the messages after
-        ``since``, or the running cell's output so far).
+        ``since``, or the running cell's output so far). Raises :class:`Refused` (503) when the client's line
+        to the kernel cannot be opened: the relay has no ZeroMQ socket left.
         """
         if channel != IOPUB:
-            self._links.join(client, kernel, channel)
+            try:
+                self._links.join(client, kernel, channel)
+            except SocketsExhausted as error:
+                self.metrics.error("sockets_exhausted")
+                log.warn(
+                    "Client {address} refused: {error}", address=client.address, error=str(error)
+                )
+                raise Refused(f"The relay is full: {error}", 503) from None
         self._attached.setdefault(kernel.id, {}).setdefault(channel, {})[client.client_id] = client
         log.info(
             "Client {address} connected to {channel} of kernel {kernel}",
