@@ -45,7 +45,13 @@ class LedgerOptions:
     """The ledger's bounds: requests kept, bytes of outputs kept, seconds a finished request stays."""
 
     max_requests: int = 1000
-    max_bytes: int = 32 * 1024 * 1024
+    max_bytes: int = 1024 * 1024
+    """
+    Over every kernel, counted as the kernel's messages' bytes. The outputs are a second copy of what the
+    iopub journals keep, outside the buffer budget: with 32 MiB a flood left the relay 45-55 MiB larger
+    after its clients had gone, with 4 MiB 16-17 MiB (1 MiB: 10-11, as without a ledger). Reading the
+    outputs back from the journal instead is the way to keep more (see the module's docstring).
+    """
     max_age: float = 3600.0
 
 
