@@ -9,10 +9,17 @@ legacy one (:mod:`.jupyter_wire`).
   (``@jupyterlab/services`` reads that as "the server restarted a dead kernel", and reconnects).
 - The kernel gone closes the socket with code 1000 and the reason; a client that does not read what is sent
   to it is closed as a slow client once ``max_buffered_bytes`` wait for it (never a silent drop).
+- Where the session read to (``last_seq``, kept as its mark) counts only what was handed to an open socket.
+  A Jupyter client acknowledges nothing, so when it ends the connection (its close frame, or the socket
+  drops) what was handed to it in the last :data:`UNREAD_SECONDS` before may never have been read: in flight,
+  or dropped by a client already closing (a browser's and JupyterLab's ``reconnect()`` do). Its mark goes
+  back before them: it sees them again rather than never. When the relay closes, its close frame comes after
+  everything, so the mark is exact.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING, Any, Final
 
 from autobahn.websocket.types import ConnectionRequest
@@ -41,6 +48,12 @@ CLOSE_GOING_AWAY: Final = 1001
 CLOSE_POLICY: Final = 1008
 CLOSE_INTERNAL_ERROR: Final = 1011
 
+#: What was handed to a client this many seconds before it ended its connection counts as unread (a
+#: reconnect sees at most that much output again; the fleet's positions are as fresh as this anyway).
+UNREAD_SECONDS: Final = 0.25
+#: Where the session was is noted at most this often (so a few notes cover :data:`UNREAD_SECONDS`).
+_NOTE_EVERY: Final = UNREAD_SECONDS / 5
+
 
 class JupyterConnection(FramedWebSocketProtocol):
     """One channels WebSocket: one client of the core, attached to the channels its token allows."""
@@ -56,6 +69,11 @@ class JupyterConnection(FramedWebSocketProtocol):
         self.last_seq = 0
         self.last_parent: Frame = b"{}"
         self._closing = False
+        # When the session was where: (time, last_seq, last_parent) before the first message handed on
+        # since that time; a note at most every _NOTE_EVERY, the last few only.
+        self._notes: deque[tuple[float, int, Frame]] = deque(maxlen=8)
+        self._next_note = 0.0
+        self._client_closed_at: float | None = None
 
     @property
     def kernel_id(self) -> str:
@@ -85,12 +103,18 @@ class JupyterConnection(FramedWebSocketProtocol):
         if channel == IOPUB and is_requested_restart(message):
             self.last_seq = message.seq or self.last_seq
             return
+        # A closing socket takes nothing more: not read, so not counted.
+        handed = self.accepts_frames
         if self.v1:
             self.send_message(v1_frame(message), binary=True)
         else:
             parts, binary = legacy_frame(message)
             self.send_message(parts, binary)
-        if message.seq:
+        if message.seq and handed:
+            now = self._batcher.clock.seconds()
+            if now >= self._next_note:
+                self._notes.append((now, self.last_seq, self.last_parent))
+                self._next_note = now + _NOTE_EVERY
             self.last_seq = message.seq
             self.last_parent = message.parts[1]
         limit = self._front.max_buffered_bytes
@@ -226,8 +250,27 @@ class JupyterConnection(FramedWebSocketProtocol):
         message = f"malformed frame: {error}"
         self._show(kernel_id, ERROR, {"message": message}, b"{}", f"[kernel-relay] {message}")
 
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        if not self._closing and self._client_closed_at is None:
+            self._client_closed_at = self._batcher.clock.seconds()
+        answer: bool | None = super().onCloseFrame(code, reasonRaw)
+        return answer
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         super().onClose(wasClean, code, reason)
+        if not self._closing:
+            # The client ended it: what it was handed just before may be unread (see the module doc).
+            ended = self._client_closed_at
+            self.last_seq, self.last_parent = self._read_before(
+                (self._batcher.clock.seconds() if ended is None else ended) - UNREAD_SECONDS
+            )
         self._closing = True
         self._front.budget.forget(self)
         self._front.connection_lost(self)
+
+    def _read_before(self, cutoff: float) -> tuple[int, Frame]:
+        """Where the session was at ``cutoff`` (or a little after): the last seq handed on by then."""
+        for when, seq, parent in self._notes:
+            if when > cutoff:
+                return seq, parent
+        return self.last_seq, self.last_parent
