@@ -5,10 +5,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from kernel_relay.fronts.jupyter import MARKS_PER_KERNEL, JupyterFront
 from kernel_relay.fronts.jupyter_request import Admitted
+from kernel_relay.relay.events import ReplayExpired
+from kernel_relay.relay.journal import Resume
 
 
 class FakeCore:
@@ -67,3 +70,64 @@ def test_marks_go_with_their_kernel_and_none_is_made_after() -> None:
     front.kernel_stopped(SimpleNamespace(id="k1"), "shutdown")  # type: ignore[arg-type]
     disconnect(front, "k1", "s2", b"{}")
     assert front.marks_of("k1") == 0 and front.marks_of("k2") == 1
+
+
+class FleetCore(FakeCore):
+    """A core whose kernel k1 has numbered 40 messages; what is attached is noted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attached: list[tuple[str, Resume]] = []
+
+    def last_seq(self, kernel_id: str) -> int:
+        return 40
+
+    def attach(self, client: Any, kernel: Any, channel: str, resume: Resume) -> None:
+        self.attached.append((channel, resume))
+
+
+class Marks:
+    """The fleet's marks: ``answer`` is what a load gives (an exception: it fails)."""
+
+    def __init__(self, answer: tuple[int, str | None] | Exception | None) -> None:
+        self.answer = answer
+
+    def save(self, kernel_id: str, marks: Any) -> None:
+        pass
+
+    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]:
+        if isinstance(self.answer, Exception):
+            return fail(self.answer)
+        return succeed(self.answer)
+
+
+def join(answer: tuple[int, str | None] | Exception | None) -> tuple[FleetCore, list[object]]:
+    """A session joins k1's iopub on a fleet relay whose marks answer ``answer``: what it is attached with, told."""
+    core = FleetCore()
+    front = JupyterFront(core, Clock())  # type: ignore[arg-type]
+    front.share_marks(Marks(answer))
+    told: list[object] = []
+    admitted = Admitted(SimpleNamespace(id="k1"), ["iopub"], "s1", "127.0.0.1", "p")  # type: ignore[arg-type]
+    connection = SimpleNamespace(
+        client_id="c1",
+        admitted=admitted,
+        channels=set(),
+        last_seq=0,
+        last_parent=b"{}",
+        tell=lambda kernel_id, channel, event: told.append(event),
+    )
+    front.connection_open(connection)  # type: ignore[arg-type]
+    front.sessions.stop()
+    return core, told
+
+
+def test_a_session_the_fleet_cannot_place_is_told_what_it_may_have_missed() -> None:
+    """When the fleet's marks cannot be read, a session unknown here is told output may be missing, not taken for new."""
+    core, told = join(ConnectionError("Redis is gone"))
+    assert core.attached == [("iopub", Resume(40, False))]
+    assert len(told) == 1 and isinstance(told[0], ReplayExpired)
+    assert told[0].last == 40 and "Redis is gone" in (told[0].problem or "")
+    core, told = join(None)
+    assert core.attached == [("iopub", Resume(40, False))] and told == [], "a new session"
+    core, told = join((12, "cell"))
+    assert core.attached == [("iopub", Resume(12, False))] and told == []

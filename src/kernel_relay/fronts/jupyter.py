@@ -38,6 +38,7 @@ from ..http.origins import OriginPolicy
 from ..kernels import DEFAULT_USERNAME, IOPUB, PROTOCOL_VERSION, Frame, Kernel, iso_date, pack_json
 from ..relay.client import Refused
 from ..relay.core import RelayCore
+from ..relay.events import ReplayExpired
 from ..relay.journal import Resume
 from ..relay.marks import SharedMarks
 from ..relay.payload import Outgoing
@@ -197,7 +198,12 @@ class JupyterFront:
                     return
             start = self.core.last_seq(kernel.id)
             asked = self.sessions.load(kernel.id, admitted.session_key)
-            asked.addCallback(lambda found: self._join_iopub(connection, found, start))
+            asked.addCallbacks(
+                lambda found: self._join_iopub(connection, found, start),
+                lambda failure: self._join_iopub(
+                    connection, None, start, failure.getErrorMessage()
+                ),
+            )
             return
         if admitted.resume.since is not None:
             connection.last_seq = admitted.resume.since  # the replay, if any, moves it on
@@ -219,11 +225,16 @@ class JupyterFront:
         return True
 
     def _join_iopub(
-        self, connection: JupyterConnection, found: tuple[int, str | None] | None, start: int
+        self,
+        connection: JupyterConnection,
+        found: tuple[int, str | None] | None,
+        start: int,
+        unknown: str | None = None,
     ) -> None:
         """
         Attach a session's iopub once the fleet said where it stopped; a session new to the fleet gets what
-        came since it connected (``start``).
+        came since it connected (``start``). When the fleet could not say (``unknown``: why) and this relay
+        has no mark of it, the session may have missed output before ``start``: it is told so.
         """
         admitted = connection.admitted
         if self._connections.get(connection.client_id) is not connection:
@@ -241,6 +252,12 @@ class JupyterFront:
         elif start:
             admitted.resume = Resume(start, False)
         self._attach(connection, admitted.kernel, IOPUB, admitted.resume)
+        if unknown is not None and here is None and start:
+            problem = (
+                f"where this session stopped reading could not be learnt from the fleet ({unknown}): "
+                f"output before message {start + 1} may be missing"
+            )
+            connection.tell(admitted.kernel.id, IOPUB, ReplayExpired(1, start, problem))
 
     def connection_lost(self, connection: JupyterConnection) -> None:
         if self._connections.get(connection.client_id) is not connection:
