@@ -144,6 +144,20 @@ class Seen:
     gaps: int = 0
     repeat_seconds: list[float] = field(default_factory=list)
     told_dead: list[float] = field(default_factory=list)
+    visits: list[Visit] = field(default_factory=list)
+
+
+@dataclass
+class Visit:
+    """One connection of a watcher: to which relay, when, the lines it got first and last, how it ended."""
+
+    relay: str
+    start: float
+    first: int | None = None
+    last: int | None = None
+    end: float = 0.0
+    ended: str = ""
+    gaps: int = 0
 
 
 class Run:
@@ -165,6 +179,9 @@ class Run:
         self.seen: dict[tuple[str, str], Seen] = {}
         self.stop = threading.Event()
         self.faults: dict[str, int] = {}
+        # When, and which fault (for the context of each loss).
+        self.events: list[tuple[float, str]] = []
+        self.started = time.time()
         self.threads: list[threading.Thread] = []
 
     # -- the fleet ---------------------------------------------------------------------------------------
@@ -222,16 +239,25 @@ class Run:
         kinds = ["sigkill", "sigstop", "sigterm", "redis", "kernel"]
         kind = self.random.choice(kinds if len(live) > 1 else ["redis", "kernel"])
         self.faults[kind] = self.faults.get(kind, 0) + 1
+        began = time.time()
+        target = self.fault_once(kind, live)
+        self.events.append((began, f"{kind} {target} ({time.time() - began:.1f} s)"))
+
+    def fault_once(self, kind: str, live: list[Relay]) -> str:
+        """Inflict one fault; what it hit."""
+        target = ""
         if kind == "redis":
             self.redis.restart()
         elif kind == "kernel" and self.kernels:
             kernel_id = self.random.choice(sorted(set(self.kernels) - self.killed))
+            target = kernel_id[:8]
             self.killed.add(kernel_id)
             for process in kernel_processes(kernel_id):
                 process.kill()
             self.spawn()
         elif kind == "sigstop":
             relay = self.random.choice(live)
+            target = relay.name
             relay.frozen = True
             relay.signal(signal.SIGSTOP)
             time.sleep(self.random.uniform(2 * LEASE, 4 * LEASE))
@@ -239,6 +265,7 @@ class Run:
             relay.frozen = False
         elif kind in ("sigkill", "sigterm"):
             relay = self.random.choice(live)
+            target = relay.name
             if kind == "sigkill":
                 relay.signal(signal.SIGKILL)
                 relay.process.wait()
@@ -252,6 +279,8 @@ class Run:
             self.count += 1
             self.relays.append(fresh)
             fresh.ready()
+            target += f" -> {fresh.name}"
+        return target
 
     # -- watchers ------------------------------------------------------------------------------------------
 
@@ -343,6 +372,8 @@ class Run:
                 time.sleep(0.5)
                 continue
             until = time.monotonic() + self.random.uniform(3, 10)
+            visit = Visit(relay.name, time.time() - self.started, ended="timed")
+            seen.visits.append(visit)
             try:
                 while time.monotonic() < until and not self.stop.is_set():
                     try:
@@ -354,15 +385,20 @@ class Run:
                     told = message.get("metadata", {}).get("kernel_relay", {})
                     if told.get("event") == "replay_gap":
                         seen.gaps += 1
+                        visit.gaps += 1
                     line = self.record(who, kernel_id, message)
                     if line is not None:
+                        if visit.first is None:
+                            visit.first = line
+                        visit.last = line
                         with self.lock:
                             if line in seen.lines:
                                 again += 1
                             seen.lines[line] = seen.lines.get(line, 0) + 1
-            except Exception:
-                pass
+            except Exception as error:
+                visit.ended = f"{type(error).__name__}: {error}"[:80]
             finally:
+                visit.end = time.time() - self.started
                 seen.repeat_seconds.append(again * SECONDS_PER_LINE)
                 try:
                     ws.close()
@@ -401,6 +437,7 @@ class Run:
         lost = repeats = false_deaths = 0
         jupyter_max = 0.0
         holes: list[str] = []
+        contexts: list[str] = []
         lost_by: dict[str, int] = {}
         for (who, kernel_id), seen in self.seen.items():
             false_deaths += len(seen.told_dead)
@@ -410,6 +447,7 @@ class Run:
                     lost += len(hole)
                     lost_by[who] = lost_by.get(who, 0) + len(hole)
                     holes.append(f"{who} {kernel_id[:8]}: {sorted(hole)[:5]}")
+                    contexts.extend(self.context(who, kernel_id, seen, hole))
             if who.startswith("sio"):
                 repeats += sum(count - 1 for count in seen.lines.values())
             else:
@@ -429,7 +467,50 @@ class Run:
             "false_deaths": false_deaths,
             "kernels_left": len(left),
             "holes": holes[:10],
+            "loss_contexts": contexts[:20],
         }
+
+    def context(self, who: str, kernel_id: str, seen: Seen, hole: set[int]) -> list[str]:
+        """For each run of lost lines: the connections either side of it and the faults between them."""
+        told: list[str] = []
+        runs: list[list[int]] = []
+        for line in sorted(hole):
+            if runs and runs[-1][-1] == line - 1:
+                runs[-1].append(line)
+            else:
+                runs.append([line])
+        for lost in runs:
+            before = [v for v in seen.visits if v.last is not None and v.last < lost[0]]
+            after = [v for v in seen.visits if v.first is not None and v.first > lost[-1]]
+            around = [
+                v
+                for v in seen.visits
+                if v.first is not None and v.first <= lost[0] <= (v.last or 0)
+            ]
+            left = max(before, key=lambda v: v.last or 0, default=None)
+            right = min(after, key=lambda v: v.first or 0, default=None)
+            since = left.end if left else 0.0
+            until = right.start if right else time.time() - self.started
+            faults = [
+                f"{when - self.started:.1f} {what}"
+                for when, what in self.events
+                if since - 15 <= when - self.started <= until + 1
+            ]
+            told.append(
+                f"{who} {kernel_id[:8]} lines {lost[0]}-{lost[-1]} ({len(lost)}): "
+                f"before {describe(left)}; after {describe(right)}; inside {[describe(v) for v in around]}; "
+                f"faults near {faults}"
+            )
+        return told
+
+
+def describe(visit: Visit | None) -> str:
+    if visit is None:
+        return "none"
+    return (
+        f"{visit.relay} {visit.start:.1f}-{visit.end:.1f} s lines {visit.first}-{visit.last} "
+        f"gaps {visit.gaps} ended {visit.ended}"
+    )
 
 
 def kernel_processes(kernel_id: str) -> list[psutil.Process]:
