@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from kernel_relay.fronts.jupyter_connection import UNREAD_SECONDS
 from tests.conftest import Relay
 from tests.e2e.test_fleet import AUTH, TOKEN, ids, kernel_processes, no_kernel_left, show
 from tests.e2e.test_relay_resume import IopubWatcher, wait
@@ -345,6 +346,9 @@ def test_a_jupyter_session_that_goes_a_b_a_gets_nothing_twice(
         for r in (a, b):
             client = JupyterWS(r.url, kernel_id, token=TOKEN, session_id="the-session")
             cells.append(client.execute("for i in range(20): print(i, flush=True)")[0])
+            time.sleep(
+                2 * UNREAD_SECONDS
+            )  # read for sure: what came just before a close comes again
             client.close()
             time.sleep(1.5)  # more than the share interval: its position is in Redis
         again = JupyterWS(a.url, kernel_id, token=TOKEN, session_id="the-session")
@@ -375,6 +379,7 @@ def test_a_jupyter_position_survives_a_redis_restart(tmp_path: Path) -> None:
         wait(lambda: kernel_id in ids(b), 10, "B to serve A's kernel")
         client = JupyterWS(a.url, kernel_id, token=TOKEN, session_id="the-session")
         cell = client.execute("for i in range(20): print(i, flush=True)")[0]
+        time.sleep(2 * UNREAD_SECONDS)  # read for sure: what came just before a close comes again
         client.close()
         time.sleep(1.5)
         other = JupyterWS(a.url, kernel_id, token=TOKEN)

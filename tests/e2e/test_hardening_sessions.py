@@ -17,6 +17,7 @@ import pytest
 import requests
 import websocket
 
+from kernel_relay.fronts.jupyter_connection import UNREAD_SECONDS
 from tests.conftest import Relay, relay_fixture
 from tests.jupyter_ws import JupyterWS, new_message
 
@@ -92,6 +93,7 @@ def test_a_viewer_presenting_the_owners_session_id_takes_neither_its_output_nor_
     """A read-only viewer with the owner's session_id gets a session of its own; the owner resumes exactly."""
     owner = JupyterWS(guarded.url, kernel, token=TOKEN)
     owner.execute("print('read', flush=True)")
+    time.sleep(2 * UNREAD_SECONDS)  # read for sure: what came just before a close comes again
     leave(guarded, kernel, owner)
     other = JupyterWS(guarded.url, kernel, token=TOKEN)
     viewer: JupyterWS | None = None
@@ -142,6 +144,7 @@ def test_another_full_token_presenting_the_owners_session_id_gets_none_of_its_re
             m["header"]["msg_type"] == "execute_input" and m["parent_header"]["msg_id"] == cell
         )
     )
+    time.sleep(2 * UNREAD_SECONDS)  # read for sure: what came just before a close comes again
     leave(guarded, kernel, owner)
     intruder = JupyterWS(
         guarded.url, kernel, token=issue(guarded, kernel, "full"), session_id=owner.session_id

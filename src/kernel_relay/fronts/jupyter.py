@@ -205,8 +205,9 @@ class JupyterFront:
                 ),
             )
             return
-        if admitted.resume.since is not None:
-            connection.last_seq = admitted.resume.since  # the replay, if any, moves it on
+        # Where it reads from (the replay, if any, moves it on); a new session has what came before.
+        since = admitted.resume.since
+        connection.last_seq = self.core.last_seq(kernel.id) if since is None else since
         for channel in admitted.channels:
             resume = admitted.resume if channel == IOPUB else NO_RESUME
             if not self._attach(connection, kernel, channel, resume):
@@ -251,6 +252,7 @@ class JupyterFront:
             connection.last_seq = here
         elif start:
             admitted.resume = Resume(start, False)
+            connection.last_seq = start
         self._attach(connection, admitted.kernel, IOPUB, admitted.resume)
         if unknown is not None and here is None and start:
             problem = (

@@ -69,9 +69,9 @@ class JupyterConnection(FramedWebSocketProtocol):
         self.last_seq = 0
         self.last_parent: Frame = b"{}"
         self._closing = False
-        # When the session was where: (time, last_seq, last_parent) before the first message handed on
-        # since that time; a note at most every _NOTE_EVERY, the last few only.
-        self._notes: deque[tuple[float, int, Frame]] = deque(maxlen=8)
+        # When the session was where: (time, last_seq) before the first message handed on since that
+        # time; a note at most every _NOTE_EVERY, the last few only.
+        self._notes: deque[tuple[float, int]] = deque(maxlen=8)
         self._next_note = 0.0
         self._client_closed_at: float | None = None
 
@@ -113,7 +113,7 @@ class JupyterConnection(FramedWebSocketProtocol):
         if message.seq and handed:
             now = self._batcher.clock.seconds()
             if now >= self._next_note:
-                self._notes.append((now, self.last_seq, self.last_parent))
+                self._notes.append((now, self.last_seq))
                 self._next_note = now + _NOTE_EVERY
             self.last_seq = message.seq
             self.last_parent = message.parts[1]
@@ -260,17 +260,18 @@ class JupyterConnection(FramedWebSocketProtocol):
         super().onClose(wasClean, code, reason)
         if not self._closing:
             # The client ended it: what it was handed just before may be unread (see the module doc).
+            # Its last parent stays: a gap is best told in the last cell it may have seen.
             ended = self._client_closed_at
-            self.last_seq, self.last_parent = self._read_before(
+            self.last_seq = self._read_before(
                 (self._batcher.clock.seconds() if ended is None else ended) - UNREAD_SECONDS
             )
         self._closing = True
         self._front.budget.forget(self)
         self._front.connection_lost(self)
 
-    def _read_before(self, cutoff: float) -> tuple[int, Frame]:
+    def _read_before(self, cutoff: float) -> int:
         """Where the session was at ``cutoff`` (or a little after): the last seq handed on by then."""
-        for when, seq, parent in self._notes:
+        for when, seq in self._notes:
             if when > cutoff:
-                return seq, parent
-        return self.last_seq, self.last_parent
+                return seq
+        return self.last_seq
