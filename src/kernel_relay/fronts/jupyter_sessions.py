@@ -135,7 +135,8 @@ class JupyterSessions:
         self._shared.pop((kernel_id, session_key), None)
         parent_id = self.msg_id_in(last_parent)
         self._remember(kernel_id, session_key, _Mark(last_seq, parent_id, 0.0))
-        if self.shared is not None and last_seq:
+        if self.shared is not None:
+            # 0 too: a session that may have read nothing resumes from the start, not as new.
             self.shared.save(kernel_id, {session_key: (last_seq, parent_id)})
 
     def left(self, kernel_id: str, session_key: str) -> None:
