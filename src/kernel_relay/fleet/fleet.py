@@ -391,7 +391,7 @@ class Fleet(Service):
     async def _before_stop(self) -> None:
         await self._sync()
         # An adoption under way finishes first: its kernel is stopped or handed over with the rest.
-        await DeferredList(self.guests.adoptions(), consumeErrors=True)
+        await self._adoptions_settled()
         if self.redis_up and self.state.live_relay_here():
             # Another live relay on this machine can adopt every kernel of this one (local or not).
             self.state.membership = Membership.HANDING_OFF
@@ -406,7 +406,15 @@ class Fleet(Service):
             self.guests.adopt(kernel_id, owner, force=True).addErrback(
                 lambda f: log.warn("could not adopt a kernel before stopping: {e}", e=f.value)
             )
-        await DeferredList(self.guests.adoptions(), consumeErrors=True)
+        await self._adoptions_settled()
+
+    async def _adoptions_settled(self) -> None:
+        """
+        Until no adoption is under way, those begun meanwhile too (a relay that leaves as this one stops
+        hands its kernels on): a kernel adopted after the kernels service counted its own would be left.
+        """
+        while adoptions := self.guests.adoptions():
+            await DeferredList(adoptions, consumeErrors=True)
 
     def stopService(self) -> Deferred[Any]:
         """Leave once the kernels service has stopped (it calls :meth:`leave`): their ends reach Redis."""
