@@ -1,13 +1,15 @@
 """
 The sandbox of a relay that is not root (``nobody``, through ``setpriv``): each kernel is in a user namespace
 of its own, with the relay's uid outside, and the probes of ``test_sandbox`` fail from inside it as they do
-under a root relay. The relay's Python lives in root's home here, so the relay runs in a mount namespace where
-only that installation of root's home is visible (as it would be installed elsewhere on a real machine).
+under a root relay. The relay's Python lives in root's home here (and under tox in a ``.tox`` that only root
+may enter), so the relay runs in a mount namespace where each such directory is an empty tmpfs that shows only
+the installation on the way through it (as Python would be installed elsewhere on a real machine).
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -51,12 +53,38 @@ pytestmark = [
     pytest.mark.skipif(_user_namespaces() is not None, reason="no unprivileged user namespaces"),
 ]
 
-#: Mounts, in a mount namespace of the relay's own, root's Python installation over an empty /root (which
-#: is 0700) and then becomes nobody.
-SHOW_PYTHON = (
-    'mkdir -p "$0/python" && mount --bind "$1" "$0/python" && mount -t tmpfs -o mode=0755 tmpfs /root '
-    '&& mkdir -p "$1" && mount --move "$0/python" "$1" && shift && exec "$@"'
-)
+
+def _closed_on_the_way(paths: list[str]) -> dict[str, set[str]]:
+    """Each directory on the way to ``paths`` that others may not enter, with its children on the way."""
+    closed: dict[str, set[str]] = {}
+    for path in paths:
+        parts = Path(path).parts
+        for depth in range(1, len(parts) - 1):
+            directory = os.path.join(*parts[: depth + 1])
+            if not os.stat(directory).st_mode & 0o001:
+                closed.setdefault(directory, set()).add(os.path.join(directory, parts[depth + 1]))
+    return closed
+
+
+def show_python(home: Path) -> str:
+    """A shell script that covers each closed directory on the way to this Python with a tmpfs (mode 0755)
+    showing only what is on the way, outermost first, then runs its arguments."""
+    paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    steps = []
+    for directory, children in sorted(
+        _closed_on_the_way(sorted(paths)).items(), key=lambda item: len(item[0])
+    ):
+        kept = [(child, str(home / f"kept{index}")) for index, child in enumerate(sorted(children))]
+        steps += [
+            f"mkdir -p {shlex.quote(aside)} && mount --bind {shlex.quote(child)} {shlex.quote(aside)}"
+            for child, aside in kept
+        ]
+        steps.append(f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(directory)}")
+        steps += [
+            f"mkdir -p {shlex.quote(child)} && mount --move {shlex.quote(aside)} {shlex.quote(child)}"
+            for child, aside in kept
+        ]
+    return " && ".join([*steps, 'exec "$@"'])
 
 
 @pytest.fixture(scope="module")
@@ -66,10 +94,17 @@ def nobody_relay() -> Iterator[Relay]:
     runtime.mkdir()
     for path in (home, runtime):
         os.chown(path, NOBODY, NOBODY)
-    python = os.path.realpath(sys.executable)
-    installation = "/root/.pyenv" if python.startswith("/root/.pyenv/") else "/nonexistent"
-    wrapper = ["unshare", "--mount", "--propagation", "private", "sh", "-c", SHOW_PYTHON]
-    wrapper += [str(home), installation, *AS_NOBODY]
+    wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        show_python(home),
+        "sh",
+        *AS_NOBODY,
+    ]
     env = {"HOME": str(home), "XDG_RUNTIME_DIR": str(home), "KERNEL_RELAY_TOKEN": TOKEN}
     # Where the interpreter or the project is out of nobody's reach (tox's fresh clone in CI), no relay
     # can run as nobody at all: say so rather than fail every test at set-up.
