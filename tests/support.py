@@ -146,6 +146,32 @@ def running(
         server.stop()
 
 
+def jupyter_server(root: Path, token: str, *options: str) -> ServerProcess:
+    """
+    Jupyter Server on a free loopback port with ``root`` as its notebook root, its token, and its runtime,
+    config and data directories of its own under ``root`` (so nothing of the machine's Jupyter set-up
+    leaks in); ``options`` are more of its command line (``--gateway-url=...``).
+    """
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "jupyter_server",
+        "--allow-root",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.token={token}",
+        f"--ServerApp.root_dir={root}",
+        *options,
+    ]
+    env = {
+        f"JUPYTER_{name.upper()}_DIR": str(root / name) for name in ("runtime", "config", "data")
+    }
+    return ServerProcess(argv, port, env=env)
+
+
 def conformance_server_argv(port: int, *extra: str) -> list[str]:
     return [
         sys.executable,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import socketio
 
 from tests.conftest import Relay, relay_runtime_dir
 from tests.jupyter_ws import JupyterWS
-from tests.support import ServerProcess, free_port
+from tests.support import jupyter_server
 
 TOKEN = "deploy-token"
 
@@ -184,28 +183,13 @@ def test_jupyter_server_with_a_gateway_url_under_the_base_url(
 ) -> None:
     """Jupyter Server 2 with --gateway-url http://host/kernels/ starts, runs and stops a relay kernel."""
     pytest.importorskip("jupyter_server")
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--allow-root",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        "--ServerApp.token=gw",
-        f"--ServerApp.root_dir={tmp_path}",
+    headers = {"Authorization": "token gw"}
+    with jupyter_server(
+        tmp_path,
+        "gw",
         f"--gateway-url={prefixed.url}/kernels/",
         f"--GatewayClient.auth_token={TOKEN}",
-    ]
-    env = {
-        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
-        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
-    }
-    headers = {"Authorization": "token gw"}
-    with ServerProcess(argv, port, env=env) as server:
+    ) as server:
         specs = requests.get(f"{server.url}/api/kernelspecs", headers=headers, timeout=30)
         assert set(specs.json()["kernelspecs"]) == {"python3"}, specs.text
         started = requests.post(f"{server.url}/api/kernels", json={}, headers=headers, timeout=90)

@@ -7,7 +7,6 @@ their client; every execute_request readable by its msg_id; read-only kernel tok
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +17,7 @@ import requests
 from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.jupyter_ws import JupyterWS
 from tests.kernel_client import RelayKernelClient
-from tests.support import ServerProcess, free_port
+from tests.support import jupyter_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -109,26 +108,9 @@ def nbmodel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Jupyter Server with jupyter-server-nbmodel on loopback: the contract's reference."""
     pytest.importorskip("jupyter_server_nbmodel")
     root = tmp_path_factory.mktemp("nbmodel")
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--allow-root",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.token={NBMODEL_TOKEN}",
-        f"--ServerApp.root_dir={root}",
-        "--ServerApp.jpserver_extensions=jupyter_server_nbmodel=True",
-    ]
-    env = {
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_DATA_DIR": str(root / "data"),
-    }
-    with ServerProcess(argv, port, env=env) as server:
+    with jupyter_server(
+        root, NBMODEL_TOKEN, "--ServerApp.jpserver_extensions=jupyter_server_nbmodel=True"
+    ) as server:
         yield server.url
 
 

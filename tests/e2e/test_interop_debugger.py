@@ -8,7 +8,6 @@ relay (how JupyterLab reaches it).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ from tests.conftest import Relay, relay_fixture
 from tests.e2e.test_interop_jupyterlab_services import _has_jupyter_server
 from tests.jupyter_ws import JupyterWS
 from tests.kernel_client import RelayKernelClient
-from tests.support import ServerProcess, free_port
+from tests.support import jupyter_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -236,26 +235,7 @@ def gateway_client(relay: Relay, tmp_path_factory: pytest.TempPathFactory) -> It
     if not _has_jupyter_server():
         pytest.skip("jupyter_server is required (the interop extra)")
     root = tmp_path_factory.mktemp("debugger-gateway")
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--allow-root",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        f"--ServerApp.token={GATEWAY_TOKEN}",
-        f"--ServerApp.root_dir={root}",
-        f"--gateway-url={relay.url}",
-    ]
-    env = {
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_DATA_DIR": str(root / "data"),
-    }
-    with ServerProcess(argv, port, env=env) as server:
+    with jupyter_server(root, GATEWAY_TOKEN, f"--gateway-url={relay.url}") as server:
         yield server.url
 
 

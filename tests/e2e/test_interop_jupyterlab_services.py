@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from tests.browser.harness import require, require_node
 from tests.conftest import Relay, relay_fixture
-from tests.support import ROOT, ServerProcess, ensure_node_modules, free_port
+from tests.support import ROOT, ensure_node_modules, jupyter_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,27 +72,12 @@ def gateway_client(relay: Relay, tmp_path_factory: pytest.TempPathFactory) -> It
     """Jupyter Server with --gateway-url at the relay (its kernels are the relay's); its base URL."""
     require(_has_jupyter_server(), "jupyter_server is required (the interop extra)")
     root = tmp_path_factory.mktemp("gateway-client")
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "jupyter_server",
-        "--allow-root",
-        "--no-browser",
-        "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}",
-        "--ServerApp.port_retries=0",
-        "--ServerApp.token=gateway-client-token",
-        f"--ServerApp.root_dir={root}",
+    with jupyter_server(
+        root,
+        "gateway-client-token",
         f"--gateway-url={relay.url}",
         f"--GatewayClient.auth_token={TOKEN}",
-    ]
-    env = {
-        "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-        "JUPYTER_CONFIG_DIR": str(root / "config"),
-        "JUPYTER_DATA_DIR": str(root / "data"),
-    }
-    with ServerProcess(argv, port, env=env) as server:
+    ) as server:
         yield server.url
 
 
