@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import os
 import random
@@ -170,6 +171,35 @@ def jupyter_server(root: Path, token: str, *options: str) -> ServerProcess:
         f"JUPYTER_{name.upper()}_DIR": str(root / name) for name in ("runtime", "config", "data")
     }
     return ServerProcess(argv, port, env=env)
+
+
+def idle_websocket(
+    port: int, source: str, forwarded_for: str | None = None, eio: int = 4
+) -> socket.socket | None:
+    """
+    A tokenless Engine.IO WebSocket opened from ``source`` (maybe with an X-Forwarded-For) and left idle, to
+    hold one of the relay's sockets; None if the relay would not upgrade it.
+    """
+    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    connection.settimeout(5)
+    forwarded = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
+    try:
+        connection.bind((source, 0))
+        connection.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        connection.sendall(
+            f"GET /socket.io/?EIO={eio}&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{forwarded}\r\n".encode()
+        )
+        answer = connection.recv(4096)
+    except OSError:
+        connection.close()
+        return None
+    if not answer.startswith(b"HTTP/1.1 101"):
+        connection.close()
+        return None
+    return connection
 
 
 def conformance_server_argv(port: int, *extra: str) -> list[str]:

@@ -5,9 +5,7 @@ relay on loopback: each now fails, and an authenticated client on the same relay
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import socket
 import threading
 import time
@@ -19,6 +17,7 @@ import websocket
 
 from tests.conftest import Relay, kernel_fixture, relay_fixture
 from tests.kernel_client import RelayKernelClient
+from tests.support import idle_websocket
 
 #: The relay's memory measured: under `pytest -n` not beside another such file (tests/conftest.py).
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_at_a_time")]
@@ -151,29 +150,6 @@ def test_rejoining_iopub_does_not_multiply_the_replay(guarded: Relay, guarded_ke
 # -- file descriptors ---------------------------------------------------------------------------------------
 
 
-def websocket_handshake(port: int, source: str) -> socket.socket | None:
-    """An EIO 3 WebSocket opened from ``source`` and then left idle; None if the relay would not hold it."""
-    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    connection.settimeout(5)
-    try:
-        connection.bind((source, 0))
-        connection.connect(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        connection.sendall(
-            f"GET /socket.io/?EIO=3&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        answer = connection.recv(4096)
-    except OSError:
-        connection.close()
-        return None
-    if not answer.startswith(b"HTTP/1.1 101"):
-        connection.close()
-        return None
-    return connection
-
-
 #: A relay that may open 1,024 files, no more (soft and hard limit).
 few_fds = relay_fixture(
     "--connect-timeout",
@@ -190,7 +166,7 @@ def test_spawn_succeeds_past_a_thousand_idle_sockets(few_fds: Relay, sources: in
     held: list[socket.socket] = []
     try:
         for n in range(1000):
-            connection = websocket_handshake(few_fds.port, f"127.0.0.{2 + n % sources}")
+            connection = idle_websocket(few_fds.port, f"127.0.0.{2 + n % sources}", eio=3)
             if connection is not None:
                 held.append(connection)
         time.sleep(0.5)

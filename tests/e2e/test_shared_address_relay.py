@@ -7,9 +7,7 @@ X-Forwarded-For is ignored.
 
 from __future__ import annotations
 
-import base64
 import http.client
-import os
 import socket
 import time
 from pathlib import Path
@@ -19,37 +17,12 @@ import requests
 
 from tests.conftest import Relay, relay_fixture
 from tests.e2e.test_hardening_relay import TOKEN, _counter, _open, works
+from tests.support import idle_websocket
 
 pytestmark = pytest.mark.timeout(300)
 
 #: Seconds after which every connection on probation (over its address's share, tokenless) is gone.
 PROBATION_OVER = 5.0 + 1.5
-
-
-def websocket_from(
-    port: int, source: str, forwarded_for: str | None = None
-) -> socket.socket | None:
-    """A tokenless EIO 4 WebSocket from ``source``, maybe with an X-Forwarded-For; None if not upgraded."""
-    connection = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    connection.settimeout(5)
-    forwarded = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
-    try:
-        connection.bind((source, 0))
-        connection.connect(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        connection.sendall(
-            f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{forwarded}\r\n".encode()
-        )
-        answer = connection.recv(4096)
-    except OSError:
-        connection.close()
-        return None
-    if not answer.startswith(b"HTTP/1.1 101"):
-        connection.close()
-        return None
-    return connection
 
 
 #: A relay that may open 1,024 files, no more (soft and hard limit): 768 connections, 192 per address.
@@ -69,7 +42,7 @@ def test_an_authenticated_client_gets_in_past_a_thousand_tokenless_sockets_from_
     held: list[socket.socket] = []
     try:
         for _ in range(1000):
-            connection = websocket_from(few_fds.port, "127.0.0.1")
+            connection = idle_websocket(few_fds.port, "127.0.0.1")
             if connection is not None:
                 held.append(connection)
         alive = sum(1 for connection in held if _open(connection))
@@ -116,10 +89,10 @@ def held_after_probation(connections: list[socket.socket | None]) -> int:
 
 def test_behind_a_trusted_proxy_bounds_apply_per_forwarded_client(proxied: Relay) -> None:
     """Through the trusted proxy, each forwarded client holds its own four tokenless sockets; an untrusted peer's X-Forwarded-For is ignored, and logs name the forwarded client."""
-    first = [websocket_from(proxied.port, "127.0.0.1", "198.51.100.1") for _ in range(8)]
-    second = [websocket_from(proxied.port, "127.0.0.1", "6.6.6.6, 198.51.100.2") for _ in range(8)]
+    first = [idle_websocket(proxied.port, "127.0.0.1", "198.51.100.1") for _ in range(8)]
+    second = [idle_websocket(proxied.port, "127.0.0.1", "6.6.6.6, 198.51.100.2") for _ in range(8)]
     # 127.0.0.2 is no trusted proxy: however many clients it claims, its sockets count as its own.
-    spoofed = [websocket_from(proxied.port, "127.0.0.2", f"198.51.100.{10 + n}") for n in range(8)]
+    spoofed = [idle_websocket(proxied.port, "127.0.0.2", f"198.51.100.{10 + n}") for n in range(8)]
     everyone = first + second + spoofed
     try:
         time.sleep(PROBATION_OVER)
