@@ -319,23 +319,7 @@ def test_a_sandboxed_kernel_keeps_its_files_across_a_restart_answers_input_and_i
                 m["content"]["text"] for m in client.iopub_for(msg_id, "stream")
             ]
 
-            msg_id = client.send(
-                "shell", "execute_request", {"code": "import time; time.sleep(60)"}
-            )
-            client.wait_for(
-                lambda m: (
-                    m["header"]["msg_type"] == "status"
-                    and m["content"]["execution_state"] == "busy"
-                    and m["parent_header"].get("msg_id") == msg_id
-                )
-            )
-            response = requests.post(
-                f"{sandboxed.url}/api/kernels/{kernel_id}/interrupt",
-                headers=sandboxed.headers,
-                timeout=30,
-            )
-            assert response.status_code == 204, response.text
-            reply = client.reply_to(msg_id, timeout=30)
+            reply = interrupted_sleep(sandboxed, kernel_id, client)
             assert reply["content"]["status"] == "error"
             assert reply["content"]["ename"] == "KeyboardInterrupt"
         finally:
@@ -486,6 +470,23 @@ def specs_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
         relay.stop()
 
 
+def interrupted_sleep(relay: Relay, kernel_id: str, client: JupyterWS) -> dict[str, Any]:
+    """The reply to a minute's sleep interrupted over REST once the kernel is busy with it."""
+    msg_id = client.send("shell", "execute_request", {"code": "import time; time.sleep(60)"})
+    client.wait_for(
+        lambda m: (
+            m["header"]["msg_type"] == "status"
+            and m["content"]["execution_state"] == "busy"
+            and m["parent_header"].get("msg_id") == msg_id
+        )
+    )
+    response = requests.post(
+        f"{relay.url}/api/kernels/{kernel_id}/interrupt", headers=relay.headers, timeout=30
+    )
+    assert response.status_code == 204, response.text
+    return client.reply_to(msg_id, timeout=30)
+
+
 def test_a_message_mode_kernel_is_interrupted_inside_the_sandbox(specs_relay: Relay) -> None:
     """interrupt_mode message: the interrupt_request reaches the sandboxed kernel over its control socket."""
     kernel = start(specs_relay, "by-message")
@@ -493,23 +494,7 @@ def test_a_message_mode_kernel_is_interrupted_inside_the_sandbox(specs_relay: Re
         assert kernel["sandboxed"] is True
         client = JupyterWS(specs_relay.url, kernel["id"], token=TOKEN)
         try:
-            msg_id = client.send(
-                "shell", "execute_request", {"code": "import time; time.sleep(60)"}
-            )
-            client.wait_for(
-                lambda m: (
-                    m["header"]["msg_type"] == "status"
-                    and m["content"]["execution_state"] == "busy"
-                    and m["parent_header"].get("msg_id") == msg_id
-                )
-            )
-            response = requests.post(
-                f"{specs_relay.url}/api/kernels/{kernel['id']}/interrupt",
-                headers=specs_relay.headers,
-                timeout=30,
-            )
-            assert response.status_code == 204, response.text
-            reply = client.reply_to(msg_id, timeout=30)
+            reply = interrupted_sleep(specs_relay, kernel["id"], client)
             assert reply["content"]["ename"] == "KeyboardInterrupt"
         finally:
             client.close()
