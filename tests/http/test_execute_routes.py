@@ -1,11 +1,16 @@
-"""The execute API's routes in process (StubTreq) over the relay core and a fake kernel: statuses, long-poll, tokens."""
+"""
+The execute API's routes in process (StubTreq) over the relay core and a fake kernel: statuses, long-poll,
+cancelling a request, tokens, and how REST requests are bounded.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+import pytest
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from kernel_relay.auth import TokenAuth
@@ -13,25 +18,50 @@ from kernel_relay.fronts.execute import ExecuteFront
 from kernel_relay.fronts.execute_routes import MAX_WAIT, ExecuteAPI
 from kernel_relay.http.guards import AuthGuard
 from kernel_relay.http.routes import KleinRoutes
-from kernel_relay.relay.core import RelayCore
-from tests.fakes import FakeKernel, FakeRegistry, kernel_message, result_of
+from kernel_relay.kernels import UnknownKernel
+from kernel_relay.relay.client import Refused
+from kernel_relay.relay.core import RelayCore, RelayLimits
+from tests.fakes import FakeKernel, FakeRegistry, RecordingClient, kernel_message, result_of
 
 URL = "http://127.0.0.1:3000"
 KERNEL = "k1-0000"
 TOKEN = "execute-routes-token-0123456789"
 
 
+class InterruptibleRegistry(FakeRegistry):
+    """A fake registry that records interrupts (and fails them while ``failing`` says why)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: list[str] = []
+        self.failing: Exception | None = None
+
+    def interrupt(self, kernel_id: str) -> Deferred[None]:
+        if kernel_id not in self:
+            return fail(UnknownKernel(kernel_id))
+        if self.failing is not None:
+            return fail(self.failing)
+        self.interrupted.append(kernel_id)
+        return succeed(None)
+
+
 class Routes:
     """The execute routes behind the token guard, over a core with one fake kernel."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_clients: int | None = None, max_rest: int | None = None) -> None:
         self.clock = Clock()
         self.kernel = FakeKernel(KERNEL)
-        registry = FakeRegistry()
+        self.registry = registry = InterruptibleRegistry()
         self.auth = TokenAuth(TOKEN)
-        self.core = RelayCore(registry, self.clock, auth=self.auth)  # type: ignore[arg-type]
+        self.core = RelayCore(
+            registry,  # type: ignore[arg-type]
+            self.clock,
+            auth=self.auth,
+            limits=RelayLimits(max_clients_per_kernel=max_clients),
+        )
         registry.start(self.kernel)
-        api = ExecuteAPI(ExecuteFront(self.core, registry), self.clock)  # type: ignore[arg-type]
+        front = ExecuteFront(self.core, registry, max_live=max_rest)  # type: ignore[arg-type]
+        api = ExecuteAPI(front, registry, self.clock)  # type: ignore[arg-type]
         self.stub = StubTreq(AuthGuard(KleinRoutes([(api.app, api.resource())]), self.auth))
 
     def call(
@@ -165,3 +195,103 @@ def test_a_read_only_kernel_token_reads_but_does_not_send() -> None:
     )
     other = routes.auth.scoped.issue("k2-0000", "full")
     assert routes.call("GET", f"/api/kernels/{KERNEL}/requests", token=other)[0] == 403
+
+
+def started(routes: Routes, msg_id: str) -> None:
+    """The kernel starts running the request (busy, then its execute_input)."""
+    routes.kernel_says("status", "iopub", msg_id, execution_state="busy")
+    routes.kernel_says("execute_input", "iopub", msg_id, code="x", execution_count=1)
+
+
+def test_delete_interrupts_the_running_request_and_answers_204() -> None:
+    """DELETE of a running request (or one waiting for input) interrupts the kernel, as nbmodel does."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    started(routes, msg_id)
+    status, _, body = routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{msg_id}")
+    assert (status, body) == (204, None)
+    assert routes.registry.interrupted == [KERNEL]
+    waiting = submitted(routes)
+    started(routes, waiting)
+    routes.kernel_says("input_request", "stdin", waiting, prompt="? ", password=False)
+    assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{waiting}")[0] == 204
+    assert routes.registry.interrupted == [KERNEL, KERNEL]
+
+
+def test_delete_of_a_queued_request_interrupts_it_once_it_starts_and_not_before() -> None:
+    """A queued request is not running yet: it is interrupted when it starts, never the cell before it."""
+    routes = Routes()
+    first, queued = submitted(routes), submitted(routes)
+    started(routes, first)
+    for _ in range(2):  # a second DELETE changes nothing
+        assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{queued}")[0] == 204
+    routes.kernel_says("stream", "iopub", first, name="stdout", text="first runs on")
+    routes.kernel_says("execute_reply", "shell", first, status="ok", execution_count=1)
+    routes.kernel_says("status", "iopub", queued, execution_state="busy")
+    assert routes.registry.interrupted == []  # busy comes before the kernel can take an interrupt
+    routes.kernel_says("execute_input", "iopub", queued, code="x", execution_count=2)
+    assert routes.registry.interrupted == [KERNEL]
+    routes.kernel_says("execute_reply", "shell", queued, status="error", execution_count=2)
+    assert routes.registry.interrupted == [KERNEL]
+    assert routes.core.ledger.waiting() == 0  # nothing waits on either request once they ended
+
+
+def test_delete_of_a_request_that_ended_interrupts_nothing() -> None:
+    """A finished request is not stopped again: the kernel may be running someone else's cell."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    started(routes, msg_id)
+    routes.kernel_says("execute_reply", "shell", msg_id, status="ok", execution_count=1)
+    other = submitted(routes)
+    started(routes, other)
+    assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 204
+    assert routes.registry.interrupted == []
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 200
+
+
+def test_delete_errors_unknown_requests_failed_interrupts_and_read_only_tokens() -> None:
+    """DELETE: 404 for an unknown request or kernel, 500 with the reason when the interrupt fails, 403 read-only."""
+    routes = Routes()
+    assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/nope")[0] == 404
+    assert routes.call("DELETE", "/api/kernels/nope/requests/nope")[0] == 404
+    msg_id = submitted(routes)
+    started(routes, msg_id)
+    reader = routes.auth.scoped.issue(KERNEL, "read-only")
+    path = f"/api/kernels/{KERNEL}/requests/{msg_id}"
+    assert routes.call("DELETE", path, token=reader)[0] == 403
+    assert routes.registry.interrupted == []
+    routes.registry.failing = RuntimeError("no signal for you")
+    status, _, body = routes.call("DELETE", path)
+    assert status == 500 and "no signal for you" in body["message"]
+
+
+def test_rest_requests_are_no_client_connections() -> None:
+    """While a REST request runs, the kernel counts no client for it: a WebSocket client still gets its one place."""
+    routes = Routes(max_clients=1)
+    submitted(routes)
+    assert routes.core.client_count(KERNEL) == 0
+    browser = RecordingClient("browser-1")
+    # Not refused: the REST request is no client.
+    routes.core.admit(browser, KERNEL, "iopub", [TOKEN])
+    routes.core.attach(browser, routes.kernel, "iopub", _resume())  # type: ignore[arg-type]
+    assert routes.core.client_count(KERNEL) == 1
+    with pytest.raises(Refused):
+        routes.core.admit(RecordingClient("browser-2"), KERNEL, "iopub", [TOKEN])
+
+
+def test_rest_requests_per_kernel_are_bounded_with_a_clear_429() -> None:
+    """Over the bound of REST requests waiting or running on a kernel, one more is refused 429 until one ends."""
+    routes = Routes(max_rest=2)
+    first = submitted(routes)
+    submitted(routes)
+    status, _, body = routes.call("POST", f"/api/kernels/{KERNEL}/execute", body={"code": "1"})
+    assert status == 429 and "2 requests" in body["message"]
+    assert len(routes.kernel.clients[-1].sent) == 2  # the refused one never reached the kernel
+    routes.kernel_says("execute_reply", "shell", first, status="ok", execution_count=1)
+    submitted(routes)
+
+
+def _resume() -> Any:
+    from kernel_relay.relay.journal import Resume
+
+    return Resume(None, False)

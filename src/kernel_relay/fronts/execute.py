@@ -5,7 +5,8 @@ other, so the kernel runs it in the order it came among every front's requests, 
 
 Each kernel has one REST client here, with its own line to the kernel (shell and stdin); it is attached only
 while a request it sent is live, so a kernel run over REST alone is not held busy by it (the culler counts
-clients).
+clients). It is no client connection (:class:`~kernel_relay.relay.client.InternalClient`): it takes no place of
+``max_clients_per_kernel``; ``max_live`` bounds the REST requests live on one kernel instead.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from ..kernels import SHELL, STDIN, KernelRegistry
-from ..relay.client import Refused, short_id
+from ..relay.client import InternalClient, Refused, short_id
 from ..relay.core import RelayCore
 from ..relay.events import ClientEvent, MessageRefused
 from ..relay.journal import Resume
@@ -28,7 +29,7 @@ log = Logger()
 _NO_RESUME = Resume(None, False)
 
 
-class RestClient:
+class RestClient(InternalClient):
     """The core's client for one kernel's REST requests; what the kernel answers is read from the ledger."""
 
     backlog = 0
@@ -58,14 +59,24 @@ class RestClient:
 class ExecuteFront:
     """Sends REST requests (code, answers to ``input()``) to kernels through the core."""
 
-    def __init__(self, core: RelayCore, kernels: KernelRegistry) -> None:
+    def __init__(
+        self, core: RelayCore, kernels: KernelRegistry, max_live: int | None = None
+    ) -> None:
         self.core = core
         self._kernels = kernels
         self._clients: dict[str, RestClient] = {}
+        self.max_live = max_live
+        """Most REST requests live (queued, running, waiting for input) on one kernel; None: unbounded."""
 
     def submit(self, kernel_id: str, code: str, metadata: dict[str, Any]) -> str:
         """Send ``code`` to the kernel; its request's ``msg_id``. UnknownKernel or Refused say why not."""
         client = self._client(kernel_id)
+        if self.max_live is not None and len(client.live) >= self.max_live:
+            raise Refused(
+                f"Kernel {kernel_id} already has {len(client.live)} requests sent over REST waiting or "
+                "running: send more once one ended",
+                429,
+            )
         message = {
             "header": {"msg_type": "execute_request", "msg_id": uuid.uuid4().hex},
             "metadata": metadata,

@@ -8,11 +8,15 @@ The execute API, jupyter-server-nbmodel's contract over the relay's kernels (Kle
   without one (its kernel died or restarted). ``?wait=N`` holds the answer until the request needs the
   client (finished, waiting for input) or N seconds (at most :data:`MAX_WAIT`) passed;
 - ``GET /api/kernels/<id>/requests``: the kernel's recent requests; ``GET /api/kernels/<id>/execute``: its live
-  ones (nbmodel's list).
+  ones (nbmodel's list);
+- ``DELETE /api/kernels/<id>/requests/<msg_id>``: 204 once the request is stopped (interrupted now if it runs,
+  when it starts if it is queued: :mod:`.execute_cancel`), 404 for a request not kept, 500 when the interrupt
+  failed.
 
 Every ``execute_request`` is a request here, whichever front sent it: its ``msg_id`` is its id. Unlike nbmodel,
 a result is not forgotten once read: the ledger keeps it for its time. ``outputs_dropped`` says how many
-outputs are no longer kept. Read-only kernel tokens may read requests, not send code or input (the guards).
+outputs are no longer kept. Read-only kernel tokens may read requests, not send code or input, nor cancel (the
+guards).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from ..http.api import json_body
 from ..http.jupyter_api import jupyter_error
 from ..jsontext import JSONError, loads
 from ..kernels import UnknownKernel
+from ..kernels.spawning import error_text
 from ..relay.client import Refused
 from ..relay.ledger import COMPLETE, INPUT, QUEUED, RUNNING, Execution
 from .execute import ExecuteFront
+from .execute_cancel import Interrupts, RequestCancels
 
 #: The longest ``?wait=`` honoured, in seconds (a longer one waits this long).
 MAX_WAIT: Final = 60.0
@@ -46,9 +52,12 @@ class ExecuteAPI:
 
     app = Klein()
 
-    def __init__(self, front: ExecuteFront, clock: IReactorTime, base_url: str = "/") -> None:
+    def __init__(
+        self, front: ExecuteFront, kernels: Interrupts, clock: IReactorTime, base_url: str = "/"
+    ) -> None:
         self._front = front
         self._ledger = front.core.ledger
+        self._cancels = RequestCancels(self._ledger, kernels)
         self._clock = clock
         self.base_url = base_url
 
@@ -94,6 +103,26 @@ class ExecuteAPI:
         request.setResponseCode(201)
         return b""
 
+    @app.route("/api/kernels/<kernel_id>/requests/<msg_id>", methods=["DELETE"])
+    def cancel(self, request: IRequest, kernel_id: str, msg_id: str) -> bytes | Deferred[bytes]:
+        found = self._ledger.get(kernel_id, msg_id)
+        if found is None:
+            return _not_kept(request, kernel_id, msg_id)
+
+        def stopped(_: object = None) -> bytes:
+            request.setResponseCode(204)
+            return b""
+
+        def failed(failure: Failure) -> bytes:
+            if failure.check(UnknownKernel):  # type: ignore[no-untyped-call]
+                return jupyter_error(request, 404, f"Kernel does not exist: {kernel_id}")
+            return jupyter_error(request, 500, f"Could not interrupt: {error_text(failure)}")
+
+        interrupting = self._cancels.cancel(found)
+        if interrupting is None:
+            return stopped()
+        return interrupting.addCallbacks(stopped, failed)
+
     # -- reading -------------------------------------------------------------------------------------------
 
     @app.route("/api/kernels/<kernel_id>/requests", methods=["GET"])
@@ -110,9 +139,7 @@ class ExecuteAPI:
     def one(self, request: IRequest, kernel_id: str, msg_id: str) -> bytes | Deferred[bytes]:
         found = self._ledger.get(kernel_id, msg_id)
         if found is None:
-            return jupyter_error(
-                request, 404, f"Execution request {msg_id} of kernel {kernel_id} is not kept"
-            )
+            return _not_kept(request, kernel_id, msg_id)
         wait = _wait_of(request)
         if wait is None:
             return jupyter_error(
@@ -208,6 +235,12 @@ class ExecuteAPI:
             request.setHeader(b"Access-Control-Expose-Headers", b"Location")
             return json_body(request, 300, model)
         return json_body(request, 202 if found.live else 200, model)
+
+
+def _not_kept(request: IRequest, kernel_id: str, msg_id: str) -> bytes:
+    return jupyter_error(
+        request, 404, f"Execution request {msg_id} of kernel {kernel_id} is not kept"
+    )
 
 
 def _json_object(request: IRequest) -> dict[str, Any] | str:

@@ -3,7 +3,8 @@ The client contract: what a front implements for each of its client connections 
 what the core answers when it will not do what a client asked (:class:`Refused`).
 
 A front adapts one wire protocol to these four members and three methods, and nothing more: every decision
-(admission, routing, replay, what a client is told) is the core's.
+(admission, routing, replay, what a client is told) is the core's. A client that is no connection derives
+from :class:`InternalClient`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class RelayClient(Protocol):
     def let_go(self, kernel_id: str, channel: str, reason: str) -> None:
         """The core is done with the client on this channel (its kernel stopped): disconnect it."""
         ...
+
+
+class InternalClient:
+    """
+    Base of a client of the core that is no client connection (the REST front's line to a kernel, which acts
+    for HTTP requests): it counts neither in ``max_clients_per_kernel`` nor in a kernel's connections. Its
+    front bounds it its own way.
+    """
 
 
 class Refused(Exception):

@@ -42,7 +42,7 @@ from ..kernels import (
 )
 from ..metrics import TO_CLIENT, TO_KERNEL, RelayMetrics
 from .admission import Admission
-from .client import Refused, RelayClient, msg_id_of, short_id
+from .client import InternalClient, Refused, RelayClient, msg_id_of, short_id
 from .events import ClientEvent, KernelUnreachable, MessageRefused, MessageTooBig, MessageUnplaced
 from .journal import IopubJournal, Resume
 from .ledger import LedgerOptions, RequestLedger
@@ -144,9 +144,9 @@ class RelayCore:
         return journal.last_seq if journal is not None else 0
 
     def client_count(self, kernel_id: str) -> int:
-        """How many distinct clients are attached to any channel of the kernel."""
-        channels = self._attached.get(kernel_id, {})
-        return len({client_id for clients in channels.values() for client_id in clients})
+        """How many distinct client connections are attached to any channel of the kernel (no InternalClient)."""
+        on = [c for clients in self._attached.get(kernel_id, {}).values() for c in clients.values()]
+        return len({c.client_id for c in on if not isinstance(c, InternalClient)})
 
     def _clients_on(self, kernel_id: str, channel: str) -> list[RelayClient]:
         return list(self._attached.get(kernel_id, {}).get(channel, {}).values())

@@ -26,6 +26,7 @@ from ..relay.core import RelayCore, RelayLimits, ReplayOptions
 from ..socketio import SocketIOServer
 from .fleet import FleetParts
 from .options import Options
+from .requests import ledger_options
 
 log = Logger(namespace="kernel_relay.tap")
 
@@ -129,6 +130,7 @@ def build_core(
             max_bytes=options["iopub-replay-bytes"], max_age=options["iopub-replay-age"]
         ),
         numbering=fleet.numbering,
+        ledger=ledger_options(options),
     )
 
 

@@ -21,6 +21,7 @@ from ..auth import TOKEN_ENV, exposed_endpoints, generate_token
 from ..command_line import SettingsOptions
 from ..fleet import RedisURL
 from ..http.forwarded import parse_network
+from . import requests
 from .table import FLAGS, PARAMETERS, TOPICS
 from .values import DEFAULT_PORT, FLEET_SECRET_ENV, REDIS_PASSWORD_ENV, transport_names
 
@@ -63,6 +64,7 @@ class Options(SettingsOptions):
             "max-buffered-bytes",
             "max-total-buffered-bytes",
             "iopub-replay-bytes",
+            *requests.SIZES,
         }
     )
     durations = frozenset(
@@ -80,6 +82,7 @@ class Options(SettingsOptions):
             "heartbeat-timeout",
             "cull-idle-timeout",
             "cull-interval",
+            *requests.DURATIONS,
         }
     )
     secrets = frozenset({"token", "fleet-secret"})
@@ -93,6 +96,7 @@ class Options(SettingsOptions):
         "default-kernel": "NAME",
         "base-url": "PATH",
         "kernel-limits": "NAME=VALUE,...",
+        **requests.PLACEHOLDERS,
     }
     together = (frozenset({"fleet-secret", "fleet-secret-file"}),)
 

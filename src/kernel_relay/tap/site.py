@@ -53,7 +53,8 @@ def build_routes(
         base_url=options["base-url"],
     )
     sessions_api = SessionsAPI(kernels, jupyter_api)
-    execute_api = ExecuteAPI(ExecuteFront(relay, kernels), reactor, options["base-url"])
+    execute_front = ExecuteFront(relay, kernels, options["max-rest-requests-per-kernel"])
+    execute_api = ExecuteAPI(execute_front, kernels, reactor, options["base-url"])
     return KleinRoutes(
         [
             (execute_api.app, execute_api.resource()),

@@ -14,6 +14,7 @@ from twisted.python import usage
 from ..auth import TOKEN_ENV
 from ..kernels import NETWORK_POLICIES, SANDBOX_POLICIES
 from ..logs import FORMATS, LEVELS
+from . import requests
 from .values import (
     DEFAULT_PORT,
     FLEET_SECRET_ENV,
@@ -81,6 +82,7 @@ TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "iopub-replay-age",
         ),
     ),
+    requests.TOPIC,
     ("Logging", ("log-format", "log-level")),
     (
         "Fleet (several relays sharing kernels through Redis)",
@@ -420,6 +422,7 @@ PARAMETERS: Sequence[Sequence[Any]] = [
         "--log-format).",
         choice("log-level", LEVELS),
     ],
+    *requests.PARAMETERS,
 ]
 
 FLAGS: Sequence[Sequence[Any]] = [
