@@ -315,3 +315,84 @@ def test_a_restart_ends_a_running_request_with_a_clear_status(relay: Relay) -> N
         assert body["pending"] is False
     finally:
         relay.shutdown(kernel)
+
+
+def _until_running(base: str, location: str, token: str, text: str) -> None:
+    """Poll the request until its outputs so far show ``text`` (the kernel runs its code now)."""
+    deadline = time.monotonic() + 60
+    while True:
+        body = requests.get(f"{base}{location}", headers=_headers(token), timeout=30).json()
+        if text in body.get("outputs", ""):
+            return
+        assert time.monotonic() < deadline, f"{location} never showed {text!r}: {body}"
+        time.sleep(0.05)
+
+
+def run_cancel(base: str, kernel: str, token: str) -> tuple[int, int, int, str, list[Any]]:
+    """
+    nbmodel's DELETE: of an unknown request, then of a running one; the interrupted request's final HTTP
+    status, execute status and normalized outputs.
+    """
+    unknown = requests.delete(
+        f"{base}/api/kernels/{kernel}/requests/no-such-request", headers=_headers(token), timeout=30
+    )
+    code = "print('started', flush=True)\nimport time\ntime.sleep(60)\nprint('not reached')"
+    location = submit(base, kernel, code, token)
+    _until_running(base, location, token, "started")
+    cancelled = requests.delete(f"{base}{location}", headers=_headers(token), timeout=30)
+    status, body = poll(base, location, token, None)
+    outputs = normalized(json.loads(body["outputs"]))
+    return unknown.status_code, cancelled.status_code, status, body.get("status"), outputs
+
+
+def test_delete_matches_jupyter_server_nbmodel(relay: Relay, nbmodel_server: str) -> None:
+    """DELETE of a request, one script against both servers: 404 unknown, 204, the cell interrupted alike."""
+    started = requests.post(
+        f"{nbmodel_server}/api/kernels",
+        json={"name": "python3"},
+        headers=_headers(NBMODEL_TOKEN),
+        timeout=90,
+    )
+    assert started.status_code == 201, started.text
+    reference = run_cancel(nbmodel_server, started.json()["id"], NBMODEL_TOKEN)
+    kernel = relay.spawn()
+    try:
+        ours = run_cancel(relay.url, kernel, TOKEN)
+    finally:
+        relay.shutdown(kernel)
+    assert ours == reference
+    assert ours[:4] == (404, 204, 200, "error")
+    assert ours[4] == [
+        {"output_type": "stream", "name": "stdout", "text": "started\n"},
+        {"output_type": "error", "ename": "KeyboardInterrupt", "evalue": ""},
+    ]
+
+
+def test_delete_of_a_queued_request_stops_it_and_not_the_cell_before(relay: Relay) -> None:
+    """A request cancelled while queued is interrupted once it starts; the cell running before it ends normally."""
+    kernel = relay.spawn()
+    try:
+        first = submit(relay.url, kernel, "import time; time.sleep(2); print('first')", TOKEN)
+        queued = submit(relay.url, kernel, "import time; time.sleep(30); print('second')", TOKEN)
+        body = requests.get(f"{relay.url}{queued}", headers=_headers(TOKEN), timeout=10).json()
+        assert body["request_status"] == "queued"
+        cancelled = requests.delete(f"{relay.url}{queued}", headers=_headers(TOKEN), timeout=10)
+        assert cancelled.status_code == 204
+        status, body = poll(relay.url, first, TOKEN, None)
+        assert (status, body["status"]) == (200, "ok")
+        assert "first" in body["outputs"]
+        status, body = poll(relay.url, queued, TOKEN, None)
+        assert (status, body["status"]) == (200, "error")
+        assert normalized(json.loads(body["outputs"])) == [
+            {"output_type": "error", "ename": "KeyboardInterrupt", "evalue": ""}
+        ]
+        reader = requests.post(
+            f"{relay.url}/api/kernels/{kernel}/tokens",
+            json={"access": "read-only"},
+            headers=_headers(TOKEN),
+            timeout=10,
+        ).json()["token"]
+        refused = requests.delete(f"{relay.url}{queued}", headers=_headers(reader), timeout=10)
+        assert refused.status_code == 403
+    finally:
+        relay.shutdown(kernel)

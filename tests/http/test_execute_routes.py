@@ -295,3 +295,16 @@ def _resume() -> Any:
     from kernel_relay.relay.journal import Resume
 
     return Resume(None, False)
+
+
+def test_a_reply_after_the_idle_still_reaches_a_rest_request() -> None:
+    """The kernel's idle may come before its reply (two sockets): the REST line stays until the reply says aborted."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    routes.kernel_says("status", "iopub", msg_id, execution_state="busy")
+    routes.kernel_says("status", "iopub", msg_id, execution_state="idle")
+    assert routes.kernel.clients[-1].closed is False
+    routes.kernel_says("execute_reply", "shell", msg_id, status="aborted")
+    status, _, body = routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")
+    assert (status, body["status"]) == (200, "aborted")
+    assert routes.kernel.clients[-1].closed is True  # the line goes once the reply came

@@ -71,9 +71,10 @@ class ExecuteFront:
     def submit(self, kernel_id: str, code: str, metadata: dict[str, Any]) -> str:
         """Send ``code`` to the kernel; its request's ``msg_id``. UnknownKernel or Refused say why not."""
         client = self._client(kernel_id)
-        if self.max_live is not None and len(client.live) >= self.max_live:
+        running = sum(1 for msg_id in client.live if self._is_live(kernel_id, msg_id))
+        if self.max_live is not None and running >= self.max_live:
             raise Refused(
-                f"Kernel {kernel_id} already has {len(client.live)} requests sent over REST waiting or "
+                f"Kernel {kernel_id} already has {running} requests sent over REST waiting or "
                 "running: send more once one ended",
                 429,
             )
@@ -128,10 +129,15 @@ class ExecuteFront:
                 self.core.attach(client, kernel, channel, _NO_RESUME)
         return client
 
+    def _is_live(self, kernel_id: str, msg_id: str) -> bool:
+        request = self.core.ledger.get(kernel_id, msg_id)
+        return request is not None and request.live
+
     def _watch(self, kernel_id: str, client: RestClient, msg_id: str) -> None:
         """Once the request ends, the client lets go of the kernel if it has no other live request."""
         request = self.core.ledger.get(kernel_id, msg_id)
-        if request is None or not request.live:
+        # Ended at its idle, the reply may still be on its way (another socket): the line waits for it.
+        if request is None or not (request.live or request.inferred):
             client.live.discard(msg_id)
             self._release(kernel_id, client)
             return
