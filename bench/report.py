@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.rest import markdown_lines as rest_lines
 from bench.sandbox import markdown_lines as sandbox_lines
 from bench.scale import markdown_lines as scale_lines
 
@@ -318,6 +319,7 @@ def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             r_direct = r_js = ""
         lines.append(f"| {metric} | {' | '.join(cells)} | {r_direct} | {r_js} | {target} |")
     lines += _relay_loss_lines(results)
+    lines += rest_lines(results)
     lines += _floor_lines(results)
     lines += _server_cpu_lines(results)
     lines += _jupyter_front_lines(results)

@@ -1,7 +1,8 @@
 """
 A bench client that runs cells over the relay's execute API (REST, the long-poll form): ``POST
 /api/kernels/<id>/execute``, then one ``GET .../requests/<id>?wait=30``; the answer is handed back as the
-request's ``execute_reply`` so the round-trip scenario measures it beside the WebSocket fronts.
+request's ``execute_reply`` so the round-trip scenario measures it beside the WebSocket fronts
+(``round_trip_execute_rest``; :func:`markdown_lines` is its part of the report).
 """
 
 from __future__ import annotations
@@ -57,3 +58,37 @@ class RestExecuteClient:
 
     def close(self) -> None:
         self.http.close()
+
+
+#: The targets of ``round_trip_execute_rest`` in the report's order, and what each is.
+FRONTS = (
+    ("relay_rest", "kernel-relay, REST (POST, then GET ?wait=30)"),
+    ("relay", "kernel-relay, socket.io"),
+    ("relay_jupyter", "kernel-relay, Jupyter v1"),
+    ("direct", "direct ZMQ"),
+    ("jupyter_server", "Jupyter Server"),
+)
+
+
+def markdown_lines(results: dict[str, Any]) -> list[str]:
+    """The report's section on the execute round trip over REST, beside the WebSocket fronts of the same run."""
+    data = results.get("round_trip_execute_rest") or {}
+    rest = data.get("relay_rest")
+    if not rest:
+        return []
+    lines = [
+        "",
+        '## Round trip execute "pass" over REST (the execute API) beside the WebSocket fronts',
+        "",
+        "| front | median | p99 | ÷ socket.io (median) |",
+        "|---|---:|---:|---:|",
+    ]
+    socketio = (data.get("relay") or {}).get("median")
+    for name, label in FRONTS:
+        entry = data.get(name)
+        if entry:
+            ratio = f"{entry['median'] / socketio:.2f}" if socketio else "n/a"
+            lines.append(
+                f"| {label} | {entry['median'] * 1000:.2f} ms | {entry['p99'] * 1000:.2f} ms | {ratio} |"
+            )
+    return lines

@@ -300,3 +300,33 @@ def test_a_misspelt_target_is_refused_before_anything_starts(
         parse_args(["--targets", "direct,relya"])
     assert exit_info.value.code == 2
     assert "unknown target(s) relya" in capsys.readouterr().err
+
+
+def test_the_report_shows_the_rest_round_trip_beside_the_websocket_fronts() -> None:
+    """round_trip_execute_rest gets its table: REST, socket.io and Jupyter v1 of the same run, with ratios."""
+    from bench.report import markdown
+
+    def timed(median: float) -> dict[str, float]:
+        return {"n": 20, "median": median, "p99": median * 2}
+
+    results = {
+        "round_trip_execute_rest": {
+            "relay": timed(0.0068),
+            "relay_jupyter": timed(0.0038),
+            "relay_rest": timed(0.0166),
+        }
+    }
+    meta = {
+        "command": "python -m bench",
+        "date": "today",
+        "cpus": 2,
+        "load_start": 0,
+        "load_end": 0,
+        "python": "3.11",
+        "versions": {},
+    }
+    table = markdown(results, meta)
+    assert "over REST (the execute API) beside the WebSocket fronts" in table
+    assert "| kernel-relay, REST (POST, then GET ?wait=30) | 16.60 ms | 33.20 ms | 2.44 |" in table
+    assert "| kernel-relay, socket.io | 6.80 ms | 13.60 ms | 1.00 |" in table
+    assert "| kernel-relay, Jupyter v1 | 3.80 ms | 7.60 ms | 0.56 |" in table
