@@ -10,28 +10,15 @@ from twisted.python import usage
 from kernel_relay.auth import TokenAuth
 from kernel_relay.metrics import RelayMetrics
 from kernel_relay.relay.ledger import LedgerOptions
-from kernel_relay.settings import env_name
 from kernel_relay.tap import Options
 from kernel_relay.tap.clients import build_core
 from kernel_relay.tap.fleet import FleetParts
 from kernel_relay.tap.requests import MAX_REST_REQUESTS_PER_KERNEL, TOPIC, ledger_options
 from kernel_relay.tap.site import build_routes
 from tests.fakes import FakeKernel, FakeRegistry, result_of
+from tests.test_settings import clean_environment, parsed
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No setting from the developer's environment."""
-    for name in Options().settings():
-        monkeypatch.delenv(env_name(name), raising=False)
-    monkeypatch.delenv("KERNEL_RELAY_CONFIG", raising=False)
-
-
-def parsed(*argv: str) -> Options:
-    options = Options()
-    options.environ = {}
-    options.parseOptions(list(argv))
-    return options
+__all__ = ["clean_environment"]  # the settings tests' fixture: no setting from the environment
 
 
 def test_the_defaults_are_the_ledgers_and_the_options_have_a_topic() -> None:

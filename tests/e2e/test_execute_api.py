@@ -114,18 +114,32 @@ def nbmodel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
+def nbmodel_kernel(base: str) -> str:
+    """A new python3 kernel of the nbmodel server at ``base``."""
+    started = requests.post(
+        f"{base}/api/kernels", json={"name": "python3"}, headers=_headers(NBMODEL_TOKEN), timeout=90
+    )
+    assert started.status_code == 201, started.text
+    return str(started.json()["id"])
+
+
+def read_only_token(base: str, kernel: str) -> str:
+    """A read-only token of the relay's kernel."""
+    issued = requests.post(
+        f"{base}/api/kernels/{kernel}/tokens",
+        json={"access": "read-only"},
+        headers=_headers(TOKEN),
+        timeout=10,
+    )
+    assert issued.status_code in (200, 201), issued.text
+    return str(issued.json()["token"])
+
+
 def test_the_contract_matches_jupyter_server_nbmodel(
     relay: Relay, kernel_id: str, nbmodel_server: str
 ) -> None:
     """One script against the relay and Jupyter Server with nbmodel: same statuses and outputs for each case."""
-    started = requests.post(
-        f"{nbmodel_server}/api/kernels",
-        json={"name": "python3"},
-        headers=_headers(NBMODEL_TOKEN),
-        timeout=90,
-    )
-    assert started.status_code == 201, started.text
-    reference = run_contract(nbmodel_server, started.json()["id"], NBMODEL_TOKEN)
+    reference = run_contract(nbmodel_server, nbmodel_kernel(nbmodel_server), NBMODEL_TOKEN)
     ours = run_contract(relay.url, kernel_id, TOKEN)
     assert ours == reference
     assert ours["execute_result"][2] == [
@@ -223,14 +237,7 @@ def test_a_socketio_cell_is_read_back_by_its_msg_id_after_a_reconnect(
 
 def test_a_read_only_token_reads_requests_but_sends_no_code(relay: Relay, kernel_id: str) -> None:
     """A read-only kernel token reads a request and the list; it may not submit code or answer input()."""
-    issued = requests.post(
-        f"{relay.url}/api/kernels/{kernel_id}/tokens",
-        json={"access": "read-only"},
-        headers=_headers(TOKEN),
-        timeout=10,
-    )
-    assert issued.status_code in (200, 201), issued.text
-    reader = issued.json()["token"]
+    reader = read_only_token(relay.url, kernel_id)
     location = submit(relay.url, kernel_id, "1 + 1", TOKEN)
     assert poll(relay.url, location, reader, None)[0] == 200
     listed = requests.get(
@@ -347,14 +354,7 @@ def run_cancel(base: str, kernel: str, token: str) -> tuple[int, int, int, str, 
 
 def test_delete_matches_jupyter_server_nbmodel(relay: Relay, nbmodel_server: str) -> None:
     """DELETE of a request, one script against both servers: 404 unknown, 204, the cell interrupted alike."""
-    started = requests.post(
-        f"{nbmodel_server}/api/kernels",
-        json={"name": "python3"},
-        headers=_headers(NBMODEL_TOKEN),
-        timeout=90,
-    )
-    assert started.status_code == 201, started.text
-    reference = run_cancel(nbmodel_server, started.json()["id"], NBMODEL_TOKEN)
+    reference = run_cancel(nbmodel_server, nbmodel_kernel(nbmodel_server), NBMODEL_TOKEN)
     kernel = relay.spawn()
     try:
         ours = run_cancel(relay.url, kernel, TOKEN)
@@ -386,12 +386,7 @@ def test_delete_of_a_queued_request_stops_it_and_not_the_cell_before(relay: Rela
         assert normalized(json.loads(body["outputs"])) == [
             {"output_type": "error", "ename": "KeyboardInterrupt", "evalue": ""}
         ]
-        reader = requests.post(
-            f"{relay.url}/api/kernels/{kernel}/tokens",
-            json={"access": "read-only"},
-            headers=_headers(TOKEN),
-            timeout=10,
-        ).json()["token"]
+        reader = read_only_token(relay.url, kernel)
         refused = requests.delete(f"{relay.url}{queued}", headers=_headers(reader), timeout=10)
         assert refused.status_code == 403
     finally:
