@@ -21,6 +21,7 @@ from kernel_relay.http.routes import KleinRoutes
 from kernel_relay.kernels import UnknownKernel
 from kernel_relay.relay.client import Refused
 from kernel_relay.relay.core import RelayCore, RelayLimits
+from kernel_relay.relay.journal import Resume
 from tests.fakes import FakeKernel, FakeRegistry, RecordingClient, kernel_message, result_of
 
 URL = "http://127.0.0.1:3000"
@@ -273,7 +274,7 @@ def test_rest_requests_are_no_client_connections() -> None:
     browser = RecordingClient("browser-1")
     # Not refused: the REST request is no client.
     routes.core.admit(browser, KERNEL, "iopub", [TOKEN])
-    routes.core.attach(browser, routes.kernel, "iopub", _resume())  # type: ignore[arg-type]
+    routes.core.attach(browser, routes.kernel, "iopub", Resume(None, False))  # type: ignore[arg-type]
     assert routes.core.client_count(KERNEL) == 1
     with pytest.raises(Refused):
         routes.core.admit(RecordingClient("browser-2"), KERNEL, "iopub", [TOKEN])
@@ -289,12 +290,6 @@ def test_rest_requests_per_kernel_are_bounded_with_a_clear_429() -> None:
     assert len(routes.kernel.clients[-1].sent) == 2  # the refused one never reached the kernel
     routes.kernel_says("execute_reply", "shell", first, status="ok", execution_count=1)
     submitted(routes)
-
-
-def _resume() -> Any:
-    from kernel_relay.relay.journal import Resume
-
-    return Resume(None, False)
 
 
 def test_a_reply_after_the_idle_still_reaches_a_rest_request() -> None:
