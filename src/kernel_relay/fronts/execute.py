@@ -3,10 +3,11 @@ The execute front: code sent over REST (:mod:`.execute_routes`) runs as a client
 other, so the kernel runs it in the order it came among every front's requests, and the core's ledger
 (:mod:`kernel_relay.relay.ledger`) keeps what it answers.
 
-Each kernel has one REST client here, with its own line to the kernel (shell and stdin); it is attached only
-while a request it sent is live, so a kernel run over REST alone is not held busy by it (the culler counts
-clients). It is no client connection (:class:`~kernel_relay.relay.client.InternalClient`): it takes no place of
-``max_clients_per_kernel``; ``max_live`` bounds the REST requests live on one kernel instead.
+Each kernel has one REST client here, with its own line to the kernel (shell and stdin), attached only while a
+request it sent is live or waits for its reply (a kernel's ``idle`` may come before it). It is no client
+connection (:class:`~kernel_relay.relay.client.InternalClient`): it counts neither in
+``max_clients_per_kernel`` nor in a kernel's connections (which the culler reads); ``max_live`` bounds the REST
+requests live on one kernel instead.
 """
 
 from __future__ import annotations
