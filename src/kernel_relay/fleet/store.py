@@ -34,14 +34,16 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from . import scripts
-from .connection import FleetUnavailable, RedisConnection, RedisURL, as_bytes, key, text
+from .connection import FleetUnavailable, RedisURL, key, text
+from .mark_store import MarkStore
 from .records import KernelRecord
 from .secrets import SEALED, FleetKeys, Forged, ForgeryLog
+from .stream_store import StreamStore
 
 #: The fields of a kernel record kept in clear (the scripts compare them); the others are sealed.
 PLAIN_FIELDS: Final = frozenset({"owner"})
@@ -51,8 +53,9 @@ MESSAGE_AGE: Final = 300.0
 log = Logger()
 
 
-class FleetStore(RedisConnection):
-    """The fleet's shared state in Redis; see the module docstring."""
+class FleetStore(StreamStore, MarkStore):
+    """The fleet's shared state in Redis; see the module docstring (the stream's and the marks' calls are
+    in :mod:`.stream_store` and :mod:`.mark_store`)."""
 
     def __init__(self, url: RedisURL, clock: IReactorTime, keys: FleetKeys) -> None:
         super().__init__(url)
@@ -342,99 +345,6 @@ class FleetStore(RedisConnection):
         self._opened[nonce] = now
         message: dict[str, Any] = letter["message"]
         return message
-
-    # -- where Jupyter sessions stopped ------------------------------------------------------------------
-
-    def save_marks(
-        self, kernel_id: str, marks: Mapping[str, str], ttl: float, keep: int
-    ) -> Deferred[Any]:
-        """
-        Each session's position in a key of its own, which expires on its own after ``ttl`` seconds; a
-        kernel keeps the ``keep`` newest.
-        """
-        index, prefix = key("marks", kernel_id), key("mark", kernel_id, "")
-        calls = [
-            self._script(
-                scripts.SAVE_MARK,
-                [index, prefix + session],
-                [session, value, max(1, int(ttl * 1000)), keep, prefix],
-            )
-            for session, value in marks.items()
-        ]
-        return DeferredList(calls, consumeErrors=True)
-
-    def mark(self, kernel_id: str, session_id: str) -> Deferred[str | None]:
-        d = self._call("GET", key("mark", kernel_id, session_id))
-        return d.addCallback(lambda value: None if value is None else text(value))
-
-    # -- iopub numbering ------------------------------------------------------------------------------------
-
-    def number(
-        self,
-        kernel_id: str,
-        msg_id: str,
-        payload: bytes,
-        when: float,
-        keep: int,
-        keep_bytes: int,
-        keep_seconds: float,
-        after: int,
-        owner: bool,
-    ) -> Deferred[int]:
-        """
-        The fleet's ``relay_seq`` of a kernel's iopub message, numbered (and kept) once for all relays; -1
-        when the submitter may be too late to tell, -2 when the kernel's owner must start its numbering
-        again first (see ``scripts.NUMBER``).
-        """
-        d = self._script(
-            scripts.NUMBER,
-            [
-                key("seq", kernel_id),
-                key("seen", kernel_id),
-                key("journal", kernel_id),
-                key("window", kernel_id),
-            ],
-            [
-                msg_id,
-                payload,
-                f"{when:.3f}",
-                keep,
-                keep_bytes,
-                f"{keep_seconds:.3f}",
-                after,
-                "1" if owner else "0",
-            ],
-        )
-        return d.addCallback(int)
-
-    def stream_bytes(self, kernel_id: str) -> Deferred[int]:
-        """The bytes of messages a kernel's stream keeps (as counted when they were added)."""
-        d = self._call("HGET", key("window", kernel_id), "bytes")
-        return d.addCallback(lambda v: int(v or 0))
-
-    def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
-        """Move the fleet's numbering of a kernel past ``seq`` (given out while Redis was away)."""
-        return self._script(scripts.BUMP, [key("seq", kernel_id)], [seq]).addCallback(int)
-
-    def last_seq(self, kernel_id: str) -> Deferred[int]:
-        return self._call("GET", key("seq", kernel_id)).addCallback(lambda v: int(v or 0))
-
-    def stream_since(self, kernel_id: str, seq: int) -> Deferred[list[tuple[int, float, bytes]]]:
-        """The kept messages after ``seq``, as (seq, time, payload), oldest first."""
-
-        def entries(reply: Any) -> list[tuple[int, float, bytes]]:
-            found = []
-            for entry_id, fields in reply or ():
-                flat = list(fields)
-                values = {text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-                number = int(text(entry_id).split("-", 1)[1])
-                found.append(
-                    (number, float(text(values.get("t", "0"))), as_bytes(values.get("m", b"")))
-                )
-            return found
-
-        d = self._call("XRANGE", key("journal", kernel_id), f"(0-{seq}", "+")
-        return d.addCallback(entries)
 
 
 __all__ = ["FleetStore", "FleetUnavailable", "RedisURL", "key"]
