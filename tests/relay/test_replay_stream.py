@@ -10,7 +10,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from kernel_relay.relay.core import RelayCore, ReplayOptions
+from kernel_relay.relay.events import ReplayExpired
 from kernel_relay.relay.journal import Resume
+from kernel_relay.relay.numbering import Fetched
 from kernel_relay.relay.payload import Outgoing
 from kernel_relay.relay.replay import REPLAY_WINDOW
 from tests.fakes import FakeKernel, FakeRegistry, RecordingClient, kernel_message
@@ -195,7 +197,7 @@ class FleetNumbering:
 
     def __init__(self, start: int) -> None:
         self.last = start - 1
-        self.fetches: list[tuple[int, Deferred[list[tuple[int, float, Outgoing]]]]] = []
+        self.fetches: list[tuple[int, Deferred[Fetched]]] = []
 
     def number(self, kernel_id: str, msg_id: str, message: Outgoing, ready: Any) -> None:
         self.last += 1
@@ -207,8 +209,8 @@ class FleetNumbering:
     def forget(self, kernel_id: str) -> None:
         pass
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
-        fetched: Deferred[list[tuple[int, float, Outgoing]]] = Deferred()
+    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]:
+        fetched: Deferred[Fetched] = Deferred()
         self.fetches.append((since, fetched))
         return fetched
 
@@ -238,3 +240,30 @@ def test_a_fleet_catch_up_streams_the_stream_then_the_journal_then_what_came_mea
     assert client.events("replay_gap") == []
     publish_lines(kernel, 1, "z")
     assert client.seqs()[-1] == 13
+
+
+def test_a_fleet_catch_up_tells_of_the_streams_entries_that_did_not_open(
+    registry: FakeRegistry, kernel: FakeKernel
+) -> None:
+    """Entries of the fleet's stream that did not open (forged) are not replayed, and the client is told of them."""
+    numbering = FleetNumbering(start=10)
+    core = RelayCore(registry, Clock(), numbering=numbering)  # type: ignore[arg-type]
+    registry.start(kernel)
+    publish_lines(kernel, 2)  # numbered 10 and 11 here
+    client = resumed(core, "a", 2)
+    [(_, fetched)] = numbering.fetches
+    line = Outgoing.of_kernel(kernel_message("stream", "iopub", content={"text": "o"}))
+    fetched.callback(
+        [
+            (3, 0.0, line),
+            (4, 0.0, None),
+            (5, 0.0, None),
+            (6, 0.0, line),
+            (7, 0.0, line),
+            (9, 0.0, None),
+        ]
+    )
+    read_all(client)
+    assert client.seqs() == [3, 6, 7, 10, 11]
+    gaps = [(gap.first, gap.last) for gap in client.events_told if isinstance(gap, ReplayExpired)]
+    assert gaps == [(4, 5), (9, 9)], client.events("replay_gap")

@@ -35,6 +35,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ..relay.numbering import Fetched
 from ..relay.payload import Outgoing
 from .store import FleetStore
 
@@ -239,18 +240,23 @@ class SharedNumbering:
         pending.after = self._expected(queue)
         queue.append(pending)
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
-        """The messages the fleet's stream keeps after ``since``, oldest first (for a client that resumes)."""
+    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]:
+        """
+        The messages the fleet's stream keeps after ``since``, oldest first (for a client that resumes); None
+        for one that cannot be read (forged, or not a message), which the client is told it misses.
+        """
 
-        def unpacked(entries: list[tuple[int, float, bytes]]) -> list[tuple[int, float, Outgoing]]:
-            found = []
+        def unpacked(entries: list[tuple[int, float, bytes | None]]) -> Fetched:
+            found: Fetched = []
             for seq, when, data in entries:
+                message = None
                 try:
-                    found.append((seq, when, unpack(data)))
+                    message = None if data is None else unpack(data)
                 except (ValueError, struct.error):
                     log.warn(
                         "kernel {kernel}'s stream holds a message that is not one", kernel=kernel_id
                     )
+                found.append((seq, when, message))
             return found
 
         return self._store.stream_since(kernel_id, since).addCallback(unpacked)

@@ -111,7 +111,10 @@ class OwnKernels:
                 await self._register_again(kernel)
                 continue
             owner = await self._store.owner(kernel.id)
-            if owner and owner != self._state.relay_id:
+            if owner is None:
+                # Not written by a relay (forged, logged): this relay still owns it, and says so again.
+                await self._store.set_owner(kernel.id, self._state.relay_id)
+            elif owner != self._state.relay_id:
                 self._demote(kernel.id, owner)
 
     def _demote(self, kernel_id: str, owner: str) -> None:

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from typing import Final
 
-#: KEYS: kernels, pending. ARGV: reservation, expiry (ms since the epoch), now (ms), max kernels.
+#: KEYS: kernels, pending. ARGV: reservation, its value (``<expiry ms> <seal>``), now (ms), max kernels, then
+#: the field, value pairs of reservations found forged (removed unless they changed meanwhile). A value whose
+#: expiry is not a number is no reservation.
 RESERVE: Final = """
+for i = 5, #ARGV, 2 do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == ARGV[i + 1] then redis.call('HDEL', KEYS[2], ARGV[i]) end
+end
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
-  if tonumber(all[i + 1]) < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[2], all[i]) end
+  local expiry = tonumber(string.match(all[i + 1], '^%d+') or '')
+  if not expiry or expiry < tonumber(ARGV[3]) then redis.call('HDEL', KEYS[2], all[i]) end
 end
 local limit = tonumber(ARGV[4])
 if limit >= 0 and redis.call('SCARD', KEYS[1]) + redis.call('HLEN', KEYS[2]) >= limit then
@@ -81,6 +87,16 @@ if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) en
 return 1
 """
 
+#: KEYS: marks-kept, marks-settling. ARGV: marks-kept's (sealed) value, how long the relays take to save their
+#: marks again (ms). Redis that lost marks-kept (it restarted empty) is settling for that long.
+KEEP_MARKS: Final = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
 #: KEYS: the kernel's marks. ARGV: mark prefix. Forgets every mark of a kernel.
 FORGET_MARKS: Final = """
 for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', ARGV[1] .. session) end
@@ -141,6 +157,7 @@ __all__ = [
     "BUMP",
     "CLAIM",
     "FORGET_MARKS",
+    "KEEP_MARKS",
     "NUMBER",
     "REGISTER",
     "RESERVE",

@@ -7,11 +7,13 @@ Whoever reaches Redis can read and write every key; only the relays hold the sec
 that the check value below does not let a Redis reader test guesses of a weak secret cheaply):
 
 - the *check value*, kept in Redis at the first join: a relay whose secret gives another refuses to join;
-- the *sealing key* (AES-256-GCM): kernel records, leases, token entries and mailbox messages are sealed
-  with it, so that what Redis holds of kernels' keys, ``env`` and token digests is unreadable, and anything
+- the *sealing key* (AES-256-GCM): kernel records, leases, token entries, mailbox messages, the kernels'
+  output streams, sessions' marks and reservations are sealed with it, so that what Redis holds of kernels' keys, ``env`` and token digests is unreadable, and anything
   written without the secret (or moved from another key: the key's name is in the authenticated data) fails
   to open and is ignored;
-- the *token key*: the name under which a token's digest is kept is a keyed hash of it.
+- the *token key*: the name under which a token's digest is kept is a keyed hash of it;
+- the *tag key*: a value a Lua script compares (a kernel's owner) is kept with a keyed hash of it, the same
+  each time, so the script compares strings while a value written without the secret is known forged.
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-#: What a sealed value starts with: the format's version.
+#: What a sealed value starts with: the format's version (``SEALED_BYTES``: the same, unencoded, for values
+#: that Redis keeps as bytes: the stream's messages, which base64 would make a third larger).
 SEALED: Final = "s1."
+SEALED_BYTES: Final = b"s1:"
 _NONCE_BYTES: Final = 12
+#: How much longer :meth:`FleetKeys.seal_bytes` makes a value: its prefix, nonce and tag.
+SEALED_OVERHEAD: Final = len(SEALED_BYTES) + _NONCE_BYTES + 16
 #: scrypt's cost: about 30 ms once per relay start; each guess of a secret costs an attacker as much.
 _SCRYPT_N: Final = 2**14
 _SALT: Final = b"kernel-relay fleet secret v1"
@@ -52,6 +58,7 @@ class FleetKeys:
         master = Scrypt(salt=_SALT, length=32, n=_SCRYPT_N, r=8, p=1).derive(raw)
         self._aead = AESGCM(self._derive(master, b"seal"))
         self._token_key = self._derive(master, b"token")
+        self._tag_key = self._derive(master, b"tag")
         self.check = hmac.new(
             self._derive(master, b"check"), b"kernel-relay fleet member", hashlib.sha256
         ).hexdigest()
@@ -80,6 +87,39 @@ class FleetKeys:
             return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], where.encode("utf-8"))
         except (ValueError, InvalidTag):
             raise Forged(f"{where!r} holds a value not sealed with the fleet's secret") from None
+
+    def seal_bytes(self, where: str, plain: bytes) -> bytes:
+        """As :meth:`seal`, unencoded (for Redis values that may be any bytes)."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return SEALED_BYTES + nonce + self._aead.encrypt(nonce, plain, where.encode("utf-8"))
+
+    def open_bytes(self, where: str, value: bytes) -> bytes:
+        """What :meth:`seal_bytes` sealed for ``where``; Forged when it was not."""
+        start = len(SEALED_BYTES)
+        if not value.startswith(SEALED_BYTES) or len(value) < start + _NONCE_BYTES + 16:
+            raise Forged(f"{where!r} holds a value that is not sealed")
+        try:
+            nonce = value[start : start + _NONCE_BYTES]
+            return self._aead.decrypt(nonce, value[start + _NONCE_BYTES :], where.encode("utf-8"))
+        except InvalidTag:
+            raise Forged(f"{where!r} holds a value not sealed with the fleet's secret") from None
+
+    def tag(self, where: str, value: str) -> str:
+        """
+        ``value`` with a keyed hash of it for ``where``: the same each time, so that a Lua script can compare
+        it as a string (a kernel's owner); only a relay holding the secret can make it.
+        """
+        mac = hmac.new(self._tag_key, f"{where}\x00{value}".encode(), hashlib.sha256).hexdigest()
+        return f"{value} {mac[:32]}"
+
+    def untag(self, where: str, tagged: str) -> str:
+        """The value :meth:`tag` made ``tagged`` of for ``where``; Forged when it did not."""
+        value, _, _ = tagged.rpartition(" ")
+        if not hmac.compare_digest(
+            self.tag(where, value).encode(), tagged.encode("utf-8", "replace")
+        ):
+            raise Forged(f"{where!r} holds a value not tagged with the fleet's secret")
+        return value
 
     def token_name(self, kernel_id: str, digest: bytes) -> str:
         """Where a token's digest is kept: a keyed hash, so that a Redis reader cannot test guesses."""
@@ -118,4 +158,4 @@ class ForgeryLog:
         self._last, self._quiet = now, 0
 
 
-__all__ = ["SEALED", "FleetKeys", "Forged", "ForgeryLog"]
+__all__ = ["SEALED", "SEALED_BYTES", "SEALED_OVERHEAD", "FleetKeys", "Forged", "ForgeryLog"]

@@ -45,7 +45,8 @@ from .records import KernelRecord
 from .secrets import SEALED, FleetKeys, Forged, ForgeryLog
 from .stream_store import StreamStore
 
-#: The fields of a kernel record kept in clear (the scripts compare them); the others are sealed.
+#: The fields of a kernel record the scripts compare: kept in clear with a keyed hash (see
+#: ``FleetKeys.tag``); the others are sealed.
 PLAIN_FIELDS: Final = frozenset({"owner"})
 #: How old a mailbox message may be (beyond any wait of a command; with room for clocks apart).
 MESSAGE_AGE: Final = 300.0
@@ -87,6 +88,8 @@ class FleetStore(StreamStore, MarkStore):
         d = self._call("SET", where, lease, "PX", int(ttl * 1000))
         # The check value again, should Redis have lost it (restarted empty).
         d.addCallback(lambda _: self._call("SET", key("fleet"), self._keys.check, "NX"))
+        # And the sign that Redis keeps the sessions' marks (see :mod:`.mark_store`).
+        d.addCallback(lambda _: self.keep_marks(ttl))
         return d.addCallback(lambda _: self._call("SADD", key("relays"), relay_id))
 
     def release(self, relay_id: str) -> Deferred[Any]:
@@ -138,12 +141,29 @@ class FleetStore(StreamStore, MarkStore):
             return self.join().addCallback(self._reserve_as_member, reservation, max_kernels, ttl)
         now = int(self._clock.seconds() * 1000)
         limit = -1 if max_kernels is None else max_kernels
-        d = self._script(
-            scripts.RESERVE,
-            [key("kernels"), key("pending")],
-            [reservation, now + int(ttl * 1000), now, limit],
+        expiry = str(now + int(ttl * 1000))
+        value = f"{expiry} {self._keys.seal(_reserved(reservation, expiry), b'')}"
+        d = self._call("HGETALL", key("pending"))
+        d.addCallback(
+            lambda held: self._script(
+                scripts.RESERVE,
+                [key("kernels"), key("pending")],
+                [reservation, value, now, limit, *self._forged_reservations(held)],
+            )
         )
         return d.addCallback(lambda n: int(n) == 1)
+
+    def _forged_reservations(self, held: Any) -> list[str]:
+        """The field, value pairs of ``pending`` not written by a relay of the fleet (counted, logged)."""
+        forged = []
+        for name, value in _pairs(held):
+            expiry, _, sealed = text(value).partition(" ")
+            try:
+                self._keys.open(_reserved(text(name), expiry), sealed)
+            except Forged as error:
+                self.forged(error)
+                forged += [text(name), text(value)]
+        return forged
 
     def _reserve_as_member(
         self, member: bool, reservation: str, max_kernels: int | None, ttl: float
@@ -165,7 +185,9 @@ class FleetStore(StreamStore, MarkStore):
             for name, value in record.items()
             for item in (
                 name,
-                value if name in PLAIN_FIELDS else self._seal_field(where, name, value),
+                self._tag(kernel_id, value)
+                if name in PLAIN_FIELDS
+                else self._seal_field(where, name, value),
             )
         ]
         return self._script(
@@ -209,14 +231,10 @@ class FleetStore(StreamStore, MarkStore):
         def record(value: Any) -> dict[str, str] | None:
             if not value:
                 return None
-            if isinstance(value, dict):
-                fields = {text(k): text(v) for k, v in value.items()}
-            else:
-                flat = list(value)
-                fields = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+            fields = {text(k): text(v) for k, v in _pairs(value)}
             try:
                 return {
-                    name: value
+                    name: self._keys.untag(f"{where}\x00{name}", value)
                     if name in PLAIN_FIELDS
                     else self._keys.open(f"{where}\x00{name}", value).decode("utf-8")
                     for name, value in fields.items()
@@ -245,27 +263,41 @@ class FleetStore(StreamStore, MarkStore):
         return self.register(kernel_id, record.encode(), reservation)
 
     def owner(self, kernel_id: str) -> Deferred[str | None]:
-        return self._call("HGET", key("kernel", kernel_id), "owner").addCallback(
-            lambda value: None if value is None else text(value)
-        )
+        """A kernel's owner; None when it has none, or one not written by a relay (forged: logged)."""
+
+        def untagged(value: Any) -> str | None:
+            try:
+                return None if value is None else self._keys.untag(_owner(kernel_id), text(value))
+            except Forged as error:
+                self.forged(error)
+                return None
+
+        return self._call("HGET", key("kernel", kernel_id), "owner").addCallback(untagged)
+
+    def _tag(self, kernel_id: str, owner: str) -> str:
+        """An owner as the record keeps it (and the scripts compare it)."""
+        return self._keys.tag(_owner(kernel_id), owner)
 
     def claim(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
         """Take over a kernel whose owner's lease has expired; False if another relay was first."""
         d = self._script(
             scripts.CLAIM,
             [key("kernel", kernel_id), key("relay", old_owner)],
-            [old_owner, new_owner],
+            [self._tag(kernel_id, old_owner), self._tag(kernel_id, new_owner)],
         )
         return d.addCallback(lambda n: int(n) == 1)
 
     def take_over(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
         """Take over a kernel whose owner is known dead, its lease or not; False if another relay was first."""
-        d = self._script(scripts.TAKE_OVER, [key("kernel", kernel_id)], [old_owner, new_owner])
+        owners = [self._tag(kernel_id, old_owner), self._tag(kernel_id, new_owner)]
+        d = self._script(scripts.TAKE_OVER, [key("kernel", kernel_id)], owners)
         return d.addCallback(lambda n: int(n) == 1)
 
     def set_owner(self, kernel_id: str, owner: str) -> Deferred[Any]:
         """Name a kernel's owner (a claim given back); nothing if the kernel is gone meanwhile."""
-        return self._script(scripts.SET_OWNER, [key("kernel", kernel_id)], [owner])
+        return self._script(
+            scripts.SET_OWNER, [key("kernel", kernel_id)], [self._tag(kernel_id, owner)]
+        )
 
     # -- tokens ---------------------------------------------------------------------------------------------
 
@@ -279,11 +311,8 @@ class FleetStore(StreamStore, MarkStore):
         where = key("tokens", kernel_id)
 
         def decoded(value: Any) -> dict[bytes, str]:
-            flat = list(value.items()) if isinstance(value, dict) else list(value or ())
-            if flat and not isinstance(flat[0], tuple):
-                flat = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
             found = {}
-            for name, entry in flat:
+            for name, entry in _pairs(value):
                 try:
                     digest, access = json.loads(
                         self._keys.open(f"{where}\x00{text(name)}", text(entry))
@@ -345,6 +374,24 @@ class FleetStore(StreamStore, MarkStore):
         self._opened[nonce] = now
         message: dict[str, Any] = letter["message"]
         return message
+
+
+def _pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """A hash's fields and values, as HGETALL answered them (a dict, or a flat list)."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    flat = list(reply or ())
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+
+def _owner(kernel_id: str) -> str:
+    """What a kernel's owner is tagged for: its record's ``owner`` field."""
+    return f"{key('kernel', kernel_id)}\x00owner"
+
+
+def _reserved(reservation: str, expiry: str) -> str:
+    """What a reservation's value is sealed for: ``pending``, the reservation and its expiry."""
+    return f"{key('pending')}\x00{reservation}\x00{expiry}"
 
 
 __all__ = ["FleetStore", "FleetUnavailable", "RedisURL", "key"]

@@ -2,6 +2,15 @@
 """
 The fleet's shared iopub numbering and stream in Redis (``seq:<id>``, ``seen:<id>``, ``journal:<id>``,
 ``window:<id>``: see :mod:`.store` and :mod:`.numbering`): a part of the store, apart by concern.
+
+Each message in a stream is sealed (see :mod:`.secrets`): a Redis reader sees no kernel's output, and an entry
+written without the fleet's secret (an older relay's too) is not replayed to any client: it is counted,
+logged, and handed on as unreadable (None), so that the client is told of a gap. The authenticated data are
+the stream's key, the message's ``msg_id`` and its time (both kept in clear: the numbering script reads them),
+not its number: Redis gives the number inside the script, after the relay sealed the message, and a script
+cannot seal (the secret never reaches Redis). So a Redis writer cannot inject or alter output; what it can do
+is delete entries (told as a gap) or copy an authentic one under a later number (a message seen twice), which
+a fetch drops when its ``msg_id`` came already.
 """
 
 from __future__ import annotations
@@ -12,10 +21,14 @@ from twisted.internet.defer import Deferred
 
 from . import scripts
 from .connection import RedisConnection, as_bytes, key, text
+from .secrets import FleetKeys, Forged, ForgeryLog
 
 
 class StreamStore(RedisConnection):
     """The store's calls for the numbering and the stream (mixed into :class:`.store.FleetStore`)."""
+
+    _keys: FleetKeys
+    forged: ForgeryLog
 
     def number(
         self,
@@ -34,6 +47,8 @@ class StreamStore(RedisConnection):
         when the submitter may be too late to tell, -2 when the kernel's owner must start its numbering
         again first (see ``scripts.NUMBER``).
         """
+        stamp = f"{when:.3f}"
+        sealed = self._keys.seal_bytes(_where(kernel_id, msg_id, stamp), payload)
         d = self._script(
             scripts.NUMBER,
             [
@@ -44,8 +59,8 @@ class StreamStore(RedisConnection):
             ],
             [
                 msg_id,
-                payload,
-                f"{when:.3f}",
+                sealed,
+                stamp,
                 keep,
                 keep_bytes,
                 f"{keep_seconds:.3f}",
@@ -67,22 +82,46 @@ class StreamStore(RedisConnection):
     def last_seq(self, kernel_id: str) -> Deferred[int]:
         return self._call("GET", key("seq", kernel_id)).addCallback(lambda v: int(v or 0))
 
-    def stream_since(self, kernel_id: str, seq: int) -> Deferred[list[tuple[int, float, bytes]]]:
-        """The kept messages after ``seq``, as (seq, time, payload), oldest first."""
+    def stream_since(
+        self, kernel_id: str, seq: int
+    ) -> Deferred[list[tuple[int, float, bytes | None]]]:
+        """
+        The kept messages after ``seq``, as (seq, time, payload), oldest first; the payload is None for an
+        entry that does not open (forged: counted and logged), and an entry whose ``msg_id`` came already is
+        left out.
+        """
+        return self._call("XRANGE", key("journal", kernel_id), f"(0-{seq}", "+").addCallback(
+            self._entries, kernel_id
+        )
 
-        def entries(reply: Any) -> list[tuple[int, float, bytes]]:
-            found = []
-            for entry_id, fields in reply or ():
-                flat = list(fields)
-                values = {text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
-                number = int(text(entry_id).split("-", 1)[1])
-                found.append(
-                    (number, float(text(values.get("t", "0"))), as_bytes(values.get("m", b"")))
+    def _entries(self, reply: Any, kernel_id: str) -> list[tuple[int, float, bytes | None]]:
+        found: list[tuple[int, float, bytes | None]] = []
+        seen = set()
+        for entry_id, fields in reply or ():
+            flat = list(fields)
+            values = {text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+            number = int(text(entry_id).split("-", 1)[1])
+            stamp, msg_id = text(values.get("t", "0")), text(values.get("i", ""))
+            payload: bytes | None
+            try:
+                payload = self._keys.open_bytes(
+                    _where(kernel_id, msg_id, stamp), as_bytes(values.get("m", b""))
                 )
-            return found
+                when = float(stamp)
+            except (Forged, ValueError) as error:
+                self.forged(Forged(f"kernel {kernel_id}'s stream, entry {number}: {error}"))
+                payload, when = None, 0.0
+            if payload is not None:
+                if msg_id in seen:
+                    continue  # an authentic entry copied under another number
+                seen.add(msg_id)
+            found.append((number, when, payload))
+        return found
 
-        d = self._call("XRANGE", key("journal", kernel_id), f"(0-{seq}", "+")
-        return d.addCallback(entries)
+
+def _where(kernel_id: str, msg_id: str, stamp: str) -> str:
+    """What a stream entry's message is sealed for: its stream, its ``msg_id`` and its time."""
+    return f"{key('journal', kernel_id)}\x00{msg_id}\x00{stamp}"
 
 
 __all__ = ["StreamStore"]

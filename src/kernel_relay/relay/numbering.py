@@ -22,6 +22,9 @@ from .journal import IopubJournal, with_sequence
 from .payload import Outgoing
 from .status import STATUS_SIZE
 
+Fetched = list[tuple[int, float, Outgoing | None]]
+"""Messages of the fleet's stream: (seq, time, message), None for one that could not be read (forged)."""
+
 Placed = Callable[[str, IopubJournal, int, Outgoing | None, bool], None]
 """
 Gets a placed message's kernel id, journal and size (as given to :meth:`Numbering.place`), the message numbered
@@ -45,8 +48,8 @@ class IopubNumbering(Protocol):
 
     def forget(self, kernel_id: str) -> None: ...
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
-        """The fleet's kept messages after ``since``: (seq, time, message), oldest first."""
+    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]:
+        """The fleet's kept messages after ``since``: (seq, time, message), oldest first (see ``Fetched``)."""
 
 
 class Numbering(Protocol):
@@ -69,7 +72,7 @@ class Numbering(Protocol):
 
     def elsewhere(self, journal: IopubJournal, since: int) -> bool: ...
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]: ...
+    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]: ...
 
     def forget(self, kernel_id: str) -> None: ...
 
@@ -97,7 +100,7 @@ class LocalNumbering:
     def elsewhere(self, journal: IopubJournal, since: int) -> bool:
         return False
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
+    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]:
         return succeed([])
 
     def forget(self, kernel_id: str) -> None:
@@ -143,7 +146,7 @@ class FleetNumbering:
         # Older than what this relay keeps, or newer than what it has seen: the fleet's stream knows.
         return since + 1 < journal.first_seq or since > journal.last_seq
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
+    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]:
         return self._shared.fetch(kernel_id, since)
 
     def forget(self, kernel_id: str) -> None:

@@ -21,7 +21,7 @@ from ..metrics import RelayMetrics
 from .client import RelayClient, short_id
 from .events import MessageRefused, ReplayBacklogged, ReplayCut, ReplayExpired, ReplayGap
 from .journal import IopubJournal, Resume, with_sequence
-from .numbering import Numbering
+from .numbering import Fetched, Numbering
 from .payload import Outgoing
 from .replay import ReplayStream
 
@@ -30,6 +30,8 @@ log = Logger()
 #: A joining iopub client gets a replay only while less than this is waiting to go out to it, so that
 #: joining again and again without reading cannot pile up copies of the journal.
 REPLAY_BACKLOG: Final = 1024 * 1024
+#: Why a client misses messages of the fleet's stream that did not open.
+UNREADABLE: Final = "the fleet's stream holds them unreadable (not written by a relay of the fleet)"
 
 
 class Replays:
@@ -178,19 +180,22 @@ class Replays:
         # Where this relay's own journal takes over (nothing of its own yet: the stream gives all).
         first_local = journal.first_seq if journal.last_seq else sys.maxsize
 
-        def fetched(entries: list[tuple[int, float, Outgoing]]) -> None:
+        def fetched(entries: Fetched) -> None:
             horizon = self._clock.seconds() - self._max_age
+            unread = [seq for seq, _, m in entries if m is None and since < seq < first_local]
             older = [
                 (seq, m)
                 for seq, when, m in entries
-                if since < seq < first_local and when >= horizon
+                if m is not None and since < seq < first_local and when >= horizon
             ]
-            finish(older, None)
+            finish(older, None, unread)
 
         def failed(failure: Failure) -> None:
-            finish([], f"the fleet's stream could not be read: {failure.getErrorMessage()}")
+            finish([], f"the fleet's stream could not be read: {failure.getErrorMessage()}", [])
 
-        def finish(older: list[tuple[int, Outgoing]], problem: str | None) -> None:
+        def finish(
+            older: list[tuple[int, Outgoing]], problem: str | None, unread: list[int]
+        ) -> None:
             if replay.ended:
                 return  # the client left meanwhile
             if older:
@@ -201,6 +206,9 @@ class Replays:
                 first = journal.first_seq
             if first > since + 1:
                 self.tell_gap(client, kernel_id, ReplayExpired(since + 1, first - 1, problem))
+            # Entries of the stream that did not open (forged) past those: told, not silently missing.
+            for gap in _runs([seq for seq in unread if seq >= first]):
+                self.tell_gap(client, kernel_id, ReplayExpired(*gap, UNREADABLE))
             # The journal takes over where the stream's messages end (from first_local, or, with nothing of
             # its own before the fetch, from what it recorded since): none twice, and the gap told once.
             replay.start(
@@ -209,3 +217,14 @@ class Replays:
             )
 
         self._numbering.fetch(kernel_id, since).addCallbacks(fetched, failed)
+
+
+def _runs(numbers: list[int]) -> list[tuple[int, int]]:
+    """Ascending ``numbers`` as runs of consecutive ones: (first, last) each."""
+    runs: list[tuple[int, int]] = []
+    for number in numbers:
+        if runs and runs[-1][1] + 1 == number:
+            runs[-1] = (runs[-1][0], number)
+        else:
+            runs.append((number, number))
+    return runs
