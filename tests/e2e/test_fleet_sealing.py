@@ -168,6 +168,55 @@ def test_a_forged_owner_demotes_no_relay(
         show("B", b)
 
 
+def test_a_forged_mark_skips_no_output_silently(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A session's mark rewritten by a Redis writer to the kernel's latest number: the session, back on
+    another relay, gets what it missed or is told that output may be missing, never silently less."""
+    db = 12
+    redis(redis_server, db, "FLUSHDB")
+    url = redis_server.database(db)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+    try:
+        wait(lambda: health(a)["fleet"]["relays"] == 2, 15, "A and B to join")  # type: ignore[index]
+        kernel_id = a.spawn()
+        wait(lambda: kernel_id in ids(b), 15, "B to serve A's kernel")
+        client = JupyterWS(a.url, kernel_id, token=TOKEN, session_id="the-session")
+        read = client.execute("print('read', flush=True)")[0]
+        time.sleep(2 * UNREAD_SECONDS)
+        client.close()
+        other = JupyterWS(a.url, kernel_id, token=TOKEN)
+        missed = other.execute("print('while away', flush=True)")[0]
+        other.close()
+        time.sleep(1)
+        pattern = f"kernel-relay:mark:{kernel_id}:*/the-session"
+        [mark] = redis(redis_server, db, "--scan", "--pattern", pattern).split()
+        assert read not in redis(redis_server, db, "GET", mark)  # its parent msg_id is sealed
+        latest = redis(redis_server, db, "GET", f"kernel-relay:seq:{kernel_id}").strip()
+        redis(redis_server, db, "SET", mark, f"{latest} ")
+        back = JupyterWS(b.url, kernel_id, token=TOKEN, session_id="the-session")
+        try:
+            while back.recv(2) is not None:
+                pass
+            got = "".join(
+                m["content"]["text"]
+                for m in back.received
+                if m["parent_header"].get("msg_id") == missed
+                and m["header"]["msg_type"] == "stream"
+            )
+            assert got == "while away\n" or told_gap(back), "what it missed was skipped silently"
+        finally:
+            back.close()
+        assert any(FORGERY in line for line in log_lines(b))
+        assert a.shutdown(kernel_id).status_code == 200
+    finally:
+        a.stop()
+        b.stop()
+        show("A", a)
+        show("B", b)
+
+
 def test_a_session_back_before_the_marks_are_saved_again_after_a_redis_restart_is_told(
     tmp_path: Path,
 ) -> None:

@@ -56,6 +56,11 @@ async def test_a_forged_or_unsealed_mark_is_refused_not_followed(stores: list[Fl
     with pytest.raises(Forged):
         await b.mark("k1", "t")
     assert b.forged.count == 3
+    # A forged mark read is deleted: its high number no longer keeps the session's real mark out.
+    await deferLater(reactor, 0.05, lambda: None)
+    assert await a._call("GET", key("mark", "k1", "s")) is None
+    await a.save_marks("k1", {"s": "6 parent-2"}, 60, 10)
+    assert await b.mark("k1", "s") == "6 parent-2"
 
 
 @pytest_twisted.ensureDeferred

@@ -88,6 +88,8 @@ class MarkStore(RedisConnection):
                 parent = self._keys.open(f"{where}\x00{seq}", sealed).decode("utf-8")
             except (Forged, UnicodeDecodeError) as error:
                 self.forged(Forged(str(error)))
+                # Gone, unless it changed meanwhile: a forged high number would keep every relay's save out.
+                self._script(scripts.FORGET_FORGED, [where], [value]).addErrback(lambda f: None)
                 raise Forged(f"the session's mark in the fleet is not a relay's: {error}") from None
             return f"{seq} {parent}"
         if settling is not None:

@@ -97,6 +97,12 @@ end
 return 0
 """
 
+#: KEYS: a key. ARGV: a value. Deletes the key if it still holds that value (one found forged).
+FORGET_FORGED: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 #: KEYS: the kernel's marks. ARGV: mark prefix. Forgets every mark of a kernel.
 FORGET_MARKS: Final = """
 for _, session in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do redis.call('DEL', ARGV[1] .. session) end
@@ -156,6 +162,7 @@ return current
 __all__ = [
     "BUMP",
     "CLAIM",
+    "FORGET_FORGED",
     "FORGET_MARKS",
     "KEEP_MARKS",
     "NUMBER",
