@@ -9,20 +9,24 @@ Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
 - ``relay:<relay id>``: a relay's lease (JSON about it), expiring unless it is renewed; ``relays``: their ids.
 - ``kernels``: the fleet's kernel ids; ``kernel:<id>``: one kernel's record (kernelspec, connection info
   **with its HMAC and Curve keys**, the provisioner's own info, the owner relay); ``pending``: the kernels
-  being started, so that ``--max-kernels`` counts them.
+  being started (``<expiry> <seal>`` each), so that ``--max-kernels`` counts them.
 - ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only, each under a keyed hash of it.
 - ``mailbox:<relay id>``: what other relays tell one relay (commands, replies, news of kernels and tokens).
 - ``mark:<id>:<session>``: where a Jupyter session stopped reading (its last ``relay_seq``), for an hour;
   ``marks:<id>``: the kernel's sessions that have one, by expiry (at most ``keep``: the oldest go first), so
-  that they go with their kernel.
+  that they go with their kernel; ``marks-kept`` and ``marks-settling``: whether Redis may have lost marks
+  (see :mod:`.mark_store`).
 - ``seq:<id>``, ``seen:<id>`` (msg_id to number, for every message the stream keeps), ``journal:<id>``,
   ``window:<id>`` (its bytes, and the number of the last message trimmed): the shared iopub numbering and the
   stream of numbered messages, trimmed by count, bytes and age (see :mod:`.numbering`).
 
-Every value but a record's ``owner`` (which the scripts compare) is sealed with the fleet's secret (see
-:mod:`.secrets`) for its own key and field: the kernels' keys, ``env`` and token digests are unreadable in
-Redis, and a value written without the secret, or moved, is ignored (and logged) as if it were not there.
-Mailbox messages carry when they were sent and are opened once: an old or replayed one is ignored too.
+Every value is sealed with the fleet's secret (see :mod:`.secrets`) for its own key and field: the kernels'
+keys, ``env``, token digests and output are unreadable in Redis, and a value written without the secret, or
+moved, is ignored (and logged) as if it were not there. What a script compares or reads keeps a clear part
+bound to its seal: a record's ``owner`` (tagged: ``<relay id> <keyed hash>``, the same each time, so the
+scripts compare strings), a reservation's expiry and a mark's number; a stream entry's ``msg_id`` and time.
+Mailbox messages carry when they were sent and are opened once: an old or replayed one is ignored too. Values
+an older version left unsealed are forged to this one: the fleet's relays must all run one version.
 
 Redis is reached through txredisapi, which runs on the reactor. A call made while no connection is up fails at
 once with :class:`FleetUnavailable` instead of waiting in a queue to run, out of order, when Redis returns.
