@@ -82,3 +82,31 @@ def test_forgeries_are_logged_at_most_once_per_period() -> None:
     warnings = [e for e in events if e["log_level"] == LogLevel.warn]
     assert len(warnings) == 2 and warnings[1]["quiet"] == 49
     assert log.count == 51
+
+
+@pytest.mark.parametrize("value", [b"", b"plain output", b"s1:short", b"s1:" + b"\x00" * 40])
+def test_bytes_sealed_open_only_where_they_were_sealed(value: bytes) -> None:
+    """Bytes sealed unencoded open where they were sealed; anything else (unsealed, short, moved) is Forged."""
+    sealed = KEYS.seal_bytes("kernel-relay:journal:k1\x00m1\x001.000", b"\x00output\xff")
+    assert b"output" not in sealed
+    assert KEYS.open_bytes("kernel-relay:journal:k1\x00m1\x001.000", sealed) == b"\x00output\xff"
+    for where, bad in (("kernel-relay:journal:k1\x00m1\x001.000", value), ("elsewhere", sealed)):
+        with pytest.raises(Forged):
+            KEYS.open_bytes(where, bad)
+
+
+def test_a_tag_is_the_same_each_time_and_only_the_secret_makes_it() -> None:
+    """A tagged value is stable (a script compares it), untags where it was made only, and not without the secret."""
+    tagged = KEYS.tag("kernel-relay:kernel:k1\x00owner", "relay A")
+    assert tagged == KEYS.tag("kernel-relay:kernel:k1\x00owner", "relay A")
+    assert KEYS.untag("kernel-relay:kernel:k1\x00owner", tagged) == "relay A"
+    for where, value in (
+        ("kernel-relay:kernel:k2\x00owner", tagged),
+        ("kernel-relay:kernel:k1\x00owner", "relay A"),
+        (
+            "kernel-relay:kernel:k1\x00owner",
+            FleetKeys("another").tag("kernel-relay:kernel:k1\x00owner", "relay A"),
+        ),
+    ):
+        with pytest.raises(Forged):
+            KEYS.untag(where, value)
