@@ -115,6 +115,6 @@ async def test_no_mark_after_redis_lost_its_marks_is_told_unsure_not_new(
     assert await b.mark("k1", "s") == "5 p"
     await deferLater(reactor, 0.4, lambda: None)
     assert await b.mark("k1", "new-session") is None
-    await a._call("SET", key("marks-kept"), json.dumps("forged"))
+    await a._call("SET", key("kept-marks"), json.dumps("forged"))
     with pytest.raises(MarksUnsure):
         await b.mark("k1", "new-session")

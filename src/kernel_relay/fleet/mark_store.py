@@ -9,11 +9,11 @@ session, and the number), so a mark written without the fleet's secret, an older
 open: the session is then told that output may be missing rather than resumed from where a forger said.
 
 **No mark, or lost marks?** Redis that restarts empty answers "no mark" for every session until the relays
-have saved theirs again (each does at its next sync). ``marks-kept`` (sealed) is set when Redis is found
-without it (a relay's renewal, :meth:`MarkStore.keep_marks`), and ``marks-settling`` beside it for one lease;
-a session with no mark is taken for new only when ``marks-kept`` opens and ``marks-settling`` is gone.
+have saved theirs again (each does at its next sync). ``kept-marks`` (sealed) is set when Redis is found
+without it (a relay's renewal, :meth:`MarkStore.keep_marks`), and ``settling-marks`` beside it for one lease;
+a session with no mark is taken for new only when ``kept-marks`` opens and ``settling-marks`` is gone.
 Otherwise :class:`MarksUnsure`: the session is told of a possible gap instead of silently losing what it
-missed. (A Redis that restarts from a snapshot keeps ``marks-kept``: marks saved after the snapshot are
+missed. (A Redis that restarts from a snapshot keeps ``kept-marks``: marks saved after the snapshot are
 then missing without notice; deleting keys is beyond what sealing can show.)
 """
 
@@ -75,7 +75,7 @@ class MarkStore(RedisConnection):
         have lost it.
         """
         where = key("mark", kernel_id, session_id)
-        d = self._call("MGET", where, key("marks-kept"), key("marks-settling"))
+        d = self._call("MGET", where, key("kept-marks"), key("settling-marks"))
         return d.addCallback(self._opened_mark, where)
 
     def _opened_mark(self, reply: Any, where: str) -> str | None:
@@ -97,7 +97,7 @@ class MarkStore(RedisConnection):
                 "Redis restarted lately: the relays may not have saved their sessions' marks again yet"
             )
         try:
-            self._keys.open(key("marks-kept"), kept or "")
+            self._keys.open(key("kept-marks"), kept or "")
         except Forged as error:
             if kept is not None:
                 self.forged(error)
@@ -106,13 +106,13 @@ class MarkStore(RedisConnection):
 
     def keep_marks(self, ttl: float) -> Deferred[Any]:
         """
-        Set ``marks-kept`` if Redis lost it (it restarted empty), with ``marks-settling`` for ``ttl``
+        Set ``kept-marks`` if Redis lost it (it restarted empty), with ``settling-marks`` for ``ttl``
         seconds: the time the relays take to save their marks again (see the module docstring).
         """
-        kept = self._keys.seal(key("marks-kept"), b"")
+        kept = self._keys.seal(key("kept-marks"), b"")
         return self._script(
             scripts.KEEP_MARKS,
-            [key("marks-kept"), key("marks-settling")],
+            [key("kept-marks"), key("settling-marks")],
             [kept, max(1, int(ttl * 1000))],
         )
 

@@ -87,8 +87,8 @@ if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) en
 return 1
 """
 
-#: KEYS: marks-kept, marks-settling. ARGV: marks-kept's (sealed) value, how long the relays take to save their
-#: marks again (ms). Redis that lost marks-kept (it restarted empty) is settling for that long.
+#: KEYS: kept-marks, settling-marks. ARGV: kept-marks's (sealed) value, how long the relays take to save their
+#: marks again (ms). Redis that lost kept-marks (it restarted empty) is settling for that long.
 KEEP_MARKS: Final = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
