@@ -3,6 +3,9 @@ The execute front: code sent over REST (:mod:`.execute_routes`) runs as a client
 other, so the kernel runs it in the order it came among every front's requests, and the core's ledger
 (:mod:`kernel_relay.relay.ledger`) keeps what it answers.
 
+A request this relay's ledger does not hold may be one another relay of the fleet accepted: it is read from
+the fleet (:meth:`ExecuteFront.elsewhere`, ``kernel_relay.relay.requests``).
+
 Each kernel has one REST client here, with its own line to the kernel (shell and stdin), attached only while a
 request it sent is live or waits for its reply (a kernel's ``idle`` may come before it). It is no client
 connection (:class:`~kernel_relay.relay.client.InternalClient`): it counts neither in
@@ -15,6 +18,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from ..kernels import SHELL, STDIN, KernelRegistry
@@ -22,8 +26,9 @@ from ..relay.client import InternalClient, Refused, short_id
 from ..relay.core import RelayCore
 from ..relay.events import ClientEvent, MessageRefused
 from ..relay.journal import Resume
-from ..relay.ledger import INPUT
+from ..relay.ledger import INPUT, Execution
 from ..relay.payload import Outgoing
+from ..relay.requests import RemoteRequests
 
 log = Logger()
 
@@ -61,13 +66,27 @@ class ExecuteFront:
     """Sends REST requests (code, answers to ``input()``) to kernels through the core."""
 
     def __init__(
-        self, core: RelayCore, kernels: KernelRegistry, max_live: int | None = None
+        self,
+        core: RelayCore,
+        kernels: KernelRegistry,
+        max_live: int | None = None,
+        remote: RemoteRequests | None = None,
     ) -> None:
         self.core = core
         self._kernels = kernels
+        self._remote = remote
         self._clients: dict[str, RestClient] = {}
         self.max_live = max_live
         """Most REST requests live (queued, running, waiting for input) on one kernel; None: unbounded."""
+
+    def elsewhere(
+        self, kernel_id: str, msg_id: str, wait: float
+    ) -> Deferred[Execution | None] | None:
+        """
+        A request this relay's ledger does not hold, as the fleet keeps it (None: there is no fleet), once
+        it needs its client or ``wait`` seconds passed; cancelling it forgets the wait.
+        """
+        return None if self._remote is None else self._remote.read(kernel_id, msg_id, wait)
 
     def submit(self, kernel_id: str, code: str, metadata: dict[str, Any]) -> str:
         """Send ``code`` to the kernel; its request's ``msg_id``. UnknownKernel or Refused say why not."""

@@ -41,6 +41,7 @@ from ..relay.client import Refused
 from ..relay.ledger import COMPLETE, INPUT, QUEUED, RUNNING, Execution
 from .execute import ExecuteFront
 from .execute_cancel import Interrupts, RequestCancels
+from .execute_fleet import answer_from_fleet
 
 #: The longest ``?wait=`` honoured, in seconds (a longer one waits this long).
 MAX_WAIT: Final = 60.0
@@ -137,13 +138,18 @@ class ExecuteAPI:
 
     @app.route("/api/kernels/<kernel_id>/requests/<msg_id>", methods=["GET"])
     def one(self, request: IRequest, kernel_id: str, msg_id: str) -> bytes | Deferred[bytes]:
-        found = self._ledger.get(kernel_id, msg_id)
-        if found is None:
-            return _not_kept(request, kernel_id, msg_id)
         wait = _wait_of(request)
         if wait is None:
             return jupyter_error(
                 request, 400, f"wait must be a number of seconds (at most {MAX_WAIT:g})"
+            )
+        found = self._ledger.get(kernel_id, msg_id)
+        if found is None:
+            reading = self._front.elsewhere(kernel_id, msg_id, wait)
+            if reading is None:
+                return _not_kept(request, kernel_id, msg_id)
+            return answer_from_fleet(
+                request, reading, self._answer, lambda: _not_kept(request, kernel_id, msg_id)
             )
         if wait <= 0 or found.state not in _WAITING:
             return self._answer(request, found)

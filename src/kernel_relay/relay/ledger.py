@@ -12,32 +12,36 @@ Bounded: at most ``max_requests`` requests and ``max_bytes`` of outputs over eve
 requests lose their outputs first, then whole requests go), and a finished request is kept ``max_age``
 seconds. A request that lost outputs says how many (``outputs_dropped``), never silently.
 
-Later (the fleet): the outputs could be rebuilt from the kernel's numbered iopub stream instead of being kept
-here: a record would keep the ``relay_seq`` of its first and last message, and :meth:`observe` is then the
-same fold over the journal's (or Redis's) messages of that range whose parent is the request.
+In a fleet (:meth:`RequestLedger.share`), each request's record (:class:`~.execution.RequestRecord`: where
+its messages start, and what only this relay sees of it, its reply and ``input()``) is kept for every relay
+too: another relay rebuilds the request from it and the kernel's stream (:mod:`.requests`). A wait for a
+request this ledger does not hold is woken by the kernel's ``idle`` for it, and by the kernel's end.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
 from ..kernels import SHELL, STDIN, KernelMessage
-from .outputs import OUTPUT_TYPES, Outputs
+from .execution import (
+    COMPLETE,
+    ENDED,
+    INPUT,
+    QUEUED,
+    RUNNING,
+    Execution,
+    SharedRequests,
+)
+from .outputs import OUTPUT_TYPES
 
-#: The request's states: sent and not yet started; running; waiting for ``input()``; finished (a reply came);
-#: ended without a reply (its kernel died or restarted: ``ended`` says why).
-QUEUED: Final = "queued"
-RUNNING: Final = "running"
-INPUT: Final = "input"
-COMPLETE: Final = "complete"
-ENDED: Final = "ended"
-_LIVE: Final = frozenset({QUEUED, RUNNING, INPUT})
+#: The kernel's messages that may change what the fleet keeps of a request (its record).
+_RECORDED: Final = frozenset({"status", "input_request", "execute_reply"})
 
 
 @dataclass(frozen=True)
@@ -55,48 +59,9 @@ class LedgerOptions:
     max_age: float = 3600.0
 
 
-@dataclass
-class Execution:
-    """One request: what was asked, and what the kernel answered so far."""
-
-    kernel_id: str
-    msg_id: str
-    code: str
-    metadata: dict[str, Any]
-    submitted: float
-    state: str = QUEUED
-    status: str | None = None
-    """The ``execute_reply``'s status (``ok``, ``error``, ``aborted``) once it came."""
-    execution_count: int | None = None
-    outputs: Outputs = field(default_factory=Outputs)
-    input_request: dict[str, Any] | None = None
-    """``{"prompt", "password"}`` while the request waits for ``input()``."""
-    ended: str | None = None
-    """Why the request ended without a reply (its kernel died, restarted, stopped)."""
-    finished: float | None = None
-    inferred: bool = False
-    """Whether its status was read from its ``idle`` and outputs, no ``execute_reply`` seen yet."""
-    version: int = 0
-
-    @property
-    def live(self) -> bool:
-        return self.state in _LIVE
-
-    def summary(self) -> dict[str, Any]:
-        """What any reader is told of the request (no wire format: the front shapes it)."""
-        return {
-            "msg_id": self.msg_id,
-            "kernel_id": self.kernel_id,
-            "state": self.state,
-            "status": self.status,
-            "execution_count": self.execution_count,
-            "outputs": list(self.outputs.items),
-            "outputs_dropped": self.outputs.dropped,
-            "complete_outputs": self.outputs.dropped == 0,
-            "input_request": self.input_request,
-            "ended": self.ended,
-            "metadata": self.metadata,
-        }
+def kernel_gone(reason: str) -> bool:
+    """Whether a kernel's end (``reason``) ends its requests everywhere (not only this relay's view of them)."""
+    return reason == "restarting" or reason.startswith(("died", "shutdown"))
 
 
 class RequestLedger:
@@ -108,6 +73,13 @@ class RequestLedger:
         self._requests: OrderedDict[tuple[str, str], Execution] = OrderedDict()
         self._waiters: dict[tuple[str, str], list[Deferred[None]]] = {}
         self._bytes = 0
+        self._shared: SharedRequests | None = None
+        self._last_seq: Callable[[str], int] = lambda kernel_id: 0
+
+    def share(self, shared: SharedRequests, last_seq: Callable[[str], int]) -> None:
+        """Keep each request's record in the fleet (``last_seq``: the kernel's latest ``relay_seq`` here)."""
+        self._shared = shared
+        self._last_seq = last_seq
 
     def __len__(self) -> int:
         return len(self._requests)
@@ -154,7 +126,10 @@ class RequestLedger:
         key = (kernel_id, msg_id)
         if key in self._requests:
             return
-        self._requests[key] = Execution(kernel_id, msg_id, code, metadata, self._clock.seconds())
+        request = Execution(kernel_id, msg_id, code, metadata, self._clock.seconds())
+        request.first = self._last_seq(kernel_id)
+        self._requests[key] = request
+        self._save(request)
         while len(self._requests) > max(self.options.max_requests, 1):
             self._forget(next(iter(self._requests)))
 
@@ -179,32 +154,23 @@ class RequestLedger:
         """A kernel's message on any channel: it counts if its parent is a known request."""
         request = self._requests.get((kernel_id, message.parent_msg_id))
         if request is None:
+            if self._waiters and message.msg_type == "status":
+                self._wake(
+                    (kernel_id, message.parent_msg_id)
+                )  # a request of another relay, waited for
             return
-        msg_type = message.msg_type
-        if not request.live:
-            if request.inferred and msg_type == "execute_reply":
-                self._replied(request, message.content)  # the reply after the idle it was read from
-                self._touch(request)
+        # Its record changes with what only this relay may see (its reply, input()) and at its idle.
+        kept = self._shared is not None and message.msg_type in _RECORDED
+        before = request.record() if kept else None
+        size = request.outputs.size
+        if not request.fold(message, self._clock.seconds()):
             return
-        if msg_type in OUTPUT_TYPES:
-            self._output(request, message)
-        elif msg_type == "execute_input":
-            count = message.content.get("execution_count")
-            request.execution_count = count if isinstance(count, int) else None
-            request.state = RUNNING
-        elif msg_type == "status":
-            self._status(request, message.content.get("execution_state"))
-        elif msg_type == "input_request":
-            content = message.content
-            request.input_request = {
-                "prompt": str(content.get("prompt", "")),
-                "password": bool(content.get("password", False)),
-            }
-            request.state = INPUT
-        elif msg_type == "execute_reply":
-            self._replied(request, message.content)
-        else:
-            return
+        if request.outputs.size != size:
+            self._bytes += request.outputs.size - size
+            if self._bytes > self.options.max_bytes:
+                self._trim()
+        if kept:
+            self._save(request, before)
         self._touch(request)
 
     def lost(self, kernel_id: str, message: KernelMessage) -> None:
@@ -220,58 +186,40 @@ class RequestLedger:
             if kid == kernel_id and request.state == INPUT:
                 request.state = RUNNING
                 request.input_request = None
+                self._save(request)
                 self._touch(request)
 
     def kernel_ended(self, kernel_id: str, reason: str) -> None:
-        """The kernel died, stopped or restarts: its requests still running end, and say why."""
+        """
+        The kernel died, stopped or restarts: its requests still running end, and say why (on every relay
+        of a fleet when the kernel itself ended: :func:`kernel_gone`). Waits for other relays' requests of
+        the kernel wake.
+        """
         now = self._clock.seconds()
         for (kid, _), request in list(self._requests.items()):
             if kid == kernel_id and request.live:
-                request.state = ENDED
-                request.ended = f"kernel {reason}"
-                request.input_request = None
-                request.finished = now
+                request.end(f"kernel {reason}", now)
                 self._touch(request)
+        if self._shared is not None and kernel_gone(reason):
+            self._shared.end_live(kernel_id, f"kernel {reason}")
+        for key in [key for key in self._waiters if key[0] == kernel_id]:
+            self._wake(key)
 
     # -- inside ------------------------------------------------------------------------------------------
 
-    def _output(self, request: Execution, message: KernelMessage) -> None:
-        before = request.outputs.size
-        request.outputs.add(message.msg_type, message.content, message.size)
-        self._bytes += request.outputs.size - before
-        if self._bytes > self.options.max_bytes:
-            self._trim()
-
-    def _status(self, request: Execution, state: object) -> None:
-        """
-        ``busy``: it runs. ``idle``: it ended; its reply may never come here (its client went and its line
-        closed), so its status is read from its outputs until the reply, if any, says.
-        """
-        if state == "busy":
-            request.state = RUNNING
-        elif state == "idle":
-            errors = request.outputs.has_error
-            request.status = "error" if errors else "ok"
-            request.state = COMPLETE
-            request.inferred = True
-            request.input_request = None
-            request.finished = self._clock.seconds()
-
-    def _replied(self, request: Execution, content: dict[str, Any]) -> None:
-        request.inferred = False
-        status = content.get("status")
-        request.status = status if isinstance(status, str) else "error"
-        count = content.get("execution_count")
-        if isinstance(count, int):
-            request.execution_count = count
-        request.state = COMPLETE
-        request.input_request = None
-        request.finished = self._clock.seconds()
+    def _save(self, request: Execution, before: Any = None) -> None:
+        """Keep the request's record in the fleet, if it has changed (``before``: its record until now)."""
+        if self._shared is not None:
+            record = request.record()
+            if record != before:
+                self._shared.save(request.kernel_id, record)
 
     def _touch(self, request: Execution) -> None:
         request.version += 1
-        waiters = self._waiters.pop((request.kernel_id, request.msg_id), [])
-        for waiter in waiters:
+        self._wake((request.kernel_id, request.msg_id))
+
+    def _wake(self, key: tuple[str, str]) -> None:
+        for waiter in self._waiters.pop(key, []):
             waiter.callback(None)
 
     def _trim(self) -> None:
@@ -300,5 +248,17 @@ class RequestLedger:
     def _forget(self, key: tuple[str, str]) -> None:
         request = self._requests.pop(key)
         self._bytes -= request.outputs.size
-        for waiter in self._waiters.pop(key, []):
-            waiter.callback(None)
+        self._wake(key)
+
+
+__all__ = [
+    "COMPLETE",
+    "ENDED",
+    "INPUT",
+    "QUEUED",
+    "RUNNING",
+    "Execution",
+    "LedgerOptions",
+    "RequestLedger",
+    "kernel_gone",
+]

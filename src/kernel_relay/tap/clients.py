@@ -116,8 +116,8 @@ def build_core(
     metrics: RelayMetrics,
     fleet: FleetParts,
 ) -> RelayCore:
-    """The relay core, numbering iopub as the fleet does (if there is one)."""
-    return RelayCore(
+    """The relay core, numbering iopub as the fleet does (if there is one), its requests kept there too."""
+    core = RelayCore(
         kernels,
         reactor,
         auth=auth,
@@ -132,6 +132,11 @@ def build_core(
         numbering=fleet.numbering,
         ledger=ledger_options(options),
     )
+    if fleet.requests is not None:
+        fleet.requests.ttl = core.ledger.options.max_age
+        fleet.requests.keep = core.ledger.options.max_requests
+        core.ledger.share(fleet.requests, core.last_seq)
+    return core
 
 
 def build_fronts(

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from ..auth import TokenAuth
 from ..fleet import Fleet, FleetStore
 from ..fleet.numbering import stream_length
+from ..fleet.requests import FleetRequests
 from ..fleet.secrets import FleetKeys
 from ..http.jupyter_api import EnvPolicy
 from ..kernels import KernelRegistry
@@ -52,6 +53,7 @@ class FleetParts:
     numbering: IopubNumbering | None = None
     capacity: FleetCapacity | None = None
     marks: SharedMarks | None = None
+    requests: FleetRequests | None = None
     view: Callable[[], dict[str, Any]] | None = None
     ready: Callable[[], bool] = _always
     #: Whether the kernels live on at stop, for the fleet's other relays to adopt.
@@ -66,8 +68,10 @@ def build_fleet(
     """The fleet of ``--redis``, watched by ``metrics``; a relay alone's parts without it."""
     if options["redis"] is None:
         return FleetParts()
+    keys = FleetKeys(options["fleet-secret"])
+    store = FleetStore(options["redis"], reactor, keys)
     fleet = Fleet(
-        FleetStore(options["redis"], reactor, FleetKeys(options["fleet-secret"])),
+        store,
         kernels,
         auth,
         reactor,
@@ -86,6 +90,7 @@ def build_fleet(
         numbering=fleet.numbering,
         capacity=fleet.spawning,
         marks=fleet.marks,
+        requests=FleetRequests(store, keys, reactor),
         view=fleet.fleet_view,
         ready=lambda: fleet.ready,
         hand_off=fleet.hand_off,

@@ -24,6 +24,7 @@ from ..kernels import KernelRegistry
 from ..kernels.spawning import Spawner
 from ..metrics import RelayMetrics
 from ..relay.core import RelayCore
+from ..relay.requests import RemoteRequests
 from .clients import Clients, Fronts
 from .fleet import FleetParts
 from .options import Options
@@ -53,7 +54,10 @@ def build_routes(
         base_url=options["base-url"],
     )
     sessions_api = SessionsAPI(kernels, jupyter_api)
-    execute_front = ExecuteFront(relay, kernels, options["max-rest-requests-per-kernel"])
+    remote = None
+    if fleet.requests is not None and fleet.numbering is not None:
+        remote = RemoteRequests(relay.ledger, fleet.requests, fleet.numbering, reactor)
+    execute_front = ExecuteFront(relay, kernels, options["max-rest-requests-per-kernel"], remote)
     execute_api = ExecuteAPI(execute_front, kernels, reactor, options["base-url"])
     return KleinRoutes(
         [

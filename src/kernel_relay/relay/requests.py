@@ -1,0 +1,155 @@
+"""
+Requests another relay of the fleet accepted, read here (:class:`RemoteRequests`): from the fleet's record of
+the request (:class:`~.execution.RequestRecord`) and the kernel's stream in the fleet, by the ledger's own fold
+(:meth:`~.execution.Execution.fold`) over the stream's messages after the record's ``first`` whose parent is
+the request. Nothing of them is kept here: each read rebuilds the request, so it is right whether the relay
+that accepted it lives or died (its kernel adopted here or elsewhere).
+
+A wait (``?wait=``) for such a request ends when it needs its client: it is woken by the kernel's ``status``
+for the request as this relay sees it (every relay of a fleet hears every kernel's iopub), then reads once
+every message this relay heard is in the stream; and every :data:`RECHECK` seconds by the record alone (what
+only the accepting relay sees: ``input()``, its reply, a restart there).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from ..kernels import IOPUB, KernelMessage
+from .execution import QUEUED, RUNNING, Execution, RequestRecord, SharedRequests
+from .ledger import RequestLedger
+from .numbering import IopubNumbering
+from .payload import Outgoing
+
+#: How often a wait for another relay's request reads the request's record again, in seconds.
+RECHECK: Final = 1.0
+_WAITING: Final = frozenset({QUEUED, RUNNING})
+
+
+def parented(outgoing: Outgoing, msg_id: str) -> KernelMessage | None:
+    """The stream's message as a kernel message if its parent is ``msg_id`` (content read only then)."""
+    parent_part = bytes(outgoing.parts[1])
+    if msg_id.encode("utf-8") not in parent_part:
+        return None
+    try:
+        header, parent = json.loads(bytes(outgoing.parts[0])), json.loads(parent_part)
+    except ValueError:
+        return None
+    if not isinstance(header, dict) or not isinstance(parent, dict):
+        return None
+    if parent.get("msg_id") != msg_id:
+        return None
+    return KernelMessage(
+        header, parent, {}, None, list(outgoing.buffers), IOPUB, raw_parts=outgoing.parts
+    )
+
+
+def rebuild(
+    kernel_id: str,
+    record: RequestRecord,
+    stream: list[tuple[int, float, Outgoing]],
+    now: float,
+) -> Execution:
+    """The request as the relay that accepted it knows it: its record, and the stream's messages folded in."""
+    request = Execution.of_record(kernel_id, record)
+    done: float | None = None
+    for _, when, outgoing in stream:
+        message = parented(outgoing, record.msg_id)
+        if message is not None:
+            try:
+                if request.fold(message, when):
+                    request.version += 1
+            except ValueError:
+                continue  # a content that is not JSON: the kernel's, relayed as it came; not an output
+            if done is None and not request.live:
+                done = when
+    trimmed = not stream or stream[0][0] > record.first + 1
+    request.settle(record, trimmed, done, now)
+    return request
+
+
+class RemoteRequests:
+    """Reads the fleet's requests that this relay's ledger does not hold; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: RequestLedger,
+        shared: SharedRequests,
+        numbering: IopubNumbering,
+        clock: IReactorTime,
+    ) -> None:
+        self._ledger = ledger
+        self._shared = shared
+        self._numbering = numbering
+        self._clock = clock
+
+    def read(self, kernel_id: str, msg_id: str, wait: float = 0) -> Deferred[Execution | None]:
+        """
+        The request, None when the fleet keeps no record of it; with ``wait``, once it needs its client
+        (finished, or waiting for input) or ``wait`` seconds passed. Cancelling it forgets the wait.
+        """
+        return ensureDeferred(self._read(kernel_id, msg_id, self._clock.seconds() + wait))
+
+    async def _read(self, kernel_id: str, msg_id: str, deadline: float) -> Execution | None:
+        loaded = await self._load(kernel_id, msg_id)
+        while loaded is not None:
+            record, request = loaded
+            left = deadline - self._clock.seconds()
+            if left <= 0 or request.state not in _WAITING:
+                return request
+            if not await self._sign(kernel_id, msg_id, min(left, RECHECK)):
+                # No sign here: only the record may have changed (what the accepting relay alone sees).
+                if await self._shared.load(kernel_id, msg_id) == record:
+                    continue
+            loaded = await self._load(kernel_id, msg_id)
+        return None
+
+    def _load(
+        self, kernel_id: str, msg_id: str
+    ) -> Deferred[tuple[RequestRecord, Execution] | None]:
+        def found(record: RequestRecord | None) -> Deferred[tuple[RequestRecord, Execution] | None]:
+            if record is None:
+                return succeed(None)
+            return self._stream(kernel_id, record.first).addCallback(
+                lambda stream: (record, rebuild(kernel_id, record, stream, self._clock.seconds()))
+            )
+
+        return self._shared.load(kernel_id, msg_id).addCallback(found)
+
+    def _stream(self, kernel_id: str, first: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
+        """The stream after ``first``, once every message this relay heard of the kernel is in it."""
+        settled: Deferred[int] = Deferred()
+        self._numbering.after(kernel_id, settled.callback)
+        return settled.addCallback(lambda _: self._numbering.fetch(kernel_id, first))
+
+    def _sign(self, kernel_id: str, msg_id: str, step: float) -> Deferred[bool]:
+        """True at the request's next sign of change on this relay, False after ``step`` seconds without."""
+        woken = self._ledger.changed(kernel_id, msg_id)
+
+        def stop(_: Deferred[bool]) -> None:
+            if timer.active():
+                timer.cancel()
+            woken.cancel()
+
+        sign: Deferred[bool] = Deferred(stop)
+
+        def tick() -> None:
+            woken.cancel()
+            sign.callback(False)
+
+        def woke(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not sign.called:
+                sign.callback(True)
+
+        timer = self._clock.callLater(step, tick)
+        woken.addCallbacks(woke, lambda failure: failure.trap(CancelledError))
+        return sign
+
+
+__all__ = ["RECHECK", "RemoteRequests", "parented", "rebuild"]

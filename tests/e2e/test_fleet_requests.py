@@ -1,0 +1,161 @@
+"""
+Requests of the execute API across a fleet (#33 point 3), with two real relays on one real Redis: a request
+accepted by one relay is read on the other, whole, while its relay lives and after it was SIGKILLed mid-cell;
+a restart ends a running request with a clear status on every relay.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+import requests
+
+from tests.e2e.test_fleet import (
+    AUTH,
+    fleet_relay,
+    health,
+    ids,
+    kernel_processes,
+    no_kernel_left,
+    show,
+)
+from tests.e2e.test_relay_resume import wait
+from tests.redis_server import RedisServer, redis_server
+
+pytestmark = pytest.mark.timeout(240)
+
+__all__ = ["no_kernel_left", "redis_server"]
+
+LINES = 40
+
+
+def submit(base: str, kernel_id: str, code: str) -> str:
+    """POST the code to the relay at ``base``; the request's path from ``Location``."""
+    response = requests.post(
+        f"{base}/api/kernels/{kernel_id}/execute", json={"code": code}, headers=AUTH, timeout=30
+    )
+    assert response.status_code == 202, response.text
+    location: str = response.headers["Location"]
+    return location
+
+
+def read(base: str, location: str, wait_for: float = 0) -> tuple[int, dict[str, Any]]:
+    """One GET of a request (long-polling ``wait_for`` seconds); its status code and body."""
+    response = requests.get(
+        f"{base}{location}", params={"wait": wait_for}, headers=AUTH, timeout=wait_for + 30
+    )
+    return response.status_code, response.json()
+
+
+def read_until_done(base: str, location: str, timeout: float = 90) -> tuple[int, dict[str, Any]]:
+    """Long-poll the request until it is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = read(base, location, 10)
+        if status != 202:
+            return status, body
+    raise AssertionError(f"{location} still pending after {timeout} s")
+
+
+def printed(body: dict[str, Any]) -> str:
+    """The text of the request's stdout, and that it came as one output."""
+    outputs = json.loads(body["outputs"])
+    assert [o["output_type"] for o in outputs] == ["stream"], outputs
+    text: str = outputs[0]["text"]
+    return text
+
+
+def so_far(base: str, location: str) -> str:
+    """What the request printed so far, read at ``base``."""
+    outputs = json.loads(read(base, location)[1].get("outputs") or "[]")
+    return "".join(o.get("text", "") for o in outputs)
+
+
+def counting(lines: int, pause: float) -> str:
+    return (
+        f"import time\nfor i in range({lines}):\n    print(i, flush=True)\n    time.sleep({pause})"
+    )
+
+
+def test_a_request_survives_the_relay_that_accepted_it_sigkilled_mid_cell(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A cell sent over REST to A prints numbered lines; A is SIGKILLed mid-cell; read on B with ?wait=, the
+    request ends ok with its execution_count and every line once, in order."""
+    url = redis_server.database(5)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+    try:
+        kernel_id = a.spawn()
+        wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+        [process] = kernel_processes(kernel_id)
+        location = submit(a.url, kernel_id, counting(LINES, 0.1))
+        wait(lambda: "5\n" in so_far(a.url, location), 30, "A to print")
+        os.kill(a.process.pid, signal.SIGKILL)
+        a.process.wait()
+        assert process.is_running(), "the kernel died with its relay"
+
+        status, body = read_until_done(b.url, location)
+        assert status == 200, body
+        assert body["status"] == "ok" and body["pending"] is False
+        assert isinstance(body["execution_count"], int) and body["execution_count"] >= 1
+        assert printed(body) == "".join(f"{i}\n" for i in range(LINES))
+        assert body["outputs_dropped"] == 0
+        wait(lambda: health(b)["fleet"]["owned_kernels"] == 1, 15, "B to adopt the kernel")  # type: ignore[index]
+        stopped = requests.delete(f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
+        assert stopped.status_code == 204, stopped.text
+        wait(lambda: not kernel_processes(kernel_id), 15, "the kernel process to exit")
+    finally:
+        a.stop()
+        b.stop()
+        show("A", a)
+        show("B", b)
+
+
+def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """While A lives, B answers for A's requests as A does (long-poll included); a restart asked on B ends
+    A's running request with 500 "kernel restarting" on both relays."""
+    url = redis_server.database(6)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+    try:
+        kernel_id = a.spawn()
+        wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+        location = submit(a.url, kernel_id, counting(5, 0.3) + "\n6 * 7")
+        status, on_b = read_until_done(b.url, location)
+        assert status == 200, on_b
+        status, on_a = read(a.url, location)
+        assert status == 200, on_a
+        assert on_b["status"] == on_a["status"] == "ok"
+        assert on_b["execution_count"] == on_a["execution_count"]
+        assert json.loads(on_b["outputs"]) == json.loads(on_a["outputs"])
+        assert json.loads(on_b["outputs"])[-1]["data"] == {"text/plain": "42"}
+        missing = requests.get(f"{b.url}/api/kernels/{kernel_id}/requests/nope", headers=AUTH)
+        assert missing.status_code == 404
+
+        sleeping = submit(a.url, kernel_id, "import time; time.sleep(60)")
+        wait(lambda: read(b.url, sleeping)[1].get("request_status") == "running", 30, "it runs")
+        restarted = requests.post(
+            f"{b.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
+        )
+        assert restarted.status_code == 200, restarted.text
+        for relay in (b, a):
+            status, body = read_until_done(relay.url, sleeping, 30)
+            assert status == 500 and body["error"] == "kernel restarting", json.dumps(
+                [relay.url, body]
+            )
+            assert body["pending"] is False
+        stopped = requests.delete(f"{a.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
+        assert stopped.status_code == 204, stopped.text
+    finally:
+        a.stop()
+        b.stop()
+        show("A", a)
+        show("B", b)
