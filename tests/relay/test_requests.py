@@ -17,7 +17,7 @@ from kernel_relay.kernels import KernelMessage
 from kernel_relay.relay.execution import RequestRecord
 from kernel_relay.relay.ledger import COMPLETE, ENDED, INPUT, RUNNING, RequestLedger
 from kernel_relay.relay.payload import Outgoing
-from kernel_relay.relay.requests import RECHECK, RemoteRequests, rebuild
+from kernel_relay.relay.requests import MAX_READS, RECHECK, RemoteRequests, rebuild
 from tests.fakes import kernel_message
 
 KERNEL = "k1-0000"
@@ -252,3 +252,19 @@ def test_a_kernels_end_wakes_a_wait_for_another_relays_request() -> None:
     shared.records[(KERNEL, "r1")] = record(ended="kernel died", finished=0.0)
     ledger.kernel_ended(KERNEL, "died")
     assert [a.state for a in answers] == [ENDED] and not clock.getDelayedCalls()
+
+
+def test_at_most_a_few_stream_reads_run_at_once() -> None:
+    """Each read may hold a kernel's whole stream: past MAX_READS they wait their turn (or their client goes)."""
+    requests, _, shared, stream, _ = remote()
+    shared.records[(KERNEL, "r1")] = record()
+    stream.settle_at_once = False
+    reads = [requests.read(KERNEL, "r1") for _ in range(MAX_READS + 2)]
+    answers: list[Any] = []
+    for read in reads:
+        read.addCallbacks(answers.append, lambda failure: None)
+    assert len(stream.unsettled) == MAX_READS
+    reads[-1].cancel()
+    while stream.unsettled:
+        stream.unsettled.pop(0)(0)
+    assert len(answers) == MAX_READS + 1 and all(a.msg_id == "r1" for a in answers)

@@ -16,7 +16,13 @@ from __future__ import annotations
 import json
 from typing import Final
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredSemaphore,
+    ensureDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 
 from ..kernels import IOPUB, KernelMessage
@@ -27,6 +33,8 @@ from .payload import Outgoing
 
 #: How often a wait for another relay's request reads the request's record again, in seconds.
 RECHECK: Final = 1.0
+#: How many reads of a kernel's stream (each up to ``--iopub-replay-bytes``) run at once; others wait their turn.
+MAX_READS: Final = 4
 _WAITING: Final = frozenset({QUEUED, RUNNING})
 
 
@@ -86,6 +94,7 @@ class RemoteRequests:
         self._shared = shared
         self._numbering = numbering
         self._clock = clock
+        self._gate = DeferredSemaphore(MAX_READS)
 
     def read(self, kernel_id: str, msg_id: str, wait: float = 0) -> Deferred[Execution | None]:
         """
@@ -95,7 +104,7 @@ class RemoteRequests:
         return ensureDeferred(self._read(kernel_id, msg_id, self._clock.seconds() + wait))
 
     async def _read(self, kernel_id: str, msg_id: str, deadline: float) -> Execution | None:
-        loaded = await self._load(kernel_id, msg_id)
+        loaded = await self._gated(kernel_id, msg_id)
         while loaded is not None:
             record, request = loaded
             left = deadline - self._clock.seconds()
@@ -105,8 +114,16 @@ class RemoteRequests:
                 # No sign here: only the record may have changed (what the accepting relay alone sees).
                 if await self._shared.load(kernel_id, msg_id) == record:
                     continue
-            loaded = await self._load(kernel_id, msg_id)
+            loaded = await self._gated(kernel_id, msg_id)
         return None
+
+    async def _gated(self, kernel_id: str, msg_id: str) -> tuple[RequestRecord, Execution] | None:
+        """:meth:`_load`, at most :data:`MAX_READS` at once: each may hold a kernel's whole stream."""
+        await self._gate.acquire()
+        try:
+            return await self._load(kernel_id, msg_id)
+        finally:
+            self._gate.release()
 
     def _load(
         self, kernel_id: str, msg_id: str
@@ -152,4 +169,4 @@ class RemoteRequests:
         return sign
 
 
-__all__ = ["RECHECK", "RemoteRequests", "parented", "rebuild"]
+__all__ = ["MAX_READS", "RECHECK", "RemoteRequests", "parented", "rebuild"]
