@@ -10,11 +10,14 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import requests
 
+from tests.conftest import Relay
 from tests.e2e.test_fleet import (
     AUTH,
     fleet_relay,
@@ -82,17 +85,36 @@ def counting(lines: int, pause: float) -> str:
     )
 
 
-def test_a_request_survives_the_relay_that_accepted_it_sigkilled_mid_cell(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    """A cell sent over REST to A prints numbered lines; A is SIGKILLed mid-cell; read on B with ?wait=, the
-    request ends ok with its execution_count and every line once, in order."""
-    url = redis_server.database(5)
+@contextmanager
+def two_relays(
+    url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Relay, Relay, str]]:
+    """Relays A and B of the fleet at ``url``, and a kernel started on A that B serves; both stopped after."""
     a = fleet_relay(tmp_path_factory.mktemp("a"), url)
     b = fleet_relay(tmp_path_factory.mktemp("b"), url)
     try:
         kernel_id = a.spawn()
         wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+        yield a, b, kernel_id
+    finally:
+        a.stop()
+        b.stop()
+        show("A", a)
+        show("B", b)
+
+
+def stop_kernel(relay: Relay, kernel_id: str) -> None:
+    stopped = requests.delete(f"{relay.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
+    assert stopped.status_code == 204, stopped.text
+    wait(lambda: not kernel_processes(kernel_id), 15, "the kernel process to exit")
+
+
+def test_a_request_survives_the_relay_that_accepted_it_sigkilled_mid_cell(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A cell sent over REST to A prints numbered lines; A is SIGKILLed mid-cell; read on B with ?wait=, the
+    request ends ok with its execution_count and every line once, in order."""
+    with two_relays(redis_server.database(5), tmp_path_factory) as (a, b, kernel_id):
         [process] = kernel_processes(kernel_id)
         location = submit(a.url, kernel_id, counting(LINES, 0.1))
         wait(lambda: "5\n" in so_far(a.url, location), 30, "A to print")
@@ -107,14 +129,7 @@ def test_a_request_survives_the_relay_that_accepted_it_sigkilled_mid_cell(
         assert printed(body) == "".join(f"{i}\n" for i in range(LINES))
         assert body["outputs_dropped"] == 0
         wait(lambda: health(b)["fleet"]["owned_kernels"] == 1, 15, "B to adopt the kernel")  # type: ignore[index]
-        stopped = requests.delete(f"{b.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
-        assert stopped.status_code == 204, stopped.text
-        wait(lambda: not kernel_processes(kernel_id), 15, "the kernel process to exit")
-    finally:
-        a.stop()
-        b.stop()
-        show("A", a)
-        show("B", b)
+        stop_kernel(b, kernel_id)
 
 
 def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
@@ -122,12 +137,7 @@ def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
 ) -> None:
     """While A lives, B answers for A's requests as A does (long-poll included); a restart asked on B ends
     A's running request with 500 "kernel restarting" on both relays."""
-    url = redis_server.database(6)
-    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
-    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
-    try:
-        kernel_id = a.spawn()
-        wait(lambda: kernel_id in ids(b), 10, "B to list A's kernel")
+    with two_relays(redis_server.database(6), tmp_path_factory) as (a, b, kernel_id):
         location = submit(a.url, kernel_id, counting(5, 0.3) + "\n6 * 7")
         status, on_b = read_until_done(b.url, location)
         assert status == 200, on_b
@@ -137,7 +147,9 @@ def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
         assert on_b["execution_count"] == on_a["execution_count"]
         assert json.loads(on_b["outputs"]) == json.loads(on_a["outputs"])
         assert json.loads(on_b["outputs"])[-1]["data"] == {"text/plain": "42"}
-        missing = requests.get(f"{b.url}/api/kernels/{kernel_id}/requests/nope", headers=AUTH)
+        missing = requests.get(
+            f"{b.url}/api/kernels/{kernel_id}/requests/nope", headers=AUTH, timeout=10
+        )
         assert missing.status_code == 404
 
         sleeping = submit(a.url, kernel_id, "import time; time.sleep(60)")
@@ -148,14 +160,6 @@ def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
         assert restarted.status_code == 200, restarted.text
         for relay in (b, a):
             status, body = read_until_done(relay.url, sleeping, 30)
-            assert status == 500 and body["error"] == "kernel restarting", json.dumps(
-                [relay.url, body]
-            )
+            assert status == 500 and body["error"] == "kernel restarting", [relay.url, body]
             assert body["pending"] is False
-        stopped = requests.delete(f"{a.url}/api/kernels/{kernel_id}", headers=AUTH, timeout=60)
-        assert stopped.status_code == 204, stopped.text
-    finally:
-        a.stop()
-        b.stop()
-        show("A", a)
-        show("B", b)
+        stop_kernel(a, kernel_id)

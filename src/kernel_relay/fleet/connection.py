@@ -83,6 +83,14 @@ def as_bytes(value: Any) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
+def field_pairs(reply: Any) -> list[tuple[Any, Any]]:
+    """A hash's fields and values as ``HGETALL`` answers them (a dict, or a flat list), in pairs."""
+    if isinstance(reply, dict):
+        return list(reply.items())
+    flat = list(reply or ())
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+
 class RedisConnection:
     """One connection for calls, one for this relay's mailbox (a blocking read)."""
 
@@ -148,4 +156,13 @@ class RedisConnection:
         return failure
 
 
-__all__ = ["PREFIX", "FleetUnavailable", "RedisConnection", "RedisURL", "as_bytes", "key", "text"]
+__all__ = [
+    "PREFIX",
+    "FleetUnavailable",
+    "RedisConnection",
+    "RedisURL",
+    "as_bytes",
+    "field_pairs",
+    "key",
+    "text",
+]

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..relay.execution import RequestRecord
-from .connection import key, text
+from .connection import field_pairs, key, text
 from .secrets import FleetKeys, Forged
 from .store import FleetStore
 
@@ -137,11 +137,8 @@ class FleetRequests:
         where = key("requests", kernel_id)
 
         def ended(values: Any) -> None:
-            flat = list(values.items()) if isinstance(values, dict) else list(values or ())
-            if flat and not isinstance(flat[0], tuple):
-                flat = [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
             now = self._clock.seconds()
-            for name, value in flat:
+            for name, value in field_pairs(values):
                 msg_id = text(name)
                 record = self._open(where, msg_id, value)
                 if record is not None and record.live:

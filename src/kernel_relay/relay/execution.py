@@ -242,15 +242,3 @@ class Execution:
 
 def _text(value: object) -> str | None:
     return value[:RECORD_TEXT] if isinstance(value, str) else None
-
-
-__all__ = [
-    "COMPLETE",
-    "ENDED",
-    "INPUT",
-    "QUEUED",
-    "RUNNING",
-    "Execution",
-    "RequestRecord",
-    "SharedRequests",
-]

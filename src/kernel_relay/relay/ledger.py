@@ -54,7 +54,8 @@ class LedgerOptions:
     Over every kernel, counted as the kernel's messages' bytes. The outputs are a second copy of what the
     iopub journals keep, outside the buffer budget: with 32 MiB a flood left the relay 45-55 MiB larger
     after its clients had gone, with 4 MiB 16-17 MiB (1 MiB: 10-11, as without a ledger). Reading the
-    outputs back from the journal instead is the way to keep more (see the module's docstring).
+    outputs back from the journal instead is the way to keep more: other relays of a fleet do so from the
+    kernel's stream (:mod:`.requests`), but the accepting relay still answers from its own copy.
     """
     max_age: float = 3600.0
 
