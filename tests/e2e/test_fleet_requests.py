@@ -147,6 +147,10 @@ def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
         assert on_b["execution_count"] == on_a["execution_count"]
         assert json.loads(on_b["outputs"]) == json.loads(on_a["outputs"])
         assert json.loads(on_b["outputs"])[-1]["data"] == {"text/plain": "42"}
+        listed = requests.get(f"{b.url}/api/kernels/{kernel_id}/requests", headers=AUTH, timeout=10)
+        assert [r["request_id"] for r in listed.json()["requests"]][-1:] == [
+            location.split("/")[-1]
+        ]
         missing = requests.get(
             f"{b.url}/api/kernels/{kernel_id}/requests/nope", headers=AUTH, timeout=10
         )

@@ -88,6 +88,8 @@ async def test_records_are_sealed_kept_and_bounded(store: FleetStore) -> None:
     assert 0 < int(await store._call("PTTL", f"kernel-relay:requests:{KERNEL}")) <= 60_000
     assert 0 < int(await store._call("PTTL", f"kernel-relay:request-order:{KERNEL}")) <= 60_000
     assert await requests.load(KERNEL, "nope") is None
+    assert [r.msg_id for r in await requests.recent(KERNEL)] == ["r1", "r2"]
+    assert await requests.recent("another-kernel") == []
 
 
 @pytest_twisted.ensureDeferred

@@ -17,7 +17,7 @@ from kernel_relay.kernels import KernelMessage
 from kernel_relay.relay.execution import RequestRecord
 from kernel_relay.relay.ledger import COMPLETE, ENDED, INPUT, RUNNING, RequestLedger
 from kernel_relay.relay.payload import Outgoing
-from kernel_relay.relay.requests import MAX_READS, RECHECK, RemoteRequests, rebuild
+from kernel_relay.relay.requests import MAX_READS, RECHECK, RemoteRequests, rebuild, rebuild_all
 from tests.fakes import kernel_message
 
 KERNEL = "k1-0000"
@@ -40,6 +40,10 @@ class MemoryRequests:
 
     def end_live(self, kernel_id: str, reason: str) -> None:
         self.ended.append((kernel_id, reason))
+
+    def recent(self, kernel_id: str) -> Deferred[list[RequestRecord]]:
+        found = [r for (k, _), r in self.records.items() if k == kernel_id]
+        return succeed(sorted(found, key=lambda r: r.submitted))
 
 
 class MemoryStream:
@@ -268,3 +272,26 @@ def test_at_most_a_few_stream_reads_run_at_once() -> None:
     while stream.unsettled:
         stream.unsettled.pop(0)(0)
     assert len(answers) == MAX_READS + 1 and all(a.msg_id == "r1" for a in answers)
+
+
+def test_a_kernels_requests_are_rebuilt_in_one_pass_and_listed_but_those_kept_here() -> None:
+    """Interleaved requests fold apart from one read of the stream; the list skips what the ledger holds."""
+    requests, _, shared, stream, _ = remote()
+    first, second = cell("r1", "a\n", count=1), cell("r2", "b\n", count=2)
+    for one, two in zip(first, second, strict=True):
+        stream.add(one)
+        stream.add(two)
+    records = [record(msg_id="r1", submitted=1.0), record(msg_id="r2", first=1, submitted=2.0)]
+    both = rebuild_all(KERNEL, records, stream.entries, 0)
+    assert [(r.msg_id, r.execution_count, r.outputs.items[0]["text"]) for r in both] == [
+        ("r1", 1, "a\n"),
+        ("r2", 2, "b\n"),
+    ]
+    assert [r.summary() for r in both] == [
+        rebuild(KERNEL, one, stream.entries, 0).summary() for one in records
+    ]
+    for one in records:
+        shared.records[(KERNEL, one.msg_id)] = one
+    listed: list[Any] = []
+    requests.recent(KERNEL, {"r1"}).addCallback(listed.append)
+    assert [[r.msg_id for r in found] for found in listed] == [["r2"]]

@@ -133,6 +133,15 @@ class FleetRequests:
             lambda value: None if value is None else self._open(where, msg_id, value)
         )
 
+    def recent(self, kernel_id: str) -> Deferred[list[RequestRecord]]:
+        where = key("requests", kernel_id)
+
+        def opened(values: Any) -> list[RequestRecord]:
+            records = [self._open(where, text(name), value) for name, value in field_pairs(values)]
+            return sorted((r for r in records if r is not None), key=lambda r: r.submitted)
+
+        return self._store._call("HGETALL", where).addCallback(opened)
+
     def end_live(self, kernel_id: str, reason: str) -> None:
         where = key("requests", kernel_id)
 

@@ -88,6 +88,13 @@ class ExecuteFront:
         """
         return None if self._remote is None else self._remote.read(kernel_id, msg_id, wait)
 
+    def recent_elsewhere(self, kernel_id: str) -> Deferred[list[Execution]] | None:
+        """The kernel's requests the fleet keeps that this relay's ledger does not (None: no fleet)."""
+        if self._remote is None:
+            return None
+        here = {request.msg_id for request in self.core.ledger.recent(kernel_id)}
+        return self._remote.recent(kernel_id, here)
+
     def submit(self, kernel_id: str, code: str, metadata: dict[str, Any]) -> str:
         """Send ``code`` to the kernel; its request's ``msg_id``. UnknownKernel or Refused say why not."""
         client = self._client(kernel_id)

@@ -41,7 +41,7 @@ from ..relay.client import Refused
 from ..relay.ledger import COMPLETE, INPUT, QUEUED, RUNNING, Execution
 from .execute import ExecuteFront
 from .execute_cancel import Interrupts, RequestCancels
-from .execute_fleet import answer_from_fleet
+from .execute_fleet import answer_from_fleet, list_with_fleet
 
 #: The longest ``?wait=`` honoured, in seconds (a longer one waits this long).
 MAX_WAIT: Final = 60.0
@@ -127,14 +127,20 @@ class ExecuteAPI:
     # -- reading -------------------------------------------------------------------------------------------
 
     @app.route("/api/kernels/<kernel_id>/requests", methods=["GET"])
-    def recent(self, request: IRequest, kernel_id: str) -> bytes:
-        listed = [self._model(found) for found in self._ledger.recent(kernel_id)]
-        return json_body(request, 200, {"kernel_id": kernel_id, "requests": listed})
+    def recent(self, request: IRequest, kernel_id: str) -> bytes | Deferred[bytes]:
+        return self._listed(request, kernel_id, live_only=False)
 
     @app.route("/api/kernels/<kernel_id>/execute", methods=["GET"])
-    def live(self, request: IRequest, kernel_id: str) -> bytes:
-        listed = [self._model(found) for found in self._ledger.recent(kernel_id) if found.live]
-        return json_body(request, 200, {"kernel_id": kernel_id, "requests": listed})
+    def live(self, request: IRequest, kernel_id: str) -> bytes | Deferred[bytes]:
+        return self._listed(request, kernel_id, live_only=True)
+
+    def _listed(
+        self, request: IRequest, kernel_id: str, live_only: bool
+    ) -> bytes | Deferred[bytes]:
+        """The kernel's requests kept here, and in a fleet those other relays accepted, oldest first."""
+        here = self._ledger.recent(kernel_id)
+        elsewhere = self._front.recent_elsewhere(kernel_id)
+        return list_with_fleet(request, kernel_id, here, elsewhere, self._model, live_only)
 
     @app.route("/api/kernels/<kernel_id>/requests/<msg_id>", methods=["GET"])
     def one(self, request: IRequest, kernel_id: str, msg_id: str) -> bytes | Deferred[bytes]:

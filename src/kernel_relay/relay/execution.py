@@ -69,6 +69,9 @@ class SharedRequests(Protocol):
     def end_live(self, kernel_id: str, reason: str) -> None:
         """The kernel restarted or ended (``reason``): every record of it still live ends, saying why."""
 
+    def recent(self, kernel_id: str) -> Deferred[list[RequestRecord]]:
+        """The kernel's records, oldest first."""
+
 
 @dataclass
 class Execution:

@@ -14,6 +14,7 @@ only the accepting relay sees: ``input()``, its reply, a restart there).
 from __future__ import annotations
 
 import json
+from collections.abc import Container
 from typing import Final
 
 from twisted.internet.defer import (
@@ -38,10 +39,16 @@ MAX_READS: Final = 4
 _WAITING: Final = frozenset({QUEUED, RUNNING})
 
 
-def parented(outgoing: Outgoing, msg_id: str) -> KernelMessage | None:
-    """The stream's message as a kernel message if its parent is ``msg_id`` (content read only then)."""
+Stream = list[tuple[int, float, Outgoing]]
+
+
+def parented(outgoing: Outgoing, msg_id: str | None = None) -> KernelMessage | None:
+    """
+    The stream's message as a kernel message (its content read only when asked), if it has a parent: only if
+    that parent is ``msg_id`` when one is given.
+    """
     parent_part = bytes(outgoing.parts[1])
-    if msg_id.encode("utf-8") not in parent_part:
+    if msg_id is not None and msg_id.encode("utf-8") not in parent_part:
         return None
     try:
         header, parent = json.loads(bytes(outgoing.parts[0])), json.loads(parent_part)
@@ -49,35 +56,45 @@ def parented(outgoing: Outgoing, msg_id: str) -> KernelMessage | None:
         return None
     if not isinstance(header, dict) or not isinstance(parent, dict):
         return None
-    if parent.get("msg_id") != msg_id:
+    if not parent.get("msg_id") or (msg_id is not None and parent["msg_id"] != msg_id):
         return None
     return KernelMessage(
         header, parent, {}, None, list(outgoing.buffers), IOPUB, raw_parts=outgoing.parts
     )
 
 
-def rebuild(
-    kernel_id: str,
-    record: RequestRecord,
-    stream: list[tuple[int, float, Outgoing]],
-    now: float,
-) -> Execution:
-    """The request as the relay that accepted it knows it: its record, and the stream's messages folded in."""
-    request = Execution.of_record(kernel_id, record)
-    done: float | None = None
+def rebuild_all(
+    kernel_id: str, records: list[RequestRecord], stream: Stream, now: float
+) -> list[Execution]:
+    """
+    The requests as the relays that accepted them know them: their records, and the messages of ``stream``
+    (read after the smallest ``first`` of them) folded into the request each answers, in one pass.
+    """
+    requests = {record.msg_id: Execution.of_record(kernel_id, record) for record in records}
+    only = records[0].msg_id if len(records) == 1 else None
+    done: dict[str, float] = {}
     for _, when, outgoing in stream:
-        message = parented(outgoing, record.msg_id)
-        if message is not None:
-            try:
-                if request.fold(message, when):
-                    request.version += 1
-            except ValueError:
-                continue  # a content that is not JSON: the kernel's, relayed as it came; not an output
-            if done is None and not request.live:
-                done = when
-    trimmed = not stream or stream[0][0] > record.first + 1
-    request.settle(record, trimmed, done, now)
-    return request
+        message = parented(outgoing, only)
+        request = None if message is None else requests.get(message.parent_msg_id)
+        if message is None or request is None:
+            continue
+        try:
+            if request.fold(message, when):
+                request.version += 1
+        except ValueError:
+            continue  # a content that is not JSON: the kernel's, relayed as it came; not an output
+        if not request.live:
+            done.setdefault(request.msg_id, when)
+    head = stream[0][0] if stream else None
+    for record in records:
+        trimmed = head is None or head > record.first + 1
+        requests[record.msg_id].settle(record, trimmed, done.get(record.msg_id), now)
+    return [requests[record.msg_id] for record in records]
+
+
+def rebuild(kernel_id: str, record: RequestRecord, stream: Stream, now: float) -> Execution:
+    """The request as the relay that accepted it knows it: its record, and the stream's messages folded in."""
+    return rebuild_all(kernel_id, [record], stream, now)[0]
 
 
 class RemoteRequests:
@@ -117,6 +134,21 @@ class RemoteRequests:
             loaded = await self._gated(kernel_id, msg_id)
         return None
 
+    def recent(self, kernel_id: str, skip: Container[str] = ()) -> Deferred[list[Execution]]:
+        """The kernel's requests the fleet keeps (but those in ``skip``), oldest first."""
+        return ensureDeferred(self._recent(kernel_id, skip))
+
+    async def _recent(self, kernel_id: str, skip: Container[str]) -> list[Execution]:
+        records = [r for r in await self._shared.recent(kernel_id) if r.msg_id not in skip]
+        if not records:
+            return []
+        await self._gate.acquire()
+        try:
+            stream = await self._stream(kernel_id, min(record.first for record in records))
+        finally:
+            self._gate.release()
+        return rebuild_all(kernel_id, records, stream, self._clock.seconds())
+
     async def _gated(self, kernel_id: str, msg_id: str) -> tuple[RequestRecord, Execution] | None:
         """:meth:`_load`, at most :data:`MAX_READS` at once: each may hold a kernel's whole stream."""
         await self._gate.acquire()
@@ -137,7 +169,7 @@ class RemoteRequests:
 
         return self._shared.load(kernel_id, msg_id).addCallback(found)
 
-    def _stream(self, kernel_id: str, first: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
+    def _stream(self, kernel_id: str, first: int) -> Deferred[Stream]:
         """The stream after ``first``, once every message this relay heard of the kernel is in it."""
         settled: Deferred[int] = Deferred()
         self._numbering.after(kernel_id, settled.callback)
@@ -169,4 +201,4 @@ class RemoteRequests:
         return sign
 
 
-__all__ = ["MAX_READS", "RECHECK", "RemoteRequests", "parented", "rebuild"]
+__all__ = ["MAX_READS", "RECHECK", "RemoteRequests", "parented", "rebuild", "rebuild_all"]
