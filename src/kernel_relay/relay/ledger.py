@@ -36,6 +36,7 @@ from .execution import (
     QUEUED,
     RUNNING,
     Execution,
+    RequestRecord,
     SharedRequests,
 )
 from .outputs import OUTPUT_TYPES
@@ -156,9 +157,8 @@ class RequestLedger:
         request = self._requests.get((kernel_id, message.parent_msg_id))
         if request is None:
             if self._waiters and message.msg_type == "status":
-                self._wake(
-                    (kernel_id, message.parent_msg_id)
-                )  # a request of another relay, waited for
+                # Maybe a request of another relay that a client here waits for.
+                self._wake((kernel_id, message.parent_msg_id))
             return
         # Its record changes with what only this relay may see (its reply, input()) and at its idle.
         kept = self._shared is not None and message.msg_type in _RECORDED
@@ -208,7 +208,7 @@ class RequestLedger:
 
     # -- inside ------------------------------------------------------------------------------------------
 
-    def _save(self, request: Execution, before: Any = None) -> None:
+    def _save(self, request: Execution, before: RequestRecord | None = None) -> None:
         """Keep the request's record in the fleet, if it has changed (``before``: its record until now)."""
         if self._shared is not None:
             record = request.record()
