@@ -135,8 +135,8 @@ def test_a_request_survives_the_relay_that_accepted_it_sigkilled_mid_cell(
 def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """While A lives, B answers for A's requests as A does (long-poll included); a restart asked on B ends
-    A's running request with 500 "kernel restarting" on both relays."""
+    """While A lives, B answers for A's requests as A does (long-poll, the list, input() answered on B); a
+    restart asked on B ends A's running request with 500 "kernel restarting" on both relays."""
     with two_relays(redis_server.database(6), tmp_path_factory) as (a, b, kernel_id):
         location = submit(a.url, kernel_id, counting(5, 0.3) + "\n6 * 7")
         status, on_b = read_until_done(b.url, location)
@@ -156,8 +156,26 @@ def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
         )
         assert missing.status_code == 404
 
+        asking = submit(a.url, kernel_id, "print('hi ' + input('who? '))")
+        status, body = read(b.url, asking, 30)
+        assert status == 300 and body["input_request"]["prompt"] == "who? ", body
+        answered = requests.post(
+            f"{b.url}{body['request_url'].rsplit('/requests/', 1)[0]}/input",
+            json={"input": "ada"},
+            headers=AUTH,
+            timeout=10,
+        )
+        assert answered.status_code == 201, answered.text
+        wait(lambda: read(b.url, asking, 5)[0] == 200, 30, "the answered request to end on B")
+        status, body = read(a.url, asking)
+        assert status == 200 and printed(body) == "hi ada\n", body
+
         sleeping = submit(a.url, kernel_id, "import time; time.sleep(60)")
-        wait(lambda: read(b.url, sleeping)[1].get("request_status") == "running", 30, "it runs")
+        try:
+            wait(lambda: read(b.url, sleeping)[1].get("request_status") == "running", 30, "it runs")
+        except AssertionError:
+            print("DEBUG A", read(a.url, sleeping), "B", read(b.url, sleeping))
+            raise
         restarted = requests.post(
             f"{b.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
         )

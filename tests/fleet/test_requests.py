@@ -93,6 +93,26 @@ async def test_records_are_sealed_kept_and_bounded(store: FleetStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_once_written_a_record_is_there_for_every_relay(
+    store: FleetStore, redis_server: RedisServer
+) -> None:
+    """written() fires once the writes begun before it are answered: another relay then reads them."""
+    requests = FleetRequests(store, KEYS, reactor)
+    elsewhere = await connected(redis_server.database(9))
+    other = FleetRequests(elsewhere, KEYS, reactor)
+    await requests.written(KERNEL)  # none under way
+    asking = RequestRecord("r1", 1, 1.0, input_request={"prompt": "?", "password": False})
+    requests.save(KERNEL, asking)
+    await requests.written(KERNEL)
+    assert (await other.load(KERNEL, "r1")) is not None
+    requests.input_answered(KERNEL)
+    await requests.written(KERNEL)
+    found = await other.load(KERNEL, "r1")
+    await elsewhere.disconnect()
+    assert found is not None and found.input_request is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_forged_or_moved_records_are_ignored(store: FleetStore) -> None:
     """A record written without the fleet's secret, or moved to another request, reads as none."""
     requests = FleetRequests(store, KEYS, reactor)
@@ -110,8 +130,10 @@ async def test_forged_or_moved_records_are_ignored(store: FleetStore) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_kernels_end_ends_its_live_records_only(store: FleetStore) -> None:
-    """end_live ends what still runs, saying why; finished and ended records stay as they are."""
+async def test_a_kernels_end_ends_its_live_records_only_and_an_answer_ends_their_wait(
+    store: FleetStore,
+) -> None:
+    """end_live ends what still runs, saying why (finished records stay); an input_reply clears prompts."""
     requests = FleetRequests(store, KEYS, reactor)
     running = RequestRecord("run", 3, 1.0)
     done = RequestRecord("done", 1, 0.5, status="ok", execution_count=2)
@@ -123,6 +145,12 @@ async def test_a_kernels_end_ends_its_live_records_only(store: FleetStore) -> No
     ended = await requests.load(KERNEL, "run")
     assert ended is not None and ended.ended == "kernel restarting" and ended.finished
     assert await requests.load(KERNEL, "done") == done
+    asking = RequestRecord("ask", 4, 2.0, input_request={"prompt": "?", "password": False})
+    requests.save(KERNEL, asking)
+    await settled()
+    requests.input_answered(KERNEL)
+    await settled()
+    assert await requests.load(KERNEL, "ask") == replace(asking, input_request=None)
 
 
 @pytest_twisted.ensureDeferred

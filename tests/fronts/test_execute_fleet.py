@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 from twisted.web.test.requesthelper import DummyRequest
 
 from kernel_relay.fleet.connection import FleetUnavailable
+from kernel_relay.fronts.execute import RestClient
 from kernel_relay.fronts.execute_fleet import answer_from_fleet, list_with_fleet
 from kernel_relay.relay.execution import Execution
 
@@ -87,3 +88,9 @@ def test_lists_merge_this_relays_requests_and_the_fleets_oldest_first() -> None:
     assert "cannot be reached" in listed["fleet_error"] and request.responseCode == 200
     body = settled(list_with_fleet(DummyRequest([b""]), "k1", here, None, model, False))
     assert "fleet_error" not in json.loads(body)
+
+
+def test_each_rest_client_of_a_kernel_has_an_identity_of_its_own() -> None:
+    """Two relays' REST clients of one kernel (or one relay's next) never share a ZMQ identity."""
+    ids = {RestClient(None, "k1").client_id for _ in range(3)}  # type: ignore[arg-type]
+    assert len(ids) == 3 and all(i.startswith("rest:") and i.endswith(":k1") for i in ids)

@@ -41,6 +41,14 @@ class MemoryRequests:
     def end_live(self, kernel_id: str, reason: str) -> None:
         self.ended.append((kernel_id, reason))
 
+    def input_answered(self, kernel_id: str) -> None:
+        for where, found in list(self.records.items()):
+            if where[0] == kernel_id and found.input_request is not None:
+                self.records[where] = replace(found, input_request=None)
+
+    def written(self, kernel_id: str) -> Deferred[None]:
+        return succeed(None)
+
     def recent(self, kernel_id: str) -> Deferred[list[RequestRecord]]:
         found = [r for (k, _), r in self.records.items() if k == kernel_id]
         return succeed(sorted(found, key=lambda r: r.submitted))
@@ -107,14 +115,17 @@ def test_the_ledger_keeps_a_record_at_the_changes_only_it_sees_not_per_output() 
     assert len(shared.saved) == 1
     ledger.observe(KERNEL, kernel_message("input_request", "stdin", "r1", {"prompt": "who? "}))
     assert shared.saved[-1].input_request == {"prompt": "who? ", "password": False}
-    ledger.input_answered(KERNEL)
-    assert shared.saved[-1].input_request is None
+    shared.records[(KERNEL, "r0")] = record(
+        msg_id="r0", input_request={"prompt": "", "password": False}
+    )
+    ledger.input_answered(KERNEL)  # here or on another relay: no record waits for input now
+    assert {r.input_request for r in shared.records.values()} == {None}
     ledger.observe(KERNEL, iopub("status", "r1", execution_state="idle"))
     assert (shared.saved[-1].status, shared.saved[-1].inferred) == ("ok", True)
     reply = kernel_message("execute_reply", "shell", "r1", {"status": "ok", "execution_count": 3})
     ledger.observe(KERNEL, reply)
     assert shared.saved[-1].status == "ok" and not shared.saved[-1].inferred
-    assert shared.saved[-1].execution_count == 3 and len(shared.saved) == 5
+    assert shared.saved[-1].execution_count == 3 and len(shared.saved) == 4
 
 
 def test_a_kernels_end_ends_the_fleets_records_only_when_the_kernel_itself_ended() -> None:

@@ -17,10 +17,11 @@ Redis is reached through the store's connection (the calls fail at once while Re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any, Final
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -115,6 +116,8 @@ class FleetRequests:
         self.ttl = ttl
         self.keep = keep
         self._failing = False
+        self._writing: dict[str, list[Deferred[None]]] = {}
+        """Each kernel's writes under way (to wait for: :meth:`written`)."""
 
     def save(self, kernel_id: str, record: RequestRecord) -> None:
         where = key("requests", kernel_id)
@@ -124,7 +127,11 @@ class FleetRequests:
             [where, key("request-order", kernel_id)],
             [record.msg_id, sealed, int(record.submitted * 1000), max(1, self.keep), self._ttl_ms],
         )
-        d.addCallbacks(self._saved, self._failed)
+        self._track(kernel_id, d.addCallbacks(self._saved, self._failed))
+
+    def written(self, kernel_id: str) -> Deferred[None]:
+        pending = list(self._writing.get(kernel_id, ()))
+        return DeferredList(pending, consumeErrors=True).addCallback(lambda _: None)
 
     def load(self, kernel_id: str, msg_id: str) -> Deferred[RequestRecord | None]:
         where = key("requests", kernel_id)
@@ -143,23 +150,56 @@ class FleetRequests:
         return self._store._call("HGETALL", where).addCallback(opened)
 
     def end_live(self, kernel_id: str, reason: str) -> None:
+        def ended(record: RequestRecord, now: float) -> RequestRecord | None:
+            return replace(record, ended=reason, finished=now) if record.live else None
+
+        self._rewrite(kernel_id, ended)
+
+    def input_answered(self, kernel_id: str) -> None:
+        def answered(record: RequestRecord, now: float) -> RequestRecord | None:
+            live = record.live and record.input_request is not None
+            return replace(record, input_request=None) if live else None
+
+        self._rewrite(kernel_id, answered)
+
+    # -- inside ------------------------------------------------------------------------------------------
+
+    def _rewrite(
+        self, kernel_id: str, change: Callable[[RequestRecord, float], RequestRecord | None]
+    ) -> None:
+        """Each of the kernel's records ``change`` changes (None: it does not), unless written meanwhile."""
         where = key("requests", kernel_id)
 
-        def ended(values: Any) -> None:
+        def rewrite(values: Any) -> Deferred[Any]:
             now = self._clock.seconds()
+            writes = []
             for name, value in field_pairs(values):
                 msg_id = text(name)
                 record = self._open(where, msg_id, value)
-                if record is not None and record.live:
-                    over = replace(record, ended=reason, finished=now)
+                changed = None if record is None else change(record, now)
+                if changed is not None:
                     d = self._store._script(
-                        REPLACE, [where], [msg_id, text(value), self._seal(where, over)]
+                        REPLACE, [where], [msg_id, text(value), self._seal(where, changed)]
                     )
-                    d.addErrback(self._failed)
+                    writes.append(d.addErrback(self._failed))
+            return DeferredList(writes)
 
-        self._store._call("HGETALL", where).addCallbacks(ended, self._failed)
+        d = self._store._call("HGETALL", where).addCallback(rewrite)
+        self._track(kernel_id, d.addErrback(self._failed))
 
-    # -- inside ------------------------------------------------------------------------------------------
+    def _track(self, kernel_id: str, d: Deferred[Any]) -> None:
+        """Count ``d`` (which never fails) among the kernel's writes under way until it fires."""
+        writing = self._writing.setdefault(kernel_id, [])
+        done: Deferred[None] = Deferred()
+        writing.append(done)
+
+        def finished(_: object) -> None:
+            writing.remove(done)
+            if not writing and self._writing.get(kernel_id) is writing:
+                del self._writing[kernel_id]
+            done.callback(None)
+
+        d.addCallback(finished)
 
     @property
     def _ttl_ms(self) -> int:

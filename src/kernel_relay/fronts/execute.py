@@ -41,7 +41,10 @@ class RestClient(InternalClient):
     backlog = 0
 
     def __init__(self, front: ExecuteFront, kernel_id: str) -> None:
-        self.client_id = f"rest:{kernel_id}"
+        # Its ZMQ identity: its own, not the kernel's alone. Another relay's REST client of the kernel, or
+        # this one's next, under the same identity would take its replies and input_requests (ipykernel's
+        # shell and stdin hand an identity over to its newest connection).
+        self.client_id = f"rest:{uuid.uuid4().hex[:12]}:{kernel_id}"
         self.address = "REST"
         self._front = front
         self.live: set[str] = set()
@@ -87,6 +90,13 @@ class ExecuteFront:
         it needs its client or ``wait`` seconds passed; cancelling it forgets the wait.
         """
         return None if self._remote is None else self._remote.read(kernel_id, msg_id, wait)
+
+    def recorded(self, kernel_id: str) -> Deferred[None] | None:
+        """
+        In a fleet, once the kernel's requests as this relay knows them are readable on every relay (an
+        answer waits for it: a client may ask another relay next); None without a fleet.
+        """
+        return None if self._remote is None else self._remote.written(kernel_id)
 
     def recent_elsewhere(self, kernel_id: str) -> Deferred[list[Execution]] | None:
         """The kernel's requests the fleet keeps that this relay's ledger does not (None: no fleet)."""

@@ -76,3 +76,8 @@ def list_with_fleet(
         return listed([])
     request.notifyFinish().addErrback(lambda _: elsewhere.cancel())  # type: ignore[attr-defined]
     return elsewhere.addCallbacks(listed, failed)  # type: ignore[arg-type]
+
+
+def once_recorded(recorded: Deferred[None] | None, body: bytes) -> bytes | Deferred[bytes]:
+    """``body`` once the fleet has what this relay wrote of the kernel's requests (at once without one)."""
+    return body if recorded is None else recorded.addCallback(lambda _: body)

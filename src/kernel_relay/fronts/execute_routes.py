@@ -41,7 +41,7 @@ from ..relay.client import Refused
 from ..relay.ledger import COMPLETE, INPUT, QUEUED, RUNNING, Execution
 from .execute import ExecuteFront
 from .execute_cancel import Interrupts, RequestCancels
-from .execute_fleet import answer_from_fleet, list_with_fleet
+from .execute_fleet import answer_from_fleet, list_with_fleet, once_recorded
 
 #: The longest ``?wait=`` honoured, in seconds (a longer one waits this long).
 MAX_WAIT: Final = 60.0
@@ -68,7 +68,7 @@ class ExecuteAPI:
     # -- sending -------------------------------------------------------------------------------------------
 
     @app.route("/api/kernels/<kernel_id>/execute", methods=["POST"])
-    def execute(self, request: IRequest, kernel_id: str) -> bytes:
+    def execute(self, request: IRequest, kernel_id: str) -> bytes | Deferred[bytes]:
         body = _json_object(request)
         if isinstance(body, str):
             return jupyter_error(request, 400, body)
@@ -87,10 +87,11 @@ class ExecuteAPI:
         request.setHeader(b"Access-Control-Expose-Headers", b"Location")
         found = self._ledger.get(kernel_id, msg_id)
         answer = self._model(found) if found is not None else {"request_id": msg_id}
-        return json_body(request, 202, {**answer, "request_status": QUEUED, "pending": True})
+        accepted = json_body(request, 202, {**answer, "request_status": QUEUED, "pending": True})
+        return once_recorded(self._front.recorded(kernel_id), accepted)
 
     @app.route("/api/kernels/<kernel_id>/input", methods=["POST"])
-    def answer_input(self, request: IRequest, kernel_id: str) -> bytes:
+    def answer_input(self, request: IRequest, kernel_id: str) -> bytes | Deferred[bytes]:
         body = _json_object(request)
         value = body.get("input") if isinstance(body, dict) else None
         if not isinstance(value, str):
@@ -102,7 +103,7 @@ class ExecuteAPI:
         except Refused as refused:
             return jupyter_error(request, refused.code or 409, refused.message)
         request.setResponseCode(201)
-        return b""
+        return once_recorded(self._front.recorded(kernel_id), b"")
 
     @app.route("/api/kernels/<kernel_id>/requests/<msg_id>", methods=["DELETE"])
     def cancel(self, request: IRequest, kernel_id: str, msg_id: str) -> bytes | Deferred[bytes]:

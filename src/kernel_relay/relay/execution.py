@@ -69,6 +69,12 @@ class SharedRequests(Protocol):
     def end_live(self, kernel_id: str, reason: str) -> None:
         """The kernel restarted or ended (``reason``): every record of it still live ends, saying why."""
 
+    def input_answered(self, kernel_id: str) -> None:
+        """An ``input_reply`` went to the kernel (from this relay): no record of it waits for input now."""
+
+    def written(self, kernel_id: str) -> Deferred[None]:
+        """Fires once every write of the kernel's records begun here so far is answered (or failed)."""
+
     def recent(self, kernel_id: str) -> Deferred[list[RequestRecord]]:
         """The kernel's records, oldest first."""
 

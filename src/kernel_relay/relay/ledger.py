@@ -187,8 +187,9 @@ class RequestLedger:
             if kid == kernel_id and request.state == INPUT:
                 request.state = RUNNING
                 request.input_request = None
-                self._save(request)
                 self._touch(request)
+        if self._shared is not None:
+            self._shared.input_answered(kernel_id)  # its own requests' records, and other relays'
 
     def kernel_ended(self, kernel_id: str, reason: str) -> None:
         """

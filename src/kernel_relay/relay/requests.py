@@ -134,6 +134,10 @@ class RemoteRequests:
             loaded = await self._gated(kernel_id, msg_id)
         return None
 
+    def written(self, kernel_id: str) -> Deferred[None]:
+        """Once what this relay wrote of the kernel's requests so far is in the fleet (for every relay)."""
+        return self._shared.written(kernel_id)
+
     def recent(self, kernel_id: str, skip: Container[str] = ()) -> Deferred[list[Execution]]:
         """The kernel's requests the fleet keeps (but those in ``skip``), oldest first."""
         return ensureDeferred(self._recent(kernel_id, skip))
