@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
+from kernel_relay.fleet.connection import RedisFull
 from kernel_relay.fleet.records import KernelRecord
 from kernel_relay.fleet.store import FleetUnavailable, RedisURL
 from kernel_relay.kernels import UnknownKernel
@@ -26,6 +27,8 @@ class FakeRedis:
 
     clock: Clock = field(default_factory=Clock)
     up: bool = True
+    full: bool = False
+    """Out of memory: reads are answered, writes refused (but ``PEXPIRE``)."""
     leases: dict[str, tuple[dict[str, Any], float]] = field(default_factory=dict)
     kernels: dict[str, dict[str, str]] = field(default_factory=dict)
     tokens: dict[str, dict[bytes, str]] = field(default_factory=dict)
@@ -60,6 +63,8 @@ class FakeStore:
         self.url = RedisURL("fake")
         self.member = False
         self.frozen = False
+        self.full = False
+        self.memory_refusals = 0
 
     @property
     def up(self) -> bool:
@@ -69,6 +74,25 @@ class FakeStore:
         if not self.redis.up:
             return fail(FleetUnavailable("Redis is away"))
         return succeed(value)
+
+    def _refused(self) -> bool:
+        """Whether a write is refused for want of memory (counted, as the real connection does)."""
+        if self.redis.up and self.redis.full:
+            self.full = True
+            self.memory_refusals += 1
+        return self.redis.full
+
+    def _full(self) -> Deferred[Any]:
+        return fail(RedisFull("Redis is out of memory: OOM command not allowed"))
+
+    def _call(self, *command: Any) -> Deferred[Any]:
+        assert command[0] == "PEXPIRE", command
+        relay_id = str(command[1]).rsplit(":", 1)[-1]
+        about, until = self.redis.leases.get(relay_id, ({}, 0.0))
+        if until <= self.redis.clock.seconds():
+            return self._ok(0)
+        self.redis.leases[relay_id] = (about, self.redis.clock.seconds() + command[2] / 1000)
+        return self._ok(1)
 
     def connect(self) -> None:
         pass
@@ -81,6 +105,8 @@ class FakeStore:
         return self._ok(True)
 
     def renew(self, relay_id: str, about: Mapping[str, Any], ttl: float) -> Deferred[Any]:
+        if self._refused():
+            return self._full()
         if self.redis.up:
             self.redis.leases[relay_id] = (dict(about), self.redis.clock.seconds() + ttl)
         return self._ok()
@@ -96,6 +122,8 @@ class FakeStore:
         return self._ok(relay_id in self.redis.live_leases())
 
     def reserve(self, reservation: str, max_kernels: int | None, ttl: float) -> Deferred[bool]:
+        if self._refused():
+            return self._full()
         return self._ok(max_kernels is None or len(self.redis.kernels) < max_kernels)
 
     def unreserve(self, reservation: str) -> Deferred[Any]:
@@ -130,6 +158,8 @@ class FakeStore:
         return self.take_over(kernel_id, old_owner, new_owner)
 
     def take_over(self, kernel_id: str, old_owner: str, new_owner: str) -> Deferred[bool]:
+        if self._refused():
+            return self._full()
         fields = self.redis.kernels.get(kernel_id)
         if not self.redis.up or fields is None or fields.get("owner") != old_owner:
             return self._ok(False)

@@ -19,13 +19,14 @@ class ScriptedStore:
 
     def __init__(self) -> None:
         self.up = True
+        self.full = False
         self.calls: list[tuple[str, str, Deferred[int]]] = []
         self.afters: list[int] = []
         self.bumps: list[tuple[str, int]] = []
 
     def number(self, kernel_id: str, msg_id: str, *args: Any) -> Deferred[int]:
         self.afters.append(args[5] if len(args) > 5 else -9)
-        if not self.up:
+        if not self.up or self.full:
             return fail(FleetUnavailable("Redis is away"))
         d: Deferred[int] = Deferred()
         self.calls.append((kernel_id, msg_id, d))
@@ -190,3 +191,16 @@ def test_a_relay_waits_for_the_owner_to_start_a_lost_numbering_again() -> None:
     assert len(store.calls) == 2
     store.calls[1][2].callback(31)
     assert got == [31] and shared.local_numbers == 0
+
+
+def test_a_full_redis_is_not_asked_to_move_past_the_relay_at_every_message() -> None:
+    """While Redis refuses writes (out of memory, its connection up) the relay numbers alone without a bump per
+    message; once Redis has room, one bump, past the last number it gave."""
+    shared, store, got = numbering()
+    store.full = True
+    for name in "abcde":
+        shared.number("k", name, message(name), lambda seq, name=name: got.append((name, seq)))
+    assert got == [("a", 1), ("b", 2), ("c", 3), ("d", 4), ("e", 5)] and store.bumps == []
+    store.full = False
+    shared.number("k", "f", message("f"), lambda seq: got.append(("f", seq)))
+    assert store.bumps == [("k", 5)]

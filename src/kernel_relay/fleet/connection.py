@@ -29,6 +29,10 @@ class FleetUnavailable(Exception):
     """Redis cannot be reached (or did not answer): what needs the fleet cannot be done now."""
 
 
+class RedisFull(FleetUnavailable):
+    """Redis refused a write for want of memory (its ``maxmemory``, with ``noeviction``): it answers reads."""
+
+
 @dataclass(frozen=True)
 class RedisURL:
     """Where the fleet's Redis is: ``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` for TLS."""
@@ -98,6 +102,10 @@ class RedisConnection:
         self.url = url
         self._calls: Any = None
         self._mailbox: Any = None
+        self.full = False
+        """Whether Redis refused a write for want of memory lately (cleared by the fleet's lease keeper)."""
+        self.memory_refusals = 0
+        """How many writes Redis refused for want of memory."""
 
     def connect(self) -> None:
         """Start connecting (and reconnecting whenever a connection is lost)."""
@@ -152,6 +160,10 @@ class RedisConnection:
         if failure.check(txredisapi.ConnectionError, txredisapi.TimeoutError):  # type: ignore[no-untyped-call]
             raise FleetUnavailable(f"Redis at {self.url}: {failure.value}")
         if failure.check(txredisapi.ResponseError):  # type: ignore[no-untyped-call]
+            if str(failure.value).startswith("OOM"):
+                self.full = True
+                self.memory_refusals += 1
+                raise RedisFull(f"Redis at {self.url} is out of memory: {failure.value}")
             raise FleetUnavailable(f"Redis at {self.url} refused a command: {failure.value}")
         return failure
 
@@ -160,6 +172,7 @@ __all__ = [
     "PREFIX",
     "FleetUnavailable",
     "RedisConnection",
+    "RedisFull",
     "RedisURL",
     "as_bytes",
     "field_pairs",

@@ -49,7 +49,9 @@ from twisted.logger import Logger
 from ..auth import TokenAuth
 from ..kernels import LOOKUP_WAIT, KernelLaunchError, KernelRegistry
 from .capacity import FleetSpawning
+from .connection import RedisFull
 from .guests import FleetGuests
+from .lease import LeaseKeeper
 from .ledger import Ledger, ledger_dir
 from .mailbox import Mailbox
 from .marks import FleetMarks
@@ -129,7 +131,7 @@ class Fleet(Service):
         kernels.lookup = self.find
         self._syncing = False
         self._tick = self._every(self._sync)
-        self._renewal = self._every(self._renew)
+        self.lease_keeper = LeaseKeeper(store, self.state, self._about, clock)
         self._left: Deferred[None] = Deferred()
         self.on_refused: Callable[[str], None] = _refused
         """Called when Redis shows this relay holds another secret than the fleet's (tap: exit)."""
@@ -179,6 +181,7 @@ class Fleet(Service):
             "membership": self.state.membership.value,
             "ready": self.ready,
             "redis_up": self.redis_up,
+            "redis_full": self.store.full,
             "relays": 1 + len(self.others),
             "owned_kernels": len(self._kernels.owned()),
             "guest_kernels": len(self._kernels) - len(self._kernels.owned()),
@@ -224,20 +227,9 @@ class Fleet(Service):
                 "Redis database for another fleet."
             )
             return
-        # The lease on a timer of its own: a long sync (adoptions) must never let it lapse.
-        self._renewal.start(self.lease / 3, now=True)
+        self.lease_keeper.start()
         self._tick.start(self.lease / 3, now=True)
         self.mailbox.start()
-
-    def _renew(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._renew_lease())
-
-    async def _renew_lease(self) -> None:
-        try:
-            await self._renewal_now()
-        except Exception as error:
-            if self.redis_up:
-                log.warn("Could not renew this relay's lease: {error}", error=error)
 
     # -- the mailbox ---------------------------------------------------------------------------------
 
@@ -296,6 +288,9 @@ class Fleet(Service):
     async def _sync_once(self) -> None:
         try:
             relays, ids = await self._read_fleet()
+        except RedisFull as error:
+            self.lease_keeper.noted(error)  # it answers: not gone
+            return
         except FleetUnavailable as error:
             if self.redis_up:
                 log.warn(
@@ -321,6 +316,8 @@ class Fleet(Service):
             await self._learn(ids)
             lost = await self.guests.check_missing(ids) or lost
             await self._adopt_orphans(ids, relays)
+        except RedisFull:
+            return  # what needed a write waits for Redis to have room (said once by the lease keeper)
         except FleetUnavailable:
             self.state.link = Link.DOWN
             return
@@ -336,15 +333,14 @@ class Fleet(Service):
         if self.state.membership is Membership.JOINING:
             # The lease first: a relay that registers a kernel after this one has read the kernels finds
             # this relay's lease, and tells it.
-            await self._renewal_now()
+            await self.lease_keeper.renew_now()
         relays = await self.store.relays()
         ids = await self.store.kernel_ids()
         return relays, ids
 
-    def _renewal_now(self) -> Deferred[Any]:
-        """Renew this relay's lease now (and say what it runs)."""
-        about = lease_about(len(self._kernels.owned()), len(self._kernels))
-        return self.store.renew(self.relay_id, about, self.lease)
+    def _about(self) -> dict[str, Any]:
+        """What this relay's lease says of it."""
+        return lease_about(len(self._kernels.owned()), len(self._kernels))
 
     async def _learn(self, ids: set[str]) -> None:
         for kernel_id in ids:
@@ -428,9 +424,9 @@ class Fleet(Service):
         self.state.membership = Membership.LEAVING
         self.spawning.leaving()
         self.mailbox.stop(KernelLaunchError("the relay is stopping"))
-        for loop in (self._tick, self._renewal):
-            if loop.running:
-                loop.stop()
+        if self._tick.running:
+            self._tick.stop()
+        self.lease_keeper.stop()
         Deferred.fromCoroutine(self._release())
         return self._left
 

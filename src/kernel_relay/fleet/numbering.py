@@ -17,7 +17,7 @@ Redis refuses to number it: the relay tells its clients it cannot place it (a ``
 it a second number. When Redis has lost a kernel's numbering (it restarted empty), only the kernel's owner
 starts it again, from past its own last number; other relays wait for it (a few seconds at most).
 
-While Redis cannot be reached, a relay numbers on by itself from the last number it gave (its own clients see
+While Redis cannot be reached (or is out of memory), a relay numbers on by itself from the last number it gave (its own clients see
 no gap and no repeat); once Redis is back it first moves the fleet's numbering past its own, so no number is
 ever given twice by this relay. Messages numbered that way are not in the fleet's stream: a client that
 resumes on another relay across them is told of a gap. (Relays that number alone number alike as long as they
@@ -147,7 +147,7 @@ class SharedNumbering:
             # Numbers given before it that this relay has not had yet: the last one it will have had.
             pending.after = max(pending.after, self._expected(queue))
         queue.append(pending)
-        if kernel_id in self._diverged and self._store.up:
+        if kernel_id in self._diverged and self._store.up and not self._store.full:
             self._diverged.discard(kernel_id)
             last = self._last.get(kernel_id, 0)
             self._store.bump(kernel_id, last).addErrback(lambda f: self._diverged.add(kernel_id))
@@ -291,10 +291,10 @@ class SharedNumbering:
                 number = last + 1
                 if kernel_id not in self._diverged:
                     log.warn(
-                        "Numbering kernel {kernel}'s output on this relay alone from {number}: Redis cannot "
-                        "be reached",
+                        "Numbering kernel {kernel}'s output on this relay alone from {number}: Redis {why}",
                         kernel=kernel_id,
                         number=number,
+                        why="is out of memory" if self._store.full else "cannot be reached",
                     )
                 self._diverged.add(kernel_id)
                 self.local_numbers += 1

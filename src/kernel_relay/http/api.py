@@ -114,6 +114,8 @@ class RelayAPI:
         view = self._fleet() if self._fleet is not None else None
         if view is not None and view.get("redis_up", True) is False:
             reasons.append("the fleet's Redis is unreachable: no kernel can be started or found")
+        elif view is not None and view.get("redis_full"):
+            reasons.append("the fleet's Redis is out of memory: no kernel can be started")
         return reasons
 
     @app.route("/api/health/ready", methods=["GET"])
