@@ -59,6 +59,7 @@ from .numbering import SharedNumbering
 from .owned import OwnKernels
 from .owners import COMMAND_GRACE, FleetOwners
 from .state import FleetState, Link, Membership, lease_about
+from .stopping import Stopping
 from .store import FleetStore, FleetUnavailable
 from .tokens import TokenSharing
 
@@ -129,7 +130,7 @@ class Fleet(Service):
         """The fleet's share in each start (the spawner's ``FleetCapacity``)."""
         kernels.owners = self.owners
         kernels.lookup = self.find
-        self._syncing = False
+        self.stopping = Stopping(store, self.state, self.guests, self.mailbox, self._sync)
         self._tick = self._every(self._sync)
         self.lease_keeper = LeaseKeeper(store, self.state, self._about, clock)
         self._left: Deferred[None] = Deferred()
@@ -272,12 +273,11 @@ class Fleet(Service):
 
     def _sync(self) -> Deferred[None]:
         """Renew the lease, learn new and gone kernels, adopt the kernels of relays whose lease expired."""
-        if self._syncing:
+        if not self.stopping.sync_begins():
             return succeed(None)
-        self._syncing = True
 
         def done(result: object) -> object:
-            self._syncing = False
+            self.stopping.sync_ended()
             if self.state.membership is Membership.JOINING and self.running:
                 # Joining waits for no lease period: spawns wait for it.
                 self._clock.callLater(JOIN_RETRY, self._sync)
@@ -371,46 +371,14 @@ class Fleet(Service):
     # -- leaving -------------------------------------------------------------------------------------
 
     def prepare_stop(self) -> Deferred[None]:
-        """
-        Before the kernels stop: with other relays running, leave the fleet now (they adopt this relay's
-        kernels at once); as the last relay, first adopt the kernels of relays that are gone, so that none
-        is left running when this one stops.
-        """
+        """Before the kernels stop: leave the fleet, or adopt what no relay will (see :mod:`.stopping`)."""
         if self._tick.running:
             self._tick.stop()
         if not self.store.member:
             return succeed(None)  # it has nothing of the fleet's
-        d = Deferred.fromCoroutine(self._before_stop())
+        d = Deferred.fromCoroutine(self.stopping.before_stop())
         d.addErrback(lambda f: log.failure("leaving the fleet failed", failure=f))
         return d.addCallback(lambda _: None)
-
-    async def _before_stop(self) -> None:
-        await self._sync()
-        # An adoption under way finishes first: its kernel is stopped or handed over with the rest.
-        await self._adoptions_settled()
-        if self.redis_up and self.state.live_relay_here():
-            # Another live relay on this machine can adopt every kernel of this one (local or not).
-            self.state.membership = Membership.HANDING_OFF
-            await self.store.release(self.relay_id)
-            self.mailbox.broadcast(
-                {"type": "leaving", "from": self.relay_id}, self.lease * 2, self.others
-            )
-            return
-        # The last relay here: every kernel it may manage whose owner is not alive is taken over (a relay
-        # killed a moment ago still has a lease), so that it stops with this relay's own.
-        for kernel_id, owner in self.guests.orphans():
-            self.guests.adopt(kernel_id, owner, force=True).addErrback(
-                lambda f: log.warn("could not adopt a kernel before stopping: {e}", e=f.value)
-            )
-        await self._adoptions_settled()
-
-    async def _adoptions_settled(self) -> None:
-        """
-        Until no adoption is under way, those begun meanwhile too (a relay that leaves as this one stops
-        hands its kernels on): a kernel adopted after the kernels service counted its own would be left.
-        """
-        while adoptions := self.guests.adoptions():
-            await DeferredList(adoptions, consumeErrors=True)
 
     def stopService(self) -> Deferred[Any]:
         """Leave once the kernels service has stopped (it calls :meth:`leave`): their ends reach Redis."""

@@ -1,0 +1,91 @@
+# -*- test-case-name: tests.fleet.test_stopping -*-
+"""
+What a relay of a fleet does before its kernels stop (:meth:`.Fleet.prepare_stop`): with another live relay on
+its machine, it leaves the fleet now (that relay adopts its kernels at once); as the last relay, it first adopts
+the kernels of relays that are gone (a relay killed a moment ago still has a lease), so that they stop with its
+own.
+
+Either way it first waits until nothing that may adopt a kernel is under way: every adoption, those begun
+while it waits too, and the sync under way (it may be reading a kernel that a relay leaving now hands over,
+to adopt it next). A kernel adopted after the kernels service counted this relay's own would be left running
+with no relay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from .guests import FleetGuests
+from .mailbox import Mailbox
+from .state import FleetState, Membership
+from .store import FleetStore
+
+log = Logger()
+
+
+class Stopping:
+    """Keeps count of the syncs under way, and prepares the stop; see the module docstring."""
+
+    def __init__(
+        self,
+        store: FleetStore,
+        state: FleetState,
+        guests: FleetGuests,
+        mailbox: Mailbox,
+        sync: Callable[[], Deferred[None]],
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._guests = guests
+        self._mailbox = mailbox
+        self._sync = sync
+        self._sync_waiters: list[Deferred[None]] | None = None
+        """Who waits for the sync under way to end; None while no sync is under way."""
+
+    def sync_begins(self) -> bool:
+        """A sync may begin unless one is under way (then it does not: False)."""
+        if self._sync_waiters is not None:
+            return False
+        self._sync_waiters = []
+        return True
+
+    def sync_ended(self) -> None:
+        waiters, self._sync_waiters = self._sync_waiters or [], None
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _sync_end(self) -> list[Deferred[None]]:
+        if self._sync_waiters is None:
+            return []
+        waiter: Deferred[None] = Deferred()
+        self._sync_waiters.append(waiter)
+        return [waiter]
+
+    async def settled(self) -> None:
+        """Until no adoption and no sync is under way, those begun meanwhile too."""
+        while waits := self._guests.adoptions() + self._sync_end():
+            await DeferredList(waits, consumeErrors=True)
+
+    async def before_stop(self) -> None:
+        await self._sync()  # at once if one is under way: waited for just below
+        await self.settled()
+        state = self._state
+        if state.redis_up and state.live_relay_here():
+            # Another live relay on this machine can adopt every kernel of this one (local or not).
+            state.membership = Membership.HANDING_OFF
+            await self._store.release(state.relay_id)
+            message = {"type": "leaving", "from": state.relay_id}
+            self._mailbox.broadcast(message, state.lease * 2, state.others)
+            return
+        # The last relay here: every kernel it may manage whose owner is not alive is taken over.
+        for kernel_id, owner in self._guests.orphans():
+            self._guests.adopt(kernel_id, owner, force=True).addErrback(
+                lambda f: log.warn("could not adopt a kernel before stopping: {e}", e=f.value)
+            )
+        await self.settled()
+
+
+__all__ = ["Stopping"]
