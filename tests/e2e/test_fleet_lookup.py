@@ -113,3 +113,35 @@ def test_a_kernel_spawned_on_one_relay_is_usable_at_once_on_a_relay_just_started
     assert unknown.status_code == 404, unknown.text
     stopped = requests.get(f"{b.url}/shutdown/{kernel_id}", headers=AUTH, timeout=60)
     assert stopped.status_code == 200, stopped.text
+
+
+def test_a_session_on_a_relay_just_started_shares_a_kernel_spawned_on_another(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, relays: list[Relay]
+) -> None:
+    """B starts as A's kernel is spawned: at once, a session made on B for that kernel's id shares it (B
+    starts no kernel of its own), and a session moved to it on B is not refused."""
+    url = redis_server.database(10)
+    a = fleet_relay(tmp_path_factory.mktemp("a"), url)
+    relays.append(a)
+    kernel_id, other_id = a.spawn(), a.spawn()
+    b = fleet_relay(tmp_path_factory.mktemp("b"), url)
+    relays.append(b)
+    sessions = f"{b.url}/api/sessions"
+    made = requests.post(
+        sessions,
+        json={"path": "a.ipynb", "type": "notebook", "kernel": {"id": kernel_id}},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert made.status_code == 201 and made.json()["kernel"]["id"] == kernel_id, made.text
+    moved = requests.patch(
+        f"{sessions}/{made.json()['id']}",
+        json={"kernel": {"id": other_id}},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert moved.status_code == 200 and moved.json()["kernel"]["id"] == other_id, moved.text
+    fleet_b = requests.get(f"{b.url}/api/health", headers=AUTH, timeout=10).json()["fleet"]
+    assert fleet_b["owned_kernels"] == 0, fleet_b
+    for each in (kernel_id, other_id):
+        requests.get(f"{a.url}/shutdown/{each}", headers=AUTH, timeout=60)

@@ -47,9 +47,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from ..auth import TokenAuth
-from ..kernels import LOOKUP_WAIT, KernelLaunchError, KernelRegistry
+from ..kernels import KernelLaunchError, KernelRegistry
 from .capacity import FleetSpawning
 from .connection import RedisFull
+from .finder import KernelFinder
 from .guests import FleetGuests
 from .lease import LeaseKeeper
 from .ledger import Ledger, ledger_dir
@@ -109,7 +110,6 @@ class Fleet(Service):
         self.mailbox = Mailbox(store, self.relay_id, clock, self._heard)
         self.tokens = TokenSharing(store, auth, self.mailbox, self.state)
         self.marks = FleetMarks(store, clock)
-        """Where Jupyter sessions stopped (the Jupyter front's ``SharedMarks``)."""
         ledger = ledger or Ledger(ledger_dir(str(store.url)))
         self.guests = FleetGuests(
             store, kernels, self.state, self.tokens, self.mailbox, clock, ledger
@@ -128,6 +128,7 @@ class Fleet(Service):
         )
         self.spawning = FleetSpawning(store, self.state, self.own, clock)
         """The fleet's share in each start (the spawner's ``FleetCapacity``)."""
+        self.finder = KernelFinder(store, self.state, self.spawning, self.guests, clock)
         kernels.owners = self.owners
         kernels.lookup = self.find
         self.stopping = Stopping(store, self.state, self.guests, self.mailbox, self._sync)
@@ -258,16 +259,8 @@ class Fleet(Service):
             await self.mailbox.reply(message, COMMAND_GRACE, error=None).addErrback(lambda f: None)
 
     def find(self, kernel_id: str) -> Deferred[None]:
-        """
-        A kernel a client names that this relay does not know: read from Redis (and served), once this
-        relay has joined (a relay that joins reads every kernel: it may have started just now).
-        """
-        return Deferred.fromCoroutine(self._find(kernel_id))
-
-    async def _find(self, kernel_id: str) -> None:
-        await self.spawning.when_joined(LOOKUP_WAIT)
-        if self.redis_up:  # away: refused at once, and no warning per client in the log
-            await self.guests.learn(kernel_id)
+        """A kernel a client names that this relay does not know: read from Redis and served (:mod:`.finder`)."""
+        return self.finder.find(kernel_id)
 
     # -- keeping in step -----------------------------------------------------------------------------
 

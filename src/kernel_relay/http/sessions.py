@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -40,6 +41,7 @@ from ..kernels import Kernel, KernelRegistry, UnknownKernel, UnknownKernelSpec
 from ..kernels.spawning import KernelspecNotAllowed, SpawnUnavailable, TooManyKernels, error_text
 from .api import json_body
 from .jupyter_api import JupyterAPI, jupyter_error
+from .lookup import looked_up
 
 log = Logger()
 
@@ -130,13 +132,15 @@ class SessionsAPI:
         return model
 
     def _kernel_for(self, kernel_id: str | None, name: str | None) -> Deferred[Kernel]:
-        """A running kernel by id, else a new one of kernelspec ``name`` (None: the default)."""
-        if kernel_id is not None:
-            try:
+        """A running kernel by id (looked up first: see :mod:`.lookup`), else a new one of kernelspec ``name``."""
+
+        def chosen() -> Deferred[Kernel]:
+            if kernel_id is not None and kernel_id in self._kernels:
                 return succeed(self._kernels.get(kernel_id))
-            except UnknownKernel:
-                pass  # Jupyter Server starts a new kernel for an id it does not know
-        return self._jupyter.start_kernel(name)
+            # Jupyter Server starts a new kernel for an id it does not know
+            return self._jupyter.start_kernel(name)
+
+        return looked_up(self._kernels, kernel_id).addCallback(lambda _: chosen())
 
     # -- routes ----------------------------------------------------------------------------------------
 
@@ -202,10 +206,24 @@ class SessionsAPI:
             return self._no_session(request, session_id)
         try:
             body = _body(request)
-            changes = {key: _text(body, key) for key in ("path", "name", "type") if key in body}
+            changes: dict[str, str | None] = {
+                key: _text(body, key) for key in ("path", "name", "type") if key in body
+            }
             kernel_id, kernel_name = _kernel_choice(body)
         except BadSession as error:
             return jupyter_error(request, 400, str(error))
+        return looked_up(self._kernels, kernel_id).addCallback(
+            lambda _: self._change(request, session, changes, kernel_id, kernel_name)
+        )
+
+    def _change(
+        self,
+        request: IRequest,
+        session: Session,
+        changes: Mapping[str, str | None],
+        kernel_id: str | None,
+        kernel_name: str | None,
+    ) -> Deferred[bytes] | bytes:
         if kernel_id is not None and kernel_id not in self._kernels:
             return jupyter_error(request, 400, f"No such kernel: {kernel_id}")
         before = session.kernel_id
