@@ -81,3 +81,28 @@ def test_a_kernel_handed_over_while_the_last_relay_prepares_to_stop_is_stopped_w
     b.leave()
     assert cluster.machine.running == set(), "a kernel was left running with no relay"
     cluster.stop_all()
+
+
+def test_two_relays_that_stop_together_do_not_both_hand_their_kernels_over() -> None:
+    """
+    B and C stop at the same moment, each seeing the other's lease: not both leave their kernels to the other
+    (each would then stop with none, and the kernels run on with no relay); every kernel is stopped.
+    """
+    cluster = Cluster()
+    b, c = cluster.start("B"), cluster.start("C")
+    cluster.spawn("B", "k1")
+    cluster.spawn("C", "k2")
+    releasing = gate(cluster.store("B"), "release", "B")  # B's lease ends a moment after it decides
+    stopping = [
+        stop_like_the_kernels_service(fleet, cluster.kernels[name])
+        for name, fleet in (("B", b), ("C", c))
+    ]
+    releasing.callback(None)
+    cluster.advance(1.0)
+    for each in stopping:
+        result_of(each)
+    for fleet in (b, c):
+        fleet.leave()
+    cluster.advance(1.0)
+    assert cluster.machine.running == set(), "kernels left running with no relay"
+    cluster.stop_all()

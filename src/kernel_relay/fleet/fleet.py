@@ -131,9 +131,9 @@ class Fleet(Service):
         self.finder = KernelFinder(store, self.state, self.spawning, self.guests, clock)
         kernels.owners = self.owners
         kernels.lookup = self.find
-        self.stopping = Stopping(store, self.state, self.guests, self.mailbox, self._sync)
         self._tick = self._every(self._sync)
         self.lease_keeper = LeaseKeeper(store, self.state, self._about, clock)
+        self.stopping = Stopping(store, self.state, self.guests, self.mailbox, self._sync)
         self._left: Deferred[None] = Deferred()
         self.on_refused: Callable[[str], None] = _refused
         """Called when Redis shows this relay holds another secret than the fleet's (tap: exit)."""
@@ -333,7 +333,8 @@ class Fleet(Service):
 
     def _about(self) -> dict[str, Any]:
         """What this relay's lease says of it."""
-        return lease_about(len(self._kernels.owned()), len(self._kernels))
+        about = lease_about(len(self._kernels.owned()), len(self._kernels))
+        return {**about, "stopping": True} if self.state.preparing_stop else about
 
     async def _learn(self, ids: set[str]) -> None:
         for kernel_id in ids:
@@ -369,7 +370,7 @@ class Fleet(Service):
             self._tick.stop()
         if not self.store.member:
             return succeed(None)  # it has nothing of the fleet's
-        d = Deferred.fromCoroutine(self.stopping.before_stop())
+        d = Deferred.fromCoroutine(self.stopping.before_stop(self.lease_keeper.renew_now))
         d.addErrback(lambda f: log.failure("leaving the fleet failed", failure=f))
         return d.addCallback(lambda _: None)
 

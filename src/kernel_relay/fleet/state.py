@@ -77,6 +77,8 @@ class FleetState:
     """The fleet record of every kernel this relay serves, as last read (or written)."""
     registered: set[str] = field(default_factory=set)
     """This relay's own kernels that are in the fleet's registry."""
+    preparing_stop: bool = False
+    """This relay prepares to stop: its lease says so, and no relay leaves its kernels to it."""
 
     @property
     def redis_up(self) -> bool:
@@ -91,15 +93,16 @@ class FleetState:
         if owner == self.relay_id:
             return True
         about = self.others.get(owner)
-        if about is None:
-            return False
+        if about is None or about.get("stopping"):
+            return False  # a relay that stops leaves its kernels, or stops them itself
         return about.get("machine") != this_host() or process_alive(about)
 
     def live_relay_here(self) -> bool:
-        """Whether another relay of this machine runs (it can adopt every kernel of this one)."""
+        """Whether another relay of this machine runs and is not stopping (it can adopt every kernel of this one)."""
         here = this_host()
         return any(
-            about.get("machine") == here and process_alive(about) for about in self.others.values()
+            about.get("machine") == here and not about.get("stopping") and process_alive(about)
+            for about in self.others.values()
         )
 
     def owner_of(self, kernel_id: str) -> str:

@@ -5,7 +5,12 @@ its machine, it leaves the fleet now (that relay adopts its kernels at once); as
 the kernels of relays that are gone (a relay killed a moment ago still has a lease), so that they stop with its
 own.
 
-Either way it first waits until nothing that may adopt a kernel is under way: every adoption, those begun
+First its lease says it stops: no relay leaves its kernels to it, and every relay counts its kernels as
+adoptable. It reads the other relays only after that, so of two relays that stop at the same moment at least
+one sees that the other stops, and does not leave its kernels to it (were both to, both would stop with none
+and the kernels would run on with no relay).
+
+Either way it waits until nothing that may adopt a kernel is under way: every adoption, those begun
 while it waits too, and the sync under way (it may be reading a kernel that a relay leaving now hands over,
 to adopt it next). A kernel adopted after the kernels service counted this relay's own would be left running
 with no relay.
@@ -14,6 +19,7 @@ with no relay.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
@@ -69,8 +75,16 @@ class Stopping:
         while waits := self._guests.adoptions() + self._sync_end():
             await DeferredList(waits, consumeErrors=True)
 
-    async def before_stop(self) -> None:
-        await self._sync()  # at once if one is under way: waited for just below
+    async def before_stop(self, renew: Callable[[], Deferred[Any]]) -> None:
+        """See the module docstring; ``renew`` writes this relay's lease (saying it stops) now."""
+        self._state.preparing_stop = True
+        try:
+            await renew()
+        except Exception:
+            pass  # Redis away or full: the relays that cannot read it will not count on this one either
+        await self.settled()
+        # Relays read after this one's lease says it stops: of two that stop together, one sees the other.
+        await self._sync()
         await self.settled()
         state = self._state
         if state.redis_up and state.live_relay_here():
