@@ -239,11 +239,13 @@ class RequestLedger:
     def _expire(self) -> None:
         """Finished requests older than ``max_age`` go."""
         horizon = self._clock.seconds() - self.options.max_age
-        expired = [
-            key
-            for key, request in self._requests.items()
-            if request.finished is not None and request.finished < horizon
-        ]
+        expired = []
+        # Oldest first: one submitted after the horizon finished after it too, as did every later one.
+        for key, request in self._requests.items():
+            if request.submitted >= horizon:
+                break
+            if request.finished is not None and request.finished < horizon:
+                expired.append(key)
         for key in expired:
             self._forget(key)
 
