@@ -94,13 +94,13 @@ class KernelMessage:
 
     __slots__ = (
         "_content",
-        "_texts",
         "buffers",
         "channel",
         "header",
         "metadata",
         "parent_header",
         "raw_parts",
+        "texts",
     )
 
     def __init__(
@@ -122,12 +122,12 @@ class KernelMessage:
         self.channel = channel
         #: The JSON bytes of header, parent_header, metadata and content, exactly as signed.
         self.raw_parts = raw_parts
-        self._texts = texts
+        self.texts = texts  # raw_parts as text, when decode_frames decoded them (None otherwise)
 
     @property
     def content(self) -> dict[str, Any]:
         if self._content is None:
-            text = self._texts[3] if self._texts is not None else str(self.raw_parts[3], "utf-8")
+            text = self.texts[3] if self.texts is not None else str(self.raw_parts[3], "utf-8")
             self._content = _json_object(text, "content")
         return self._content
 

@@ -6,13 +6,13 @@ are kept so a client that reconnects gets exactly what it missed.
   ``metadata.relay_seq``: a plain client ignores an unknown metadata key, and the message keeps its form.
 - :class:`IopubJournal` keeps the messages of one kernel, bounded by bytes and by age (a pure structure on
   an injected clock), as :class:`~.payload.Outgoing` parts: each front makes its own form only when it sends.
-- :func:`with_sequence` writes the number into a message's metadata JSON: the metadata object is spliced,
-  never re-encoded, and the content is never touched.
+- :func:`with_sequence` writes the number into a message's metadata JSON (:func:`.payload.splice_seq`,
+  once a front reads it): the metadata object is spliced, never re-encoded, and the content is never
+  touched.
 """
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass
 from itertools import islice
@@ -21,10 +21,18 @@ from typing import NamedTuple
 from twisted.internet.interfaces import IReactorTime
 
 from .events import ReplayAhead, ReplayExpired
-from .payload import Outgoing
+from .payload import SEQ_KEY, Outgoing, splice_seq
 
-SEQ_KEY = "relay_seq"
-_SEQ_FIELD = f'"{SEQ_KEY}"'.encode()
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "SEQ_KEY",
+    "Entry",
+    "IopubJournal",
+    "Replay",
+    "Resume",
+    "splice_seq",
+    "with_sequence",
+]
 #: What keeping one message costs beyond its JSON bytes (its part objects and entry), counted against
 #: ``max_bytes`` so the bound is close to the memory really held. Measured with tracemalloc, a kernel's status
 #: message of 236 bytes of JSON holds about 700 bytes kept: its four parts' bytes objects (368), and 335 for
@@ -86,7 +94,7 @@ class IopubJournal:
         numbered message to send.
         """
         number = self.last_seq + 1 if seq is None else seq
-        numbered = with_sequence(message, number)
+        numbered = message.with_seq(number)
         if number != self.last_seq + 1:
             self._complete_from = number  # what came before it did not all come here
         self.last_seq = max(self.last_seq, number)
@@ -160,25 +168,11 @@ class IopubJournal:
 
 
 def with_sequence(message: Outgoing, seq: int) -> Outgoing:
-    """``message`` as sent, its metadata carrying ``relay_seq`` (spliced into the kernel's metadata JSON)."""
-    return message.numbered(splice_seq(message.parts[2], seq), seq)
-
-
-def splice_seq(metadata_json: bytes | memoryview | str, seq: int) -> bytes:
     """
-    ``metadata_json`` (a JSON object, as UTF-8 bytes or text) with ``relay_seq`` set, as UTF-8 bytes: spliced
-    when that is safe, which for a kernel's metadata is always (nothing is decoded then).
+    ``message`` as sent, its metadata carrying ``relay_seq`` (spliced into the kernel's metadata JSON when a
+    front first reads it: see :meth:`.Outgoing.with_seq`).
     """
-    data = metadata_json.encode() if isinstance(metadata_json, str) else bytes(metadata_json)
-    text = data.strip()
-    if _SEQ_FIELD not in text and text[:1] == b"{" and text[-1:] == b"}":
-        inner = text[1:-1].strip()
-        return b"{%s:%d%s}" % (_SEQ_FIELD, seq, b"," + inner if inner else b"")
-    value = json.loads(data)
-    if not isinstance(value, dict):
-        value = {}
-    value[SEQ_KEY] = seq
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return message.with_seq(seq)
 
 
 class Resume(NamedTuple):
