@@ -19,6 +19,7 @@ from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-
 from typing import Any, Final
 
 from ._errors import InvalidMessage
+from ._memo import PartMemo
 
 DELIMITER = b"<IDS|MSG>"
 PROTOCOL_VERSION = "5.3"
@@ -63,8 +64,7 @@ def session_signer(session: Any) -> Signer | None:
         digest = keyed.copy()
         for part in parts:
             digest.update(part)
-        signature: str = digest.hexdigest()
-        return signature.encode()
+        return bytes(digest.hexdigest(), "ascii")
 
     return sign
 
@@ -142,14 +142,8 @@ class KernelMessage:
         return f"<KernelMessage {self.msg_type} {self.msg_id} on {self.channel or '?'}>"
 
     def _fields(self) -> tuple[Any, ...]:
-        return (
-            self.header,
-            self.parent_header,
-            self.metadata,
-            self.content,
-            self.buffers,
-            self.channel,
-        )
+        parts = self.header, self.parent_header, self.metadata, self.content
+        return (*parts, self.buffers, self.channel)
 
     @property
     def msg_id(self) -> str:
@@ -248,6 +242,7 @@ def _json_object(text: str, name: str) -> dict[str, Any]:
 
 
 _PART_NAMES = ("header", "parent_header", "metadata", "content")
+_parents = PartMemo(lambda text: _json_object(text, "parent_header"))
 
 
 def _text(data: Frame, name: str) -> str:
@@ -321,7 +316,7 @@ def decode_frames(
     header = _json_object(texts[0], "header")
     if type(header.get("msg_type")) is not str:
         raise MessageRejected("header.msg_type is missing")
-    parent_header = {} if raw[1] == b"{}" else _json_object(texts[1], "parent_header")
+    parent_header = {} if raw[1] == b"{}" else _parents.parse(raw[1], texts[1])
     metadata = {} if raw[2] == b"{}" else _json_object(texts[2], "metadata")
     content = _lazy_content(texts, len(raw[3]))
     buffers = [_frame(f) for f in frames[split + 6 :]] if len(frames) > split + 6 else []
