@@ -107,10 +107,10 @@ metadata_values = st.dictionaries(
 
 @given(metadata_values, st.integers(1, 10**12), st.sampled_from(["", " ", "\n"]))
 def test_splice_equals_parse_and_update(metadata: dict[str, Any], seq: int, pad: str) -> None:
-    """Splicing relay_seq into raw metadata JSON gives the same object as parsing and updating it."""
+    """Splicing relay_seq into raw metadata JSON (text or bytes) gives the object parsing and updating it gives."""
     for text in (json.dumps(metadata), json.dumps(metadata, separators=(",", ":"))):
-        spliced = json.loads(splice_seq(pad + text + pad, seq))
-        assert spliced == {**metadata, "relay_seq": seq}
+        for raw in (pad + text + pad, (pad + text + pad).encode()):
+            assert json.loads(splice_seq(raw, seq)) == {**metadata, "relay_seq": seq}
 
 
 def test_with_sequence_splices_the_metadata_and_never_touches_the_content() -> None:

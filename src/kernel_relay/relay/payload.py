@@ -22,6 +22,7 @@ Texts = tuple[str, str, str, str]
 
 SEQ_KEY = "relay_seq"
 _SEQ_FIELD = f'"{SEQ_KEY}"'.encode()
+_SEQ_ONLY = b"{" + _SEQ_FIELD + b":%d}"
 
 
 class Outgoing:
@@ -104,7 +105,12 @@ def splice_seq(metadata_json: bytes | memoryview | str, seq: int) -> bytes:
     ``metadata_json`` (a JSON object, as UTF-8 bytes or text) with ``relay_seq`` set, as UTF-8 bytes: spliced
     when that is safe, which for a kernel's metadata is always (nothing is decoded then).
     """
-    data = metadata_json.encode() if isinstance(metadata_json, str) else bytes(metadata_json)
+    if type(metadata_json) is bytes:
+        data = metadata_json
+        if data == b"{}":  # most of a kernel's messages
+            return _SEQ_ONLY % seq
+    else:
+        data = metadata_json.encode() if isinstance(metadata_json, str) else bytes(metadata_json)
     text = data.strip()
     if _SEQ_FIELD not in text and text[:1] == b"{" and text[-1:] == b"}":
         inner = text[1:-1].strip()
