@@ -237,6 +237,21 @@ def test_delete_of_a_queued_request_interrupts_it_once_it_starts_and_not_before(
     assert routes.core.ledger.waiting() == 0  # nothing waits on either request once they ended
 
 
+def test_a_cancelled_request_the_kernel_dropped_without_a_reply_reads_aborted() -> None:
+    """An interrupt before the code runs ends the request at its idle with no reply: aborted, not ok."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    started(routes, msg_id)
+    assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 204
+    routes.kernel_says("status", "iopub", msg_id, execution_state="idle")
+    status, _, body = routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")
+    assert (status, body["status"]) == (200, "aborted"), body
+    uncancelled = submitted(routes)
+    started(routes, uncancelled)
+    routes.kernel_says("status", "iopub", uncancelled, execution_state="idle")
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{uncancelled}")[2]["status"] == "ok"
+
+
 def test_delete_of_a_request_that_ended_interrupts_nothing() -> None:
     """A finished request is not stopped again: the kernel may be running someone else's cell."""
     routes = Routes()

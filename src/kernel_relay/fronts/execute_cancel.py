@@ -11,7 +11,9 @@ by signal or ``interrupt_request`` as its kernelspec says). So:
 - one that ended is left alone: the kernel may be running another client's cell.
 
 An interrupted cell ends with the kernel's ``KeyboardInterrupt`` error; with ``stop_on_error`` (the REST
-front's requests have it) the kernel then aborts the requests queued behind it, as after any error.
+front's requests have it) the kernel then aborts the requests queued behind it, as after any error. An
+interrupt that reaches the kernel after it published ``execute_input`` but before it runs the code makes it
+drop the request with no reply and no error: a cancelled request that ends so reads ``aborted``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class RequestCancels:
         Stop ``request``: the kernel's interrupt if it runs it now (it fails as the interrupt does), else None
         (it ended, or it is interrupted once it starts).
         """
+        if request.live:
+            request.cancelled = True
         if has_started(request):
             return self._kernels.interrupt(request.kernel_id)
         key = (request.kernel_id, request.msg_id)

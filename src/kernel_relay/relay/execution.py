@@ -105,6 +105,8 @@ class Execution:
     """The kernel's latest ``relay_seq`` when it was sent (its messages come after)."""
     started: bool = False
     """Whether its first message (the kernel's ``busy`` for it) was seen."""
+    cancelled: bool = False
+    """Whether a client asked to stop it (its idle without a reply then means the kernel dropped it)."""
 
     @property
     def live(self) -> bool:
@@ -160,13 +162,17 @@ class Execution:
     def _status(self, state: object, now: float) -> None:
         """
         ``busy``: it runs. ``idle``: it ended; its reply may never come here (its client went and its line
-        closed), so its status is read from its outputs until the reply, if any, says.
+        closed, or it was cancelled), so its status is read from its outputs until the reply, if any, says.
         """
         if state == "busy":
             self.state = RUNNING
             self.started = True
         elif state == "idle":
-            self.status = "error" if self.outputs.has_error else "ok"
+            # An interrupt that lands after its execute_input but before the kernel runs the code stops
+            # the request with no reply and no error (ipykernel logs "KeyboardInterrupt caught in kernel").
+            self.status = (
+                "error" if self.outputs.has_error else "aborted" if self.cancelled else "ok"
+            )
             self.state = COMPLETE
             self.inferred = True
             self.input_request = None
