@@ -471,12 +471,19 @@ def specs_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
 
 
 def interrupted_sleep(relay: Relay, kernel_id: str, client: JupyterWS) -> dict[str, Any]:
-    """The reply to a minute's sleep interrupted over REST once the kernel is busy with it."""
-    msg_id = client.send("shell", "execute_request", {"code": "import time; time.sleep(60)"})
+    """
+    The reply to a minute's sleep interrupted over REST once the kernel runs its code (an interrupt that
+    lands before, even after ``busy`` or ``execute_input``, is ignored or swallowed by ipykernel).
+    """
+    msg_id = client.send(
+        "shell",
+        "execute_request",
+        {"code": "import time; print('sleeping', flush=True); time.sleep(60)"},
+    )
     client.wait_for(
         lambda m: (
-            m["header"]["msg_type"] == "status"
-            and m["content"]["execution_state"] == "busy"
+            m["header"]["msg_type"] == "stream"
+            and "sleeping" in m["content"]["text"]
             and m["parent_header"].get("msg_id") == msg_id
         )
     )
