@@ -181,13 +181,18 @@ class DirectClient:
 
 class ForwarderClient:
     """
-    A direct client's signed messages, sent through :mod:`bench.forwarder` (the structural floor):
-    shell only, for round trips.
+    A direct client's signed messages, sent through :mod:`bench.forwarder` (the structural floor): shell
+    only, for round trips; with ``iopub``, the kernel's iopub messages come too (``forwarder_iopub``).
     """
 
     name = "forwarder"
 
-    def __init__(self, port: int, connection_info: dict[str, Any], timeout: float = 60) -> None:
+    def __init__(
+        self, port: int, connection_info: dict[str, Any], timeout: float = 60, iopub: bool = False
+    ) -> None:
+        self.iopub = iopub
+        if iopub:
+            self.name = "forwarder_iopub"
         self.session = session_for(connection_info)
         self.sock = socket.create_connection((HOST, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -212,7 +217,8 @@ class ForwarderClient:
             self._pending += data
         frames, used = message
         self._pending = self._pending[used:]
-        return decode_frames(self.session, "shell", frames)
+        channel = frames.pop(0).decode() if self.iopub else "shell"
+        return decode_frames(self.session, channel, frames)
 
     def close(self) -> None:
         self.sock.close()

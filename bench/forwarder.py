@@ -1,6 +1,6 @@
 """
-``python -m bench.forwarder SHELL_URL IOPUB_URL``: the round trip's structural floor, a relay that does no
-work.
+``python -m bench.forwarder SHELL_URL IOPUB_URL [--iopub]``: the round trip's structural floor, a relay that
+does no work.
 
 Any relay puts one more process between a client and its kernel: one more TCP hop, one more ZMQ socket
 (with libzmq's I/O thread), and a third busy process on the machine; and it receives the kernel's iopub
@@ -13,6 +13,11 @@ what the forwarder takes beyond direct ZMQ is what no relay process can avoid.
 
 It needs a kernel of its own: sharing one with the relay would make it pay for the relay's work on that
 kernel's iopub messages too (3-10% of a round trip, measured by stopping the relay).
+
+With ``--iopub`` it also passes every iopub message on to its client, unchanged, as to a client that joined
+iopub (a Jupyter WebSocket client does: it is sent the two statuses of every request): the floor of the
+relay's Jupyter front, which the plain forwarder is not, since it sends one message per request and that
+front three. Each message to the client then starts with a frame naming its channel (``shell``, ``iopub``).
 
 It serves one client connection at a time, on a free loopback port that it prints on its first line.
 A message on the TCP connection, each way, is ``!I`` frame count, ``!I`` length of each frame, then the
@@ -52,8 +57,14 @@ def unpack(buffer: bytes) -> tuple[list[bytes], int] | None:
     return frames, start
 
 
-def serve(client: socket.socket, kernel: zmq.Socket[bytes], iopub: zmq.Socket[bytes]) -> None:
-    """Forward shell messages until the client closes its connection; drop iopub messages."""
+def serve(
+    client: socket.socket,
+    kernel: zmq.Socket[bytes],
+    iopub: zmq.Socket[bytes],
+    pass_iopub: bool = False,
+) -> None:
+    """Forward shell messages until the client closes its connection; iopub messages too, or drop them."""
+    shell_channel = [b"shell"] if pass_iopub else []
     poller = zmq.Poller()
     poller.register(client, zmq.POLLIN)
     poller.register(kernel, zmq.POLLIN)
@@ -63,11 +74,13 @@ def serve(client: socket.socket, kernel: zmq.Socket[bytes], iopub: zmq.Socket[by
         for ready, _ in poller.poll():
             if ready is iopub:
                 while iopub.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    iopub.recv_multipart()
+                    frames = iopub.recv_multipart()
+                    if pass_iopub:
+                        client.sendall(pack([b"iopub", *frames]))
                 continue
             if ready is kernel:
                 while kernel.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    client.sendall(pack(kernel.recv_multipart()))
+                    client.sendall(pack([*shell_channel, *kernel.recv_multipart()]))
                 continue
             data = client.recv(1 << 16)
             if not data:
@@ -80,8 +93,9 @@ def serve(client: socket.socket, kernel: zmq.Socket[bytes], iopub: zmq.Socket[by
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python -m bench.forwarder SHELL_URL IOPUB_URL", file=sys.stderr)
+    pass_iopub = argv[2:] == ["--iopub"]
+    if len(argv) != 2 and not pass_iopub:
+        print("usage: python -m bench.forwarder SHELL_URL IOPUB_URL [--iopub]", file=sys.stderr)
         return 2
     context = zmq.Context()
     kernel = context.socket(zmq.DEALER)
@@ -98,7 +112,10 @@ def main(argv: list[str]) -> int:
             client, _ = listener.accept()
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with client:
-                serve(client, kernel, iopub)
+                try:
+                    serve(client, kernel, iopub, pass_iopub)
+                except (ConnectionResetError, BrokenPipeError):
+                    pass  # a client that closes with messages unread (iopub's) resets its connection
 
 
 if __name__ == "__main__":

@@ -308,12 +308,19 @@ class DirectKernel:
 class Forwarder:
     """:mod:`bench.forwarder` in a child process, on a kernel's shell and iopub sockets."""
 
-    def __init__(self, connection_info: dict[str, Any]) -> None:
+    def __init__(self, connection_info: dict[str, Any], pass_iopub: bool = False) -> None:
         ip = connection_info["ip"]
         shell = f"tcp://{ip}:{connection_info['shell_port']}"
         iopub = f"tcp://{ip}:{connection_info['iopub_port']}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.forwarder", shell, iopub],
+            [
+                sys.executable,
+                "-m",
+                "bench.forwarder",
+                shell,
+                iopub,
+                *(["--iopub"] if pass_iopub else []),
+            ],
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,

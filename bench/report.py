@@ -15,6 +15,8 @@ LABELS = {
     "relay": "kernel-relay",
     "relay_jupyter": "kernel-relay (Jupyter v1)",
     "jupyter_server": "Jupyter Server",
+    "forwarder": "the forwarder",
+    "forwarder_iopub": "the forwarder passing iopub on",
 }
 COLORS = {
     "direct": "#4c72b0",
@@ -154,6 +156,15 @@ def _floor_lines(results: dict[str, Any]) -> list[str]:
     ]
 
 
+#: Each front's CPU per request against the floor that sends its client what it sends: one reply per
+#: request on socket.io (a client on shell alone), the reply and two statuses on the Jupyter WebSocket.
+CPU_FLOORS = (
+    ("relay", "forwarder"),
+    ("relay_jupyter", "forwarder"),
+    ("relay_jupyter", "forwarder_iopub"),
+)
+
+
 def _server_cpu_lines(results: dict[str, Any]) -> list[str]:
     """Each server process's CPU time per request and per flood message (every thread of it)."""
     measured: list[tuple[str, dict[str, Any], str]] = [
@@ -173,8 +184,13 @@ def _server_cpu_lines(results: dict[str, Any]) -> list[str]:
             continue
         cells = [
             f"{LABELS.get(name, name)} {used[name] * 1e6:,.0f} µs"
-            for name in ("relay", "relay_jupyter", "forwarder", "jupyter_server")
+            for name in ("relay", "relay_jupyter", "forwarder", "forwarder_iopub", "jupyter_server")
             if name in used
+        ]
+        cells += [
+            f"{LABELS[front]} {used[front] / used[floor]:.2f} x {LABELS[floor]}"
+            for front, floor in CPU_FLOORS
+            if front in used and floor in used
         ]
         lines.append(f"- {label}, per {unit}: " + ", ".join(cells) + ".")
     if not lines:

@@ -56,7 +56,7 @@ SCENARIOS = (
 #: What runs without ``--only``: the fleet's fan-out needs a redis-server, which a developer may not have.
 DEFAULT_SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "sandbox")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server", "forwarder")
+TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server", "forwarder", "forwarder_iopub")
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(TARGETS),
         help=(
             f"comma-separated targets for the side-by-side scenarios [{','.join(TARGETS)}]; the "
-            "forwarder (a relay that does no work, on a kernel of its own) takes part in the round "
-            "trips only"
+            "forwarders (relays that do no work, on kernels of their own; forwarder_iopub passes the "
+            "kernel's iopub on to its client, as the Jupyter front must) take part in the round trips only"
         ),
     )
     args = parser.parse_args(argv)
@@ -272,6 +272,19 @@ def main(argv: list[str] | None = None) -> int:
 
                 round_trip_factories["forwarder"] = forwarder_client
                 servers["forwarder"] = floor.process.pid
+            if "forwarder_iopub" in targets and "round_trip" in args.only:
+                say("starting a kernel for the forwarder that passes iopub on, and that forwarder")
+                iopub_kernel = DirectKernel(logs)
+                cleanups.append(iopub_kernel.stop)
+                iopub_info = iopub_kernel.connection_info
+                iopub_floor = Forwarder(iopub_info, pass_iopub=True)
+                cleanups.append(iopub_floor.stop)
+
+                def forwarder_iopub_client(channels: tuple[str, ...]) -> BenchClient:
+                    return ForwarderClient(iopub_floor.port, iopub_info, iopub=True)
+
+                round_trip_factories["forwarder_iopub"] = forwarder_iopub_client
+                servers["forwarder_iopub"] = iopub_floor.process.pid
             if relay is not None and "relay" in targets:
                 say("spawning a kernel through the relay")
                 relay_kernel = relay.spawn()

@@ -46,11 +46,11 @@ def test_results_json_has_every_scenario_for_every_target(bench_out: Path) -> No
     results = data["results"]
     assert data["meta"]["quick"] is True
     for key in ("round_trip_kernel_info", "round_trip_execute"):
-        for target in (*SIDE_BY_SIDE, "forwarder"):
+        for target in (*SIDE_BY_SIDE, "forwarder", "forwarder_iopub"):
             assert results[key][target]["n"] > 0
             assert results[key][target]["median"] > 0
         # Each server process's CPU per request (the direct client has no server of its own).
-        for target in ("relay", "relay_jupyter", "forwarder", "jupyter_server"):
+        for target in ("relay", "relay_jupyter", "forwarder", "forwarder_iopub", "jupyter_server"):
             assert results[key][target]["server_cpu"] > 0
         assert "server_cpu" not in results[key]["direct"]
     for size, per_target in results["flood"].items():
@@ -89,6 +89,7 @@ def test_markdown_table_has_ratio_columns(bench_out: Path) -> None:
     assert "Fan-out" in table
     assert "## Round trips: the structural floor" in table
     assert "- kernel_info: forwarder " in table and "- execute: forwarder " in table
+    assert "kernel-relay (Jupyter v1) " in table and " x the forwarder passing iopub on." in table
     assert "## Server CPU" in table
     assert "- kernel_info, per request: kernel-relay " in table
     assert "- execute, per request: kernel-relay " in table
