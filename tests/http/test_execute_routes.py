@@ -22,6 +22,7 @@ from kernel_relay.kernels import UnknownKernel
 from kernel_relay.relay.client import Refused
 from kernel_relay.relay.core import RelayCore, RelayLimits
 from kernel_relay.relay.journal import Resume
+from kernel_relay.relay.ledger import LedgerOptions
 from tests.fakes import FakeKernel, FakeRegistry, RecordingClient, kernel_message, result_of
 
 URL = "http://127.0.0.1:3000"
@@ -49,7 +50,9 @@ class InterruptibleRegistry(FakeRegistry):
 class Routes:
     """The execute routes behind the token guard, over a core with one fake kernel."""
 
-    def __init__(self, max_clients: int | None = None, max_rest: int | None = None) -> None:
+    def __init__(
+        self, max_clients: int | None = None, max_rest: int | None = None, kept: int = 1000
+    ) -> None:
         self.clock = Clock()
         self.kernel = FakeKernel(KERNEL)
         self.registry = registry = InterruptibleRegistry()
@@ -59,6 +62,7 @@ class Routes:
             self.clock,
             auth=self.auth,
             limits=RelayLimits(max_clients_per_kernel=max_clients),
+            ledger=LedgerOptions(max_requests=kept),
         )
         registry.start(self.kernel)
         front = ExecuteFront(self.core, registry, max_live=max_rest)  # type: ignore[arg-type]
@@ -318,3 +322,20 @@ def test_a_reply_after_the_idle_still_reaches_a_rest_request() -> None:
     status, _, body = routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")
     assert (status, body["status"]) == (200, "aborted")
     assert routes.kernel.clients[-1].closed is True  # the line goes once the reply came
+
+
+def test_a_running_request_is_never_forgotten_and_a_full_ledger_refuses_503() -> None:
+    """With every kept request live, a REST submit is refused 503 and the running one still reads 202."""
+    routes = Routes(kept=2)
+    first = submitted(routes)
+    started(routes, first)
+    second = submitted(routes)
+    status, _, body = routes.call("POST", f"/api/kernels/{KERNEL}/execute", body={"code": "1"})
+    assert status == 503 and "--requests-kept" in body["message"], body
+    assert len(routes.kernel.clients[-1].sent) == 2  # the refused one never reached the kernel
+    for msg_id in (first, second):
+        assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 202
+    routes.kernel_says("execute_reply", "shell", first, status="ok", execution_count=1)
+    third = submitted(routes)  # the finished one goes to make room
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{first}")[0] == 404
+    assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{third}")[0] == 202

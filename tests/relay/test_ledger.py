@@ -131,13 +131,31 @@ def test_over_the_byte_bound_the_oldest_outputs_go_and_are_counted() -> None:
     assert first.summary()["complete_outputs"] is False
 
 
-def test_the_count_bound_forgets_the_oldest_request() -> None:
-    """At most max_requests are kept: the oldest goes first."""
+def test_the_count_bound_forgets_the_oldest_finished_request() -> None:
+    """At most max_requests are kept: the oldest finished one goes first, never one still live."""
     ledger, _ = ledger_with(max_requests=2)
     ledger.submitted(KERNEL, "r2", "", {})
+    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r2", {"status": "ok"}))
     ledger.submitted(KERNEL, "r3", "", {})
-    assert ledger.get(KERNEL, "r1") is None
-    assert [request.msg_id for request in ledger.recent(KERNEL)] == ["r2", "r3"]
+    assert ledger.get(KERNEL, "r2") is None
+    assert [request.msg_id for request in ledger.recent(KERNEL)] == ["r1", "r3"]
+
+
+def test_live_requests_are_kept_past_the_bound_and_full_says_so() -> None:
+    """When every kept request is live none is forgotten: full() says so and the excess is counted."""
+    ledger, _ = ledger_with(max_requests=2)
+    ledger.submitted(KERNEL, "r2", "", {})
+    assert ledger.full() is True and ledger.past_bound == 0
+    ledger.submitted(KERNEL, "r3", "", {})  # a WebSocket front's: it cannot be refused
+    assert [request.msg_id for request in ledger.recent(KERNEL)] == ["r1", "r2", "r3"]
+    assert ledger.past_bound == 1
+    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r1", {"status": "ok"}))
+    assert ledger.full() is True  # one finished: the ledger is still one past its bound
+    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r2", {"status": "ok"}))
+    assert ledger.full() is False
+    ledger.submitted(KERNEL, "r4", "", {})
+    assert [request.msg_id for request in ledger.recent(KERNEL)] == ["r3", "r4"]
+    assert ledger.past_bound == 0
 
 
 def test_a_finished_request_is_kept_max_age_seconds() -> None:

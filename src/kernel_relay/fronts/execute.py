@@ -115,6 +115,14 @@ class ExecuteFront:
                 "running: send more once one ended",
                 429,
             )
+        if self.core.ledger.full():
+            # Keeping it would forget a live request (its readers would get 404 while it runs).
+            self._release(kernel_id, client)
+            raise Refused(
+                f"The relay keeps {self.core.ledger.options.max_requests} execution requests "
+                "(--requests-kept) and every one is still queued or running: send more once one ended",
+                503,
+            )
         message = {
             "header": {"msg_type": "execute_request", "msg_id": uuid.uuid4().hex},
             "metadata": metadata,

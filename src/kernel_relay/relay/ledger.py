@@ -9,8 +9,11 @@ parent ``msg_id``; a message not about a known request costs one dict lookup), t
 (:meth:`RequestLedger.kernel_ended`). It knows no wire format.
 
 Bounded: at most ``max_requests`` requests and ``max_bytes`` of outputs over every kernel (the oldest
-requests lose their outputs first, then whole requests go), and a finished request is kept ``max_age``
-seconds. A request that lost outputs says how many (``outputs_dropped``), never silently.
+requests lose their outputs first, then whole finished requests go, oldest first), and a finished request is
+kept ``max_age`` seconds. A request that lost outputs says how many (``outputs_dropped``), never silently. A
+live request is never forgotten: when every kept request is live, the REST front refuses a new one
+(:meth:`RequestLedger.full`); one sent over a WebSocket front cannot be refused, and is kept past the bound
+(:attr:`RequestLedger.past_bound`, logged) until finished ones can go.
 
 In a fleet (:meth:`RequestLedger.share`), each request's record (:class:`~.execution.RequestRecord`: where
 its messages start, and what only this relay sees of it, its reply and ``input()``) is kept for every relay
@@ -27,6 +30,7 @@ from typing import Any, Final
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from ..kernels import SHELL, STDIN, KernelMessage
 from .execution import (
@@ -40,6 +44,8 @@ from .execution import (
     SharedRequests,
 )
 from .outputs import OUTPUT_TYPES
+
+log = Logger()
 
 #: The kernel's messages that may change what the fleet keeps of a request (its record).
 _RECORDED: Final = frozenset({"status", "input_request", "execute_reply"})
@@ -90,6 +96,23 @@ class RequestLedger:
     def kept_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def clock(self) -> IReactorTime:
+        return self._clock
+
+    @property
+    def past_bound(self) -> int:
+        """How many requests are kept past ``max_requests`` now (live ones, sent over a WebSocket front)."""
+        return max(0, len(self._requests) - self._bound)
+
+    def full(self) -> bool:
+        """Whether one more request could be kept only by forgetting a live one: every one past the bound is."""
+        self._expire()
+        over = len(self._requests) + 1 - self._bound
+        if over <= 0:
+            return False
+        return sum(1 for request in self._requests.values() if not request.live) < over
+
     # -- reads -------------------------------------------------------------------------------------------
 
     def get(self, kernel_id: str, msg_id: str) -> Execution | None:
@@ -132,8 +155,7 @@ class RequestLedger:
         request.first = self._last_seq(kernel_id)
         self._requests[key] = request
         self._save(request)
-        while len(self._requests) > max(self.options.max_requests, 1):
-            self._forget(next(iter(self._requests)))
+        self._evict()
 
     def sent(self, kernel_id: str, channel: str, message: Mapping[str, Any], msg_id: str) -> None:
         """A client's message went to the kernel: an ``execute_request`` is a request, an ``input_reply`` answers one."""
@@ -248,6 +270,30 @@ class RequestLedger:
                 expired.append(key)
         for key in expired:
             self._forget(key)
+
+    @property
+    def _bound(self) -> int:
+        return max(self.options.max_requests, 1)
+
+    def _evict(self) -> None:
+        """Over the count bound: finished requests go, oldest first; live ones stay (past the bound, logged)."""
+        over = len(self._requests) - self._bound
+        if over <= 0:
+            return
+        finished: list[tuple[str, str]] = []
+        for key, request in self._requests.items():
+            if len(finished) == over:
+                break
+            if not request.live:
+                finished.append(key)
+        for key in finished:
+            self._forget(key)
+        if len(finished) < over and self.past_bound == 1:  # once as it begins, not at each one
+            log.warn(
+                "Every execution request kept ({kept}, --requests-kept) still runs: the ledger keeps "
+                "those sent over WebSocket fronts past its bound until some end",
+                kept=self._bound,
+            )
 
     def _forget(self, key: tuple[str, str]) -> None:
         request = self._requests.pop(key)

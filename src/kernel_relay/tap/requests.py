@@ -35,7 +35,9 @@ PARAMETERS: Sequence[Sequence[Any]] = [
         _DEFAULTS.max_requests,
         "Most execution requests kept to be read back by their msg_id (GET "
         "/api/kernels/<id>/requests/<msg_id>), over every kernel and whichever front sent them; "
-        "over it, the oldest is forgotten.",
+        "over it, the oldest finished one is forgotten. A live one never is: when every kept request is "
+        "live, one more sent over REST is refused (503), and one sent over a WebSocket is kept past the "
+        "bound until some end.",
         positive(int),
     ],
     [
