@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from kernel_relay.auth import TokenAuth
-from kernel_relay.fronts.execute import ExecuteFront
+from kernel_relay.fronts.execute import REPLY_GRACE, ExecuteFront
 from kernel_relay.fronts.execute_routes import MAX_WAIT, ExecuteAPI
 from kernel_relay.http.guards import AuthGuard
 from kernel_relay.http.routes import KleinRoutes
@@ -339,3 +339,21 @@ def test_a_running_request_is_never_forgotten_and_a_full_ledger_refuses_503() ->
     third = submitted(routes)  # the finished one goes to make room
     assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{first}")[0] == 404
     assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{third}")[0] == 202
+
+
+def test_a_request_that_ended_at_its_idle_without_a_reply_lets_the_line_go() -> None:
+    """A cancelled request the kernel dropped never gets its reply: the REST line goes REPLY_GRACE after its idle."""
+    routes = Routes()
+    msg_id = submitted(routes)
+    started(routes, msg_id)
+    assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 204
+    routes.kernel_says("status", "iopub", msg_id, execution_state="idle")
+    line = routes.kernel.clients[-1]
+    routes.clock.advance(REPLY_GRACE - 1)
+    assert line.closed is False  # the reply may still come (another socket)
+    routes.clock.advance(1)
+    assert line.closed is True
+    status, _, body = routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")
+    assert (status, body["status"]) == (200, "aborted")
+    again = submitted(routes)  # a new line for the next request
+    assert routes.kernel.clients[-1] is not line and again != msg_id

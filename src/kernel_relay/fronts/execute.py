@@ -7,7 +7,8 @@ A request this relay's ledger does not hold may be one another relay of the flee
 the fleet (:meth:`ExecuteFront.elsewhere`, ``kernel_relay.relay.requests``).
 
 Each kernel has one REST client here, with its own line to the kernel (shell and stdin), attached only while a
-request it sent is live or waits for its reply (a kernel's ``idle`` may come before it). It is no client
+request it sent is live or waits for its reply (a kernel's ``idle`` may come before it: the line waits
+:data:`REPLY_GRACE` seconds for it, no longer, as a request the kernel dropped never gets one). It is no client
 connection (:class:`~kernel_relay.relay.client.InternalClient`): it counts neither in
 ``max_clients_per_kernel`` nor in a kernel's connections (which the culler reads); ``max_live`` bounds the REST
 requests live on one kernel instead.
@@ -16,9 +17,9 @@ requests live on one kernel instead.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Final
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
 from ..kernels import SHELL, STDIN, KernelRegistry
@@ -33,6 +34,9 @@ from ..relay.requests import RemoteRequests
 log = Logger()
 
 _NO_RESUME = Resume(None, False)
+#: How long a REST line stays open for the reply of a request that ended at its ``idle``, in seconds (the
+#: reply comes on another socket, at about the same time, or never: a cancelled request the kernel dropped).
+REPLY_GRACE: Final = 5.0
 
 
 class RestClient(InternalClient):
@@ -181,14 +185,34 @@ class ExecuteFront:
     def _watch(self, kernel_id: str, client: RestClient, msg_id: str) -> None:
         """Once the request ends, the client lets go of the kernel if it has no other live request."""
         request = self.core.ledger.get(kernel_id, msg_id)
-        # Ended at its idle, the reply may still be on its way (another socket): the line waits for it.
-        if request is None or not (request.live or request.inferred):
+        if request is None or not (request.live or self._reply_due(request)):
             client.live.discard(msg_id)
             self._release(kernel_id, client)
             return
-        self.core.ledger.changed(kernel_id, msg_id).addCallback(
-            lambda _: self._watch(kernel_id, client, msg_id)
+        change = self.core.ledger.changed(kernel_id, msg_id)
+        if not request.live:  # ended at its idle: its reply may still be on its way, for a while
+            finished = request.finished or 0.0
+            clock = self.core.ledger.clock
+            timer = clock.callLater(
+                max(0.0, finished + REPLY_GRACE - clock.seconds()), change.cancel
+            )
+
+            def stop_timer(result: object) -> object:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            change.addBoth(stop_timer)
+        change.addCallbacks(
+            lambda _: self._watch(kernel_id, client, msg_id),
+            lambda failure: failure.trap(CancelledError) and self._watch(kernel_id, client, msg_id),
         )
+
+    def _reply_due(self, request: Execution) -> bool:
+        """Whether the request ended at its idle less than :data:`REPLY_GRACE` seconds ago, its reply unseen."""
+        if not request.inferred or request.finished is None:
+            return False
+        return self.core.ledger.clock.seconds() < request.finished + REPLY_GRACE
 
     def _release(self, kernel_id: str, client: RestClient) -> None:
         if client.live or self._clients.get(kernel_id) is not client:
