@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ..kernels import SHELL, STDIN, KernelRegistry
 from ..relay.client import InternalClient, Refused, short_id
@@ -203,10 +204,13 @@ class ExecuteFront:
                 return result
 
             change.addBoth(stop_timer)
-        change.addCallbacks(
-            lambda _: self._watch(kernel_id, client, msg_id),
-            lambda failure: failure.trap(CancelledError) and self._watch(kernel_id, client, msg_id),
-        )
+
+        def again(result: object) -> None:
+            if isinstance(result, Failure):
+                result.trap(CancelledError)  # the grace is over
+            self._watch(kernel_id, client, msg_id)
+
+        change.addBoth(again)
 
     def _reply_due(self, request: Execution) -> bool:
         """Whether the request ended at its idle less than :data:`REPLY_GRACE` seconds ago, its reply unseen."""
