@@ -207,7 +207,7 @@ class ExecuteFront:
 
         def again(result: object) -> None:
             if isinstance(result, Failure):
-                result.trap(CancelledError)  # the grace is over
+                result.trap(CancelledError)  # type: ignore[no-untyped-call]  # grace over
             self._watch(kernel_id, client, msg_id)
 
         change.addBoth(again)
