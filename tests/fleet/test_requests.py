@@ -8,15 +8,23 @@ from dataclasses import replace
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from kernel_relay.fleet.connection import text
+from kernel_relay.fleet.numbering import SharedNumbering
 from kernel_relay.fleet.requests import FleetRequests, decode, encode
 from kernel_relay.fleet.secrets import FleetKeys
 from kernel_relay.fleet.store import FleetStore, FleetUnavailable, RedisURL
+from kernel_relay.kernels import KernelMessage
 from kernel_relay.relay.execution import RequestRecord
+from kernel_relay.relay.ledger import RequestLedger
+from kernel_relay.relay.numbering import Fetched
+from kernel_relay.relay.payload import Outgoing
+from kernel_relay.relay.requests import PAGE, RemoteRequests
 from tests.fleet.test_store import KEYS, connected
 from tests.redis_server import RedisServer, redis_server
+from tests.relay.test_requests import cell, iopub
 
 __all__ = ["redis_server"]
 
@@ -162,3 +170,63 @@ async def test_without_redis_a_save_is_logged_and_a_load_fails_clearly() -> None
     requests.end_live(KERNEL, "kernel died")
     with pytest.raises(FleetUnavailable):
         await requests.load(KERNEL, "r1")
+
+
+class CountingNumbering(SharedNumbering):
+    """The fleet's numbering over the real store, counting the stream's reads and what each returned."""
+
+    def __init__(self, store: FleetStore) -> None:
+        super().__init__(store, reactor, keep=10_000)
+        self.reads: list[int] = []
+
+    def fetch(
+        self, kernel_id: str, since: int, until: int | None = None, count: int | None = None
+    ) -> Deferred[Fetched]:
+        return super().fetch(kernel_id, since, until, count).addCallback(self._counted)
+
+    def _counted(self, fetched: Fetched) -> Fetched:
+        self.reads.append(len(fetched))
+        return fetched
+
+
+async def numbered(numbering: SharedNumbering, messages: list[KernelMessage]) -> None:
+    """Each message numbered in the kernel's stream in Redis, in order, as the owner numbers them."""
+    for message in messages:
+        ready: Deferred[int | None] = Deferred()
+        numbering.number(KERNEL, message.msg_id, Outgoing.of_kernel(message), ready.callback)
+        assert await ready is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_reads_are_bounded_by_an_end_and_a_count(store: FleetStore) -> None:
+    """XRANGE's end id and COUNT bound a read of a kernel's stream in Redis."""
+    numbering = SharedNumbering(store, reactor, keep=100)
+    await numbered(numbering, [iopub("stream", "r1", name="stdout", text=str(n)) for n in range(9)])
+    assert [seq for seq, _, _ in await store.stream_since(KERNEL, 2, until=6)] == [3, 4, 5, 6]
+    assert [seq for seq, _, _ in await store.stream_since(KERNEL, 2, count=3)] == [3, 4, 5]
+    assert [seq for seq, _, _ in await store.stream_since(KERNEL, 7)] == [8, 9]
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_relays_read_stops_at_the_requests_end_and_pages_a_live_one(
+    store: FleetStore,
+) -> None:
+    """Rebuilt from Redis, a finished request costs one page of the stream, a live one every page, once each."""
+    numbering = CountingNumbering(store)
+    records = FleetRequests(store, KEYS, reactor)
+    records.save(KERNEL, RequestRecord("r1", 0, 1.0))
+    records.save(KERNEL, RequestRecord("r2", 4, 2.0))
+    await numbered(numbering, cell("r1", "a\n", count=1))
+    flood = [iopub("stream", "r2", name="stdout", text=f"{n}\n") for n in range(PAGE + 10)]
+    await numbered(numbering, flood)
+    remote = RemoteRequests(RequestLedger(reactor), records, numbering, reactor)
+    done = await remote.read(KERNEL, "r1")
+    assert done is not None and done.outputs.items == [
+        {"output_type": "stream", "name": "stdout", "text": "a\n"}
+    ]
+    assert numbering.reads == [PAGE]
+    numbering.reads.clear()
+    live = await remote.read(KERNEL, "r2")
+    assert live is not None and live.live
+    assert live.outputs.items[0]["text"] == "".join(f"{n}\n" for n in range(PAGE + 10))
+    assert numbering.reads == [PAGE, 10]

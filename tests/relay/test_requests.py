@@ -17,8 +17,15 @@ from kernel_relay.kernels import KernelMessage
 from kernel_relay.relay.execution import RequestRecord
 from kernel_relay.relay.ledger import COMPLETE, ENDED, INPUT, RUNNING, RequestLedger
 from kernel_relay.relay.payload import Outgoing
-from kernel_relay.relay.requests import MAX_READS, RECHECK, RemoteRequests, rebuild, rebuild_all
-from tests.fakes import kernel_message
+from kernel_relay.relay.requests import (
+    MAX_READS,
+    PAGE,
+    RECHECK,
+    RemoteRequests,
+    rebuild,
+    rebuild_all,
+)
+from tests.fakes import kernel_message, result_of
 
 KERNEL = "k1-0000"
 
@@ -61,6 +68,7 @@ class MemoryStream:
         self.entries: list[tuple[int, float, Outgoing]] = []
         self.unsettled: list[Callable[[int], None]] = []
         self.settle_at_once = True
+        self.fetches: list[tuple[int, int | None, int | None]] = []
 
     def add(self, message: KernelMessage, when: float = 0.0) -> None:
         self.entries.append((len(self.entries) + 1, when, Outgoing.of_kernel(message)))
@@ -71,8 +79,12 @@ class MemoryStream:
         else:
             self.unsettled.append(ready)
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[list[tuple[int, float, Outgoing]]]:
-        return succeed([entry for entry in self.entries if entry[0] > since])
+    def fetch(
+        self, kernel_id: str, since: int, until: int | None = None, count: int | None = None
+    ) -> Deferred[list[tuple[int, float, Outgoing]]]:
+        self.fetches.append((since, until, count))
+        found = [e for e in self.entries if e[0] > since and (until is None or e[0] <= until)]
+        return succeed(found[:count])
 
     def number(self, *args: Any) -> None:
         raise AssertionError("not used")
@@ -306,3 +318,21 @@ def test_a_kernels_requests_are_rebuilt_in_one_pass_and_listed_but_those_kept_he
     listed: list[Any] = []
     requests.recent(KERNEL, {"r1"}).addCallback(listed.append)
     assert [[r.msg_id for r in found] for found in listed] == [["r2"]]
+
+
+def test_a_read_holds_a_page_of_the_stream_at_once_and_stops_at_the_requests_end() -> None:
+    """A finished request's read stops at its end; a live one's goes on page by page to the stream's end."""
+    requests, _, shared, stream, _ = remote()
+    for message in cell("r1", "a\n", count=1):
+        stream.add(message)
+    for n in range(PAGE * 2):
+        stream.add(iopub("stream", "r2", name="stdout", text=f"{n}\n"))
+    shared.records[(KERNEL, "r1")] = record()
+    shared.records[(KERNEL, "r2")] = record(msg_id="r2", first=4, submitted=1.0)
+    done = result_of(requests.read(KERNEL, "r1"))
+    assert (done.state, done.outputs.items[0]["text"]) == (COMPLETE, "a\n")
+    assert stream.fetches == [(0, None, PAGE)]  # one page: the request ended in it
+    stream.fetches.clear()
+    live = result_of(requests.read(KERNEL, "r2"))
+    assert live.live and live.outputs.items[0]["text"].count("\n") == PAGE * 2
+    assert stream.fetches == [(4, None, PAGE), (4 + PAGE, None, PAGE), (4 + PAGE * 2, None, PAGE)]

@@ -240,10 +240,12 @@ class SharedNumbering:
         pending.after = self._expected(queue)
         queue.append(pending)
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]:
+    def fetch(
+        self, kernel_id: str, since: int, until: int | None = None, count: int | None = None
+    ) -> Deferred[Fetched]:
         """
-        The messages the fleet's stream keeps after ``since``, oldest first (for a client that resumes); None
-        for one that cannot be read (forged, or not a message), which the client is told it misses.
+        The messages the fleet's stream keeps after ``since`` (up to ``until``, at most ``count``, if given),
+        oldest first; None for one that cannot be read (forged, or not a message), which is told as missed.
         """
 
         def unpacked(entries: list[tuple[int, float, bytes | None]]) -> Fetched:
@@ -259,7 +261,7 @@ class SharedNumbering:
                 found.append((seq, when, message))
             return found
 
-        return self._store.stream_since(kernel_id, since).addCallback(unpacked)
+        return self._store.stream_since(kernel_id, since, until, count).addCallback(unpacked)
 
     def forget(self, kernel_id: str) -> None:
         self._queues.pop(kernel_id, None)

@@ -83,16 +83,17 @@ class StreamStore(RedisConnection):
         return self._call("GET", key("seq", kernel_id)).addCallback(lambda v: int(v or 0))
 
     def stream_since(
-        self, kernel_id: str, seq: int
+        self, kernel_id: str, seq: int, until: int | None = None, count: int | None = None
     ) -> Deferred[list[tuple[int, float, bytes | None]]]:
         """
-        The kept messages after ``seq``, as (seq, time, payload), oldest first; the payload is None for an
-        entry that does not open (forged: counted and logged), and an entry whose ``msg_id`` came already is
-        left out.
+        The kept messages after ``seq`` (up to ``until`` included, at most ``count`` of them, when given), as
+        (seq, time, payload), oldest first; the payload is None for an entry that does not open (forged:
+        counted and logged), and an entry whose ``msg_id`` came already is left out.
         """
-        return self._call("XRANGE", key("journal", kernel_id), f"(0-{seq}", "+").addCallback(
-            self._entries, kernel_id
-        )
+        end = "+" if until is None else f"0-{until}"
+        bounds = () if count is None else ("COUNT", max(1, count))
+        d = self._call("XRANGE", key("journal", kernel_id), f"(0-{seq}", end, *bounds)
+        return d.addCallback(self._entries, kernel_id)
 
     def _entries(self, reply: Any, kernel_id: str) -> list[tuple[int, float, bytes | None]]:
         found: list[tuple[int, float, bytes | None]] = []

@@ -48,8 +48,13 @@ class IopubNumbering(Protocol):
 
     def forget(self, kernel_id: str) -> None: ...
 
-    def fetch(self, kernel_id: str, since: int) -> Deferred[Fetched]:
-        """The fleet's kept messages after ``since``: (seq, time, message), oldest first (see ``Fetched``)."""
+    def fetch(
+        self, kernel_id: str, since: int, until: int | None = None, count: int | None = None
+    ) -> Deferred[Fetched]:
+        """
+        The fleet's kept messages after ``since`` (up to ``until`` included, at most ``count``, if given):
+        (seq, time, message), oldest first (see ``Fetched``).
+        """
 
 
 class Numbering(Protocol):

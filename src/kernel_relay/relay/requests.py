@@ -2,7 +2,8 @@
 Requests another relay of the fleet accepted, read here (:class:`RemoteRequests`): from the fleet's record of
 the request (:class:`~.execution.RequestRecord`) and the kernel's stream in the fleet, by the ledger's own fold
 (:meth:`~.execution.Execution.fold`) over the stream's messages after the record's ``first`` whose parent is
-the request. Nothing of them is kept here: each read rebuilds the request, so it is right whether the relay
+the request, read :data:`PAGE` messages at a time and no further than the request's end (at most
+:data:`MAX_READS` reads at once: what they hold is outside the buffer budget). Nothing of them is kept here: each read rebuilds the request, so it is right whether the relay
 that accepted it lives or died (its kernel adopted here or elsewhere).
 
 A wait (``?wait=``) for such a request ends when it needs its client: it is woken by the kernel's ``status``
@@ -22,24 +23,23 @@ from twisted.internet.defer import (
     Deferred,
     DeferredSemaphore,
     ensureDeferred,
-    succeed,
 )
 from twisted.internet.interfaces import IReactorTime
 
 from ..kernels import IOPUB, KernelMessage
 from .execution import QUEUED, RUNNING, Execution, RequestRecord, SharedRequests
 from .ledger import RequestLedger
-from .numbering import IopubNumbering
+from .numbering import Fetched, IopubNumbering
 from .payload import Outgoing
 
 #: How often a wait for another relay's request reads the request's record again, in seconds.
 RECHECK: Final = 1.0
-#: How many reads of a kernel's stream (each up to ``--iopub-replay-bytes``) run at once; others wait their turn.
+#: How many reads of a kernel's stream run at once; others wait their turn.
 MAX_READS: Final = 4
+#: How many of the stream's messages a read holds at once: it goes on page by page, and stops once the
+#: requests it rebuilds have finished (what comes after is not theirs) or at the stream's end.
+PAGE: Final = 256
 _WAITING: Final = frozenset({QUEUED, RUNNING})
-
-
-Stream = list[tuple[int, float, Outgoing]]
 
 
 def parented(outgoing: Outgoing, msg_id: str | None = None) -> KernelMessage | None:
@@ -63,36 +63,64 @@ def parented(outgoing: Outgoing, msg_id: str | None = None) -> KernelMessage | N
     )
 
 
+class Rebuild:
+    """
+    Requests as the relays that accepted them know them: their records, and the kernel's stream (read after
+    the smallest ``first`` of them) folded in page by page, each message into the request it answers.
+    """
+
+    def __init__(self, kernel_id: str, records: list[RequestRecord]) -> None:
+        self._records = records
+        self._requests = {r.msg_id: Execution.of_record(kernel_id, r) for r in records}
+        self._only = records[0].msg_id if len(records) == 1 else None
+        self._done: dict[str, float] = {}
+        """When the message that finished each request was numbered."""
+        self._head: int | None = None
+        self._read = False
+
+    @property
+    def over(self) -> bool:
+        """Whether every request has finished in the stream (what comes after is no longer theirs)."""
+        return len(self._done) == len(self._requests)
+
+    def fold(self, page: Fetched) -> None:
+        """The stream's next messages (the first page's first is where the stream starts now)."""
+        if not self._read:
+            self._read = True
+            self._head = page[0][0] if page else None
+        for _, when, outgoing in page:
+            message = None if outgoing is None else parented(outgoing, self._only)
+            request = None if message is None else self._requests.get(message.parent_msg_id)
+            if message is None or request is None:
+                continue
+            try:
+                if request.fold(message, when):
+                    request.version += 1
+            except ValueError:
+                continue  # a content that is not JSON: the kernel's, relayed as it came; not an output
+            if not request.live:
+                self._done.setdefault(request.msg_id, when)
+
+    def settle(self, now: float) -> list[Execution]:
+        """The requests, each completed by its record (:meth:`~.execution.Execution.settle`), as listed."""
+        for record in self._records:
+            trimmed = self._head is None or self._head > record.first + 1
+            self._requests[record.msg_id].settle(
+                record, trimmed, self._done.get(record.msg_id), now
+            )
+        return [self._requests[record.msg_id] for record in self._records]
+
+
 def rebuild_all(
-    kernel_id: str, records: list[RequestRecord], stream: Stream, now: float
+    kernel_id: str, records: list[RequestRecord], stream: Fetched, now: float
 ) -> list[Execution]:
-    """
-    The requests as the relays that accepted them know them: their records, and the messages of ``stream``
-    (read after the smallest ``first`` of them) folded into the request each answers, in one pass.
-    """
-    requests = {record.msg_id: Execution.of_record(kernel_id, record) for record in records}
-    only = records[0].msg_id if len(records) == 1 else None
-    done: dict[str, float] = {}
-    for _, when, outgoing in stream:
-        message = parented(outgoing, only)
-        request = None if message is None else requests.get(message.parent_msg_id)
-        if message is None or request is None:
-            continue
-        try:
-            if request.fold(message, when):
-                request.version += 1
-        except ValueError:
-            continue  # a content that is not JSON: the kernel's, relayed as it came; not an output
-        if not request.live:
-            done.setdefault(request.msg_id, when)
-    head = stream[0][0] if stream else None
-    for record in records:
-        trimmed = head is None or head > record.first + 1
-        requests[record.msg_id].settle(record, trimmed, done.get(record.msg_id), now)
-    return [requests[record.msg_id] for record in records]
+    """The requests of ``records``, rebuilt from the whole of ``stream`` (:class:`Rebuild`)."""
+    rebuilding = Rebuild(kernel_id, records)
+    rebuilding.fold(stream)
+    return rebuilding.settle(now)
 
 
-def rebuild(kernel_id: str, record: RequestRecord, stream: Stream, now: float) -> Execution:
+def rebuild(kernel_id: str, record: RequestRecord, stream: Fetched, now: float) -> Execution:
     """The request as the relay that accepted it knows it: its record, and the stream's messages folded in."""
     return rebuild_all(kernel_id, [record], stream, now)[0]
 
@@ -148,36 +176,37 @@ class RemoteRequests:
             return []
         await self._gate.acquire()
         try:
-            stream = await self._stream(kernel_id, min(record.first for record in records))
+            return await self._rebuilt(kernel_id, records)
         finally:
             self._gate.release()
-        return rebuild_all(kernel_id, records, stream, self._clock.seconds())
 
     async def _gated(self, kernel_id: str, msg_id: str) -> tuple[RequestRecord, Execution] | None:
-        """:meth:`_load`, at most :data:`MAX_READS` at once: each may hold a kernel's whole stream."""
+        """The request's record and the request, at most :data:`MAX_READS` reads at once."""
         await self._gate.acquire()
         try:
-            return await self._load(kernel_id, msg_id)
+            record = await self._shared.load(kernel_id, msg_id)
+            if record is None:
+                return None
+            return record, (await self._rebuilt(kernel_id, [record]))[0]
         finally:
             self._gate.release()
 
-    def _load(
-        self, kernel_id: str, msg_id: str
-    ) -> Deferred[tuple[RequestRecord, Execution] | None]:
-        def found(record: RequestRecord | None) -> Deferred[tuple[RequestRecord, Execution] | None]:
-            if record is None:
-                return succeed(None)
-            return self._stream(kernel_id, record.first).addCallback(
-                lambda stream: (record, rebuild(kernel_id, record, stream, self._clock.seconds()))
-            )
-
-        return self._shared.load(kernel_id, msg_id).addCallback(found)
-
-    def _stream(self, kernel_id: str, first: int) -> Deferred[Stream]:
-        """The stream after ``first``, once every message this relay heard of the kernel is in it."""
+    async def _rebuilt(self, kernel_id: str, records: list[RequestRecord]) -> list[Execution]:
+        """
+        The requests, from the stream after the first's ``first`` (once every message this relay heard of the
+        kernel is in it), :data:`PAGE` messages at a time, until each has finished or the stream ends.
+        """
         settled: Deferred[int] = Deferred()
         self._numbering.after(kernel_id, settled.callback)
-        return settled.addCallback(lambda _: self._numbering.fetch(kernel_id, first))
+        await settled
+        rebuilding = Rebuild(kernel_id, records)
+        since = min(record.first for record in records)
+        while True:
+            page = await self._numbering.fetch(kernel_id, since, count=PAGE)
+            rebuilding.fold(page)
+            if len(page) < PAGE or rebuilding.over:
+                return rebuilding.settle(self._clock.seconds())
+            since = page[-1][0]
 
     def _sign(self, kernel_id: str, msg_id: str, step: float) -> Deferred[bool]:
         """True at the request's next sign of change on this relay, False after ``step`` seconds without."""
@@ -205,4 +234,13 @@ class RemoteRequests:
         return sign
 
 
-__all__ = ["MAX_READS", "RECHECK", "RemoteRequests", "parented", "rebuild", "rebuild_all"]
+__all__ = [
+    "MAX_READS",
+    "PAGE",
+    "RECHECK",
+    "Rebuild",
+    "RemoteRequests",
+    "parented",
+    "rebuild",
+    "rebuild_all",
+]
