@@ -185,3 +185,27 @@ def test_a_request_is_read_on_another_relay_and_a_restart_ends_it_there_too(
             assert status == 500 and body["error"] == "kernel restarting", [relay.url, body]
             assert body["pending"] is False
         stop_kernel(a, kernel_id)
+
+
+def test_delete_on_another_relay_interrupts_a_running_request_and_refuses_a_queued_one(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """DELETE on B of A's requests: a queued one is 409 (only A sees it start); a running one is interrupted
+    through the fleet (204) and ends with KeyboardInterrupt on both relays."""
+    with two_relays(redis_server.database(7), tmp_path_factory) as (a, b, kernel_id):
+        sleeping = submit(
+            a.url, kernel_id, "print('asleep', flush=True)\nimport time; time.sleep(60)"
+        )
+        queued = submit(a.url, kernel_id, "print('after')")
+        # Once it printed, its code runs: an interrupt before that may be swallowed by ipykernel.
+        wait(lambda: "asleep" in so_far(b.url, sleeping), 30, "B to see the cell run")
+        refused = requests.delete(f"{b.url}{queued}", headers=AUTH, timeout=30)
+        assert refused.status_code == 409 and "queued" in refused.json()["message"], refused.text
+        stopped = requests.delete(f"{b.url}{sleeping}", headers=AUTH, timeout=30)
+        assert stopped.status_code == 204, stopped.text
+        for relay in (b, a):
+            status, body = read_until_done(relay.url, sleeping, 30)
+            assert status == 200 and body["status"] == "error", [relay.url, body]
+            assert "KeyboardInterrupt" in body["outputs"]
+        assert read_until_done(a.url, queued, 30)[1]["pending"] is False
+        stop_kernel(a, kernel_id)

@@ -22,7 +22,7 @@ from kernel_relay.kernels import UnknownKernel
 from kernel_relay.relay.client import Refused
 from kernel_relay.relay.core import RelayCore, RelayLimits
 from kernel_relay.relay.journal import Resume
-from kernel_relay.relay.ledger import LedgerOptions
+from kernel_relay.relay.ledger import COMPLETE, RUNNING, Execution, LedgerOptions
 from tests.fakes import FakeKernel, FakeRegistry, RecordingClient, kernel_message, result_of
 
 URL = "http://127.0.0.1:3000"
@@ -51,7 +51,11 @@ class Routes:
     """The execute routes behind the token guard, over a core with one fake kernel."""
 
     def __init__(
-        self, max_clients: int | None = None, max_rest: int | None = None, kept: int = 1000
+        self,
+        max_clients: int | None = None,
+        max_rest: int | None = None,
+        kept: int = 1000,
+        fleet: Any = None,
     ) -> None:
         self.clock = Clock()
         self.kernel = FakeKernel(KERNEL)
@@ -65,7 +69,7 @@ class Routes:
             ledger=LedgerOptions(max_requests=kept),
         )
         registry.start(self.kernel)
-        front = ExecuteFront(self.core, registry, max_live=max_rest)  # type: ignore[arg-type]
+        front = ExecuteFront(self.core, registry, max_live=max_rest, remote=fleet)  # type: ignore[arg-type]
         api = ExecuteAPI(front, registry, self.clock)  # type: ignore[arg-type]
         self.stub = StubTreq(AuthGuard(KleinRoutes([(api.app, api.resource())]), self.auth))
 
@@ -357,3 +361,36 @@ def test_a_request_that_ended_at_its_idle_without_a_reply_lets_the_line_go() -> 
     assert (status, body["status"]) == (200, "aborted")
     again = submitted(routes)  # a new line for the next request
     assert routes.kernel.clients[-1] is not line and again != msg_id
+
+
+class OtherRelays:
+    """The fleet's requests that other relays accepted, as a fake of ``RemoteRequests`` (reads only)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, Execution] = {}
+
+    def read(self, kernel_id: str, msg_id: str, wait: float = 0) -> Deferred[Execution | None]:
+        return succeed(self.requests.get(msg_id))
+
+
+def test_delete_of_another_relays_request_interrupts_it_if_it_runs_and_refuses_a_queued_one() -> (
+    None
+):
+    """Read from the fleet: a running request is interrupted here (204), a queued one is 409, an ended one 204."""
+    fleet = OtherRelays()
+    routes = Routes(fleet=fleet)
+    queued = Execution(KERNEL, "queued", "", {}, 0.0)
+    running = Execution(KERNEL, "running", "", {}, 0.0, state=RUNNING, execution_count=4)
+    done = Execution(KERNEL, "done", "", {}, 0.0, state=COMPLETE, status="ok")
+    fleet.requests.update({r.msg_id: r for r in (queued, running, done)})
+    path = f"/api/kernels/{KERNEL}/requests/"
+    status, _, body = routes.call("DELETE", path + "queued")
+    assert status == 409 and "queued on the relay" in body["message"], body
+    assert routes.call("DELETE", path + "done")[0] == 204
+    assert routes.registry.interrupted == []
+    assert routes.call("DELETE", path + "running")[0] == 204
+    assert routes.registry.interrupted == [KERNEL]
+    assert routes.call("DELETE", path + "nope")[0] == 404
+    routes.registry.failing = RuntimeError("the owner did not answer")
+    status, _, body = routes.call("DELETE", path + "running")
+    assert status == 500 and "the owner did not answer" in body["message"]

@@ -26,12 +26,12 @@ log = Logger()
 def answer_from_fleet(
     request: IRequest,
     reading: Deferred[Execution | None],
-    answer: Callable[[IRequest, Execution], bytes],
+    answer: Callable[[IRequest, Execution], bytes | Deferred[bytes]],
     missing: Callable[[], bytes],
 ) -> Deferred[bytes]:
     """The HTTP answer once ``reading`` has the request (``missing``: the 404 when it has none)."""
 
-    def found(execution: Execution | None) -> bytes:
+    def found(execution: Execution | None) -> bytes | Deferred[bytes]:
         if execution is None:
             return missing()
         return answer(request, execution)

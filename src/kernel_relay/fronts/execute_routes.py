@@ -11,7 +11,8 @@ The execute API, jupyter-server-nbmodel's contract over the relay's kernels (Kle
   ones (nbmodel's list);
 - ``DELETE /api/kernels/<id>/requests/<msg_id>``: 204 once the request is stopped (interrupted now if it runs,
   when it starts if it is queued: :mod:`.execute_cancel`), 404 for a request not kept, 500 when the interrupt
-  failed.
+  failed. In a fleet, another relay's request (read from the fleet) that runs is interrupted here too; one
+  still queued there is 409 (only its relay sees it start).
 
 Every ``execute_request`` is a request here, whichever front sent it: its ``msg_id`` is its id. Unlike nbmodel,
 a result is not forgotten once read: the ledger keeps it for its time. ``outputs_dropped`` says how many
@@ -40,7 +41,7 @@ from ..kernels.spawning import error_text
 from ..relay.client import Refused
 from ..relay.ledger import COMPLETE, INPUT, QUEUED, RUNNING, Execution
 from .execute import ExecuteFront
-from .execute_cancel import Interrupts, RequestCancels
+from .execute_cancel import Interrupts, RequestCancels, has_started
 from .execute_fleet import answer_from_fleet, list_with_fleet, once_recorded
 
 #: The longest ``?wait=`` honoured, in seconds (a longer one waits this long).
@@ -58,6 +59,7 @@ class ExecuteAPI:
     ) -> None:
         self._front = front
         self._ledger = front.core.ledger
+        self._kernels = kernels
         self._cancels = RequestCancels(self._ledger, kernels)
         self._clock = clock
         self.base_url = base_url
@@ -108,22 +110,30 @@ class ExecuteAPI:
     @app.route("/api/kernels/<kernel_id>/requests/<msg_id>", methods=["DELETE"])
     def cancel(self, request: IRequest, kernel_id: str, msg_id: str) -> bytes | Deferred[bytes]:
         found = self._ledger.get(kernel_id, msg_id)
-        if found is None:
+        if found is not None:
+            return _stopped(request, kernel_id, self._cancels.cancel(found))
+        reading = self._front.elsewhere(kernel_id, msg_id, 0)
+        if reading is None:
             return _not_kept(request, kernel_id, msg_id)
+        return answer_from_fleet(
+            request, reading, self._cancel_elsewhere, lambda: _not_kept(request, kernel_id, msg_id)
+        )
 
-        def stopped(_: object = None) -> bytes:
-            request.setResponseCode(204)
-            return b""
-
-        def failed(failure: Failure) -> bytes:
-            if failure.check(UnknownKernel):  # type: ignore[no-untyped-call]
-                return jupyter_error(request, 404, f"Kernel does not exist: {kernel_id}")
-            return jupyter_error(request, 500, f"Could not interrupt: {error_text(failure)}")
-
-        interrupting = self._cancels.cancel(found)
-        if interrupting is None:
-            return stopped()
-        return interrupting.addCallbacks(stopped, failed)
+    def _cancel_elsewhere(self, request: IRequest, found: Execution) -> bytes | Deferred[bytes]:
+        """
+        A request another relay accepted: interrupted if the kernel runs it now (through the fleet, as
+        ``POST .../interrupt``); one still queued only its relay can stop when it starts (409).
+        """
+        if has_started(found):
+            return _stopped(request, found.kernel_id, self._kernels.interrupt(found.kernel_id))
+        if found.live:
+            return jupyter_error(
+                request,
+                409,
+                f"Execution request {found.msg_id} is queued on the relay of the fleet that accepted "
+                "it: cancel it there, or here once it runs",
+            )
+        return _stopped(request, found.kernel_id, None)
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -248,6 +258,25 @@ class ExecuteAPI:
             request.setHeader(b"Access-Control-Expose-Headers", b"Location")
             return json_body(request, 300, model)
         return json_body(request, 202 if found.live else 200, model)
+
+
+def _stopped(
+    request: IRequest, kernel_id: str, interrupting: Deferred[None] | None
+) -> bytes | Deferred[bytes]:
+    """204 once the request is stopped (``interrupting``: the kernel's interrupt, if one is needed now)."""
+
+    def stopped(_: object = None) -> bytes:
+        request.setResponseCode(204)
+        return b""
+
+    def failed(failure: Failure) -> bytes:
+        if failure.check(UnknownKernel):  # type: ignore[no-untyped-call]
+            return jupyter_error(request, 404, f"Kernel does not exist: {kernel_id}")
+        return jupyter_error(request, 500, f"Could not interrupt: {error_text(failure)}")
+
+    if interrupting is None:
+        return stopped()
+    return interrupting.addCallbacks(stopped, failed)
 
 
 def _not_kept(request: IRequest, kernel_id: str, msg_id: str) -> bytes:
