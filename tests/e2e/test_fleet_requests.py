@@ -209,3 +209,23 @@ def test_delete_on_another_relay_interrupts_a_running_request_and_refuses_a_queu
             assert "KeyboardInterrupt" in body["outputs"]
         assert read_until_done(a.url, queued, 30)[1]["pending"] is False
         stop_kernel(a, kernel_id)
+
+
+def test_a_restart_on_the_kernels_relay_ends_a_request_another_relay_accepted(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """B accepted a cell for A's kernel; A restarts the kernel (no idle comes for it): B's GET and list end it."""
+    with two_relays(redis_server.database(8), tmp_path_factory) as (a, b, kernel_id):
+        # A cell that ignores interrupts: the restart kills its process, no error and no idle come for it.
+        deaf = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        sleeping = submit(b.url, kernel_id, deaf + "print('asleep', flush=True)\ntime.sleep(60)")
+        wait(lambda: "asleep" in so_far(b.url, sleeping), 30, "the cell to run")
+        restarted = requests.post(
+            f"{a.url}/api/kernels/{kernel_id}/restart", headers=AUTH, timeout=90
+        )
+        assert restarted.status_code == 200, restarted.text
+        status, body = read_until_done(b.url, sleeping, 30)
+        assert status == 500 and body["error"] == "kernel restarting", json.dumps(body)[:2000]
+        live = requests.get(f"{b.url}/api/kernels/{kernel_id}/execute", headers=AUTH, timeout=10)
+        assert live.status_code == 200 and live.json()["requests"] == [], live.text
+        stop_kernel(a, kernel_id)

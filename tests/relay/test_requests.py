@@ -336,3 +336,25 @@ def test_a_read_holds_a_page_of_the_stream_at_once_and_stops_at_the_requests_end
     live = result_of(requests.read(KERNEL, "r2"))
     assert live.live and live.outputs.items[0]["text"].count("\n") == PAGE * 2
     assert stream.fetches == [(4, None, PAGE), (4 + PAGE, None, PAGE), (4 + PAGE * 2, None, PAGE)]
+
+
+def test_a_request_held_here_ends_when_the_fleets_record_says_its_kernel_restarted_elsewhere() -> (
+    None
+):
+    """A kernel another relay manages restarted there: its record, read by a GET or the list, ends it here."""
+    requests, ledger, shared, _, _ = remote()
+    for msg_id in ("r1", "r2"):
+        ledger.submitted(KERNEL, msg_id, "x", {})
+        shared.records[(KERNEL, msg_id)] = record(
+            msg_id=msg_id, ended="kernel restarting", finished=5.0
+        )
+    ledger.submitted(KERNEL, "r3", "x", {})  # its record still live
+    result_of(requests.ended(KERNEL, "r1"))
+    one = ledger.get(KERNEL, "r1")
+    assert one is not None and (one.state, one.ended, one.finished) == (
+        ENDED,
+        "kernel restarting",
+        5.0,
+    )
+    assert result_of(requests.recent(KERNEL, {"r1", "r2", "r3"})) == []
+    assert [r.state for r in ledger.recent(KERNEL)] == [ENDED, ENDED, "queued"]

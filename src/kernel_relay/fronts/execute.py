@@ -103,6 +103,18 @@ class ExecuteFront:
         """
         return None if self._remote is None else self._remote.written(kernel_id)
 
+    def checked(self, kernel_id: str, msg_id: str) -> Deferred[None] | None:
+        """
+        In a fleet, once a live request of this relay's ledger, of a kernel another relay manages, is
+        checked against the fleet's record (its kernel's restart there ends it); None when nothing to check.
+        """
+        request = self.core.ledger.get(kernel_id, msg_id)
+        if self._remote is None or request is None or not request.live:
+            return None
+        if self._kernels.owns(kernel_id):
+            return None  # this relay's core hears of the kernel's restarts itself
+        return self._remote.ended(kernel_id, msg_id)
+
     def recent_elsewhere(self, kernel_id: str) -> Deferred[list[Execution]] | None:
         """The kernel's requests the fleet keeps that this relay's ledger does not (None: no fleet)."""
         if self._remote is None:

@@ -160,6 +160,16 @@ class ExecuteAPI:
             return jupyter_error(
                 request, 400, f"wait must be a number of seconds (at most {MAX_WAIT:g})"
             )
+        checking = self._front.checked(kernel_id, msg_id)
+        if checking is not None:
+            # Redis away: answer as the ledger knows it.
+            checking.addErrback(lambda _: None)
+            return checking.addCallback(lambda _: self._one(request, kernel_id, msg_id, wait))
+        return self._one(request, kernel_id, msg_id, wait)
+
+    def _one(
+        self, request: IRequest, kernel_id: str, msg_id: str, wait: float
+    ) -> bytes | Deferred[bytes]:
         found = self._ledger.get(kernel_id, msg_id)
         if found is None:
             reading = self._front.elsewhere(kernel_id, msg_id, wait)

@@ -229,6 +229,16 @@ class RequestLedger:
         for key in [key for key in self._waiters if key[0] == kernel_id]:
             self._wake(key)
 
+    def ended_elsewhere(self, kernel_id: str, msg_id: str, reason: str, when: float) -> None:
+        """
+        The fleet's record says the request ended (``reason``): its kernel, managed by another relay,
+        restarted or died there, which this relay's core does not hear of. It ends here too if still live.
+        """
+        request = self._requests.get((kernel_id, msg_id))
+        if request is not None and request.live:
+            request.end(reason, when)
+            self._touch(request)
+
     # -- inside ------------------------------------------------------------------------------------------
 
     def _save(self, request: Execution, before: RequestRecord | None = None) -> None:

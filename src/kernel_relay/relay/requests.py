@@ -6,6 +6,9 @@ the request, read :data:`PAGE` messages at a time and no further than the reques
 :data:`MAX_READS` reads at once: what they hold is outside the buffer budget). Nothing of them is kept here: each read rebuilds the request, so it is right whether the relay
 that accepted it lives or died (its kernel adopted here or elsewhere).
 
+The fleet's records also tell a relay that its own requests of a kernel another relay manages ended (its
+restart or death there, which this relay's core does not hear of): :meth:`RemoteRequests.ended`, and the list.
+
 A wait (``?wait=``) for such a request ends when it needs its client: it is woken by the kernel's ``status``
 for the request as this relay sees it (every relay of a fleet hears every kernel's iopub), then reads once
 every message this relay heard is in the stream; and every :data:`RECHECK` seconds by the record alone (what
@@ -170,8 +173,29 @@ class RemoteRequests:
         """The kernel's requests the fleet keeps (but those in ``skip``), oldest first."""
         return ensureDeferred(self._recent(kernel_id, skip))
 
+    def ended(self, kernel_id: str, msg_id: str) -> Deferred[None]:
+        """
+        Read the fleet's record of a request this relay's ledger holds as live: if it says the request ended
+        (its kernel restarted or died on the relay that manages it), it ends in the ledger too.
+        """
+        return self._shared.load(kernel_id, msg_id).addCallback(
+            lambda record: self._ended_elsewhere(kernel_id, record)
+        )
+
+    def _ended_elsewhere(self, kernel_id: str, record: RequestRecord | None) -> None:
+        if record is not None and record.ended is not None:
+            when = record.finished or self._clock.seconds()
+            self._ledger.ended_elsewhere(kernel_id, record.msg_id, record.ended, when)
+
     async def _recent(self, kernel_id: str, skip: Container[str]) -> list[Execution]:
-        records = [r for r in await self._shared.recent(kernel_id) if r.msg_id not in skip]
+        records = []
+        for record in await self._shared.recent(kernel_id):
+            if record.msg_id in skip:
+                self._ended_elsewhere(
+                    kernel_id, record
+                )  # the ledger's own: the record may know more
+            else:
+                records.append(record)
         if not records:
             return []
         await self._gate.acquire()
