@@ -245,13 +245,19 @@ def test_delete_of_a_queued_request_interrupts_it_once_it_starts_and_not_before(
     assert routes.core.ledger.waiting() == 0  # nothing waits on either request once they ended
 
 
-def test_a_cancelled_request_the_kernel_dropped_without_a_reply_reads_aborted() -> None:
-    """An interrupt before the code runs ends the request at its idle with no reply: aborted, not ok."""
-    routes = Routes()
+def dropped_after_cancel(routes: Routes) -> str:
+    """A request started, cancelled, then ended by the kernel at its idle with no reply (it dropped it)."""
     msg_id = submitted(routes)
     started(routes, msg_id)
     assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 204
     routes.kernel_says("status", "iopub", msg_id, execution_state="idle")
+    return msg_id
+
+
+def test_a_cancelled_request_the_kernel_dropped_without_a_reply_reads_aborted() -> None:
+    """An interrupt before the code runs ends the request at its idle with no reply: aborted, not ok."""
+    routes = Routes()
+    msg_id = dropped_after_cancel(routes)
     status, _, body = routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")
     assert (status, body["status"]) == (200, "aborted"), body
     uncancelled = submitted(routes)
@@ -348,10 +354,7 @@ def test_a_running_request_is_never_forgotten_and_a_full_ledger_refuses_503() ->
 def test_a_request_that_ended_at_its_idle_without_a_reply_lets_the_line_go() -> None:
     """A cancelled request the kernel dropped never gets its reply: the REST line goes REPLY_GRACE after its idle."""
     routes = Routes()
-    msg_id = submitted(routes)
-    started(routes, msg_id)
-    assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 204
-    routes.kernel_says("status", "iopub", msg_id, execution_state="idle")
+    msg_id = dropped_after_cancel(routes)
     line = routes.kernel.clients[-1]
     routes.clock.advance(REPLY_GRACE - 1)
     assert line.closed is False  # the reply may still come (another socket)
