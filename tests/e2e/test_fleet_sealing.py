@@ -138,6 +138,28 @@ def test_a_forged_reservation_blocks_no_spawn(
         show("A", a)
 
 
+def test_forged_kernel_ids_block_no_spawn_and_are_not_served(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """With --max-kernels 1, kernel ids SADDed into ``kernels`` by a Redis writer refuse no spawn, are not
+    served, and are removed (so no relay reads them at each sync)."""
+    db = 10
+    redis(redis_server, db, "FLUSHDB")
+    a = fleet_relay(tmp_path_factory.mktemp("a"), redis_server.database(db), "--max-kernels", "1")
+    try:
+        wait(lambda: health(a)["fleet"]["redis_up"], 15, "A to join")  # type: ignore[index]
+        redis(redis_server, db, "SADD", "kernel-relay:kernels", "forged-1", "forged-2 " + "0" * 32)
+        kernel_id = a.spawn()
+        assert ids(a) == {kernel_id}
+        members = redis(redis_server, db, "SMEMBERS", "kernel-relay:kernels").split()
+        assert members[0] == kernel_id and len(members) == 2, members  # its own, tagged
+        assert any(FORGERY in line for line in log_lines(a))
+        assert a.shutdown(kernel_id).status_code == 200
+    finally:
+        a.stop()
+        show("A", a)
+
+
 def test_a_forged_owner_demotes_no_relay(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -63,6 +63,9 @@ async def test_records_are_sealed_bound_to_their_kernel_and_checked(
     assert await b.kernel("k2") is None
     await a._call("HSET", key("kernel", "k1"), "about", json.dumps({"connection": {}}))
     assert await b.kernel("k1") is None
+    # Listed with a forged record, it is no kernel of the fleet's until its owner registers it again.
+    assert await b.kernel_ids() == set()
+    await a.register("k1", {"spec": "python3", "owner": "A", "about": about, "env": '{"K": "v"}'})
     # An update of some fields (after a restart, an adoption) is sealed as well.
     await a.register("k1", {"owner": "B", "about": about})
     assert await b.kernel("k1") == {

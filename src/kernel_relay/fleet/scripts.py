@@ -27,7 +27,7 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
-#: KEYS: kernels, pending, kernel record. ARGV: kernel id, reservation, then field, value pairs.
+#: KEYS: kernels, pending, kernel record. ARGV: the kernel's member, reservation, then field, value pairs.
 REGISTER: Final = """
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[1], ARGV[1])
@@ -97,6 +97,20 @@ end
 return 0
 """
 
+#: KEYS: kernels, a kernel record. ARGV: the kernel's member, then the field, value pairs of its record as a
+#: relay read it (none: it had none), which did not open. If the kernel is still listed with that record, it
+#: is no kernel of the fleet's: both go (1).
+FORGET_UNRECORDED: Final = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('HLEN', KEYS[2]) * 2 ~= #ARGV - 1 then return 0 end
+for i = 2, #ARGV, 2 do
+  if redis.call('HGET', KEYS[2], ARGV[i]) ~= ARGV[i + 1] then return 0 end
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[1], ARGV[1])
+return 1
+"""
+
 #: KEYS: a key. ARGV: a value. Deletes the key if it still holds that value (one found forged).
 FORGET_FORGED: Final = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -164,6 +178,7 @@ __all__ = [
     "CLAIM",
     "FORGET_FORGED",
     "FORGET_MARKS",
+    "FORGET_UNRECORDED",
     "KEEP_MARKS",
     "NUMBER",
     "REGISTER",

@@ -7,7 +7,7 @@ Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
 
 - ``fleet``: the fleet secret's check value (see :mod:`.secrets`), set by the first relay to join.
 - ``relay:<relay id>``: a relay's lease (JSON about it), expiring unless it is renewed; ``relays``: their ids.
-- ``kernels``: the fleet's kernel ids; ``kernel:<id>``: one kernel's record (kernelspec, connection info
+- ``kernels``: the fleet's kernel ids, each tagged (see :mod:`.member_store`); ``kernel:<id>``: one kernel's record (kernelspec, connection info
   **with its HMAC and Curve keys**, the provisioner's own info, the owner relay); ``pending``: the kernels
   being started (``<expiry> <seal>`` each), so that ``--max-kernels`` counts them.
 - ``tokens:<id>``: a kernel's tokens, as SHA-256 digests only, each under a keyed hash of it.
@@ -45,6 +45,7 @@ from twisted.logger import Logger
 from . import scripts
 from .connection import FleetUnavailable, RedisURL, key, text
 from .mark_store import MarkStore
+from .member_store import MemberStore
 from .records import KernelRecord
 from .secrets import SEALED, FleetKeys, Forged, ForgeryLog
 from .stream_store import StreamStore
@@ -58,15 +59,16 @@ MESSAGE_AGE: Final = 300.0
 log = Logger()
 
 
-class FleetStore(StreamStore, MarkStore):
-    """The fleet's shared state in Redis; see the module docstring (the stream's and the marks' calls are
-    in :mod:`.stream_store` and :mod:`.mark_store`)."""
+class FleetStore(StreamStore, MarkStore, MemberStore):
+    """The fleet's shared state in Redis; see the module docstring (the stream's, the marks' and the
+    ``kernels`` set's calls are in :mod:`.stream_store`, :mod:`.mark_store` and :mod:`.member_store`)."""
 
     def __init__(self, url: RedisURL, clock: IReactorTime, keys: FleetKeys) -> None:
         super().__init__(url)
         self._clock = clock
         self._keys = keys
         self.forged = ForgeryLog(log, clock)
+        self._verified = {}
         self.member = False
         """Whether Redis showed this relay holds the fleet's secret (:meth:`join`)."""
         self._opened: dict[bytes, float] = {}
@@ -139,12 +141,24 @@ class FleetStore(StreamStore, MarkStore):
     def reserve(self, reservation: str, max_kernels: int | None, ttl: float) -> Deferred[bool]:
         """
         Hold a place for a kernel being started, unless the fleet runs ``max_kernels`` already; only once this
-        relay has shown it holds the fleet's secret.
+        relay has shown it holds the fleet's secret. Refused, once more after forged kernel ids are removed
+        (see :mod:`.member_store`).
         """
         if not self.member:
             return self.join().addCallback(self._reserve_as_member, reservation, max_kernels, ttl)
-        now = int(self._clock.seconds() * 1000)
         limit = -1 if max_kernels is None else max_kernels
+
+        def again(held: bool) -> Deferred[bool] | bool:
+            if held or limit < 0:
+                return held
+            return self._read_members().addCallback(
+                lambda read: read[1] > 0 and self._reserve_once(reservation, limit, ttl)
+            )
+
+        return self._reserve_once(reservation, limit, ttl).addCallback(again)
+
+    def _reserve_once(self, reservation: str, limit: int, ttl: float) -> Deferred[bool]:
+        now = int(self._clock.seconds() * 1000)
         expiry = str(now + int(ttl * 1000))
         value = f"{expiry} {self._keys.seal(_reserved(reservation, expiry), b'')}"
         d = self._call("HGETALL", key("pending"))
@@ -197,12 +211,12 @@ class FleetStore(StreamStore, MarkStore):
         return self._script(
             scripts.REGISTER,
             [key("kernels"), key("pending"), key("kernel", kernel_id)],
-            [kernel_id, reservation, *pairs],
+            [self._member(kernel_id), reservation, *pairs],
         )
 
     def unregister(self, kernel_id: str) -> Deferred[Any]:
         """Forget a kernel that is gone: its record, tokens, numbering, stream and sessions' marks."""
-        d = self._call("SREM", key("kernels"), kernel_id)
+        d = self._call("SREM", key("kernels"), self._member(kernel_id))
         d.addCallback(
             lambda _: self._call(
                 "DEL",
@@ -220,32 +234,35 @@ class FleetStore(StreamStore, MarkStore):
             )
         )
 
-    def kernel_ids(self) -> Deferred[set[str]]:
-        return self._call("SMEMBERS", key("kernels")).addCallback(
-            lambda ids: {text(i) for i in ids or ()}
-        )
-
     def _seal_field(self, where: str, name: str, value: str) -> str:
         return self._keys.seal(f"{where}\x00{name}", value.encode("utf-8"))
 
     def kernel(self, kernel_id: str) -> Deferred[dict[str, str] | None]:
-        """A kernel's record, None when the fleet has no such kernel (or its record is forged)."""
+        """
+        A kernel's record, None when the fleet has no such kernel (or its record is forged: then, or when it
+        has none, a listed kernel is no kernel of the fleet's, and goes: see :mod:`.member_store`).
+        """
         where = key("kernel", kernel_id)
 
-        def record(value: Any) -> dict[str, str] | None:
-            if not value:
-                return None
+        def record(value: Any) -> Deferred[dict[str, str] | None]:
             fields = {text(k): text(v) for k, v in _pairs(value)}
+            forgotten: Deferred[None]
+            if not fields:
+                forgotten = self._forget_unrecorded(kernel_id, [], forged=False)
+                return forgotten.addCallback(lambda _: None)
             try:
-                return {
-                    name: self._keys.untag(f"{where}\x00{name}", value)
-                    if name in PLAIN_FIELDS
-                    else self._keys.open(f"{where}\x00{name}", value).decode("utf-8")
-                    for name, value in fields.items()
-                }
+                return succeed(
+                    {
+                        name: self._keys.untag(f"{where}\x00{name}", value)
+                        if name in PLAIN_FIELDS
+                        else self._keys.open(f"{where}\x00{name}", value).decode("utf-8")
+                        for name, value in fields.items()
+                    }
+                )
             except (Forged, UnicodeDecodeError) as error:
                 self.forged(Forged(str(error)))
-                return None
+                forgotten = self._forget_unrecorded(kernel_id, list(fields.items()), forged=True)
+                return forgotten.addCallback(lambda _: None)
 
         return self._call("HGETALL", key("kernel", kernel_id)).addCallback(record)
 
