@@ -224,6 +224,13 @@ class Machine:
     def __init__(self) -> None:
         self.running: set[str] = set()
 
+    def kill(self, kernel_id: str, about: Mapping[str, Any]) -> bool:
+        """A kernel's process is killed (by a relay that does not manage it): whether it ran."""
+        if kernel_id not in self.running:
+            return False
+        self.running.discard(kernel_id)
+        return True
+
 
 class FleetKernels:
     """A relay's kernels, with the interface of ``KernelRegistry`` that the fleet uses; it records what is done."""

@@ -47,7 +47,9 @@ class Cluster:
             lease=LEASE,
             relay_id=name,
             ledger=Ledger(
-                self.disk, runs=lambda kernel_id, about: kernel_id in self.machine.running
+                self.disk,
+                runs=lambda kernel_id, about: kernel_id in self.machine.running,
+                stop=self.machine.kill,
             ),
         )
         self.relays[name], self.kernels[name], self.clocks[name] = fleet, kernels, clock

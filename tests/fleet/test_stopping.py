@@ -1,17 +1,21 @@
-"""The last relay to stop, in process: what is handed to it while it prepares to stop is stopped with it."""
+"""
+The last relay to stop, in process: what is handed to it while it prepares to stop, or after, is stopped with
+it, and so are the kernels of dead relays of its machine that Redis, out of memory, does not let it take over.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 
 from kernel_relay.fleet import Fleet
+from kernel_relay.fleet.connection import RedisFull
 from kernel_relay.fleet.records import KernelRecord
 from tests.fakes import result_of
 
-from .test_fleet import Cluster
+from .test_fleet import LEASE, Cluster
 
 
 def gate(obj: Any, name: str, kernel_id: str) -> Deferred[None]:
@@ -105,4 +109,55 @@ def test_two_relays_that_stop_together_do_not_both_hand_their_kernels_over() -> 
         fleet.leave()
     cluster.advance(1.0)
     assert cluster.machine.running == set(), "kernels left running with no relay"
+    cluster.stop_all()
+
+
+def refuse_writes_of(cluster: Cluster, name: str) -> None:
+    """This relay's lease writes are refused for want of memory (its lease is extended, as Redis allows)."""
+    cluster.store(name).renew = lambda *args: fail(RedisFull("OOM command not allowed"))  # type: ignore[method-assign]
+
+
+def test_a_kernel_handed_over_after_the_last_relay_prepared_its_stop_is_stopped() -> None:
+    """
+    A prepares to stop as the last relay but its lease cannot say so (the write refused); C, started
+    meanwhile, takes A for a live relay and leaves its kernel to A after A's kernels were counted: A adopts
+    nothing more, and stops the handed kernel as it leaves (none runs with no relay).
+    """
+    cluster = Cluster()
+    a = cluster.start("A")
+    cluster.spawn("A", "k1")
+    refuse_writes_of(cluster, "A")
+    assert result_of(stop_like_the_kernels_service(a, cluster.kernels["A"])) == ["k1"]
+    assert not a.hand_off()
+    c = cluster.start("C")
+    cluster.spawn("C", "k2")
+    assert cluster.kernels["A"].is_guest("k2")
+    result_of(stop_like_the_kernels_service(c, cluster.kernels["C"]))
+    assert c.hand_off(), "C left k2 to A, whose lease does not say it stops"
+    cluster.advance(1.0)  # A hears that C leaves
+    assert not cluster.kernels["A"].owns("k2"), "adopted after A's kernels were counted"
+    for fleet in (c, a):
+        fleet.leave()
+    cluster.advance(0.5)
+    assert cluster.machine.running == set(), "a kernel was left running with no relay"
+    cluster.stop_all()
+
+
+def test_the_last_relay_stops_a_dead_relays_kernels_when_redis_refuses_the_take_over() -> None:
+    """
+    Redis is out of memory and B's lease has lapsed (B frozen, as if dead): A cannot take B's kernel over
+    (the claim is a write), yet A, stopping last, stops it from this machine's list.
+    """
+    cluster = Cluster()
+    a = cluster.start("A")
+    cluster.start("B")
+    cluster.spawn("B", "k2")
+    cluster.freeze("B")
+    cluster.redis.full = True
+    cluster.advance(LEASE + 1)
+    assert "B" not in a.others and not cluster.kernels["A"].owns("k2")
+    result_of(stop_like_the_kernels_service(a, cluster.kernels["A"]))
+    a.leave()
+    cluster.advance(0.5)
+    assert cluster.machine.running == set(), "a dead relay's kernel was left running"
     cluster.stop_all()

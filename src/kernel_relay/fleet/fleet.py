@@ -394,6 +394,7 @@ class Fleet(Service):
 
     async def _release(self) -> None:
         await DeferredList(list(self.own.unregistering), consumeErrors=True)
+        await self.stopping.after_stop()
         try:
             if self.store.up:
                 await self.store.release(self.relay_id)

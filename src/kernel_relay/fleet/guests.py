@@ -197,6 +197,10 @@ class FleetGuests:
         """
         if kernel_id in self._adoptions:
             return self._adoptions[kernel_id]
+        if self._state.stop_prepared:
+            return succeed(
+                None
+            )  # its kernels are counted: one adopted now would run on with no relay
         d = Deferred.fromCoroutine(self._adopt(kernel_id, owner, force))
         if not d.called:
             self._adoptions[kernel_id] = d
@@ -254,6 +258,28 @@ class FleetGuests:
     async def _died(self, kernel_id: str, reason: str) -> None:
         """Its process is gone (it died with its relay, or since): its clients are told it died."""
         log.warn("Could not adopt kernel {kernel}: {error}", kernel=kernel_id, error=reason)
+        await self._forget(kernel_id, reason)
+
+    async def stop_left(self) -> None:
+        """
+        This relay stops last on its machine, its own kernels stopped: the kernels of the machine's list that
+        no live relay manages (handed to it too late, or a dead relay's that Redis, full, did not let it
+        take over) are stopped from there, not adopted, and their end told as Redis allows.
+        """
+        for kernel_id, record in self._ledger.entries().items():
+            if record.owner != self._state.relay_id and self._state.owner_alive(record.owner):
+                continue
+            if self._ledger.stop(kernel_id, record.about):
+                log.warn(
+                    "Stopped kernel {kernel} of relay {owner}: no relay of this machine is left to "
+                    "manage it",
+                    kernel=kernel_id,
+                    owner=record.owner,
+                )
+            await self._forget(kernel_id, "shutdown")
+
+    async def _forget(self, kernel_id: str, reason: str) -> None:
+        """A kernel's process is gone: forgotten here, in the machine's list and in Redis; the relays told."""
         self._ledger.remove(kernel_id)
         self.drop(kernel_id, reason)
         message: dict[str, Any] = {"type": "gone", "id": kernel_id, "reason": reason}

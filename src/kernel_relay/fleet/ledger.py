@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +41,22 @@ def process_runs(kernel_id: str, about: Mapping[str, Any]) -> bool:
     return isinstance(started, str) and is_kernel_process(pid, started, kernel_id)
 
 
+def stop_process(kernel_id: str, about: Mapping[str, Any]) -> bool:
+    """Kill a local kernel's process (its group, when it leads one), if it is still that kernel's: whether it did."""
+    provisioner = about.get("provisioner") or {}
+    pid = provisioner.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or not process_runs(kernel_id, about):
+        return False
+    try:
+        if provisioner.get("pgid") == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except OSError:
+        return False
+    return True
+
+
 def ledger_dir(fleet: str) -> Path:
     """Where this machine's relays of the fleet at ``fleet`` (its Redis URL, no password) list their kernels."""
     digest = hashlib.sha256(fleet.encode("utf-8")).hexdigest()[:16]
@@ -50,11 +67,16 @@ class Ledger:
     """The kernels this machine's relays manage in one fleet; see the module docstring."""
 
     def __init__(
-        self, directory: Path, runs: Callable[[str, Mapping[str, Any]], bool] = process_runs
+        self,
+        directory: Path,
+        runs: Callable[[str, Mapping[str, Any]], bool] = process_runs,
+        stop: Callable[[str, Mapping[str, Any]], bool] = stop_process,
     ) -> None:
         self.directory = directory
         self.runs = runs
         """Whether a kernel's process still runs, from its record's ``about``."""
+        self.stop = stop
+        """Kill a kernel's process that no relay manages, from its record's ``about``: whether it did."""
 
     def write(self, kernel_id: str, record: KernelRecord) -> None:
         """This relay manages the kernel now (it started or adopted it)."""
@@ -99,4 +121,4 @@ class Ledger:
         return found
 
 
-__all__ = ["Ledger", "ledger_dir", "process_runs"]
+__all__ = ["Ledger", "ledger_dir", "process_runs", "stop_process"]

@@ -79,6 +79,8 @@ class FleetState:
     """This relay's own kernels that are in the fleet's registry."""
     preparing_stop: bool = False
     """This relay prepares to stop: its lease says so, and no relay leaves its kernels to it."""
+    stop_prepared: bool = False
+    """Its kernels are counted for its stop: it adopts nothing more (see :mod:`.stopping`)."""
 
     @property
     def redis_up(self) -> bool:

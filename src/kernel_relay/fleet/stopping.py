@@ -13,7 +13,14 @@ and the kernels would run on with no relay).
 Either way it waits until nothing that may adopt a kernel is under way: every adoption, those begun
 while it waits too, and the sync under way (it may be reading a kernel that a relay leaving now hands over,
 to adopt it next). A kernel adopted after the kernels service counted this relay's own would be left running
-with no relay.
+with no relay: once prepared, it adopts nothing more, and runs no sync.
+
+What may still come to it is stopped as it leaves (:meth:`Stopping.after_stop`): as the last relay of its
+machine, it stops every kernel of the machine's list (:mod:`.ledger`) that no live relay manages. That is a
+kernel handed to it after it prepared (its lease could not say it stops: the write was refused, so a relay
+started meanwhile took it for live), or a dead relay's that Redis, out of memory, did not let it take over.
+Refusing such a hand-over could not help: the relay that leaves it has already gone. It needs no write to
+Redis (its end is told there as Redis allows), and a relay of the machine started meanwhile is left to adopt.
 """
 
 from __future__ import annotations
@@ -50,10 +57,12 @@ class Stopping:
         self._sync = sync
         self._sync_waiters: list[Deferred[None]] | None = None
         """Who waits for the sync under way to end; None while no sync is under way."""
+        self._last_here = False
+        """Whether it prepared to stop as the last relay of its machine."""
 
     def sync_begins(self) -> bool:
-        """A sync may begin unless one is under way (then it does not: False)."""
-        if self._sync_waiters is not None:
+        """A sync may begin unless one is under way, or the stop is prepared (then it does not: False)."""
+        if self._sync_waiters is not None or self._state.stop_prepared:
             return False
         self._sync_waiters = []
         return True
@@ -93,13 +102,31 @@ class Stopping:
             await self._store.release(state.relay_id)
             message = {"type": "leaving", "from": state.relay_id}
             self._mailbox.broadcast(message, state.lease * 2, state.others)
+        else:
+            # The last relay here: every kernel it may manage whose owner is not alive is taken over.
+            self._last_here = True
+            for kernel_id, owner in self._guests.orphans():
+                self._guests.adopt(kernel_id, owner, force=True).addErrback(
+                    lambda f: log.warn("could not adopt a kernel before stopping: {e}", e=f.value)
+                )
+            await self.settled()
+        state.stop_prepared = True
+
+    async def after_stop(self) -> None:
+        """
+        Its kernels are stopped (or left running): as the last relay of its machine, it stops what no relay
+        manages there, from the machine's list (see :meth:`.FleetGuests.stop_left`).
+        """
+        state = self._state
+        if not self._last_here:
             return
-        # The last relay here: every kernel it may manage whose owner is not alive is taken over.
-        for kernel_id, owner in self._guests.orphans():
-            self._guests.adopt(kernel_id, owner, force=True).addErrback(
-                lambda f: log.warn("could not adopt a kernel before stopping: {e}", e=f.value)
-            )
-        await self.settled()
+        try:
+            relays = await self._store.relays()
+            state.others = {r: about for r, about in relays.items() if r != state.relay_id}
+        except Exception:
+            pass  # Redis away: as last read
+        if not state.live_relay_here():  # one started meanwhile adopts them
+            await self._guests.stop_left()
 
 
 __all__ = ["Stopping"]
