@@ -1,11 +1,14 @@
 """
 A fleet whose Redis is out of memory (``maxmemory`` with ``noeviction``; issue #30): spawns are refused with
 Redis's reason, the kernels that run go on (their output numbered on the relay alone, told once in the log),
-no relay takes another's kernel, and all is as before once memory is freed.
+no relay takes another's kernel, and all is as before once memory is freed; the last relay to stop still
+stops a dead relay's kernel that it could not take over.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +18,16 @@ import pytest
 import requests
 
 from tests.conftest import Relay
-from tests.e2e.test_fleet import AUTH, TOKEN, fleet_relay, log_lines, no_kernel_left, show
+from tests.e2e.test_fleet import (
+    AUTH,
+    TOKEN,
+    fleet_relay,
+    kernel_processes,
+    log_lines,
+    no_kernel_left,
+    show,
+)
+from tests.e2e.test_fleet_faults import owned, relay
 from tests.e2e.test_relay_resume import IopubWatcher, wait
 from tests.jupyter_ws import JupyterWS
 from tests.redis_server import RedisServer, redis_command, require_redis
@@ -163,3 +175,31 @@ def test_a_full_redis_refuses_spawns_clearly_and_running_kernels_go_on(
         b.stop()
         show("A", a)
         show("B", b)
+
+
+def test_the_last_relay_stops_a_dead_relays_kernel_while_redis_is_full(
+    small_redis: RedisServer, tmp_path: Path
+) -> None:
+    """Redis out of memory and A SIGKILLed: B cannot take A's kernel over (a write), yet B, stopping last on
+    the machine, stops it (from the machine's list of the fleet's kernels) instead of leaving it running."""
+    url = f"redis://127.0.0.1:{small_redis.port}/{FLEET_DB}"
+    runtime = tmp_path / "runtime"  # one user's runtime directory: the relays of a machine share it
+    a = relay(runtime, url, "1.5")
+    b = relay(runtime, url, "1.5")
+    try:
+        kernel_id = a.spawn()
+        [process] = kernel_processes(kernel_id)
+        fill(small_redis)
+        os.kill(a.process.pid, signal.SIGKILL)
+        a.process.wait()
+        time.sleep(3)  # two leases: A's has run out
+        assert process.is_running() and owned(b) == 0
+        b.stop()
+        assert any("no relay of this machine is left" in line for line in log_lines(b))
+    finally:
+        free(small_redis)
+        a.stop()
+        b.stop()
+        show("A", a)
+        show("B", b)
+    wait(lambda: not kernel_processes(kernel_id), 15, "the kernel to be stopped")

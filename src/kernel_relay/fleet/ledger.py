@@ -24,7 +24,7 @@ from typing import Any, Final
 from jupyter_core.paths import jupyter_runtime_dir
 from twisted.logger import Logger
 
-from ..kernels.adoption import is_kernel_process
+from ..kernels.adoption import is_kernel_process, this_host
 from .records import KernelRecord
 
 log = Logger()
@@ -45,7 +45,9 @@ def stop_process(kernel_id: str, about: Mapping[str, Any]) -> bool:
     """Kill a local kernel's process (its group, when it leads one), if it is still that kernel's: whether it did."""
     provisioner = about.get("provisioner") or {}
     pid = provisioner.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or not process_runs(kernel_id, about):
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
+        return False
+    if about.get("host") != this_host() or not process_runs(kernel_id, about):
         return False
     try:
         if provisioner.get("pgid") == pid:
