@@ -253,7 +253,10 @@ class Run:
             target = kernel_id[:8]
             self.killed.add(kernel_id)
             for process in kernel_processes(kernel_id):
-                process.kill()
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass  # it ended between the listing and the kill
             self.spawn()
         elif kind == "sigstop":
             relay = self.random.choice(live)

@@ -92,7 +92,7 @@ def test_an_answer_behind_what_the_relay_gave_alone_is_not_given_twice() -> None
     store.up = True
     shared.number("k", "b", message("b"), lambda seq: got.append(("b", seq)))
     store.calls[0][2].callback(1)  # another relay's number, from before this relay's own
-    assert got == [("a", 1), ("b", 2)]
+    assert got == [("a", 1), ("b", None)]  # a gap: b's number is 1 in the fleet, and 1 was a's here
 
 
 def test_kernels_are_numbered_apart() -> None:
@@ -204,3 +204,29 @@ def test_a_full_redis_is_not_asked_to_move_past_the_relay_at_every_message() -> 
     store.full = False
     shared.number("k", "f", message("f"), lambda seq: got.append(("f", seq)))
     assert store.bumps == [("k", 5)]
+
+
+def test_a_fleet_behind_what_the_relay_gave_alone_gives_no_second_number_and_no_flapping() -> None:
+    """
+    Redis, connected again, answers numbers at or below what this relay gave alone (as for a relay frozen across
+    a Redis restart): each such message is a gap, never a second number; one warning, one bump, one "again",
+    not an "alone / back" pair per message.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    shared, store, got = numbering()
+    with capturedLogs() as events:
+        store.up = False
+        for name in "abc":
+            shared.number("k", name, message(name), lambda seq, name=name: got.append((name, seq)))
+        store.up = True
+        for fleet, name in enumerate("defg", start=1):
+            shared.number("k", name, message(name), lambda seq, name=name: got.append((name, seq)))
+            store.calls[-1][2].callback(fleet)
+    assert got == [("a", 1), ("b", 2), ("c", 3), ("d", None), ("e", None), ("f", None), ("g", 4)]
+    assert store.bumps == [("k", 3)]
+    told = [formatEvent(e) for e in events if e["log_namespace"] == "kernel_relay.fleet.numbering"]
+    assert len(told) == 3, told
+    assert "alone from 1: Redis cannot be reached" in told[0]
+    assert "moves past 3" in told[1] and "again from 4" in told[2]
+    assert shared.local_numbers == 3 and shared.too_late == 3

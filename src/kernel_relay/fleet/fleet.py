@@ -105,7 +105,7 @@ class Fleet(Service):
             keep=keep,
             keep_bytes=keep_bytes,
             keep_seconds=keep_seconds,
-            owns=kernels.owns,
+            owns=self._numbers_as_owner,
         )
         self.mailbox = Mailbox(store, self.relay_id, clock, self._heard)
         self.tokens = TokenSharing(store, auth, self.mailbox, self.state)
@@ -278,7 +278,12 @@ class Fleet(Service):
 
         return Deferred.fromCoroutine(self._sync_once()).addBoth(done)
 
+    def _numbers_as_owner(self, kernel_id: str) -> bool:
+        """Whether this relay may start the kernel's numbering again: it owns it, and holds its lease."""
+        return self._kernels.owns(kernel_id) and self.lease_keeper.held()
+
     async def _sync_once(self) -> None:
+        began = self._clock.seconds()
         try:
             relays, ids = await self._read_fleet()
         except RedisFull as error:
@@ -317,6 +322,7 @@ class Fleet(Service):
         except Exception:
             log.failure("fleet sync failed")
             return
+        self.lease_keeper.synced(began)
         if lost:
             self.marks.save_again()
         if self.state.membership is Membership.JOINING:

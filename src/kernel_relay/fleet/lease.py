@@ -10,6 +10,12 @@ done without Redis (each relay numbers its kernels' output alone, see :mod:`.num
 the log and in ``/api/health`` (``redis_full``) until no write has been refused for :data:`QUIET_RENEWALS`
 renewals in a row, so that a Redis at its limit, where a write passes now and then, is not logged as full
 and back again every few seconds.
+
+Whether the lease is *held* (:meth:`LeaseKeeper.held`): a renewal begun less than a lease ago succeeded, and
+none came more than a lease after the one before (a relay frozen or cut off past its lease, whose kernels
+another relay may have taken meanwhile) unless a sync has read the fleet since. A relay that does not hold its
+lease acts as no kernel's owner for numbering: it never starts a kernel's numbering again from its stale last
+number beside the relay that took the kernel over (see :mod:`.numbering`).
 """
 
 from __future__ import annotations
@@ -47,10 +53,27 @@ class LeaseKeeper:
         self._about = about
         self._loop = LoopingCall(self._renew)
         self._loop.clock = clock
+        self._clock = clock
         self._seen = 0
         self._quiet = 0
         self.full = False
         """Whether Redis is out of memory (as logged, and said in ``/api/health``)."""
+        self._renewed: float | None = None
+        self._lapsed = False
+
+    def held(self) -> bool:
+        """Whether this relay's lease is known to run, without a lapse since the fleet was last read."""
+        renewed = self._renewed
+        return (
+            not self._lapsed
+            and renewed is not None
+            and self._clock.seconds() - renewed < self._state.lease
+        )
+
+    def synced(self, began: float) -> None:
+        """A sync begun at ``began`` read the fleet: a lapse before it is known to this relay now."""
+        if self._renewed is not None and began >= self._renewed:
+            self._lapsed = False
 
     def start(self) -> None:
         self._loop.start(self._state.lease / 3, now=True)
@@ -68,15 +91,24 @@ class LeaseKeeper:
 
     async def _renewal(self) -> None:
         refused: RedisFull | None = None
+        began = self._clock.seconds()
         try:
             await self.renew_now()
         except RedisFull as error:
             refused = error
-            await self._extend().addErrback(lambda f: None)
+            kept = await self._extend().addCallbacks(lambda _: True, lambda f: False)
+            if not kept:
+                self.noted(refused)
+                return
         except Exception as error:
             if self._state.redis_up:
                 log.warn("Could not renew this relay's lease: {error}", error=error)
             return
+        if self._renewed is not None and began - self._renewed >= self._state.lease:
+            self._lapsed = (
+                True  # frozen or cut off past the lease: held again once a sync read the fleet
+            )
+        self._renewed = began
         self.noted(refused)
 
     def _extend(self) -> Deferred[Any]:

@@ -8,20 +8,28 @@ Numbers reach the core in the order messages came from the kernel, per kernel, w
 answers; each kernel has its own queue and its own few calls in flight, so one kernel's flood never holds
 another kernel's messages back.
 
-**One number per message, one message per number.** Redis remembers the ``msg_id`` of every message its
-stream still keeps (not for a while: for as long as the stream holds it, whatever the pauses), and the number
-the stream's oldest message had before it went (the *floor*). Each submission carries the last number the
-relay had given out for the kernel when the message arrived: a message that came after number ``n`` was
-numbered above ``n`` if at all, so if ``n`` is at or past the floor its ``msg_id`` is known, and otherwise
-Redis refuses to number it: the relay tells its clients it cannot place it (a ``replay_gap``) rather than give
-it a second number. When Redis has lost a kernel's numbering (it restarted empty), only the kernel's owner
-starts it again, from past its own last number; other relays wait for it (a few seconds at most).
+**One number per message, one message per number.** Redis numbers densely, one past its count, and
+remembers the ``msg_id`` of every message its stream still keeps (for as long as the stream holds it, whatever
+the pauses). Each submission carries the last number the relay had for the kernel when the message came (a
+message that came after number ``n`` is numbered above ``n`` if at all), and Redis keeps a *floor*: a number
+at or above which it knows every message numbered. The floor moves up when the stream trims its oldest, and
+whenever a submission (or a bump) carries a number past Redis's count: numbers Redis never saw were given, by
+a relay alone or before Redis lost the kernel's numbering, and the count jumps past them. A submitter whose
+last number is below the floor may be late for one of those: Redis refuses it (``TOO_LATE``) rather than give
+it a second number, and the relay tells its clients of a gap. So a relay frozen across a Redis restart, or
+one that numbered alone for a while, never gets its old messages numbered again. When Redis has lost a
+kernel's numbering (it restarted empty), only the kernel's owner starts it again, from past its own last number
+(the floor with it); other relays wait for it (a few seconds at most). A relay to which the fleet answers a
+number at or below one it gave alone cannot place the message either: a gap too, said once, and the fleet's
+count is moved past its own.
 
-While Redis cannot be reached (or is out of memory), a relay numbers on by itself from the last number it gave (its own clients see
-no gap and no repeat); once Redis is back it first moves the fleet's numbering past its own, so no number is
-ever given twice by this relay. Messages numbered that way are not in the fleet's stream: a client that
-resumes on another relay across them is told of a gap. (Relays that number alone number alike as long as they
-had the same last number: Redis's numbers are dense.)
+While Redis cannot be reached (or is out of memory, or no owner starts a lost numbering again in time), a relay
+numbers on by itself from the last number it gave (its own clients see no gap and no repeat); once Redis is
+back it first moves the fleet's numbering past its own (a *bump*, which moves the floor too). Messages
+numbered that way are not in the fleet's stream: a client that resumes on another relay across them is told
+of a gap. Relays that number alone number alike as long as they had the same last number (Redis's numbers
+are dense); one that had not is refused, not renumbered, once the other has moved the fleet past it. Whether
+Redis's numbering is away or behind is said once per kernel, until the fleet numbers its output again.
 """
 
 from __future__ import annotations
@@ -100,7 +108,9 @@ class _Pending:
         self.after = -1
         """The relay's last number for the kernel when the message came (-1: none yet)."""
         self.seq: int | None = None
-        self.failed = False
+        self.failed = ""
+        """Why the fleet did not number it (Redis away, out of memory, no owner to start it again): numbered
+        by this relay alone."""
         self.late = False
 
 
@@ -128,6 +138,8 @@ class SharedNumbering:
         self._queues: dict[str, deque[_Pending]] = {}
         self._last: dict[str, int] = {}
         self._diverged: set[str] = set()
+        self._apart: set[str] = set()
+        """Kernels whose numbers are this relay's own, or a gap, for now (said once, until the fleet's again)."""
         self._unsent: dict[str, deque[_Pending]] = {}
         self._flying: dict[str, int] = {}
         self._sending = False
@@ -136,7 +148,8 @@ class SharedNumbering:
         self.local_numbers = 0
         """Numbers given out by this relay alone, while Redis was away (a metric)."""
         self.too_late = 0
-        """Messages the fleet numbered too long before this relay submitted them (a metric)."""
+        """Messages the fleet numbered too long before this relay submitted them, or below the numbers this
+        relay gave alone (a metric): their clients are told of a gap."""
 
     def number(self, kernel_id: str, msg_id: str, message: Outgoing, ready: Ready) -> None:
         """Number a kernel's message; ``ready`` gets its ``relay_seq``, after every earlier one's."""
@@ -152,7 +165,7 @@ class SharedNumbering:
             last = self._last.get(kernel_id, 0)
             self._store.bump(kernel_id, last).addErrback(lambda f: self._diverged.add(kernel_id))
             log.info(
-                "Redis is back: the fleet's numbering of kernel {kernel} goes on after {last}",
+                "The fleet's numbering of kernel {kernel} moves past {last}, given by this relay alone",
                 kernel=kernel_id,
                 last=last,
             )
@@ -200,11 +213,13 @@ class SharedNumbering:
         )
         d.addCallbacks(
             self._answered,
-            lambda failure, k=kernel_id, p=pending: self._answered(None, k, p),
+            lambda failure, k=kernel_id, p=pending: self._answered(None, k, p, failure.value),
             callbackArgs=(kernel_id, pending),
         )
 
-    def _answered(self, seq: int | None, kernel_id: str, pending: _Pending) -> None:
+    def _answered(
+        self, seq: int | None, kernel_id: str, pending: _Pending, error: object = None
+    ) -> None:
         self.in_flight -= 1
         flying = self._flying.get(kernel_id, 1) - 1
         if flying:
@@ -217,9 +232,18 @@ class SharedNumbering:
         else:
             if seq == TOO_LATE:
                 pending.late = True
-                seq = None
-            self._settle(kernel_id, pending, None if seq is not None and seq < 0 else seq)
+            elif seq is None or seq < 0:
+                pending.failed = self._why(seq, error)
+            self._settle(kernel_id, pending, None if seq is None or seq < 0 else seq)
         self._send()
+
+    def _why(self, seq: int | None, error: object) -> str:
+        """Why Redis did not number a message, for the log."""
+        if seq == OWNER_FIRST:
+            return "lost the kernel's numbering, and its owner has not started it again"
+        if self._store.full:
+            return "is out of memory"
+        return "cannot be reached" if not self._store.up else f"failed ({error})"
 
     def _retry(self, kernel_id: str, pending: _Pending) -> None:
         if pending in self._queues.get(kernel_id, ()):
@@ -268,36 +292,28 @@ class SharedNumbering:
         self._unsent.pop(kernel_id, None)
         self._last.pop(kernel_id, None)
         self._diverged.discard(kernel_id)
+        self._apart.discard(kernel_id)
 
     def _settle(self, kernel_id: str, pending: _Pending, seq: int | None) -> None:
-        if seq is None:
-            pending.failed = True
-        else:
+        if seq is not None:
             pending.seq = seq
         queue = self._queues.get(kernel_id)
         while queue and (queue[0].seq is not None or queue[0].failed or queue[0].late):
             head = queue.popleft()
             last = self._last.get(kernel_id, 0)
-            if head.late:
-                # Numbered by the fleet when this relay could not know how: not given a second number.
-                self.too_late += 1
-                log.warn(
-                    "A message of kernel {kernel} came to this relay after the fleet's stream had "
-                    "moved past it: its clients are told of a gap",
-                    kernel=kernel_id,
-                )
-                self._deliver(kernel_id, head, None)
+            if head.late or (head.seq is not None and 0 < head.seq <= last):
+                self._gap(kernel_id, head, last)
                 continue
-            if head.failed or (head.seq is not None and 0 < head.seq <= last):
-                # Redis is away (or numbered behind what this relay gave alone): number on locally.
+            if head.failed:
+                # Redis did not number it: number on locally, and move the fleet past it once Redis can.
                 number = last + 1
-                if kernel_id not in self._diverged:
-                    log.warn(
-                        "Numbering kernel {kernel}'s output on this relay alone from {number}: Redis {why}",
-                        kernel=kernel_id,
-                        number=number,
-                        why="is out of memory" if self._store.full else "cannot be reached",
-                    )
+                self._part(
+                    kernel_id,
+                    "Numbering kernel {kernel}'s output on this relay alone from "
+                    "{number}: Redis {why}",
+                    number=number,
+                    why=head.failed,
+                )
                 self._diverged.add(kernel_id)
                 self.local_numbers += 1
             elif head.seq == 0:
@@ -305,10 +321,49 @@ class SharedNumbering:
             else:
                 assert head.seq is not None
                 number = head.seq
+                if kernel_id in self._apart:
+                    self._apart.discard(kernel_id)
+                    log.info(
+                        "Kernel {kernel}'s output is numbered by the fleet again from {number}",
+                        kernel=kernel_id,
+                        number=number,
+                    )
             self._last[kernel_id] = max(last, number)
             self._deliver(kernel_id, head, number)
         if queue is not None and not queue:
             self._queues.pop(kernel_id, None)
+
+    def _gap(self, kernel_id: str, head: _Pending, last: int) -> None:
+        """
+        A message the fleet numbered where this relay cannot place it without a second number: too long ago
+        (refused), or at or below a number this relay gave alone (Redis restarted, this relay was frozen, or
+        numbered alone for a while). Its clients are told of a gap; the fleet is moved past this relay's own.
+        """
+        self.too_late += 1
+        if head.late:
+            log.warn(
+                "A message of kernel {kernel} came to this relay after the fleet's stream had moved past "
+                "it: its clients are told of a gap",
+                kernel=kernel_id,
+            )
+        elif self._part(
+            kernel_id,
+            "The fleet numbered a message of kernel {kernel} {seq}, not past the "
+            "{last} this relay gave alone: its clients are told of a gap until the fleet's "
+            "numbering has moved past",
+            seq=head.seq,
+            last=last,
+        ):
+            self._diverged.add(kernel_id)
+        self._deliver(kernel_id, head, None)
+
+    def _part(self, kernel_id: str, text: str, **fields: object) -> bool:
+        """Say once (until the fleet numbers this kernel's output again) that its numbers are not the fleet's."""
+        if kernel_id in self._apart:
+            return False
+        self._apart.add(kernel_id)
+        log.warn(text, kernel=kernel_id, **fields)
+        return True
 
     def _deliver(self, kernel_id: str, head: _Pending, number: int | None) -> None:
         try:

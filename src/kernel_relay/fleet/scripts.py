@@ -127,25 +127,26 @@ return 1
 #: KEYS: seq, seen, journal, window. ARGV: msg_id, payload, time (s), most entries, most bytes, longest age
 #: (s), the submitter's last number for the kernel (-1: none yet), whether the submitter owns the kernel.
 #: Numbers one iopub message for the whole fleet, once however many relays submit it, whenever they do:
-#: ``seen`` knows the msg_id of every message the stream keeps, ``window``'s floor is the number of the
-#: last message trimmed, and a submitter whose last number is below it may be late for a message already
-#: numbered and trimmed: refused (-1). A kernel whose numbering Redis lost is started again by its owner
-#: only, past its own last number (-2 for the others, who ask again). The stream is trimmed oldest first to
+#: ``seen`` knows the msg_id of every message the stream keeps, and ``window``'s floor is a number below
+#: which Redis does not know every message numbered: the last one trimmed, or the last a relay had when it
+#: came past Redis's count (a numbering Redis lost, started again by the owner only: -2 for the others, who
+#: ask again; or numbers a relay gave alone). A submitter whose last number is below the floor may be late
+#: for a message numbered there: refused (-1), never numbered twice. The stream is trimmed oldest first to
 #: the entries, bytes and age given (one entry, the newest, is always kept).
 NUMBER: Final = """
 local known = redis.call('HGET', KEYS[2], ARGV[1])
 if known then return tonumber(known) end
 local after = tonumber(ARGV[7])
 local current = redis.call('GET', KEYS[1])
-if not current then
-  if ARGV[8] ~= '1' then return -2 end
-  current = 0
-else
-  current = tonumber(current)
-  local floor = tonumber(redis.call('HGET', KEYS[4], 'floor') or '0')
-  if after >= 0 and after < floor then return -1 end
+if not current and ARGV[8] ~= '1' then return -2 end
+current = tonumber(current or '0')
+if after > current then
+  redis.call('SET', KEYS[1], after)
+  redis.call('HSET', KEYS[4], 'floor', after)
+  current = after
 end
-local seq = math.max(current, after) + 1
+if after >= 0 and after < tonumber(redis.call('HGET', KEYS[4], 'floor') or '0') then return -1 end
+local seq = current + 1
 redis.call('SET', KEYS[1], seq)
 redis.call('HSET', KEYS[2], ARGV[1], seq)
 redis.call('XADD', KEYS[3], '0-' .. seq, 'm', ARGV[2], 't', ARGV[3], 'i', ARGV[1])
@@ -160,17 +161,25 @@ while count > 1 do
   redis.call('XDEL', KEYS[3], oldest[1])
   if fields['i'] then redis.call('HDEL', KEYS[2], fields['i']) end
   size = redis.call('HINCRBY', KEYS[4], 'bytes', -#(fields['m'] or ''))
-  redis.call('HSET', KEYS[4], 'floor', string.sub(oldest[1], 3))
+  local trimmed = tonumber(string.sub(oldest[1], 3))
+  if trimmed > tonumber(redis.call('HGET', KEYS[4], 'floor') or '0') then
+    redis.call('HSET', KEYS[4], 'floor', trimmed)
+  end
   count = count - 1
 end
 return seq
 """
 
-#: KEYS: seq. ARGV: a number this relay gave out itself (while Redis was away): the fleet's goes past it.
+#: KEYS: seq, window. ARGV: a number this relay gave out itself (while Redis was away): the fleet's goes past
+#: it, and its floor with it (as ``NUMBER`` does); a numbering Redis lost is left for the owner to start again.
 BUMP: Final = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]); return tonumber(ARGV[1]) end
-return current
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+current = tonumber(current)
+if tonumber(ARGV[1]) <= current then return current end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'floor', ARGV[1])
+return tonumber(ARGV[1])
 """
 
 __all__ = [

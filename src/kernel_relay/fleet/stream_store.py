@@ -77,7 +77,9 @@ class StreamStore(RedisConnection):
 
     def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
         """Move the fleet's numbering of a kernel past ``seq`` (given out while Redis was away)."""
-        return self._script(scripts.BUMP, [key("seq", kernel_id)], [seq]).addCallback(int)
+        return self._script(
+            scripts.BUMP, [key("seq", kernel_id), key("window", kernel_id)], [seq]
+        ).addCallback(int)
 
     def last_seq(self, kernel_id: str) -> Deferred[int]:
         return self._call("GET", key("seq", kernel_id)).addCallback(lambda v: int(v or 0))
