@@ -230,3 +230,20 @@ def test_a_fleet_behind_what_the_relay_gave_alone_gives_no_second_number_and_no_
     assert "alone from 1: Redis cannot be reached" in told[0]
     assert "moves past 3" in told[1] and "again from 4" in told[2]
     assert shared.local_numbers == 3 and shared.too_late == 3
+
+
+def test_a_backlog_the_fleet_refuses_is_said_once_not_per_message() -> None:
+    """A relay thawed after a Redis restart: its backlog is refused (-1) message by message, logged once."""
+    from twisted.logger import capturedLogs
+
+    from kernel_relay.fleet.numbering import TOO_LATE
+
+    shared, store, got = numbering()
+    with capturedLogs() as events:
+        for name in "abc":
+            shared.number("k", name, message(name), lambda seq, name=name: got.append((name, seq)))
+            store.calls[-1][2].callback(TOO_LATE)
+        shared.number("k", "d", message("d"), lambda seq: got.append(("d", seq)))
+        store.calls[-1][2].callback(9)
+    assert got == [("a", None), ("b", None), ("c", None), ("d", 9)]
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 1

@@ -341,10 +341,10 @@ class SharedNumbering:
         """
         self.too_late += 1
         if head.late:
-            log.warn(
+            self._part(
+                kernel_id,
                 "A message of kernel {kernel} came to this relay after the fleet's stream had moved past "
-                "it: its clients are told of a gap",
-                kernel=kernel_id,
+                "it: its clients are told of a gap (for each such message)",
             )
         elif self._part(
             kernel_id,
