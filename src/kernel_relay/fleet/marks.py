@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
-from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
-from .store import FleetStore
+from .mark_store import MarksUnsure
+from .store import FleetStore, FleetUnavailable
 
 #: How long the fleet remembers where a Jupyter session stopped (as the Jupyter front does).
 MARK_SECONDS: Final = 3600.0
@@ -22,6 +24,8 @@ MARK_SECONDS: Final = 3600.0
 #: session name or mark it keeps.
 MARKS_PER_KERNEL: Final = 1_000
 MARK_BYTES: Final = 512
+#: How often a relay asks again for a mark Redis cannot give yet (away, or restarted and settling).
+LOAD_RETRY: Final = 0.2
 
 
 class FleetMarks:
@@ -51,13 +55,53 @@ class FleetMarks:
         d.addErrback(lambda f: None)
 
     def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]:
+        """
+        Where the fleet says the session stopped (None: new to the fleet). While Redis cannot say yet (away,
+        or restarted and the relays not done saving their marks again) it is asked again every
+        :data:`LOAD_RETRY` until it says or the caller gives up (cancels): a relay that went by its own mark
+        from an earlier visit instead would send the session everything since then again.
+        """
+
         def decoded(value: str | None) -> tuple[int, str | None] | None:
             if not value:
                 return None
             seq, _, parent_id = value.partition(" ")
             return (int(seq), parent_id or None) if seq.isdigit() else None
 
-        return self._store.mark(kernel_id, session_key).addCallback(decoded)
+        return self._asked(kernel_id, session_key).addCallback(decoded)
+
+    def _asked(self, kernel_id: str, session_key: str) -> Deferred[str | None]:
+        under_way: list[Any] = []  # the call, or the timer before the next one
+
+        def cancel(_: Deferred[str | None]) -> None:
+            for step in under_way:
+                if isinstance(step, Deferred):
+                    step.cancel()
+                elif step.active():
+                    step.cancel()
+
+        result: Deferred[str | None] = Deferred(cancel)
+
+        def ask() -> None:
+            under_way[:] = [self._store.mark(kernel_id, session_key)]
+            under_way[0].addCallbacks(answered, failed)
+
+        def answered(value: str | None) -> None:
+            under_way.clear()
+            if not result.called:
+                result.callback(value)
+
+        def failed(failure: Failure) -> None:
+            if isinstance(failure.value, CancelledError) or result.called:
+                return
+            if isinstance(failure.value, (FleetUnavailable, MarksUnsure)):
+                timer: IDelayedCall = self._clock.callLater(LOAD_RETRY, ask)
+                under_way[:] = [timer]
+                return
+            result.errback(failure)
+
+        ask()
+        return result
 
     def forget(self, kernel_id: str) -> None:
         """The kernel is gone here: its marks are not saved again."""
