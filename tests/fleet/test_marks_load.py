@@ -32,7 +32,7 @@ def test_a_mark_redis_cannot_give_yet_is_asked_again_until_it_can() -> None:
     store = Marks(
         FleetUnavailable("Redis cannot be reached"), MarksUnsure("Redis restarted lately")
     )
-    loaded = FleetMarks(store, clock).load("k", "session")  # type: ignore[arg-type]
+    loaded = FleetMarks(store, clock).load("k", "session", patient=True)  # type: ignore[arg-type]
     assert not loaded.called
     clock.advance(LOAD_RETRY)
     clock.advance(LOAD_RETRY)
@@ -43,7 +43,7 @@ def test_a_caller_that_gives_up_stops_the_asking() -> None:
     """Redis away for good: the front's timeout cancels, and nothing is asked after."""
     clock = Clock()
     store = Marks(*[FleetUnavailable("away")] * 100)
-    loaded = FleetMarks(store, clock).load("k", "session")  # type: ignore[arg-type]
+    loaded = FleetMarks(store, clock).load("k", "session", patient=True)  # type: ignore[arg-type]
     clock.advance(LOAD_RETRY)
     loaded.cancel()
     loaded.addErrback(lambda f: None)

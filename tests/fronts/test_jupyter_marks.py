@@ -95,7 +95,9 @@ class Marks:
     def save(self, kernel_id: str, marks: Any) -> None:
         pass
 
-    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]:
+    def load(
+        self, kernel_id: str, session_key: str, patient: bool = False
+    ) -> Deferred[tuple[int, str | None] | None]:
         if isinstance(self.answer, Exception):
             return fail(self.answer)
         return succeed(self.answer)

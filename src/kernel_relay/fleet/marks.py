@@ -54,10 +54,12 @@ class FleetMarks:
         d = self._store.save_marks(kernel_id, encoded, MARK_SECONDS, MARKS_PER_KERNEL)
         d.addErrback(lambda f: None)
 
-    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]:
+    def load(
+        self, kernel_id: str, session_key: str, patient: bool = False
+    ) -> Deferred[tuple[int, str | None] | None]:
         """
-        Where the fleet says the session stopped (None: new to the fleet). While Redis cannot say yet (away,
-        or restarted and the relays not done saving their marks again) it is asked again every
+        Where the fleet says the session stopped (None: new to the fleet). ``patient``: while Redis cannot
+        say yet (away, or restarted and the relays not done saving their marks again) it is asked again every
         :data:`LOAD_RETRY` until it says or the caller gives up (cancels): a relay that went by its own mark
         from an earlier visit instead would send the session everything since then again.
         """
@@ -68,6 +70,8 @@ class FleetMarks:
             seq, _, parent_id = value.partition(" ")
             return (int(seq), parent_id or None) if seq.isdigit() else None
 
+        if not patient:
+            return self._store.mark(kernel_id, session_key).addCallback(decoded)
         return self._asked(kernel_id, session_key).addCallback(decoded)
 
     def _asked(self, kernel_id: str, session_key: str) -> Deferred[str | None]:

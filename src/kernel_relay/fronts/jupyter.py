@@ -197,7 +197,9 @@ class JupyterFront:
                 if channel != IOPUB and not self._attach(connection, kernel, channel, NO_RESUME):
                     return
             start = self.core.last_seq(kernel.id)
-            asked = self.sessions.load(kernel.id, admitted.session_key)
+            # A mark of its own here may be older than the fleet's: wait for the fleet's (Redis restarting).
+            patient = admitted.resume.since is not None
+            asked = self.sessions.load(kernel.id, admitted.session_key, patient)
             asked.addCallbacks(
                 lambda found: self._join_iopub(connection, found, start),
                 lambda failure: self._join_iopub(

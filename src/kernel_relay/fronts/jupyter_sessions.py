@@ -120,13 +120,15 @@ class JupyterSessions:
             return None
         return Resume(mark.seq, False), parent_frame(mark.parent_id)
 
-    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]:
+    def load(
+        self, kernel_id: str, session_key: str, patient: bool = False
+    ) -> Deferred[tuple[int, str | None] | None]:
         """
         Where the fleet says the session stopped (None: no mark), within :data:`SHARE_WAIT`; fails when
         the fleet could not say (then the session may have read elsewhere: it cannot be taken for new).
         """
         assert self.shared is not None
-        asked = self.shared.load(kernel_id, session_key)
+        asked = self.shared.load(kernel_id, session_key, patient)
         asked.addTimeout(SHARE_WAIT, self._clock)
         return asked
 

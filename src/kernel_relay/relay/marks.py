@@ -23,4 +23,8 @@ class SharedMarks(Protocol):
         message's parent. A session is named by its principal and its id (a Jupyter session's key).
         """
 
-    def load(self, kernel_id: str, session_key: str) -> Deferred[tuple[int, str | None] | None]: ...
+    def load(
+        self, kernel_id: str, session_key: str, patient: bool = False
+    ) -> Deferred[tuple[int, str | None] | None]:
+        """Where the session stopped (None: new to the fleet); ``patient``: asked again while the fleet
+        cannot say yet, until cancelled (for a relay that would otherwise go by an older mark of its own)."""
