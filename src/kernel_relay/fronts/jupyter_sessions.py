@@ -58,6 +58,10 @@ class Reading(Protocol):
     def last_seq(self) -> int: ...
 
     @property
+    def settled_seq(self) -> int:
+        """Where it was a moment ago (``UNREAD_SECONDS``): what it has had time to read, as shared."""
+
+    @property
     def last_parent(self) -> Frame: ...
 
 
@@ -168,17 +172,12 @@ class JupyterSessions:
             return
         changed: dict[str, dict[str, tuple[int, str | None]]] = {}
         for reading in self._connected():
-            key = (reading.kernel_id, reading.session_key)
-            if (
-                reading.session_id
-                and reading.last_seq
-                and self._shared.get(key) != reading.last_seq
-            ):
-                self._shared[key] = reading.last_seq
-                changed.setdefault(key[0], {})[key[1]] = (
-                    reading.last_seq,
-                    self.msg_id_in(reading.last_parent),
-                )
+            # Not the last handed on: a relay thawing from a freeze hands its backlog to a socket its client
+            # may have closed meanwhile, and another relay would resume the session past what it read.
+            key, seq = (reading.kernel_id, reading.session_key), reading.settled_seq
+            if reading.session_id and seq and self._shared.get(key) != seq:
+                self._shared[key] = seq
+                changed.setdefault(key[0], {})[key[1]] = (seq, self.msg_id_in(reading.last_parent))
         for kernel_id, marks in changed.items():
             self.shared.save(kernel_id, marks)
 
