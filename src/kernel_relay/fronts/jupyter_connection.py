@@ -269,11 +269,6 @@ class JupyterConnection(FramedWebSocketProtocol):
         self._front.budget.forget(self)
         self._front.connection_lost(self)
 
-    @property
-    def settled_seq(self) -> int:
-        """Where the session was :data:`UNREAD_SECONDS` ago (what the fleet is told while it is connected)."""
-        return self._read_before(self._batcher.clock.seconds() - UNREAD_SECONDS)
-
     def _read_before(self, cutoff: float) -> int:
         """Where the session was at ``cutoff`` (or a little after): the last seq handed on by then."""
         for when, seq in self._notes:

@@ -58,10 +58,6 @@ class Reading(Protocol):
     def last_seq(self) -> int: ...
 
     @property
-    def settled_seq(self) -> int:
-        """Where it was a moment ago (``UNREAD_SECONDS``): what it has had time to read, as shared."""
-
-    @property
     def last_parent(self) -> Frame: ...
 
 
@@ -105,6 +101,7 @@ class JupyterSessions:
         self._share = LoopingCall(self._share_marks)
         self._share.clock = clock
         self._shared: dict[tuple[str, str], int] = {}
+        self._shared_at: float | None = None
 
     def share(self, marks: SharedMarks) -> None:
         """Save where sessions are, on disconnect and every :data:`SHARE_INTERVAL` while connected."""
@@ -168,16 +165,25 @@ class JupyterSessions:
         return msg_id
 
     def _share_marks(self) -> None:
-        if self.shared is None:
+        now, before = self._clock.seconds(), self._shared_at
+        self._shared_at = now
+        if self.shared is None or (before is not None and now - before > 2 * SHARE_INTERVAL):
+            # The relay stalled (frozen, say): it hands its backlog to sockets whose clients may have closed
+            # meanwhile; their closes come first (each saves what it had surely read), then the next round.
             return
         changed: dict[str, dict[str, tuple[int, str | None]]] = {}
         for reading in self._connected():
-            # Not the last handed on: a relay thawing from a freeze hands its backlog to a socket its client
-            # may have closed meanwhile, and another relay would resume the session past what it read.
-            key, seq = (reading.kernel_id, reading.session_key), reading.settled_seq
-            if reading.session_id and seq and self._shared.get(key) != seq:
-                self._shared[key] = seq
-                changed.setdefault(key[0], {})[key[1]] = (seq, self.msg_id_in(reading.last_parent))
+            key = (reading.kernel_id, reading.session_key)
+            if (
+                reading.session_id
+                and reading.last_seq
+                and self._shared.get(key) != reading.last_seq
+            ):
+                self._shared[key] = reading.last_seq
+                changed.setdefault(key[0], {})[key[1]] = (
+                    reading.last_seq,
+                    self.msg_id_in(reading.last_parent),
+                )
         for kernel_id, marks in changed.items():
             self.shared.save(kernel_id, marks)
 
