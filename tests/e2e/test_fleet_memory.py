@@ -140,7 +140,9 @@ def test_a_full_redis_refuses_spawns_clearly_and_running_kernels_go_on(
             told = [line for line in lines if "no kernel can start" in line]
             assert len(told) == 1 and "OOM" in told[0], told
             assert not [
-                line for line in lines if "Redis is back" in line or "cannot be reached" in line
+                line
+                for line in lines
+                if "numbered by the fleet again" in line or "cannot be reached" in line
             ]
             assert not [line for line in lines if "Could not renew" in line or "adopting" in line]
 
@@ -152,7 +154,8 @@ def test_a_full_redis_refuses_spawns_clearly_and_running_kernels_go_on(
             lambda: not fleet_health(a)["fleet"]["redis_full"], 15, "A to see Redis has room again"
         )
         cell = run_cell(client, watcher, 20)
-        assert len([line for line in log_lines(a) if "Redis is back" in line]) == 1
+        back = [line for line in log_lines(a) if "numbered by the fleet again" in line]
+        assert len(back) == 1 and kernel_id in back[0], back
         stream = redis_command(
             small_redis.port, FLEET_DB, "XLEN", f"kernel-relay:journal:{kernel_id}"
         )
