@@ -76,11 +76,14 @@ class Outgoing:
         return self._parts
 
     def texts(self) -> Texts:
-        """The four parts as text."""
+        """
+        The four parts as text: those it came with, else decoded now and not kept (a journal keeps its
+        messages, whose bytes its bound counts: a kept copy as text would double what they hold).
+        """
         texts = self._texts
         if texts is None or self._unspliced:
             parts = self.parts
-            texts = self._texts = (
+            texts = (
                 str(parts[0], "utf-8"),
                 str(parts[1], "utf-8"),
                 str(parts[2], "utf-8"),
