@@ -8,7 +8,8 @@ that the check value below does not let a Redis reader test guesses of a weak se
 
 - the *check value*, kept in Redis at the first join: a relay whose secret gives another refuses to join;
 - the *sealing key* (AES-256-GCM): kernel records, leases, token entries, mailbox messages, the kernels'
-  output streams, sessions' marks and reservations are sealed with it, so that what Redis holds of kernels' keys, ``env`` and token digests is unreadable, and anything
+  output streams, sessions' marks and reservations are sealed with it, so that what Redis holds of kernels'
+  keys, ``env`` and token digests is unreadable, and anything
   written without the secret (or moved from another key: the key's name is in the authenticated data) fails
   to open and is ignored;
 - the *token key*: the name under which a token's digest is kept is a keyed hash of it;
@@ -72,9 +73,7 @@ class FleetKeys:
 
     def seal(self, where: str, plain: bytes) -> str:
         """``plain`` encrypted and authenticated for the place ``where`` (a Redis key and field) only."""
-        nonce = os.urandom(_NONCE_BYTES)
-        sealed = self._aead.encrypt(nonce, plain, where.encode("utf-8"))
-        return SEALED + base64.urlsafe_b64encode(nonce + sealed).decode("ascii")
+        return SEALED + base64.urlsafe_b64encode(self._encrypt(where, plain)).decode("ascii")
 
     def open(self, where: str, value: str) -> bytes:
         """What :meth:`seal` sealed for ``where``; Forged when it was not, or was sealed for elsewhere."""
@@ -82,25 +81,31 @@ class FleetKeys:
             raise Forged(f"{where!r} holds a value that is not sealed")
         try:
             raw = base64.urlsafe_b64decode(value[len(SEALED) :].encode("ascii"))
-            if len(raw) < _NONCE_BYTES + 16:
-                raise ValueError("too short")
-            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], where.encode("utf-8"))
-        except (ValueError, InvalidTag):
-            raise Forged(f"{where!r} holds a value not sealed with the fleet's secret") from None
+        except ValueError:
+            raw = b""
+        return self._decrypt(where, raw)
 
     def seal_bytes(self, where: str, plain: bytes) -> bytes:
         """As :meth:`seal`, unencoded (for Redis values that may be any bytes)."""
-        nonce = os.urandom(_NONCE_BYTES)
-        return SEALED_BYTES + nonce + self._aead.encrypt(nonce, plain, where.encode("utf-8"))
+        return SEALED_BYTES + self._encrypt(where, plain)
 
     def open_bytes(self, where: str, value: bytes) -> bytes:
         """What :meth:`seal_bytes` sealed for ``where``; Forged when it was not."""
-        start = len(SEALED_BYTES)
-        if not value.startswith(SEALED_BYTES) or len(value) < start + _NONCE_BYTES + 16:
+        if not value.startswith(SEALED_BYTES):
             raise Forged(f"{where!r} holds a value that is not sealed")
+        return self._decrypt(where, value[len(SEALED_BYTES) :])
+
+    def _encrypt(self, where: str, plain: bytes) -> bytes:
+        """A fresh nonce, then ``plain`` encrypted and authenticated for ``where``."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plain, where.encode("utf-8"))
+
+    def _decrypt(self, where: str, raw: bytes) -> bytes:
+        """What :meth:`_encrypt` made ``raw`` of for ``where``; Forged when it did not."""
+        if len(raw) < _NONCE_BYTES + 16:
+            raise Forged(f"{where!r} holds a value not sealed with the fleet's secret")
         try:
-            nonce = value[start : start + _NONCE_BYTES]
-            return self._aead.decrypt(nonce, value[start + _NONCE_BYTES :], where.encode("utf-8"))
+            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], where.encode("utf-8"))
         except InvalidTag:
             raise Forged(f"{where!r} holds a value not sealed with the fleet's secret") from None
 
