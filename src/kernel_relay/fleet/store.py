@@ -43,7 +43,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from . import scripts
-from .connection import FleetUnavailable, RedisURL, key, text
+from .connection import FleetUnavailable, RedisURL, field_pairs, key, text
 from .mark_store import MarkStore
 from .member_store import MemberStore
 from .records import KernelRecord
@@ -174,7 +174,7 @@ class FleetStore(StreamStore, MarkStore, MemberStore):
     def _forged_reservations(self, held: Any) -> list[str]:
         """The field, value pairs of ``pending`` not written by a relay of the fleet (counted, logged)."""
         forged = []
-        for name, value in _pairs(held):
+        for name, value in field_pairs(held):
             expiry, _, sealed = text(value).partition(" ")
             try:
                 self._keys.open(_reserved(text(name), expiry), sealed)
@@ -245,7 +245,7 @@ class FleetStore(StreamStore, MarkStore, MemberStore):
         where = key("kernel", kernel_id)
 
         def record(value: Any) -> Deferred[dict[str, str] | None]:
-            fields = {text(k): text(v) for k, v in _pairs(value)}
+            fields = {text(k): text(v) for k, v in field_pairs(value)}
             forgotten: Deferred[None]
             if not fields:
                 forgotten = self._forget_unrecorded(kernel_id, [], forged=False)
@@ -333,7 +333,7 @@ class FleetStore(StreamStore, MarkStore, MemberStore):
 
         def decoded(value: Any) -> dict[bytes, str]:
             found = {}
-            for name, entry in _pairs(value):
+            for name, entry in field_pairs(value):
                 try:
                     digest, access = json.loads(
                         self._keys.open(f"{where}\x00{text(name)}", text(entry))
@@ -395,14 +395,6 @@ class FleetStore(StreamStore, MarkStore, MemberStore):
         self._opened[nonce] = now
         message: dict[str, Any] = letter["message"]
         return message
-
-
-def _pairs(reply: Any) -> list[tuple[Any, Any]]:
-    """A hash's fields and values, as HGETALL answered them (a dict, or a flat list)."""
-    if isinstance(reply, dict):
-        return list(reply.items())
-    flat = list(reply or ())
-    return [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
 
 
 def _owner(kernel_id: str) -> str:

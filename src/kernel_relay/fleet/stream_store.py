@@ -20,7 +20,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from . import scripts
-from .connection import RedisConnection, as_bytes, key, text
+from .connection import RedisConnection, as_bytes, field_pairs, key, text
 from .secrets import FleetKeys, Forged, ForgeryLog
 
 
@@ -101,8 +101,7 @@ class StreamStore(RedisConnection):
         found: list[tuple[int, float, bytes | None]] = []
         seen = set()
         for entry_id, fields in reply or ():
-            flat = list(fields)
-            values = {text(flat[i]): flat[i + 1] for i in range(0, len(flat) - 1, 2)}
+            values = {text(name): value for name, value in field_pairs(fields)}
             number = int(text(entry_id).split("-", 1)[1])
             stamp, msg_id = text(values.get("t", "0")), text(values.get("i", ""))
             payload: bytes | None
