@@ -85,13 +85,11 @@ class FakeStore:
     def _full(self) -> Deferred[Any]:
         return fail(RedisFull("Redis is out of memory: OOM command not allowed"))
 
-    def _call(self, *command: Any) -> Deferred[Any]:
-        assert command[0] == "PEXPIRE", command
-        relay_id = str(command[1]).rsplit(":", 1)[-1]
+    def extend_lease(self, relay_id: str, ttl: float) -> Deferred[Any]:
         about, until = self.redis.leases.get(relay_id, ({}, 0.0))
         if until <= self.redis.clock.seconds():
             return self._ok(0)
-        self.redis.leases[relay_id] = (about, self.redis.clock.seconds() + command[2] / 1000)
+        self.redis.leases[relay_id] = (about, self.redis.clock.seconds() + ttl)
         return self._ok(1)
 
     def connect(self) -> None:

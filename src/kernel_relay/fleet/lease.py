@@ -28,7 +28,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from .connection import RedisFull, key
+from .connection import RedisFull
 from .state import FleetState
 from .store import FleetStore
 
@@ -96,7 +96,9 @@ class LeaseKeeper:
             await self.renew_now()
         except RedisFull as error:
             refused = error
-            kept = await self._extend().addCallbacks(lambda _: True, lambda f: False)
+            kept = await self._store.extend_lease(
+                self._state.relay_id, self._state.lease
+            ).addCallbacks(lambda _: True, lambda f: False)
             if not kept:
                 self.noted(refused)
                 return
@@ -105,16 +107,10 @@ class LeaseKeeper:
                 log.warn("Could not renew this relay's lease: {error}", error=error)
             return
         if self._renewed is not None and began - self._renewed >= self._state.lease:
-            self._lapsed = (
-                True  # frozen or cut off past the lease: held again once a sync read the fleet
-            )
+            # Frozen or cut off past the lease: held again once a sync has read the fleet.
+            self._lapsed = True
         self._renewed = began
         self.noted(refused)
-
-    def _extend(self) -> Deferred[Any]:
-        """The lease as it is, for one more period: a write Redis does when it is out of memory."""
-        lease = key("relay", self._state.relay_id)
-        return self._store._call("PEXPIRE", lease, int(self._state.lease * 1000))
 
     def noted(self, refused: RedisFull | None) -> None:
         """A renewal was refused for want of memory (``refused``) or done: log whether Redis is full, once."""

@@ -98,6 +98,10 @@ class FleetStore(StreamStore, MarkStore, MemberStore):
         d.addCallback(lambda _: self.keep_marks(ttl))
         return d.addCallback(lambda _: self._call("SADD", key("relays"), relay_id))
 
+    def extend_lease(self, relay_id: str, ttl: float) -> Deferred[Any]:
+        """Keep this relay's lease as it is for ``ttl`` seconds more: a write Redis does when out of memory."""
+        return self._call("PEXPIRE", key("relay", relay_id), int(ttl * 1000))
+
     def release(self, relay_id: str) -> Deferred[Any]:
         """This relay leaves the fleet (its lease ends now)."""
         d = self._call("DEL", key("relay", relay_id))
