@@ -11,7 +11,7 @@ from twisted.internet.task import Clock
 from kernel_relay.fronts.socketio_forms import JOIN_LIMIT, Payload, client_payload
 from kernel_relay.kernels import KernelMessage
 from kernel_relay.kernels._messages import decode_frames
-from kernel_relay.relay.journal import IopubJournal, with_sequence
+from kernel_relay.relay.journal import IopubJournal
 from kernel_relay.relay.payload import Outgoing
 from kernel_relay.socketio import RawJSON
 from kernel_relay.socketio.packet import Packet, PacketType, encode_packet
@@ -92,9 +92,7 @@ def test_the_journal_numbers_a_kernel_message_in_its_metadata_and_keeps_the_text
         {"relay_seq": 2},
     ]
     assert journal.since(1).messages == [second]
-    numbered = client_payload(
-        with_sequence(Outgoing.of_kernel(signed(b'{"text": "3"}', b"buffer")), 9)
-    )
+    numbered = client_payload(Outgoing.of_kernel(signed(b'{"text": "3"}', b"buffer")).with_seq(9))
     assert isinstance(numbered, dict)
     assert json.loads(numbered["metadata"]) == {"relay_seq": 9, "m": [1, 2]}
 

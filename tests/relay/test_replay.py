@@ -11,13 +11,8 @@ from twisted.internet.task import Clock
 
 from kernel_relay.fronts.socketio_forms import json_text
 from kernel_relay.relay.events import ReplayAhead, ReplayExpired
-from kernel_relay.relay.journal import (
-    ENTRY_OVERHEAD,
-    IopubJournal,
-    splice_seq,
-    with_sequence,
-)
-from kernel_relay.relay.payload import Outgoing
+from kernel_relay.relay.journal import ENTRY_OVERHEAD, IopubJournal
+from kernel_relay.relay.payload import Outgoing, splice_seq
 from tests.fakes import kernel_message
 
 
@@ -113,12 +108,12 @@ def test_splice_equals_parse_and_update(metadata: dict[str, Any], seq: int, pad:
             assert json.loads(splice_seq(raw, seq)) == {**metadata, "relay_seq": seq}
 
 
-def test_with_sequence_splices_the_metadata_and_never_touches_the_content() -> None:
+def test_with_seq_splices_the_metadata_and_never_touches_the_content() -> None:
     """A kernel's message keeps its content bytes (the same object); a relay-made dict gets the key too."""
     message = kernel_message("stream", "iopub", content={"text": "x"})
-    numbered = with_sequence(Outgoing.of_kernel(message), 7)
+    numbered = Outgoing.of_kernel(message).with_seq(7)
     assert numbered.parts[3] is message.raw_parts[3]
     assert json.loads(numbered.parts[2]) == {**message.metadata, "relay_seq": 7}
-    made = with_sequence(Outgoing.of_dict({"metadata": {"b": 2}, "content": {"c": 3}}), 8)
+    made = Outgoing.of_dict({"metadata": {"b": 2}, "content": {"c": 3}}).with_seq(8)
     assert decoded(made)["metadata"] == {"b": 2, "relay_seq": 8}
     assert decoded(made)["content"] == {"c": 3}

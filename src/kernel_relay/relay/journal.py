@@ -6,9 +6,9 @@ are kept so a client that reconnects gets exactly what it missed.
   ``metadata.relay_seq``: a plain client ignores an unknown metadata key, and the message keeps its form.
 - :class:`IopubJournal` keeps the messages of one kernel, bounded by bytes and by age (a pure structure on
   an injected clock), as :class:`~.payload.Outgoing` parts: each front makes its own form only when it sends.
-- :func:`with_sequence` writes the number into a message's metadata JSON (:func:`.payload.splice_seq`,
-  once a front reads it): the metadata object is spliced, never re-encoded, and the content is never
-  touched.
+- :meth:`.payload.Outgoing.with_seq` writes the number into a message's metadata JSON
+  (:func:`.payload.splice_seq`, once a front reads it): the metadata object is spliced, never re-encoded,
+  and the content is never touched.
 """
 
 from __future__ import annotations
@@ -21,18 +21,9 @@ from typing import NamedTuple
 from twisted.internet.interfaces import IReactorTime
 
 from .events import ReplayAhead, ReplayExpired
-from .payload import SEQ_KEY, Outgoing, splice_seq
+from .payload import SEQ_KEY, Outgoing
 
-__all__ = [
-    "ENTRY_OVERHEAD",
-    "SEQ_KEY",
-    "Entry",
-    "IopubJournal",
-    "Replay",
-    "Resume",
-    "splice_seq",
-    "with_sequence",
-]
+__all__ = ["ENTRY_OVERHEAD", "SEQ_KEY", "Entry", "IopubJournal", "Replay", "Resume"]
 #: What keeping one message costs beyond its JSON bytes (its part objects and entry), counted against
 #: ``max_bytes`` so the bound is close to the memory really held. Measured with tracemalloc, a kernel's status
 #: message of 236 bytes of JSON holds about 700 bytes kept: its four parts' bytes objects (368), and 335 for
@@ -165,14 +156,6 @@ class IopubJournal:
         entries = self._entries
         while entries and (self._bytes > self.max_bytes or entries[0].time < horizon):
             self._bytes -= entries.popleft().size
-
-
-def with_sequence(message: Outgoing, seq: int) -> Outgoing:
-    """
-    ``message`` as sent, its metadata carrying ``relay_seq`` (spliced into the kernel's metadata JSON when a
-    front first reads it: see :meth:`.Outgoing.with_seq`).
-    """
-    return message.with_seq(seq)
 
 
 class Resume(NamedTuple):

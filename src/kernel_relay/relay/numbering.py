@@ -18,7 +18,7 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
-from .journal import IopubJournal, with_sequence
+from .journal import IopubJournal
 from .payload import Outgoing
 from .status import STATUS_SIZE
 
@@ -130,7 +130,7 @@ class FleetNumbering:
         if msg_id is None:
             self._shared.after(
                 kernel_id,
-                lambda seq: ready(kernel_id, journal, size, with_sequence(message, seq), False),
+                lambda seq: ready(kernel_id, journal, size, message.with_seq(seq), False),
             )
             return
 
@@ -142,7 +142,7 @@ class FleetNumbering:
 
     def place_now(self, journal: IopubJournal, message: Outgoing) -> tuple[Outgoing, bool]:
         # Now, not behind later messages: its clients are let go right after.
-        return with_sequence(message, journal.last_seq), False
+        return message.with_seq(journal.last_seq), False
 
     def settled(self, kernel_id: str, then: Callable[[], None]) -> None:
         self._shared.after(kernel_id, lambda _: then())

@@ -20,7 +20,7 @@ from ..kernels import IOPUB
 from ..metrics import RelayMetrics
 from .client import RelayClient, short_id
 from .events import MessageRefused, ReplayBacklogged, ReplayCut, ReplayExpired, ReplayGap
-from .journal import IopubJournal, Resume, with_sequence
+from .journal import IopubJournal, Resume
 from .numbering import Fetched, Numbering
 from .payload import Outgoing
 from .replay import ReplayStream
@@ -212,7 +212,7 @@ class Replays:
             # The journal takes over where the stream's messages end (from first_local, or, with nothing of
             # its own before the fetch, from what it recorded since): none twice, and the gap told once.
             replay.start(
-                [with_sequence(m, seq) for seq, m in older],
+                [m.with_seq(seq) for seq, m in older],
                 first_local if first_local != sys.maxsize else first,
             )
 
