@@ -14,20 +14,28 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from kernel_relay.kernels import KernelMessage
-from kernel_relay.relay.execution import RequestRecord
+from kernel_relay.relay.execution import Execution, RequestRecord
 from kernel_relay.relay.ledger import COMPLETE, ENDED, INPUT, RUNNING, RequestLedger
+from kernel_relay.relay.numbering import Fetched
 from kernel_relay.relay.payload import Outgoing
-from kernel_relay.relay.requests import (
-    MAX_READS,
-    PAGE,
-    RECHECK,
-    RemoteRequests,
-    rebuild,
-    rebuild_all,
-)
+from kernel_relay.relay.requests import MAX_READS, PAGE, RECHECK, Rebuild, RemoteRequests
 from tests.fakes import kernel_message, result_of
 
 KERNEL = "k1-0000"
+
+
+def rebuild_all(
+    kernel_id: str, records: list[RequestRecord], stream: Fetched, now: float
+) -> list[Execution]:
+    """The requests of ``records``, rebuilt from the whole of ``stream`` in one page."""
+    rebuilding = Rebuild(kernel_id, records)
+    rebuilding.fold(stream)
+    return rebuilding.settle(now)
+
+
+def rebuild(kernel_id: str, record: RequestRecord, stream: Fetched, now: float) -> Execution:
+    """One request rebuilt from its record and the whole of ``stream``."""
+    return rebuild_all(kernel_id, [record], stream, now)[0]
 
 
 class MemoryRequests:

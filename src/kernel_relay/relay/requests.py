@@ -114,20 +114,6 @@ class Rebuild:
         return [self._requests[record.msg_id] for record in self._records]
 
 
-def rebuild_all(
-    kernel_id: str, records: list[RequestRecord], stream: Fetched, now: float
-) -> list[Execution]:
-    """The requests of ``records``, rebuilt from the whole of ``stream`` (:class:`Rebuild`)."""
-    rebuilding = Rebuild(kernel_id, records)
-    rebuilding.fold(stream)
-    return rebuilding.settle(now)
-
-
-def rebuild(kernel_id: str, record: RequestRecord, stream: Fetched, now: float) -> Execution:
-    """The request as the relay that accepted it knows it: its record, and the stream's messages folded in."""
-    return rebuild_all(kernel_id, [record], stream, now)[0]
-
-
 class RemoteRequests:
     """Reads the fleet's requests that this relay's ledger does not hold; see the module docstring."""
 
@@ -265,6 +251,4 @@ __all__ = [
     "Rebuild",
     "RemoteRequests",
     "parented",
-    "rebuild",
-    "rebuild_all",
 ]
