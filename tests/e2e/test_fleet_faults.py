@@ -29,6 +29,16 @@ def relay(runtime: Path, url: str, lease: str, *args: str) -> Relay:
     return Relay(runtime, "--redis", url, "--fleet-lease", lease, *args, token=TOKEN)
 
 
+def assert_runs_on(server: Relay, kernel_id: str) -> None:
+    """A Jupyter client of ``server`` runs ``1 + 1`` on the kernel: it is served there."""
+    client = JupyterWS(server.url, kernel_id, token=TOKEN)
+    try:
+        _, reply = client.execute("1 + 1")
+        assert reply["content"]["status"] == "ok"
+    finally:
+        client.close()
+
+
 def test_a_kernel_spawned_on_a_relay_that_just_started_is_usable_at_once_on_another(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -40,12 +50,7 @@ def test_a_kernel_spawned_on_a_relay_that_just_started_is_usable_at_once_on_anot
         ready_a = requests.get(f"{a.url}/api/health/ready", timeout=10)
         kernel_id = a.spawn()
         # Once the spawn answers, B serves the kernel: no "no running kernel has that id".
-        client = JupyterWS(b.url, kernel_id, token=TOKEN)
-        try:
-            _, reply = client.execute("1 + 1")
-            assert reply["content"]["status"] == "ok"
-        finally:
-            client.close()
+        assert_runs_on(b, kernel_id)
         assert kernel_id in ids(b)
         assert requests.get(f"{b.url}/api/health/ready", timeout=10).status_code == 200
         # Nobody took A's kernel over: A joined before it spawned, so its lease was there.
@@ -126,12 +131,7 @@ def test_a_kernel_whose_relay_is_killed_as_redis_restarts_empty_is_adopted_not_o
         a.process.wait()
         redis = redis.restart()
         wait(lambda: owned(b) == 1, 30, "B to adopt A's kernel")
-        client = JupyterWS(b.url, kernel_id, token=TOKEN)
-        try:
-            _, reply = client.execute("1 + 1")
-            assert reply["content"]["status"] == "ok"
-        finally:
-            client.close()
+        assert_runs_on(b, kernel_id)
         # Its clients were never told that the live kernel shut down.
         assert process.is_running()
         assert not told_dead(watcher)
@@ -169,12 +169,7 @@ def test_a_frozen_owner_during_a_redis_restart_is_no_death(tmp_path: Path) -> No
         time.sleep(3)
         assert kernel_id in ids(b) and process.is_running()
         assert not told_dead(watcher)
-        client = JupyterWS(b.url, kernel_id, token=TOKEN)
-        try:
-            _, reply = client.execute("1 + 1")
-            assert reply["content"]["status"] == "ok"
-        finally:
-            client.close()
+        assert_runs_on(b, kernel_id)
         assert owned(a) + owned(b) == 1
     finally:
         if watcher is not None:
