@@ -11,6 +11,8 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ import requests
 from kernel_relay.fleet.numbering import pack
 from kernel_relay.fronts.jupyter_connection import UNREAD_SECONDS
 from kernel_relay.relay.payload import Outgoing
+from tests.conftest import Relay
 from tests.e2e.test_fleet import (
     AUTH,
     TOKEN,
@@ -119,23 +122,35 @@ def test_an_entry_injected_into_the_stream_is_not_replayed_and_is_told(
             show("B", b)
 
 
+#: The database of the tests of a relay with one kernel place (``--max-kernels 1``).
+ONE_PLACE_DB = 10
+
+
+@contextmanager
+def one_place_relay(
+    server: RedisServer, db: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Relay]:
+    """A fleet relay with ``--max-kernels 1`` alone on an emptied database, once it has joined."""
+    redis(server, db, "FLUSHDB")
+    a = fleet_relay(tmp_path_factory.mktemp("a"), server.database(db), "--max-kernels", "1")
+    try:
+        wait(lambda: health(a)["fleet"]["redis_up"], 15, "A to join")  # type: ignore[index]
+        yield a
+    finally:
+        a.stop()
+        show("A", a)
+
+
 def test_a_forged_reservation_blocks_no_spawn(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """With --max-kernels 1, a reservation HSET into ``pending`` by a Redis writer does not refuse a spawn."""
-    db = 10
-    redis(redis_server, db, "FLUSHDB")
-    a = fleet_relay(tmp_path_factory.mktemp("a"), redis_server.database(db), "--max-kernels", "1")
-    try:
-        wait(lambda: health(a)["fleet"]["redis_up"], 15, "A to join")  # type: ignore[index]
+    with one_place_relay(redis_server, ONE_PLACE_DB, tmp_path_factory) as a:
         far = str(int(time.time() * 1000) + 10**9)
-        redis(redis_server, db, "HSET", "kernel-relay:pending", "forged", far)
+        redis(redis_server, ONE_PLACE_DB, "HSET", "kernel-relay:pending", "forged", far)
         kernel_id = a.spawn()
         assert any(FORGERY in line for line in log_lines(a))
         assert a.shutdown(kernel_id).status_code == 200
-    finally:
-        a.stop()
-        show("A", a)
 
 
 def test_forged_kernel_ids_block_no_spawn_and_are_not_served(
@@ -143,21 +158,15 @@ def test_forged_kernel_ids_block_no_spawn_and_are_not_served(
 ) -> None:
     """With --max-kernels 1, kernel ids SADDed into ``kernels`` by a Redis writer refuse no spawn, are not
     served, and are removed (so no relay reads them at each sync)."""
-    db = 10
-    redis(redis_server, db, "FLUSHDB")
-    a = fleet_relay(tmp_path_factory.mktemp("a"), redis_server.database(db), "--max-kernels", "1")
-    try:
-        wait(lambda: health(a)["fleet"]["redis_up"], 15, "A to join")  # type: ignore[index]
-        redis(redis_server, db, "SADD", "kernel-relay:kernels", "forged-1", "forged-2 " + "0" * 32)
+    with one_place_relay(redis_server, ONE_PLACE_DB, tmp_path_factory) as a:
+        forged = ("forged-1", "forged-2 " + "0" * 32)
+        redis(redis_server, ONE_PLACE_DB, "SADD", "kernel-relay:kernels", *forged)
         kernel_id = a.spawn()
         assert ids(a) == {kernel_id}
-        members = redis(redis_server, db, "SMEMBERS", "kernel-relay:kernels").split()
+        members = redis(redis_server, ONE_PLACE_DB, "SMEMBERS", "kernel-relay:kernels").split()
         assert members[0] == kernel_id and len(members) == 2, members  # its own, tagged
         assert any(FORGERY in line for line in log_lines(a))
         assert a.shutdown(kernel_id).status_code == 200
-    finally:
-        a.stop()
-        show("A", a)
 
 
 def test_a_forged_owner_demotes_no_relay(
