@@ -295,7 +295,9 @@ def test_input_of_a_socketio_cell_is_answered_over_rest(relay: Relay, kernel_id:
             "execute_request",
             {"code": "name = input('who? '); print('hi ' + name)", "allow_stdin": True},
         )
-        status, body = poll(relay.url, f"/api/kernels/{kernel_id}/requests/{msg_id}", TOKEN, "bo")
+        location = f"/api/kernels/{kernel_id}/requests/{msg_id}"
+        _until_known(relay.url, location, TOKEN)
+        status, body = poll(relay.url, location, TOKEN, "bo")
         deadline = time.monotonic() + 10  # the client reads on a thread of its own
         while not client.received["stdin"] and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -322,6 +324,17 @@ def test_a_restart_ends_a_running_request_with_a_clear_status(relay: Relay) -> N
         assert body["pending"] is False
     finally:
         relay.shutdown(kernel)
+
+
+def _until_known(base: str, location: str, token: str) -> None:
+    """
+    Wait until the relay knows the request: a socket.io emit returns before the relay has read it, so the
+    first GET may come first and rightly read 404.
+    """
+    deadline = time.monotonic() + 10
+    while requests.get(f"{base}{location}", headers=_headers(token), timeout=30).status_code == 404:
+        assert time.monotonic() < deadline, f"{location} still unknown 10 s after it was sent"
+        time.sleep(0.05)
 
 
 def _until_running(base: str, location: str, token: str, text: str) -> None:
