@@ -6,6 +6,8 @@ not accept the request.
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -101,10 +103,15 @@ class MemoryStream:
         pass
 
 
+_ids = itertools.count()
+
+
 def iopub(msg_type: str, parent: str, **content: Any) -> KernelMessage:
+    """A kernel's iopub message with a msg_id of its own, in its bytes as in its header."""
     message = kernel_message(msg_type, "iopub", parent, content)
-    message.header["msg_id"] = f"{msg_type}-{parent}-{id(message)}"
-    return message
+    header = {**message.header, "msg_id": f"{msg_type}-{parent}-{next(_ids)}"}
+    raw = (json.dumps(header).encode(), *message.raw_parts[1:])
+    return KernelMessage(header, message.parent_header, {}, content, channel="iopub", raw_parts=raw)
 
 
 def cell(parent: str, *texts: str, count: int = 3) -> list[KernelMessage]:
@@ -182,6 +189,18 @@ def test_the_rebuild_from_the_stream_is_the_ledgers_own_fold() -> None:
     there = rebuild(KERNEL, shared.records[(KERNEL, "r1")], stream.entries[41:], clock.seconds())
     assert there.summary() == {**here.summary(), "metadata": {"document_path": "a.ipynb"}}
     assert there.status == "error" and there.execution_count == 3
+
+
+def test_an_entry_copied_under_a_later_number_is_folded_once_across_pages() -> None:
+    """A Redis writer's copy of an output, on a later page of the same read, is not shown twice."""
+    messages = cell("r1", "a\n", "b\n")
+    entries = numbered(messages)
+    copied = [*entries[:3], (3 + PAGE, 0.0, entries[2][2]), *entries[3:]]
+    rebuilding = Rebuild(KERNEL, [record()])
+    rebuilding.fold(copied[:3])
+    rebuilding.fold(copied[3:])
+    (request,) = rebuilding.settle(0.0)
+    assert "".join(output["text"] for output in request.summary()["outputs"]) == "a\nb\n"
 
 
 def record(**fields: Any) -> RequestRecord:

@@ -80,6 +80,9 @@ class Rebuild:
         """When the message that finished each request was numbered."""
         self._head: int | None = None
         self._read = False
+        self._seen: set[str] = set()
+        """The msg_ids folded so far: an entry a Redis writer copied under a later number is folded once,
+        whichever page it is on."""
 
     @property
     def over(self) -> bool:
@@ -94,8 +97,9 @@ class Rebuild:
         for _, when, outgoing in page:
             message = None if outgoing is None else parented(outgoing, self._only)
             request = None if message is None else self._requests.get(message.parent_msg_id)
-            if message is None or request is None:
+            if message is None or request is None or message.msg_id in self._seen:
                 continue
+            self._seen.add(message.msg_id)
             try:
                 if request.fold(message, when):
                     request.version += 1
