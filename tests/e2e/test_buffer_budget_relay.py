@@ -77,11 +77,15 @@ def close_all(connections: list[websocket.WebSocket]) -> None:
 # -- a flooding kernel and viewers that never read -----------------------------------------------------------
 
 
+#: The flooding kernel's journal is kept by design (8 MiB by default); kept small here, the memory left after
+#: the viewers close is theirs to give back.
 flooded = relay_fixture(
     "--max-buffered-bytes",
     str(32 * MiB),
     "--max-total-buffered-bytes",
     str(64 * MiB),
+    "--iopub-replay-bytes",
+    str(MiB),
     token=TOKEN,
     scope="function",
 )
