@@ -471,3 +471,40 @@ def test_a_large_text_message_is_framed_without_joining_its_digit_and_text(proto
     body = expected.encode("utf-8")
     assert bytes(transport.held) == frame_header(0x81, len(body)) + body
     assert transport.writes[-1] == text.encode("utf-8"), "the text, not digit and text joined"
+
+
+def _written(transport: StringTransport, clock: Clock) -> bytes:
+    """Everything the connection wrote so far, after the turn's batched write."""
+    clock.advance(0)
+    written = transport.value()
+    transport.clear()
+    return written
+
+
+@pytest.mark.parametrize("protocol", [3, 4])
+def test_texts_framed_directly_are_the_bytes_of_their_packets(protocol: int) -> None:
+    """send_texts writes, byte for byte, what send writes for the same text messages as packets."""
+    clock = Clock()
+    factory = EngineIOWebSocketFactory(clock, max_payload=1000)
+    connection, transport = open_connection(factory)
+    adapter = WebSocketTransport(connection, codec_for(protocol))
+    texts = ('42/shell/k,["msg",{"a":1}]', "é☃ unicode", "x" * 70_000, "")
+    assert adapter.send_texts(texts)
+    direct = _written(transport, clock)
+    adapter.send([Packet(PacketType.MESSAGE, text) for text in texts])
+    assert direct == _written(transport, clock)
+    assert direct.startswith(frame_header(0x81, 27) + b'442/shell/k,["msg"')
+
+
+def test_texts_are_not_framed_directly_if_binary_or_the_connection_takes_no_frames() -> None:
+    """send_texts sends nothing and says so for a binary message, or once the connection is closed."""
+    clock = Clock()
+    factory = EngineIOWebSocketFactory(clock, max_payload=1000)
+    connection, transport = open_connection(factory)
+    adapter = WebSocketTransport(connection, codec_for(4))
+    assert not adapter.send_texts(("text", b"binary"))
+    connection.state = WebSocketProtocol.STATE_CLOSING
+    assert not adapter.send_texts(("text",))
+    adapter.connection_lost()
+    assert not adapter.send_texts(("text",))
+    assert _written(transport, clock) == b""

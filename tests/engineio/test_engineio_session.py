@@ -347,3 +347,35 @@ def test_poll_during_upgrade_is_refused_if_upgrade_completes_first() -> None:
     clock.advance(1)
     assert polling.discarded
     assert [Packet(T.NOOP)] not in polling.batches[1:]
+
+
+class DirectTransport(FakeTransport):
+    """A WebSocket-like fake that frames text messages itself (as WebSocketTransport.send_texts)."""
+
+    def __init__(self) -> None:
+        super().__init__(name="websocket", resumable=False)
+        self.direct: list[str] = []
+
+    def send_texts(self, messages: Sequence[str | bytes]) -> bool:
+        if not self.writable or not all(isinstance(m, str) for m in messages):
+            return False
+        self.direct += messages  # type: ignore[arg-type]
+        return True
+
+
+def test_text_messages_go_straight_to_a_transport_that_frames_them_unless_packets_wait() -> None:
+    """Text skips the queue only when nothing is queued: binary, and text after it, keep their order."""
+    transport = DirectTransport()
+    session, *_ = make(transport)
+    session.send("a", "b")
+    assert transport.direct == ["a", "b"]
+    session.send("c", b"bin")
+    assert transport.direct == ["a", "b"]
+    assert [p.data for p in transport.sent()][-2:] == ["c", b"bin"]
+    transport.writable = False
+    session.send("d")
+    transport.writable = True
+    session.send("e")
+    assert transport.direct == ["a", "b"], "queued text is not overtaken"
+    session._flush()
+    assert [p.data for p in transport.sent()][-2:] == ["d", "e"]

@@ -91,6 +91,8 @@ class EngineIOSession:
         self._options = options
         self._clock = clock
         self._transport = transport
+        # A transport that frames messages with no packet made: see WebSocketTransport.send_texts.
+        self._direct = getattr(transport, "send_texts", None)
         self._on_gone = on_gone
         self._handler: SessionHandler | None = None
         self._state = _State.OPEN
@@ -154,12 +156,14 @@ class EngineIOSession:
         if self._state is not _OPEN:
             self.log.debug("send on closed session {sid} ignored", sid=self.sid)
             return
-        for data in messages:
-            kind = type(data)
-            if kind is not str and kind is not bytes:
-                data = as_binary(data)
-            self._queue(new_packet_unchecked(Packet, (_MESSAGE, data)))
-        self._flush()
+        direct = self._direct
+        if direct is None or self._buffer or self._upgrade is not None or not direct(messages):
+            for data in messages:
+                kind = type(data)
+                if kind is not str and kind is not bytes:
+                    data = as_binary(data)
+                self._queue(new_packet_unchecked(Packet, (_MESSAGE, data)))
+            self._flush()
         limit = self._options.max_buffered_bytes
         report = self.on_buffered
         if (limit is not None or report is not None) and self._state is _OPEN:
@@ -356,6 +360,7 @@ class EngineIOSession:
     def _complete_upgrade(self, upgrade: Upgrade) -> None:
         upgrade.stop()
         old, self._transport, self._upgrade = self._transport, upgrade.probe, None
+        self._direct = getattr(self._transport, "send_texts", None)
         self.upgraded = True
         old.discard()
         if self.vouched and self.on_vouched is not None:
