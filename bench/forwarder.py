@@ -11,6 +11,10 @@ received and dropped, as by a relay whose client joined only the shell channel. 
 beyond it is the cost of its protocols (WebSocket, Engine.IO, socket.io, JSON, signing) and of Twisted;
 what the forwarder takes beyond direct ZMQ is what no relay process can avoid.
 
+Its kernel's channels are encrypted as the relay's are (CurveZMQ when the kernelspec declares it, the relay's
+default): the forwarder's sockets then are Curve clients, given the kernel's key pair in the environment
+(``FORWARDER_CURVE_PUBLICKEY``, ``FORWARDER_CURVE_SECRETKEY``), and pay what the relay pays to decrypt.
+
 It needs a kernel of its own: sharing one with the relay would make it pay for the relay's work on that
 kernel's iopub messages too (3-10% of a round trip, measured by stopping the relay).
 
@@ -26,6 +30,7 @@ frames.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import sys
@@ -100,11 +105,21 @@ def main(argv: list[str]) -> int:
     context = zmq.Context()
     kernel = context.socket(zmq.DEALER)
     kernel.linger = 0
-    kernel.connect(argv[0])
     iopub = context.socket(zmq.SUB)
     iopub.linger = 0
     iopub.rcvhwm = 0
     iopub.setsockopt(zmq.SUBSCRIBE, b"")
+    public, secret = (
+        os.environ.get(f"FORWARDER_CURVE_{key}") for key in ("PUBLICKEY", "SECRETKEY")
+    )
+    if (
+        public and secret
+    ):  # an encrypted kernel: Curve clients with its key pair, as the relay's sockets
+        for sock in (kernel, iopub):
+            sock.curve_secretkey = secret.encode("ascii")
+            sock.curve_publickey = public.encode("ascii")
+            sock.curve_serverkey = public.encode("ascii")
+    kernel.connect(argv[0])
     iopub.connect(argv[1])
     with socket.create_server(("127.0.0.1", 0)) as listener:
         print(listener.getsockname()[1], flush=True)

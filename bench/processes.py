@@ -275,9 +275,13 @@ class JupyterServer(ChildServer):
 
 
 class DirectKernel:
-    """A python3 kernel started by jupyter_client in this process (for the direct client, or the forwarder)."""
+    """
+    A python3 kernel started by jupyter_client in this process (for the direct client, or the forwarder);
+    ``encryption`` is jupyter_client's ``transport_encryption`` (``auto``: CurveZMQ, as the relay's kernels
+    have by default, when the kernelspec declares it).
+    """
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, encryption: str = "disabled") -> None:
         from jupyter_client.manager import KernelManager
 
         runtime = log_dir / "direct-runtime"
@@ -285,6 +289,7 @@ class DirectKernel:
         self.manager = KernelManager(
             kernel_name="python3",
             connection_file=str(runtime / f"kernel-{secrets.token_hex(4)}.json"),
+            transport_encryption=encryption,
         )
         self.manager.start_kernel()
         client = self.manager.blocking_client()
@@ -312,6 +317,12 @@ class Forwarder:
         ip = connection_info["ip"]
         shell = f"tcp://{ip}:{connection_info['shell_port']}"
         iopub = f"tcp://{ip}:{connection_info['iopub_port']}"
+        # A kernel's CurveZMQ key pair, if it has one: the forwarder's sockets are Curve clients with it.
+        keys = {
+            f"FORWARDER_{key.upper()}": str(connection_info[key])
+            for key in ("curve_publickey", "curve_secretkey")
+            if connection_info.get(key)
+        }
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -324,6 +335,7 @@ class Forwarder:
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parent.parent,
+            env={**os.environ, **keys},
             start_new_session=True,
         )
         assert self.process.stdout is not None

@@ -56,6 +56,9 @@ SCENARIOS = (
 #: What runs without ``--only``: the fleet's fan-out needs a redis-server, which a developer may not have.
 DEFAULT_SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", "sandbox")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+#: The forwarders' kernels are encrypted as the relay's are by default (its --kernel-encryption auto): a floor
+#: that skipped CurveZMQ would book the relay's I/O thread's decryption as the relay's own code.
+FLOOR_ENCRYPTION = "auto"
 TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server", "forwarder", "forwarder_iopub")
 
 
@@ -261,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                 factories["direct"] = direct_client
             if "forwarder" in targets and "round_trip" in args.only:
                 say("starting a kernel with jupyter_client for the forwarder, and the forwarder")
-                floor_kernel = DirectKernel(logs)
+                floor_kernel = DirectKernel(logs, FLOOR_ENCRYPTION)
                 cleanups.append(floor_kernel.stop)
                 floor_info = floor_kernel.connection_info
                 floor = Forwarder(floor_info)
@@ -274,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers["forwarder"] = floor.process.pid
             if "forwarder_iopub" in targets and "round_trip" in args.only:
                 say("starting a kernel for the forwarder that passes iopub on, and that forwarder")
-                iopub_kernel = DirectKernel(logs)
+                iopub_kernel = DirectKernel(logs, FLOOR_ENCRYPTION)
                 cleanups.append(iopub_kernel.stop)
                 iopub_info = iopub_kernel.connection_info
                 iopub_floor = Forwarder(iopub_info, pass_iopub=True)

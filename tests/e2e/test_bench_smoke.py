@@ -331,3 +331,28 @@ def test_the_report_shows_the_rest_round_trip_beside_the_websocket_fronts() -> N
     assert "| kernel-relay, REST (POST, then GET ?wait=30) | 16.60 ms | 33.20 ms | 2.44 |" in table
     assert "| kernel-relay, socket.io | 6.80 ms | 13.60 ms | 1.00 |" in table
     assert "| kernel-relay, Jupyter v1 | 3.80 ms | 7.60 ms | 0.56 |" in table
+
+
+@pytest.mark.timeout(120)
+def test_the_forwarders_kernel_is_encrypted_as_the_relays_and_the_forwarder_answers_through_curve(
+    tmp_path: Path,
+) -> None:
+    """The floor's kernel has CurveZMQ keys (the relay's default) and a round trip through the forwarder works."""
+    from bench.clients import ForwarderClient
+    from bench.processes import DirectKernel, Forwarder
+    from bench.run import FLOOR_ENCRYPTION
+    from bench.scenarios import wait_reply
+
+    kernel = DirectKernel(tmp_path, FLOOR_ENCRYPTION)
+    try:
+        assert kernel.connection_info.get("curve_publickey")
+        floor = Forwarder(kernel.connection_info)
+        try:
+            client = ForwarderClient(floor.port, kernel.connection_info)
+            reply = wait_reply(client, client.send("shell", "kernel_info_request", {}))
+            assert reply.content["status"] == "ok"
+            client.close()
+        finally:
+            floor.stop()
+    finally:
+        kernel.stop()
