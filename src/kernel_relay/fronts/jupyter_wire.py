@@ -97,6 +97,9 @@ def legacy_frame(message: Outgoing) -> tuple[list[Frame], bool]:
 
 
 def _json_object(data: bytes | str, name: str) -> dict[str, Any]:
+    # Most parent headers, metadata and contents a client sends: no decoder to run.
+    if data == b"{}":
+        return {}
     try:
         value = loads(data)
     except JSONError as error:
