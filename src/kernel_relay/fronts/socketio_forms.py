@@ -31,15 +31,19 @@ _encode_json: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")
 _CHANNEL_JSON: Final = {channel: _encode_json(channel) for channel in (*CHANNELS, "")}
 
 
-def message_json(texts: tuple[str, str, str, str], channel: str) -> str:
+def message_json(
+    texts: tuple[str, str, str, str], channel: str, before: str = "", after: str = ""
+) -> str:
     """
     A message without buffers as clients see it, joined from the JSON text of its four parts (header,
-    parent_header, metadata, content), nothing parsed or encoded again.
+    parent_header, metadata, content), nothing parsed or encoded again; between ``before`` and ``after``
+    (a packet's text around it), in the same join.
     """
     header, parent, metadata, content = texts
     channel_json = _CHANNEL_JSON.get(channel)
     return "".join(
         (
+            before,
             '{"header":',
             header,
             ',"parent_header":',
@@ -51,6 +55,7 @@ def message_json(texts: tuple[str, str, str, str], channel: str) -> str:
             ',"channel":',
             channel_json if channel_json is not None else _encode_json(channel),
             "}",
+            after,
         )
     )
 
@@ -60,9 +65,12 @@ def is_one_text(message: Outgoing) -> bool:
     return not message.buffers and len(message.parts[3]) <= JOIN_LIMIT
 
 
-def json_text(message: Outgoing) -> str:
-    """The message without its buffers as one JSON object text, ``channel`` included, joined from its parts."""
-    return message_json(message.texts(), message.channel)
+def json_text(message: Outgoing, before: str = "", after: str = "") -> str:
+    """
+    The message without its buffers as one JSON object text, ``channel`` included, joined from its parts
+    (between ``before`` and ``after``).
+    """
+    return message_json(message.texts(), message.channel, before, after)
 
 
 def client_payload(message: Outgoing) -> Payload:
