@@ -24,7 +24,7 @@ from itertools import pairwise
 from typing import Any, Final
 
 from ..jsontext import JSONError, loads
-from ..kernels import SHELL, Frame, iso_date
+from ..kernels import CHANNELS, SHELL, Frame, iso_date
 from ..relay.payload import Outgoing
 
 V1: Final = "v1.kernel.websocket.jupyter.org"
@@ -38,15 +38,23 @@ class WireError(ValueError):
     """A client's frame is not a Jupyter message in the connection's format."""
 
 
+#: The channels' names as a v1 frame carries them, and the offset tables of the usual sizes, made once.
+_CHANNEL_BYTES: Final = {channel: channel.encode() for channel in CHANNELS}
+_TABLES: Final = {count: struct.Struct(f"<{count + 1}Q") for count in range(6, 16)}
+
+
 def v1_frame(message: Outgoing) -> list[Frame]:
     """The parts of ``message``'s v1 frame, in order: offset table, channel, the four JSON parts, buffers."""
-    channel = message.channel.encode("utf-8")
+    channel = _CHANNEL_BYTES.get(message.channel) or message.channel.encode("utf-8")
     pieces: list[Frame] = [channel, *message.parts, *message.buffers]
     count = len(pieces) + 1
-    offsets = [8 * (count + 1)]
+    offset = 8 * (count + 1)
+    offsets = [offset]
     for piece in pieces:
-        offsets.append(offsets[-1] + len(piece))
-    return [struct.pack(f"<{count + 1}Q", count, *offsets), *pieces]
+        offset += len(piece)
+        offsets.append(offset)
+    table = _TABLES.get(count) or struct.Struct(f"<{count + 1}Q")
+    return [table.pack(count, *offsets), *pieces]
 
 
 def _legacy_json(message: Outgoing) -> str:
