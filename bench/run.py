@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import zmq
+
 from bench import fleet, report, sandbox, scale, scenarios
 from bench.clients import (
     BenchClient,
@@ -58,7 +60,7 @@ DEFAULT_SCENARIOS = ("round_trip", "flood", "large", "fanout", "idle", "spawn", 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 #: The forwarders' kernels are encrypted as the relay's are by default (its --kernel-encryption auto): a floor
 #: that skipped CurveZMQ would book the relay's I/O thread's decryption as the relay's own code.
-FLOOR_ENCRYPTION = "auto"
+FLOOR_ENCRYPTION = "auto" if zmq.has("curve") else "disabled"
 TARGETS = ("direct", "relay", "relay_jupyter", "jupyter_server", "forwarder", "forwarder_iopub")
 
 
