@@ -357,3 +357,20 @@ def test_the_forwarders_kernel_is_encrypted_as_the_relays_and_the_forwarder_answ
             floor.stop()
     finally:
         kernel.stop()
+
+
+@pytest.mark.timeout(180)
+def test_the_ab_comparison_reports_each_front_of_each_tree_and_the_floor() -> None:
+    """python -m bench.ab gives CPU per request for both fronts of each source tree, and each one's ratio to the floor."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.ab", "A=src", "--rounds", "1", "--per", "2", "--floor"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    lines = completed.stdout.splitlines()
+    for target in ("A socket.io", "A jupyter", "forwarder"):
+        [line] = [line for line in lines if line.startswith(target + " ")]
+        assert " us (median " in line and line.endswith("x the forwarder")
