@@ -50,3 +50,34 @@ def test_a_caller_that_gives_up_stops_the_asking() -> None:
     asked = store.asked
     clock.advance(LOAD_RETRY * 10)
     assert store.asked == asked and not clock.getDelayedCalls()
+
+
+class Settling:
+    """A store whose Redis settles for good: each mark it has is unsure, the ones given in turn, then the last."""
+
+    def __init__(self, *found: str) -> None:
+        self.found = list(found)
+
+    def mark(self, kernel_id: str, session_id: str) -> Deferred[str | None]:
+        found = self.found.pop(0) if len(self.found) > 1 else self.found[0]
+        return fail(MarksUnsure("Redis restarted lately", found))
+
+
+def test_a_mark_found_while_redis_settles_is_asked_again_even_by_a_relay_new_to_it() -> None:
+    """A mark Redis has while the relays save theirs again may be older than one yet to come back: asked again."""
+    clock = Clock()
+    store = Settling("5 older", "30 fresher", "5 older")
+    loaded = FleetMarks(store, clock).load("k", "session", wait=2.0)  # type: ignore[arg-type]
+    clock.advance(LOAD_RETRY * 5)
+    assert not loaded.called
+
+
+def test_the_freshest_mark_found_is_the_answer_when_the_wait_runs_out() -> None:
+    """A relay of the fleet gone before it saved its marks again: the freshest mark found is resumed from (some
+    output sent again at worst), not none (the session told output is missing, or sent everything)."""
+    clock = Clock()
+    store = Settling("5 older", "30 fresher", "5 older")
+    loaded = FleetMarks(store, clock).load("k", "session", wait=2.0)  # type: ignore[arg-type]
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert result_of(loaded) == (30, "fresher") and not clock.getDelayedCalls()

@@ -39,7 +39,7 @@ async def stores(
     made = [await connected(url), await connected(url)]
     await made[0]._call("FLUSHDB")
     # As in a fleet that has run for a while: Redis has kept the sessions' marks for longer than a lease.
-    await made[0].keep_marks(0.001)
+    await made[0].keep_marks(0.001, "A")
     await deferLater(reactor, 0.01, lambda: None)
     yield made
     for store in made:

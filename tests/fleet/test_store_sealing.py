@@ -104,9 +104,12 @@ async def test_a_forged_owner_is_no_owner_and_cannot_be_claimed_from(
 async def test_no_mark_after_redis_lost_its_marks_is_told_unsure_not_new(
     stores: list[FleetStore],
 ) -> None:
-    """Redis that restarted empty answers "no mark" for every session: until the relays had a lease's time
-    to save theirs again, that is unsure (MarksUnsure), and only then a session new to the fleet."""
+    """Redis that restarted empty answers "no mark" for every session: until the relays of the fleet saved theirs
+    again (or a lease passed), that is unsure (MarksUnsure), a mark found meanwhile too (a fresher one may be yet
+    to come back), and only then a session new to the fleet."""
     a, b = stores
+    await b.renew("B", {"machine": "m"}, 60)
+    assert set(await a.relays()) == {"B"}  # the fleet as A knows it: B saves its marks again too
     await a.save_marks("k1", {"s": "5 p"}, 60, 10)
     await a._call("FLUSHDB")  # as a restart with nothing on disk
     with pytest.raises(MarksUnsure):
@@ -115,6 +118,11 @@ async def test_no_mark_after_redis_lost_its_marks_is_told_unsure_not_new(
     with pytest.raises(MarksUnsure):
         await b.mark("k1", "s")
     await a.save_marks("k1", {"s": "5 p"}, 60, 10)  # saved again meanwhile
+    with pytest.raises(MarksUnsure) as unsure:
+        await b.mark("k1", "s")
+    assert unsure.value.found == "5 p"
+    await b.renew("B", {"machine": "m"}, 60)  # B saves its marks again: the last Redis waits for
+    await deferLater(reactor, 0.05, lambda: None)
     assert await b.mark("k1", "s") == "5 p"
     await deferLater(reactor, 0.4, lambda: None)
     assert await b.mark("k1", "new-session") is None

@@ -78,9 +78,10 @@ class FleetCore(FakeCore):
     def __init__(self) -> None:
         super().__init__()
         self.attached: list[tuple[str, Resume]] = []
+        self.numbered = 40
 
     def last_seq(self, kernel_id: str) -> int:
-        return 40
+        return self.numbered
 
     def attach(self, client: Any, kernel: Any, channel: str, resume: Resume) -> None:
         self.attached.append((channel, resume))
@@ -89,23 +90,28 @@ class FleetCore(FakeCore):
 class Marks:
     """The fleet's marks: ``answer`` is what a load gives (an exception: it fails)."""
 
-    def __init__(self, answer: tuple[int, str | None] | Exception | None) -> None:
+    def __init__(self, answer: tuple[int, str | None] | Exception | Deferred[Any] | None) -> None:
         self.answer = answer
 
     def save(self, kernel_id: str, marks: Any) -> None:
         pass
 
     def load(
-        self, kernel_id: str, session_key: str, patient: bool = False
+        self, kernel_id: str, session_key: str, patient: bool = False, wait: float = 2.0
     ) -> Deferred[tuple[int, str | None] | None]:
+        if isinstance(self.answer, Deferred):
+            return self.answer
         if isinstance(self.answer, Exception):
             return fail(self.answer)
         return succeed(self.answer)
 
 
-def join(answer: tuple[int, str | None] | Exception | None) -> tuple[FleetCore, list[object]]:
+def join(
+    answer: tuple[int, str | None] | Exception | Deferred[Any] | None, numbered: int = 40
+) -> tuple[FleetCore, list[object]]:
     """A session joins k1's iopub on a fleet relay whose marks answer ``answer``: what it is attached with, told."""
     core = FleetCore()
+    core.numbered = numbered
     front = JupyterFront(core, Clock())  # type: ignore[arg-type]
     front.share_marks(Marks(answer))
     told: list[object] = []

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -36,6 +36,7 @@ class FleetMarks:
         self._clock = clock
         self._held: dict[str, OrderedDict[str, tuple[str, float]]] = {}
         """The marks this relay saved, by kernel and session (with when)."""
+        store.marks_lost = self.save_again  # saved again as soon as the store finds Redis lost them
 
     def save(self, kernel_id: str, marks: Mapping[str, tuple[int, str | None]]) -> None:
         """Each session's ``relay_seq`` and parent ``msg_id`` (ids only: a mark is a few hundred bytes)."""
@@ -55,70 +56,112 @@ class FleetMarks:
         d.addErrback(lambda f: None)
 
     def load(
-        self, kernel_id: str, session_key: str, patient: bool = False
+        self, kernel_id: str, session_key: str, patient: bool = False, wait: float = 2.0
     ) -> Deferred[tuple[int, str | None] | None]:
         """
-        Where the fleet says the session stopped (None: new to the fleet). ``patient``: while Redis cannot
-        say yet (away, or restarted and the relays not done saving their marks again) it is asked again every
-        :data:`LOAD_RETRY` until it says or the caller gives up (cancels): a relay that went by its own mark
-        from an earlier visit instead would send the session everything since then again.
+        Where the fleet says the session stopped (None: new to the fleet), within ``wait`` seconds. While
+        Redis cannot say yet (away, or restarted and the relays not done saving their marks again) it is asked
+        again every :data:`LOAD_RETRY`: when ``patient`` (a relay that went by its own mark from an earlier
+        visit instead would send the session everything since then again), and whenever it has a mark that
+        may not be the freshest. When ``wait`` runs out, the freshest mark found is the answer (at worst some
+        output is sent again, none lost); with none, it fails with why.
         """
-
-        def decoded(value: str | None) -> tuple[int, str | None] | None:
-            if not value:
-                return None
-            seq, _, parent_id = value.partition(" ")
-            return (int(seq), parent_id or None) if seq.isdigit() else None
-
-        if not patient:
-            return self._store.mark(kernel_id, session_key).addCallback(decoded)
-        return self._asked(kernel_id, session_key).addCallback(decoded)
-
-    def _asked(self, kernel_id: str, session_key: str) -> Deferred[str | None]:
-        under_way: list[Any] = []  # the call, or the timer before the next one
-
-        def cancel(_: Deferred[str | None]) -> None:
-            for step in under_way:
-                if isinstance(step, Deferred):
-                    step.cancel()
-                elif step.active():
-                    step.cancel()
-
-        result: Deferred[str | None] = Deferred(cancel)
-
-        def ask() -> None:
-            under_way[:] = [self._store.mark(kernel_id, session_key)]
-            under_way[0].addCallbacks(answered, failed)
-
-        def answered(value: str | None) -> None:
-            under_way.clear()
-            if not result.called:
-                result.callback(value)
-
-        def failed(failure: Failure) -> None:
-            if isinstance(failure.value, CancelledError) or result.called:
-                return
-            if isinstance(failure.value, (FleetUnavailable, MarksUnsure)):
-                timer: IDelayedCall = self._clock.callLater(LOAD_RETRY, ask)
-                under_way[:] = [timer]
-                return
-            result.errback(failure)
-
-        ask()
-        return result
+        asking = _Asking(self._store, self._clock, (kernel_id, session_key), patient)
+        asking.start(wait)
+        return asking.result.addCallback(_decoded)
 
     def forget(self, kernel_id: str) -> None:
         """The kernel is gone here: its marks are not saved again."""
         self._held.pop(kernel_id, None)
 
-    def save_again(self) -> None:
-        """Redis lost what it held (it restarted empty): save again the marks this relay saved, unexpired."""
+    def save_again(self) -> Deferred[bool]:
+        """
+        Redis lost what it held (it restarted empty): save again the marks this relay saved, unexpired.
+        Whether all were saved.
+        """
         now = self._clock.seconds()
+        saving = []
         for kernel_id, held in list(self._held.items()):
             fresh = {s: v for s, (v, when) in held.items() if now - when < MARK_SECONDS}
             if fresh:
-                d = self._store.save_marks(kernel_id, fresh, MARK_SECONDS, MARKS_PER_KERNEL)
-                d.addErrback(lambda f: None)
+                saving.append(
+                    self._store.save_marks(kernel_id, fresh, MARK_SECONDS, MARKS_PER_KERNEL)
+                )
+        done = gatherResults(saving, consumeErrors=True)
+        return done.addCallbacks(lambda _: True, lambda f: False)
+
+
+def _decoded(value: str | None) -> tuple[int, str | None] | None:
+    if not value:
+        return None
+    seq, _, parent_id = value.partition(" ")
+    return (int(seq), parent_id or None) if seq.isdigit() else None
+
+
+def _seq(value: str) -> int:
+    seq = value.partition(" ")[0]
+    return int(seq) if seq.isdigit() else -1
+
+
+class _Asking:
+    """One session's mark asked of Redis until it says for sure, or the wait runs out (:meth:`FleetMarks.load`)."""
+
+    def __init__(
+        self, store: FleetStore, clock: IReactorTime, session: tuple[str, str], patient: bool
+    ) -> None:
+        self._store, self._clock, self._session, self._patient = store, clock, session, patient
+        self.result: Deferred[str | None] = Deferred(lambda _: self._stop())
+        self._call: Deferred[str | None] | None = None
+        self._timers: list[IDelayedCall] = []
+        self._found: str | None = None
+        """The freshest mark Redis had while it could not say for sure."""
+        self._why: Failure | None = None
+
+    def start(self, wait: float) -> None:
+        self._timers.append(self._clock.callLater(wait, self._give_up))
+        self._ask()
+
+    def _ask(self) -> None:
+        self._call = self._store.mark(*self._session)
+        self._call.addCallbacks(self._end, self._failed)
+
+    def _failed(self, failure: Failure) -> None:
+        self._call = None
+        if self.result.called or isinstance(failure.value, CancelledError):
+            return
+        if not isinstance(failure.value, (FleetUnavailable, MarksUnsure)):
+            self._end(failure)
+            return
+        found = getattr(failure.value, "found", None)
+        if found is not None and (self._found is None or _seq(found) > _seq(self._found)):
+            self._found = found
+        self._why = failure
+        if not (self._patient or self._found is not None):
+            self._end(failure)
+            return
+        self._timers.append(self._clock.callLater(LOAD_RETRY, self._ask))
+
+    def _give_up(self) -> None:
+        why = self._why or FleetUnavailable("Redis did not answer in time")
+        self._end(self._found if self._found is not None else why)
+
+    def _end(self, outcome: str | Failure | Exception | None) -> None:
+        self._call = None
+        self._stop()
+        if not self.result.called:
+            if isinstance(outcome, (Failure, Exception)):
+                self.result.errback(outcome)
+            else:
+                self.result.callback(outcome)
+
+    def _stop(self) -> None:
+        for timer in self._timers:
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        call, self._call = self._call, None
+        if call is not None:
+            call.cancel()
 
 
 __all__ = ["MARKS_PER_KERNEL", "MARK_BYTES", "MARK_SECONDS", "FleetMarks"]

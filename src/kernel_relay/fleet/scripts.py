@@ -87,14 +87,28 @@ if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) en
 return 1
 """
 
-#: KEYS: kept-marks, settling-marks. ARGV: kept-marks's (sealed) value, how long the relays take to save their
-#: marks again (ms). Redis that lost kept-marks (it restarted empty) is settling for that long.
+#: KEYS: kept-marks, settling-marks, settling-relays. ARGV: kept-marks's (sealed) value, how long the relays may
+#: take to save their marks again (ms), then the relays expected to. Redis that lost kept-marks (it restarted
+#: empty) is settling until each of them has (``SETTLE_MARKS``) or that time has passed. Returns kept-marks's
+#: value: a relay that finds another than it last saw knows Redis lost the marks.
 KEEP_MARKS: Final = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('SET', KEYS[2], '1', 'PX', ARGV[2])
-  return 1
+  redis.call('DEL', KEYS[3])
+  for i = 3, #ARGV do redis.call('SADD', KEYS[3], ARGV[i]) end
+  redis.call('PEXPIRE', KEYS[3], ARGV[2])
+  return ARGV[1]
 end
-return 0
+return redis.call('GET', KEYS[1])
+"""
+
+#: KEYS: kept-marks, settling-marks, settling-relays. ARGV: kept-marks's value as the relay found it, the relay.
+#: The relay saved its marks again since Redis lost them: the last one expected ends the settling.
+SETTLE_MARKS: Final = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SREM', KEYS[3], ARGV[2])
+if redis.call('SCARD', KEYS[3]) == 0 then redis.call('DEL', KEYS[2]) end
+return 1
 """
 
 #: KEYS: kernels, a kernel record. ARGV: the kernel's member, then the field, value pairs of its record as a
@@ -193,6 +207,7 @@ __all__ = [
     "REGISTER",
     "RESERVE",
     "SAVE_MARK",
+    "SETTLE_MARKS",
     "SET_OWNER",
     "TAKE_OVER",
 ]

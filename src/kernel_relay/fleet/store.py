@@ -95,7 +95,7 @@ class FleetStore(StreamStore, MarkStore, MemberStore):
         # The check value again, should Redis have lost it (restarted empty).
         d.addCallback(lambda _: self._call("SET", key("fleet"), self._keys.check, "NX"))
         # And the sign that Redis keeps the sessions' marks (see :mod:`.mark_store`).
-        d.addCallback(lambda _: self.keep_marks(ttl))
+        d.addCallback(lambda _: self.keep_marks(ttl, relay_id))
         return d.addCallback(lambda _: self._call("SADD", key("relays"), relay_id))
 
     def extend_lease(self, relay_id: str, ttl: float) -> Deferred[Any]:
@@ -135,7 +135,9 @@ class FleetStore(StreamStore, MarkStore, MemberStore):
 
             return d.addCallback(found)
 
-        return self._call("SMEMBERS", key("relays")).addCallback(leases)
+        # Remembered: the relays that save their sessions' marks again should Redis lose them.
+        d = self._call("SMEMBERS", key("relays")).addCallback(leases)
+        return d.addCallback(self.relays_read)
 
     def lease_alive(self, relay_id: str) -> Deferred[bool]:
         return self._call("EXISTS", key("relay", relay_id)).addCallback(lambda n: int(n) > 0)

@@ -129,9 +129,7 @@ class JupyterSessions:
         the fleet could not say (then the session may have read elsewhere: it cannot be taken for new).
         """
         assert self.shared is not None
-        asked = self.shared.load(kernel_id, session_key, patient)
-        asked.addTimeout(SHARE_WAIT, self._clock)
-        return asked
+        return self.shared.load(kernel_id, session_key, patient, SHARE_WAIT)
 
     def ended(self, kernel_id: str, session_key: str, last_seq: int, last_parent: Frame) -> None:
         """A session's connection ended where it had read to: remember it (and tell the fleet)."""

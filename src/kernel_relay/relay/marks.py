@@ -24,7 +24,11 @@ class SharedMarks(Protocol):
         """
 
     def load(
-        self, kernel_id: str, session_key: str, patient: bool = False
+        self, kernel_id: str, session_key: str, patient: bool = False, wait: float = 2.0
     ) -> Deferred[tuple[int, str | None] | None]:
-        """Where the session stopped (None: new to the fleet); ``patient``: asked again while the fleet
-        cannot say yet, until cancelled (for a relay that would otherwise go by an older mark of its own)."""
+        """
+        Where the session stopped (None: new to the fleet), within ``wait`` seconds; ``patient``: asked
+        again while the fleet cannot say yet (for a relay that would otherwise go by an older mark of its
+        own). A mark the fleet is not sure is the freshest is asked again too, and is the answer if the wait
+        runs out; with none, it fails.
+        """
