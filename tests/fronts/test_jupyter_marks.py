@@ -139,3 +139,13 @@ def test_a_session_the_fleet_cannot_place_is_told_what_it_may_have_missed() -> N
     assert core.attached == [("iopub", Resume(40, False))] and told == [], "a new session"
     core, told = join((12, "cell"))
     assert core.attached == [("iopub", Resume(12, False))] and told == []
+
+
+def test_a_session_new_here_at_position_0_gets_what_came_while_the_fleet_answered() -> None:
+    """The fleet's answer came late for a session new here, the kernel at position 0: iopub joined live only
+    and missed what was numbered meanwhile; it replays from 0 (what it connected at) instead."""
+    answer: Deferred[tuple[int, str | None] | None] = Deferred()
+    core, told = join(answer, numbered=0)
+    core.numbered = 3  # output came while the fleet was asked
+    answer.callback(None)
+    assert core.attached == [("iopub", Resume(0, False))] and told == []

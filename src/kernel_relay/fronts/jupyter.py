@@ -252,7 +252,8 @@ class JupyterFront:
             connection.last_seq = found[0]
         elif here is not None:
             connection.last_seq = here
-        elif start:
+        else:
+            # From where it connected, 0 too (nothing numbered then): what came while the fleet answered.
             admitted.resume = Resume(start, False)
             connection.last_seq = start
         self._attach(connection, admitted.kernel, IOPUB, admitted.resume)
