@@ -14,8 +14,8 @@ Keys (``kernel-relay:`` first; the database of the URL keeps fleets apart):
 - ``mailbox:<relay id>``: what other relays tell one relay (commands, replies, news of kernels and tokens).
 - ``mark:<id>:<session>``: where a Jupyter session stopped reading (its last ``relay_seq``), for an hour;
   ``marks:<id>``: the kernel's sessions that have one, by expiry (at most ``keep``: the oldest go first), so
-  that they go with their kernel; ``kept-marks`` and ``settling-marks``: whether Redis may have lost marks
-  (see :mod:`.mark_store`).
+  that they go with their kernel; ``kept-marks``, ``settling-marks`` and ``settling-relays``: whether Redis may
+  have lost marks, and which relays are yet to save theirs again (see :mod:`.mark_store`).
 - ``seq:<id>``, ``seen:<id>`` (msg_id to number, for every message the stream keeps), ``journal:<id>``,
   ``window:<id>`` (its bytes, and the number of the last message trimmed): the shared iopub numbering and the
   stream of numbered messages, trimmed by count, bytes and age (see :mod:`.numbering`).
