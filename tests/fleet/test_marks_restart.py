@@ -5,10 +5,12 @@ it is kept, and a returning session is never resumed from an older mark another 
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from kernel_relay.fleet.mark_store import MarksUnsure
 from kernel_relay.fleet.marks import FleetMarks
 from kernel_relay.fleet.store import FleetStore
 from tests.fleet.test_store import stores
@@ -82,3 +84,26 @@ async def test_a_late_save_of_an_older_mark_never_replaces_a_fresher_one(
     await b.save_marks("k", {"s": "30 p30"}, 60, 10)
     await a.save_marks("k", {"s": "5 p5"}, 60, 10)
     assert await b.mark("k", "s") == "30 p30"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_relays_redis_waits_for_are_those_of_the_last_lease_not_of_a_read_of_the_empty_redis(
+    stores: list[FleetStore],
+) -> None:
+    """A relay whose sync read the relays from the restarted Redis (none yet) before its renewal still has Redis
+    wait for the others it knew a lease ago: their marks may be fresher than its own."""
+    a, b = stores
+    marks_a, marks_b = FleetMarks(a, reactor), FleetMarks(b, reactor)
+    marks_a.save("k", {"s": (5, "p5")})
+    marks_b.save("k", {"s": (30, "p30")})
+    await in_a_fleet(("A", a), ("B", b))
+    await a._call("FLUSHDB")
+    assert await a.relays() == {}  # A's sync, first after the restart
+    await a.renew("A", ABOUT, LEASE)
+    await a_moment()
+    with pytest.raises(MarksUnsure) as unsure:
+        await b.mark("k", "s")
+    assert unsure.value.found == "5 p5"
+    await b.renew("B", ABOUT, LEASE)
+    await a_moment()
+    assert await a.mark("k", "s") == "30 p30"

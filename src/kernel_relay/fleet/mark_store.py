@@ -25,9 +25,11 @@ notice; deleting keys is beyond what sealing can show.)
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from . import scripts
 from .connection import RedisConnection, key, text
@@ -52,8 +54,9 @@ class MarkStore(RedisConnection):
     forged: ForgeryLog
     marks_lost: Callable[[], Deferred[bool]] | None = None
     """Saves this relay's marks again (whether all were saved): called when Redis is found to have lost them."""
-    relays_seen: frozenset[str] = frozenset()
-    """The relays of the fleet as last read: those that save their marks again when Redis lost them."""
+    _clock: IReactorTime
+    _relays_seen: Mapping[str, float] = MappingProxyType({})
+    """When each relay of the fleet was last read with its lease running."""
     _kept: str | None = None
     """``kept-marks`` as this relay last found it."""
 
@@ -129,8 +132,9 @@ class MarkStore(RedisConnection):
         return None
 
     def relays_read(self, alive: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """The relays whose lease runs, as just read (remembered in :attr:`relays_seen`)."""
-        self.relays_seen = frozenset(alive)
+        """The relays whose lease runs, as just read: remembered, each with when."""
+        now = self._clock.seconds()
+        self._relays_seen = {**self._relays_seen, **dict.fromkeys(alive, now)}
         return alive
 
     def keep_marks(self, ttl: float, relay_id: str) -> Deferred[Any]:
@@ -139,14 +143,17 @@ class MarkStore(RedisConnection):
         is not as this relay last found it, save this relay's marks again now (see the module docstring).
         """
         kept = self._keys.seal(key("kept-marks"), b"")
-        relays = sorted(self.relays_seen | {relay_id})
+        # Those whose lease ran less than a lease ago may live, and hold marks (Redis, empty, knows none).
+        now = self._clock.seconds()
+        self._relays_seen = {r: when for r, when in self._relays_seen.items() if now - when < ttl}
+        relays = sorted({*self._relays_seen, relay_id})
         d = self._script(scripts.KEEP_MARKS, _SETTLING, [kept, max(1, int(ttl * 1000)), *relays])
 
         def found(value: Any) -> None:
-            now = None if value is None else text(value)
-            if now is not None and now != self._kept:
-                self._kept = now
-                self._save_again(now, relay_id)
+            current = None if value is None else text(value)
+            if current is not None and current != self._kept:
+                self._kept = current
+                self._save_again(current, relay_id)
 
         return d.addCallback(found)
 
