@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -36,6 +36,9 @@ log = Logger()
 
 #: How many renewals in a row must see no write refused for want of memory before Redis counts as having room.
 QUIET_RENEWALS: Final = 3
+#: How soon a renewal that failed is tried again (Redis restarting: once back, the relay saves its sessions'
+#: marks again at its first renewal, which a returning session may be waiting for).
+RENEW_RETRY: Final = 0.25
 
 
 class LeaseKeeper:
@@ -60,6 +63,7 @@ class LeaseKeeper:
         """Whether Redis is out of memory (as logged, and said in ``/api/health``)."""
         self._renewed: float | None = None
         self._lapsed = False
+        self._retry: IDelayedCall | None = None
 
     def held(self) -> bool:
         """Whether this relay's lease is known to run, without a lapse since the fleet was last read."""
@@ -81,6 +85,8 @@ class LeaseKeeper:
     def stop(self) -> None:
         if self._loop.running:
             self._loop.stop()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
 
     def renew_now(self) -> Deferred[Any]:
         """Renew the lease now (and say what this relay runs)."""
@@ -105,6 +111,8 @@ class LeaseKeeper:
         except Exception as error:
             if self._state.redis_up:
                 log.warn("Could not renew this relay's lease: {error}", error=error)
+            if self._loop.running and (self._retry is None or not self._retry.active()):
+                self._retry = self._clock.callLater(RENEW_RETRY, self._renew)
             return
         if self._renewed is not None and began - self._renewed >= self._state.lease:
             # Frozen or cut off past the lease: held again once a sync has read the fleet.
@@ -133,4 +141,4 @@ class LeaseKeeper:
         self._store.full = self.full
 
 
-__all__ = ["QUIET_RENEWALS", "LeaseKeeper"]
+__all__ = ["QUIET_RENEWALS", "RENEW_RETRY", "LeaseKeeper"]
