@@ -5,10 +5,16 @@ empty, a relay frozen meanwhile, relays that numbered alone (one number per mess
 
 from __future__ import annotations
 
-import pytest_twisted
+from typing import Any
 
-from kernel_relay.fleet.numbering import OWNER_FIRST, TOO_LATE
-from kernel_relay.fleet.store import FleetStore
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock, deferLater
+
+from kernel_relay.fleet.numbering import OWNER_FIRST, OWNER_RETRY, TOO_LATE, SharedNumbering
+from kernel_relay.fleet.store import FleetStore, FleetUnavailable
+from kernel_relay.relay.payload import Outgoing
 from tests.fleet.test_store import number, redis_server, stores
 
 __all__ = ["redis_server", "stores"]
@@ -62,3 +68,96 @@ async def test_a_bump_moves_the_floor_too_and_never_starts_a_lost_numbering(
     await a._call("FLUSHDB")
     await b.bump("k", 12)
     assert await number(b, "m13", b"out", 13.0, after=12, owner=False) == OWNER_FIRST
+
+
+class Reconnecting:
+    """A relay's store across a Redis restart: away (calls fail at once) until the test brings it back, and
+    ``failing`` calls that fail while its connection is up (one dropped as txredisapi discards a dead one)."""
+
+    def __init__(self, store: FleetStore) -> None:
+        self.store = store
+        self.away = False
+        self.failing = 0
+
+    @property
+    def up(self) -> bool:
+        return not self.away and self.store.up
+
+    @property
+    def full(self) -> bool:
+        return self.store.full
+
+    def number(self, *args: Any) -> Deferred[int]:
+        if self.away:
+            return fail(FleetUnavailable("Redis is away"))
+        if self.failing:
+            self.failing -= 1
+            return fail(FleetUnavailable("a dead connection, discarded"))
+        return self.store.number(*args)
+
+    def bump(self, *args: Any) -> Deferred[int]:
+        return fail(FleetUnavailable("Redis is away")) if self.away else self.store.bump(*args)
+
+
+def two_relays(
+    stores: list[FleetStore],
+) -> tuple[Clock, list[tuple[SharedNumbering, Reconnecting, list[int | None]]]]:
+    """Relay A (the kernel's owner) and relay B, each numbering through its own connection to one Redis."""
+    clock = Clock()
+    relays = []
+    for store, owner in zip(stores, (True, False), strict=True):
+        flaky = Reconnecting(store)
+        shared = SharedNumbering(flaky, clock, keep=100, owns=lambda kernel_id, o=owner: o)  # type: ignore[arg-type]
+        relays.append((shared, flaky, []))
+    return clock, relays
+
+
+def give(relay: tuple[SharedNumbering, Reconnecting, list[int | None]], *msg_ids: str) -> None:
+    shared, _, got = relay
+    for msg_id in msg_ids:
+        shared.number("k", msg_id, Outgoing((b"{}", b"{}", b"{}", b"{}"), [], "iopub"), got.append)
+
+
+async def answered(clock: Clock, rounds: int = 5) -> None:
+    """Let Redis answer and the relays ask again (their retries run on ``clock``)."""
+    for _ in range(rounds):
+        await deferLater(reactor, 0.03, lambda: None)
+        clock.advance(OWNER_RETRY)
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_output_after_redis_restarted_empty_reaches_every_relay_once_numbered(
+    stores: list[FleetStore],
+) -> None:
+    """Both relays numbered alone while Redis was away; once it is back (empty), A's first submission of the
+    new cell fails in the reconnect while B's wait for A: every message reaches both, under one number."""
+    clock, (a, b) = two_relays(stores)
+    a[1].away = b[1].away = True
+    give(a, "m1", "m2", "m3")
+    give(b, "m1", "m2", "m3")
+    await stores[0]._call("FLUSHDB")  # Redis restarted empty
+    b[1].away = False
+    give(b, "busy", "idle")
+    await answered(clock, 1)
+    give(a, "busy")  # A's connection is not back yet: numbered alone
+    a[1].away = False
+    give(a, "idle")
+    await answered(clock)
+    assert a[2] == b[2] == [1, 2, 3, 4, 5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_submission_failed_while_redis_is_up_keeps_the_fleets_numbers_in_the_kernels_order(
+    stores: list[FleetStore],
+) -> None:
+    """A's submission of a message fails once (its connection up), the next one succeeds: neither relay drops
+    a live message as a gap, and both give each message the same number, in the kernel's order."""
+    clock, (a, b) = two_relays(stores)
+    give(a, "m1")
+    give(b, "m1")
+    await answered(clock, 1)
+    a[1].failing = 1
+    give(a, "busy", "idle")
+    give(b, "busy", "idle")
+    await answered(clock)
+    assert a[2] == b[2] == [1, 2, 3]
