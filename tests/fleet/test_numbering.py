@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from kernel_relay.fleet.numbering import SharedNumbering, pack, unpack
@@ -32,9 +32,10 @@ class ScriptedStore:
         self.calls.append((kernel_id, msg_id, d))
         return d
 
-    def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
+    def bump(self, kernel_id: str, seq: int, *registered: Any) -> Deferred[int]:
+        """Moves the fleet's count past ``seq`` (answered at once, as Redis would)."""
         self.bumps.append((kernel_id, seq))
-        return Deferred()
+        return succeed(seq)
 
 
 def message(text: str) -> Outgoing:
@@ -225,7 +226,8 @@ def test_a_fleet_behind_what_the_relay_gave_alone_gives_no_second_number_and_no_
             store.calls[-1][2].callback(fleet)
     assert got == [("a", 1), ("b", 2), ("c", 3), ("d", None), ("e", None), ("f", None), ("g", 4)]
     assert store.bumps == [("k", 3)]
-    told = [formatEvent(e) for e in events if e["log_namespace"] == "kernel_relay.fleet.numbering"]
+    ours = ("kernel_relay.fleet.numbering", "kernel_relay.fleet.alone")
+    told = [formatEvent(e) for e in events if e["log_namespace"] in ours]
     assert len(told) == 3, told
     assert "alone from 1: Redis cannot be reached" in told[0]
     assert "moves past 3" in told[1] and "again from 4" in told[2]
@@ -247,3 +249,25 @@ def test_a_backlog_the_fleet_refuses_is_said_once_not_per_message() -> None:
         store.calls[-1][2].callback(9)
     assert got == [("a", None), ("b", None), ("c", None), ("d", 9)]
     assert len([e for e in events if e["log_level"].name == "warn"]) == 1
+
+
+def test_numbers_given_alone_are_registered_once_redis_is_back_without_waiting_for_more_output() -> (
+    None
+):
+    """The kernel's last message (an idle) was numbered alone: once Redis answers, the relay registers it
+    with the fleet on its own, msg_id and number, rather than at a next message that may never come."""
+    from kernel_relay.fleet.alone import CATCH_UP
+
+    clock, store = Clock(), ScriptedStore()
+    registered: list[tuple[Any, ...]] = []
+    store.bump = lambda *args: registered.append(args) or succeed(args[1])  # type: ignore[method-assign]
+    shared = SharedNumbering(store, clock, keep=100)  # type: ignore[arg-type]
+    store.up = False
+    shared.number("k", "idle", message("idle"), lambda seq: None)
+    clock.advance(CATCH_UP)
+    assert registered == []
+    store.up = True
+    clock.advance(CATCH_UP)
+    assert [args[:4] for args in registered] == [("k", 1, [("idle", 1)], True)]
+    clock.advance(CATCH_UP * 4)
+    assert len(registered) == 1

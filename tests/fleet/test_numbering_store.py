@@ -12,7 +12,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock, deferLater
 
-from kernel_relay.fleet.numbering import OWNER_FIRST, OWNER_RETRY, TOO_LATE, SharedNumbering
+from kernel_relay.fleet.numbering import (
+    OWNER_FIRST,
+    OWNER_RETRY,
+    PREVIOUS_FIRST,
+    TOO_LATE,
+    SharedNumbering,
+)
 from kernel_relay.fleet.store import FleetStore, FleetUnavailable
 from kernel_relay.relay.payload import Outgoing
 from tests.fleet.test_store import number, redis_server, stores
@@ -161,3 +167,33 @@ async def test_a_submission_failed_while_redis_is_up_keeps_the_fleets_numbers_in
     give(b, "busy", "idle")
     await answered(clock)
     assert a[2] == b[2] == [1, 2, 3]
+
+
+@pytest_twisted.ensureDeferred
+async def test_numbers_a_relay_gave_alone_and_registered_are_the_fleets_for_those_messages(
+    stores: list[FleetStore],
+) -> None:
+    """B numbered m6..m8 alone and registers them: A's submissions of them get B's numbers, and A's next
+    message, submitted with the last number A had before them, is numbered after them, not refused."""
+    a, b = stores
+    await numbered_one_to_five(a)
+    assert await b.bump("k", 8, [("m6", 6), ("m7", 7), ("m8", 8)], False, 8.0) == 8
+    assert [await number(a, f"m{n}", b"out", float(n), after=5) for n in (6, 7, 8)] == [6, 7, 8]
+    assert await number(a, "m9", b"out", 9.0, after=5) == 9
+    # Its stream has an entry without a message for each: a gap for a client resuming elsewhere.
+    assert [(seq, data) for seq, _, data in await a.stream_since("k", 5)] == [
+        (6, None),
+        (7, None),
+        (8, None),
+        (9, b"out"),
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_message_is_numbered_only_after_the_one_before_it(stores: list[FleetStore]) -> None:
+    """A submission naming a predecessor Redis has not numbered waits (-3); once it is numbered, it follows."""
+    a, b = stores
+    d = a.number("k", "x2", b"out", 2.0, 100, 1 << 40, 1e9, 0, True, "x1")
+    assert await d == PREVIOUS_FIRST
+    assert await number(b, "x1", b"out", 1.0, after=0) == 1
+    assert await a.number("k", "x2", b"out", 2.0, 100, 1 << 40, 1e9, 0, True, "x1") == 2

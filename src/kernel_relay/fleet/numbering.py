@@ -8,28 +8,25 @@ Numbers reach the core in the order messages came from the kernel, per kernel, w
 answers; each kernel has its own queue and its own few calls in flight, so one kernel's flood never holds
 another kernel's messages back.
 
-**One number per message, one message per number.** Redis numbers densely, one past its count, and
-remembers the ``msg_id`` of every message its stream still keeps (for as long as the stream holds it, whatever
-the pauses). Each submission carries the last number the relay had for the kernel when the message came (a
-message that came after number ``n`` is numbered above ``n`` if at all), and Redis keeps a *floor*: a number
-at or above which it knows every message numbered. The floor moves up when the stream trims its oldest, and
-whenever a submission (or a bump) carries a number past Redis's count: numbers Redis never saw were given, by
-a relay alone or before Redis lost the kernel's numbering, and the count jumps past them. A submitter whose
-last number is below the floor may be late for one of those: Redis refuses it (``TOO_LATE``) rather than give
-it a second number, and the relay tells its clients of a gap. So a relay frozen across a Redis restart, or
-one that numbered alone for a while, never gets its old messages numbered again. When Redis has lost a
-kernel's numbering (it restarted empty), only the kernel's owner starts it again, from past its own last number
-(the floor with it); other relays wait for it (a few seconds at most). A relay to which the fleet answers a
-number at or below one it gave alone cannot place the message either: a gap too, said once, and the fleet's
-count is moved past its own.
+**One number per message, one message per number.** Redis numbers densely, one past its count, in the
+kernel's order (a submission names the message before it that the relay has not seen numbered, and waits
+for it), and remembers the ``msg_id`` of every message its stream keeps. So a message's number is one past
+its predecessor's, whoever gives it. Each submission carries the relay's last number when the message came,
+and Redis keeps a *floor*, at or above which it knows every message numbered (it moves up as the stream
+trims, and past numbers Redis never saw: lost in a restart, or given alone and not registered): a submitter
+whose last number is below it may be late for one of those, and is refused (``TOO_LATE``, a gap for its
+clients) rather than given a second number. When Redis lost a kernel's numbering, only the kernel's owner
+starts it again (from past its own last number); other relays wait for it (a few seconds at most).
 
-While Redis cannot be reached (or is out of memory, or no owner starts a lost numbering again in time), a relay
-numbers on by itself from the last number it gave (its own clients see no gap and no repeat); once Redis is
-back it first moves the fleet's numbering past its own (a *bump*, which moves the floor too). Messages
-numbered that way are not in the fleet's stream: a client that resumes on another relay across them is told
-of a gap. Relays that number alone number alike as long as they had the same last number (Redis's numbers
-are dense); one that had not is refused, not renumbered, once the other has moved the fleet past it. Whether
-Redis's numbering is away or behind is said once per kernel, until the fleet numbers its output again.
+While Redis cannot be reached (or is out of memory, or will not number a message in time) a relay numbers on
+by itself from its last number, as the fleet would (its clients see no gap and no repeat). As soon as Redis
+can be written it *registers* those numbers (each ``msg_id`` with its number, before any later submission):
+other relays that submit those messages get the same numbers, and the fleet's count moves past them. A
+failure while Redis is connected is asked again, not numbered alone. Numbers given alone agree with the
+fleet's as long as the relay had every message of the kernel (numbers are dense and in its order, whoever
+gives them); a relay that missed one may have given a number the fleet gives another message: the fleet's
+answer at or below a number this relay gave is then a gap for its clients (said once), not a second number.
+Whether Redis's numbering is away or behind is said once per kernel, until the fleet numbers its output again.
 """
 
 from __future__ import annotations
@@ -37,6 +34,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
+from itertools import count
 from typing import Final, cast
 
 from twisted.internet.defer import Deferred
@@ -45,6 +43,7 @@ from twisted.logger import Logger
 
 from ..relay.numbering import Fetched
 from ..relay.payload import Outgoing
+from .alone import AloneNumbers
 from .store import FleetStore
 
 log = Logger()
@@ -56,7 +55,10 @@ MAX_IN_FLIGHT: Final = 64
 #: what the relay had seen), or only the kernel's owner may start its numbering again.
 TOO_LATE: Final = -1
 OWNER_FIRST: Final = -2
-#: How long a relay waits for a kernel's owner to start its numbering again, and how often it asks.
+#: What Redis answers for a message whose predecessor (from this relay) it has not numbered yet.
+PREVIOUS_FIRST: Final = -3
+#: How long a relay waits for a kernel's owner to start its numbering again (or for Redis to number a message
+#: it failed to while connected), and how often it asks.
 OWNER_WAIT: Final = 10.0
 OWNER_RETRY: Final = 0.2
 
@@ -96,15 +98,29 @@ Ready = Callable[[int | None], None]
 
 
 class _Pending:
-    __slots__ = ("after", "failed", "late", "msg_id", "payload", "ready", "seq", "when")
+    __slots__ = (
+        "after",
+        "before",
+        "failed",
+        "index",
+        "late",
+        "msg_id",
+        "payload",
+        "ready",
+        "seq",
+        "when",
+    )
 
     def __init__(
-        self, ready: Ready, msg_id: str = "", payload: bytes = b"", when: float = 0
+        self, ready: Ready, msg_id: str = "", payload: bytes = b"", when: float = 0, index: int = 0
     ) -> None:
         self.ready = ready
         self.msg_id = msg_id
         self.payload = payload
         self.when = when
+        self.index = index
+        self.before: _Pending | None = None
+        """The kernel's message before it in this relay's queue (until that one is delivered)."""
         self.after = -1
         """The relay's last number for the kernel when the message came (-1: none yet)."""
         self.seq: int | None = None
@@ -137,10 +153,13 @@ class SharedNumbering:
         self._owns = owns
         self._queues: dict[str, deque[_Pending]] = {}
         self._last: dict[str, int] = {}
-        self._diverged: set[str] = set()
+        self._alone = AloneNumbers(store, clock, self._last.get, owns)
         self._apart: set[str] = set()
         """Kernels whose numbers are this relay's own, or a gap, for now (said once, until the fleet's again)."""
         self._unsent: dict[str, deque[_Pending]] = {}
+        self._held: dict[str, list[_Pending]] = {}
+        """Messages asked again shortly (after their predecessor, or the owner): the kernel's sending waits."""
+        self._order = count()
         self._flying: dict[str, int] = {}
         self._sending = False
         self.in_flight = 0
@@ -153,22 +172,15 @@ class SharedNumbering:
 
     def number(self, kernel_id: str, msg_id: str, message: Outgoing, ready: Ready) -> None:
         """Number a kernel's message; ``ready`` gets its ``relay_seq``, after every earlier one's."""
-        pending = _Pending(ready, msg_id, pack(message), self._clock.seconds())
+        pending = _Pending(ready, msg_id, pack(message), self._clock.seconds(), next(self._order))
         queue = self._queues.setdefault(kernel_id, deque())
         pending.after = self._last.get(kernel_id, -1)
         if queue:
             # Numbers given before it that this relay has not had yet: the last one it will have had.
             pending.after = max(pending.after, self._expected(queue))
+            newest = queue[-1]
+            pending.before = newest if newest.msg_id else newest.before
         queue.append(pending)
-        if kernel_id in self._diverged and self._store.up and not self._store.full:
-            self._diverged.discard(kernel_id)
-            last = self._last.get(kernel_id, 0)
-            self._store.bump(kernel_id, last).addErrback(lambda f: self._diverged.add(kernel_id))
-            log.info(
-                "The fleet's numbering of kernel {kernel} moves past {last}, given by this relay alone",
-                kernel=kernel_id,
-                last=last,
-            )
         self._unsent.setdefault(kernel_id, deque()).append(pending)
         self._send()
 
@@ -190,7 +202,11 @@ class SharedNumbering:
         try:
             for kernel_id in list(self._unsent):
                 unsent = self._unsent[kernel_id]
-                while unsent and self._flying.get(kernel_id, 0) < MAX_IN_FLIGHT:
+                while (
+                    kernel_id not in self._held
+                    and unsent
+                    and self._flying.get(kernel_id, 0) < MAX_IN_FLIGHT
+                ):
                     self._submit(kernel_id, unsent.popleft())
                 if not unsent:
                     del self._unsent[kernel_id]
@@ -198,6 +214,9 @@ class SharedNumbering:
             self._sending = False
 
     def _submit(self, kernel_id: str, pending: _Pending) -> None:
+        self._alone.catch_up(kernel_id)
+        before = pending.before
+        waiting = before is not None and before.seq is None and not (before.failed or before.late)
         self.in_flight += 1
         self._flying[kernel_id] = self._flying.get(kernel_id, 0) + 1
         d = self._store.number(
@@ -210,6 +229,7 @@ class SharedNumbering:
             self.keep_seconds,
             pending.after,
             self._owns(kernel_id),
+            before.msg_id if waiting and before is not None else "",
         )
         d.addCallbacks(
             self._answered,
@@ -226,9 +246,17 @@ class SharedNumbering:
             self._flying[kernel_id] = flying
         else:
             self._flying.pop(kernel_id, None)
-        if seq == OWNER_FIRST and self._clock.seconds() - pending.when < OWNER_WAIT:
-            # Redis lost the kernel's numbering; its owner starts it again, then this message is known.
-            self._clock.callLater(OWNER_RETRY, self._retry, kernel_id, pending)
+        # Asked again, in order: Redis lost the kernel's numbering (its owner starts it again), or has not
+        # numbered the message before it yet, or failed while connected (numbering alone could then give
+        # it a number the fleet gives another message).
+        again = seq in (OWNER_FIRST, PREVIOUS_FIRST) or (
+            seq is None and self._store.up and not self._store.full
+        )
+        if again and self._clock.seconds() - pending.when < OWNER_WAIT:
+            held = self._held.setdefault(kernel_id, [])
+            if not held:
+                self._clock.callLater(OWNER_RETRY, self._resume, kernel_id)
+            held.append(pending)
         else:
             if seq == TOO_LATE:
                 pending.late = True
@@ -241,14 +269,19 @@ class SharedNumbering:
         """Why Redis did not number a message, for the log."""
         if seq == OWNER_FIRST:
             return "lost the kernel's numbering, and its owner has not started it again"
+        if seq == PREVIOUS_FIRST:
+            return "did not number the message before it in time"
         if self._store.full:
             return "is out of memory"
         return "cannot be reached" if not self._store.up else f"failed ({error})"
 
-    def _retry(self, kernel_id: str, pending: _Pending) -> None:
-        if pending in self._queues.get(kernel_id, ()):
-            self._unsent.setdefault(kernel_id, deque()).append(pending)
-            self._send()
+    def _resume(self, kernel_id: str) -> None:
+        """Send the messages held back again, before the kernel's others and in its order."""
+        held = self._held.pop(kernel_id, [])
+        if kernel_id in self._queues:
+            held.sort(key=lambda pending: pending.index)
+            self._unsent.setdefault(kernel_id, deque()).extendleft(reversed(held))
+        self._send()
 
     def after(self, kernel_id: str, ready: Callable[[int], None]) -> None:
         """
@@ -290,8 +323,9 @@ class SharedNumbering:
     def forget(self, kernel_id: str) -> None:
         self._queues.pop(kernel_id, None)
         self._unsent.pop(kernel_id, None)
+        self._held.pop(kernel_id, None)
+        self._alone.forget(kernel_id)
         self._last.pop(kernel_id, None)
-        self._diverged.discard(kernel_id)
         self._apart.discard(kernel_id)
 
     def _settle(self, kernel_id: str, pending: _Pending, seq: int | None) -> None:
@@ -300,6 +334,7 @@ class SharedNumbering:
         queue = self._queues.get(kernel_id)
         while queue and (queue[0].seq is not None or queue[0].failed or queue[0].late):
             head = queue.popleft()
+            head.before = None
             last = self._last.get(kernel_id, 0)
             if head.late or (head.seq is not None and 0 < head.seq <= last):
                 self._gap(kernel_id, head, last)
@@ -314,7 +349,7 @@ class SharedNumbering:
                     number=number,
                     why=head.failed,
                 )
-                self._diverged.add(kernel_id)
+                self._alone.gave(kernel_id, head.msg_id, number)
                 self.local_numbers += 1
             elif head.seq == 0:
                 number = last  # a relay-made message: the latest number, none of its own
@@ -332,6 +367,7 @@ class SharedNumbering:
             self._deliver(kernel_id, head, number)
         if queue is not None and not queue:
             self._queues.pop(kernel_id, None)
+        self._alone.catch_up(kernel_id)
 
     def _gap(self, kernel_id: str, head: _Pending, last: int) -> None:
         """
@@ -354,7 +390,7 @@ class SharedNumbering:
             seq=head.seq,
             last=last,
         ):
-            self._diverged.add(kernel_id)
+            self._alone.ahead(kernel_id)
         self._deliver(kernel_id, head, None)
 
     def _part(self, kernel_id: str, text: str, **fields: object) -> bool:

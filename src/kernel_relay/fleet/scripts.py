@@ -139,20 +139,23 @@ return 1
 """
 
 #: KEYS: seq, seen, journal, window. ARGV: msg_id, payload, time (s), most entries, most bytes, longest age
-#: (s), the submitter's last number for the kernel (-1: none yet), whether the submitter owns the kernel.
+#: (s), the submitter's last number for the kernel (-1: none yet), whether the submitter owns the kernel, the
+#: msg_id of the message before it that the submitter had not seen numbered ('' if none).
 #: Numbers one iopub message for the whole fleet, once however many relays submit it, whenever they do:
 #: ``seen`` knows the msg_id of every message the stream keeps, and ``window``'s floor is a number below
 #: which Redis does not know every message numbered: the last one trimmed, or the last a relay had when it
 #: came past Redis's count (a numbering Redis lost, started again by the owner only: -2 for the others, who
 #: ask again; or numbers a relay gave alone). A submitter whose last number is below the floor may be late
-#: for a message numbered there: refused (-1), never numbered twice. The stream is trimmed oldest first to
-#: the entries, bytes and age given (one entry, the newest, is always kept).
+#: for a message numbered there: refused (-1), never numbered twice. A message whose predecessor is not
+#: numbered yet waits for it (-3, asked again): the fleet numbers a kernel's messages in the kernel's order.
+#: The stream is trimmed oldest first to the entries, bytes and age given (one entry, the newest, is kept).
 NUMBER: Final = """
 local known = redis.call('HGET', KEYS[2], ARGV[1])
 if known then return tonumber(known) end
 local after = tonumber(ARGV[7])
 local current = redis.call('GET', KEYS[1])
 if not current and ARGV[8] ~= '1' then return -2 end
+if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[9]) == 0 then return -3 end
 current = tonumber(current or '0')
 if after > current then
   redis.call('SET', KEYS[1], after)
@@ -184,16 +187,36 @@ end
 return seq
 """
 
-#: KEYS: seq, window. ARGV: a number this relay gave out itself (while Redis was away): the fleet's goes past
-#: it, and its floor with it (as ``NUMBER`` does); a numbering Redis lost is left for the owner to start again.
+#: KEYS: seq, window, seen, journal. ARGV: the last number a relay gave out itself (while Redis was away),
+#: whether it owns the kernel, the time (s), then the msg_id, number pairs it gave alone, oldest first.
+#: Each pair past the fleet's count is registered (the msg_id in ``seen``, an entry without its message in the
+#: stream, trimmed as any): other relays' submissions of that message get that number. The fleet's count goes
+#: past the last, and its floor past any number there that Redis does not know the message of. A numbering
+#: Redis lost is left for the owner to start again (0), or started by the owner's bump.
 BUMP: Final = """
 local current = redis.call('GET', KEYS[1])
-if not current then return 0 end
-current = tonumber(current)
-if tonumber(ARGV[1]) <= current then return current end
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[2], 'floor', ARGV[1])
-return tonumber(ARGV[1])
+if not current and ARGV[2] ~= '1' then return 0 end
+current = tonumber(current or '0')
+local last = tonumber(ARGV[1])
+local mine = {}
+for i = 4, #ARGV, 2 do
+  local n = tonumber(ARGV[i + 1])
+  local known = redis.call('HGET', KEYS[3], ARGV[i])
+  if not known and n > current then
+    redis.call('HSET', KEYS[3], ARGV[i], n)
+    redis.pcall('XADD', KEYS[4], '0-' .. n, 't', ARGV[3], 'i', ARGV[i])
+    known = n
+  end
+  if tonumber(known) == n then mine[n] = true end
+end
+if last <= current then return current end
+redis.call('SET', KEYS[1], last)
+local floor = last
+while floor > current and mine[floor] do floor = floor - 1 end
+if floor > current and floor > tonumber(redis.call('HGET', KEYS[2], 'floor') or '0') then
+  redis.call('HSET', KEYS[2], 'floor', floor)
+end
+return last
 """
 
 __all__ = [

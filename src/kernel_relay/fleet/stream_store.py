@@ -10,11 +10,13 @@ the stream's key, the message's ``msg_id`` and its time (both kept in clear: the
 not its number: Redis gives the number inside the script, after the relay sealed the message, and a script
 cannot seal (the secret never reaches Redis). So a Redis writer cannot inject or alter output; what it can do
 is delete entries (told as a gap) or copy an authentic one under a later number (a message seen twice), which
-a fetch drops when its ``msg_id`` came already.
+a fetch drops when its ``msg_id`` came already. An entry without a message (a number a relay gave alone,
+registered when Redis came back) is told as a gap too, unsealed: writing one is no more than deleting.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -41,11 +43,12 @@ class StreamStore(RedisConnection):
         keep_seconds: float,
         after: int,
         owner: bool,
+        previous: str = "",
     ) -> Deferred[int]:
         """
         The fleet's ``relay_seq`` of a kernel's iopub message, numbered (and kept) once for all relays; -1
         when the submitter may be too late to tell, -2 when the kernel's owner must start its numbering
-        again first (see ``scripts.NUMBER``).
+        again first, -3 while ``previous`` (the message before it) is not numbered (see ``scripts.NUMBER``).
         """
         stamp = f"{when:.3f}"
         sealed = self._keys.seal_bytes(_where(kernel_id, msg_id, stamp), payload)
@@ -66,6 +69,7 @@ class StreamStore(RedisConnection):
                 f"{keep_seconds:.3f}",
                 after,
                 "1" if owner else "0",
+                previous,
             ],
         )
         return d.addCallback(int)
@@ -75,11 +79,22 @@ class StreamStore(RedisConnection):
         d = self._call("HGET", key("window", kernel_id), "bytes")
         return d.addCallback(lambda v: int(v or 0))
 
-    def bump(self, kernel_id: str, seq: int) -> Deferred[int]:
-        """Move the fleet's numbering of a kernel past ``seq`` (given out while Redis was away)."""
-        return self._script(
-            scripts.BUMP, [key("seq", kernel_id), key("window", kernel_id)], [seq]
-        ).addCallback(int)
+    def bump(
+        self,
+        kernel_id: str,
+        seq: int,
+        given: Sequence[tuple[str, int]] = (),
+        owner: bool = False,
+        when: float = 0.0,
+    ) -> Deferred[int]:
+        """
+        Move the fleet's numbering of a kernel past ``seq`` (given out while Redis was away), registering
+        the (msg_id, number) pairs ``given`` alone (see ``scripts.BUMP``); 0 if only the owner may start it.
+        """
+        keys = [key(name, kernel_id) for name in ("seq", "window", "seen", "journal")]
+        pairs = [item for pair in given for item in pair]
+        args = [seq, "1" if owner else "0", f"{when:.3f}", *pairs]
+        return self._script(scripts.BUMP, keys, args).addCallback(int)
 
     def last_seq(self, kernel_id: str) -> Deferred[int]:
         return self._call("GET", key("seq", kernel_id)).addCallback(lambda v: int(v or 0))
@@ -105,6 +120,9 @@ class StreamStore(RedisConnection):
             number = int(text(entry_id).split("-", 1)[1])
             stamp, msg_id = text(values.get("t", "0")), text(values.get("i", ""))
             payload: bytes | None
+            if "m" not in values:  # a number a relay gave alone: the message is not here
+                found.append((number, 0.0, None))
+                continue
             try:
                 payload = self._keys.open_bytes(
                     _where(kernel_id, msg_id, stamp), as_bytes(values.get("m", b""))
