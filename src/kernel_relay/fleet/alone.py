@@ -3,8 +3,9 @@
 The numbers a relay gave a kernel's messages alone (Redis away, out of memory, or too slow to number them),
 registered with the fleet as soon as Redis can be written (see :mod:`.numbering`): each ``msg_id`` with its
 number, so that other relays' submissions of those messages get the same numbers, and the fleet's count past
-them. Sent before the relay's next submission, or on its own within :data:`CATCH_UP` seconds (the kernel's
-last message, an idle, may have been numbered alone).
+them. Sent as soon as Redis is back, or within :data:`CATCH_UP` seconds (the kernel's last message, an idle,
+may have been numbered alone); the kernel's next submissions wait for its answer (txredisapi may send a call
+made on a reconnect after later ones).
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ class AloneNumbers:
         clock: IReactorTime,
         last: Callable[[str], int | None],
         owns: Callable[[str], bool],
+        then: Callable[[], None],
     ) -> None:
         self._store = store
         self._clock = clock
         self._last = last
         """A kernel's last number on this relay (None: forgotten)."""
         self._owns = owns
+        self._then = then
+        """Called once a registration is answered: the kernel's submissions may go on."""
         self._ahead: set[str] = set()
         self._given: dict[str, deque[tuple[str, int]]] = {}
         self._polling: set[str] = set()
+        self._resting: set[str] = set()
+        """Kernels whose registration failed, or waits for the owner: asked again at the next poll."""
+        self._sending: set[str] = set()
 
     def gave(self, kernel_id: str, msg_id: str, number: int) -> None:
         """This relay numbered a message alone."""
@@ -54,15 +61,20 @@ class AloneNumbers:
         """The fleet's numbering is behind this relay's (it answered at or below a number given here)."""
         self._ahead.add(kernel_id)
 
+    def sending(self, kernel_id: str) -> bool:
+        """Whether a registration is on its way: the kernel's next submission waits for it."""
+        return kernel_id in self._sending
+
     def catch_up(self, kernel_id: str) -> None:
         """Register what was given alone and move the fleet's count past it, once Redis can be written."""
         last = self._last(kernel_id)
-        if kernel_id not in self._ahead or last is None:
+        if kernel_id not in self._ahead or kernel_id in self._resting or last is None:
             return
         if not self._store.up or self._store.full:
             self._poll(kernel_id)
             return
         self._ahead.discard(kernel_id)
+        self._sending.add(kernel_id)
         given = list(self._given.get(kernel_id, ()))
         d = self._store.bump(kernel_id, last, given, self._owns(kernel_id), self._clock.seconds())
         d.addCallbacks(
@@ -72,11 +84,13 @@ class AloneNumbers:
     def forget(self, kernel_id: str) -> None:
         self._ahead.discard(kernel_id)
         self._given.pop(kernel_id, None)
+        self._sending.discard(kernel_id)
 
     def _bumped(self, seq: int, kernel_id: str, last: int, given: list[tuple[str, int]]) -> None:
         if not seq:  # Redis lost the kernel's numbering: its owner starts it again first
             self._failed(None, kernel_id)
             return
+        self._sending.discard(kernel_id)
         kept = self._given.get(kernel_id)
         while kept and given and kept[0][1] <= given[-1][1]:
             kept.popleft()
@@ -85,11 +99,15 @@ class AloneNumbers:
             kernel=kernel_id,
             last=last,
         )
+        self._then()
 
     def _failed(self, failure: object, kernel_id: str) -> None:
+        self._sending.discard(kernel_id)
         if self._last(kernel_id) is not None:
             self._ahead.add(kernel_id)
+            self._resting.add(kernel_id)
             self._poll(kernel_id)
+        self._then()
 
     def _poll(self, kernel_id: str) -> None:
         if kernel_id not in self._polling:
@@ -98,6 +116,7 @@ class AloneNumbers:
 
     def _polled(self, kernel_id: str) -> None:
         self._polling.discard(kernel_id)
+        self._resting.discard(kernel_id)
         self.catch_up(kernel_id)
 
 

@@ -153,7 +153,7 @@ class SharedNumbering:
         self._owns = owns
         self._queues: dict[str, deque[_Pending]] = {}
         self._last: dict[str, int] = {}
-        self._alone = AloneNumbers(store, clock, self._last.get, owns)
+        self._alone = AloneNumbers(store, clock, self._last.get, owns, self._send)
         self._apart: set[str] = set()
         """Kernels whose numbers are this relay's own, or a gap, for now (said once, until the fleet's again)."""
         self._unsent: dict[str, deque[_Pending]] = {}
@@ -202,19 +202,21 @@ class SharedNumbering:
         try:
             for kernel_id in list(self._unsent):
                 unsent = self._unsent[kernel_id]
-                while (
-                    kernel_id not in self._held
-                    and unsent
-                    and self._flying.get(kernel_id, 0) < MAX_IN_FLIGHT
-                ):
+                self._alone.catch_up(kernel_id)  # what it gave alone, before its next submission
+                while unsent and self._may_send(kernel_id):
                     self._submit(kernel_id, unsent.popleft())
                 if not unsent:
                     del self._unsent[kernel_id]
         finally:
             self._sending = False
 
+    def _may_send(self, kernel_id: str) -> bool:
+        """Not while messages wait to be asked again, nor while its numbers given alone are registered."""
+        if kernel_id in self._held or self._alone.sending(kernel_id):
+            return False
+        return self._flying.get(kernel_id, 0) < MAX_IN_FLIGHT
+
     def _submit(self, kernel_id: str, pending: _Pending) -> None:
-        self._alone.catch_up(kernel_id)
         before = pending.before
         waiting = before is not None and before.seq is None and not (before.failed or before.late)
         self.in_flight += 1
