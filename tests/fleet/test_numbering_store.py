@@ -12,6 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock, deferLater
 
+from kernel_relay.fleet.connection import RedisFull
 from kernel_relay.fleet.numbering import (
     OWNER_FIRST,
     OWNER_RETRY,
@@ -78,32 +79,40 @@ async def test_a_bump_moves_the_floor_too_and_never_starts_a_lost_numbering(
 
 class Reconnecting:
     """A relay's store across a Redis restart: away (calls fail at once) until the test brings it back, and
-    ``failing`` calls that fail while its connection is up (one dropped as txredisapi discards a dead one)."""
+    ``failing`` calls that fail while its connection is up (a connection lost and found again meanwhile)."""
 
     def __init__(self, store: FleetStore) -> None:
         self.store = store
         self.away = False
         self.failing = 0
         self.late = False
-        """The next call goes to Redis after those made within 20 ms (as txredisapi, after a reconnect,
-        puts a call that drew the dead connection back behind the calls waiting)."""
+        """The next call goes to Redis 20 ms late, after calls made meanwhile."""
+        self.full = False
+        self.passing: set[str] = set()
+        """While ``full``, the messages whose numbering Redis lets through (a write passes whenever a buffer
+        is freed); the others are refused (out of memory), a moment later."""
 
     @property
     def up(self) -> bool:
         return not self.away and self.store.up
 
-    @property
-    def full(self) -> bool:
-        return self.store.full
-
     def number(self, *args: Any) -> Deferred[int]:
+        if self.full and args[1] not in self.passing:
+            return deferLater(reactor, 0, self._refused)
         if self.failing and not self.away:
             self.failing -= 1
             return fail(FleetUnavailable("a dead connection, discarded"))
         return self._call(self.store.number, *args)
 
     def bump(self, *args: Any) -> Deferred[int]:
-        return self._call(self.store.bump, *args)
+        return (
+            deferLater(reactor, 0, self._refused)
+            if self.full
+            else self._call(self.store.bump, *args)
+        )
+
+    def _refused(self) -> int:
+        raise RedisFull("OOM command not allowed when used memory > 'maxmemory'")
 
     def _call(self, call: Any, *args: Any) -> Deferred[int]:
         if self.away:
@@ -213,7 +222,7 @@ async def test_numbers_given_alone_are_registered_before_the_next_submission_eve
     stores: list[FleetStore],
 ) -> None:
     """As the test above, and A's first call once its connection is back (the registration of what it gave
-    alone) reaches Redis after calls made just after it: A's next message waits for it, and nothing is lost."""
+    alone) is slow to reach Redis: A's next message waits for its answer rather than going first."""
     clock, (a, b) = two_relays(stores)
     a[1].away = b[1].away = True
     give(a, "m1", "m2", "m3")
@@ -225,5 +234,23 @@ async def test_numbers_given_alone_are_registered_before_the_next_submission_eve
     give(a, "busy")
     a[1].away, a[1].late = False, True
     give(a, "idle")
+    await answered(clock)
+    assert a[2] == b[2] == [1, 2, 3, 4, 5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_a_full_redis_lets_through_is_numbered_past_what_the_relays_gave_alone(
+    stores: list[FleetStore],
+) -> None:
+    """Redis out of memory refuses x1..x3 (numbered alone, alike on both relays) but lets x4 through, sent
+    while they were on their way: it is numbered after them, not given a number they have here."""
+    clock, (a, b) = two_relays(stores)
+    give(a, "m1")
+    give(b, "m1")
+    await answered(clock, 1)
+    for _, store, _ in (a, b):
+        store.full, store.passing = True, {"x4"}
+    give(a, "x1", "x2", "x3", "x4")
+    give(b, "x1", "x2", "x3", "x4")
     await answered(clock)
     assert a[2] == b[2] == [1, 2, 3, 4, 5]

@@ -101,6 +101,7 @@ class _Pending:
     __slots__ = (
         "after",
         "before",
+        "done",
         "failed",
         "index",
         "late",
@@ -120,7 +121,9 @@ class _Pending:
         self.when = when
         self.index = index
         self.before: _Pending | None = None
-        """The kernel's message before it in this relay's queue (until that one is delivered)."""
+        """The kernel's message before it in this relay's queue (until this one is delivered)."""
+        self.done = False
+        """Delivered: numbered (or told as a gap) and handed on."""
         self.after = -1
         """The relay's last number for the kernel when the message came (-1: none yet)."""
         self.seq: int | None = None
@@ -217,8 +220,10 @@ class SharedNumbering:
         return self._flying.get(kernel_id, 0) < MAX_IN_FLIGHT
 
     def _submit(self, kernel_id: str, pending: _Pending) -> None:
-        before = pending.before
-        waiting = before is not None and before.seq is None and not (before.failed or before.late)
+        before, after = pending.before, pending.after
+        if before is None or before.done:
+            # Every message before it is delivered: the relay's last number is its predecessor's.
+            after, before = max(after, self._last.get(kernel_id, -1)), None
         self.in_flight += 1
         self._flying[kernel_id] = self._flying.get(kernel_id, 0) + 1
         d = self._store.number(
@@ -229,9 +234,9 @@ class SharedNumbering:
             self.keep,
             self.keep_bytes,
             self.keep_seconds,
-            pending.after,
+            after,
             self._owns(kernel_id),
-            before.msg_id if waiting and before is not None else "",
+            "" if before is None else before.msg_id,
         )
         d.addCallbacks(
             self._answered,
@@ -336,7 +341,7 @@ class SharedNumbering:
         queue = self._queues.get(kernel_id)
         while queue and (queue[0].seq is not None or queue[0].failed or queue[0].late):
             head = queue.popleft()
-            head.before = None
+            head.before, head.done = None, True
             last = self._last.get(kernel_id, 0)
             if head.late or (head.seq is not None and 0 < head.seq <= last):
                 self._gap(kernel_id, head, last)
