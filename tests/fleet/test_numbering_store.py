@@ -98,7 +98,12 @@ class Reconnecting:
 
     def number(self, *args: Any) -> Deferred[int]:
         if self.full and args[1] not in self.passing:
-            return deferLater(reactor, 0, self._refused)
+            # The script reads before it writes: a message whose predecessor is not numbered is answered.
+            previous = args[9] if len(args) > 9 else ""
+            d = self.store._call("HEXISTS", f"kernel-relay:seen:{args[0]}", previous or "-")
+            return d.addCallback(
+                lambda seen: PREVIOUS_FIRST if previous and not int(seen) else self._refused()
+            )
         if self.failing and not self.away:
             self.failing -= 1
             return fail(FleetUnavailable("a dead connection, discarded"))
@@ -254,3 +259,21 @@ async def test_a_write_a_full_redis_lets_through_is_numbered_past_what_the_relay
     give(b, "x1", "x2", "x3", "x4")
     await answered(clock)
     assert a[2] == b[2] == [1, 2, 3, 4, 5]
+
+
+@pytest_twisted.ensureDeferred
+async def test_under_a_full_redis_output_goes_on_at_redis_pace_not_a_retry_per_message(
+    stores: list[FleetStore],
+) -> None:
+    """Redis out of memory: a burst of 100 messages is numbered alone as fast as Redis refuses them, none
+    waiting for a retry (the relay's retries run on a clock this test never moves)."""
+    clock, (a, _) = two_relays(stores)
+    give(a, "m1")
+    await answered(clock, 1)
+    a[1].full = True
+    give(a, *(f"x{n}" for n in range(100)))
+    for _ in range(200):
+        if len(a[2]) == 101:
+            break
+        await deferLater(reactor, 0.01, lambda: None)
+    assert a[2] == list(range(1, 102))

@@ -206,16 +206,21 @@ class SharedNumbering:
             for kernel_id in list(self._unsent):
                 unsent = self._unsent[kernel_id]
                 self._alone.catch_up(kernel_id)  # what it gave alone, before its next submission
-                while unsent and self._may_send(kernel_id):
+                while unsent and self._may_send(kernel_id, unsent[0]):
                     self._submit(kernel_id, unsent.popleft())
                 if not unsent:
                     del self._unsent[kernel_id]
         finally:
             self._sending = False
 
-    def _may_send(self, kernel_id: str) -> bool:
-        """Not while messages wait to be asked again, nor while its numbers given alone are registered."""
+    def _may_send(self, kernel_id: str, pending: _Pending) -> bool:
+        """
+        Not while messages wait to be asked again, nor while its numbers given alone are registered; one
+        at a time while Redis refuses writes (each would wait for its predecessor, numbered alone).
+        """
         if kernel_id in self._held or self._alone.sending(kernel_id):
+            return False
+        if self._store.full and pending.before is not None and not pending.before.done:
             return False
         return self._flying.get(kernel_id, 0) < MAX_IN_FLIGHT
 
