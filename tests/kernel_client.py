@@ -14,6 +14,27 @@ Message = dict[str, Any]
 CHANNELS = ("shell", "stdin", "iopub", "control")
 
 
+def in_arrival_order(client: socketio.Client) -> socketio.Client:
+    """
+    Handle the client's events in the order they arrive. python-engineio runs each message's handler in a
+    thread of its own, so two events of one burst could be recorded in either order; events (plain and
+    binary, and binary attachments) are handled in its reading thread instead, the rest as before (a
+    disconnect waits for that thread).
+    """
+    eio = client.eio
+    trigger = eio._trigger_event
+
+    def in_order(event: str, *args: Any, **kwargs: Any) -> Any:
+        if event == "message" and args:
+            data = args[0]
+            if isinstance(data, bytes) or (isinstance(data, str) and data[:1] in ("2", "5")):
+                kwargs["run_async"] = False
+        return trigger(event, *args, **kwargs)
+
+    eio._trigger_event = in_order
+    return client
+
+
 class RelayKernelClient:
     """
     One socket.io client joined to some of a kernel's channel namespaces; collects what each receives.
@@ -38,7 +59,7 @@ class RelayKernelClient:
         self.errors: list[Any] = []
         self.disconnected: list[str] = []
         self._changed = threading.Condition()
-        self.sio = socketio.Client(reconnection=False)
+        self.sio = in_arrival_order(socketio.Client(reconnection=False))
         for channel in self.channels:
             namespace = self.namespace(channel)
             self.sio.on("msg", self._collector(channel), namespace=namespace)

@@ -11,7 +11,7 @@ import pytest
 import socketio
 
 from tests.conftest import Relay
-from tests.kernel_client import RelayKernelClient
+from tests.kernel_client import RelayKernelClient, in_arrival_order
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,7 +27,7 @@ class IopubWatcher:
         self.gaps: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         namespace = f"/iopub/{kernel_id}"
-        self.sio = socketio.Client(reconnection=False)
+        self.sio = in_arrival_order(socketio.Client(reconnection=False))
         self.sio.on("msg", self._message, namespace=namespace)
         self.sio.on("replay_gap", self.gaps.append, namespace=namespace)
         self.errors: list[dict[str, Any]] = []
