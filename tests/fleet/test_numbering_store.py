@@ -15,6 +15,7 @@ from twisted.internet.task import Clock, deferLater
 
 from kernel_relay.fleet.connection import RedisFull
 from kernel_relay.fleet.numbering import (
+    HISTORY_WAIT,
     OWNER_FIRST,
     OWNER_RETRY,
     PREVIOUS_FIRST,
@@ -130,13 +131,14 @@ class Reconnecting:
 
 
 def two_relays(
-    stores: list[FleetStore],
+    stores: list[FleetStore], owners: tuple[bool, ...] = (True, False)
 ) -> tuple[Clock, list[tuple[SharedNumbering, Reconnecting, list[int | None]]]]:
-    """Relay A (the kernel's owner) and relay B, each numbering through its own connection to one Redis."""
+    """Relay A (the kernel's owner) and relay B (and C, ... as ``owners`` says), each numbering through a
+    connection to one Redis (C shares B's)."""
     clock = Clock()
     relays = []
-    for store, owner in zip(stores, (True, False), strict=True):
-        flaky = Reconnecting(store)
+    for n, owner in enumerate(owners):
+        flaky = Reconnecting(stores[min(n, 1)])
         shared = SharedNumbering(flaky, clock, keep=100, owns=lambda kernel_id, o=owner: o)  # type: ignore[arg-type]
         relays.append((shared, flaky, []))
     return clock, relays
@@ -259,3 +261,41 @@ async def test_under_a_full_redis_output_goes_on_at_redis_pace_not_a_retry_per_m
             break
         await deferLater(reactor, 0.01, lambda: None)
     assert a[2] == list(range(1, 102))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_relays_first_message_is_numbered_after_what_the_older_relays_saw_before_it(
+    stores: list[FleetStore],
+) -> None:
+    """C starts while A (the owner) and B have m3 and m4 on their way (A's late): C's first message, a
+    welcome the others see after m4, reaches Redis first, yet gets 5 everywhere and nobody drops a gap."""
+    clock, (a, b, c) = two_relays(stores, (True, False, False))
+    give(a, "m1", "m2")
+    give(b, "m1", "m2")
+    await answered(clock, 1)
+    a[1].late = True
+    give(c, "welcome")
+    give(b, "m3", "m4", "welcome")
+    give(a, "m3", "m4", "welcome")
+    await answered(clock)
+    assert a[2] == b[2] == [1, 2, 3, 4, 5]
+    assert c[2] == [5]
+    assert a[0].too_late == b[0].too_late == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_new_relays_first_message_no_older_relay_numbers_is_numbered_after_the_wait(
+    stores: list[FleetStore],
+) -> None:
+    """C's first messages, which no relay with history numbers (A is gone), wait a while for one, then
+    are numbered past the fleet's count, the second after the first, none by C alone (not from 0)."""
+    clock, (a, c) = two_relays(stores, (True, False))
+    give(a, "m1", "m2")
+    await answered(clock, 1)
+    give(c, "welcome", "out")
+    await answered(clock)
+    assert c[2] == []
+    clock.advance(HISTORY_WAIT)
+    await answered(clock)
+    assert c[2] == [3, 4]
+    assert c[0].local_numbers == 0

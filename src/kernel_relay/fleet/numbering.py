@@ -16,7 +16,10 @@ and Redis keeps a *floor*, at or above which it knows every message numbered (it
 trims, and past numbers Redis never saw: lost in a restart, or given alone and not registered): a submitter
 whose last number is below it may be late for one of those, and is refused (``TOO_LATE``, a gap for its
 clients) rather than given a second number. When Redis lost a kernel's numbering, only the kernel's owner
-starts it again (from past its own last number); other relays wait for it (a few seconds at most).
+starts it again (from past its own last number); other relays wait for it (a few seconds at most). A relay
+with no number yet for a running kernel (it just started) has no predecessor to name: its first message
+waits (:data:`HISTORY_WAIT` at most) for a relay with history (the owner, or one with a number) to number
+it after the messages they saw before it; only then does Redis number it past its count.
 
 While Redis cannot be reached (or is out of memory, or will not number a message in time) a relay numbers on
 by itself from its last number, as the fleet would (its clients see no gap and no repeat). As soon as Redis
@@ -57,10 +60,16 @@ TOO_LATE: Final = -1
 OWNER_FIRST: Final = -2
 #: What Redis answers for a message whose predecessor (from this relay) it has not numbered yet.
 PREVIOUS_FIRST: Final = -3
+#: What Redis answers for a relay's first message of a running kernel (it has no number yet, and does not
+#: own the kernel): a relay with history numbers it first, or the relay asks again with ``waited``.
+HISTORY_FIRST: Final = -4
 #: How long a relay waits for a kernel's owner to start its numbering again (or for Redis to number a message
 #: it failed to while connected), and how often it asks.
 OWNER_WAIT: Final = 10.0
 OWNER_RETRY: Final = 0.2
+#: How long a relay's first message of a running kernel waits for a relay with history to number it: less
+#: than its followers wait for it (``PREVIOUS_FIRST``), so that they follow it rather than go alone.
+HISTORY_WAIT: Final = OWNER_WAIT / 2
 
 
 def stream_length(replay_bytes: int) -> int:
@@ -109,6 +118,7 @@ class _Pending:
         "payload",
         "ready",
         "seq",
+        "waited",
         "when",
     )
 
@@ -131,6 +141,8 @@ class _Pending:
         """Why the fleet did not number it (Redis away, out of memory, no owner to start it again): numbered
         by this relay alone."""
         self.late = False
+        self.waited = False
+        """Its first submission waited :data:`HISTORY_WAIT` for a relay with history: Redis may number it."""
 
 
 class SharedNumbering:
@@ -242,6 +254,7 @@ class SharedNumbering:
             after,
             self._owns(kernel_id),
             "" if before is None else before.msg_id,
+            pending.waited,
         )
         d.addCallbacks(
             self._answered,
@@ -259,12 +272,15 @@ class SharedNumbering:
         else:
             self._flying.pop(kernel_id, None)
         # Asked again, in order: Redis lost the kernel's numbering (its owner starts it again), or has not
-        # numbered the message before it yet, or failed while connected (numbering alone could then give
-        # it a number the fleet gives another message).
-        again = seq in (OWNER_FIRST, PREVIOUS_FIRST) or (
+        # numbered the message before it yet, or waits for a relay with history to number this relay's first
+        # message (after the wait: past its count, never by this relay alone from 0), or failed while
+        # connected (numbering alone could then give it a number the fleet gives another message).
+        again = seq in (OWNER_FIRST, PREVIOUS_FIRST, HISTORY_FIRST) or (
             seq is None and self._store.up and not self._store.full
         )
-        if again and self._clock.seconds() - pending.when < OWNER_WAIT:
+        waited = self._clock.seconds() - pending.when
+        pending.waited = pending.waited or (seq == HISTORY_FIRST and waited >= HISTORY_WAIT)
+        if again and (waited < OWNER_WAIT or seq == HISTORY_FIRST):
             held = self._held.setdefault(kernel_id, [])
             if not held:
                 self._clock.callLater(OWNER_RETRY, self._resume, kernel_id)
@@ -420,4 +436,13 @@ class SharedNumbering:
             log.failure("delivering a numbered message of kernel {kernel} failed", kernel=kernel_id)
 
 
-__all__ = ["OWNER_FIRST", "TOO_LATE", "SharedNumbering", "pack", "stream_length", "unpack"]
+__all__ = [
+    "HISTORY_FIRST",
+    "HISTORY_WAIT",
+    "OWNER_FIRST",
+    "TOO_LATE",
+    "SharedNumbering",
+    "pack",
+    "stream_length",
+    "unpack",
+]

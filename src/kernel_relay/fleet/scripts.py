@@ -140,7 +140,8 @@ return 1
 
 #: KEYS: seq, seen, journal, window. ARGV: msg_id, payload, time (s), most entries, most bytes, longest age
 #: (s), the submitter's last number for the kernel (-1: none yet), whether the submitter owns the kernel, the
-#: msg_id of the message before it that the submitter had not seen numbered ('' if none).
+#: msg_id of the message before it that the submitter had not seen numbered ('' if none), whether it waited
+#: long enough for a relay with history (see -4 below).
 #: Numbers one iopub message for the whole fleet, once however many relays submit it, whenever they do:
 #: ``seen`` knows the msg_id of every message the stream keeps, and ``window``'s floor is a number below
 #: which Redis does not know every message numbered: the last one trimmed, or the last a relay had when it
@@ -148,6 +149,8 @@ return 1
 #: ask again; or numbers a relay gave alone). A submitter whose last number is below the floor may be late
 #: for a message numbered there: refused (-1), never numbered twice. A message whose predecessor is not
 #: numbered yet waits for it (-3, asked again): the fleet numbers a kernel's messages in the kernel's order.
+#: A relay's first message of a running kernel (no number, no predecessor, not the owner) waits too (-4) for a
+#: relay with history to number it (the message may follow others still on their way), until it waited enough.
 #: The stream is trimmed oldest first to the entries, bytes and age given (one entry, the newest, is kept).
 NUMBER: Final = """
 local known = redis.call('HGET', KEYS[2], ARGV[1])
@@ -156,6 +159,7 @@ local after = tonumber(ARGV[7])
 local current = redis.call('GET', KEYS[1])
 if not current and ARGV[8] ~= '1' then return -2 end
 if ARGV[9] ~= '' and redis.call('HEXISTS', KEYS[2], ARGV[9]) == 0 then return -3 end
+if after < 0 and ARGV[8] ~= '1' and ARGV[9] == '' and ARGV[10] ~= '1' then return -4 end
 current = tonumber(current or '0')
 if after > current then
   redis.call('SET', KEYS[1], after)

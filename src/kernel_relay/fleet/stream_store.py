@@ -44,11 +44,13 @@ class StreamStore(RedisConnection):
         after: int,
         owner: bool,
         previous: str = "",
+        waited: bool = False,
     ) -> Deferred[int]:
         """
         The fleet's ``relay_seq`` of a kernel's iopub message, numbered (and kept) once for all relays; -1
         when the submitter may be too late to tell, -2 when the kernel's owner must start its numbering
-        again first, -3 while ``previous`` (the message before it) is not numbered (see ``scripts.NUMBER``).
+        again first, -3 while ``previous`` (the message before it) is not numbered, -4 while a relay with
+        history must number the submitter's first message (unless it ``waited``; see ``scripts.NUMBER``).
         """
         stamp = f"{when:.3f}"
         sealed = self._keys.seal_bytes(_where(kernel_id, msg_id, stamp), payload)
@@ -70,6 +72,7 @@ class StreamStore(RedisConnection):
                 after,
                 "1" if owner else "0",
                 previous,
+                "1" if waited else "0",
             ],
         )
         return d.addCallback(int)
