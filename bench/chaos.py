@@ -38,6 +38,7 @@ import socketio
 import websocket
 
 from bench.processes import REDIS_SERVER, free_port
+from bench.sio_order import in_arrival_order
 
 TOKEN = "chaos-token-0123456789abcdefghijkl"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -323,7 +324,7 @@ class Run:
             relay = self.next_relay()
             if relay is None:
                 continue
-            client = socketio.Client(reconnection=False)
+            client = in_arrival_order(socketio.Client(reconnection=False))
             namespace = f"/iopub/{kernel_id}"
 
             def message(m: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ import socketio
 
 from bench.clients import RelayClient
 from bench.scenarios import BUFFER_CODE, iopub_ready, wait_for
+from bench.sio_order import in_arrival_order
 
 HOST = "127.0.0.1"
 #: The binary buffer the *buffers* worker has its kernel publish each turn.
@@ -101,7 +102,7 @@ class Client:
         self.replies: dict[str, dict[str, Any]] = {}
         self.idle: set[str] = set()
         self.cond = threading.Condition()
-        self.sio = socketio.Client(reconnection=False)
+        self.sio = in_arrival_order(socketio.Client(reconnection=False))
         if "iopub" in channels:
             self.sio.on("msg", self._iopub, namespace=f"/iopub/{kernel_id}")
         if "shell" in channels:
