@@ -48,6 +48,8 @@ LOOP = (
     "    print(i, flush=True)\n    i += 1\n    time.sleep(random.uniform(0.02, 0.05))"
 )
 SECONDS_PER_LINE = 0.035
+#: The most output (in seconds of it) a Jupyter watcher may get again on a reconnect (issue 30).
+REPEAT_BOUND = 0.5
 
 
 class Redis:
@@ -442,6 +444,7 @@ class Run:
         jupyter_max = 0.0
         holes: list[str] = []
         contexts: list[str] = []
+        repeated: list[str] = []
         lost_by: dict[str, int] = {}
         for (who, kernel_id), seen in self.seen.items():
             false_deaths += len(seen.told_dead)
@@ -456,6 +459,7 @@ class Run:
                 repeats += sum(count - 1 for count in seen.lines.values())
             else:
                 jupyter_max = max([jupyter_max, *seen.repeat_seconds])
+                repeated.extend(self.repeat_context(who, kernel_id, seen))
         return {
             "minutes": minutes,
             "faults": self.faults,
@@ -472,7 +476,27 @@ class Run:
             "kernels_left": len(left),
             "holes": holes[:10],
             "loss_contexts": contexts[:20],
+            "repeat_contexts": repeated[:10],
         }
+
+    def repeat_context(self, who: str, kernel_id: str, seen: Seen) -> list[str]:
+        """For each Jupyter reconnect over the bound: that visit, the one before, and the faults between."""
+        told = []
+        for index, (visit, again) in enumerate(zip(seen.visits, seen.repeat_seconds, strict=False)):
+            if again <= REPEAT_BOUND:
+                continue
+            before = seen.visits[index - 1] if index else None
+            since = before.start if before else 0.0
+            faults = [
+                f"{when - self.started:.1f} {what}"
+                for when, what in self.events
+                if since - 15 <= when - self.started <= visit.end + 1
+            ]
+            told.append(
+                f"{who} {kernel_id[:8]} {again:.2f} s again: visit {describe(visit)}; "
+                f"before {describe(before)}; faults near {faults}"
+            )
+        return told
 
     def context(self, who: str, kernel_id: str, seen: Seen, hole: set[int]) -> list[str]:
         """For each run of lost lines: the connections either side of it and the faults between them."""
@@ -531,7 +555,7 @@ def bad(result: dict[str, Any]) -> bool:
         not result["lines_seen"]
         or result["lost_without_notice"]
         or result["sio_repeats"]
-        or result["jupyter_repeat_seconds_max"] > 0.5
+        or result["jupyter_repeat_seconds_max"] > REPEAT_BOUND
         or result["two_numbers"]
         or result["false_deaths"]
         or result["kernels_left"]
