@@ -25,9 +25,10 @@ from ._errors import KernelLaunchError
 _log = Logger()
 
 _OWN_DIR: Final = re.compile(r"kernel-relay-(?P<pid>[0-9]{1,10})")
-#: A connection file, or a UNIX socket of a kernel on the ipc transport (``<id's first block>-<port>``).
+#: A connection file, a kernel's captured output (``kernel-<id>.log``), or a UNIX socket of a kernel on the ipc
+#: transport (``<id's first block>-<port>``).
 _BOX: Final = re.compile(r"[0-9a-f]{8}")
-_OWN_FILE: Final = re.compile(r"kernel-[0-9a-f-]{36}\.json|[0-9a-f]{8}-[0-9]{1,5}")
+_OWN_FILE: Final = re.compile(r"kernel-[0-9a-f-]{36}\.(?:json|log)|[0-9a-f]{8}-[0-9]{1,5}")
 
 
 def connection_dir(pid: int | None = None) -> Path:
