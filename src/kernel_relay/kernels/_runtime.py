@@ -25,9 +25,9 @@ from ._errors import KernelLaunchError
 _log = Logger()
 
 _OWN_DIR: Final = re.compile(r"kernel-relay-(?P<pid>[0-9]{1,10})")
+_BOX: Final = re.compile(r"[0-9a-f]{8}")
 #: A connection file, a kernel's captured output (``kernel-<id>.log``), or a UNIX socket of a kernel on the ipc
 #: transport (``<id's first block>-<port>``).
-_BOX: Final = re.compile(r"[0-9a-f]{8}")
 _OWN_FILE: Final = re.compile(r"kernel-[0-9a-f-]{36}\.(?:json|log)|[0-9a-f]{8}-[0-9]{1,5}")
 
 
