@@ -178,6 +178,8 @@ class Run:
         self.kernels: dict[str, str] = {}  # kernel id -> the loop cell's msg_id
         self.killed: set[str] = set()
         self.numbers: dict[str, set[int]] = {}
+        self.sio_again: list[tuple[str, str, int, Any, Any]] = []
+        """Lines a socket.io watcher got again: who, kernel, line, its first arrival and this one."""
         self.lock = threading.Lock()
         self.seen: dict[tuple[str, str], Seen] = {}
         self.stop = threading.Event()
@@ -322,14 +324,17 @@ class Run:
     def sio_watcher(self, who: str, kernel_id: str) -> None:
         since: int | None = None
         seen = self.seen.setdefault((who, kernel_id), Seen())
+        first: dict[int, Any] = {}
+        """Each line's first arrival: the connection (relay, since, when it joined) and its relay_seq."""
         while not self.stop.is_set() and kernel_id not in self.killed:
             relay = self.next_relay()
             if relay is None:
                 continue
             client = in_arrival_order(socketio.Client(reconnection=False))
             namespace = f"/iopub/{kernel_id}"
+            joined = (relay.name, since, time.time() - self.started)
 
-            def message(m: dict[str, Any]) -> None:
+            def message(m: dict[str, Any], joined: tuple[str, int | None, float] = joined) -> None:
                 nonlocal since
                 line = self.record(who, kernel_id, m)
                 seq = m.get("metadata", {}).get("relay_seq")
@@ -338,6 +343,12 @@ class Run:
                 if line is not None:
                     with self.lock:
                         seen.lines[line] = seen.lines.get(line, 0) + 1
+                        if seen.lines[line] == 1:
+                            first[line] = (joined, seq)
+                        else:
+                            self.sio_again.append(
+                                (who, kernel_id, line, first.get(line), (joined, seq))
+                            )
 
             def gap(details: dict[str, Any]) -> None:
                 with self.lock:
@@ -477,7 +488,21 @@ class Run:
             "holes": holes[:10],
             "loss_contexts": contexts[:20],
             "repeat_contexts": repeated[:10],
+            "sio_repeat_contexts": [self.sio_repeat(*again) for again in self.sio_again[:10]],
         }
+
+    def sio_repeat(self, who: str, kernel_id: str, line: int, first: Any, again: Any) -> str:
+        """A line a socket.io watcher got twice: each arrival's connection and number, and the faults near."""
+        since = first[0][2] if first else 0.0
+        faults = [
+            f"{when - self.started:.1f} {what}"
+            for when, what in self.events
+            if since - 15 <= when - self.started <= again[0][2] + 15
+        ]
+        return (
+            f"{who} {kernel_id[:8]} line {line}: first {first} then {again} "
+            f"((relay, since, joined at s), relay_seq); faults near {faults}"
+        )
 
     def repeat_context(self, who: str, kernel_id: str, seen: Seen) -> list[str]:
         """For each Jupyter reconnect over the bound: that visit, the one before, and the faults between."""
