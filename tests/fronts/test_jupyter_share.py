@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from kernel_relay.fronts.jupyter_sessions import SHARE_INTERVAL, JupyterSessions
+from kernel_relay.fronts.jupyter_sessions import QUIET_AFTER_STALL, SHARE_INTERVAL, JupyterSessions
 
 
 class Saved:
@@ -39,3 +39,28 @@ def test_a_relay_that_stalled_shares_no_position_until_its_clients_closes_are_in
     clock.advance(SHARE_INTERVAL)
     sessions.stop()
     assert len(marks.saved) == 1
+
+
+def test_the_rounds_just_after_a_stall_share_nothing_while_a_busy_relay_reads_the_closes() -> None:
+    """
+    Chaos seed 2: relay4 thawed after 7.6 s, handed 63 lines to a session whose client closed 0.1 s later,
+    and the next round (on time) shared them as read before the close was read. No round shares for
+    QUIET_AFTER_STALL after a stall; the rounds after it share again.
+    """
+    reading = SimpleNamespace(
+        kernel_id="k", session_key="p/s", session_id="s", last_seq=2257, last_parent=b"{}"
+    )
+    connected = [reading]
+    clock, marks = Clock(), Saved()
+    sessions = JupyterSessions(clock, lambda: connected)  # type: ignore[arg-type]
+    sessions.share(marks)  # type: ignore[arg-type]
+    clock.advance(SHARE_INTERVAL)
+    assert marks.saved == [("k", {"p/s": (2257, None)})]
+    reading.last_seq = 2320  # handed on as the relay thawed
+    clock.advance(7.6)
+    clock.advance(SHARE_INTERVAL)  # the first round on time again: the close is not read yet
+    assert len(marks.saved) == 1
+    for _ in range(round(QUIET_AFTER_STALL / SHARE_INTERVAL)):
+        clock.advance(SHARE_INTERVAL)
+    sessions.stop()
+    assert marks.saved[1:] == [("k", {"p/s": (2320, None)})]

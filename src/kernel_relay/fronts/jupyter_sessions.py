@@ -38,6 +38,10 @@ MAX_MSG_ID: Final = 128
 #: A quarter second, so that with a save's own latency a session sees less than half a second again; only
 #: positions that moved since the last save are written.
 SHARE_INTERVAL: Final = 0.25
+#: After a stall, how long the relay shares no position: its backlog went to sockets at once as it thawed,
+#: and a client that closed meanwhile may have its close read only after a busy turn or two; a close read
+#: within this long goes back before what it was handed just before (``UNREAD_SECONDS``) and saves that.
+QUIET_AFTER_STALL: Final = 3 * SHARE_INTERVAL
 #: How long a reconnecting session waits for the fleet to say where it stopped before it goes on without.
 SHARE_WAIT: Final = 2.0
 
@@ -102,6 +106,7 @@ class JupyterSessions:
         self._share.clock = clock
         self._shared: dict[tuple[str, str], int] = {}
         self._shared_at: float | None = None
+        self._stalled_at: float | None = None
 
     def share(self, marks: SharedMarks) -> None:
         """Save where sessions are, on disconnect and every :data:`SHARE_INTERVAL` while connected."""
@@ -165,9 +170,13 @@ class JupyterSessions:
     def _share_marks(self) -> None:
         now, before = self._clock.seconds(), self._shared_at
         self._shared_at = now
-        if self.shared is None or (before is not None and now - before > 2 * SHARE_INTERVAL):
+        if before is not None and now - before > 2 * SHARE_INTERVAL:
+            self._stalled_at = now
+        if self.shared is None or (
+            self._stalled_at is not None and now - self._stalled_at < QUIET_AFTER_STALL
+        ):
             # The relay stalled (frozen, say): it hands its backlog to sockets whose clients may have closed
-            # meanwhile; their closes come first (each saves what it had surely read), then the next round.
+            # meanwhile; their closes come first (each saves what it had surely read), then a later round.
             return
         changed: dict[str, dict[str, tuple[int, str | None]]] = {}
         for reading in self._connected():
