@@ -267,3 +267,44 @@ def test_a_fleet_catch_up_tells_of_the_streams_entries_that_did_not_open(
     assert client.seqs() == [3, 6, 7, 10, 11]
     gaps = [(gap.first, gap.last) for gap in client.events_told if isinstance(gap, ReplayExpired)]
     assert gaps == [(4, 5), (9, 9)], client.events("replay_gap")
+
+
+class LateNumbering(FleetNumbering):
+    """A fleet whose numbers for this relay come only when the test says: the stream has them first."""
+
+    def __init__(self, start: int) -> None:
+        super().__init__(start)
+        self.waiting: list[Any] = []
+
+    def number(self, kernel_id: str, msg_id: str, message: Outgoing, ready: Any) -> None:
+        self.waiting.append(ready)
+
+    def release(self) -> None:
+        for ready in self.waiting:
+            self.last += 1
+            ready(self.last)
+        self.waiting.clear()
+
+
+def test_a_message_a_fleet_catch_up_handed_already_is_not_delivered_again_live(
+    registry: FakeRegistry, kernel: FakeKernel
+) -> None:
+    """
+    Chaos seed 1: a relay that had just started replayed 1853-1872 from the fleet's stream to a resuming
+    client, then its own numbering of 1872 came in and the live path handed it again. Messages past it come.
+    """
+    numbering = LateNumbering(start=6)
+    core = RelayCore(registry, Clock(), numbering=numbering)  # type: ignore[arg-type]
+    registry.start(kernel)
+    client = resumed(core, "a", 2)
+    publish_lines(kernel, 1)  # another relay numbers it 6 before this one hears its number
+    [(_, fetched)] = numbering.fetches
+    line = Outgoing.of_kernel(kernel_message("stream", "iopub", content={"text": "o"}))
+    fetched.callback([(seq, 0.0, line) for seq in (3, 4, 5, 6)])
+    read_all(client)
+    assert client.seqs() == [3, 4, 5, 6]
+    numbering.release()  # this relay's number for it: 6, handed already
+    publish_lines(kernel, 1)
+    numbering.release()
+    read_all(client)
+    assert client.seqs() == [3, 4, 5, 6, 7]

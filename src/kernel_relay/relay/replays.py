@@ -47,6 +47,9 @@ class Replays:
         # kernel id -> client id -> the client's replay under way, and the same by client id -> kernel id
         self._by_kernel: dict[str, dict[str, ReplayStream]] = {}
         self._by_client: dict[str, dict[str, ReplayStream]] = {}
+        # kernel id -> client id -> where a catch-up from the fleet's stream left the client: this relay's
+        # own numbering may come later than the stream's, so a live message at or below it was handed already.
+        self._floors: dict[str, dict[str, int]] = {}
 
     def resume(
         self, client: RelayClient, kernel_id: str, journal: IopubJournal | None, resume: Resume
@@ -94,6 +97,9 @@ class Replays:
     ) -> None:
         """Deliver a live iopub message; a client whose replay is under way gets it in its turn."""
         replays = self._by_kernel.get(kernel_id)
+        floors = self._floors.get(kernel_id)
+        if floors is not None and kept:
+            clients = self._past_floors(kernel_id, floors, clients, message.seq)
         if not replays:
             for client in list(clients.values()):
                 client.deliver(kernel_id, IOPUB, message)
@@ -104,6 +110,22 @@ class Replays:
                 replay.live(message, kept)
             else:
                 client.deliver(kernel_id, IOPUB, message)
+
+    def _past_floors(
+        self, kernel_id: str, floors: dict[str, int], clients: dict[str, RelayClient], seq: int
+    ) -> dict[str, RelayClient]:
+        """``clients`` less those a fleet catch-up already handed ``seq``; a floor goes at the first past it."""
+        past = dict(clients)
+        for client_id, floor in list(floors.items()):
+            if client_id not in clients:
+                del floors[client_id]  # the client left
+            elif seq <= floor:
+                del past[client_id]
+            else:
+                del floors[client_id]
+        if not floors:
+            del self._floors[kernel_id]
+        return past
 
     def drained(self, client: RelayClient) -> None:
         """What was sent to the client has gone out: hand on its replays."""
@@ -117,6 +139,11 @@ class Replays:
         self, kernel_id: str, client_id: str, replay: ReplayStream | None = None
     ) -> ReplayStream | None:
         """Forget the client's replay of the kernel (``replay`` only, if given); the one forgotten."""
+        floors = self._floors.get(kernel_id)
+        if floors is not None and replay is None:
+            floors.pop(client_id, None)
+            if not floors:
+                del self._floors[kernel_id]
         replays = self._by_kernel.get(kernel_id)
         current = replays.get(client_id) if replays is not None else None
         if current is None or (replay is not None and current is not replay):
@@ -158,6 +185,8 @@ class Replays:
 
     def _done(self, replay: ReplayStream) -> None:
         self.end(replay.kernel_id, replay.client.client_id, replay)
+        if replay.from_elsewhere:
+            self._floors.setdefault(replay.kernel_id, {})[replay.client.client_id] = replay.position
         self._metrics.replayed(replay.count)
         log.info(
             "Replayed {count} iopub message(s) of kernel {kernel} to {address}{fleet}",
