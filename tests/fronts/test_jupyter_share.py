@@ -18,20 +18,29 @@ class Saved:
         self.saved.append((kernel_id, dict(marks)))
 
 
-def test_a_relay_that_stalled_shares_no_position_until_its_clients_closes_are_in() -> None:
-    """
-    Chaos seed 6: relay0 thawed from SIGSTOP, handed 63 lines to a socket whose client had closed, and shared
-    them as read at once; the next relay resumed the session past them. The round after a stall shares nothing.
-    """
+def sharing(
+    last_seq: int,
+) -> tuple[SimpleNamespace, list[SimpleNamespace], Clock, Saved, JupyterSessions]:
+    """One connected session at ``last_seq``, shared once on time: its reading, the connected list, the
+    clock, the saves and the sessions."""
     reading = SimpleNamespace(
-        kernel_id="k", session_key="p/s", session_id="s", last_seq=643, last_parent=b"{}"
+        kernel_id="k", session_key="p/s", session_id="s", last_seq=last_seq, last_parent=b"{}"
     )
     connected = [reading]
     clock, marks = Clock(), Saved()
     sessions = JupyterSessions(clock, lambda: connected)  # type: ignore[arg-type]
     sessions.share(marks)  # type: ignore[arg-type]
     clock.advance(SHARE_INTERVAL)
-    assert marks.saved == [("k", {"p/s": (643, None)})]
+    assert marks.saved == [("k", {"p/s": (last_seq, None)})]
+    return reading, connected, clock, marks, sessions
+
+
+def test_a_relay_that_stalled_shares_no_position_until_its_clients_closes_are_in() -> None:
+    """
+    Chaos seed 6: relay0 thawed from SIGSTOP, handed 63 lines to a socket whose client had closed, and shared
+    them as read at once; the next relay resumed the session past them. The round after a stall shares nothing.
+    """
+    reading, connected, clock, marks, sessions = sharing(643)
     reading.last_seq = 706  # handed on as the relay thawed, after a freeze of 6.5 s
     clock.advance(6.5)
     assert len(marks.saved) == 1
@@ -47,15 +56,7 @@ def test_the_rounds_just_after_a_stall_share_nothing_while_a_busy_relay_reads_th
     and the next round (on time) shared them as read before the close was read. No round shares for
     QUIET_AFTER_STALL after a stall; the rounds after it share again.
     """
-    reading = SimpleNamespace(
-        kernel_id="k", session_key="p/s", session_id="s", last_seq=2257, last_parent=b"{}"
-    )
-    connected = [reading]
-    clock, marks = Clock(), Saved()
-    sessions = JupyterSessions(clock, lambda: connected)  # type: ignore[arg-type]
-    sessions.share(marks)  # type: ignore[arg-type]
-    clock.advance(SHARE_INTERVAL)
-    assert marks.saved == [("k", {"p/s": (2257, None)})]
+    reading, _, clock, marks, sessions = sharing(2257)
     reading.last_seq = 2320  # handed on as the relay thawed
     clock.advance(7.6)
     clock.advance(SHARE_INTERVAL)  # the first round on time again: the close is not read yet
