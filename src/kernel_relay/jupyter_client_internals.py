@@ -9,8 +9,10 @@ restart launches again as the first launch did), and the manager's CurveZMQ poli
 another host needs as jupyter_client's own ``LocalProvisioner`` has it. Those are implementation details
 that a release may change without notice, so they are reached here and nowhere else.
 
-One more is no function: :class:`kernel_relay.kernels._sandbox.SandboxedKernelManager` overrides
-``KernelManager._async_launch_kernel`` (the one place that sees the kernel's command line before it runs).
+Two more are no functions: :class:`kernel_relay.kernels._sandbox.SandboxedKernelManager` overrides
+``KernelManager._async_launch_kernel`` (the one place that sees the kernel's command line before it runs)
+and ``_async_shutdown_kernel`` (the one place every stop, kill and restart goes through), binding
+``shutdown_kernel`` to its own.
 
 ``tests/test_jupyter_client_internals.py`` checks each against the installed jupyter_client on real
 managers, so a release that moves one fails there, loudly, rather than in a kernel's shutdown or restart.

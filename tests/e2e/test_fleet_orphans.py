@@ -49,3 +49,23 @@ def test_a_kernel_whose_relay_died_as_redis_restarted_empty_is_found_by_the_next
         redis.stop()
         show("A", a)
     wait(lambda: not kernel_processes(kernel_id), 15, "the kernel to be stopped")
+
+
+def test_a_frozen_kernel_is_gone_when_its_shutdown_answers(tmp_path: Path) -> None:
+    """
+    A fleet's kernel outlives its sandbox's outer bwrap (no --die-with-parent), which SIGTERM ends: a kernel
+    frozen by SIGSTOP was left running forever by a shutdown that answered 200.
+    """
+    require_redis()
+    redis = RedisServer(tmp_path / "redis")
+    a = relay(tmp_path / "runtime", redis.url, "1.5")
+    try:
+        kernel_id = a.spawn()
+        [process] = kernel_processes(kernel_id)
+        process.suspend()
+        assert a.shutdown(kernel_id).status_code == 200
+        assert not kernel_processes(kernel_id)
+    finally:
+        a.stop()
+        redis.stop()
+        show("A", a)

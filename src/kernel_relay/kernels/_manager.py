@@ -246,6 +246,9 @@ def connection_details(manager: KernelManager) -> tuple[dict[str, Any], int | No
 
 
 def _is_alive(manager: KernelManager) -> bool:
+    survivors = getattr(manager, "survivors", None)
+    if callable(survivors) and survivors():
+        return True
     return bool(manager.has_kernel and manager.is_alive())
 
 

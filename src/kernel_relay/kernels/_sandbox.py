@@ -36,12 +36,14 @@ from typing import Any, Final
 
 from jupyter_client.manager import KernelManager
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner
+from jupyter_core.utils import run_sync
 from traitlets import default
 from twisted.logger import Logger
 
 from ._boxes import Box, box_alive, mount_home
 from ._errors import KernelLaunchError
 from ._limits import Limits
+from ._process_group import end_group, live_members, own_group
 from ._zmq import manager_context
 
 _log = Logger()
@@ -309,6 +311,8 @@ class SandboxedKernelManager(KernelManager):
     """
 
     sandbox: Sandbox | None = None
+    _group: int | None = None
+    """The process group of the kernel last stopped, while some of it may still run."""
 
     @default("context")
     def _context_default(self) -> Any:
@@ -334,6 +338,19 @@ class SandboxedKernelManager(KernelManager):
         await super()._async_launch_kernel(kernel_cmd, **kw)
         if self.sandbox is not None:
             self._write_pid()
+
+    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        # A stop, a kill and a restart all come here: what jupyter_client leaves of the group goes too.
+        pgid = own_group(getattr(self.provisioner, "pgid", None))
+        await super()._async_shutdown_kernel(now=now, restart=restart)
+        if pgid is not None and not await end_group(pgid):
+            self._group = pgid
+
+    shutdown_kernel = run_sync(_async_shutdown_kernel)
+
+    def survivors(self) -> list[int]:
+        """Processes of the last stopped kernel's group that SIGKILL has not ended yet (none, normally)."""
+        return [] if self._group is None else live_members(self._group)
 
     def _write_pid(self) -> None:
         pid = getattr(self.provisioner, "pid", None)
