@@ -91,6 +91,11 @@ class Routes:
         content = result_of(self.stub.content(response))
         return response.code, headers, json.loads(content) if content else None
 
+    def kernel_replies(self, parent: str, **content: Any) -> None:
+        """The kernel's reply to ``parent``, then its idle (the order ipykernel sends them in)."""
+        self.kernel_says("execute_reply", "shell", parent, **content)
+        self.kernel_says("status", "iopub", parent, execution_state="idle")
+
     def kernel_says(self, msg_type: str, channel: str, parent: str, **content: Any) -> None:
         message = kernel_message(msg_type, channel, parent, content)
         if channel == "iopub":
@@ -123,7 +128,7 @@ def test_a_request_answers_202_then_300_for_input_then_200_with_its_outputs() ->
     assert routes.call("POST", f"/api/kernels/{KERNEL}/input", body={"input": "ada"})[0] == 201
     assert routes.kernel.clients[-1].sent[-1][1]["content"] == {"value": "ada"}
     routes.kernel_says("stream", "iopub", msg_id, name="stdout", text="hi ada\n")
-    routes.kernel_says("execute_reply", "shell", msg_id, status="ok", execution_count=3)
+    routes.kernel_replies(msg_id, status="ok", execution_count=3)
     status, _, body = routes.call("GET", path)
     assert status == 200 and body["status"] == "ok" and body["execution_count"] == 3
     assert json.loads(body["outputs"]) == [
@@ -155,7 +160,7 @@ def test_long_poll_answers_at_the_end_or_after_wait_and_forgets_a_client_that_we
     routes.kernel_says("stream", "iopub", msg_id, name="stdout", text="x")
     routes.stub.flush()
     assert answered == []  # an output alone does not end the wait
-    routes.kernel_says("execute_reply", "shell", msg_id, status="ok", execution_count=1)
+    routes.kernel_replies(msg_id, status="ok", execution_count=1)
     assert routes.answer(pending)[0] == 200
     other = submitted(routes)
     timed = routes.stub.get(
@@ -235,12 +240,12 @@ def test_delete_of_a_queued_request_interrupts_it_once_it_starts_and_not_before(
     for _ in range(2):  # a second DELETE changes nothing
         assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{queued}")[0] == 204
     routes.kernel_says("stream", "iopub", first, name="stdout", text="first runs on")
-    routes.kernel_says("execute_reply", "shell", first, status="ok", execution_count=1)
+    routes.kernel_replies(first, status="ok", execution_count=1)
     routes.kernel_says("status", "iopub", queued, execution_state="busy")
     assert routes.registry.interrupted == []  # busy comes before the kernel can take an interrupt
     routes.kernel_says("execute_input", "iopub", queued, code="x", execution_count=2)
     assert routes.registry.interrupted == [KERNEL]
-    routes.kernel_says("execute_reply", "shell", queued, status="error", execution_count=2)
+    routes.kernel_replies(queued, status="error", execution_count=2)
     assert routes.registry.interrupted == [KERNEL]
     assert routes.core.ledger.waiting() == 0  # nothing waits on either request once they ended
 
@@ -271,7 +276,7 @@ def test_delete_of_a_request_that_ended_interrupts_nothing() -> None:
     routes = Routes()
     msg_id = submitted(routes)
     started(routes, msg_id)
-    routes.kernel_says("execute_reply", "shell", msg_id, status="ok", execution_count=1)
+    routes.kernel_replies(msg_id, status="ok", execution_count=1)
     other = submitted(routes)
     started(routes, other)
     assert routes.call("DELETE", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 204
@@ -317,7 +322,7 @@ def test_rest_requests_per_kernel_are_bounded_with_a_clear_429() -> None:
     status, _, body = routes.call("POST", f"/api/kernels/{KERNEL}/execute", body={"code": "1"})
     assert status == 429 and "2 requests" in body["message"]
     assert len(routes.kernel.clients[-1].sent) == 2  # the refused one never reached the kernel
-    routes.kernel_says("execute_reply", "shell", first, status="ok", execution_count=1)
+    routes.kernel_replies(first, status="ok", execution_count=1)
     submitted(routes)
 
 
@@ -345,7 +350,7 @@ def test_a_running_request_is_never_forgotten_and_a_full_ledger_refuses_503() ->
     assert len(routes.kernel.clients[-1].sent) == 2  # the refused one never reached the kernel
     for msg_id in (first, second):
         assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{msg_id}")[0] == 202
-    routes.kernel_says("execute_reply", "shell", first, status="ok", execution_count=1)
+    routes.kernel_replies(first, status="ok", execution_count=1)
     third = submitted(routes)  # the finished one goes to make room
     assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{first}")[0] == 404
     assert routes.call("GET", f"/api/kernels/{KERNEL}/requests/{third}")[0] == 202

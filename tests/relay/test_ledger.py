@@ -9,7 +9,15 @@ from twisted.internet.task import Clock
 
 from kernel_relay.relay.core import RelayCore
 from kernel_relay.relay.journal import Resume
-from kernel_relay.relay.ledger import COMPLETE, ENDED, INPUT, RUNNING, LedgerOptions, RequestLedger
+from kernel_relay.relay.ledger import (
+    COMPLETE,
+    ENDED,
+    IDLE_GRACE,
+    INPUT,
+    RUNNING,
+    LedgerOptions,
+    RequestLedger,
+)
 from tests.fakes import FakeKernel, FakeRegistry, RecordingClient, kernel_message
 
 KERNEL = "k1-0000"
@@ -17,6 +25,12 @@ KERNEL = "k1-0000"
 
 def output(msg_type: str, parent: str, **content: Any) -> Any:
     return kernel_message(msg_type, "iopub", parent, content)
+
+
+def finished(ledger: RequestLedger, msg_id: str, status: str = "ok") -> None:
+    """The kernel's reply to ``msg_id``, then its idle (the order ipykernel sends them in)."""
+    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", msg_id, {"status": status}))
+    ledger.observe(KERNEL, output("status", msg_id, execution_state="idle"))
 
 
 def ledger_with(request: str = "r1", **options: Any) -> tuple[RequestLedger, Clock]:
@@ -33,15 +47,18 @@ def test_a_request_keeps_its_outputs_count_and_status() -> None:
     ledger.observe(KERNEL, output("execute_input", "r1", execution_count=7, code="x"))
     ledger.observe(KERNEL, output("stream", "r1", name="stdout", text="a\n"))
     ledger.observe(KERNEL, output("stream", "r1", name="stdout", text="b\n"))
-    ledger.observe(
-        KERNEL,
-        output("execute_result", "r1", data={"text/plain": "3"}, metadata={}, execution_count=7),
-    )
     assert ledger.get(KERNEL, "r1").state == RUNNING  # type: ignore[union-attr]
     ledger.observe(
         KERNEL,
         kernel_message("execute_reply", "shell", "r1", {"status": "ok", "execution_count": 7}),
     )
+    # The reply (shell) overtook the last output and the idle (iopub): the request waits for its idle.
+    assert ledger.get(KERNEL, "r1").state == RUNNING  # type: ignore[union-attr]
+    ledger.observe(
+        KERNEL,
+        output("execute_result", "r1", data={"text/plain": "3"}, metadata={}, execution_count=7),
+    )
+    ledger.observe(KERNEL, output("status", "r1", execution_state="idle"))
     request = ledger.get(KERNEL, "r1")
     assert request is not None and request.state == COMPLETE and request.status == "ok"
     assert request.execution_count == 7
@@ -135,7 +152,7 @@ def test_the_count_bound_forgets_the_oldest_finished_request() -> None:
     """At most max_requests are kept: the oldest finished one goes first, never one still live."""
     ledger, _ = ledger_with(max_requests=2)
     ledger.submitted(KERNEL, "r2", "", {})
-    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r2", {"status": "ok"}))
+    finished(ledger, "r2")
     ledger.submitted(KERNEL, "r3", "", {})
     assert ledger.get(KERNEL, "r2") is None
     assert [request.msg_id for request in ledger.recent(KERNEL)] == ["r1", "r3"]
@@ -149,9 +166,9 @@ def test_live_requests_are_kept_past_the_bound_and_full_says_so() -> None:
     ledger.submitted(KERNEL, "r3", "", {})  # a WebSocket front's: it cannot be refused
     assert [request.msg_id for request in ledger.recent(KERNEL)] == ["r1", "r2", "r3"]
     assert ledger.past_bound == 1
-    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r1", {"status": "ok"}))
+    finished(ledger, "r1")
     assert ledger.full() is True  # one finished: the ledger is still one past its bound
-    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r2", {"status": "ok"}))
+    finished(ledger, "r2")
     assert ledger.full() is False
     ledger.submitted(KERNEL, "r4", "", {})
     assert [request.msg_id for request in ledger.recent(KERNEL)] == ["r3", "r4"]
@@ -162,7 +179,7 @@ def test_a_finished_request_is_kept_max_age_seconds() -> None:
     """A finished request goes max_age seconds after it ended; a running one stays."""
     ledger, clock = ledger_with(max_age=10.0)
     ledger.submitted(KERNEL, "r2", "", {})
-    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r1", {"status": "ok"}))
+    finished(ledger, "r1")
     clock.advance(11)
     assert ledger.get(KERNEL, "r1") is None
     assert ledger.get(KERNEL, "r2") is not None
@@ -192,6 +209,32 @@ def test_an_idle_without_a_reply_ends_the_request_until_the_reply_says() -> None
     assert request.status == "aborted"
 
 
+def test_a_reply_whose_idle_never_comes_completes_after_a_grace() -> None:
+    """The idle may be lost (a kernel's iopub past its bounds): the reply stands after IDLE_GRACE seconds."""
+    ledger, clock = ledger_with()
+    ledger.observe(KERNEL, output("status", "r1", execution_state="busy"))
+    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r1", {"status": "error"}))
+    request = ledger.get(KERNEL, "r1")
+    assert request is not None and request.state == RUNNING and request.status is None
+    woken: list[object] = []
+    ledger.changed(KERNEL, "r1").addCallback(woken.append)
+    clock.advance(IDLE_GRACE)
+    assert request.state == COMPLETE and request.status == "error" and woken == [None]
+    clock.advance(IDLE_GRACE)  # a later idle changes nothing
+    ledger.observe(KERNEL, output("status", "r1", execution_state="idle"))
+    assert request.status == "error" and request.inferred is False
+
+
+def test_a_request_that_ends_before_its_idle_stays_ended() -> None:
+    """A reply came, then the kernel died before the idle: the grace does not make it complete."""
+    ledger, clock = ledger_with()
+    ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r1", {"status": "ok"}))
+    ledger.kernel_ended(KERNEL, "died")
+    clock.advance(IDLE_GRACE)
+    request = ledger.get(KERNEL, "r1")
+    assert request is not None and request.state == ENDED and request.status is None
+
+
 @pytest.fixture
 def kernel() -> FakeKernel:
     return FakeKernel(KERNEL)
@@ -216,6 +259,7 @@ def test_the_core_feeds_the_ledger_from_any_client(kernel: FakeKernel) -> None:
     kernel.clients[0].deliver(
         kernel_message("execute_reply", "shell", msg_id, {"status": "ok", "execution_count": 1})
     )
+    kernel.publish(output("status", msg_id, execution_state="idle"))
     request = core.ledger.get(KERNEL, msg_id)
     assert request is not None and request.code == "1" and request.status == "ok"
     assert request.outputs.items == [{"output_type": "stream", "name": "stdout", "text": "hi"}]

@@ -107,6 +107,12 @@ class Execution:
     """Whether its first message (the kernel's ``busy`` for it) was seen."""
     cancelled: bool = False
     """Whether a client asked to stop it (its idle without a reply then means the kernel dropped it)."""
+    reply: dict[str, Any] | None = None
+    """
+    Its ``execute_reply``'s status and count, come while it ran: the kernel sends the reply before its
+    ``idle``, and its outputs before both, but on another socket, so outputs can still come after the reply.
+    It completes at the ``idle`` (or by :meth:`reply_stands`, when no idle comes).
+    """
 
     @property
     def live(self) -> bool:
@@ -154,7 +160,11 @@ class Execution:
             }
             self.state = INPUT
         elif msg_type == "execute_reply":
-            self.replied(message.content, now)
+            content = message.content
+            self.reply = {
+                "status": content.get("status"),
+                "execution_count": content.get("execution_count"),
+            }
         else:
             return False
         return True
@@ -167,6 +177,8 @@ class Execution:
         if state == "busy":
             self.state = RUNNING
             self.started = True
+        elif state == "idle" and self.reply is not None:
+            self.reply_stands(now)
         elif state == "idle":
             # An interrupt that lands after its execute_input but before the kernel runs the code stops
             # the request with no reply and no error (ipykernel logs "KeyboardInterrupt caught in kernel").
@@ -179,6 +191,13 @@ class Execution:
             self.finished = now
 
     def replied(self, content: dict[str, Any], now: float) -> None:
+        """Its ``execute_reply``: it is complete now."""
+        self.reply = content
+        self.reply_stands(now)
+
+    def reply_stands(self, now: float) -> None:
+        """Complete with its reply (at its ``idle``, or once no idle came for a while)."""
+        content, self.reply = self.reply or {}, None
         self.inferred = False
         status = content.get("status")
         self.status = status if isinstance(status, str) else "error"
@@ -193,7 +212,7 @@ class Execution:
         """Its kernel ended (``reason``) while it ran."""
         self.state = ENDED
         self.ended = reason
-        self.status, self.inferred = None, False
+        self.status, self.inferred, self.reply = None, False, None
         self.input_request = None
         self.finished = now
 

@@ -49,6 +49,9 @@ log = Logger()
 
 #: The kernel's messages that may change what the fleet keeps of a request (its record).
 _RECORDED: Final = frozenset({"status", "input_request", "execute_reply"})
+#: Seconds a request whose reply came waits for its ``idle`` (and the outputs that may still come before it)
+#: before it completes without: the idle comes within milliseconds, or was lost.
+IDLE_GRACE: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,18 @@ class RequestLedger:
         if kept:
             self._save(request, before)
         self._touch(request)
+        if message.msg_type == "execute_reply" and request.reply is not None:
+            self._clock.callLater(IDLE_GRACE, self._reply_stands, request)
+
+    def _reply_stands(self, request: Execution) -> None:
+        """No ``idle`` came for a request whose reply did: it completes with its reply."""
+        key = (request.kernel_id, request.msg_id)
+        if request.reply is None or not request.live or self._requests.get(key) is not request:
+            return
+        before = request.record() if self._shared is not None else None
+        request.reply_stands(self._clock.seconds())
+        self._save(request, before)
+        self._touch(request)
 
     def lost(self, kernel_id: str, message: KernelMessage) -> None:
         """A kernel's output that was not relayed (over the size limit): its request says one is missing."""
@@ -314,6 +329,7 @@ class RequestLedger:
 __all__ = [
     "COMPLETE",
     "ENDED",
+    "IDLE_GRACE",
     "INPUT",
     "QUEUED",
     "RUNNING",
