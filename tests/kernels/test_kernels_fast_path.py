@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import pytest_twisted
@@ -14,7 +15,7 @@ from twisted.internet.task import deferLater
 from kernel_relay.fronts.socketio_forms import client_payload
 from kernel_relay.jsontext import RawJSON
 from kernel_relay.kernels._messages import MessageRejected, decode_frames
-from kernel_relay.kernels._zmq import READ_BATCH, ZmqSocketOpener
+from kernel_relay.kernels._zmq import KERNEL_HWM, READ_BATCH, READ_BATCH_BYTES, ZmqSocketOpener
 from kernel_relay.relay.payload import Outgoing
 
 
@@ -70,6 +71,58 @@ async def test_a_burst_larger_than_one_batch_arrives_whole_and_in_order() -> Non
         assert all(len(frames) == 3 for frames in publisher.received)
     finally:
         publisher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_reactor_turn_takes_at_most_a_batch_of_bytes() -> None:
+    """
+    Large messages queued at once are read READ_BATCH_BYTES a turn, not READ_BATCH messages: clients are
+    judged slow between turns, so a turn's burst must stay small (200 x 1 MB went to every client at once).
+    """
+    publisher = _Publisher()
+    turns: list[int] = []
+
+    def received(frames: list[bytes]) -> None:
+        if not turns or turns[-1] < 0:
+            turns.append(0)
+            reactor.callLater(0, lambda: turns.append(-1))
+        turns[-1] += sum(len(frame) for frame in frames)
+
+    try:
+        await publisher.subscribed()
+        publisher.subscriber.close()
+        publisher.received.clear()
+        port = publisher.socket.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1]
+        publisher.subscriber = publisher.opener.subscriber(f"tcp://127.0.0.1:{port}", received)
+        await _until(lambda: False, timeout=0.5)  # connected and subscribed
+        size, count = 1024 * 1024, 20
+        for index in range(count):
+            publisher.socket.send_multipart([str(index).encode(), b"x" * size])
+        time.sleep(1)  # the reactor blocked: all of them wait in ZeroMQ's queue
+        await _until(lambda: sum(t for t in turns if t > 0) >= count * size)
+        sizes = [t for t in turns if t > 0]
+        assert sum(sizes) >= count * size
+        assert max(sizes) <= READ_BATCH_BYTES + 2 * size, sizes
+        assert len(sizes) > 1
+    finally:
+        publisher.close()
+
+
+def test_kernel_sockets_queue_a_bounded_number_of_messages() -> None:
+    """txzmq's default high-water mark is 0, no limit: the relay's kernel sockets set libzmq's own."""
+    opener = ZmqSocketOpener(reactor)
+    sockets = [
+        opener.subscriber("tcp://127.0.0.1:9", lambda frames: None),
+        opener.dealer("tcp://127.0.0.1:9", b"id", lambda frames: None),
+    ]
+    try:
+        for wrapped in sockets:
+            raw = wrapped._connection.socket  # type: ignore[attr-defined]
+            assert raw.get(zmq.RCVHWM) == raw.get(zmq.SNDHWM) == KERNEL_HWM > 0
+    finally:
+        for wrapped in sockets:
+            wrapped.close()
+        opener.close()
 
 
 @pytest_twisted.ensureDeferred

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import zmq
 from jupyter_client.session import Session
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -33,7 +34,7 @@ from ._messages import (
     iso_date,
     session_signer,
 )
-from ._zmq import CurveKeys, FrameSocket, SocketOpener, channel_url
+from ._zmq import KERNEL_HWM, CurveKeys, FrameSocket, SocketOpener, channel_url
 
 MessageCallback = Callable[[KernelMessage], None]
 
@@ -120,6 +121,11 @@ class KernelClient:
         else:
             try:
                 self._sockets[channel].send(frames)
+            except zmq.Again as exc:
+                raise InvalidMessage(
+                    f"could not send to kernel {self.kernel.id}: {KERNEL_HWM} messages already wait for "
+                    f"it on {channel} (it does not read them)"
+                ) from exc
             except Exception as exc:
                 raise InvalidMessage(f"could not send to kernel {self.kernel.id}: {exc}") from exc
         self.last_sent_bytes = built.size

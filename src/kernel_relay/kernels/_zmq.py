@@ -44,6 +44,18 @@ _log = Logger()
 #: Messages taken from one socket per reactor turn; the rest wait for the next turn, so a kernel
 #: flooding iopub cannot hold the reactor (and every client's writes) until it pauses.
 READ_BATCH = 200
+#: Bytes taken from one socket per reactor turn, as well: a client is judged slow only between turns (a burst
+#: queued within one turn is not its fault), so 200 messages of 1 MB queued 200 MB for every client of the
+#: kernel, past their 64 MiB bound, before any could be found slow.
+READ_BATCH_BYTES = 4 * 1024 * 1024
+
+#: Messages ZeroMQ may queue on each of the relay's kernel sockets, each way (its SNDHWM and RCVHWM):
+#: libzmq's default, which every jupyter_client keeps. txzmq's own default, 0, is *no limit*: libzmq's
+#: I/O thread then takes a kernel's iopub off the wire as fast as it comes and queues it in the relay
+#: without bound whenever the reactor falls behind (a kernel printing 1 MB messages to six clients grew
+#: the relay by 1.6 GB). Past the bound a SUB drops what comes (as every Jupyter client's does), and a
+#: send to a kernel that does not read fails at once (the client is told).
+KERNEL_HWM = 1000
 
 #: Frames at least this big are handed on as a read-only ``memoryview`` of ZMQ's own message rather
 #: than copied into ``bytes``: a 10 MB buffer costs no copy (and no fresh pages) on its way through.
@@ -170,7 +182,10 @@ class _BatchedReads:
         scheduled, self.read_scheduled = self.read_scheduled, None
         if scheduled is not None and not scheduled.called:
             scheduled.cancel()
+        taken = 0
         for index in range(READ_BATCH):
+            if taken > READ_BATCH_BYTES:
+                break
             socket = self.socket
             if self.factory is None or socket is None or socket.closed:
                 return
@@ -182,7 +197,9 @@ class _BatchedReads:
                 more = True
                 while more:
                     frame = socket.recv(_NOBLOCK, False)
-                    frames.append(frame.bytes if len(frame) < ZERO_COPY_BYTES else frame.buffer)
+                    size = len(frame)
+                    taken += size
+                    frames.append(frame.bytes if size < ZERO_COPY_BYTES else frame.buffer)
                     more = frame.more
             except zmq.Again:
                 return
@@ -253,6 +270,8 @@ def _connect(connection: Any, url: str, curve: CurveKeys | None) -> None:
 class _Sub(_BatchedReads, ZmqSubConnection):  # type: ignore[misc]
     """A SUB socket that keeps multipart messages whole (txzmq's own framing splits off a tag)."""
 
+    highWaterMark = KERNEL_HWM
+
     def __init__(
         self, factory: ZmqFactory, url: str, on_frames: FrameHandler, curve: CurveKeys | None
     ) -> None:
@@ -270,6 +289,8 @@ class _Dealer(_BatchedReads, ZmqDealerConnection):  # type: ignore[misc]
     A DEALER socket with a fixed routing identity, so the kernel's ROUTER knows who we are; it tells when
     its handshake succeeded (:meth:`when_connected`).
     """
+
+    highWaterMark = KERNEL_HWM
 
     def __init__(
         self,
