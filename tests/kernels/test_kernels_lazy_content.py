@@ -53,13 +53,23 @@ def test_large_content_must_still_look_like_an_object() -> None:
         )
 
 
-def test_large_invalid_json_fails_when_read() -> None:
-    """Malformed JSON inside the braces passes the cheap check but reading content says why it fails."""
-    _, message = decode_frames(
-        signed(b'{"a": ' + b"x" * LAZY_CONTENT_BYTES + b"}"), "iopub", SESSION.sign
+def test_large_invalid_json_is_refused_on_arrival() -> None:
+    """Malformed JSON inside the braces is refused on arrival too: the fronts would splice it as it is."""
+    with pytest.raises(MessageRejected, match="content is not JSON"):
+        decode_frames(signed(b'{"a": ' + b"x" * LAZY_CONTENT_BYTES + b"}"), "iopub", SESSION.sign)
+
+
+def test_a_large_content_cannot_set_the_other_keys_of_a_client_s_message() -> None:
+    """
+    '{...}, "metadata": {...}, "x": {}' starts with { and ends with }: it was forwarded, and spliced into the
+    socket.io payload it gave the message a second "metadata" (and any other key), which clients took.
+    """
+    injected = (
+        b'{"data": {"text/plain": "' + b"i" * LAZY_CONTENT_BYTES + b'"}, "metadata": {}}, '
+        b'"metadata": {"relay_seq": 999999}, "channel": "shell", "x": {"y": 1}'
     )
     with pytest.raises(MessageRejected, match="content is not JSON"):
-        _ = message.content
+        decode_frames(signed(injected), "iopub", SESSION.sign)
 
 
 def test_small_content_is_parsed_on_arrival() -> None:
