@@ -90,6 +90,19 @@ def test_the_launch_hook_the_sandbox_overrides_is_still_called() -> None:
     assert SandboxedKernelManager._async_launch_kernel is not hook
 
 
+def test_the_shutdown_hook_the_sandbox_overrides_is_what_stop_kill_and_restart_await() -> None:
+    """
+    KernelManager._async_shutdown_kernel(now, restart) is what shutdown_kernel runs and restarts await, and
+    the sandbox's manager binds shutdown_kernel to its own (the base class binds the base function).
+    """
+    hook = KernelManager._async_shutdown_kernel
+    assert inspect.iscoroutinefunction(hook)
+    assert list(inspect.signature(hook).parameters) == ["self", "now", "restart"]
+    assert "self._async_shutdown_kernel(" in inspect.getsource(KernelManager._async_restart_kernel)
+    assert SandboxedKernelManager._async_shutdown_kernel is not hook
+    assert SandboxedKernelManager.shutdown_kernel is not KernelManager.shutdown_kernel
+
+
 def test_no_other_module_reaches_into_jupyter_client_or_txredisapi() -> None:
     """The private names the internals modules wrap appear nowhere else in the relay's sources."""
     source = Path(__file__).resolve().parents[1] / "src" / "kernel_relay"

@@ -61,9 +61,15 @@ def test_an_empty_group_is_gone_at_once() -> None:
 
 @pytest.mark.parametrize("pgid", [None, 0, 1, -5, True, "12"])
 def test_nonsense_groups_are_never_signalled(pgid: object) -> None:
-    assert own_group(pgid) is None
+    assert own_group(pgid, pgid if isinstance(pgid, int) else None, True) is None
 
 
 def test_the_relay_s_own_group_is_never_signalled() -> None:
-    assert own_group(os.getpgrp()) is None
-    assert own_group(os.getpgrp() + 1) == os.getpgrp() + 1
+    assert own_group(os.getpgrp(), os.getpgrp(), True) is None
+
+
+def test_only_a_group_its_running_leader_made_is_signalled(family: subprocess.Popen[bytes]) -> None:
+    """A group whose leader was reaped may be empty, its number reused; one led by another pid is not ours."""
+    assert own_group(family.pid, family.pid, True) == family.pid
+    assert own_group(family.pid, family.pid, False) is None
+    assert own_group(family.pid, family.pid + 1, True) is None

@@ -225,14 +225,16 @@ def test_a_reply_whose_idle_never_comes_completes_after_a_grace() -> None:
     assert request.status == "error" and request.inferred is False
 
 
-def test_a_request_that_ends_before_its_idle_stays_ended() -> None:
-    """A reply came, then the kernel died before the idle: the grace does not make it complete."""
+def test_a_request_whose_kernel_ends_after_its_reply_is_complete() -> None:
+    """A reply came, then the kernel died before the idle: the cell ran, its reply stands; others end."""
     ledger, clock = ledger_with()
+    ledger.submitted(KERNEL, "r2", "", {})
     ledger.observe(KERNEL, kernel_message("execute_reply", "shell", "r1", {"status": "ok"}))
     ledger.kernel_ended(KERNEL, "died")
     clock.advance(IDLE_GRACE)
-    request = ledger.get(KERNEL, "r1")
-    assert request is not None and request.state == ENDED and request.status is None
+    replied, queued = ledger.get(KERNEL, "r1"), ledger.get(KERNEL, "r2")
+    assert replied is not None and replied.state == COMPLETE and replied.status == "ok"
+    assert queued is not None and queued.state == ENDED and queued.ended == "kernel died"
 
 
 @pytest.fixture

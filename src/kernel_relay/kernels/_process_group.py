@@ -46,9 +46,15 @@ def live_members(pgid: int) -> list[int]:
     return found
 
 
-def own_group(pgid: object) -> int | None:
-    """``pgid`` if it is a kernel's group the relay may end: never the relay's own, init's or nonsense."""
+def own_group(pgid: object, leader: int | None, leader_runs: bool) -> int | None:
+    """
+    ``pgid`` if it is a kernel's group the relay may end: the group its launch made (led by the process it
+    started, ``leader``, which still ``runs``: a group whose leader is gone may be empty and its number
+    reused), and never the relay's own, init's or nonsense.
+    """
     if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
+        return None
+    if pgid != leader or not leader_runs:
         return None
     return None if pgid == os.getpgrp() else pgid
 

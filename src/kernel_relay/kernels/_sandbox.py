@@ -41,7 +41,7 @@ from traitlets import default
 from twisted.logger import Logger
 
 from ._boxes import Box, box_alive, mount_home
-from ._errors import KernelLaunchError
+from ._errors import KernelLaunchError, KernelShutdownError
 from ._limits import Limits
 from ._process_group import end_group, live_members, own_group
 from ._zmq import manager_context
@@ -341,10 +341,25 @@ class SandboxedKernelManager(KernelManager):
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         # A stop, a kill and a restart all come here: what jupyter_client leaves of the group goes too.
-        pgid = own_group(getattr(self.provisioner, "pgid", None))
+        provisioner = self.provisioner
+        process = getattr(provisioner, "process", None)
+        pgid = own_group(
+            getattr(provisioner, "pgid", None),
+            getattr(provisioner, "pid", None),
+            process is not None and process.poll() is None,
+        )
         await super()._async_shutdown_kernel(now=now, restart=restart)
-        if pgid is not None and not await end_group(pgid):
-            self._group = pgid
+        # And what an earlier stop left, if anything: tried again, forgotten once gone.
+        groups = dict.fromkeys(group for group in (pgid, self._group) if group is not None)
+        self._group = None
+        for group in groups:
+            if not await end_group(group):
+                self._group = group
+        if self._group is not None and restart:
+            # The new kernel would take the same ports the old one still holds.
+            raise KernelShutdownError(
+                f"kernel {self.kernel_id} could not be stopped to restart: {self.survivors()} still run"
+            )
 
     shutdown_kernel = run_sync(_async_shutdown_kernel)
 

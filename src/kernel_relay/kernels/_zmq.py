@@ -222,10 +222,13 @@ class _BatchedReads:
         """
         socket = self.socket
         last = len(message) - 1
-        for index, frame in enumerate(message):
-            _send(socket, frame, _NOBLOCK_SNDMORE if index < last else _NOBLOCK)
-        if self.read_scheduled is None and socket.get(_EVENTS) & _POLLIN:
-            self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+        try:
+            for index, frame in enumerate(message):
+                _send(socket, frame, _NOBLOCK_SNDMORE if index < last else _NOBLOCK)
+        finally:
+            # A refused send (zmq.Again past KERNEL_HWM) has consumed the edge as well.
+            if self.read_scheduled is None and not socket.closed and socket.get(_EVENTS) & _POLLIN:
+                self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,16 @@ class RequestLedger:
         if message.msg_type == "execute_reply" and request.reply is not None:
             self._clock.callLater(IDLE_GRACE, self._reply_stands, request)
 
+    def _end(self, request: Execution, reason: str, when: float) -> None:
+        """A live request's kernel ended: one whose reply came (its idle did not) completed, the others end."""
+        if request.reply is not None:
+            before = request.record() if self._shared is not None else None
+            request.reply_stands(when)
+            self._save(request, before)
+        else:
+            request.end(reason, when)
+        self._touch(request)
+
     def _reply_stands(self, request: Execution) -> None:
         """No ``idle`` came for a request whose reply did: it completes with its reply."""
         key = (request.kernel_id, request.msg_id)
@@ -237,8 +247,7 @@ class RequestLedger:
         now = self._clock.seconds()
         for (kid, _), request in list(self._requests.items()):
             if kid == kernel_id and request.live:
-                request.end(f"kernel {reason}", now)
-                self._touch(request)
+                self._end(request, f"kernel {reason}", now)
         if self._shared is not None and kernel_gone(reason):
             self._shared.end_live(kernel_id, f"kernel {reason}")
         for key in [key for key in self._waiters if key[0] == kernel_id]:
@@ -251,8 +260,7 @@ class RequestLedger:
         """
         request = self._requests.get((kernel_id, msg_id))
         if request is not None and request.live:
-            request.end(reason, when)
-            self._touch(request)
+            self._end(request, reason, when)
 
     # -- inside ------------------------------------------------------------------------------------------
 
