@@ -37,7 +37,8 @@ def test_two_minutes_of_chaos_lose_repeat_and_orphan_nothing(tmp_path: Path) -> 
     assert result["lines_seen"] > 0
     assert result["lost_without_notice"] == 0, result["loss_contexts"]
     assert result["sio_repeats"] == 0
-    assert result["jupyter_repeat_seconds_max"] <= 0.5
+    # Besides what a watcher got in the last UNREAD_SECONDS before it closed (see bench.chaos).
+    assert result["jupyter_repeat_beyond_unread_max"] <= 0.5, result["repeat_contexts"]
     assert result["two_numbers"] == 0
     assert result["false_deaths"] == 0
     assert result["kernels_left"] == 0
