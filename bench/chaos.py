@@ -502,8 +502,9 @@ class Run:
                 repeats += sum(count - 1 for count in seen.lines.values())
             else:
                 jupyter_max = max([jupyter_max, *seen.repeat_seconds])
-                beyond_max = max([beyond_max, *seen.beyond_unread()])
-                repeated.extend(self.repeat_context(who, kernel_id, seen))
+                beyond = seen.beyond_unread()
+                beyond_max = max([beyond_max, *beyond])
+                repeated.extend(self.repeat_context(who, kernel_id, seen, beyond))
         return {
             "minutes": minutes,
             "faults": self.faults,
@@ -525,33 +526,37 @@ class Run:
             "sio_repeat_contexts": [self.sio_repeat(*again) for again in self.sio_again[:10]],
         }
 
+    def faults_between(self, since: float, until: float) -> list[str]:
+        """The faults made from ``since`` to ``until`` (seconds into the run), each with its time."""
+        return [
+            f"{when - self.started:.1f} {what}"
+            for when, what in self.events
+            if since <= when - self.started <= until
+        ]
+
     def sio_repeat(self, who: str, kernel_id: str, line: int, first: Any, again: Any) -> str:
         """A line a socket.io watcher got twice: each arrival's connection and number, and the faults near."""
         since = first[0][2] if first else 0.0
-        faults = [
-            f"{when - self.started:.1f} {what}"
-            for when, what in self.events
-            if since - 15 <= when - self.started <= again[0][2] + 15
-        ]
+        faults = self.faults_between(since - 15, again[0][2] + 15)
         return (
             f"{who} {kernel_id[:8]} line {line}: first {first} then {again} "
             f"((relay, since, joined at s), relay_seq); faults near {faults}"
         )
 
-    def repeat_context(self, who: str, kernel_id: str, seen: Seen) -> list[str]:
-        """For each Jupyter reconnect over the bound: that visit, the one before, and the faults between."""
+    def repeat_context(
+        self, who: str, kernel_id: str, seen: Seen, beyond: list[float]
+    ) -> list[str]:
+        """
+        For each Jupyter reconnect over the bound (``beyond``: each one's output again beyond its unread
+        window): that visit, the one before, and the faults between.
+        """
         told = []
-        beyond = seen.beyond_unread()
         for index, (visit, again) in enumerate(zip(seen.visits, seen.repeat_seconds, strict=False)):
             if again <= REPEAT_BOUND:
                 continue
             before = seen.visits[index - 1] if index else None
             since = before.start if before else 0.0
-            faults = [
-                f"{when - self.started:.1f} {what}"
-                for when, what in self.events
-                if since - 15 <= when - self.started <= visit.end + 1
-            ]
+            faults = self.faults_between(since - 15, visit.end + 1)
             told.append(
                 f"{who} {kernel_id[:8]} {again:.2f} s again ({beyond[index]:.2f} s of it beyond the "
                 f"unread window): visit {describe(visit)}; "
@@ -580,11 +585,7 @@ class Run:
             right = min(after, key=lambda v: v.first or 0, default=None)
             since = left.end if left else 0.0
             until = right.start if right else time.time() - self.started
-            faults = [
-                f"{when - self.started:.1f} {what}"
-                for when, what in self.events
-                if since - 15 <= when - self.started <= until + 1
-            ]
+            faults = self.faults_between(since - 15, until + 1)
             told.append(
                 f"{who} {kernel_id[:8]} lines {lost[0]}-{lost[-1]} ({len(lost)}): "
                 f"before {describe(left)}; after {describe(right)}; inside {[describe(v) for v in around]}; "

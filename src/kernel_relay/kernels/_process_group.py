@@ -27,22 +27,29 @@ GROUP_GRACE: Final = 5.0
 _POLL: Final = 0.05
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """
+    The fields of ``/proc/<pid>/stat`` after the command (state, ppid, pgrp, ...), None when there is no such
+    process, or it has exited (a zombie: only its parent has not reaped it).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat_file:
+            stat = stat_file.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return None if not fields or fields[0] in ("Z", "X") else fields
+
+
 def live_members(pgid: int) -> list[int]:
-    """The processes of group ``pgid`` that have not exited (zombies excluded), from /proc."""
-    found = []
+    """The processes of group ``pgid`` that have not exited, from /proc."""
     wanted = str(pgid)
+    found = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(os.path.join(entry.path, "stat")) as stat_file:
-                stat = stat_file.read()
-        except OSError:
-            continue
-        # After the command's closing parenthesis: state, ppid, pgrp, ...
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[2] == wanted and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
+        if entry.name.isdigit():
+            fields = stat_fields(entry.name)
+            if fields is not None and len(fields) > 2 and fields[2] == wanted:
+                found.append(int(entry.name))
     return found
 
 
@@ -80,4 +87,4 @@ async def end_group(pgid: int, grace: float = GROUP_GRACE) -> bool:
     return True
 
 
-__all__ = ["GROUP_GRACE", "end_group", "live_members", "own_group"]
+__all__ = ["GROUP_GRACE", "end_group", "live_members", "own_group", "stat_fields"]

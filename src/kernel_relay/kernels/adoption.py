@@ -30,6 +30,7 @@ from jupyter_core.utils import run_sync
 
 from ..jupyter_client_internals import connect_control_socket, mark_started
 from ._errors import KernelLaunchError, UnknownKernelSpec
+from ._process_group import stat_fields
 from ._runtime import connection_dir
 from ._sandbox import Sandbox, SandboxedKernelManager, environment, scrubbed
 
@@ -80,15 +81,8 @@ def is_kernel_process(pid: int, started: str, kernel_id: str) -> bool:
 
 def start_time(pid: int) -> str | None:
     """When the process started (ticks since boot, from /proc), None if there is no such live process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    if not fields or fields[0] in (
-        "Z",
-        "X",
-    ):  # a zombie has exited: only its parent has not reaped it
+    fields = stat_fields(pid)
+    if fields is None:
         return None
     return fields[19] if len(fields) > 19 else ""
 

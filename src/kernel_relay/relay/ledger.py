@@ -204,20 +204,21 @@ class RequestLedger:
     def _end(self, request: Execution, reason: str, when: float) -> None:
         """A live request's kernel ended: one whose reply came (its idle did not) completed, the others end."""
         if request.reply is not None:
-            before = request.record() if self._shared is not None else None
-            request.reply_stands(when)
-            self._save(request, before)
+            self._complete(request, when)
         else:
             request.end(reason, when)
-        self._touch(request)
+            self._touch(request)
 
     def _reply_stands(self, request: Execution) -> None:
         """No ``idle`` came for a request whose reply did: it completes with its reply."""
         key = (request.kernel_id, request.msg_id)
-        if request.reply is None or not request.live or self._requests.get(key) is not request:
-            return
+        if request.reply is not None and request.live and self._requests.get(key) is request:
+            self._complete(request, self._clock.seconds())
+
+    def _complete(self, request: Execution, when: float) -> None:
+        """Complete a request with the reply it holds: its record (it is no longer live) is kept too."""
         before = request.record() if self._shared is not None else None
-        request.reply_stands(self._clock.seconds())
+        request.reply_stands(when)
         self._save(request, before)
         self._touch(request)
 
