@@ -114,8 +114,9 @@ def _relay_loss_lines(results: dict[str, Any]) -> list[str]:
             inside = relay.get("lost_in_relay", 0)
             lines.append(
                 f"- Flood of {int(size):,} through the relay: its worst run lost {relay['lost']:,} "
-                f"messages, and at most {inside:,} in a run were lost inside the relay. The rest "
-                "never reached it: the kernel's iopub queue to the relay overflowed."
+                f"messages, and at most {inside:,} in a run were lost inside the relay. The rest never "
+                "reached the relay's code: the kernel's iopub queue, or the relay's ZeroMQ receive queue "
+                "(1,000 messages), overflowed."
             )
     return ["", *lines] if lines else []
 
