@@ -25,6 +25,9 @@ def test_each_line_of_each_stream_is_an_event_of_its_kernel() -> None:
     process: Any = subprocess.Popen([sys.executable, "-c", script], **pipes())
     try:
         capture("k-1", process)
+        # The reader owns the pipes: jupyter_client's provisioner, reaping the process in another thread,
+        # closed them under it ("I/O operation on closed file" in a relay's log as it stopped).
+        assert process.stdout is None and process.stderr is None
         process.wait(30)
         deadline = time.monotonic() + 10
         while len([e for e in events if e.get("kernel_id") == "k-1"]) < 5:

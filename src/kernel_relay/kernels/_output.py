@@ -135,10 +135,15 @@ _reader = _OutputReader()
 
 
 def capture(kernel_id: str, process: object) -> None:
-    """Log each line ``process`` (a ``Popen`` started with :func:`pipes`) writes, until it closes them."""
+    """
+    Log each line ``process`` (a ``Popen`` started with :func:`pipes`) writes, until it closes them. The
+    reader owns the pipes from then on (``process`` no longer holds them): jupyter_client's provisioner closes
+    a process's pipes when it reaps it, in another thread, which could close one as the reader reads it.
+    """
     for name in ("stdout", "stderr"):
         pipe = getattr(process, name, None)
         if pipe is not None:
+            setattr(process, name, None)
             _reader.add(_Stream(kernel_id, name, pipe))
 
 
